@@ -1,0 +1,12 @@
+"""The `isl` command line: one entry point, one module per subcommand.
+
+Each command module defines:
+
+* `SUMMARY`: one line for `isl --help`;
+* `DESCRIPTION`: the long help printed by `isl COMMAND --help`;
+* `define_flags(flag_values)`: its absl flags, on a private `FlagValues`;
+* `run(flag_values, positional) -> dict`: does the work, prints progress
+  and returns the result (paths written and figures) that `--json` prints.
+
+A command that a later issue completes sets `IMPLEMENTED = False`.
+"""

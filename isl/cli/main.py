@@ -1,0 +1,143 @@
+"""`isl COMMAND [--flags]`: dispatches to the subcommand modules in `isl.cli`.
+
+Every command gets its own absl `FlagValues`, so commands never share global
+flag state and library code never reads flags. Common behaviour lives here:
+`--help`, `--json` (the last stdout line is a one-line JSON object),
+`InputError` -> message on stderr and exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+# Commands in the order `isl --help` lists them: name -> module.
+COMMANDS: dict[str, str] = {
+    "convert": "isl.cli.convert",
+    "train": "isl.cli.train",
+    "predict": "isl.cli.predict",
+    "evaluate": "isl.cli.evaluate",
+    "tune": "isl.cli.tune",
+    "export": "isl.cli.export",
+    "describe": "isl.cli.describe",
+    "benchmark": "isl.cli.benchmark",
+    "demo": "isl.cli.demo",
+}
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+def _quiet_tensorflow() -> None:
+    """Keeps TensorFlow's C++ start-up chatter out of the user's terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _top_level_help() -> str:
+    lines = [
+        "isl: In Silico Labeling (Christiansen et al., Cell 2018) on TensorFlow 2 / Keras 3.",
+        "",
+        "Predicts fluorescence images, with per-pixel uncertainty, from transmitted-light",
+        "z-stacks of unlabeled cells.",
+        "",
+        "usage: isl COMMAND [--flag=value ...]      (also: python -m isl COMMAND ...)",
+        "",
+        "commands:",
+    ]
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        lines.append(f"  {name:<10} {module.SUMMARY}")
+    lines += [
+        "",
+        "Run 'isl COMMAND --help' for a command's flags. Every command accepts --json:",
+        "its last line on stdout is then a one-line JSON object with the paths it",
+        "wrote and its figures.",
+    ]
+    return "\n".join(lines)
+
+
+def _command_help(name: str, module: Any, flag_values: Any) -> str:
+    description = textwrap.dedent(module.DESCRIPTION).strip()
+    flag_help = flag_values.get_help(include_special_flags=False)
+    return f"usage: isl {name} [--flag=value ...]\n\n{description}\n\nflags:\n{flag_help}\n"
+
+
+def make_flag_values(module: Any) -> Any:
+    """A fresh `FlagValues` holding the command's flags plus `--json`."""
+    from absl import flags
+
+    flag_values = flags.FlagValues()
+    module.define_flags(flag_values)
+    if "json" not in flag_values:
+        flags.DEFINE_bool(
+            "json",
+            False,
+            "Print a one-line JSON summary (paths written, figures) as the last stdout line.",
+            flag_values=flag_values,
+        )
+    return flag_values
+
+
+def run_command(argv: Sequence[str]) -> int:
+    """Runs `isl` with `argv` (without the program name); returns the exit code."""
+    from isl import errors
+
+    _quiet_tensorflow()
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help", "--helpfull"):
+        print(_top_level_help())
+        return EXIT_OK if argv else EXIT_USAGE
+    name, arguments = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"isl: unknown command {name!r}. Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return EXIT_USAGE
+    module = importlib.import_module(COMMANDS[name])
+    flag_values = make_flag_values(module)
+    if any(argument in ("-h", "--help", "-help", "--helpfull") for argument in arguments):
+        print(_command_help(name, module, flag_values))
+        return EXIT_OK
+    from absl import flags
+
+    try:
+        positional = flag_values([f"isl {name}"] + arguments)[1:]
+    except flags.Error as error:
+        print(f"isl {name}: {error}\nRun 'isl {name} --help' for usage.", file=sys.stderr)
+        return EXIT_USAGE
+    if not getattr(module, "IMPLEMENTED", True):
+        print(f"isl {name}: not implemented yet.", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = module.run(flag_values, positional)
+    except errors.InputError as error:
+        print(f"isl {name}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"isl {name}: interrupted.", file=sys.stderr)
+        return 130
+    if flag_values["json"].value:
+        sys.stdout.flush()
+        print(json.dumps(result or {}, sort_keys=True, default=_json_default))
+    return EXIT_OK
+
+
+def _json_default(value: Any) -> Any:
+    """Makes NumPy scalars and paths JSON-serialisable."""
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run_command(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,469 @@
+"""Typed experiment configuration: channels, data, model and training.
+
+Every size, depth and vocabulary the project uses comes from an
+`ExperimentConfig`. Configurations layer in a fixed order (see
+`resolve_config`): a named preset from `isl.presets`, then a JSON file, then
+`key=value` overrides with dotted keys such as `model.base_depth=200`.
+
+Defaults equal the released In Silico Labeling system (Christiansen et al.,
+Cell 2018; `isl_reference.md` §1.11, §3.2, §4). Options beyond the paper are
+off by default and documented in BUILD_NOTES.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import typing
+from typing import Any
+
+from isl import errors
+
+# The paper's channel vocabulary (isl_reference.md §3.2), in head order.
+PAPER_INPUT_MODALITIES = ("BRIGHTFIELD", "PHASE_CONTRAST", "DIC")
+PAPER_INPUT_CHANNEL = "TRANSMISSION"
+PAPER_TARGET_CHANNELS = (
+    "DAPI_CONFOCAL",
+    "DAPI_WIDEFIELD",
+    "CELLMASK_CONFOCAL",
+    "TUJ1_WIDEFIELD",
+    "NFH_CONFOCAL",
+    "MAP2_CONFOCAL",
+    "ISLET_WIDEFIELD",
+    "DEAD_CONFOCAL",
+)
+TARGET_Z = "MAXPROJECT"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticChannel:
+    """A target channel computed from other target channels.
+
+    Its value is the mean of the source values and its mask the geometric
+    mean of the source masks, sqrt(prod(masks)) for two sources, which acts as
+    a logical AND (isl_reference.md §2, NEURITE_CONFOCAL).
+    """
+
+    name: str
+    sources: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelConfig:
+    """The channel vocabulary: configuration, not code.
+
+    Attributes:
+        input_modalities: transmitted-light modalities accepted as inputs.
+            All of them are summed into one input channel (the paper assumes
+            exactly one is present per well).
+        input_channel: the name of that summed channel.
+        target_channels: real fluorescence channels, in head order.
+        synthetic_channels: channels computed from real ones, appended after
+            `target_channels` when all their sources are in the vocabulary.
+        num_z_values: the number of z values fed to the network; they are
+            `round(linspace(0, 1, num_z_values), 4)`.
+    """
+
+    input_modalities: tuple[str, ...] = PAPER_INPUT_MODALITIES
+    input_channel: str = PAPER_INPUT_CHANNEL
+    target_channels: tuple[str, ...] = PAPER_TARGET_CHANNELS
+    synthetic_channels: tuple[SyntheticChannel, ...] = (
+        SyntheticChannel("NEURITE_CONFOCAL", ("NFH_CONFOCAL", "MAP2_CONFOCAL")),
+    )
+    num_z_values: int = 26
+
+    @property
+    def z_values(self) -> tuple[float, ...]:
+        """The network's z values, `round(linspace(0, 1, n), 4)`."""
+        count = self.num_z_values
+        if count == 1:
+            return (0.0,)
+        return tuple(round(index / (count - 1), 4) for index in range(count))
+
+    @property
+    def active_synthetic_channels(self) -> tuple[SyntheticChannel, ...]:
+        """Synthetic channels whose sources are all real target channels."""
+        return tuple(
+            synthetic
+            for synthetic in self.synthetic_channels
+            if all(source in self.target_channels for source in synthetic.sources)
+        )
+
+    @property
+    def output_target_channels(self) -> tuple[str, ...]:
+        """Target head channels: real ones, then the active synthetic ones."""
+        return self.target_channels + tuple(
+            synthetic.name for synthetic in self.active_synthetic_channels
+        )
+
+    @property
+    def num_input_heads(self) -> int:
+        return self.num_z_values
+
+    @property
+    def num_target_heads(self) -> int:
+        return len(self.output_target_channels)
+
+    @property
+    def num_heads(self) -> int:
+        return self.num_input_heads + self.num_target_heads
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """Stable head names, `<z>/<channel>`, as the TF1 checkpoint's scopes.
+
+        Input heads come first (one per z value, e.g. `0.04/TRANSMISSION`),
+        then target heads (e.g. `MAXPROJECT/DAPI_CONFOCAL`).
+        """
+        input_heads = tuple(f"{z:g}/{self.input_channel}" for z in self.z_values)
+        target_heads = tuple(f"{TARGET_Z}/{c}" for c in self.output_target_channels)
+        return input_heads + target_heads
+
+    @property
+    def num_input_features(self) -> int:
+        """Depth of the network input: value and mask per z, interleaved."""
+        return 2 * self.num_z_values
+
+    def validate(self) -> None:
+        if self.num_z_values < 1:
+            raise ValueError(f"num_z_values must be >= 1. Received: {self.num_z_values}")
+        names = list(self.input_modalities) + list(self.target_channels)
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"Channels listed twice in the vocabulary: {duplicated}")
+        for synthetic in self.synthetic_channels:
+            if synthetic.name in names:
+                raise ValueError(
+                    f"Synthetic channel {synthetic.name} is also a real channel."
+                )
+            if not synthetic.sources:
+                raise ValueError(f"Synthetic channel {synthetic.name} has no sources.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Macro- and micro-architecture hyperparameters (isl_reference.md §1).
+
+    The builder derives every crop size, module count and depth from these
+    values; nothing is tabulated.
+
+    Attributes:
+        architecture: "concordance" (the released model) or "fovea" (§1.8).
+        num_scales: number of towers; tower s works at 1/2**s resolution.
+        projection_depth: features of the initial 1x1 projection with bias;
+            0 feeds the raw value/mask stack to the towers (paper-style input,
+            an option beyond the released code, §8.2 #1).
+        base_depth: depth multiplier of the depth schedule (§1.5).
+        expansion_factor: expansion/reduction ratio, 211/39 in the paper.
+        up_depth_offset: the transposed-convolution modules use
+            base_depth - up_depth_offset (the released code's quirk: 4).
+        lower_modules_scale_0: in-scale modules in the lower part of tower 0.
+        lower_modules_step: tower s has lower_modules_scale_0 - step * s.
+        upper_tower_modules: in-scale modules after the tower merge.
+        in_scale_kernel: kernel of the in-scale expansion (3).
+        down_kernel: kernel of the down-scale expansion (4, stride 2).
+        up_kernel: kernel of the transposed-convolution expansion (4 with
+            overlap in the concordance model, 2 in the fovea model).
+        activation: the dual pre-activation, "relu_tanh" in the paper.
+        output_size: side of the training output patch; 8 in the paper,
+            8 + 16k for the larger-output option.
+        num_classes: intensity bins of each head's distribution.
+        batch_norm_momentum: moving-average decay of batch norm.
+        batch_norm_epsilon: batch norm epsilon.
+    """
+
+    architecture: str = "concordance"
+    num_scales: int = 5
+    projection_depth: int = 16
+    base_depth: int = 400
+    expansion_factor: float = 211 / 39
+    up_depth_offset: int = 4
+    lower_modules_scale_0: int = 18
+    lower_modules_step: int = 4
+    upper_tower_modules: int = 14
+    in_scale_kernel: int = 3
+    down_kernel: int = 4
+    up_kernel: int = 4
+    activation: str = "relu_tanh"
+    output_size: int = 8
+    num_classes: int = 256
+    batch_norm_momentum: float = 0.999
+    batch_norm_epsilon: float = 1e-3
+
+    def validate(self) -> None:
+        if self.architecture not in ("concordance", "fovea"):
+            raise ValueError(
+                "architecture must be 'concordance' or 'fovea'. "
+                f"Received: {self.architecture!r}"
+            )
+        for name in ("num_scales", "base_depth", "num_classes", "output_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1. Received: {getattr(self, name)}")
+        if self.projection_depth < 0:
+            raise ValueError(
+                f"model.projection_depth must be >= 0. Received: {self.projection_depth}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Training and evaluation data pipeline (isl_reference.md §3.5, §3.6).
+
+    Attributes:
+        crop_size: side of the random crop taken per example (520).
+        patch_stride: stride of the patches extracted from the crop (256);
+            a 520 crop gives 2x2 patches of the network input size.
+        pad_border: zero-pad every image (mask 0) by the network border
+            (121 px) before cropping, as the paper's TFRecord path did, so
+            border pixels can be trained. False copies the PNG path.
+        flip: per-example random left-right flip.
+        rotate: one random k*90 degree rotation per batch.
+        corrupt_offset_std, corrupt_multiplier_std, corrupt_noise_std:
+            sigma of the optional input corruption; 0 switches a part off.
+        shuffle_buffer: examples held by the shuffle buffer.
+        deterministic: fix the element order and seed every random op.
+    """
+
+    crop_size: int = 520
+    patch_stride: int = 256
+    pad_border: bool = True
+    flip: bool = True
+    rotate: bool = True
+    corrupt_offset_std: float = 0.0
+    corrupt_multiplier_std: float = 0.0
+    corrupt_noise_std: float = 0.0
+    shuffle_buffer: int = 64
+
+    def validate(self) -> None:
+        if self.crop_size < 1 or self.patch_stride < 1:
+            raise ValueError("data.crop_size and data.patch_stride must be >= 1.")
+        for name in ("corrupt_offset_std", "corrupt_multiplier_std", "corrupt_noise_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"data.{name} must be >= 0.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (isl_reference.md §4).
+
+    Attributes:
+        optimizer: "adam" (the paper), "momentum" or "adagrad".
+        learning_rate: 1e-4 in the paper.
+        batch_size: the global batch, 16 patches in the paper.
+        mixed_precision: "" (float32, the paper) or "bfloat16".
+        checkpoint_every_steps: periodic checkpoint interval in steps.
+        checkpoint_every_minutes: periodic checkpoint interval in minutes.
+        keep_checkpoints: how many recent checkpoints to keep.
+        eval_every_steps: evaluation-loss interval in steps.
+        eval_batches: batches per evaluation (1024 examples / 16 in the paper).
+        seed: random seed.
+    """
+
+    optimizer: str = "adam"
+    learning_rate: float = 1e-4
+    batch_size: int = 16
+    mixed_precision: str = ""
+    checkpoint_every_steps: int = 1000
+    checkpoint_every_minutes: float = 3.0
+    keep_checkpoints: int = 5
+    eval_every_steps: int = 1000
+    eval_batches: int = 64
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.optimizer not in ("adam", "momentum", "adagrad"):
+            raise ValueError(
+                f"train.optimizer must be adam, momentum or adagrad. Received: {self.optimizer!r}"
+            )
+        if self.mixed_precision not in ("", "bfloat16", "mixed_bfloat16", "float16", "mixed_float16"):
+            raise ValueError(
+                f"train.mixed_precision must be '' or 'bfloat16'. Received: {self.mixed_precision!r}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1. Received: {self.batch_size}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"train.learning_rate must be > 0. Received: {self.learning_rate}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything needed to rebuild a model and its training run."""
+
+    name: str = "paper"
+    channels: ChannelConfig = dataclasses.field(default_factory=ChannelConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def validate(self) -> ExperimentConfig:
+        """Raises ValueError on an inconsistent config; returns self."""
+        self.channels.validate()
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+# --------------------------------------------------------------------------
+# Conversion between dicts and dataclasses
+# --------------------------------------------------------------------------
+
+
+def _from_value(field_type: Any, value: Any, path: str) -> Any:
+    """Converts a JSON value into the annotated field type."""
+    origin = typing.get_origin(field_type)
+    if dataclasses.is_dataclass(field_type):
+        if not isinstance(value, dict):
+            raise ValueError(f"{path} must be an object. Received: {value!r}")
+        return _dataclass_from_dict(field_type, value, path)
+    if origin is tuple:
+        (element_type, *_) = typing.get_args(field_type)
+        if isinstance(value, str):
+            value = [item for item in value.split(",") if item]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path} must be a list. Received: {value!r}")
+        return tuple(
+            _from_value(element_type, item, f"{path}[{index}]")
+            for index, item in enumerate(value)
+        )
+    if field_type is bool:
+        if isinstance(value, str):
+            lowered = value.lower()
+            if lowered in ("true", "1", "yes"):
+                return True
+            if lowered in ("false", "0", "no"):
+                return False
+            raise ValueError(f"{path} must be true or false. Received: {value!r}")
+        return bool(value)
+    if field_type is int:
+        try:
+            converted = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path} must be an integer. Received: {value!r}") from None
+        if converted != int(converted):
+            raise ValueError(f"{path} must be an integer. Received: {value!r}")
+        return int(converted)
+    if field_type is float:
+        if isinstance(value, str) and "/" in value:
+            numerator, denominator = value.split("/", 1)
+            return float(numerator) / float(denominator)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path} must be a number. Received: {value!r}") from None
+    if field_type is str:
+        return str(value)
+    return value
+
+
+def _dataclass_from_dict(cls: type, values: dict[str, Any], path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown config key(s) {', '.join(path + '.' + k if path else k for k in unknown)}. "
+            f"Known keys: {', '.join(sorted(known))}"
+        )
+    kwargs = {
+        name: _from_value(hints[name], value, f"{path}.{name}" if path else name)
+        for name, value in values.items()
+    }
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any], base: ExperimentConfig | None = None) -> ExperimentConfig:
+    """Builds a config from a (possibly partial) nested dict over `base`."""
+    merged = _deep_merge((base or ExperimentConfig()).to_dict(), values)
+    return _dataclass_from_dict(ExperimentConfig, merged, "").validate()
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    result = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _deep_merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """Applies `section.key=value` overrides (e.g. `model.base_depth=200`).
+
+    A value that parses as JSON (numbers, lists, objects, true/false) is used
+    as such; anything else is taken as a string.
+    """
+    update: dict[str, Any] = {}
+    for override in overrides:
+        if "=" not in override:
+            raise errors.InputError(
+                f"Override {override!r} is not of the form section.key=value."
+            )
+        key, raw_value = override.split("=", 1)
+        try:
+            value = json.loads(raw_value)
+        except json.JSONDecodeError:
+            value = raw_value
+        node = update
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    try:
+        return config_from_dict(update, base=config)
+    except ValueError as error:
+        raise errors.InputError(f"Bad --set override: {error}") from None
+
+
+def load_config(path: str | os.PathLike[str], base: ExperimentConfig | None = None) -> ExperimentConfig:
+    """Reads a JSON config file (full or partial) over `base`.
+
+    A file written by `isl tune` (`{"config": {...}, ...}`) is accepted too.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle)
+    except FileNotFoundError:
+        raise errors.InputError(f"{path}: config file not found.") from None
+    except json.JSONDecodeError as error:
+        raise errors.InputError(f"{path}: not valid JSON ({error}).") from None
+    if isinstance(values, dict) and "config" in values and isinstance(values["config"], dict):
+        values = values["config"]
+    if not isinstance(values, dict):
+        raise errors.InputError(f"{path}: a config must be a JSON object.")
+    try:
+        return config_from_dict(values, base=base)
+    except ValueError as error:
+        raise errors.InputError(f"{path}: {error}") from None
+
+
+def save_config(config: ExperimentConfig, path: str | os.PathLike[str]) -> None:
+    """Writes the fully resolved config as JSON, atomically."""
+    from isl.io import atomic  # Local import: keeps this module dependency-free.
+
+    atomic.write_text(path, config.to_json() + "\n")
+
+
+def resolve_config(
+    preset: str | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+) -> ExperimentConfig:
+    """Layers a preset, then a JSON config file, then `key=value` overrides."""
+    from isl import presets
+
+    config = presets.get_preset(preset or "paper")
+    if config_path:
+        config = load_config(config_path, base=config)
+    if overrides:
+        config = apply_overrides(config, list(overrides))
+    return config

@@ -1,0 +1,1 @@
+"""infer stage of the ISL pipeline."""
