@@ -1,0 +1,202 @@
+"""Spatial geometry of the multi-scale networks, derived from a ModelConfig.
+
+The one owner of the network border: every crop size, tower size and the
+input size needed for a given output size is computed here from the config
+(no size tables), and the data pipeline, the builder and the tiler all read
+it from here.
+
+Rules (isl_reference.md §1.2-§1.6, §1.8); all padding is VALID:
+
+* in-scale module, kernel k: n -> n - (k - 1);
+* concordance down block (k x k / 2 module, then one in-scale module):
+  n -> (n - k) / 2 + 1 -> minus (in_scale_kernel - 1);
+* concordance up block (k x k / 2 transposed module, centre crop by 2, then
+  one in-scale module): n -> 2n + k - 2 -> 2n + k - 6 -> minus (k_in - 1);
+* fovea down block: the k x k / 2 module alone; fovea up block: the k x k / 2
+  transposed module alone (2n for k = 2);
+* upper tower: `upper_tower_modules` in-scale modules after the merge.
+
+Tower s has s down blocks, `lower_modules_scale_0 - lower_modules_step * s`
+in-scale modules, then s up blocks. Each tower takes a centre crop of the
+(projected) input; the largest tower uses the whole input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from isl import config as config_lib
+
+# Centre crop applied after each concordance transposed-convolution module.
+UP_BLOCK_CROP = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerGeometry:
+    """Sizes along one tower, for square inputs.
+
+    Attributes:
+        scale: tower index s (resolution 1 / 2**s).
+        crop_size: side of the centre crop of the projected input it reads.
+        down_sizes: output side after each down block.
+        lower_sizes: output side after each lower in-scale module.
+        up_sizes: output side after each up block.
+    """
+
+    scale: int
+    crop_size: int
+    down_sizes: tuple[int, ...]
+    lower_sizes: tuple[int, ...]
+    up_sizes: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Input/output geometry of a network for square patches.
+
+    Attributes:
+        input_size: side of the input patch (250 for the paper model).
+        output_size: side of the output patch (8 for the paper model).
+        border: context used up on each side, (input - output) / 2 (121).
+        phase: shift-equivariance period in input pixels, 2**(num_scales-1)
+            (16 for the paper model): shifting the input by `phase` shifts the
+            output by `phase`; shifts by other amounts do not commute.
+        merge_size: side at which the towers are concatenated (36).
+        towers: per-tower sizes.
+    """
+
+    input_size: int
+    output_size: int
+    border: int
+    phase: int
+    merge_size: int
+    towers: tuple[TowerGeometry, ...]
+
+
+def _lower_module_count(model: config_lib.ModelConfig, scale: int) -> int:
+    count = model.lower_modules_scale_0 - model.lower_modules_step * scale
+    if count < 0:
+        raise ValueError(
+            f"Tower {scale} would have {count} lower in-scale modules "
+            f"(lower_modules_scale_0={model.lower_modules_scale_0}, "
+            f"lower_modules_step={model.lower_modules_step})."
+        )
+    return count
+
+
+def _down_block(model: config_lib.ModelConfig, size: int) -> int:
+    """Output side of one down block for input side `size` (forward)."""
+    if (size - model.down_kernel) % 2:
+        raise ValueError(f"Down block input {size} is not compatible with stride 2.")
+    size = (size - model.down_kernel) // 2 + 1
+    if model.architecture == "concordance":
+        size -= model.in_scale_kernel - 1
+    return size
+
+
+def _down_block_inverse(model: config_lib.ModelConfig, size: int) -> int:
+    if model.architecture == "concordance":
+        size += model.in_scale_kernel - 1
+    return 2 * (size - 1) + model.down_kernel
+
+
+def _up_block(model: config_lib.ModelConfig, size: int) -> int:
+    size = 2 * size + model.up_kernel - 2
+    if model.architecture == "concordance":
+        size -= 2 * UP_BLOCK_CROP + model.in_scale_kernel - 1
+    return size
+
+
+def _up_block_inverse(model: config_lib.ModelConfig, size: int) -> int | None:
+    """Input side of an up block giving `size`, or None if none exists."""
+    if model.architecture == "concordance":
+        size += 2 * UP_BLOCK_CROP + model.in_scale_kernel - 1
+    size -= model.up_kernel - 2
+    if size % 2 or size < 2:
+        return None
+    return size // 2
+
+
+def _tower_crop(model: config_lib.ModelConfig, scale: int, merge_size: int) -> int | None:
+    """The crop side that tower `scale` needs to end at `merge_size`."""
+    size = merge_size
+    for _ in range(scale):
+        size = _up_block_inverse(model, size)
+        if size is None:
+            return None
+    size += (model.in_scale_kernel - 1) * _lower_module_count(model, scale)
+    for _ in range(scale):
+        size = _down_block_inverse(model, size)
+    return size
+
+
+def _trace_tower(model: config_lib.ModelConfig, scale: int, crop_size: int) -> TowerGeometry:
+    size = crop_size
+    down_sizes = []
+    for _ in range(scale):
+        size = _down_block(model, size)
+        down_sizes.append(size)
+    lower_sizes = []
+    for _ in range(_lower_module_count(model, scale)):
+        size -= model.in_scale_kernel - 1
+        lower_sizes.append(size)
+    up_sizes = []
+    for _ in range(scale):
+        size = _up_block(model, size)
+        up_sizes.append(size)
+    return TowerGeometry(scale, crop_size, tuple(down_sizes), tuple(lower_sizes), tuple(up_sizes))
+
+
+def geometry(model: config_lib.ModelConfig, output_size: int | None = None) -> Geometry:
+    """The geometry for square outputs of `output_size` (default: the config's).
+
+    Raises:
+        ValueError: if no input size gives exactly that output size.
+    """
+    output_size = model.output_size if output_size is None else output_size
+    merge_size = output_size + (model.in_scale_kernel - 1) * model.upper_tower_modules
+    towers = []
+    for scale in range(model.num_scales):
+        crop = _tower_crop(model, scale, merge_size)
+        if crop is None:
+            raise ValueError(
+                f"Output size {output_size} is not reachable: tower {scale} cannot end at "
+                f"merge size {merge_size}. Valid output sizes are {model.output_size} + "
+                f"{phase_of(model)}k."
+            )
+        towers.append(_trace_tower(model, scale, crop))
+    input_size = max(tower.crop_size for tower in towers)
+    for tower in towers:
+        if (input_size - tower.crop_size) % 2:
+            raise ValueError(f"Tower {tower.scale} crop {tower.crop_size} cannot be centred in {input_size}.")
+        end = (tower.up_sizes or tower.lower_sizes or tower.down_sizes or (tower.crop_size,))[-1]
+        if end != merge_size:
+            raise ValueError(f"Tower {tower.scale} ends at {end}, not {merge_size}.")
+    return Geometry(
+        input_size=input_size,
+        output_size=output_size,
+        border=(input_size - output_size) // 2,
+        phase=phase_of(model),
+        merge_size=merge_size,
+        towers=tuple(towers),
+    )
+
+
+def phase_of(model: config_lib.ModelConfig) -> int:
+    """The shift-equivariance period in input pixels, 2**(num_scales - 1)."""
+    return 2 ** (model.num_scales - 1)
+
+
+def output_size_for_input(model: config_lib.ModelConfig, input_size: int) -> int:
+    """Output side for an input side; raises ValueError for an invalid side.
+
+    Valid inputs are `geometry(model).input_size + phase * k`, k >= 0.
+    """
+    base = geometry(model)
+    extra = input_size - base.input_size
+    if extra < 0 or extra % base.phase:
+        raise ValueError(
+            f"Input side {input_size} is not valid for this model: it must be "
+            f"{base.input_size} + {base.phase}k (k >= 0)."
+        )
+    return base.output_size + extra
