@@ -259,6 +259,9 @@ class TrainConfig:
         eval_every_steps: evaluation-loss interval in steps.
         eval_batches: batches per evaluation (1024 examples / 16 in the paper).
         seed: random seed.
+        sync_batch_norm: with several replicas, batch norm uses the
+            statistics of the global batch (as on one device); False keeps
+            per-replica statistics.
     """
 
     optimizer: str = "adam"
@@ -271,6 +274,7 @@ class TrainConfig:
     eval_every_steps: int = 1000
     eval_batches: int = 64
     seed: int = 0
+    sync_batch_norm: bool = True
 
     def validate(self) -> None:
         if self.optimizer not in ("adam", "momentum", "adagrad"):
