@@ -187,12 +187,35 @@ def phase_of(model: config_lib.ModelConfig) -> int:
     return 2 ** (model.num_scales - 1)
 
 
+def reference_geometry(model: config_lib.ModelConfig) -> Geometry:
+    """The geometry with the smallest valid output congruent to the config's.
+
+    Layer depths and per-side crops are taken from this geometry, so a config
+    whose `output_size` is raised by multiples of the phase (the larger-output
+    training option, 8 + 16k) builds the same layers and weights as the paper
+    model; only the patch sizes grow. For the paper model it is the 250 -> 8
+    geometry.
+
+    Raises:
+        ValueError: if no output size congruent to `model.output_size` is valid.
+    """
+    phase = phase_of(model)
+    smallest = (model.output_size - 1) % phase + 1
+    for size in range(smallest, model.output_size + 1, phase):
+        try:
+            return geometry(model, size)
+        except ValueError:
+            continue
+    return geometry(model)  # Raises the explanatory error.
+
+
 def output_size_for_input(model: config_lib.ModelConfig, input_size: int) -> int:
     """Output side for an input side; raises ValueError for an invalid side.
 
-    Valid inputs are `geometry(model).input_size + phase * k`, k >= 0.
+    Valid inputs are `reference_geometry(model).input_size + phase * k`,
+    k >= 0 (250 + 16k -> 8 + 16k for the paper model).
     """
-    base = geometry(model)
+    base = reference_geometry(model)
     extra = input_size - base.input_size
     if extra < 0 or extra % base.phase:
         raise ValueError(
@@ -200,3 +223,86 @@ def output_size_for_input(model: config_lib.ModelConfig, input_size: int) -> int
             f"{base.input_size} + {base.phase}k (k >= 0)."
         )
     return base.output_size + extra
+
+
+# ---------------------------------------------------------------------------
+# Receptive field: exact 1-D index dependencies through every layer
+# ---------------------------------------------------------------------------
+
+Interval = tuple[int, int]
+
+
+def _conv_back(interval: Interval, kernel: int, stride: int) -> Interval:
+    """Input rows a VALID k x k / s convolution reads for output rows [a, b].
+
+    The module's passthrough (crop, crop + average pool) and max pool read a
+    subset of these rows, so this is the whole module's dependency.
+    """
+    first, last = interval
+    return stride * first, stride * last + kernel - 1
+
+
+def _transposed_back(interval: Interval, kernel: int, input_size: int) -> Interval:
+    """Input rows a k x k / 2 VALID transposed convolution uses for [a, b].
+
+    Output row o receives input rows i with 2i <= o <= 2i + k - 1; the
+    nearest-upsample + pad passthrough reads a subset of them.
+    """
+    first, last = interval
+    return max(0, -((kernel - 1 - first) // 2)), min(input_size - 1, last // 2)
+
+
+def _tower_back(model: config_lib.ModelConfig, tower: TowerGeometry, interval: Interval) -> Interval:
+    """Maps merge rows [a, b] back to rows of the tower's centre crop."""
+    concordance = model.architecture == "concordance"
+    in_scale = model.in_scale_kernel
+    sizes_before_up = (tower.lower_sizes or tower.down_sizes or (tower.crop_size,))[-1:]
+    up_inputs = list(sizes_before_up) + list(tower.up_sizes[:-1])
+    for input_size in reversed(up_inputs):
+        if concordance:
+            interval = _conv_back(interval, in_scale, 1)
+            interval = (interval[0] + UP_BLOCK_CROP, interval[1] + UP_BLOCK_CROP)
+        interval = _transposed_back(interval, model.up_kernel, input_size)
+    for _ in tower.lower_sizes:
+        interval = _conv_back(interval, in_scale, 1)
+    for _ in tower.down_sizes:
+        if concordance:
+            interval = _conv_back(interval, in_scale, 1)
+        interval = _conv_back(interval, model.down_kernel, 2)
+    return interval
+
+
+def dependency_interval(model: config_lib.ModelConfig, output_index: int, output_size: int | None = None) -> Interval:
+    """The input rows (inclusive, 0-based) that output row `output_index` uses.
+
+    Exact for the graph the builder makes: the union over towers of the rows
+    every convolution, pool, crop, transposed convolution and passthrough
+    reads. The same holds for columns.
+    """
+    geo = geometry(model, output_size)
+    if not 0 <= output_index < geo.output_size:
+        raise ValueError(f"Output row {output_index} is outside 0..{geo.output_size - 1}.")
+    interval = (output_index, output_index)
+    for _ in range(model.upper_tower_modules):
+        interval = _conv_back(interval, model.in_scale_kernel, 1)
+    first, last = geo.input_size, -1
+    for tower in geo.towers:
+        tower_first, tower_last = _tower_back(model, tower, interval)
+        offset = (geo.input_size - tower.crop_size) // 2
+        first = min(first, tower_first + offset)
+        last = max(last, tower_last + offset)
+    return max(first, 0), min(last, geo.input_size - 1)
+
+
+def receptive_field(model: config_lib.ModelConfig) -> int:
+    """Side of the input region one output pixel depends on, unclipped.
+
+    Measured on the central output pixel of an input large enough that no
+    tower's borders clip it (the paper model: larger than the 250 patch, so
+    every output pixel of a 250 patch depends on the whole patch).
+    """
+    base = reference_geometry(model)
+    extra_phases = 2 * (base.input_size // base.phase + 1)
+    output_size = base.output_size + extra_phases * base.phase
+    first, last = dependency_interval(model, output_size // 2, output_size)
+    return last - first + 1

@@ -1,0 +1,142 @@
+"""The few custom Keras layers the ISL network needs.
+
+Everything else is a stock Keras layer (BatchNormalization, Conv2D,
+Conv2DTranspose, MaxPooling2D, AveragePooling2D, Cropping2D, UpSampling2D,
+Concatenate). Each layer here has `get_config` and is registered as
+serializable under the package name "isl", so `.keras` files load without
+`custom_objects` once `isl.model` is imported.
+
+All tensors are channels-last: `[batch, rows, columns, channels]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+PACKAGE = "isl"
+
+
+# The pre-activations the blocks offer, by `ModelConfig.activation` name.
+# "relu_tanh" is the paper's; the others are options for hyperparameter search.
+ACTIVATIONS: dict[str, tuple[str, ...]] = {
+    "relu_tanh": ("relu", "tanh"),
+    "relu": ("relu",),
+    "silu_tanh": ("silu", "tanh"),
+}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DualActivation(keras.layers.Layer):
+    """concat([ReLU(x), tanh(x)]) along channels, ReLU first (§1.2).
+
+    `activations` names the parts, in channel order (default the paper's
+    ("relu", "tanh")). Shape: `[batch, rows, columns, C]` ->
+    `[batch, rows, columns, len(activations) * C]`.
+    """
+
+    def __init__(self, activations: tuple[str, ...] | list[str] = ("relu", "tanh"), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.activations = tuple(activations)
+        self._functions = [keras.activations.get(name) for name in self.activations]
+
+    def call(self, inputs):
+        if len(self._functions) == 1:
+            return self._functions[0](inputs)
+        return ops.concatenate([function(inputs) for function in self._functions], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        channels = input_shape[-1]
+        count = len(self.activations)
+        return tuple(input_shape[:-1]) + (None if channels is None else count * channels,)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "activations": list(self.activations)}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SymmetricPad2D(keras.layers.Layer):
+    """Pads rows and columns by `padding` pixels, mirroring the edge (§1.3).
+
+    For `padding=1` this is edge replication, as the released code's
+    `tf.pad(..., mode="SYMMETRIC")` of the upsampled residual.
+    Shape: `[batch, n, m, C]` -> `[batch, n + 2p, m + 2p, C]`.
+    """
+
+    def __init__(self, padding: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.padding = int(padding)
+
+    def call(self, inputs):
+        pad = self.padding
+        return ops.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="symmetric")
+
+    def compute_output_shape(self, input_shape):
+        batch, rows, columns, channels = input_shape
+        grow = lambda size: None if size is None else size + 2 * self.padding  # noqa: E731
+        return (batch, grow(rows), grow(columns), channels)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "padding": self.padding}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MismatchedDepthAdd(keras.layers.Layer):
+    """Residual sum of two tensors whose channel depths may differ (§1.3).
+
+    Called on `[passthrough, reduced]`, both `[batch, rows, columns, C_i]`.
+
+    * `pad=True` (convolution modules): the shallower tensor is zero-padded
+      at the END of the channel axis; output depth max(C_0, C_1).
+    * `pad=False` (transposed-convolution modules): the deeper tensor is
+      cropped to its FIRST min(C_0, C_1) channels.
+    """
+
+    def __init__(self, pad: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pad = bool(pad)
+
+    def call(self, inputs):
+        first, second = inputs
+        first_depth, second_depth = first.shape[-1], second.shape[-1]
+        if first_depth == second_depth:
+            return ops.add(first, second)
+        if self.pad:
+            if first_depth < second_depth:
+                first, second = second, first
+            extra = first.shape[-1] - second.shape[-1]
+            second = ops.pad(second, [[0, 0], [0, 0], [0, 0], [0, extra]])
+            return ops.add(first, second)
+        depth = min(first_depth, second_depth)
+        return ops.add(first[..., :depth], second[..., :depth])
+
+    def compute_output_shape(self, input_shapes):
+        first, second = input_shapes
+        depth = max(first[-1], second[-1]) if self.pad else min(first[-1], second[-1])
+        return tuple(second[:-1]) + (depth,)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "pad": self.pad}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StackHeads(keras.layers.Layer):
+    """Stacks per-head logits into the canonical prediction layout.
+
+    Called on a list of `num_heads` tensors `[batch, rows, columns, classes]`;
+    returns `[batch, rows, columns, num_heads, classes]` in this layer's
+    dtype (float32 by default, also under a mixed-precision policy).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        return ops.stack([ops.cast(head, self.compute_dtype) for head in inputs], axis=3)
+
+    def compute_output_shape(self, input_shapes):
+        first = input_shapes[0]
+        return tuple(first[:3]) + (len(input_shapes), first[3])
