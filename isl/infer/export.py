@@ -1,0 +1,358 @@
+"""SavedModel export: serving signatures with the preprocessing inside the graph.
+
+`export_model(model_dir, export_dir)` writes a TensorFlow SavedModel that a
+lab can run behind TF Serving, or load with `tf.saved_model.load` in a
+process that never imports `isl`:
+
+    EXPORT_DIR/
+      saved_model.pb, variables/, fingerprint.pb   the SavedModel
+      model.keras     the native Keras archive (for fine-tuning; needs isl)
+      config.json     the model's ExperimentConfig
+      export.json     signatures, outputs, valid sizes, z mapping (this doc)
+
+Signatures (every spatial size is dynamic):
+
+* `serving_default`: `z_stack` `[batch, height, width, num_source_z]`
+  uint16 -- the raw transmitted-light z-stack as the microscope writes it.
+  Scaled by 1/65535 (isl_reference.md §3.4).
+* `serving_float32`: the same, `z_stack` float32 already in [0, 1].
+* `logits`: `network_input` `[batch, height, width, 2 * num_z_values]`
+  float32 (value/mask interleaved, §1.1) -> `logits` `[batch, h, w,
+  num_heads, num_classes]`; what `isl predict --saved_model` tiles with.
+
+Inside the z-stack signatures: the z mapping of training (network z value f
+reads source slice `round((num_source_z - 1) * f)`, half to even, §3.3; any
+`num_source_z` from 1 to `MAX_SOURCE_Z`), presence masks of ones, the
+network, the softmax and the statistics (§2). Height and width must be
+`input_size + phase * k` (250 + 16k for the paper model); the output is
+`height - 2 * border` (8 + 16k) per side. Outputs, one per target channel
+(`channels.output_target_channels`, e.g. `DAPI_CONFOCAL`):
+
+* `<CHANNEL>_<statistic>`: `[batch, h, w]` float32 in [0, 1], for each
+  requested statistic (median, mean, std by default; mode, p_nonzero,
+  entropy on request);
+* `<CHANNEL>_distribution`: `[batch, h, w, num_classes]` float32
+  probabilities, with `with_distributions`.
+
+A wrong size, rank or z count fails with an InvalidArgumentError whose
+message says what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+from isl import config as config_lib
+from isl import errors
+from isl.io import atomic
+from isl.model import geometry as geometry_lib
+
+SERVING_DEFAULT = "serving_default"
+SERVING_FLOAT32 = "serving_float32"
+LOGITS_SIGNATURE = "logits"
+SIGNATURES = (SERVING_DEFAULT, SERVING_FLOAT32, LOGITS_SIGNATURE)
+DEFAULT_STATISTICS = ("median", "mean", "std")
+# Source stacks up to this many z slices are mapped inside the graph.
+MAX_SOURCE_Z = 256
+KERAS_ARCHIVE = "model.keras"
+CONFIG_FILE = "config.json"
+EXPORT_INFO_FILE = "export.json"
+UINT16_MAX = 65535.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What `export_model` wrote."""
+
+    export_dir: str
+    keras_path: str | None
+    signatures: tuple[str, ...]
+    outputs: tuple[str, ...]
+    input_size: int
+    phase: int
+    border: int
+
+
+def output_name(channel: str, statistic: str) -> str:
+    """Signature output key of a channel's statistic, e.g. DAPI_CONFOCAL_median."""
+    return f"{channel}_{statistic}"
+
+
+def _check_name(channel: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", channel):
+        raise errors.InputError(f"Channel name {channel!r} cannot name a signature output.")
+
+
+class ServingFunctions:
+    """The graph of the z-stack signatures, built around a Keras model.
+
+    Args:
+        model: the network, `[batch, H, W, 2Z]` -> logits
+            `[batch, h, w, heads, classes]`, built with dynamic spatial size.
+        config: its ExperimentConfig.
+        statistics: names from `isl.model.statistics.STATISTICS`.
+        with_distributions: also return each target channel's probabilities.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        config: config_lib.ExperimentConfig,
+        statistics: Sequence[str] = DEFAULT_STATISTICS,
+        with_distributions: bool = False,
+    ) -> None:
+        import tensorflow as tf
+
+        from isl.data import assemble
+
+        self.model = model
+        self.config = config
+        self.statistics = tuple(statistics)
+        self.with_distributions = with_distributions
+        self.geometry = geometry_lib.geometry(config.model)
+        channels = config.channels
+        self.num_z_values = channels.num_z_values
+        self.target_channels = channels.output_target_channels
+        for channel in self.target_channels:
+            _check_name(channel)
+        self.target_head_indices = tuple(range(channels.num_input_heads, channels.num_heads))
+        # Row n: the source slice of each z value for an n-slice stack, from the
+        # one owner of the rule (the same table the training pipeline gathers).
+        self._z_table = tf.constant(assemble.z_index_table(MAX_SOURCE_Z, self.num_z_values), tf.int32)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        names = [output_name(c, s) for c in self.target_channels for s in self.statistics]
+        if self.with_distributions:
+            names += [output_name(c, "distribution") for c in self.target_channels]
+        return tuple(names)
+
+    def check_stack(self, z_stack: Any) -> Any:
+        """Asserts a valid `[batch, H, W, n]` size; returns `z_stack`."""
+        import tensorflow as tf
+
+        base, phase = self.geometry.input_size, self.geometry.phase
+        shape = tf.shape(z_stack)
+        height, width, num_source_z = shape[1], shape[2], shape[3]
+
+        def valid_side(side: Any) -> Any:
+            return tf.logical_and(side >= base, tf.math.floormod(side - base, phase) == 0)
+
+        size_ok = tf.debugging.Assert(
+            tf.logical_and(valid_side(height), valid_side(width)),
+            [
+                f"isl: z_stack height and width must be {base} + {phase}k (k >= 0), e.g. "
+                f"{base}, {base + phase}, {base + 2 * phase}; got height, width:",
+                height,
+                width,
+            ],
+            name="check_size",
+        )
+        z_ok = tf.debugging.Assert(
+            tf.logical_and(num_source_z >= 1, num_source_z <= MAX_SOURCE_Z),
+            [f"isl: z_stack must have 1 to {MAX_SOURCE_Z} z slices on its last axis; got:", num_source_z],
+            name="check_z",
+        )
+        with tf.control_dependencies([size_ok, z_ok]):
+            return tf.identity(z_stack)
+
+    def network_input(self, z_stack: Any) -> Any:
+        """`[batch, H, W, n]` float32 in [0,1] -> `[batch, H, W, 2Z]` (§1.1, §3.3)."""
+        import tensorflow as tf
+
+        num_source_z = tf.shape(z_stack)[3]
+        indices = tf.gather(self._z_table, num_source_z)
+        values = tf.gather(z_stack, indices, axis=3)
+        interleaved = tf.stack([values, tf.ones_like(values)], axis=-1)
+        shape = tf.shape(values)
+        return tf.reshape(interleaved, tf.concat([shape[:3], [2 * self.num_z_values]], axis=0))
+
+    def logits(self, network_input: Any) -> dict[str, Any]:
+        import tensorflow as tf
+
+        return {"logits": tf.cast(self.model(network_input, training=False), tf.float32)}
+
+    def outputs(self, z_stack: Any) -> dict[str, Any]:
+        """`[batch, H, W, n]` float32 in [0, 1] -> the signature outputs."""
+        import tensorflow as tf
+
+        from isl.model import statistics as statistics_lib
+
+        z_stack = self.check_stack(z_stack)
+        logits = self.logits(self.network_input(z_stack))["logits"]
+        target_logits = tf.gather(logits, list(self.target_head_indices), axis=3)
+        probabilities = tf.nn.softmax(target_logits, axis=-1)
+        results: dict[str, Any] = {}
+        computed = statistics_lib.distribution_statistics(probabilities, self.statistics) if self.statistics else {}
+        for index, channel in enumerate(self.target_channels):
+            for statistic in self.statistics:
+                results[output_name(channel, statistic)] = tf.cast(computed[statistic][..., index], tf.float32)
+            if self.with_distributions:
+                results[output_name(channel, "distribution")] = probabilities[..., index, :]
+        return results
+
+    def serve_uint16(self, z_stack: Any) -> dict[str, Any]:
+        import tensorflow as tf
+
+        return self.outputs(tf.cast(z_stack, tf.float32) / UINT16_MAX)
+
+    def serve_float32(self, z_stack: Any) -> dict[str, Any]:
+        return self.outputs(z_stack)
+
+
+def parse_statistics(names: Sequence[str]) -> tuple[str, ...]:
+    """Validates statistic names against `isl.model.statistics.STATISTICS`."""
+    from isl.model import statistics as statistics_lib
+
+    names = tuple(name.strip() for name in names if name.strip())
+    unknown = [name for name in names if name not in statistics_lib.STATISTICS]
+    if unknown:
+        raise errors.InputError(
+            f"Unknown statistic(s) {', '.join(unknown)}. Known: {', '.join(statistics_lib.STATISTICS)}."
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def export_model(
+    model_dir: str,
+    export_dir: str,
+    statistics: Sequence[str] = DEFAULT_STATISTICS,
+    with_distributions: bool = False,
+    keras_archive: bool = True,
+) -> ExportResult:
+    """Exports the model of `model_dir` (config.json + weights) to `export_dir`.
+
+    The directory is written under a temporary name and renamed at the end;
+    an existing `export_dir` is replaced.
+
+    Raises:
+        InputError: when `model_dir` holds no model, or for a bad statistic.
+    """
+    from isl.model import saving
+
+    statistics = parse_statistics(statistics)
+    if not statistics and not with_distributions:
+        raise errors.InputError("Nothing to export: give --statistics or --with_distributions.")
+    if not os.path.isdir(model_dir):
+        raise errors.InputError(f"{model_dir}: model directory not found.")
+    model, config = saving.load_model_dir(model_dir)
+    return export_keras_model(model, config, export_dir, statistics, with_distributions, keras_archive)
+
+
+def export_keras_model(
+    model: Any,
+    config: config_lib.ExperimentConfig,
+    export_dir: str,
+    statistics: Sequence[str] = DEFAULT_STATISTICS,
+    with_distributions: bool = False,
+    keras_archive: bool = True,
+) -> ExportResult:
+    """Exports a built Keras model (dynamic spatial size); see `export_model`."""
+    import keras
+    import tensorflow as tf
+
+    functions = ServingFunctions(model, config, statistics, with_distributions)
+    stack_shape = [None, None, None, None]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        SERVING_DEFAULT,
+        functions.serve_uint16,
+        input_signature=[tf.TensorSpec(stack_shape, tf.uint16, name="z_stack")],
+    )
+    archive.add_endpoint(
+        SERVING_FLOAT32,
+        functions.serve_float32,
+        input_signature=[tf.TensorSpec(stack_shape, tf.float32, name="z_stack")],
+    )
+    archive.add_endpoint(
+        LOGITS_SIGNATURE,
+        functions.logits,
+        input_signature=[
+            tf.TensorSpec([None, None, None, config.channels.num_input_features], tf.float32, name="network_input")
+        ],
+    )
+    geometry = functions.geometry
+    info = {
+        "format": "isl SavedModel export",
+        "signatures": {
+            SERVING_DEFAULT: {
+                "input": {"z_stack": "[batch, height, width, num_source_z] uint16 (scaled by 1/65535)"},
+                "outputs": list(functions.output_names),
+            },
+            SERVING_FLOAT32: {
+                "input": {"z_stack": "[batch, height, width, num_source_z] float32 in [0, 1]"},
+                "outputs": list(functions.output_names),
+            },
+            LOGITS_SIGNATURE: {
+                "input": {"network_input": f"[batch, height, width, {config.channels.num_input_features}] float32"},
+                "outputs": ["logits"],
+            },
+        },
+        "valid_sizes": f"height, width = {geometry.input_size} + {geometry.phase}k (k >= 0)",
+        "input_size": geometry.input_size,
+        "phase": geometry.phase,
+        "border": geometry.border,
+        "output_size": f"side - {2 * geometry.border}",
+        "num_z_values": config.channels.num_z_values,
+        "z_values": list(config.channels.z_values),
+        "z_mapping": "network z value f reads source slice round((num_source_z - 1) * f), half to even",
+        "max_source_z": MAX_SOURCE_Z,
+        "target_channels": list(functions.target_channels),
+        "head_names": list(config.channels.head_names),
+        "statistics": list(functions.statistics),
+        "with_distributions": with_distributions,
+        "num_classes": config.model.num_classes,
+    }
+    export_dir = os.path.abspath(export_dir)
+    with atomic.output_directory(export_dir) as temporary:
+        archive.write_out(temporary, verbose=False)
+        keras_path = None
+        if keras_archive:
+            keras_path = os.path.join(export_dir, KERAS_ARCHIVE)
+            model.save(os.path.join(temporary, KERAS_ARCHIVE))
+        config_lib.save_config(config, os.path.join(temporary, CONFIG_FILE))
+        atomic.write_text(os.path.join(temporary, EXPORT_INFO_FILE), json.dumps(info, indent=2) + "\n")
+    return ExportResult(
+        export_dir=export_dir,
+        keras_path=keras_path,
+        signatures=SIGNATURES,
+        outputs=functions.output_names,
+        input_size=geometry.input_size,
+        phase=geometry.phase,
+        border=geometry.border,
+    )
+
+
+def load_exported(export_dir: str) -> tuple[Any, config_lib.ExperimentConfig]:
+    """Loads an export: (the `tf.saved_model.load` object, its config).
+
+    Raises:
+        InputError: when `export_dir` is not an `isl export` directory.
+    """
+    import tensorflow as tf
+
+    if not os.path.exists(os.path.join(export_dir, "saved_model.pb")):
+        raise errors.InputError(f"{export_dir}: no saved_model.pb; not a SavedModel directory.")
+    config_path = os.path.join(export_dir, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise errors.InputError(f"{export_dir}: no {CONFIG_FILE}; was it written by isl export?")
+    config = config_lib.load_config(config_path)
+    return tf.saved_model.load(export_dir), config
+
+
+def saved_model_logits_fn(export_dir: str) -> tuple[Callable[[Any], Any], config_lib.ExperimentConfig]:
+    """A `logits_fn` for `isl.infer.predict` backed by an export's `logits` signature.
+
+    Returns:
+        (function `[batch, H, W, 2Z]` float32 -> logits, the export's config).
+    """
+    loaded, config = load_exported(export_dir)
+    signature = loaded.signatures[LOGITS_SIGNATURE]
+    return (lambda inputs: signature(network_input=inputs)["logits"]), config
