@@ -213,10 +213,15 @@ class _ISLTunerMixin:
             validation_data=eval_data,
             steps_per_epoch=self.isl_steps_per_epoch,
             validation_steps=self.isl_eval_steps or config.train.eval_batches,
-            callbacks=list(kwargs.get("callbacks", [])) + self.isl_callbacks,
             verbose=self.isl_verbose,
         )
         return super().run_trial(trial, *args, **kwargs)
+
+    def _build_and_fit_model(self, trial, *args, **kwargs):
+        # Added after Keras Tuner's deep copy of the callbacks, so progress
+        # bars and test hooks keep their state across trials.
+        kwargs["callbacks"] = list(kwargs.get("callbacks", [])) + self.isl_callbacks
+        return super()._build_and_fit_model(trial, *args, **kwargs)
 
 
 class _RandomTuner(_ISLTunerMixin, keras_tuner.Tuner):
