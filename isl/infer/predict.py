@@ -173,6 +173,7 @@ def make_run_function(
     statistics: Sequence[str],
     quantiles: Sequence[float] = (),
     with_truth: bool = False,
+    with_distributions: bool = False,
 ) -> Callable[..., dict[str, Any]]:
     """A `tf.function` from a batch of run inputs to per-pixel statistics.
 
@@ -186,6 +187,8 @@ def make_run_function(
         with_truth: the function then takes a second argument, the true bins
             `[batch, h, w, kept_heads]` int32, and also returns
             `CALIBRATION_KEYS`.
+        with_distributions: also return "distribution", the probabilities
+            `[batch, h, w, kept_heads, classes]` (tests; large).
 
     Returns:
         A function returning name -> `[batch, h, w, kept_heads]` float32.
@@ -203,6 +206,8 @@ def make_run_function(
 
             results = dict(statistics_lib.distribution_statistics(probabilities, tuple(statistics)))
         results = {name: tf.cast(value, tf.float32) for name, value in results.items()}
+        if with_distributions:
+            results["distribution"] = probabilities
         if quantiles or true_bins is not None:
             cumulative = tf.cumsum(probabilities, axis=-1)
             num_classes = probabilities.shape[-1] or tf.shape(probabilities)[-1]
@@ -223,9 +228,44 @@ def make_run_function(
     return tf.function(lambda inputs: compute(inputs), reduce_retracing=True)
 
 
-def keras_logits_fn(model: Any) -> Callable[[Any], Any]:
-    """Wraps a Keras model as `logits_fn` (inference mode: moving BN averages)."""
-    return lambda inputs: model(inputs, training=False)
+def keras_logits_fn(model: Any, head_indices: Sequence[int] | None = None) -> Callable[[Any], Any]:
+    """Wraps a Keras model as `logits_fn` (inference mode: moving BN averages).
+
+    With `head_indices`, and a model from `isl.model.builder` (whose heads
+    feed one stacking layer), only those heads are computed: a sub-model
+    from the input to the chosen heads' logits. The 26 input heads and the
+    unused target heads then cost neither time nor the memory of their
+    `[h, w, 256]` logits. The result is `[batch, h, w, len(head_indices),
+    classes]`; the caller must then not select heads again (pass
+    `head_indices=None` to `predict_image`).
+
+    Args:
+        model: a Keras model `[batch, H, W, 2Z]` -> `[batch, h, w, heads, C]`.
+        head_indices: heads to keep, or None for all.
+    """
+    import keras
+    import tensorflow as tf
+
+    if head_indices is None:
+        return lambda inputs: model(inputs, training=False)
+    from isl.model import heads as heads_lib
+
+    try:
+        head_outputs = model.get_layer(heads_lib.LOGITS_LAYER).input
+    except ValueError:
+        head_outputs = None
+    if not isinstance(head_outputs, (list, tuple)) or len(head_outputs) <= max(head_indices):
+        indices = list(head_indices)
+        return lambda inputs: tf.gather(model(inputs, training=False), indices, axis=3)
+    subset = keras.Model(model.input, [head_outputs[index] for index in head_indices], name=f"{model.name}_heads")
+
+    def logits_fn(inputs: Any) -> Any:
+        outputs = subset(inputs, training=False)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        return tf.stack([tf.cast(output, tf.float32) for output in outputs], axis=3)
+
+    return logits_fn
 
 
 def _default_network_input(num_z_values: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -1,0 +1,236 @@
+"""The original's error panels (isl_reference.md §5.2-§5.3); NumPy only.
+
+A panel is a grid of tiles, one row per (z, channel) and one column per
+image kind. Every tile has a 4-px border whose colour says what it shows:
+
+| border | colour | shows |
+|---|---|---|
+| purple (102, 0, 255)/255 | `PURPLE` | prediction statistics |
+| turquoise (64, 224, 208)/255 | `TURQUOISE` | ground truth |
+| white | `WHITE` | additive error |
+| black | `BLACK` | subtractive error |
+| mango (255, 130, 67)/255 | `MANGO` | presence mask |
+
+Error images: the prediction is painted in orange (1, 0.5, 0) and the truth in
+blue (0, 0.5, 1). Additive error: their sum, grey where they agree, orange
+tint for false positives, blue for false negatives. Subtractive error:
+`d = prediction - truth`, positive part orange, negative part blue, black
+where correct.
+
+Files are 16-bit RGB PNGs (value * 65535). The original swapped channels to
+BGR only because OpenCV writes BGR, so its files on disk are RGB, as here.
+Panels above 2**22 pixels are downscaled bilinearly, as in the original.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+import zlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+PURPLE = (102 / 255, 0.0, 1.0)
+TURQUOISE = (64 / 255, 224 / 255, 208 / 255)
+RED = (1.0, 0.0, 0.0)
+WHITE = (1.0, 1.0, 1.0)
+BLACK = (0.0, 0.0, 0.0)
+MANGO = (1.0, 130 / 255, 67 / 255)
+PREDICTION_ORANGE = (1.0, 0.5, 0.0)
+TARGET_BLUE = (0.0, 0.5, 1.0)
+
+BORDER_PIXELS = 4
+MAX_PANEL_PIXELS = 2**22
+
+SIMPLIFIED_STATISTICS = ("median",)
+FULL_STATISTICS = ("mode", "median", "mean", "std")
+ERROR_STATISTICS_FULL = ("mode", "median", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """One tile: an RGB image `[h, w, 3]` in [0, 1] and its border colour."""
+
+    image: np.ndarray
+    border: tuple[float, float, float]
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    """`[h, w]` -> `[h, w, 3]`, clipped to [0, 1], NaN as 0."""
+    image = np.clip(np.nan_to_num(np.asarray(image, dtype=np.float32)), 0.0, 1.0)
+    return np.repeat(image[..., np.newaxis], 3, axis=-1)
+
+
+def additive_error(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Truth in blue plus prediction in orange, `[h, w, 3]` (grey if equal)."""
+    prediction = np.clip(np.nan_to_num(np.asarray(prediction, np.float32)), 0, 1)[..., np.newaxis]
+    truth = np.clip(np.nan_to_num(np.asarray(truth, np.float32)), 0, 1)[..., np.newaxis]
+    image = prediction * np.asarray(PREDICTION_ORANGE, np.float32) + truth * np.asarray(TARGET_BLUE, np.float32)
+    return np.clip(image, 0.0, 1.0)
+
+
+def subtractive_error(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Positive part of prediction - truth in orange, negative part in blue."""
+    difference = np.nan_to_num(np.asarray(prediction, np.float32) - np.asarray(truth, np.float32))[..., np.newaxis]
+    image = np.maximum(difference, 0) * np.asarray(PREDICTION_ORANGE, np.float32) + np.maximum(
+        -difference, 0
+    ) * np.asarray(TARGET_BLUE, np.float32)
+    return np.clip(image, 0.0, 1.0)
+
+
+def bordered(tile: Tile) -> np.ndarray:
+    """The tile with its 4-px border, `[h + 8, w + 8, 3]`."""
+    height, width = tile.image.shape[:2]
+    image = np.empty((height + 2 * BORDER_PIXELS, width + 2 * BORDER_PIXELS, 3), np.float32)
+    image[...] = np.asarray(tile.border, np.float32)
+    image[BORDER_PIXELS : BORDER_PIXELS + height, BORDER_PIXELS : BORDER_PIXELS + width] = tile.image
+    return image
+
+
+def assemble(rows: Sequence[Sequence[Tile]]) -> np.ndarray:
+    """Concatenates bordered tiles into a panel `[rows * (h+8), cols * (w+8), 3]`."""
+    if not rows or not rows[0]:
+        raise ValueError("A panel needs at least one row and one column.")
+    return np.concatenate([np.concatenate([bordered(tile) for tile in row], axis=1) for row in rows], axis=0)
+
+
+def error_row(
+    statistics: Mapping[str, np.ndarray],
+    truth: np.ndarray,
+    mask: np.ndarray | None = None,
+    simplified: bool = True,
+) -> list[Tile]:
+    """One panel row for one (z, channel).
+
+    Simplified (the original's default, 3 tiles): [median: purple]
+    [truth: turquoise] [subtractive error of the median: black].
+    Full (`simplified=False`, 12 tiles): [mode, median, mean, std: purple]
+    [truth: turquoise] [additive error of mode, median, mean: white]
+    [subtractive error of mode, median, mean: black] [mask: mango].
+
+    Args:
+        statistics: name -> `[h, w]`; needs "median" (and mode, mean, std
+            when not simplified).
+        truth: `[h, w]`.
+        mask: `[h, w]` presence mask (full variant; ones if None).
+    """
+    names = SIMPLIFIED_STATISTICS if simplified else FULL_STATISTICS
+    missing = [name for name in names if name not in statistics]
+    if missing:
+        raise ValueError(f"The {'simplified' if simplified else 'full'} panel needs statistics {missing}.")
+    tiles = [Tile(grey(statistics[name]), PURPLE) for name in names]
+    tiles.append(Tile(grey(truth), TURQUOISE))
+    error_names = SIMPLIFIED_STATISTICS if simplified else ERROR_STATISTICS_FULL
+    if not simplified:
+        tiles += [Tile(additive_error(statistics[name], truth), WHITE) for name in error_names]
+    tiles += [Tile(subtractive_error(statistics[name], truth), BLACK) for name in error_names]
+    if not simplified:
+        tiles.append(Tile(grey(np.ones_like(truth) if mask is None else mask), MANGO))
+    return tiles
+
+
+def error_panel(
+    statistics: Mapping[str, np.ndarray],
+    truth: np.ndarray,
+    masks: np.ndarray | None = None,
+    simplified: bool = True,
+) -> np.ndarray:
+    """A whole panel, one row per channel.
+
+    Args:
+        statistics: name -> `[h, w, num_rows]`.
+        truth: `[h, w, num_rows]`.
+        masks: `[h, w, num_rows]` or None.
+
+    Returns:
+        `[num_rows * (h + 8), num_columns * (w + 8), 3]` float32 in [0, 1],
+        downscaled when above 2**22 pixels.
+    """
+    rows = []
+    for index in range(truth.shape[-1]):
+        row_statistics = {name: value[..., index] for name, value in statistics.items()}
+        row_mask = None if masks is None else masks[..., index]
+        rows.append(error_row(row_statistics, truth[..., index], row_mask, simplified))
+    return limit_size(assemble(rows))
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of `[h, w, c]` (pixel centres aligned, half-pixel rule)."""
+
+    def weights(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        position = np.clip((np.arange(target) + 0.5) * source / target - 0.5, 0, source - 1)
+        low = np.floor(position).astype(np.int64)
+        high = np.minimum(low + 1, source - 1)
+        return low, high, (position - low).astype(np.float32)
+
+    low, high, fraction = weights(image.shape[0], height)
+    image = image[low] * (1 - fraction)[:, None, None] + image[high] * fraction[:, None, None]
+    low, high, fraction = weights(image.shape[1], width)
+    return image[:, low] * (1 - fraction)[None, :, None] + image[:, high] * fraction[None, :, None]
+
+
+def limit_size(panel: np.ndarray, max_pixels: int = MAX_PANEL_PIXELS) -> np.ndarray:
+    """Bilinearly downscales a panel above `max_pixels` pixels (§5.2)."""
+    height, width = panel.shape[:2]
+    if height * width <= max_pixels:
+        return panel
+    scale = (max_pixels / (height * width)) ** 0.5
+    return resize_bilinear(panel, max(1, int(height * scale)), max(1, int(width * scale)))
+
+
+def to_uint16(panel: np.ndarray) -> np.ndarray:
+    """`[h, w, 3]` float in [0, 1] -> uint16 (value * 65535, rounded)."""
+    return np.round(np.clip(panel, 0.0, 1.0) * 65535).astype(np.uint16)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def encode_png_rgb16(image: np.ndarray, compress_level: int = 6) -> bytes:
+    """A 16-bit RGB PNG of `[h, w, 3]` uint16 (Pillow cannot write this mode)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint16 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"encode_png_rgb16 needs [h, w, 3] uint16. Received: {image.shape} {image.dtype}")
+    height, width = image.shape[:2]
+    rows = np.ascontiguousarray(image.astype(">u2")).view(np.uint8).reshape(height, width * 6)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()  # Filter 0 per row.
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(raw, compress_level))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def decode_png_rgb16(data: bytes) -> np.ndarray:
+    """Reads back a PNG written by `encode_png_rgb16` (filter 0 only)."""
+    position, idat, header = 8, b"", None
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        kind = data[position + 4 : position + 8]
+        body = data[position + 8 : position + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        position += 12 + length
+    if header is None or header[2:4] != (16, 2):
+        raise ValueError("Not a 16-bit RGB PNG.")
+    width, height = header[0], header[1]
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + width * 6)
+    if raw[:, 0].any():
+        raise ValueError("Only PNG filter 0 is supported.")
+    return raw[:, 1:].copy().view(">u2").reshape(height, width, 3).astype(np.uint16)
+
+
+def write_panel(path: str | os.PathLike[str], panel: np.ndarray) -> str:
+    """Writes `[h, w, 3]` in [0, 1] as a 16-bit RGB PNG, atomically; returns the path."""
+    from isl.io import atomic
+
+    path = os.fspath(path)
+    atomic.write_bytes(path, encode_png_rgb16(to_uint16(panel)))
+    return path
