@@ -34,8 +34,9 @@ network, the softmax and the statistics (§2). Height and width must be
 * `<CHANNEL>_distribution`: `[batch, h, w, num_classes]` float32
   probabilities, with `with_distributions`.
 
-A wrong size, rank or z count fails with an InvalidArgumentError whose
-message says what is valid.
+The z-stack inputs are declared with unknown rank so that a wrong rank
+reaches the graph's check: a wrong size, rank or z count fails with an
+InvalidArgumentError whose message says what is valid.
 """
 
 from __future__ import annotations
@@ -138,6 +139,14 @@ class ServingFunctions:
         import tensorflow as tf
 
         base, phase = self.geometry.input_size, self.geometry.phase
+        rank = tf.rank(z_stack)
+        rank_ok = tf.debugging.Assert(
+            tf.equal(rank, 4),
+            ["isl: z_stack must have rank 4, [batch, height, width, num_source_z]; got rank", rank],
+            name="check_rank",
+        )
+        with tf.control_dependencies([rank_ok]):
+            z_stack = tf.ensure_shape(tf.identity(z_stack), [None, None, None, None], name="z_stack_rank_4")
         shape = tf.shape(z_stack)
         height, width, num_source_z = shape[1], shape[2], shape[3]
 
@@ -258,7 +267,9 @@ def export_keras_model(
     import tensorflow as tf
 
     functions = ServingFunctions(model, config, statistics, with_distributions)
-    stack_shape = [None, None, None, None]
+    # Unknown rank in the signature, so a wrong rank reaches the graph's own
+    # check (with a rank-4 spec TF would feed it through unchecked).
+    stack_shape = None
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
