@@ -2,20 +2,169 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 SUMMARY = "Train a model on TFRecords (tf.distribute strategies, resumable)."
 DESCRIPTION = """
-Train a model on TFRecords (tf.distribute strategies, resumable).
+Train (or fine-tune) a model on TFRecords written by `isl convert`.
 
-This command is completed by a later issue; until then it exits with code 2.
+The configuration layers, in order: --preset, then --config (a JSON file),
+then --set section.key=value overrides, then the explicit flags below
+(--mixed_precision, --checkpoint_every_steps, --seed). The fully resolved
+config is written to MODEL_DIR/config.json.
+
+Defaults are the paper's (isl_reference.md §4): Adam 1e-4 (beta1 0.9, beta2
+0.999, epsilon 1e-8), no decay, no clipping, global batch 16, batch norm in
+training mode with moving averages.
+
+Resuming: checkpoints (model, optimizer state, global step) are saved every
+--checkpoint_every_steps steps and every train.checkpoint_every_minutes
+minutes, on SIGTERM and at the end, keeping train.keep_checkpoints. Start
+the same command again after a crash or kill and it continues from the last
+checkpoint to --steps; a finished run does nothing and says so.
+
+Fine-tuning: --restore_from=MODEL_DIR (or a .weights.h5 beside its
+config.json) copies every layer whose name and shapes match; a different
+number of z values re-learns the input projection, new labels get new
+heads. --restore_heads=false leaves all heads fresh, --freeze_core trains
+only the projection and the heads. Fine-tuning starts at step 0 with a fresh
+optimizer, as in the released code.
+
+Writes MODEL_DIR/{config.json, model.weights.h5, checkpoints/, logs/} with
+TensorBoard scalars and image panels and logs/training.csv.
+
+Example:
+  isl train --data_dir=records --model_dir=runs/b --preset=tiny --steps=2000
 """
-IMPLEMENTED = False
+IMPLEMENTED = True
 
 
 def define_flags(flag_values: Any) -> None:
-    """No flags yet beyond the common --json."""
+    from absl import flags
+
+    flags.DEFINE_string("data_dir", None, "TFRecords folder written by `isl convert`.", flag_values=flag_values)
+    flags.DEFINE_string("model_dir", None, "Output model directory (resumed if it holds checkpoints).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("preset", "paper", "Named preset: paper, tiny, fovea, condition_a..e.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("config", None, "JSON config file layered over the preset.", flag_values=flag_values)
+    flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable), "
+                              "e.g. --set model.output_size=24.", flag_values=flag_values)
+    flags.DEFINE_integer("steps", None, "Total number of training steps (a resumed run continues to it).",
+                         flag_values=flag_values)
+    flags.DEFINE_string("strategy", "default",
+                        "default | mirrored | multi_worker (TF_CONFIG) | tpu[:ADDRESS].", flag_values=flag_values)
+    flags.DEFINE_string("mixed_precision", None, "'bfloat16' for mixed bfloat16 compute (beyond the paper); "
+                        "'' for float32.", flag_values=flag_values)
+    flags.DEFINE_string("restore_from", None, "Model dir or .weights.h5 to fine-tune from.",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("restore_heads", True, "Restore the heads too (false: as --norestore_logits).",
+                      flag_values=flag_values)
+    flags.DEFINE_bool("freeze_core", False, "Train only the input projection and the heads.",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("checkpoint_every_steps", None, "Checkpoint interval in steps "
+                         "(default: train.checkpoint_every_steps).", flag_values=flag_values)
+    flags.DEFINE_integer("seed", None, "Random seed (default: train.seed).", flag_values=flag_values)
+    flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.", flag_values=flag_values)
+
+
+def resolve(flag_values: Any) -> Any:
+    """The experiment config: preset -> --config -> --set -> explicit flags."""
+    from isl import config as config_lib
+
+    config = config_lib.resolve_config(flag_values["preset"].value, flag_values["config"].value,
+                                       list(flag_values["set"].value or []))
+    explicit = []
+    if flag_values["mixed_precision"].value is not None:
+        explicit.append(f"train.mixed_precision={flag_values['mixed_precision'].value}")
+    if flag_values["checkpoint_every_steps"].value is not None:
+        explicit.append(f"train.checkpoint_every_steps={flag_values['checkpoint_every_steps'].value}")
+    if flag_values["seed"].value is not None:
+        explicit.append(f"train.seed={flag_values['seed'].value}")
+    if explicit:
+        config = config_lib.apply_overrides(config, explicit)
+    return config
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
-    raise NotImplementedError("isl train is not implemented yet.")
+    from isl import errors
+
+    if positional:
+        raise errors.InputError(f"Unexpected arguments: {' '.join(positional)}")
+    for name in ("data_dir", "model_dir", "steps"):
+        if flag_values[name].value is None:
+            raise errors.InputError(f"--{name} is required.")
+    config = resolve(flag_values)
+
+    from isl.train import strategy as strategy_lib
+
+    # The strategy first: multi-worker and TPU runtimes must start before
+    # any other TensorFlow work.
+    strategy = strategy_lib.make_strategy(flag_values["strategy"].value)
+    from isl.train import trainer
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    result = trainer.train(
+        config,
+        data_dir=flag_values["data_dir"].value,
+        model_dir=flag_values["model_dir"].value,
+        total_steps=flag_values["steps"].value,
+        strategy=strategy,
+        restore_from=flag_values["restore_from"].value,
+        restore_heads=flag_values["restore_heads"].value,
+        freeze_core=flag_values["freeze_core"].value,
+        show_progress=flag_values["progress"].value,
+        log=log,
+    )
+    model_dir = result.model_dir
+    paths = {
+        "model_dir": model_dir,
+        "config": os.path.join(model_dir, trainer.CONFIG_FILE),
+        "weights": os.path.join(model_dir, trainer.WEIGHTS_FILE),
+        "checkpoints": os.path.join(model_dir, trainer.CHECKPOINT_DIR),
+        "logs": os.path.join(model_dir, trainer.LOG_DIR),
+        "csv": os.path.join(model_dir, trainer.LOG_DIR, "training.csv"),
+    }
+    losses = result.losses
+    eval_losses = result.eval_losses
+    summary: dict[str, Any] = {
+        "final_step": result.final_step,
+        "resumed_from_step": result.resumed_from_step,
+        "already_finished": result.already_finished,
+        "interrupted": result.interrupted,
+        "final_loss": losses.get("loss"),
+        "final_eval_loss": eval_losses.get("loss"),
+        "final_head_losses": {
+            name: value for name, value in (eval_losses or losses).items() if name.startswith("head_")
+        },
+        "steps_per_second": round(result.steps_per_second, 4),
+        "wall_seconds": round(result.wall_seconds, 2),
+        "num_replicas": strategy.num_replicas_in_sync,
+        **paths,
+    }
+    if result.transfer:
+        summary["transfer"] = {
+            "restored": len(result.transfer["restored"]),
+            "relearned": result.transfer["skipped_shape"],
+            "new": result.transfer["skipped_absent"],
+            "heads_skipped": len(result.transfer["skipped_heads"]),
+        }
+    if result.already_finished:
+        print(f"Nothing to do: {model_dir} already reached step {result.final_step}.")
+    elif result.interrupted:
+        print(f"Interrupted at step {result.final_step}; checkpoint saved in {paths['checkpoints']}. "
+              "Run the same command to resume.")
+    else:
+        loss_text = f"loss {losses['loss']:.4f}" if "loss" in losses else ""
+        if "loss" in eval_losses:
+            loss_text += f", eval loss {eval_losses['loss']:.4f}"
+        start = f" (resumed from step {result.resumed_from_step})" if result.resumed_from_step else ""
+        print(f"Trained to step {result.final_step}{start}: {loss_text}; "
+              f"{result.steps_per_second:.2f} steps/s.")
+    print(f"Model: {model_dir} (config.json, model.weights.h5, checkpoints/, logs/ for TensorBoard, "
+          f"logs/training.csv)")
+    return summary

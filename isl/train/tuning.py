@@ -217,6 +217,12 @@ class _ISLTunerMixin:
         )
         return super().run_trial(trial, *args, **kwargs)
 
+    def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
+        # Keras Tuner imports tensorboard here even without a TensorBoard
+        # callback; isl does not depend on tensorboard, so only go on with one.
+        if any(type(callback).__name__ == "TensorBoard" for callback in callbacks):
+            super()._configure_tensorboard_dir(callbacks, trial, execution)
+
     def _build_and_fit_model(self, trial, *args, **kwargs):
         # Added after Keras Tuner's deep copy of the callbacks, so progress
         # bars and test hooks keep their state across trials.
@@ -265,6 +271,7 @@ def _make_oracle(
 def _check_setup(tuner_dir: str, setup: dict[str, Any]) -> None:
     """Refuses to resume a search whose setup differs; records a new one."""
     path = os.path.join(tuner_dir, SETUP_FILE)
+    setup = json.loads(json.dumps(setup))  # Tuples -> lists, as read back.
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
             previous = json.load(handle)

@@ -1,0 +1,419 @@
+"""Training with Keras `fit` under a tf.distribute strategy, resumable.
+
+`train(...)` builds the model under `strategy.scope()`, compiles it with the
+faithful optimizer (Adam 1e-4, TF1 defaults beta1 0.9, beta2 0.999,
+epsilon 1e-8; no decay, no clipping, isl_reference.md §4) and `ISLLoss`, and
+fits it with the callbacks of `isl.train.callbacks`.
+
+Resumability. The training state (model weights, batch-norm statistics,
+optimizer slots and `optimizer.iterations`, the global step) is a
+`tf.train.Checkpoint` under `MODEL_DIR/checkpoints/`, written every
+`train.checkpoint_every_steps` steps and/or `train.checkpoint_every_minutes`
+minutes, on SIGTERM and at the end; the last `train.keep_checkpoints` are
+kept. Each save also refreshes `MODEL_DIR/model.weights.h5` (inference
+weights). Started again with the same arguments, `train` restores the newest
+checkpoint and continues to `total_steps`; a finished run does nothing.
+
+Epochs. The paper has none. Here one Keras epoch is
+`train.eval_every_steps` steps: after each, the evaluation loss (total and
+per head) is computed on `train.eval_batches` batches of the eval split.
+
+Determinism (what `train.seed` gives). The seed fixes the initial weights
+(`keras.utils.set_random_seed`), the data pipeline's shuffling and
+augmentation seeds, and thus the sequence of batches of an uninterrupted run
+on one device with `data.deterministic`-style pipelines. It does not make
+floating-point reductions bit-exact (oneDNN and multi-threaded kernels
+reorder sums), and a resumed run seeds its data pipeline with
+`seed + resumed step`, so it does not replay the batches it already saw:
+a resumed run is reproducible given the same interruption points, not
+identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from isl import config as config_lib
+from isl import errors
+from isl.io import atomic
+from isl.model import geometry as geometry_lib
+from isl.progress import Progress
+from isl.train import callbacks as callbacks_lib
+from isl.train import strategy as strategy_lib
+from isl.train import transfer as transfer_lib
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+SUMMARY_FILE = "summary.json"
+
+# Momentum settings of the released code's MOMENTUM option (§1.11).
+MOMENTUM = 0.875
+MOMENTUM_DECAY_STEPS = 4096
+MOMENTUM_DECAY_RATE = 0.999
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a call to `train` did.
+
+    Attributes:
+        model_dir: the model directory.
+        final_step: the global step at the end.
+        resumed_from_step: the step restored from a checkpoint (0 if fresh).
+        already_finished: True when the run had already reached its steps.
+        interrupted: True when SIGTERM stopped it (a checkpoint was saved).
+        losses: final training losses: `loss` and `head_<z>_<channel>`.
+        eval_losses: final evaluation losses, same keys (empty without eval).
+        wall_seconds: time spent in this call.
+        steps_per_second: training speed of this call.
+        transfer: the transfer-learning report, when weights were restored.
+        frozen_layers: layers made untrainable by `freeze_core`.
+    """
+
+    model_dir: str
+    final_step: int
+    resumed_from_step: int
+    already_finished: bool = False
+    interrupted: bool = False
+    losses: dict[str, float] = dataclasses.field(default_factory=dict)
+    eval_losses: dict[str, float] = dataclasses.field(default_factory=dict)
+    wall_seconds: float = 0.0
+    steps_per_second: float = 0.0
+    transfer: dict[str, Any] | None = None
+    frozen_layers: list[str] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def make_optimizer(train_config: config_lib.TrainConfig) -> keras.optimizers.Optimizer:
+    """The optimizer of §4 / §1.11: Adam with TF1 defaults, or the alternatives."""
+    if train_config.optimizer == "adam":
+        # TF1's AdamOptimizer epsilon is 1e-8 (Keras's default is 1e-7).
+        return keras.optimizers.Adam(
+            learning_rate=train_config.learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8
+        )
+    if train_config.optimizer == "momentum":
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            train_config.learning_rate, MOMENTUM_DECAY_STEPS, MOMENTUM_DECAY_RATE, staircase=False
+        )
+        return keras.optimizers.SGD(learning_rate=schedule, momentum=MOMENTUM)
+    return keras.optimizers.Adagrad(learning_rate=train_config.learning_rate)
+
+
+def latest_checkpoint(model_dir: str) -> str | None:
+    """The newest resumable checkpoint in `model_dir`, or None."""
+    return tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+
+
+def _check_resume_config(config: config_lib.ExperimentConfig, model_dir: str) -> None:
+    """A resumed run must keep the vocabulary and the architecture."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return
+    current = json.loads(config.to_json())
+    for section in ("channels", "model"):
+        if saved.get(section) != current[section]:
+            raise errors.InputError(
+                f"{model_dir} holds a run with a different '{section}' configuration "
+                f"(see {path}); resume with the same settings or use a new --model_dir."
+            )
+
+
+def _set_synchronized_batch_norm(model: keras.Model) -> int:
+    """Makes batch norm use the statistics of the global batch (all replicas)."""
+    count = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+            count += 1
+    return count
+
+
+def _default_build_model(config: config_lib.ExperimentConfig, input_size: int | None) -> keras.Model:
+    from isl.model import builder
+
+    return builder.build_model(config, input_size=input_size)
+
+
+def _default_loss(channels: config_lib.ChannelConfig) -> keras.losses.Loss:
+    from isl.model import losses
+
+    return losses.ISLLoss(channels)
+
+
+def _default_dataset(data_dir: str, config: config_lib.ExperimentConfig, **kwargs: Any) -> tf.data.Dataset:
+    from isl.data import pipeline
+
+    return pipeline.build_dataset(data_dir, config, **kwargs)
+
+
+def _default_save_model_dir(model: keras.Model, config: config_lib.ExperimentConfig, directory: str) -> None:
+    from isl.model import saving
+
+    saving.save_model_dir(model, config, directory)
+
+
+def _read_summary(model_dir: str) -> dict[str, Any]:
+    path = os.path.join(model_dir, LOG_DIR, SUMMARY_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _split_logs(logs: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    train = {name: value for name, value in logs.items() if not name.startswith("val_")}
+    evaluation = {name[4:]: value for name, value in logs.items() if name.startswith("val_")}
+    return train, evaluation
+
+
+def train(
+    config: config_lib.ExperimentConfig,
+    data_dir: str,
+    model_dir: str,
+    total_steps: int,
+    strategy: tf.distribute.Strategy | None = None,
+    restore_from: str | None = None,
+    restore_heads: bool = True,
+    freeze_core: bool = False,
+    show_progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    extra_callbacks: list[keras.callbacks.Callback] | None = None,
+    build_model_fn: Callable[..., keras.Model] | None = None,
+    loss_fn: Callable[[config_lib.ChannelConfig], keras.losses.Loss] | None = None,
+    dataset_fn: Callable[..., tf.data.Dataset] | None = None,
+    save_model_dir_fn: Callable[..., None] | None = None,
+    per_head_loss_fn: Callable[[Any, Any], Any] | None = None,
+) -> TrainResult:
+    """Trains (or resumes training of) a model to `total_steps` global steps.
+
+    Args:
+        config: the fully resolved experiment config.
+        data_dir: TFRecords written by `isl convert` (train and eval shards).
+        model_dir: where config, weights, checkpoints and logs go.
+        total_steps: the global step to reach (a resumed run continues to it).
+        strategy: from `isl.train.strategy.make_strategy`; default: one device.
+        restore_from: a model dir or `.weights.h5` to fine-tune from; used only
+            when `model_dir` has no checkpoint yet (as Slim's `init_fn`).
+        restore_heads: False leaves every head at its initialisation.
+        freeze_core: make the core untrainable (projection and heads learn).
+        show_progress: draw a progress bar on stderr (chief only).
+        log: receives human-readable status lines (default: `logging`).
+        extra_callbacks: more Keras callbacks (e.g. for tests).
+        build_model_fn, loss_fn, dataset_fn, save_model_dir_fn,
+            per_head_loss_fn: replace the real stages (tests use stand-ins).
+
+    Returns:
+        A `TrainResult`.
+    """
+    if total_steps < 1:
+        raise errors.InputError(f"--steps must be >= 1. Received: {total_steps}")
+    log = log or logger.info
+    strategy = strategy or tf.distribute.get_strategy()
+    build_model_fn = build_model_fn or _default_build_model
+    loss_fn = loss_fn or _default_loss
+    dataset_fn = dataset_fn or _default_dataset
+    save_model_dir_fn = save_model_dir_fn or _default_save_model_dir
+    chief = strategy_lib.is_chief(strategy)
+    start_time = time.monotonic()
+    model_dir = os.path.abspath(os.fspath(model_dir))
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise errors.InputError(f"--model_dir {model_dir} exists and is not a directory.")
+    if not os.path.isdir(data_dir):
+        raise errors.InputError(f"--data_dir {data_dir}: no such directory.")
+    train_config = config.train
+    strategy_lib.per_replica_batch_size(strategy, train_config.batch_size)
+    resume_path = latest_checkpoint(model_dir)
+    if resume_path:
+        _check_resume_config(config, model_dir)
+    if chief:
+        os.makedirs(model_dir, exist_ok=True)
+        config_lib.save_config(config, os.path.join(model_dir, CONFIG_FILE))
+
+    keras.utils.set_random_seed(train_config.seed)
+    input_size = geometry_lib.geometry(config.model).input_size
+    head_names = config.channels.head_names
+    report: transfer_lib.TransferReport | None = None
+    frozen: list[str] = []
+    with strategy.scope():
+        model = build_model_fn(config, input_size)
+        if restore_from and not resume_path:
+            report = transfer_lib.restore_from(model, restore_from, restore_heads=restore_heads)
+            log(report.summary())
+        elif restore_from:
+            log(f"Resuming from {resume_path}; --restore_from {restore_from} is not applied again.")
+        if freeze_core:
+            frozen = transfer_lib.freeze_core(model)
+            log(f"Froze {len(frozen)} core layers; the projection and the heads train.")
+        if strategy.num_replicas_in_sync > 1 and train_config.sync_batch_norm:
+            _set_synchronized_batch_norm(model)
+        optimizer = make_optimizer(train_config)
+        model.compile(
+            optimizer=optimizer,
+            loss=loss_fn(config.channels),
+            metrics=[callbacks_lib.PerHeadLosses(head_names, per_head_loss_fn)],
+            jit_compile=False,
+        )
+        optimizer.build(model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        if resume_path:
+            checkpoint.restore(resume_path).assert_existing_objects_matched()
+    resumed_from_step = callbacks_lib.global_step(model) if resume_path else 0
+
+    if resumed_from_step >= total_steps:
+        summary = _read_summary(model_dir)
+        log(
+            f"{model_dir} already finished: step {resumed_from_step} >= --steps={total_steps}. "
+            "Nothing to do (raise --steps to train further)."
+        )
+        return TrainResult(
+            model_dir=model_dir,
+            final_step=resumed_from_step,
+            resumed_from_step=resumed_from_step,
+            already_finished=True,
+            losses=summary.get("losses", {}),
+            eval_losses=summary.get("eval_losses", {}),
+            wall_seconds=time.monotonic() - start_time,
+        )
+    if resume_path:
+        log(f"Resuming {model_dir} from step {resumed_from_step} ({resume_path}).")
+
+    # Checkpoints: the chief writes MODEL_DIR/checkpoints; other workers must
+    # take part in the save but write to a private directory, removed at the end.
+    checkpoint_dir = os.path.join(model_dir, CHECKPOINT_DIR)
+    if not chief:
+        checkpoint_dir = os.path.join(model_dir, f".tmp-{strategy_lib.worker_id(strategy)}-checkpoints")
+    manager = tf.train.CheckpointManager(
+        checkpoint, checkpoint_dir, max_to_keep=max(1, train_config.keep_checkpoints)
+    )
+
+    def save(step: int) -> None:
+        manager.save(checkpoint_number=step)
+        if chief:
+            save_model_dir_fn(model, config, model_dir)
+
+    # Data: the global batch is split over replicas through InputContext.
+    data_seed = train_config.seed + resumed_from_step
+
+    def make_dataset(split: str, seed: int, deterministic: bool) -> Any:
+        if strategy.num_replicas_in_sync == 1 and not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            return dataset_fn(data_dir, config, split=split, seed=seed, deterministic=deterministic)
+        return strategy.distribute_datasets_from_function(
+            lambda context: dataset_fn(
+                data_dir, config, split=split, input_context=context, seed=seed, deterministic=deterministic
+            )
+        )
+
+    train_data = make_dataset("train", data_seed, False)
+    eval_data = None
+    try:
+        eval_data = make_dataset("eval", train_config.seed, True)
+    except errors.InputError as error:
+        log(f"No evaluation data ({error}); training without evaluation.")
+
+    log_dir = os.path.join(model_dir, LOG_DIR)
+    termination = callbacks_lib.TerminationSignal()
+    checkpointer = callbacks_lib.PeriodicCheckpoint(
+        save,
+        every_steps=train_config.checkpoint_every_steps,
+        every_minutes=train_config.checkpoint_every_minutes,
+        termination=termination,
+    )
+    training_log = callbacks_lib.TrainingLog(log_dir, every_steps=min(10, train_config.eval_every_steps))
+    fit_callbacks: list[keras.callbacks.Callback] = [callbacks_lib.StopAtStep(total_steps), checkpointer]
+    if chief:
+        fit_callbacks.append(training_log)
+        if eval_data is not None:
+            panel_batch = _panel_batch(dataset_fn, data_dir, config)
+            if panel_batch is not None:
+                fit_callbacks.append(
+                    callbacks_lib.ImagePanels(
+                        log_dir, panel_batch, head_names, first_target_head=config.channels.num_input_heads
+                    )
+                )
+        progress = Progress(total_steps - resumed_from_step, label="train", enabled=show_progress)
+        fit_callbacks.append(callbacks_lib.ProgressCallback(progress, resumed_from_step, total_steps))
+    fit_callbacks += list(extra_callbacks or [])
+
+    steps_per_epoch = max(1, min(train_config.eval_every_steps, total_steps))
+    remaining = total_steps - resumed_from_step
+    epochs = math.ceil(remaining / steps_per_epoch)
+    fit_start = time.monotonic()
+    with termination:
+        model.fit(
+            train_data,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=eval_data,
+            validation_steps=train_config.eval_batches if eval_data is not None else None,
+            callbacks=fit_callbacks,
+            verbose=0,
+        )
+    fit_seconds = time.monotonic() - fit_start
+    final_step = callbacks_lib.global_step(model)
+    checkpointer.save_now(final_step)
+    if not chief:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    losses, eval_losses = _split_logs(training_log.last_logs)
+    if not chief:
+        losses, eval_losses = {}, {}
+    result = TrainResult(
+        model_dir=model_dir,
+        final_step=final_step,
+        resumed_from_step=resumed_from_step,
+        interrupted=checkpointer.interrupted,
+        losses=losses,
+        eval_losses=eval_losses,
+        wall_seconds=time.monotonic() - start_time,
+        steps_per_second=(final_step - resumed_from_step) / fit_seconds if fit_seconds > 0 else 0.0,
+        transfer=report.to_dict() if report else None,
+        frozen_layers=frozen,
+    )
+    if chief:
+        atomic.write_text(
+            os.path.join(log_dir, SUMMARY_FILE), json.dumps(result.to_dict(), indent=2, default=float) + "\n"
+        )
+    if checkpointer.interrupted:
+        log(f"Stopped by signal at step {final_step}; checkpoint saved. Run the same command to resume.")
+    return result
+
+
+def _panel_batch(
+    dataset_fn: Callable[..., tf.data.Dataset], data_dir: str, config: config_lib.ExperimentConfig
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """One fixed evaluation batch (at most 16 patches) for the image panels."""
+    try:
+        dataset = dataset_fn(
+            data_dir, config, split="eval", seed=config.train.seed, deterministic=True,
+            batch_size=min(16, config.train.batch_size),
+        )
+        inputs, labels = next(iter(dataset))
+    except (errors.InputError, StopIteration, tf.errors.OutOfRangeError):
+        return None
+    return np.asarray(inputs), np.asarray(labels)
