@@ -1,0 +1,246 @@
+"""Image folders -> sharded TFRecords plus `dataset.json`, atomically.
+
+Every well is checked (names, channels, z slices, headers) before any shard
+is written. Shards are written into a temporary folder that replaces the
+output folder only when everything succeeded, so a failure leaves nothing
+partial behind. Wells are processed one at a time (peak memory: one uint16
+copy of a well and its serialized Example).
+
+Split: wells sorted by name; with `eval_every=N` every N-th well (positions
+N-1, 2N-1, ...) is held out for evaluation, 1 in 8 as the paper held out 1/8
+of its shards (§3.5); `eval_wells` names the held-out wells instead. Within a
+split, well i goes to shard i mod num_shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+from collections.abc import Callable
+
+from isl import config as config_lib
+from isl import errors
+from isl.data import schema
+from isl.data import tfrecords
+from isl.data import wells as wells_lib
+from isl.io import atomic
+
+
+@dataclasses.dataclass
+class ConvertResult:
+    """What `convert` wrote.
+
+    Attributes:
+        output_dir: the dataset folder.
+        dataset_json: path of `dataset.json`.
+        shards: split -> shard paths.
+        num_examples: split -> examples written.
+        skipped: (path, reason) of files not used.
+        description: the content of dataset.json.
+    """
+
+    output_dir: str
+    dataset_json: str
+    shards: dict[str, list[str]]
+    num_examples: dict[str, int]
+    skipped: list[tuple[str, str]]
+    description: dict
+
+
+def split_wells(
+    names: list[str],
+    eval_every: int = 8,
+    eval_wells: list[str] | None = None,
+    aliases: dict[str, set[str]] | None = None,
+) -> dict[str, str]:
+    """Assigns each well to "train" or "eval".
+
+    Args:
+        names: well names, in the (sorted) order used for the split.
+        eval_every: hold out every N-th well (positions N-1, 2N-1, ...);
+            0 holds out none. Ignored when `eval_wells` is given.
+        eval_wells: names of the wells to hold out (a well's name, its well
+            id such as "A4", or its folder name).
+        aliases: name -> other accepted names for `eval_wells`.
+
+    Returns:
+        name -> split.
+    """
+    if eval_every < 0:
+        raise errors.InputError(f"--eval_every must be >= 0. Received: {eval_every}")
+    if eval_wells:
+        aliases = aliases or {}
+        wanted = set(eval_wells)
+        matched = set()
+        split = {}
+        for name in names:
+            accepted = {name} | aliases.get(name, set())
+            hit = wanted & accepted
+            matched |= hit
+            split[name] = "eval" if hit else "train"
+        unmatched = sorted(wanted - matched)
+        if unmatched:
+            raise errors.InputError(
+                f"--eval_wells names unknown well(s) {', '.join(unmatched)}. Wells: {', '.join(names)}"
+            )
+        return split
+    return {
+        name: "eval" if eval_every and index % eval_every == eval_every - 1 else "train"
+        for index, name in enumerate(names)
+    }
+
+
+def convert(
+    input_dirs: list[str],
+    output_dir: str,
+    channels: config_lib.ChannelConfig,
+    num_shards: int = 1,
+    eval_every: int = 8,
+    eval_wells: list[str] | None = None,
+    num_eval_shards: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> ConvertResult:
+    """Converts image folders into `{train,eval}-xxxxx-of-yyyyy.tfrecord` and `dataset.json`.
+
+    Args:
+        input_dirs: folders of wells (lab naming or manifests), searched recursively.
+        output_dir: the dataset folder to create.
+        channels: the vocabulary; an unknown channel is an error.
+        num_shards: training shards.
+        eval_every: hold out every N-th well; 0 for none.
+        eval_wells: hold out these wells instead.
+        num_eval_shards: evaluation shards; default ceil(num_shards / 8).
+        overwrite: replace an existing non-empty `output_dir`.
+        progress: called as progress(done, total, well_name) after each well.
+
+    Returns:
+        A `ConvertResult`.
+
+    Raises:
+        InputError: for bad input (nothing is written then).
+    """
+    import tensorflow as tf
+
+    if num_shards < 1:
+        raise errors.InputError(f"--num_shards must be >= 1. Received: {num_shards}")
+    if num_eval_shards is not None and num_eval_shards < 1:
+        raise errors.InputError(f"--num_eval_shards must be >= 1. Received: {num_eval_shards}")
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise errors.InputError(f"{output_dir}: exists and is not a folder.")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise errors.InputError(f"{output_dir}: exists and is not empty; pass --overwrite to replace it.")
+    for input_dir in input_dirs:
+        absolute = os.path.abspath(input_dir)
+        if absolute == output_dir or absolute.startswith(output_dir + os.sep):
+            raise errors.InputError(f"{input_dir}: the input folder lies inside the output folder {output_dir}.")
+
+    scan = wells_lib.scan_wells(list(input_dirs), channels)
+    names = [well.name for well in scan.wells]
+    aliases = {
+        well.name: {well.metadata.get("well", ""), os.path.basename(os.path.abspath(well.directory))} - {""}
+        for well in scan.wells
+    }
+    assignment = split_wells(names, eval_every, eval_wells, aliases)
+    by_split = {split: [well for well in scan.wells if assignment[well.name] == split] for split in schema.SPLITS}
+    if not by_split["train"]:
+        raise errors.InputError(
+            f"Every well ({len(names)}) was held out for evaluation; none is left for training. "
+            "Use a larger --eval_every or fewer --eval_wells."
+        )
+    shard_counts = {"train": num_shards}
+    if by_split["eval"]:
+        shard_counts["eval"] = num_eval_shards or max(1, math.ceil(num_shards / 8))
+    else:
+        shard_counts["eval"] = 0
+
+    total = len(scan.wells)
+    done = 0
+    well_records = []
+    shards: dict[str, list[str]] = {split: [] for split in schema.SPLITS}
+    with atomic.output_directory(output_dir, overwrite=True) as temporary:
+        for split in schema.SPLITS:
+            count = shard_counts[split]
+            members = by_split[split]
+            for shard_index in range(count):
+                file_name = schema.shard_name(split, shard_index, count)
+                shards[split].append(os.path.join(output_dir, file_name))
+                with tf.io.TFRecordWriter(os.path.join(temporary, file_name)) as writer:
+                    for well in members[shard_index::count]:
+                        raw = wells_lib.load_raw_well(well)
+                        writer.write(tfrecords.encode_well(raw))
+                        del raw
+                        well_records.append(_well_record(well, split, file_name))
+                        done += 1
+                        if progress:
+                            progress(done, total, well.name)
+        description = _describe(well_records, shards, by_split, channels, scan.skipped, input_dirs)
+        atomic.write_text(os.path.join(temporary, schema.DATASET_JSON), json.dumps(description, indent=2) + "\n")
+    return ConvertResult(
+        output_dir=output_dir,
+        dataset_json=os.path.join(output_dir, schema.DATASET_JSON),
+        shards=shards,
+        num_examples={split: len(by_split[split]) for split in schema.SPLITS},
+        skipped=scan.skipped,
+        description=description,
+    )
+
+
+def _well_record(well: wells_lib.WellSource, split: str, shard: str) -> dict:
+    return {
+        "name": well.name,
+        "split": split,
+        "shard": shard,
+        **well.metadata,
+        "directory": os.path.abspath(well.directory),
+        "height": well.height,
+        "width": well.width,
+        "input_modality": well.modality,
+        "num_source_z": well.num_source_z,
+        "input_bit_depth": 8 * well.input_dtype.itemsize,
+        "target_channels": list(well.target_channels),
+        "source_files": [os.path.abspath(path) for path in well.source_files],
+    }
+
+
+def _count(values: list) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[str(value)] = counts.get(str(value), 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _describe(well_records, shards, by_split, channels, skipped, input_dirs) -> dict:
+    present_targets = sorted({c for record in well_records for c in record["target_channels"]})
+    return {
+        "format_version": schema.FORMAT_VERSION,
+        "created_by": "isl convert",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "input_dirs": [os.path.abspath(path) for path in input_dirs],
+        "pixel_encoding": schema.PIXEL_ENCODING,
+        "vocabulary": dataclasses.asdict(channels),
+        "channels": {
+            "input_modalities": sorted({record["input_modality"] for record in well_records}),
+            "target_channels": [c for c in channels.target_channels if c in present_targets],
+        },
+        "z_counts": _count([record["num_source_z"] for record in well_records]),
+        "max_source_z": max(record["num_source_z"] for record in well_records),
+        "image_sizes": _count([f"{record['height']}x{record['width']}" for record in well_records]),
+        "min_image_size": [
+            min(record["height"] for record in well_records),
+            min(record["width"] for record in well_records),
+        ],
+        "splits": {
+            split: {
+                "num_examples": len(by_split[split]),
+                "shards": [os.path.basename(path) for path in shards[split]],
+            }
+            for split in schema.SPLITS
+        },
+        "wells": well_records,
+        "skipped_files": [{"path": os.path.abspath(path), "reason": reason} for path, reason in skipped],
+    }

@@ -1,0 +1,423 @@
+"""Finding, checking and reading wells (fields of view) from image folders.
+
+Two layouts are read (see data/README.md):
+
+* the lab's file naming (`isl.io.filenames`), in either published form.
+  A folder may hold one well (the released sample) or many (the paper data's
+  `<lab>/<condition>/` folders); files are grouped into wells by folder and
+  by their lab, condition, date and well tokens;
+* the generic layout: a folder with `manifest.csv` or `manifest.json`
+  (`isl.data.manifest`).
+
+Every check runs on file names and image headers before any pixel is read,
+and each failure raises `InputError` naming the file(s) and the problem.
+
+Transmitted-light modalities: the released code sums all modalities into
+TRANSMISSION assuming exactly one is present (§3.4). A well with two
+modalities would leave [0, 1], so it is refused here with a clear message.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from isl import config as config_lib
+from isl import errors
+from isl.data import manifest as manifest_lib
+from isl.io import filenames
+from isl.io import images
+
+ImageEntry = manifest_lib.ImageEntry
+_MAX_LISTED = 6
+
+
+def _listing(paths: list[str]) -> str:
+    """A short list of file names for messages."""
+    shown = [os.path.basename(path) for path in paths[:_MAX_LISTED]]
+    more = f" and {len(paths) - _MAX_LISTED} more" if len(paths) > _MAX_LISTED else ""
+    return ", ".join(shown) + more
+
+
+@dataclasses.dataclass
+class WellSource:
+    """A well's files, checked by name and header, pixels not yet read.
+
+    Attributes:
+        name: unique readable name, e.g. "FINKBEINER_KEVAN_0_8_2015-10-05_A4".
+        directory: the folder holding the files.
+        metadata: lab, condition, well, date (strings, possibly empty).
+        modality: the transmitted-light modality (e.g. PHASE_CONTRAST).
+        inputs: one entry per source z slice, sorted by z (0..n-1).
+        targets: one entry per fluorescence channel, in vocabulary order.
+        height, width: the common image size.
+        input_dtype: uint8 or uint16 (every z slice has the same).
+        target_dtypes: the dtype of each target entry.
+    """
+
+    name: str
+    directory: str
+    metadata: dict[str, str]
+    modality: str = ""
+    inputs: list[ImageEntry] = dataclasses.field(default_factory=list)
+    targets: list[ImageEntry] = dataclasses.field(default_factory=list)
+    height: int = 0
+    width: int = 0
+    input_dtype: np.dtype = np.dtype(np.uint16)
+    target_dtypes: list[np.dtype] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_source_z(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def target_channels(self) -> tuple[str, ...]:
+        return tuple(entry.channel for entry in self.targets)
+
+    @property
+    def source_files(self) -> list[str]:
+        return sorted({entry.path for entry in self.inputs + self.targets})
+
+
+@dataclasses.dataclass
+class ScanResult:
+    """Wells found under the input folders, and the files deliberately skipped.
+
+    Attributes:
+        wells: sorted by name.
+        skipped: (path, reason) for files not used (predictions, non-images, ...).
+    """
+
+    wells: list[WellSource]
+    skipped: list[tuple[str, str]]
+
+
+@dataclasses.dataclass
+class Well:
+    """A well's pixels as float32 in [0, 1].
+
+    Attributes:
+        name: the well's name.
+        inputs: `[num_source_z, height, width]` float32, the TRANSMISSION stack.
+        targets: channel -> `[height, width]` float32, the real targets present.
+        metadata: lab, condition, well, date, modality, source_files.
+    """
+
+    name: str
+    inputs: np.ndarray
+    targets: dict[str, np.ndarray]
+    metadata: dict
+
+
+@dataclasses.dataclass
+class RawWell:
+    """A well's pixels in their integer form, channels last, for the converter.
+
+    Attributes:
+        source: the checked files.
+        inputs: `[height, width, num_source_z]` uint16 (8-bit values kept as is).
+        input_max_value: 255 or 65535.
+        targets: `[height, width, T]` uint16 for `source.targets`.
+        target_max_values: per target, 255 or 65535.
+    """
+
+    source: WellSource
+    inputs: np.ndarray
+    input_max_value: int
+    targets: np.ndarray
+    target_max_values: tuple[int, ...]
+
+
+def _unknown_channel_error(paths: list[str], channel: str, channels: config_lib.ChannelConfig) -> errors.InputError:
+    extended = json.dumps(list(channels.target_channels) + [channel], separators=(",", ":"))
+    return errors.InputError(
+        f"{_listing(paths)} (in {os.path.dirname(paths[0]) or '.'}): unknown channel {channel!r}. "
+        f"Known inputs: {', '.join(channels.input_modalities)}; targets: {', '.join(channels.target_channels)}. "
+        f"To add it as a target: --set 'channels.target_channels={extended}' "
+        "(or channels.input_modalities for transmitted light, or a --config JSON)."
+    )
+
+
+def _well_name(key: filenames.ImageKey, directory: str) -> str:
+    parts = [part for part in (key.lab, key.condition, key.date, key.well) if part]
+    if key.minute not in ("", "0"):
+        parts.append(f"minute{key.minute}")
+    return "_".join(parts) if parts else os.path.basename(os.path.abspath(directory))
+
+
+def _scan_lab_folder(directory: str, file_names: list[str], channels: config_lib.ChannelConfig, skipped: list[tuple[str, str]]) -> list[tuple[str, dict[str, str], list[ImageEntry]]]:
+    """Groups a folder's lab-named images into wells."""
+    groups: dict[tuple, list[tuple[filenames.ImageKey, str]]] = collections.OrderedDict()
+    synthetic_names = {synthetic.name for synthetic in channels.synthetic_channels}
+    for file_name in file_names:
+        path = os.path.join(directory, file_name)
+        if file_name.startswith("."):
+            continue
+        is_image = images.is_image_path(path)
+        if not is_image and not images.is_unsupported_image_path(path):
+            if file_name not in manifest_lib.MANIFEST_NAMES:
+                skipped.append((path, "not a PNG or TIFF image"))
+            continue
+        if not filenames.looks_like_lab_name(file_name):
+            raise errors.InputError(
+                f"{path}: not in the lab's file naming (no 'channel-NAME' token) and the folder has no "
+                f"{manifest_lib.MANIFEST_CSV} or {manifest_lib.MANIFEST_JSON}. See data/README.md for both layouts."
+            )
+        if not is_image:
+            raise errors.InputError(
+                f"{path}: {os.path.splitext(path)[1]} images are not read; convert to 8/16-bit PNG or TIFF (lossless)."
+            )
+        key = filenames.parse(path)
+        if key.is_predicted:
+            skipped.append((path, "a PREDICTED image (model output), never an input"))
+            continue
+        if key.is_mask:
+            skipped.append((path, "is_mask-true (the released code would have overwritten the image with it)"))
+            continue
+        if key.channel in synthetic_names:
+            skipped.append((path, f"{key.channel} is synthetic; the pipeline computes it from its sources"))
+            continue
+        groups.setdefault(key.well_identity, []).append((key, path))
+    wells = []
+    for identity, members in groups.items():
+        key = members[0][0]
+        metadata = {"lab": key.lab, "condition": key.condition, "well": key.well, "date": key.date}
+        entries = [ImageEntry(path, item.channel, item.z) for item, path in members]
+        wells.append((_well_name(key, directory), metadata, entries))
+    return wells
+
+
+def _classify(
+    name: str,
+    directory: str,
+    entries: list[ImageEntry],
+    channels: config_lib.ChannelConfig,
+    skipped: list[tuple[str, str]],
+) -> WellSource:
+    """Checks one well's entries by name: channels, z slices, duplicates."""
+    unknown: dict[str, list[str]] = collections.defaultdict(list)
+    inputs: dict[str, list[ImageEntry]] = collections.defaultdict(list)
+    targets: dict[str, list[ImageEntry]] = collections.defaultdict(list)
+    for entry in entries:
+        if entry.channel in channels.input_modalities:
+            if entry.z == filenames.MAXPROJECT:
+                skipped.append((entry.path, f"{entry.channel} MAXPROJECT: transmitted light is read as z slices only"))
+                continue
+            inputs[entry.channel].append(entry)
+        elif entry.channel in channels.target_channels:
+            if entry.z != filenames.MAXPROJECT:
+                skipped.append((entry.path, f"{entry.channel} z slice {entry.z}: only MAXPROJECT targets are used"))
+                continue
+            targets[entry.channel].append(entry)
+        else:
+            unknown[entry.channel].append(entry.path)
+    for channel, paths in unknown.items():
+        raise _unknown_channel_error(paths, channel, channels)
+    if not inputs:
+        raise errors.InputError(
+            f"well {name} in {directory}: no transmitted-light images "
+            f"({', '.join(channels.input_modalities)}) were found; found only "
+            f"{', '.join(sorted(targets)) or 'nothing usable'}."
+        )
+    if len(inputs) > 1:
+        described = "; ".join(
+            f"{channel}: {len(group)} file(s), e.g. {os.path.basename(group[0].path)}" for channel, group in sorted(inputs.items())
+        )
+        raise errors.InputError(
+            f"well {name} in {directory}: transmitted light of more than one modality ({described}). "
+            "The paper sums modalities into TRANSMISSION assuming exactly one is present, which would "
+            "leave [0, 1]; put each modality in its own well."
+        )
+    modality, stack = next(iter(inputs.items()))
+    by_z: dict[int, list[ImageEntry]] = collections.defaultdict(list)
+    for entry in stack:
+        by_z[int(entry.z)].append(entry)
+    for z, group in sorted(by_z.items()):
+        if len(group) > 1:
+            raise errors.InputError(
+                f"well {name}: z slice {z} of {modality} is given {len(group)} times: "
+                + ", ".join(f"{entry.path}" + (f" page {entry.page}" if entry.page else "") for entry in group)
+            )
+    count = max(by_z) + 1
+    missing = [z for z in range(count) if z not in by_z]
+    if missing:
+        raise errors.InputError(
+            f"well {name} in {directory}: {modality} z slices must be exactly 0..n-1; "
+            f"missing z {', '.join(map(str, missing))} (present: {', '.join(map(str, sorted(by_z)))})."
+        )
+    ordered_targets = []
+    for channel in channels.target_channels:
+        group = targets.get(channel, [])
+        if len(group) > 1:
+            raise errors.InputError(
+                f"well {name}: target {channel} is given {len(group)} times: {', '.join(entry.path for entry in group)}"
+            )
+        ordered_targets.extend(group)
+    return WellSource(
+        name=name,
+        directory=directory,
+        metadata={},
+        modality=modality,
+        inputs=[by_z[z][0] for z in range(count)],
+        targets=ordered_targets,
+    )
+
+
+def _check_headers(well: WellSource) -> None:
+    """Reads every header: one image size for the well, one bit depth per z-stack."""
+    infos = {}
+    for entry in well.inputs + well.targets:
+        if entry.path not in infos:
+            infos[entry.path] = images.read_info(entry.path)
+    sizes = collections.Counter((info.height, info.width) for info in infos.values())
+    (height, width), _ = sizes.most_common(1)[0]
+    odd = [path for path, info in infos.items() if (info.height, info.width) != (height, width)]
+    if odd:
+        details = ", ".join(
+            f"{os.path.basename(path)} is {infos[path].height}x{infos[path].width}" for path in odd[:_MAX_LISTED]
+        )
+        raise errors.InputError(
+            f"well {well.name} in {well.directory}: mismatched image sizes; most files are "
+            f"{height}x{width} (rows x columns) but {details}."
+        )
+    input_depths: dict[int, list[str]] = collections.defaultdict(list)
+    for entry in well.inputs:
+        input_depths[infos[entry.path].bit_depth].append(entry.path)
+    if len(input_depths) > 1:
+        details = "; ".join(f"{depth}-bit: {_listing(sorted(set(paths)))}" for depth, paths in sorted(input_depths.items()))
+        raise errors.InputError(
+            f"well {well.name} in {well.directory}: mixed bit depths in the {well.modality} z-stack ({details}). "
+            "Every slice of a stack must have the same bit depth."
+        )
+    well.height, well.width = height, width
+    well.input_dtype = infos[well.inputs[0].path].dtype
+    well.target_dtypes = [infos[entry.path].dtype for entry in well.targets]
+
+
+def scan_wells(
+    input_dirs: list[str] | tuple[str, ...] | str,
+    channels: config_lib.ChannelConfig,
+    check_headers: bool = True,
+) -> ScanResult:
+    """Finds and checks every well under the input folders (recursively).
+
+    Args:
+        input_dirs: one or more folders.
+        channels: the vocabulary; files of other channels are an error.
+        check_headers: also read image headers (size, bit depth).
+
+    Returns:
+        A `ScanResult` with wells sorted by name.
+
+    Raises:
+        InputError: naming the file(s) and the problem.
+    """
+    if isinstance(input_dirs, (str, os.PathLike)):
+        input_dirs = [os.fspath(input_dirs)]
+    if not input_dirs:
+        raise errors.InputError("No input folder given.")
+    skipped: list[tuple[str, str]] = []
+    found: list[WellSource] = []
+    for input_dir in input_dirs:
+        input_dir = os.fspath(input_dir)
+        if not os.path.isdir(input_dir):
+            raise errors.InputError(f"{input_dir}: not a folder.")
+        for directory, subdirectories, file_names in os.walk(input_dir):
+            subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
+            manifest_path = manifest_lib.find_manifest(directory)
+            if manifest_path:
+                metadata, entries = manifest_lib.read_manifest(manifest_path, channels)
+                groups = [(metadata["name"], {k: v for k, v in metadata.items() if k != "name"}, entries)]
+            else:
+                groups = _scan_lab_folder(directory, sorted(file_names), channels, skipped)
+            for name, metadata, entries in groups:
+                well = _classify(name, directory, entries, channels, skipped)
+                well.metadata = {key: metadata.get(key, "") for key in ("lab", "condition", "well", "date")}
+                found.append(well)
+    if not found:
+        raise errors.InputError(
+            f"No images found in {', '.join(map(str, input_dirs))}: expected PNG/TIFF files in the lab's "
+            "naming or a folder with manifest.csv/manifest.json (see data/README.md)."
+        )
+    names = collections.defaultdict(list)
+    for well in found:
+        names[well.name].append(well.directory)
+    repeated = {name: dirs for name, dirs in names.items() if len(dirs) > 1}
+    if repeated:
+        name, dirs = next(iter(repeated.items()))
+        raise errors.InputError(
+            f"well {name} appears more than once (in {', '.join(dirs)}); each well may be converted once."
+        )
+    found.sort(key=lambda well: well.name)
+    if check_headers:
+        for well in found:
+            _check_headers(well)
+    return ScanResult(wells=found, skipped=skipped)
+
+
+def _read_plane(entry: ImageEntry, well: WellSource, dtype: np.dtype) -> np.ndarray:
+    plane = images.read_image(entry.path, entry.page)
+    if plane.shape != (well.height, well.width):
+        raise errors.InputError(
+            f"{entry.path}: is {plane.shape[0]}x{plane.shape[1]} but the well is {well.height}x{well.width}."
+        )
+    if plane.dtype != dtype:
+        raise errors.InputError(f"{entry.path}: pixel type {plane.dtype} differs from its header ({dtype}).")
+    return plane
+
+
+def load_raw_well(well: WellSource) -> RawWell:
+    """Reads a checked well's pixels, channels last, in uint16.
+
+    Memory: one uint16 copy of the well (e.g. 16 x 1024 x 768 x 2 B = 25 MB).
+    """
+    if not well.height:
+        _check_headers(well)
+    inputs = np.empty((well.height, well.width, well.num_source_z), np.uint16)
+    for index, entry in enumerate(well.inputs):
+        inputs[:, :, index] = _read_plane(entry, well, well.input_dtype)
+    targets = np.empty((well.height, well.width, len(well.targets)), np.uint16)
+    for index, (entry, dtype) in enumerate(zip(well.targets, well.target_dtypes)):
+        targets[:, :, index] = _read_plane(entry, well, dtype)
+    return RawWell(
+        source=well,
+        inputs=inputs,
+        input_max_value=images.max_value(well.input_dtype),
+        targets=targets,
+        target_max_values=tuple(images.max_value(dtype) for dtype in well.target_dtypes),
+    )
+
+
+def read_well(directory: str, channels: config_lib.ChannelConfig) -> Well:
+    """Reads the one well in `directory` as float32 in [0, 1].
+
+    Args:
+        directory: a folder holding exactly one well (either layout).
+        channels: the vocabulary.
+
+    Returns:
+        A `Well`: `inputs` `[num_source_z, H, W]`, `targets` channel -> `[H, W]`.
+
+    Raises:
+        InputError: for bad input, or when the folder holds several wells.
+    """
+    scan = scan_wells([directory], channels)
+    if len(scan.wells) != 1:
+        raise errors.InputError(
+            f"{directory}: holds {len(scan.wells)} wells ({', '.join(well.name for well in scan.wells[:_MAX_LISTED])}); "
+            "pass the folder of one well."
+        )
+    source = scan.wells[0]
+    raw = load_raw_well(source)
+    inputs = np.moveaxis(raw.inputs, -1, 0).astype(np.float32) / np.float32(raw.input_max_value)
+    targets = {
+        channel: raw.targets[:, :, index].astype(np.float32) / np.float32(raw.target_max_values[index])
+        for index, channel in enumerate(source.target_channels)
+    }
+    metadata = dict(source.metadata)
+    metadata.update(modality=source.modality, source_files=source.source_files, directory=source.directory)
+    return Well(name=source.name, inputs=np.ascontiguousarray(inputs), targets=targets, metadata=metadata)
