@@ -2,20 +2,64 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 SUMMARY = "Measure speed and memory: 'isl benchmark data|model|predict'."
 DESCRIPTION = """
 Measure speed and memory: 'isl benchmark data|model|predict'.
 
-This command is completed by a later issue; until then it exits with code 2.
+  data     patches/s delivered by the training pipeline (on --data_dir, or a
+           synthetic well the size of the real sample) and the peak RSS of
+           converting one well.
+  model    forward/backward step time of the model (see BUILD_NOTES.md).
+  predict  tiled prediction speed on a well.
+
+Each benchmark prints its figures and the command line that reproduces them;
+--json prints them as one JSON line. Timings on a shared machine are noisy:
+compare ratios measured in the same run.
+
+Example:
+  isl benchmark data --data_dir=../shared/data/condition_b_sample --json
 """
-IMPLEMENTED = False
+IMPLEMENTED = True
+
+# Benchmark name -> module with `run(flag_values) -> dict`.
+BENCHMARKS: dict[str, str] = {
+    "data": "isl.benchmarks.data",
+    "model": "isl.benchmarks.model",
+    "predict": "isl.benchmarks.predict",
+}
 
 
 def define_flags(flag_values: Any) -> None:
-    """No flags yet beyond the common --json."""
+    from absl import flags
+
+    flags.DEFINE_string("data_dir", None, "Data to benchmark on: an image folder or an 'isl convert' output.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("sample_dir", None, "A real sample well (image folder).", flag_values=flag_values)
+    flags.DEFINE_string("preset", "paper", "Preset (model geometry, batch size).", flag_values=flag_values)
+    flags.DEFINE_integer("repeats", 3, "Timing repeats (the median and the spread are reported).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("image_size", None, "Image side for synthetic inputs (default: per benchmark).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", None, "Batch size (default: the preset's).", flag_values=flag_values)
+    flags.DEFINE_integer("steps", None, "Steps (batches) per timing repeat (default: per benchmark).",
+                         flag_values=flag_values)
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
-    raise NotImplementedError("isl benchmark is not implemented yet.")
+    from isl import errors
+
+    if len(positional) != 1 or positional[0] not in BENCHMARKS:
+        raise errors.InputError(
+            f"name one benchmark: {' | '.join(BENCHMARKS)}. Received: {' '.join(positional) or 'nothing'}"
+        )
+    name = positional[0]
+    try:
+        module = importlib.import_module(BENCHMARKS[name])
+    except ModuleNotFoundError as error:
+        if error.name == BENCHMARKS[name]:
+            raise errors.InputError(f"benchmark {name!r} is not implemented yet.") from None
+        raise
+    return module.run(flag_values)

@@ -2,20 +2,115 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 SUMMARY = "Convert folders of microscope images into sharded TFRecords."
 DESCRIPTION = """
 Convert folders of microscope images into sharded TFRecords.
 
-This command is completed by a later issue; until then it exits with code 2.
+Reads wells (fields of view) from each --input_dir, recursively, in either
+layout (data/README.md): the lab's comma-separated file names (the released
+sample form `channel-X,z_depth-N` or the nested form of the paper data
+`channel,value-X,...,kind,value-ORIGINAL`; PREDICTED files are skipped), or a
+folder per field of view with manifest.csv / manifest.json. 8- and 16-bit
+PNG and TIFF (multi-page TIFF z-stacks via a manifest).
+
+Writes one tf.train.Example per well (lossless uint16 planes, metadata) into
+OUTPUT_DIR/train-00000-of-0000N.tfrecord ... and eval-... shards, plus
+OUTPUT_DIR/dataset.json (channels, z counts, image sizes, example counts,
+source files). Every N-th well (--eval_every, 8 as in the paper) or the
+named --eval_wells are held out for evaluation.
+
+The channel vocabulary comes from the config (--preset, --config, --set), e.g.
+  --set 'channels.target_channels=["DAPI_CONFOCAL","GFAP_CONFOCAL"]'
+A file of any other channel is an error naming it.
+
+Atomic: everything is checked before writing, and on any failure nothing is
+left in OUTPUT_DIR. Bad input exits with code 2 and a message naming the file.
+
+Example:
+  isl convert --input_dir=../shared/data/condition_b_sample --output_dir=records --num_shards=1
 """
-IMPLEMENTED = False
+IMPLEMENTED = True
 
 
 def define_flags(flag_values: Any) -> None:
-    """No flags yet beyond the common --json."""
+    from absl import flags
+
+    flags.DEFINE_multi_string("input_dir", [], "Folder of wells (repeatable).", flag_values=flag_values)
+    flags.DEFINE_string("output_dir", None, "Dataset folder to create.", flag_values=flag_values)
+    flags.DEFINE_integer("num_shards", 1, "Number of training shards.", flag_values=flag_values)
+    flags.DEFINE_integer("num_eval_shards", None, "Number of evaluation shards (default ceil(num_shards/8)).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("eval_every", 8, "Hold out every N-th well (sorted by name) for evaluation; 0: none.",
+                         flag_values=flag_values)
+    flags.DEFINE_list("eval_wells", [], "Hold out these wells instead (name, well id such as A4, or folder name).",
+                      flag_values=flag_values)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --output_dir.", flag_values=flag_values)
+    flags.DEFINE_string("preset", "paper", "Preset whose channel vocabulary is used.", flag_values=flag_values)
+    flags.DEFINE_string("config", None, "JSON config file layered over the preset.", flag_values=flag_values)
+    flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable).",
+                              flag_values=flag_values)
+    flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.", flag_values=flag_values)
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
-    raise NotImplementedError("isl convert is not implemented yet.")
+    from isl import config as config_lib
+    from isl import errors
+    from isl import progress as progress_lib
+    from isl.data import convert as convert_lib
+
+    if positional:
+        raise errors.InputError(f"unexpected arguments {positional}; use --input_dir=DIR.")
+    input_dirs = list(flag_values["input_dir"].value or [])
+    output_dir = flag_values["output_dir"].value
+    if not input_dirs:
+        raise errors.InputError("--input_dir is required (repeat it for several folders).")
+    if not output_dir:
+        raise errors.InputError("--output_dir is required.")
+    config = config_lib.resolve_config(
+        flag_values["preset"].value, flag_values["config"].value, list(flag_values["set"].value or [])
+    )
+    bar = progress_lib.Progress(None, "convert", enabled=flag_values["progress"].value)
+
+    def report(done: int, total: int, name: str) -> None:
+        bar.total = total
+        bar.update(1, postfix=name)
+
+    result = convert_lib.convert(
+        input_dirs,
+        output_dir,
+        config.channels,
+        num_shards=flag_values["num_shards"].value,
+        eval_every=flag_values["eval_every"].value,
+        eval_wells=list(flag_values["eval_wells"].value or []),
+        num_eval_shards=flag_values["num_eval_shards"].value,
+        overwrite=flag_values["overwrite"].value,
+        progress=report,
+    )
+    bar.close()
+    description = result.description
+    for path, reason in result.skipped[:10]:
+        print(f"skipped {os.path.basename(path)}: {reason}", file=sys.stderr)
+    if len(result.skipped) > 10:
+        print(f"skipped {len(result.skipped) - 10} more files (listed in dataset.json)", file=sys.stderr)
+    print(
+        f"Converted {sum(result.num_examples.values())} well(s): {result.num_examples['train']} train, "
+        f"{result.num_examples['eval']} eval; z counts {description['z_counts']}, "
+        f"image sizes {description['image_sizes']}, targets {', '.join(description['channels']['target_channels']) or 'none'}."
+    )
+    for split in ("train", "eval"):
+        if result.shards[split]:
+            print(f"{split}: {len(result.shards[split])} shard(s) in {result.output_dir}")
+    print(f"Wrote {result.dataset_json}")
+    return {
+        "output_dir": result.output_dir,
+        "dataset_json": result.dataset_json,
+        "shards": result.shards,
+        "num_examples": result.num_examples,
+        "num_skipped_files": len(result.skipped),
+        "z_counts": description["z_counts"],
+        "image_sizes": description["image_sizes"],
+    }

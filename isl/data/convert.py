@@ -123,8 +123,6 @@ def convert(
     Raises:
         InputError: for bad input (nothing is written then).
     """
-    import tensorflow as tf
-
     if num_shards < 1:
         raise errors.InputError(f"--num_shards must be >= 1. Received: {num_shards}")
     if num_eval_shards is not None and num_eval_shards < 1:
@@ -158,6 +156,8 @@ def convert(
     else:
         shard_counts["eval"] = 0
 
+    import tensorflow as tf  # After the checks: bad input fails fast.
+
     total = len(scan.wells)
     done = 0
     well_records = []
@@ -180,6 +180,7 @@ def convert(
                             progress(done, total, well.name)
         description = _describe(well_records, shards, by_split, channels, scan.skipped, input_dirs)
         atomic.write_text(os.path.join(temporary, schema.DATASET_JSON), json.dumps(description, indent=2) + "\n")
+        _make_readable(temporary)
     return ConvertResult(
         output_dir=output_dir,
         dataset_json=os.path.join(output_dir, schema.DATASET_JSON),
@@ -188,6 +189,15 @@ def convert(
         skipped=scan.skipped,
         description=description,
     )
+
+
+def _make_readable(directory: str) -> None:
+    """Temporary folders and files are private (0700/0600); give them the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+    for name in os.listdir(directory):
+        os.chmod(os.path.join(directory, name), 0o666 & ~umask)
 
 
 def _well_record(well: wells_lib.WellSource, split: str, shard: str) -> dict:

@@ -1,0 +1,172 @@
+"""The end-to-end demo on embedded synthetic data, as a list of steps.
+
+Each step is a function `step(state) -> dict of figures` that reads and
+extends a shared `DemoState`; `run_demo` runs them in order. Later stages
+(training, prediction, evaluation) add their steps to `STEPS`.
+
+Layout of the demo folder::
+
+    OUTPUT_DIR/
+      raw/well-A1/lab-SYNTHETIC,...,z_depth-0,channel-PHASE_CONTRAST,is_mask-false.png
+      records/train-00000-of-00001.tfrecord, eval-..., dataset.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+from isl import config as config_lib
+from isl import presets
+from isl import progress as progress_lib
+from isl.io import atomic
+
+
+@dataclasses.dataclass
+class DemoState:
+    """What the demo steps share.
+
+    Attributes:
+        output_dir: the demo folder.
+        config: the experiment config (the `tiny` preset by default).
+        num_wells, image_size, num_z, num_batches, seed: demo sizes.
+        show_progress: draw progress bars on stderr.
+        log: where step messages go (print by default).
+        results: figures and paths gathered so far, by step name.
+    """
+
+    output_dir: str
+    config: config_lib.ExperimentConfig
+    num_wells: int = 4
+    image_size: int = 256
+    num_z: int = 13
+    num_batches: int = 8
+    seed: int = 0
+    show_progress: bool = True
+    log: Callable[[str], None] = print
+    results: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def raw_dir(self) -> str:
+        return os.path.join(self.output_dir, "raw")
+
+    @property
+    def records_dir(self) -> str:
+        return os.path.join(self.output_dir, "records")
+
+
+def generate_step(state: DemoState) -> dict:
+    """Writes the synthetic wells (lab file naming, 16-bit PNG) into OUTPUT_DIR/raw."""
+    from isl.data import synthetic
+
+    start = time.perf_counter()
+    with atomic.output_directory(state.raw_dir, overwrite=True) as temporary:
+        directories = synthetic.write_synthetic_dataset(
+            temporary, num_wells=state.num_wells, size=state.image_size, num_z=state.num_z, seed=state.seed
+        )
+    seconds = time.perf_counter() - start
+    files = sum(len(os.listdir(os.path.join(state.raw_dir, os.path.basename(d)))) for d in directories)
+    state.log(
+        f"[1] synthetic data: {state.num_wells} wells x ({state.num_z} phase-contrast z slices + DAPI, MAP2, NFH), "
+        f"{state.image_size}x{state.image_size} px, {files} PNG files in {seconds:.1f}s -> {state.raw_dir}"
+    )
+    return {"raw_dir": state.raw_dir, "num_files": files, "seconds": round(seconds, 3)}
+
+
+def convert_step(state: DemoState) -> dict:
+    """Converts OUTPUT_DIR/raw into TFRecords in OUTPUT_DIR/records (1 well in 4 held out)."""
+    from isl.data import convert as convert_lib
+
+    bar = progress_lib.Progress(state.num_wells, "convert", enabled=state.show_progress)
+    result = convert_lib.convert(
+        [state.raw_dir],
+        state.records_dir,
+        state.config.channels,
+        num_shards=1,
+        eval_every=4 if state.num_wells >= 2 else 0,
+        overwrite=True,
+        progress=lambda done, total, name: bar.update(1, postfix=name),
+    )
+    bar.close()
+    state.log(
+        f"[2] convert: {result.num_examples['train']} train + {result.num_examples['eval']} eval well(s) -> "
+        f"{result.output_dir} (dataset.json: z counts {result.description['z_counts']}, "
+        f"sizes {result.description['image_sizes']})"
+    )
+    return {"records_dir": result.output_dir, "dataset_json": result.dataset_json, "num_examples": result.num_examples}
+
+
+def pipeline_step(state: DemoState) -> dict:
+    """Pulls batches through the training pipeline; reports shapes and patches per second."""
+    from isl.data import pipeline
+
+    config = state.config
+    layout = pipeline.patch_layout(config)
+    dataset = pipeline.build_dataset(state.records_dir, config, split="train", seed=state.seed)
+    iterator = iter(dataset)
+    inputs, labels = next(iterator)  # Warm-up: tracing and the first crops.
+    bar = progress_lib.Progress(state.num_batches, "pipeline", enabled=state.show_progress)
+    start = time.perf_counter()
+    for _ in range(state.num_batches):
+        inputs, labels = next(iterator)
+        bar.update(1)
+    seconds = time.perf_counter() - start
+    bar.close()
+    patches = state.num_batches * int(inputs.shape[0])
+    eval_batches = 0
+    if state.results.get("convert", {}).get("num_examples", {}).get("eval"):
+        eval_batches = sum(1 for _ in pipeline.build_dataset(state.records_dir, config, split="eval", repeat=False))
+    rate = patches / max(seconds, 1e-9)
+    state.log(
+        f"[3] training pipeline ({config.name} preset): crop {layout.crop_size} -> 4 patches of {layout.patch_size} "
+        f"(stride {layout.patch_stride}, pad {layout.pad}); inputs {tuple(inputs.shape)}, labels {tuple(labels.shape)} "
+        f"({config.channels.num_heads} heads: {config.channels.num_z_values} z + "
+        f"{', '.join(config.channels.output_target_channels)}); {rate:.0f} patches/s; "
+        f"eval pipeline: {eval_batches} batch(es) per pass"
+    )
+    return {
+        "input_shape": list(inputs.shape),
+        "label_shape": list(labels.shape),
+        "patches_per_second": round(rate, 1),
+        "eval_batches": eval_batches,
+    }
+
+
+# Steps in order: (name, function). Later stages append theirs.
+STEPS: list[tuple[str, Callable[[DemoState], dict]]] = [
+    ("generate", generate_step),
+    ("convert", convert_step),
+    ("pipeline", pipeline_step),
+]
+
+
+def run_demo(
+    output_dir: str = "isl_demo",
+    preset: str = "tiny",
+    config: config_lib.ExperimentConfig | None = None,
+    steps: list[str] | None = None,
+    **options,
+) -> dict:
+    """Runs the demo steps; returns every step's figures and paths.
+
+    Args:
+        output_dir: the demo folder (its raw/ and records/ are replaced).
+        preset: the preset used when `config` is None.
+        config: an explicit experiment config.
+        steps: names of the steps to run (default: all of `STEPS`).
+        **options: `DemoState` fields (num_wells, image_size, num_z,
+            num_batches, seed, show_progress, log).
+    """
+    state = DemoState(
+        output_dir=os.path.abspath(output_dir),
+        config=config or presets.get_preset(preset),
+        **options,
+    )
+    wanted = set(steps) if steps else None
+    for name, step in STEPS:
+        if wanted is None or name in wanted:
+            state.results[name] = step(state)
+    state.results["output_dir"] = state.output_dir
+    return state.results
