@@ -372,6 +372,7 @@ def train(
             validation_data=eval_data,
             validation_steps=train_config.eval_batches if eval_data is not None else None,
             callbacks=fit_callbacks,
+            shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.
             verbose=0,
         )
     fit_seconds = time.monotonic() - fit_start

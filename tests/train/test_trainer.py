@@ -80,9 +80,12 @@ def test_sigterm_saves_then_same_command_resumes_then_finished_run_does_nothing(
                 os.kill(os.getpid(), signal.SIGTERM)
 
     first = trainer.train(config, records_dir, model_dir, 6, show_progress=False, extra_callbacks=[SendSigterm()])
-    assert first.interrupted and first.final_step == 3
+    # The handler runs once Python regains control: the save happens at the
+    # end of step 3 or of the step after it.
+    stopped = first.final_step
+    assert first.interrupted and stopped in (3, 4)
     checkpoint = trainer.latest_checkpoint(model_dir)
-    assert checkpoint.endswith("ckpt-3")
+    assert checkpoint.endswith(f"ckpt-{stopped}")
     saved_slots = {
         name: tf.train.load_variable(checkpoint, name)
         for name, _ in tf.train.list_variables(checkpoint)
@@ -100,8 +103,8 @@ def test_sigterm_saves_then_same_command_resumes_then_finished_run_does_nothing(
             }
 
     second = trainer.train(config, records_dir, model_dir, 6, show_progress=False, extra_callbacks=[Inspect()])
-    assert (second.resumed_from_step, second.final_step, second.interrupted) == (3, 6, False)
-    assert seen["step"] == 3
+    assert (second.resumed_from_step, second.final_step, second.interrupted) == (stopped, 6, False)
+    assert seen["step"] == stopped
     for name, value in saved_slots.items():
         np.testing.assert_array_equal(seen["slots"][name], value, err_msg=name)
 

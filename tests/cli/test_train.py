@@ -1,0 +1,52 @@
+"""`isl train` flags: help, required flags, config layering, bad values exit 2."""
+
+from __future__ import annotations
+
+import json
+
+from isl.cli import main
+from isl.cli import train as train_command
+
+
+def _flags(*arguments: str):
+    flag_values = main.make_flag_values(train_command)
+    flag_values(["isl train", *arguments])
+    return flag_values
+
+
+def test_help_lists_the_flags(capsys):
+    assert main.run_command(["train", "--help"]) == 0
+    output = capsys.readouterr().out
+    for flag in ("--data_dir", "--model_dir", "--preset", "--config", "--set", "--steps", "--strategy",
+                 "--mixed_precision", "--restore_from", "--restore_heads", "--freeze_core",
+                 "--checkpoint_every_steps", "--seed"):
+        assert flag in output, flag
+
+
+def test_config_layers_preset_then_file_then_set_then_flags(tmp_path):
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"train": {"learning_rate": 0.01, "seed": 5, "batch_size": 4}}))
+    config = train_command.resolve(_flags(
+        "--preset=tiny", f"--config={config_file}", "--set=train.learning_rate=0.02",
+        "--set=model.output_size=24", "--seed=9", "--mixed_precision=bfloat16", "--checkpoint_every_steps=7",
+    ))
+    assert config.model.base_depth == 24  # preset
+    assert config.train.batch_size == 4  # file
+    assert config.train.learning_rate == 0.02  # --set over the file
+    assert config.model.output_size == 24
+    assert (config.train.seed, config.train.mixed_precision, config.train.checkpoint_every_steps) == (9, "bfloat16", 7)
+    paper = train_command.resolve(_flags())
+    assert (paper.train.learning_rate, paper.train.batch_size, paper.train.optimizer) == (1e-4, 16, "adam")
+
+
+def test_missing_and_bad_flags_exit_2(tmp_path, capsys):
+    assert main.run_command(["train", f"--model_dir={tmp_path}/m", "--steps=3"]) == 2
+    assert "--data_dir is required" in capsys.readouterr().err
+    arguments = [f"--data_dir={tmp_path}", f"--model_dir={tmp_path}/m", "--steps=3", "--preset=tiny"]
+    assert main.run_command(["train", *arguments, "--strategy=horovod"]) == 2
+    assert "Unknown strategy" in capsys.readouterr().err
+    assert main.run_command(["train", *arguments, "--set=train.optimizer=rmsprop"]) == 2
+    assert "optimizer" in capsys.readouterr().err
+    assert main.run_command(["train", *arguments, "--preset=nope"]) == 2
+    assert "Unknown preset" in capsys.readouterr().err
+    assert main.run_command(["train", *arguments, "--steps=lots"]) == 2

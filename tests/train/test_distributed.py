@@ -1,0 +1,171 @@
+"""Strategies: names, batch split, Mirrored on 2 logical CPUs = one device, 2 workers, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from isl import errors
+from isl.train import strategy as strategy_lib
+from tests.conftest import REPOSITORY_ROOT
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    environment = dict(os.environ)
+    environment["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    environment["PYTHONPATH"] = str(REPOSITORY_ROOT) + os.pathsep + environment.get("PYTHONPATH", "")
+    environment.pop("TF_CONFIG", None)
+    environment.update(extra)
+    return environment
+
+
+def test_strategy_names_and_errors(monkeypatch):
+    assert strategy_lib.parse_strategy("tpu:grpc://10.0.0.2:8470") == ("tpu", "grpc://10.0.0.2:8470")
+    assert strategy_lib.parse_strategy("Mirrored") == ("mirrored", "")
+    with pytest.raises(errors.InputError, match="Unknown strategy"):
+        strategy_lib.parse_strategy("horovod")
+    with pytest.raises(errors.InputError, match="takes no"):
+        strategy_lib.parse_strategy("mirrored:4")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(errors.InputError, match="TF_CONFIG"):
+        strategy_lib.make_strategy("multi_worker")
+    default = strategy_lib.make_strategy("default")
+    assert default.num_replicas_in_sync == 1 and strategy_lib.is_chief(default)
+    assert strategy_lib.per_replica_batch_size(default, 16) == 16
+
+
+def test_global_batch_must_split_over_replicas():
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    assert strategy_lib.per_replica_batch_size(TwoReplicas(), 16) == 8
+    with pytest.raises(errors.InputError, match="does not split evenly"):
+        strategy_lib.per_replica_batch_size(TwoReplicas(), 15)
+
+
+def test_mirrored_on_two_logical_cpus_matches_one_device(records_dir, tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.train.mirrored_check", records_dir, str(tmp_path)],
+        cwd=REPOSITORY_ROOT, env=_environment(), capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    with open(tmp_path / "result.json") as handle:
+        result = json.load(handle)
+    assert result["replicas"] == 2
+    assert result["max_update"] > 1e-4
+    assert result["max_update_difference"] <= 1e-3 * result["max_update"], result
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for handle in sockets:
+        handle.bind(("localhost", 0))
+    ports = [handle.getsockname()[1] for handle in sockets]
+    for handle in sockets:
+        handle.close()
+    return ports
+
+
+def _train_command(records_dir: str, model_dir: str, steps: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "isl", "train", f"--data_dir={records_dir}", f"--model_dir={model_dir}",
+        "--preset=tiny", *[f"--set={override}" for override in _fast_overrides()],
+        f"--steps={steps}", "--json", "--noprogress", *extra,
+    ]
+
+
+def _fast_overrides() -> tuple[str, ...]:
+    from tests.train.conftest import FAST_OVERRIDES
+
+    return FAST_OVERRIDES
+
+
+@pytest.mark.slow
+def test_two_workers_on_localhost_train_together(records_dir, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    model_dir = str(tmp_path / "model")
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes.append(subprocess.Popen(
+            _train_command(records_dir, model_dir, 4, "--strategy=multi_worker"),
+            cwd=REPOSITORY_ROOT, env=_environment(TF_CONFIG=tf_config),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=400))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    chief = json.loads(outputs[0][0].strip().splitlines()[-1])
+    assert chief["final_step"] == 4 and chief["num_replicas"] == 2
+    assert os.path.isfile(os.path.join(model_dir, "model.weights.h5"))
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-4")
+    # The other worker's private checkpoints are cleaned up.
+    assert not [name for name in os.listdir(model_dir) if name.startswith(".tmp-")]
+
+
+def _wait_for_checkpoint(model_dir: str, process: subprocess.Popen, minimum_step: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+        if latest and int(latest.rsplit("-", 1)[1]) >= minimum_step:
+            return int(latest.rsplit("-", 1)[1])
+        if process.poll() is not None:
+            raise AssertionError(f"training ended early: {process.communicate()[1][-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint in time")
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigkill_then_the_same_command_resumes(records_dir, tmp_path):
+    model_dir = str(tmp_path / "model")
+    command = _train_command(records_dir, model_dir, 400)
+    options = dict(cwd=REPOSITORY_ROOT, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    process = subprocess.Popen(command, **options)
+    try:
+        _wait_for_checkpoint(model_dir, process, 2, timeout=240)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["interrupted"] and summary["final_step"] >= 2
+    stopped_at = summary["final_step"]
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith(f"ckpt-{stopped_at}")
+
+    process = subprocess.Popen(command, **options)
+    try:
+        killed_after = _wait_for_checkpoint(model_dir, process, stopped_at + 2, timeout=240)
+        process.kill()  # A crash: no chance to save.
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    finish = subprocess.run(
+        command[:-3] + ["--steps=%d" % (killed_after + 3), "--json", "--noprogress"],
+        capture_output=True, text=True, timeout=300, cwd=REPOSITORY_ROOT, env=_environment(),
+    )
+    assert finish.returncode == 0, finish.stderr[-3000:]
+    summary = json.loads(finish.stdout.strip().splitlines()[-1])
+    assert summary["resumed_from_step"] >= killed_after
+    assert summary["final_step"] == killed_after + 3
