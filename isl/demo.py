@@ -76,7 +76,7 @@ def generate_step(state: DemoState) -> dict:
 
 
 def convert_step(state: DemoState) -> dict:
-    """Converts OUTPUT_DIR/raw into TFRecords in OUTPUT_DIR/records (1 well in 4 held out)."""
+    """Converts OUTPUT_DIR/raw into TFRecords in OUTPUT_DIR/records (1 well in 4, or the last of 2-3, held out)."""
     from isl.data import convert as convert_lib
 
     bar = progress_lib.Progress(state.num_wells, "convert", enabled=state.show_progress)
@@ -85,7 +85,7 @@ def convert_step(state: DemoState) -> dict:
         state.records_dir,
         state.config.channels,
         num_shards=1,
-        eval_every=4 if state.num_wells >= 2 else 0,
+        eval_every=min(4, state.num_wells) if state.num_wells >= 2 else 0,
         overwrite=True,
         progress=lambda done, total, name: bar.update(1, postfix=name),
     )

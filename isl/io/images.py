@@ -91,27 +91,34 @@ def _check_exists(path: str) -> None:
 
 
 def _tiff_info(path: str) -> ImageInfo:
+    """Size, type and plane count of a TIFF's first series.
+
+    A z-stack may be stored as one page per plane or as one 3-D page; both
+    give `num_pages` = number of planes.
+    """
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tiff:
-            pages = tiff.pages
-            if not len(pages):
-                raise errors.InputError(f"{path}: the TIFF has no pages.")
-            first = pages[0]
-            shape = first.shape
-            dtype = np.dtype(first.dtype)
-            count = len(pages)
+            if not len(tiff.pages) or not tiff.series:
+                raise errors.InputError(f"{path}: the TIFF has no images.")
+            series = tiff.series[0]
+            shape = tuple(int(size) for size in series.shape)
+            axes = series.axes
+            dtype = np.dtype(series.dtype)
     except errors.InputError:
         raise
     except Exception as error:  # tifffile raises many types for bad files.
         raise errors.InputError(f"{path}: not a readable TIFF image ({error}).") from None
-    if len(shape) != 2:
+    if "S" in axes:
+        raise errors.InputError(f"{path}: a colour/multi-sample TIFF (axes {axes}); expected grayscale planes.")
+    planes = shape[:-2]
+    if len(shape) < 2 or any(size != 1 for size in planes[:-1]):
         raise errors.InputError(
-            f"{path}: TIFF pages have shape {tuple(shape)}; expected single-channel 2-D planes."
+            f"{path}: TIFF of shape {shape} (axes {axes}); expected one plane or one z-stack of 2-D planes."
         )
     _check_dtype(path, dtype)
-    return ImageInfo(height=int(shape[0]), width=int(shape[1]), dtype=dtype, num_pages=count)
+    return ImageInfo(height=shape[-2], width=shape[-1], dtype=dtype, num_pages=planes[-1] if planes else 1)
 
 
 def _check_dtype(path: str, dtype: np.dtype) -> None:
@@ -190,14 +197,18 @@ def _read_tiff_page(path: str, page: int) -> np.ndarray:
 
     info = _tiff_info(path)
     if not 0 <= page < info.num_pages:
-        raise errors.InputError(f"{path}: has {info.num_pages} page(s); page {page} requested.")
+        raise errors.InputError(f"{path}: has {info.num_pages} plane(s); plane {page} requested.")
     try:
         with tifffile.TiffFile(path) as tiff:
-            array = tiff.pages[page].asarray()
+            if len(tiff.pages) == info.num_pages:
+                array = tiff.pages[page].asarray()
+            else:
+                array = tiff.series[0].asarray().reshape(info.num_pages, info.height, info.width)[page]
     except Exception as error:
         raise errors.InputError(f"{path}: truncated or corrupt TIFF ({error}).") from None
-    if array.ndim != 2:
-        raise errors.InputError(f"{path}: page {page} has shape {array.shape}; expected 2-D.")
+    array = np.asarray(array).reshape(info.height, info.width) if array.size == info.height * info.width else array
+    if array.shape != (info.height, info.width):
+        raise errors.InputError(f"{path}: plane {page} has shape {array.shape}; expected 2-D.")
     _check_dtype(path, array.dtype)
     return np.ascontiguousarray(array)
 
@@ -227,7 +238,7 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, compress_level:
         if array.ndim not in (2, 3):
             raise ValueError(f"A TIFF needs a 2-D or 3-D array. Received shape: {array.shape}")
         with atomic.temporary_path(path) as temporary:
-            tifffile.imwrite(temporary, array)
+            tifffile.imwrite(temporary, array, photometric="minisblack")
         return
     if array.ndim != 2:
         raise ValueError(f"A PNG needs a 2-D array. Received shape: {array.shape}")

@@ -1,0 +1,62 @@
+"""Tests for `isl convert`: the happy path, vocabulary flags, and bad input (exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from isl.cli import main
+from tests.data import test_wells
+from tests.data import wellmaker
+
+
+def test_converts_wells_into_shards_and_dataset_json(tmp_path, capsys):
+    for index, well in enumerate(("A1", "A2", "A3")):
+        wellmaker.random_well(str(tmp_path / "in" / well), num_z=3, height=20, width=24, seed=index, well=well)
+    output = tmp_path / "out"
+    code = main.run_command(["convert", f"--input_dir={tmp_path / 'in'}", f"--output_dir={output}",
+                             "--num_shards=2", "--eval_wells=A2", "--noprogress", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["num_examples"] == {"train": 2, "eval": 1}
+    assert sorted(os.listdir(output)) == [
+        "dataset.json", "eval-00000-of-00001.tfrecord", "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    description = json.loads((output / "dataset.json").read_text())
+    assert description["image_sizes"] == {"20x24": 3} and description["channels"]["target_channels"] == [
+        "DAPI_CONFOCAL", "MAP2_CONFOCAL"]
+    assert [well["well"] for well in description["wells"] if well["split"] == "eval"] == ["A2"]
+    assert all(len(well["source_files"]) == 5 for well in description["wells"])
+    # An existing output is not replaced without --overwrite.
+    assert main.run_command(["convert", f"--input_dir={tmp_path / 'in'}", f"--output_dir={output}"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_user_channel_is_accepted_through_set(tmp_path, capsys):
+    directory = tmp_path / "in"
+    wellmaker.random_well(str(directory), num_z=2, height=8, width=8)
+    shutil.copy(directory / wellmaker.file_name("MAXPROJECT", "DAPI_CONFOCAL"),
+                directory / wellmaker.file_name("MAXPROJECT", "GFAP_CONFOCAL"))
+    arguments = ["convert", f"--input_dir={directory}", f"--output_dir={tmp_path / 'out'}", "--noprogress"]
+    assert main.run_command(arguments) == 2
+    assert "GFAP_CONFOCAL" in capsys.readouterr().err
+    vocabulary = '["DAPI_CONFOCAL","MAP2_CONFOCAL","GFAP_CONFOCAL"]'
+    assert main.run_command(arguments + [f"--set=channels.target_channels={vocabulary}"]) == 0
+    description = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert description["channels"]["target_channels"] == ["DAPI_CONFOCAL", "MAP2_CONFOCAL", "GFAP_CONFOCAL"]
+
+
+@pytest.mark.parametrize("case", sorted(test_wells.BAD_INPUTS))
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, case):
+    directory = str(tmp_path / "well")
+    wellmaker.random_well(directory, num_z=4, height=16, width=16)
+    problem = test_wells.BAD_INPUTS[case](directory)
+    output = tmp_path / "out"
+    code = main.run_command(["convert", f"--input_dir={directory}", f"--output_dir={output}", "--noprogress"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert problem in error and "Traceback" not in error
+    assert not output.exists()
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]

@@ -1,0 +1,162 @@
+"""Tests for TFRecord conversion and the tf.data pipeline (tiny preset, small wells)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from isl import config as config_lib
+from isl import errors
+from isl import presets
+from isl.data import assemble
+from isl.data import convert
+from isl.data import pipeline
+from isl.io import images
+from tests.data import wellmaker
+
+TINY = presets.get_preset("tiny")
+
+
+def _records(tmp_path, wells_dir, **kwargs):
+    output = str(tmp_path / "records")
+    convert.convert([wells_dir], output, TINY.channels, **kwargs)
+    return output
+
+
+@pytest.fixture(scope="module")
+def round_trip(tmp_path_factory):
+    """Well B2 (13 slices, 16-bit inputs and DAPI, 8-bit MAP2, no NFH) held out; C3 for training."""
+    tmp_path = tmp_path_factory.mktemp("round_trip")
+    rng = np.random.default_rng(5)
+    height, width = 120, 80
+    stack = rng.integers(0, 65536, (13, height, width), dtype=np.uint16)
+    targets = {
+        "DAPI_CONFOCAL": rng.integers(0, 65536, (height, width), dtype=np.uint16),
+        "MAP2_CONFOCAL": rng.integers(0, 256, (height, width), dtype=np.uint8),
+    }
+    wellmaker.write_well(str(tmp_path / "wells" / "b2"), stack, targets, well="B2")
+    wellmaker.random_well(str(tmp_path / "wells" / "c3"), num_z=26, height=110, width=100, well="C3")
+    records = _records(tmp_path, str(tmp_path / "wells"), eval_wells=["B2"], num_shards=2)
+    return records, stack, targets
+
+
+def test_patch_layout_follows_the_geometry():
+    paper = pipeline.patch_layout(presets.get_preset("paper"))
+    assert (paper.crop_size, paper.patch_size, paper.patch_stride, paper.output_size, paper.pad) == (520, 250, 256, 8, 121)
+    tiny = pipeline.patch_layout(TINY)
+    assert (tiny.crop_size, tiny.patch_size, tiny.output_size, tiny.pad) == (100, 42, 8, 17)
+    larger = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, output_size=24))
+    layout = pipeline.patch_layout(larger)
+    assert layout.output_size == 24 and layout.patch_size == 58 and layout.crop_size == 58 + 58
+    unpadded = dataclasses.replace(TINY, data=dataclasses.replace(TINY.data, pad_border=False))
+    assert pipeline.patch_layout(unpadded).pad == 0
+
+
+def test_selection_table_matches_the_python_z_mapping():
+    table = pipeline.selection_table(30, 26)
+    for count in (1, 13, 26, 30):
+        values = np.arange(1, 31, dtype=np.float32)
+        mapped = np.concatenate([values, [1.0]]) @ table[count]
+        expected = [values[index] for index in assemble.z_slice_indices(count, 26)]
+        assert mapped[0::2].tolist() == expected and mapped[1::2].tolist() == [1.0] * 26
+
+
+def _eval_batch(records, stack, targets):
+    """Reference patches and labels for the eval crop, from numpy."""
+    layout = pipeline.patch_layout(TINY)
+    height, width = stack.shape[1:]
+    (offset_y, offset_x), = pipeline.eval_crop_offsets(height, width, layout)
+    pad = layout.pad
+
+    def padded_crop(image):
+        padded = np.pad(image, [(0, 0)] * (image.ndim - 2) + [(pad, pad), (pad, pad)])
+        return padded[..., offset_y : offset_y + layout.crop_size, offset_x : offset_x + layout.crop_size]
+
+    stack_float = padded_crop(stack.astype(np.float32) / np.float32(65535))
+    valid = padded_crop(np.ones((height, width), np.float32))
+    target_float = {
+        name: padded_crop(image.astype(np.float32) / np.float32(images.max_value(image.dtype)))
+        for name, image in targets.items()
+    }
+    inputs, labels = [], []
+    size, out, border = layout.patch_size, layout.output_size, layout.border
+    for row, column in layout.patch_offsets:
+        window = (slice(row, row + size), slice(column, column + size))
+        inputs.append(assemble.network_input(stack_float[:, window[0], window[1]], 26, valid[window]))
+        full = assemble.training_labels(
+            stack_float[:, window[0], window[1]],
+            {name: image[window] for name, image in target_float.items()},
+            TINY.channels,
+            valid[window],
+        )
+        labels.append(full[border : border + out, border : border + out])
+    return np.stack(inputs), np.stack(labels)
+
+
+def test_round_trip_images_to_records_to_pipeline_value_for_value(round_trip):
+    records, stack, targets = round_trip
+    description = json.load(open(os.path.join(records, "dataset.json")))
+    assert description["splits"]["eval"]["num_examples"] == 1
+    assert description["z_counts"] == {"13": 1, "26": 1} and description["max_source_z"] == 26
+    dataset = pipeline.build_dataset(records, TINY, split="eval", repeat=False, batch_size=4)
+    batches = list(dataset)
+    assert len(batches) == 1  # One crop (4 patches) fits the padded 154 x 114 image.
+    inputs, labels = (tensor.numpy() for tensor in batches[0])
+    expected_inputs, expected_labels = _eval_batch(records, stack, targets)
+    assert inputs.shape == (4, 42, 42, 52) and labels.shape == (4, 8, 8, 35, 2)
+    assert np.array_equal(inputs, expected_inputs)
+    assert np.array_equal(labels, expected_labels)
+    names = TINY.channels.head_names
+    neurite = labels[..., names.index("MAXPROJECT/NEURITE_CONFOCAL"), :]
+    map2 = labels[..., names.index("MAXPROJECT/MAP2_CONFOCAL"), :]
+    assert np.array_equal(neurite[..., 0], map2[..., 0] / 2)
+    assert neurite[..., 1].max() == 0.0  # NFH missing: NEURITE mask sqrt(1 * 0) = 0.
+    assert inputs[..., 1::2].min() == 0.0  # The crop reaches into the zero-mask padding.
+
+
+def test_training_batches_have_the_contract_shapes_and_are_reproducible(round_trip):
+    records = round_trip[0]
+
+    def first_batches(seed):
+        dataset = pipeline.build_dataset(records, TINY, seed=seed, deterministic=True, batch_size=8)
+        return [tuple(tensor.numpy() for tensor in batch) for batch in dataset.take(3)]
+
+    first, again, other = first_batches(3), first_batches(3), first_batches(4)
+    inputs, labels = first[0]
+    assert inputs.shape == (8, 42, 42, 52) and labels.shape == (8, 8, 8, 35, 2)
+    assert inputs.dtype == np.float32 and 0.0 <= inputs.min() and inputs.max() <= 1.0
+    for (a_inputs, a_labels), (b_inputs, b_labels) in zip(first, again):
+        assert np.array_equal(a_inputs, b_inputs) and np.array_equal(a_labels, b_labels)
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other))
+
+
+def test_flip_and_rotation_move_inputs_targets_and_masks_together(tmp_path):
+    # DAPI equals z slice 0, so its label must equal the centre of input channel 0
+    # (and its mask the centre of input mask 1) under any dihedral transform.
+    rng = np.random.default_rng(2)
+    stack = rng.integers(0, 65536, (13, 90, 100), dtype=np.uint16)
+    wellmaker.write_well(str(tmp_path / "wells" / "w"), stack, {"DAPI_CONFOCAL": stack[0]})
+    records = _records(tmp_path, str(tmp_path / "wells"))
+    layout = pipeline.patch_layout(TINY)
+    border, out = layout.border, layout.output_size
+    dapi = TINY.channels.head_names.index("MAXPROJECT/DAPI_CONFOCAL")
+    for inputs, labels in pipeline.build_dataset(records, TINY, seed=1, batch_size=16).take(4):
+        centre = inputs.numpy()[:, border : border + out, border : border + out]
+        assert np.array_equal(labels.numpy()[..., dapi, 0], centre[..., 0])
+        assert np.array_equal(labels.numpy()[..., dapi, 1], centre[..., 1])
+        assert np.array_equal(labels.numpy()[..., :26, :].reshape(centre.shape), centre)
+
+
+def test_missing_dataset_and_empty_split_are_input_errors(tmp_path, round_trip):
+    with pytest.raises(errors.InputError, match="not a folder"):
+        pipeline.build_dataset(str(tmp_path / "nowhere"), TINY)
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(errors.InputError, match="no non-empty eval shards"):
+        pipeline.build_dataset(str(tmp_path / "empty"), TINY, split="eval")
+    condition_a = presets.get_preset("condition_a")
+    with pytest.raises(errors.InputError, match="not among the config's input modalities"):
+        pipeline.build_dataset(round_trip[0], condition_a)
