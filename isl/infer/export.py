@@ -45,7 +45,7 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -339,31 +339,3 @@ def export_keras_model(
         phase=geometry.phase,
         border=geometry.border,
     )
-
-
-def load_exported(export_dir: str) -> tuple[Any, config_lib.ExperimentConfig]:
-    """Loads an export: (the `tf.saved_model.load` object, its config).
-
-    Raises:
-        InputError: when `export_dir` is not an `isl export` directory.
-    """
-    import tensorflow as tf
-
-    if not os.path.exists(os.path.join(export_dir, "saved_model.pb")):
-        raise errors.InputError(f"{export_dir}: no saved_model.pb; not a SavedModel directory.")
-    config_path = os.path.join(export_dir, CONFIG_FILE)
-    if not os.path.exists(config_path):
-        raise errors.InputError(f"{export_dir}: no {CONFIG_FILE}; was it written by isl export?")
-    config = config_lib.load_config(config_path)
-    return tf.saved_model.load(export_dir), config
-
-
-def saved_model_logits_fn(export_dir: str) -> tuple[Callable[[Any], Any], config_lib.ExperimentConfig]:
-    """A `logits_fn` for `isl.infer.predict` backed by an export's `logits` signature.
-
-    Returns:
-        (function `[batch, H, W, 2Z]` float32 -> logits, the export's config).
-    """
-    loaded, config = load_exported(export_dir)
-    signature = loaded.signatures[LOGITS_SIGNATURE]
-    return (lambda inputs: signature(network_input=inputs)["logits"]), config

@@ -105,14 +105,10 @@ UP_KERNELS = (2, 4)
 
 
 def available_activations() -> tuple[str, ...]:
-    """The dual pre-activations the builder implements (§1.2).
-
-    The blocks expose `ACTIVATIONS` once they implement more than the
-    paper's ReLU || tanh; until then that pair is the only one.
-    """
+    """The dual pre-activations the blocks implement (§1.2; the paper's is relu_tanh)."""
     from isl.model import blocks
 
-    return tuple(getattr(blocks, "ACTIVATIONS", ("relu_tanh",)))
+    return tuple(blocks.ACTIVATIONS)
 
 
 def _valid_alternatives(base: config_lib.ExperimentConfig, name: str, candidates: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -214,6 +214,7 @@ class _ISLTunerMixin:
             steps_per_epoch=self.isl_steps_per_epoch,
             validation_steps=self.isl_eval_steps or config.train.eval_batches,
             verbose=self.isl_verbose,
+            shuffle=False,  # The pipeline shuffles.
         )
         return super().run_trial(trial, *args, **kwargs)
 

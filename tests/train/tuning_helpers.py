@@ -1,43 +1,50 @@
-"""A tiny converted dataset for search tests: 3 lab-named wells, 1 held out for eval."""
+"""Small data and a small real network for search tests.
+
+`tiny_tfrecords` converts three synthetic wells (two train, one eval);
+`small_config` is the tiny preset cut to 2 scales, 2 z values and one target
+channel: the real builder and loss, but a train step traces in seconds.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
-import numpy as np
-
+from isl import config as config_lib
 from isl import presets
 from isl.data import convert
-from isl.io import filenames
-from isl.io import images
-
-SIZE = 100
-NUM_Z = 13
-TARGETS = ("DAPI_CONFOCAL", "MAP2_CONFOCAL", "NFH_CONFOCAL")
+from isl.data import synthetic
 
 
-def write_wells(directory: str, num_wells: int = 3, seed: int = 0) -> str:
-    """Writes `num_wells` wells of 13 phase-contrast slices and 3 targets (16-bit PNG)."""
-    rng = np.random.default_rng(seed)
-    for index in range(num_wells):
-        well_dir = os.path.join(directory, f"well_{index}")
-        os.makedirs(well_dir, exist_ok=True)
-        key = filenames.ImageKey(lab="TEST", condition="TUNE", well=f"A{index + 1}", tile_computation="STITCHED")
-        base = rng.random((SIZE, SIZE))
-        for z in range(NUM_Z):
-            plane = np.clip(base + 0.05 * rng.standard_normal((SIZE, SIZE)), 0, 1)
-            name = filenames.format_name(filenames.ImageKey(**{**key.__dict__, "z": z, "channel": "PHASE_CONTRAST"}))
-            images.write_image(os.path.join(well_dir, name), (plane * 65535).astype(np.uint16))
-        for channel_index, channel in enumerate(TARGETS):
-            target = np.clip(base ** (channel_index + 1), 0, 1)
-            name = filenames.format_name(filenames.ImageKey(**{**key.__dict__, "channel": channel}))
-            images.write_image(os.path.join(well_dir, name), (target * 65535).astype(np.uint16))
-    return directory
+def small_config() -> config_lib.ExperimentConfig:
+    tiny = presets.get_preset("tiny")
+    return dataclasses.replace(
+        tiny,
+        name="tiny_small",
+        channels=dataclasses.replace(tiny.channels, num_z_values=2, target_channels=("DAPI_CONFOCAL",)),
+        model=dataclasses.replace(
+            tiny.model, num_scales=2, lower_modules_scale_0=1, lower_modules_step=1, upper_tower_modules=1
+        ),
+        train=dataclasses.replace(tiny.train, batch_size=4, eval_batches=1),
+    ).validate()
+
+
+SMALL_OVERRIDES = [
+    'channels.num_z_values=2',
+    'channels.target_channels=["DAPI_CONFOCAL"]',
+    "model.num_scales=2",
+    "model.lower_modules_scale_0=1",
+    "model.lower_modules_step=1",
+    "model.upper_tower_modules=1",
+    "train.batch_size=4",
+    "train.eval_batches=1",
+]
 
 
 def tiny_tfrecords(root: str) -> str:
-    """Converts three synthetic wells (two train, one eval) into `root/tfrecords`."""
-    wells = write_wells(os.path.join(root, "wells"))
+    """Converts three 100 x 100 synthetic wells (two train, one eval) into `root/tfrecords`."""
+    wells = os.path.join(root, "wells")
+    synthetic.write_synthetic_dataset(wells, num_wells=3, size=100, num_z=13, seed=0)
     output = os.path.join(root, "tfrecords")
     convert.convert([wells], output, presets.get_preset("tiny").channels, num_shards=1, eval_every=3)
     return output
