@@ -47,9 +47,10 @@ def size_to_depth(base_depth: int, size: int, expansion_factor: float, is_expand
     """The released `size_to_depth`: depth of a module whose output is `size`.
 
     r = ceil(base_depth / size); reduction depth next_even(r); expansion depth
-    next_even(expansion_factor * r), evaluated in that order in float64 as the
-    original `(211.0 / 39.0) * r` (not `211 * r / 39`, which can differ by
-    one ulp at multiples of 39 and then by 2 channels).
+    next_even(expansion_factor * r), evaluated as the original
+    `(211.0 / 39.0) * r` in float64. (`211 * r / 39` gives the same depths
+    for every r below 741, so Appendix B cannot tell them apart; at r = 741,
+    i.e. base_depth / size > 740, the two differ by 2 channels.)
     """
     if size < 1:
         raise ValueError(f"Module output size must be >= 1. Received: {size}")
@@ -159,7 +160,7 @@ def residual_v2_conv(
     """
     if add_max_pool and (transpose or kernel_size <= 1):
         raise ValueError(f"{name}: a parallel max pool needs a k > 1 ordinary convolution.")
-    normalized = keras.layers.BatchNormalization(
+    normalized = isl_layers.FusedBatchNormalization(
         momentum=settings.batch_norm_momentum,
         epsilon=settings.batch_norm_epsilon,
         center=True,
@@ -240,7 +241,7 @@ def passthrough(
         )
     outputs = inputs
     if crop:
-        outputs = keras.layers.Cropping2D(crop, **settings.layer_kwargs(f"{name}_crop"))(outputs)
+        outputs = isl_layers.CenterCrop2D(crop, **settings.layer_kwargs(f"{name}_crop"))(outputs)
     if stride == 2:
         outputs = keras.layers.AveragePooling2D(
             2, 2, padding="valid", **settings.layer_kwargs(f"{name}_pool")
@@ -459,7 +460,7 @@ def up_block(
         name=name,
     )
     if overlap_crop:
-        outputs = keras.layers.Cropping2D(overlap_crop, **settings.layer_kwargs(f"{name}_crop"))(outputs)
+        outputs = isl_layers.CenterCrop2D(overlap_crop, **settings.layer_kwargs(f"{name}_crop"))(outputs)
     if add_in_scale_module:
         outputs = in_scale_module(
             outputs,

@@ -39,6 +39,7 @@ from isl import config as config_lib
 from isl.model import blocks
 from isl.model import geometry as geometry_lib
 from isl.model import heads as heads_lib
+from isl.model import layers as isl_layers
 
 INPUT_NAME = "transmitted_light"
 PROJECTION_LAYER = "projection"
@@ -105,7 +106,7 @@ def build_core(
         crop = (reference.input_size - tower.crop_size) // 2
         outputs = features
         if crop:
-            outputs = keras.layers.Cropping2D(crop, **settings.layer_kwargs(f"tower_{scale}_crop"))(outputs)
+            outputs = isl_layers.CenterCrop2D(crop, **settings.layer_kwargs(f"tower_{scale}_crop"))(outputs)
         for index, size in enumerate(tower.down_sizes):
             outputs = blocks.down_block(
                 outputs,
