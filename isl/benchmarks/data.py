@@ -7,7 +7,10 @@ Figures:
   32-64 GB of RAM the released PNG loader asked for (§3.5);
 * `patches_per_second`: training patches delivered by `build_dataset`
   (crop, z mapping, flip, 2 x 2 patches, shuffle, batch, rotation, float
-  conversion), median over repeats, after a warm-up.
+  conversion), median over repeats, after a warm-up;
+* `patches_per_cpu_second`: the same patches divided by the CPU time this
+  process used, which other processes on a shared machine do not change.
+  Compare it with the model's CPU-seconds per training patch.
 
 The data is --data_dir (an image folder is converted first; a converted
 folder is used as is), else --sample_dir, else one synthetic well the size
@@ -46,20 +49,52 @@ def _convert_in_child(input_dir: str, output_dir: str, preset: str) -> tuple[flo
     return peak_kb / 1024.0, seconds
 
 
-def _pipeline_rate(records_dir: str, config: config_lib.ExperimentConfig, batch_size: int, steps: int, repeats: int) -> list[float]:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _pipeline_rate(
+    records_dir: str, config: config_lib.ExperimentConfig, batch_size: int, steps: int, repeats: int
+) -> tuple[list[float], list[float]]:
+    """(patches per wall-clock second, patches per CPU second of this process), per repeat."""
     from isl.data import pipeline
 
     dataset = pipeline.build_dataset(records_dir, config, split="train", seed=0, batch_size=batch_size)
     iterator = iter(dataset)
     for _ in range(3):  # Warm-up: tracing, autotuning, first reads.
         next(iterator)
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), _cpu_seconds()
         for _ in range(steps):
             inputs, _labels = next(iterator)
-        rates.append(steps * int(inputs.shape[0]) / (time.perf_counter() - start))
-    return rates
+        patches = steps * int(inputs.shape[0])
+        rates.append(patches / (time.perf_counter() - start))
+        cpu_rates.append(patches / max(_cpu_seconds() - start_cpu, 1e-9))
+    return rates, cpu_rates
+
+
+def _model_cost(config: config_lib.ExperimentConfig, inputs: Any, labels: Any, steps: int) -> tuple[float, float]:
+    """(patches per wall-clock second, patches per CPU second) of the model's training step.
+
+    One warm-up step, then `steps` timed `train_on_batch` calls on a fixed batch
+    (Adam, the paper's loss), so no input pipeline cost is included.
+    """
+    import keras
+
+    from isl.model import builder
+    from isl.model import losses
+
+    geometry_input = int(inputs.shape[1])
+    model = builder.build_model(config, input_size=geometry_input)
+    model.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate), loss=losses.ISLLoss(config.channels))
+    model.train_on_batch(inputs, labels)
+    start, start_cpu = time.perf_counter(), _cpu_seconds()
+    for _ in range(steps):
+        model.train_on_batch(inputs, labels)
+    patches = steps * int(inputs.shape[0])
+    return patches / (time.perf_counter() - start), patches / max(_cpu_seconds() - start_cpu, 1e-9)
 
 
 def run(flag_values: Any) -> dict[str, Any]:
@@ -93,14 +128,34 @@ def run(flag_values: Any) -> dict[str, Any]:
             results["convert_seconds"] = round(seconds, 2)
             print(f"convert: peak RSS {peak_mb:.0f} MB (limit 2048 MB; the released loader asked for 32-64 GB), "
                   f"{seconds:.1f}s including TensorFlow start-up")
-        rates = _pipeline_rate(records_dir, config, batch_size, steps, repeats)
+        rates, cpu_rates = _pipeline_rate(records_dir, config, batch_size, steps, repeats)
+        model_steps = flag_values["model_steps"].value if "model_steps" in flag_values else 0
+        if model_steps:
+            from isl.data import pipeline
+
+            batch = next(iter(pipeline.build_dataset(records_dir, config, seed=0, batch_size=batch_size)))
+            model_rate, model_cpu_rate = _model_cost(config, batch[0], batch[1], model_steps)
+            results["model_train_patches_per_second"] = round(model_rate, 2)
+            results["model_train_patches_per_cpu_second"] = round(model_cpu_rate, 2)
     results["patches_per_second"] = round(statistics.median(rates), 1)
     results["patches_per_second_repeats"] = [round(rate, 1) for rate in rates]
+    results["patches_per_cpu_second"] = round(statistics.median(cpu_rates), 1)
     results["cpu_count"] = os.cpu_count()
+    results["load_average_1min"] = round(os.getloadavg()[0], 2)
     print(
         f"training pipeline ({preset}, batch {batch_size}): {results['patches_per_second']:.1f} patches/s "
         f"(median of {repeats} x {steps} batches; repeats {results['patches_per_second_repeats']}) "
-        f"on {os.cpu_count()} CPU(s)"
+        f"on {os.cpu_count()} CPU(s), load average {results['load_average_1min']}; "
+        f"{results['patches_per_cpu_second']:.1f} patches per CPU-second (robust to other load)"
     )
+    if "model_train_patches_per_cpu_second" in results:
+        ratio = results["patches_per_cpu_second"] / max(results["model_train_patches_per_cpu_second"], 1e-9)
+        results["pipeline_to_model_ratio"] = round(ratio, 1)
+        print(
+            f"{preset} model training step (float32 unless train.mixed_precision): "
+            f"{results['model_train_patches_per_second']:.2f} patches/s, "
+            f"{results['model_train_patches_per_cpu_second']:.2f} patches per CPU-second; the pipeline delivers "
+            f"{ratio:.1f}x the patches the model consumes per CPU-second (target >= 10x)"
+        )
     print(f"data: {results['data']}")
     return results

@@ -160,3 +160,19 @@ def test_missing_dataset_and_empty_split_are_input_errors(tmp_path, round_trip):
     condition_a = presets.get_preset("condition_a")
     with pytest.raises(errors.InputError, match="not among the config's input modalities"):
         pipeline.build_dataset(round_trip[0], condition_a)
+
+
+def test_larger_outputs_unpadded_crops_and_input_context_sharding(round_trip):
+    import tensorflow as tf
+
+    records = round_trip[0]
+    larger = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, output_size=24))
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2)
+    inputs, labels = next(iter(pipeline.build_dataset(records, larger, input_context=context, seed=0)))
+    assert inputs.shape == (8, 58, 58, 52) and labels.shape == (8, 24, 24, 35, 2)
+    unpadded = dataclasses.replace(TINY, data=dataclasses.replace(TINY.data, pad_border=False))
+    inputs, labels = next(iter(pipeline.build_dataset(records, unpadded, seed=0)))
+    assert inputs.numpy()[..., 1::2].min() == 1.0  # No padding: every input pixel is real.
+    too_large = dataclasses.replace(unpadded, data=dataclasses.replace(unpadded.data, crop_size=160))
+    with pytest.raises(errors.InputError, match="smaller than the 160-px crop"):
+        pipeline.build_dataset(records, too_large)
