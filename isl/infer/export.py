@@ -123,6 +123,15 @@ class ServingFunctions:
         for channel in self.target_channels:
             _check_name(channel)
         self.target_head_indices = tuple(range(channels.num_input_heads, channels.num_heads))
+        # One traced graph each, shared by the signatures that call them: the
+        # network is traced once however many signatures there are.
+        self.logits_function = tf.function(
+            self.logits,
+            input_signature=[tf.TensorSpec([None, None, None, channels.num_input_features], tf.float32, name="network_input")],
+        )
+        self.outputs_function = tf.function(
+            self.outputs, input_signature=[tf.TensorSpec(None, tf.float32, name="z_stack")]
+        )
         # Row n: the source slice of each z value for an n-slice stack, from the
         # one owner of the rule (the same table the training pipeline gathers).
         self._z_table = tf.constant(assemble.z_index_table(MAX_SOURCE_Z, self.num_z_values), tf.int32)
@@ -194,7 +203,7 @@ class ServingFunctions:
         from isl.model import statistics as statistics_lib
 
         z_stack = self.check_stack(z_stack)
-        logits = self.logits(self.network_input(z_stack))["logits"]
+        logits = self.logits_function(self.network_input(z_stack))["logits"]
         target_logits = tf.gather(logits, list(self.target_head_indices), axis=3)
         probabilities = tf.nn.softmax(target_logits, axis=-1)
         results: dict[str, Any] = {}
@@ -209,10 +218,7 @@ class ServingFunctions:
     def serve_uint16(self, z_stack: Any) -> dict[str, Any]:
         import tensorflow as tf
 
-        return self.outputs(tf.cast(z_stack, tf.float32) / UINT16_MAX)
-
-    def serve_float32(self, z_stack: Any) -> dict[str, Any]:
-        return self.outputs(z_stack)
+        return self.outputs_function(tf.cast(z_stack, tf.float32) / UINT16_MAX)
 
 
 def parse_statistics(names: Sequence[str]) -> tuple[str, ...]:
@@ -277,18 +283,8 @@ def export_keras_model(
         functions.serve_uint16,
         input_signature=[tf.TensorSpec(stack_shape, tf.uint16, name="z_stack")],
     )
-    archive.add_endpoint(
-        SERVING_FLOAT32,
-        functions.serve_float32,
-        input_signature=[tf.TensorSpec(stack_shape, tf.float32, name="z_stack")],
-    )
-    archive.add_endpoint(
-        LOGITS_SIGNATURE,
-        functions.logits,
-        input_signature=[
-            tf.TensorSpec([None, None, None, config.channels.num_input_features], tf.float32, name="network_input")
-        ],
-    )
+    archive.add_endpoint(SERVING_FLOAT32, functions.outputs_function)
+    archive.add_endpoint(LOGITS_SIGNATURE, functions.logits_function)
     geometry = functions.geometry
     info = {
         "format": "isl SavedModel export",

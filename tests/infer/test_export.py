@@ -57,6 +57,30 @@ def _expected(model, config, stack_float):
     return expected
 
 
+def _assert_matches(actual, expected, name, tolerance=1e-5):
+    """Within `tolerance`; median/mode may flip one bin only where float rounding decides.
+
+    A median (first bin with cumulative probability >= 0.5) or a mode
+    (argmax) is a step function: two float32 graphs that agree to 1e-7 can
+    still pick neighbouring bins where the cumulative probability is within
+    rounding of 0.5 or two bins tie. Those pixels are allowed to differ.
+    """
+    value, reference = np.asarray(actual[name]), expected[name]
+    statistic = name.rsplit("_", 1)[1]
+    if statistic not in ("median", "mode"):
+        np.testing.assert_allclose(value, reference, atol=tolerance, err_msg=name)
+        return
+    probabilities = expected[name.rsplit("_", 1)[0] + "_distribution"]
+    if statistic == "median":
+        cumulative = np.cumsum(probabilities, axis=-1)
+        undecided = np.any(np.abs(cumulative - 0.5) < tolerance, axis=-1)
+    else:
+        top_two = np.sort(probabilities, axis=-1)[..., -2:]
+        undecided = top_two[..., 1] - top_two[..., 0] < tolerance
+    differs = np.abs(value - reference) > tolerance
+    assert not np.any(differs & ~undecided), f"{name}: {np.sum(differs & ~undecided)} pixels differ"
+
+
 def test_in_graph_z_mapping_and_masks_equal_the_training_assembly():
     config = presets.get_preset("tiny")
     functions = export.ServingFunctions(builder.build_model(config), config)
@@ -97,8 +121,8 @@ def test_outputs_match_the_keras_model_within_1e5(tiny_export, loaded):
     assert set(from_uint16) == set(expected)
     for name, value in expected.items():
         assert from_uint16[name].shape == (2, 12, 16) + value.shape[3:]
-        np.testing.assert_allclose(from_uint16[name].numpy(), value, atol=1e-5, err_msg=name)
-        np.testing.assert_allclose(from_float[name].numpy(), value, atol=1e-5, err_msg=name)
+        _assert_matches(from_uint16, expected, name)
+        _assert_matches(from_float, expected, name)
 
 
 @pytest.mark.parametrize("shape", [(1, 45, 46, 13), (1, 38, 42, 13), (1, 42, 42, 0)])
@@ -144,8 +168,8 @@ def test_reload_in_a_fresh_process_without_isl(tiny_export, tmp_path):
     assert "ISL_MODULES []" in completed.stdout
     outputs = np.load(tmp_path / "out.npz")
     expected = _expected(model, config, stack.astype(np.float32) / 65535)
-    for name, value in expected.items():
-        np.testing.assert_allclose(outputs[name], value, atol=1e-5, err_msg=name)
+    for name in expected:
+        _assert_matches(outputs, expected, name)
 
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     if os.path.exists(cli):

@@ -41,6 +41,10 @@ def test_search_space_names_and_defaults_are_the_paper_values():
     space = {parameter.name: parameter for parameter in hp.space}
     assert space["base_depth"].values == [200, 300, 400, 500, 600]
     assert space["expansion_factor"].values == [3.0, 4.0, 211 / 39, 6.0, 8.0]
+    assert space["activation"].values == ["relu_tanh", "relu", "silu_tanh"]
+    # The blocks implement one passthrough per kernel (3x3 in-scale, 4x4/2
+    # down); a 2x2 up kernel gives no valid geometry around the paper's.
+    assert all(space[name].__class__.__name__ == "Fixed" for name in ("in_scale_kernel", "down_kernel", "up_kernel"))
     assert (space["learning_rate"].min_value, space["learning_rate"].max_value) == pytest.approx((1e-5, 1e-3))
     assert space["learning_rate"].sampling == "log"
     assert (space["upper_tower_modules"].min_value, space["upper_tower_modules"].max_value) == (7, 21)
