@@ -30,6 +30,7 @@ calibration check (`isl.eval.calibration`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -167,105 +168,208 @@ def quantile_name(quantile: float) -> str:
     return f"{QUANTILE_PREFIX}{round(quantile * 100):02d}"
 
 
+class Network:
+    """Kept-pixel logits of a network, the one thing a run needs.
+
+    Calling it with `(inputs, keep_rows, keep_columns)` returns the logits
+    `[batch, len(keep_rows), len(keep_columns), heads, classes]` of the dense
+    output pixels at those row and column indices. Only a quarter of a dense
+    run's output pixels are kept for the paper model (the blocks of its phase
+    class), so a model split into core and heads (`from_keras`) gathers the
+    embedding first and runs the heads, the softmax and the statistics on the
+    kept pixels only. Any other model (`from_logits`, e.g. a SavedModel's
+    `logits` signature) computes all its heads on every pixel, then gathers.
+
+    Attributes:
+        num_heads: heads it returns (None if unknown).
+    """
+
+    def __init__(
+        self,
+        logits_fn: Callable[[Any], Any] | None = None,
+        head_indices: Sequence[int] | None = None,
+        embedding_fn: Callable[[Any], Any] | None = None,
+        heads_fn: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if (logits_fn is None) == (embedding_fn is None or heads_fn is None):
+            raise ValueError("Give either logits_fn, or embedding_fn and heads_fn.")
+        self.logits_fn = logits_fn
+        self.head_indices = None if head_indices is None else list(head_indices)
+        self.embedding_fn = embedding_fn
+        self.heads_fn = heads_fn
+
+    def __call__(self, inputs: Any, keep_rows: Any, keep_columns: Any) -> Any:
+        import tensorflow as tf
+
+        if self.embedding_fn is not None:
+            embedding = self.embedding_fn(inputs)
+            embedding = tf.gather(tf.gather(embedding, keep_rows, axis=1), keep_columns, axis=2)
+            return self.heads_fn(embedding)
+        logits = self.logits_fn(inputs)
+        if self.head_indices is not None:
+            logits = tf.gather(logits, self.head_indices, axis=3)
+        return tf.gather(tf.gather(logits, keep_rows, axis=1), keep_columns, axis=2)
+
+    @classmethod
+    def from_logits(cls, logits_fn: Callable[[Any], Any], head_indices: Sequence[int] | None = None) -> Network:
+        """`logits_fn`: `[batch, H, W, 2Z]` -> `[batch, h, w, heads, classes]`."""
+        return cls(logits_fn=logits_fn, head_indices=head_indices)
+
+    @classmethod
+    def from_keras(cls, model: Any, head_indices: Sequence[int] | None = None) -> Network:
+        """A Keras model in inference mode (batch norm with moving averages).
+
+        For a model from `isl.model.builder` (embedding layer, heads feeding
+        one stacking layer) it is split into the core and a sub-model of the
+        chosen heads, so unused heads cost nothing and the heads run on kept
+        pixels only. Other models are wrapped whole.
+        """
+        import keras
+        import tensorflow as tf
+
+        from isl.model import builder
+        from isl.model import heads as heads_lib
+
+        try:
+            embedding = model.get_layer(builder.EMBEDDING_LAYER).output
+            head_outputs = model.get_layer(heads_lib.LOGITS_LAYER).input
+        except (ValueError, AttributeError):
+            embedding = head_outputs = None
+        indices = list(range(len(head_outputs))) if head_indices is None and head_outputs else head_indices
+        if embedding is None or not isinstance(head_outputs, (list, tuple)) or len(head_outputs) <= max(indices):
+            return cls.from_logits(lambda inputs: model(inputs, training=False), head_indices)
+        core = keras.Model(model.input, embedding, name=f"{model.name}_core")
+        heads = keras.Model(embedding, [head_outputs[index] for index in indices], name=f"{model.name}_heads")
+
+        def heads_fn(features: Any) -> Any:
+            outputs = heads(features, training=False)
+            if not isinstance(outputs, (list, tuple)):
+                outputs = [outputs]
+            return tf.stack([tf.cast(output, tf.float32) for output in outputs], axis=3)
+
+        return cls(embedding_fn=lambda inputs: core(inputs, training=False), heads_fn=heads_fn)
+
+
+def quantile_indices(probabilities: Any, quantiles: Sequence[float]) -> Any:
+    """Per distribution, the number of bins whose cumulative probability is < q.
+
+    The median rule of isl_reference.md §2 (`isl.model.statistics`) for any
+    q, clipped to classes - 1, without materialising the cumulative sums of
+    every bin (a `[..., 256]` cumsum is the slowest op of a run on CPU): the
+    bins are cut into groups of 16; the group sums' cumulative sums locate the
+    group where the cumulative probability reaches q, and only that group's
+    16 bins are accumulated. The sums run in a different order than one long
+    cumsum, so a pixel whose cumulative probability lies within float
+    rounding (~1e-7) of q can land one bin away; the tests bound how rare.
+
+    Args:
+        probabilities: `[..., classes]`, each summing to 1.
+        quantiles: the q values in (0, 1).
+
+    Returns:
+        `[..., len(quantiles)]` float32 bin indices.
+    """
+    import tensorflow as tf
+
+    num_classes = int(probabilities.shape[-1])
+    group = 16 if num_classes % 16 == 0 and num_classes >= 32 else num_classes
+    num_groups = num_classes // group
+    grouped = tf.reshape(probabilities, [-1, num_groups, group])
+    sums = tf.reduce_sum(grouped, axis=-1)
+    group_upper = tf.constant(np.triu(np.ones((num_groups, num_groups), np.float32)))
+    inner_upper = tf.constant(np.triu(np.ones((group, group), np.float32)))
+    group_cumulative = tf.matmul(sums, group_upper)  # [N, groups], inclusive
+    results = []
+    for quantile in quantiles:
+        below = tf.reduce_sum(tf.cast(group_cumulative < quantile, tf.int32), axis=-1)
+        index = tf.minimum(below, num_groups - 1)
+        offset = tf.gather(group_cumulative, index, batch_dims=1) - tf.gather(sums, index, batch_dims=1)
+        inner = tf.matmul(tf.gather(grouped, index, batch_dims=1), inner_upper) + offset[:, tf.newaxis]
+        count = tf.reduce_sum(tf.cast(inner < quantile, tf.int32), axis=-1)
+        results.append(tf.minimum(index * group + count, num_classes - 1))
+    stacked = tf.cast(tf.stack(results, axis=-1), tf.float32)
+    return tf.reshape(stacked, tf.concat([tf.shape(probabilities)[:-1], [len(quantiles)]], axis=0))
+
+
 def make_run_function(
-    logits_fn: Callable[[Any], Any],
-    head_indices: Sequence[int] | None,
+    network: Network | Callable[[Any], Any],
     statistics: Sequence[str],
     quantiles: Sequence[float] = (),
     with_truth: bool = False,
     with_distributions: bool = False,
 ) -> Callable[..., dict[str, Any]]:
-    """A `tf.function` from a batch of run inputs to per-pixel statistics.
+    """A `tf.function` from a batch of run inputs to kept-pixel statistics.
+
+    The function takes `(inputs [batch, H, W, 2Z] float32, keep_rows int32,
+    keep_columns int32)` and, with `with_truth`, the true bins `[batch,
+    len(keep_rows), len(keep_columns), heads]` int32.
 
     Args:
-        logits_fn: maps `[batch, H, W, 2Z]` float32 to logits
-            `[batch, H - 2 * border, W - 2 * border, heads, classes]`.
-        head_indices: heads to keep (None: all), in output order.
-        statistics: names from `isl.model.statistics.STATISTICS`.
+        network: a `Network`, or a plain logits function (all heads).
+        statistics: names from `isl.model.statistics.STATISTICS`. The median
+            is computed here with the same rule as the quantiles
+            (`quantile_indices`; equal to `isl.model.statistics`, tested).
         quantiles: extra quantiles in (0, 1): the first bin whose cumulative
             probability reaches q, divided by classes - 1 (the median rule).
-        with_truth: the function then takes a second argument, the true bins
-            `[batch, h, w, kept_heads]` int32, and also returns
-            `CALIBRATION_KEYS`.
+        with_truth: also return `CALIBRATION_KEYS`.
         with_distributions: also return "distribution", the probabilities
-            `[batch, h, w, kept_heads, classes]` (tests; large).
+            `[batch, rows, columns, heads, classes]` (tests; large).
 
     Returns:
-        A function returning name -> `[batch, h, w, kept_heads]` float32.
+        A function returning name -> `[batch, rows, columns, heads]` float32.
     """
     import tensorflow as tf
 
-    def compute(inputs: Any, true_bins: Any = None) -> dict[str, Any]:
-        logits = logits_fn(inputs)
-        if head_indices is not None:
-            logits = tf.gather(logits, list(head_indices), axis=3)
+    if not isinstance(network, Network):
+        network = Network.from_logits(network)
+    others = tuple(name for name in statistics if name != "median")
+    searched = ((0.5,) if "median" in statistics else ()) + tuple(quantiles)
+
+    def compute(inputs: Any, keep_rows: Any, keep_columns: Any, true_bins: Any = None) -> dict[str, Any]:
+        logits = network(inputs, keep_rows, keep_columns)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        scale = float(probabilities.shape[-1] - 1)
         results = {}
-        if statistics:
+        if others:
             from isl.model import statistics as statistics_lib
 
-            results = dict(statistics_lib.distribution_statistics(probabilities, tuple(statistics)))
+            results = dict(statistics_lib.distribution_statistics(probabilities, others))
+        if searched:
+            indices = quantile_indices(probabilities, searched) / scale
+            names = (["median"] if "median" in statistics else []) + [quantile_name(q) for q in quantiles]
+            for position, name in enumerate(names):
+                results[name] = indices[..., position]
         results = {name: tf.cast(value, tf.float32) for name, value in results.items()}
         if with_distributions:
             results["distribution"] = probabilities
-        if quantiles or true_bins is not None:
-            cumulative = tf.cumsum(probabilities, axis=-1)
-            num_classes = probabilities.shape[-1] or tf.shape(probabilities)[-1]
-            scale = tf.cast(num_classes - 1, tf.float32)
-            for quantile in quantiles:
-                below = tf.reduce_sum(tf.cast(cumulative < quantile, tf.float32), axis=-1)
-                results[quantile_name(quantile)] = tf.minimum(below, scale) / scale
-            if true_bins is not None:
-                bins = true_bins[..., tf.newaxis]
-                results["true_bin_probability"] = tf.gather(probabilities, bins, batch_dims=4)[..., 0]
-                results["cdf_below_true"] = (
-                    tf.gather(cumulative, bins, batch_dims=4)[..., 0] - results["true_bin_probability"]
-                )
+        if true_bins is not None:
+            bins = tf.cast(true_bins, tf.int32)
+            results["true_bin_probability"] = tf.gather(probabilities, bins[..., tf.newaxis], batch_dims=4)[..., 0]
+            classes = tf.range(probabilities.shape[-1], dtype=tf.int32)
+            below = tf.cast(classes < bins[..., tf.newaxis], tf.float32)
+            results["cdf_below_true"] = tf.reduce_sum(probabilities * below, axis=-1)
         return results
 
     if with_truth:
         return tf.function(compute, reduce_retracing=True)
-    return tf.function(lambda inputs: compute(inputs), reduce_retracing=True)
+    return tf.function(lambda inputs, keep_rows, keep_columns: compute(inputs, keep_rows, keep_columns), reduce_retracing=True)
 
 
-def keras_logits_fn(model: Any, head_indices: Sequence[int] | None = None) -> Callable[[Any], Any]:
-    """Wraps a Keras model as `logits_fn` (inference mode: moving BN averages).
+def keep_indices(axis_plan: tiling.AxisPlan, geometry: geometry_lib.Geometry) -> np.ndarray:
+    """Dense output indices a run keeps along an axis (the same for every run).
 
-    With `head_indices`, and a model from `isl.model.builder` (whose heads
-    feed one stacking layer), only those heads are computed: a sub-model
-    from the input to the chosen heads' logits. The 26 input heads and the
-    unused target heads then cost neither time nor the memory of their
-    `[h, w, 256]` logits. The result is `[batch, h, w, len(head_indices),
-    classes]`; the caller must then not select heads again (pass
-    `head_indices=None` to `predict_image`).
-
-    Args:
-        model: a Keras model `[batch, H, W, 2Z]` -> `[batch, h, w, heads, C]`.
-        head_indices: heads to keep, or None for all.
+    Block j of a run starts `j * lcm(out, phase)` after the run; its `out`
+    pixels are kept. Returns int32 `[max_blocks_per_run * out]`.
     """
-    import keras
-    import tensorflow as tf
+    out = geometry.output_size
+    spacing = out * geometry.phase // math.gcd(out, geometry.phase)
+    count = max(len(run.blocks) for run in axis_plan.runs)
+    return np.concatenate([spacing * block + np.arange(out) for block in range(count)]).astype(np.int32)
 
-    if head_indices is None:
-        return lambda inputs: model(inputs, training=False)
-    from isl.model import heads as heads_lib
 
-    try:
-        head_outputs = model.get_layer(heads_lib.LOGITS_LAYER).input
-    except ValueError:
-        head_outputs = None
-    if not isinstance(head_outputs, (list, tuple)) or len(head_outputs) <= max(head_indices):
-        indices = list(head_indices)
-        return lambda inputs: tf.gather(model(inputs, training=False), indices, axis=3)
-    subset = keras.Model(model.input, [head_outputs[index] for index in head_indices], name=f"{model.name}_heads")
-
-    def logits_fn(inputs: Any) -> Any:
-        outputs = subset(inputs, training=False)
-        if not isinstance(outputs, (list, tuple)):
-            outputs = [outputs]
-        return tf.stack([tf.cast(output, tf.float32) for output in outputs], axis=3)
-
-    return logits_fn
+def keras_logits_fn(model: Any, head_indices: Sequence[int] | None = None) -> Network:
+    """Alias of `Network.from_keras` (kept for callers of the first version)."""
+    return Network.from_keras(model, head_indices)
 
 
 def _default_network_input(num_z_values: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -275,7 +379,7 @@ def _default_network_input(num_z_values: int) -> Callable[[np.ndarray], np.ndarr
 
 
 def predict_image(
-    logits_fn: Callable[[Any], Any],
+    network: Network | Callable[[Any], Any] | None,
     stack: np.ndarray,
     geometry: geometry_lib.Geometry,
     num_z_values: int,
@@ -293,11 +397,13 @@ def predict_image(
     """Predicts whole images of per-pixel statistics from one source stack.
 
     Args:
-        logits_fn: `[batch, H, W, 2Z]` -> `[batch, H - 2b, W - 2b, heads, classes]`.
+        network: a `Network`, or a logits function `[batch, H, W, 2Z]` ->
+            `[batch, H - 2b, W - 2b, heads, classes]`; unused when
+            `run_function` is given.
         stack: `[num_source_z, height, width]` float32 in [0, 1].
         geometry: the model's geometry (border, phase, output size).
         num_z_values: the model's z values (network input depth / 2).
-        head_indices: heads to predict (None: all heads of `logits_fn`).
+        head_indices: heads to keep from a plain logits function (None: all).
         channel_names: names of those heads, for `Prediction.channels`.
         statistics: the paper's statistic names and/or quantiles "qNN".
         border_mode: "reflect", "valid" or "original" (module docstring).
@@ -323,7 +429,11 @@ def predict_image(
     padded = padded_stack(np.asarray(stack, dtype=np.float32), region, plan)
     network_input_fn = network_input_fn or _default_network_input(num_z_values)
     if run_function is None:
-        run_function = make_run_function(logits_fn, head_indices, known, quantiles, with_truth=truth is not None)
+        if not isinstance(network, Network):
+            network = Network.from_logits(network, head_indices)
+        run_function = make_run_function(network, known, quantiles, with_truth=truth is not None)
+    keep_rows = keep_indices(plan.rows, geometry)
+    keep_columns = keep_indices(plan.columns, geometry)
     true_bins = None
     if truth is not None:
         true_bins, truth_masks = _output_truth(truth, region, plan)
@@ -343,19 +453,21 @@ def predict_image(
         if true_bins is not None:
             bins = np.stack(
                 [
-                    true_bins[row.start : row.start + out_rows, column.start : column.start + out_columns]
+                    true_bins[row.start : row.start + out_rows, column.start : column.start + out_columns][
+                        np.ix_(keep_rows, keep_columns)
+                    ]
                     for row, column in batch_runs
                 ]
             )
-            results = run_function(inputs, bins)
+            results = run_function(inputs, keep_rows, keep_columns, bins)
         else:
-            results = run_function(inputs)
+            results = run_function(inputs, keep_rows, keep_columns)
         for name, value in results.items():
             value = np.asarray(value)
             if name not in stitchers:
                 stitchers[name] = stitch_lib.Stitcher(plan, value.shape[3:])
             for index, (row, column) in enumerate(batch_runs):
-                stitchers[name].add(row, column, value[index])
+                stitchers[name].add(row, column, value[index], compact=True)
         if progress is not None:
             progress.update(len(batch_runs))
     seconds = time.perf_counter() - start
@@ -400,7 +512,7 @@ def _output_truth(
 
 
 def predict_patchwise(
-    logits_fn: Callable[[Any], Any],
+    network: Network | Callable[[Any], Any] | None,
     stack: np.ndarray,
     geometry: geometry_lib.Geometry,
     num_z_values: int,
@@ -433,8 +545,11 @@ def predict_patchwise(
     padded = padded_stack(np.asarray(stack, dtype=np.float32), region, plan)
     network_input_fn = network_input_fn or _default_network_input(num_z_values)
     if run_function is None:
-        run_function = make_run_function(logits_fn, head_indices, known, quantiles)
+        if not isinstance(network, Network):
+            network = Network.from_logits(network, head_indices)
+        run_function = make_run_function(network, known, quantiles)
     out = geometry.output_size
+    keep = np.arange(out, dtype=np.int32)
     blocks = [
         (row, column)
         for row in range(0, plan.rows.grid_length, out)
@@ -447,7 +562,7 @@ def predict_patchwise(
     for first in range(0, len(blocks), batch_size):
         batch = blocks[first : first + batch_size]
         inputs = np.stack([network_input_fn(padded[:, r : r + size, c : c + size]) for r, c in batch])
-        results = run_function(inputs.astype(np.float32, copy=False))
+        results = run_function(inputs.astype(np.float32, copy=False), keep, keep)
         for name, value in results.items():
             value = np.asarray(value)
             if name not in images:
@@ -463,12 +578,13 @@ def memory_per_pixel(model_config: Any, num_heads: int, num_classes: int) -> tup
     """Modelled bytes per run input pixel and per run output pixel.
 
     Input pixels: the paper's 267 MB of activations per 250 px patch
-    (isl_reference.md §1.9), scaled by base depth; output pixels: logits,
-    probabilities and cumulative sums of the kept heads in float32.
+    (isl_reference.md §1.9), scaled by base depth; output pixels: about six
+    float32 `[heads, classes]` temporaries (logits, probabilities and the
+    statistics' products).
     """
     scale = max(model_config.base_depth / 400, 0.05)
     per_input = tiling.PAPER_ACTIVATION_BYTES_PER_PIXEL * scale
-    per_output = 4.0 * num_heads * num_classes * 4
+    per_output = 6.0 * num_heads * num_classes * 4
     return per_input, per_output
 
 

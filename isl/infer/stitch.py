@@ -14,10 +14,16 @@ import numpy as np
 from isl.infer import tiling
 
 
-def _axis_indices(run: tiling.AxisRun, output_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(dense indices, output indices) of the pixels a run owns along an axis."""
+def _axis_indices(run: tiling.AxisRun, output_size: int, compact: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(run output indices, image indices) of the pixels a run owns along an axis.
+
+    Dense: the run output holds every dense pixel, `block - run.start + r`.
+    Compact: it holds only the owned blocks, block j at `j * out + r`.
+    """
     offsets = np.arange(output_size)
     output_indices = np.concatenate([start + offsets for start in run.blocks])
+    if compact:
+        return np.arange(len(output_indices)), output_indices
     return output_indices - run.start, output_indices
 
 
@@ -50,17 +56,21 @@ class Stitcher:
         self._image = np.full(grid + self.trailing_shape, fill_value, dtype=dtype)
         self._written = np.zeros(grid, dtype=bool)
 
-    def add(self, row_run: tiling.AxisRun, column_run: tiling.AxisRun, dense: np.ndarray) -> None:
-        """Copies the blocks `row_run x column_run` owns from its dense output.
+    def add(self, row_run: tiling.AxisRun, column_run: tiling.AxisRun, dense: np.ndarray, compact: bool = False) -> None:
+        """Copies the blocks `row_run x column_run` owns from its output.
 
         Args:
             row_run, column_run: the run's axis runs.
-            dense: the run's output, `[run_out_h, run_out_w, *trailing_shape]`
-                (a larger array is fine: only the owned pixels are read).
+            dense: the run's output, `[rows, columns, *trailing_shape]`:
+                the dense output `[run_out_h, run_out_w, ...]`, or with
+                `compact` only its owned blocks, `[blocks_r * out,
+                blocks_c * out, ...]` (`isl.infer.predict.keep_indices`).
+                A larger array is fine: only the owned pixels are read.
+            compact: see `dense`.
         """
         out = self.plan.geometry.output_size
-        dense_rows, output_rows = _axis_indices(row_run, out)
-        dense_columns, output_columns = _axis_indices(column_run, out)
+        dense_rows, output_rows = _axis_indices(row_run, out, compact)
+        dense_columns, output_columns = _axis_indices(column_run, out, compact)
         expected = (int(dense_rows.max()) + 1, int(dense_columns.max()) + 1)
         if dense.shape[0] < expected[0] or dense.shape[1] < expected[1] or dense.shape[2:] != self.trailing_shape:
             raise ValueError(

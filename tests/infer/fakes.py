@@ -29,10 +29,10 @@ def fake_geometry(output_size: int, border: int, phase: int) -> geometry_lib.Geo
 def identity_plus_constant(border: int, constant: float = 0.42):
     """run_function: the centre crop of the value channels plus a constant."""
 
-    def run(inputs):
+    def run(inputs, keep_rows, keep_columns):
         inputs = np.asarray(inputs)
         crop = inputs[:, border : inputs.shape[1] - border, border : inputs.shape[2] - border, 0::2]
-        return {"value": crop + constant}
+        return {"value": (crop + constant)[:, keep_rows][:, :, keep_columns]}
 
     return run
 
@@ -44,7 +44,7 @@ def phase_averaging(border: int, phase: int):
     multiple of `phase` shifts the output; any other shift changes it.
     """
 
-    def run(inputs):
+    def run(inputs, keep_rows, keep_columns):
         inputs = np.asarray(inputs, dtype=np.float64)
         batch, height, width, depth = inputs.shape
         if height % phase or width % phase:
@@ -53,7 +53,8 @@ def phase_averaging(border: int, phase: int):
         upsampled = np.repeat(np.repeat(blocks, phase, axis=1), phase, axis=2)
         # Mix in the raw pixel so every output pixel differs.
         mixed = upsampled + 0.1 * inputs
-        return {"value": mixed[:, border : height - border, border : width - border, 0::2].astype(np.float32)}
+        cropped = mixed[:, border : height - border, border : width - border, 0::2].astype(np.float32)
+        return {"value": cropped[:, keep_rows][:, :, keep_columns]}
 
     return run
 

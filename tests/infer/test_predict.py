@@ -52,9 +52,9 @@ def test_dense_prediction_equals_the_patchwise_reference(which, request):
     if which == "paper_like":
         assert (geometry.phase, geometry.output_size) == (16, 8)
     heads = _target_heads(config)
-    logits_fn = predict.keras_logits_fn(model, heads)
+    logits_fn = predict.Network.from_keras(model, heads)
     stack = _stack(13, 21, 35)
-    run = predict.make_run_function(logits_fn, None, ("median", "mean"), with_distributions=True)
+    run = predict.make_run_function(logits_fn, ("median", "mean"), with_distributions=True)
     dense = predict.predict_image(
         logits_fn, stack, geometry, config.channels.num_z_values, statistics=("median", "mean"), run_function=run
     )
@@ -88,10 +88,10 @@ def test_tiled_prediction_equals_untiled(tiny, border_mode):
     config, model = tiny
     geometry = geometry_lib.geometry(config.model)
     heads = _target_heads(config)
-    logits_fn = predict.keras_logits_fn(model, heads)
+    logits_fn = predict.Network.from_keras(model, heads)
     stack = _stack(13, 83, 70, seed=5)
     statistics = ("median", "mean", "std", "q05", "q95")
-    run = predict.make_run_function(logits_fn, None, ("median", "mean", "std"), (0.05, 0.95))
+    run = predict.make_run_function(logits_fn, ("median", "mean", "std"), (0.05, 0.95))
     whole = predict.predict_image(
         logits_fn, stack, geometry, config.channels.num_z_values, statistics=statistics,
         border_mode=border_mode, run_function=run,
@@ -116,12 +116,12 @@ def test_calibration_values_match_a_numpy_reference(tiny):
     config, model = tiny
     geometry = geometry_lib.geometry(config.model)
     heads = _target_heads(config)
-    logits_fn = predict.keras_logits_fn(model, heads)
+    logits_fn = predict.Network.from_keras(model, heads)
     stack = _stack(13, 16, 24, seed=7)
     truth = np.random.default_rng(8).random((16, 24, 2)).astype(np.float32)
     masks = np.ones_like(truth)
     masks[:4, :, 1] = 0
-    run = predict.make_run_function(logits_fn, None, ("median",), with_truth=True, with_distributions=True)
+    run = predict.make_run_function(logits_fn, ("median",), with_truth=True, with_distributions=True)
     result = predict.predict_image(
         logits_fn, stack, geometry, config.channels.num_z_values, run_function=run, truth=(truth, masks),
     )
@@ -131,3 +131,18 @@ def test_calibration_values_match_a_numpy_reference(tiny):
     keep = masks > 0
     np.testing.assert_allclose(got["true_bin_probability"][keep], probability[keep], atol=1e-6)
     np.testing.assert_allclose(got["cdf_below_true"][keep], below[keep], atol=1e-5)
+
+
+def test_grouped_quantiles_equal_the_reference_median_rule():
+    from isl.model import statistics as statistics_lib
+
+    logits = np.random.default_rng(11).normal(size=(4000, 256)).astype(np.float32) * 3
+    logits[:1000, 40] += 12  # Peaked distributions, as trained models give.
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    got = np.asarray(predict.quantile_indices(probabilities, (0.5, 0.05, 0.95)))
+    median = np.asarray(statistics_lib.distribution_statistics(probabilities, ("median",))["median"]) * 255
+    np.testing.assert_array_equal(got[:, 0], median)
+    cumulative = np.cumsum(probabilities.astype(np.float64), axis=-1)
+    for column, quantile in enumerate((0.05, 0.95)):
+        np.testing.assert_array_equal(got[:, column + 1], np.minimum((cumulative < quantile).sum(-1), 255))

@@ -92,7 +92,9 @@ def test_a_single_class_plan_is_wrong_for_a_phase_sensitive_fake():
         None, stack, geometry, num_z_values=1, statistics=(), network_input_fn=fakes.stack_input, run_function=run,
     )
     padded = predict.padded_stack(stack, predict.OutputRegion(0, 0, 26, 26), tiling.plan_tiles((26, 26), geometry))
-    naive = run(fakes.stack_input(padded[:, : 26 + 2 * border, : 26 + 2 * border])[np.newaxis])["value"][0]
+    everything = np.arange(26)
+    naive = run(fakes.stack_input(padded[:, : 26 + 2 * border, : 26 + 2 * border])[np.newaxis], everything, everything)
+    naive = naive["value"][0]
     assert np.abs(naive - reference["value"]).max() > 1e-3
 
 

@@ -1,0 +1,405 @@
+"""Predict whole wells and write the lab-named images, panels and calibration.
+
+`load_predictor` opens a model directory (`isl train`) or an exported
+SavedModel (`isl export`, its `logits` signature); `predict_well` reads one
+well, predicts the chosen target channels with `isl.infer.predict`, and
+writes into `OUTPUT_DIR/<well name>/`:
+
+* one image per target channel and statistic, in the lab's naming with
+  `kind-PREDICTED` and `statistic-MEDIAN` etc. (16-bit PNG, value * 65535;
+  `image_format="tiff"` for 16-bit TIFF);
+* when the well holds ground truth for a predicted channel:
+  `target_error_panel.png` and `input_error_panel.png` (§5.2-§5.3; the
+  input panel compares the 26 autoencoding heads with the z-mapped input),
+  and two float32 TIFFs per channel for calibration,
+  `statistic-TRUE_BIN_PROBABILITY` and `statistic-CDF_BELOW_TRUE`
+  (`isl.eval.calibration`);
+* `prediction.json`: what was predicted, from what, where the output lies in
+  the image (`region`), and every file written. `isl evaluate` reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from isl import config as config_lib
+from isl import errors
+from isl.infer import predict as predict_lib
+from isl.io import atomic
+from isl.model import geometry as geometry_lib
+
+PREDICTION_FILE = "prediction.json"
+TARGET_PANEL = "target_error_panel.png"
+INPUT_PANEL = "input_error_panel.png"
+IMAGE_FORMATS = ("png", "tiff")
+CALIBRATION_STATISTICS = {"true_bin_probability": "TRUE_BIN_PROBABILITY", "cdf_below_true": "CDF_BELOW_TRUE"}
+PRECISIONS = ("", "float32", "bfloat16")
+
+
+@dataclasses.dataclass
+class Predictor:
+    """A loaded network and what is needed to run it.
+
+    Attributes:
+        config: the model's ExperimentConfig.
+        geometry: its patch geometry (border, phase, output size).
+        source: the model directory or SavedModel path.
+        model: a Keras model (model directory), or None.
+        signature: the SavedModel `logits` function, or None.
+    """
+
+    config: config_lib.ExperimentConfig
+    geometry: geometry_lib.Geometry
+    source: str
+    model: Any = None
+    signature: Any = None
+    _run_functions: dict = dataclasses.field(default_factory=dict)
+
+    def run_function(self, head_indices: tuple[int, ...], statistics: tuple[str, ...], quantiles: tuple[float, ...], with_truth: bool):
+        """A cached `make_run_function` for these heads (one trace per set)."""
+        key = (head_indices, statistics, quantiles, with_truth)
+        if key not in self._run_functions:
+            if self.model is not None:
+                network = predict_lib.Network.from_keras(self.model, head_indices)
+            else:
+                signature = self.signature
+                network = predict_lib.Network.from_logits(
+                    lambda inputs: signature(network_input=inputs)["logits"], head_indices
+                )
+            self._run_functions[key] = predict_lib.make_run_function(
+                network, statistics, quantiles, with_truth=with_truth
+            )
+        return self._run_functions[key]
+
+
+def load_predictor(model_dir: str | None = None, saved_model: str | None = None, precision: str = "") -> Predictor:
+    """Opens a model directory or an exported SavedModel.
+
+    Args:
+        model_dir: `config.json` + `model.weights.h5` (from `isl train`).
+        saved_model: an `isl export` directory (SavedModel with a `logits`
+            signature and `config.json`).
+        precision: "" (as trained), "float32", or "bfloat16" (model
+            directories only: bfloat16 compute, float32 logits).
+
+    Raises:
+        InputError: when neither or both are given, or the folder is not a model.
+    """
+    if bool(model_dir) == bool(saved_model):
+        raise errors.InputError("Give exactly one of --model_dir and --saved_model.")
+    if precision not in PRECISIONS:
+        raise errors.InputError(f"Unknown precision {precision!r}; use float32 or bfloat16.")
+    if model_dir:
+        return _load_model_dir(model_dir, precision)
+    return _load_saved_model(saved_model, precision)
+
+
+def _load_model_dir(model_dir: str, precision: str) -> Predictor:
+    config_path = os.path.join(model_dir, "config.json")
+    weights_path = os.path.join(model_dir, "model.weights.h5")
+    for path in (config_path, weights_path):
+        if not os.path.isfile(path):
+            raise errors.InputError(f"{model_dir}: not a model directory ({os.path.basename(path)} is missing).")
+    if precision:
+        from isl.model import builder
+
+        config = config_lib.load_config(config_path)
+        wanted = "bfloat16" if precision == "bfloat16" else ""
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=wanted))
+        model = builder.build_model(config)
+        try:
+            model.load_weights(weights_path)
+        except (ValueError, OSError) as error:
+            raise errors.InputError(f"{weights_path}: cannot load the weights ({error}).") from None
+    else:
+        from isl.model import saving
+
+        model, config = saving.load_model_dir(model_dir, input_size=None)
+    return Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=model_dir, model=model)
+
+
+def _load_saved_model(path: str, precision: str) -> Predictor:
+    import tensorflow as tf
+
+    from isl.infer import export as export_lib
+
+    if precision == "bfloat16":
+        raise errors.InputError("--precision=bfloat16 needs --model_dir; a SavedModel runs as exported.")
+    config_path = os.path.join(path, export_lib.CONFIG_FILE)
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isfile(config_path):
+        raise errors.InputError(f"{path}: not an exported model (saved_model.pb and config.json expected).")
+    config = config_lib.load_config(config_path)
+    loaded = tf.saved_model.load(path)
+    if export_lib.LOGITS_SIGNATURE not in loaded.signatures:
+        raise errors.InputError(
+            f"{path}: the SavedModel has no '{export_lib.LOGITS_SIGNATURE}' signature "
+            f"(it has {', '.join(loaded.signatures)}); re-export it with `isl export`."
+        )
+    signature = loaded.signatures[export_lib.LOGITS_SIGNATURE]
+    predictor = Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=path, signature=signature)
+    predictor.model = None
+    predictor._loaded = loaded  # Keeps the variables alive.
+    return predictor
+
+
+def choose_channels(config: config_lib.ExperimentConfig, requested: Sequence[str] | None) -> tuple[str, ...]:
+    """The target channels to predict: the requested ones, or all the model has.
+
+    Raises:
+        InputError: for a channel the model does not predict.
+    """
+    available = config.channels.output_target_channels
+    if not requested:
+        return tuple(available)
+    unknown = [channel for channel in requested if channel not in available]
+    if unknown:
+        raise errors.InputError(
+            f"The model does not predict {', '.join(unknown)}; its target channels are {', '.join(available)}."
+        )
+    return tuple(requested)
+
+
+def check_z(well: Any, config: config_lib.ExperimentConfig) -> None:
+    """Rejects a stack with more source slices than the model has z values.
+
+    The nearest-slice z mapping (§3.3) accepts 1..num_z_values source slices
+    (13 or 26 for the paper model); more would silently drop slices.
+
+    Raises:
+        InputError: naming the well's folder and both counts.
+    """
+    num_source_z = well.inputs.shape[0]
+    num_z_values = config.channels.num_z_values
+    if num_source_z > num_z_values:
+        raise errors.InputError(
+            f"{well.metadata.get('directory', well.name)}: the well has {num_source_z} z slices, but the model takes "
+            f"{num_z_values} z values (1 to {num_z_values} slices, e.g. 13 or 26); it would ignore some slices."
+        )
+
+
+def output_name(metadata: dict[str, Any], channel: str, statistic: str, extension: str) -> str:
+    """The lab's name of a predicted image (`kind-PREDICTED,statistic-...`)."""
+    from isl.io import filenames
+
+    key = filenames.ImageKey(
+        lab=metadata.get("lab", ""),
+        condition=metadata.get("condition", ""),
+        well=metadata.get("well", ""),
+        date=metadata.get("date", ""),
+        z=filenames.MAXPROJECT,
+        channel=channel,
+        kind=filenames.KIND_PREDICTED,
+        statistic=statistic.upper(),
+    )
+    return filenames.format_name(key, nested=False, extension=extension)
+
+
+def _write_statistic(path: str, image: np.ndarray) -> None:
+    from isl.io import images
+
+    images.write_image(path, np.round(np.clip(np.nan_to_num(image), 0, 1) * 65535).astype(np.uint16))
+
+
+def _write_float_tiff(path: str, image: np.ndarray) -> None:
+    import tifffile
+
+    with atomic.temporary_path(path) as temporary:
+        tifffile.imwrite(temporary, np.asarray(image, np.float32))
+
+
+def predict_well(
+    predictor: Predictor,
+    input_dir: str,
+    output_dir: str,
+    statistics: Sequence[str] = ("median",),
+    channels: Sequence[str] | None = None,
+    border_mode: str = "reflect",
+    tile_size: int | None = None,
+    image_format: str = "png",
+    panels: bool = True,
+    simplified_panels: bool = True,
+    save_calibration: bool = True,
+    batch_size: int = 1,
+    memory_budget_bytes: float | None = None,
+    progress_enabled: bool = True,
+) -> dict[str, Any]:
+    """Predicts one well and writes its files into `output_dir/<well name>/`.
+
+    Args:
+        predictor: from `load_predictor`.
+        input_dir: the folder of one well.
+        output_dir: parent folder of the per-well output folders.
+        statistics: names from `isl.model.statistics.STATISTICS` or "qNN".
+        channels: target channels to predict (default: all of the model's).
+        border_mode: "reflect" (default), "valid" or "original".
+        tile_size: run input side; None chooses it from available RAM.
+        image_format: "png" or "tiff" (16-bit either way).
+        panels: write the error panels when the well holds ground truth.
+        simplified_panels: 3-column panels (the original's default) or 12.
+        save_calibration: write the calibration TIFFs when there is truth.
+        batch_size: runs per network call.
+        memory_budget_bytes: for the automatic tile size.
+        progress_enabled: show a progress line on stderr.
+
+    Returns:
+        The contents of `prediction.json` (paths relative to the well folder)
+        plus `well_dir`.
+    """
+    from isl.data import assemble
+    from isl.data import wells as wells_lib
+    from isl.eval import panels as panels_lib
+    from isl.progress import Progress
+
+    if image_format not in IMAGE_FORMATS:
+        raise errors.InputError(f"Unknown --format {image_format!r}; use png or tiff.")
+    config = predictor.config
+    channel_config = config.channels
+    chosen = choose_channels(config, channels)
+    known, quantiles = predict_lib.parse_statistics(statistics)
+    well = wells_lib.read_well(input_dir, channel_config)
+    check_z(well, config)
+    height, width = well.inputs.shape[1:]
+    target_values, target_masks = assemble.target_stack(well.targets, channel_config, shape=(height, width))
+    all_targets = channel_config.output_target_channels
+    target_columns = [all_targets.index(channel) for channel in chosen]
+    target_values = target_values[..., target_columns]
+    target_masks = target_masks[..., target_columns]
+    has_truth = bool(target_masks.any())
+    with_panels = panels and has_truth
+    with_truth = has_truth and (save_calibration or with_panels)
+    # Heads: the chosen targets, then (for the input panel) the input heads.
+    head_indices = [channel_config.num_input_heads + all_targets.index(channel) for channel in chosen]
+    truth_values, truth_masks = target_values, target_masks
+    if with_panels:
+        head_indices += list(range(channel_config.num_input_heads))
+        network_values = assemble.network_input(well.inputs, channel_config.num_z_values)[..., 0::2]
+        truth_values = np.concatenate([target_values, network_values], axis=-1)
+        truth_masks = np.concatenate([target_masks, np.ones_like(network_values)], axis=-1)
+    computed = list(known)
+    panel_statistics = panels_lib.SIMPLIFIED_STATISTICS if simplified_panels else panels_lib.FULL_STATISTICS
+    if with_panels:
+        computed += [name for name in panel_statistics if name not in computed]
+    if tile_size is None:
+        tile_size = predict_lib.auto_tile_size(predictor.geometry, config.model, len(head_indices), memory_budget_bytes)
+    run_function = predictor.run_function(tuple(head_indices), tuple(computed), tuple(quantiles), with_truth)
+    region = predict_lib.output_region((height, width), predictor.geometry, border_mode)
+    plan_runs = _count_runs(predictor.geometry, region, tile_size)
+    progress = Progress(plan_runs, label=f"predict {well.name}", enabled=progress_enabled)
+    start = time.perf_counter()
+    prediction = predict_lib.predict_image(
+        None,
+        well.inputs,
+        predictor.geometry,
+        channel_config.num_z_values,
+        channel_names=chosen,
+        statistics=list(computed) + [predict_lib.quantile_name(q) for q in quantiles],
+        border_mode=border_mode,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        truth=(truth_values, truth_masks) if with_truth else None,
+        run_function=run_function,
+        progress=progress,
+    )
+    progress.close()
+    seconds = time.perf_counter() - start
+
+    well_dir = os.path.join(output_dir, _safe_name(well.name))
+    os.makedirs(well_dir, exist_ok=True)
+    extension = ".png" if image_format == "png" else ".tif"
+    files: dict[str, dict[str, str]] = {}
+    written_statistics = list(known) + [predict_lib.quantile_name(q) for q in quantiles]
+    for index, channel in enumerate(chosen):
+        files[channel] = {}
+        for name in written_statistics:
+            file_name = output_name(well.metadata, channel, name, extension)
+            _write_statistic(os.path.join(well_dir, file_name), prediction.statistics[name][..., index])
+            files[channel][name] = file_name
+    calibration_files: dict[str, dict[str, str]] = {}
+    truth_channels = [channel for index, channel in enumerate(chosen) if target_masks[..., index].any()]
+    if with_truth and save_calibration:
+        for index, channel in enumerate(chosen):
+            if channel not in truth_channels:
+                continue
+            calibration_files[channel] = {}
+            for key, statistic in CALIBRATION_STATISTICS.items():
+                file_name = output_name(well.metadata, channel, statistic, ".tif")
+                _write_float_tiff(os.path.join(well_dir, file_name), prediction.calibration[key][..., index])
+                calibration_files[channel][key] = file_name
+    panel_files = {}
+    if with_panels:
+        panel_files = _write_panels(
+            well_dir, prediction, region, chosen, truth_channels, target_values, target_masks, network_values,
+            panel_statistics, simplified_panels,
+        )
+    summary = {
+        "well": well.name,
+        "input_dir": os.path.abspath(input_dir),
+        "metadata": {key: well.metadata.get(key, "") for key in ("lab", "condition", "well", "date")},
+        "model": os.path.abspath(predictor.source),
+        "model_name": config.name,
+        "channels": list(chosen),
+        "statistics": written_statistics,
+        "border": border_mode,
+        "region": dataclasses.asdict(region),
+        "image_shape": [int(height), int(width)],
+        "num_source_z": int(well.inputs.shape[0]),
+        "format": image_format,
+        "files": files,
+        "truth_channels": truth_channels,
+        "calibration_files": calibration_files,
+        "panels": panel_files,
+        "tile_size": list(prediction.info["tile_size"]),
+        "num_runs": prediction.info["num_runs"],
+        "seconds": round(seconds, 3),
+    }
+    atomic.write_text(os.path.join(well_dir, PREDICTION_FILE), json.dumps(summary, indent=2) + "\n")
+    summary["well_dir"] = well_dir
+    return summary
+
+
+def _count_runs(geometry: geometry_lib.Geometry, region: predict_lib.OutputRegion, tile_size: int | None) -> int:
+    from isl.infer import tiling
+
+    size = None if tile_size is None else tiling.valid_tile_size(geometry, tile_size)
+    return tiling.plan_tiles((region.height, region.width), geometry, size).num_runs
+
+
+def _safe_name(name: str) -> str:
+    return "".join(character if character.isalnum() or character in "-_." else "_" for character in name) or "well"
+
+
+def _write_panels(
+    well_dir: str,
+    prediction: predict_lib.Prediction,
+    region: predict_lib.OutputRegion,
+    chosen: Sequence[str],
+    truth_channels: Sequence[str],
+    target_values: np.ndarray,
+    target_masks: np.ndarray,
+    network_values: np.ndarray,
+    panel_statistics: Sequence[str],
+    simplified: bool,
+) -> dict[str, str]:
+    from isl.eval import panels as panels_lib
+
+    rows = slice(region.row_offset, region.row_offset + region.height)
+    columns = slice(region.column_offset, region.column_offset + region.width)
+    num_targets = len(chosen)
+    target_rows = [chosen.index(channel) for channel in truth_channels]
+    target_statistics = {name: prediction.statistics[name][..., target_rows] for name in panel_statistics}
+    panel = panels_lib.error_panel(
+        target_statistics, target_values[rows, columns][..., target_rows], target_masks[rows, columns][..., target_rows],
+        simplified,
+    )
+    written = {"target": panels_lib.write_panel(os.path.join(well_dir, TARGET_PANEL), panel)}
+    input_statistics = {name: prediction.statistics[name][..., num_targets:] for name in panel_statistics}
+    panel = panels_lib.error_panel(input_statistics, network_values[rows, columns], None, simplified)
+    written["input"] = panels_lib.write_panel(os.path.join(well_dir, INPUT_PANEL), panel)
+    return {key: os.path.basename(path) for key, path in written.items()}
