@@ -24,6 +24,10 @@ setuptools.setup(
         "absl-py>=1.4",
         "psutil>=5.9",
     ],
-    extras_require={"test": ["pytest>=7.4"]},
+    extras_require={
+        "test": ["pytest>=7.4"],
+        # `isl tune --tuner=bayesian`: Keras Tuner's Bayesian oracle needs both.
+        "bayesian": ["scipy>=1.10", "scikit-learn>=1.3"],
+    },
     entry_points={"console_scripts": ["isl=isl.cli.main:main"]},
 )
