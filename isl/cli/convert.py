@@ -104,6 +104,9 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     for split in ("train", "eval"):
         if result.shards[split]:
             print(f"{split}: {len(result.shards[split])} shard(s) in {result.output_dir}")
+    if not result.num_examples["eval"]:
+        print("No well was held out for evaluation (fewer wells than --eval_every, or --eval_every=0); "
+              "use --eval_wells to name some.")
     print(f"Wrote {result.dataset_json}")
     return {
         "output_dir": result.output_dir,
