@@ -8,14 +8,64 @@ SUMMARY = "Score predictions against ground truth (Pearson r, calibration, panel
 DESCRIPTION = """
 Score predictions against ground truth (Pearson r, calibration, panels).
 
-This command is completed by a later issue; until then it exits with code 2.
+For every well that `isl predict` wrote under --predictions_dir and its
+truth well under --truth_dir: per target channel, Pearson r of the median
+against the truth (the paper's metric), MAE, RMSE, PSNR, SSIM, and the
+calibration of the predicted distributions (negative log-likelihood per
+pixel; fraction of true values inside the predicted 50% and 90% intervals,
+from the randomized PIT). Writes metrics.json, metrics.csv and
+report_<well>.png (images beside a predicted-vs-true 2-D histogram), and
+prints a condition x label table of Pearson r.
+
+  isl evaluate --predictions_dir=predictions --truth_dir=data/well_A4
+
+--region: all (default), interior (no reflected context), original (the
+released code's window [121, 121 + 128k)), or r0:r1,c0:c1 in image pixels.
 """
-IMPLEMENTED = False
+IMPLEMENTED = True
 
 
 def define_flags(flag_values: Any) -> None:
-    """No flags yet beyond the common --json."""
+    from absl import flags
+
+    flags.DEFINE_string("predictions_dir", None, "Output folder of `isl predict` (or one well's folder in it).", flag_values=flag_values)
+    flags.DEFINE_multi_string("truth_dir", [], "Folder(s) holding the truth wells; repeat for several.", flag_values=flag_values)
+    flags.DEFINE_string("region", "all", "all, interior, original, or r0:r1,c0:c1 (image pixels).", flag_values=flag_values)
+    flags.DEFINE_string("output_dir", None, "Where to write the metrics and figures (default: --predictions_dir).", flag_values=flag_values)
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
-    raise NotImplementedError("isl evaluate is not implemented yet.")
+    from isl import errors
+    from isl.eval import evaluate as evaluate_lib
+
+    if positional:
+        raise errors.InputError(f"Unexpected arguments: {' '.join(positional)}")
+    if not flag_values["predictions_dir"].value:
+        raise errors.InputError("--predictions_dir is required.")
+    result = evaluate_lib.evaluate(
+        flag_values["predictions_dir"].value,
+        flag_values["truth_dir"].value,
+        flag_values["output_dir"].value,
+        flag_values["region"].value,
+    )
+    for row in result["rows"]:
+        coverage = ""
+        if row.get("coverage_50") is not None and row["coverage_50"] == row["coverage_50"]:
+            coverage = (
+                f"  NLL {row['nll_nats']:.3f} nats  coverage 50% {row['coverage_50']:.3f}  90% {row['coverage_90']:.3f}"
+            )
+        print(
+            f"{row['well']}  {row['channel']:<18} r {row['pearson_r']:.4f}  MAE {row['mae']:.4f}  "
+            f"RMSE {row['rmse']:.4f}  PSNR {row['psnr_db']:.2f} dB  SSIM {row['ssim']:.4f}{coverage}"
+        )
+    print()
+    print(result["text"])
+    files = result["files"]
+    print(f"\nWrote {files['metrics_json']}, {files['metrics_csv']} and {len(files['figures'])} report figure(s).")
+    return {
+        "metrics_json": files["metrics_json"],
+        "metrics_csv": files["metrics_csv"],
+        "figures": files["figures"],
+        "table_pearson_r": evaluate_lib._clean(result["table"]),
+        "rows": evaluate_lib._clean(result["rows"]),
+    }

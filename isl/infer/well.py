@@ -344,6 +344,7 @@ def predict_well(
         "metadata": {key: well.metadata.get(key, "") for key in ("lab", "condition", "well", "date")},
         "model": os.path.abspath(predictor.source),
         "model_name": config.name,
+        "channel_config": dataclasses.asdict(config.channels),
         "channels": list(chosen),
         "statistics": written_statistics,
         "border": border_mode,

@@ -1,0 +1,315 @@
+"""Scores `isl predict` outputs against ground truth, per well and channel.
+
+For each predicted well (a folder with `prediction.json`) and its truth well
+(same well name, or the only one given): per target channel with truth,
+
+* Pearson r of the median against the truth (the paper's metric, §6.1),
+  MAE, RMSE, PSNR and SSIM (`isl.eval.metrics`);
+* calibration of the predicted distributions from the per-pixel TIFFs that
+  `isl predict` wrote (negative log-likelihood, 50% / 90% interval coverage,
+  PIT histogram; `isl.eval.calibration`);
+
+over the pixels where the truth exists, inside `region`. Several wells are
+summarised as a condition x channel table of Pearson r (the paper's layout:
+the mean over the wells of a condition).
+
+Regions (image coordinates): "all" (everything predicted), "interior" (the
+pixels whose 250-px context lies inside the image: no reflected pixels),
+"original" (the released code's window [121, 121 + 128k), §5.1), or
+"r0:r1,c0:c1".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from isl import config as config_lib
+from isl import errors
+from isl.eval import calibration as calibration_lib
+from isl.eval import metrics as metrics_lib
+from isl.eval import report as report_lib
+from isl.io import atomic
+
+PREDICTION_FILE = "prediction.json"
+METRICS_JSON = "metrics.json"
+METRICS_CSV = "metrics.csv"
+CSV_COLUMNS = (
+    "well", "condition", "channel", "pearson_r", "mae", "rmse", "psnr_db", "ssim",
+    "nll_nats", "normalized_nll", "coverage_50", "coverage_90", "pit_max_deviation", "num_pixels",
+)
+
+
+def find_predictions(predictions_dir: str) -> list[str]:
+    """Folders holding `prediction.json`: the folder itself or its sub-folders.
+
+    Raises:
+        InputError: when there are none.
+    """
+    if not os.path.isdir(predictions_dir):
+        raise errors.InputError(f"{predictions_dir}: not a folder.")
+    if os.path.isfile(os.path.join(predictions_dir, PREDICTION_FILE)):
+        return [predictions_dir]
+    found = sorted(
+        os.path.join(predictions_dir, name)
+        for name in os.listdir(predictions_dir)
+        if os.path.isfile(os.path.join(predictions_dir, name, PREDICTION_FILE))
+    )
+    if not found:
+        raise errors.InputError(f"{predictions_dir}: no {PREDICTION_FILE} here or in its sub-folders; run `isl predict` first.")
+    return found
+
+
+def _load_summary(well_dir: str) -> dict[str, Any]:
+    path = os.path.join(well_dir, PREDICTION_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise errors.InputError(f"{path}: cannot read ({error}).") from None
+
+
+def region_mask(
+    spec: str, image_shape: tuple[int, int], prediction_region: dict[str, int], border: int = 121, input_size: int = 250
+) -> np.ndarray:
+    """Boolean `[height, width]` over the prediction's output pixels.
+
+    Args:
+        spec: "all", "interior", "original" or "r0:r1,c0:c1" (image coordinates).
+        image_shape: the input image's (height, width).
+        prediction_region: `row_offset`, `column_offset`, `height`, `width`.
+        border, input_size: the network's border and patch size.
+    """
+    rows = np.arange(prediction_region["height"]) + prediction_region["row_offset"]
+    columns = np.arange(prediction_region["width"]) + prediction_region["column_offset"]
+    height, width = image_shape
+    if spec == "all":
+        ranges = ((0, height), (0, width))
+    elif spec == "interior":
+        ranges = ((border, height - border), (border, width - border))
+    elif spec == "original":
+        block = 128
+        ranges = tuple((border, border + block * ((side - input_size) // block)) for side in (height, width))
+    else:
+        try:
+            row_part, column_part = spec.split(",")
+            ranges = tuple(tuple(int(value) for value in part.split(":")) for part in (row_part, column_part))
+        except ValueError:
+            raise errors.InputError(
+                f"Bad --region {spec!r}: use all, interior, original or r0:r1,c0:c1 (image pixels)."
+            ) from None
+    (row_start, row_end), (column_start, column_end) = ranges
+    mask = ((rows >= row_start) & (rows < row_end))[:, None] & ((columns >= column_start) & (columns < column_end))[None, :]
+    if not mask.any():
+        raise errors.InputError(f"--region {spec!r} does not overlap the predicted pixels.")
+    return mask
+
+
+def _read_unit(path: str) -> np.ndarray:
+    """A predicted image as float32 in [0, 1] (16-bit PNG/TIFF) or a float TIFF."""
+    from isl.io import images
+
+    if path.lower().endswith((".tif", ".tiff")):
+        import tifffile
+
+        try:
+            array = tifffile.imread(path)
+        except (OSError, ValueError) as error:
+            raise errors.InputError(f"{path}: cannot read ({error}).") from None
+        if np.issubdtype(array.dtype, np.floating):
+            return array.astype(np.float32)
+        return images.to_float(array)
+    return images.to_float(images.read_image(path))
+
+
+def _truth_well(summary: dict[str, Any], truth_dirs: Sequence[str], channels: config_lib.ChannelConfig) -> Any:
+    from isl.data import wells as wells_lib
+
+    candidates = []
+    for directory in truth_dirs:
+        scan = wells_lib.scan_wells([directory], channels)
+        for source in scan.wells:
+            candidates.append((source.name, source.directory))
+    matching = [directory for name, directory in candidates if name == summary["well"]]
+    if not matching and len(candidates) == 1:
+        matching = [candidates[0][1]]
+    if not matching:
+        raise errors.InputError(
+            f"No truth for the predicted well {summary['well']}: --truth_dir holds "
+            f"{', '.join(name for name, _ in candidates) or 'no wells'}."
+        )
+    return wells_lib.read_well(matching[0], channels)
+
+
+def evaluate_well(
+    well_dir: str,
+    truth_dirs: Sequence[str],
+    region: str = "all",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Scores one predicted well.
+
+    Returns:
+        (rows, figure rows): one metrics dict per channel with truth, and the
+        images for the report figure.
+    """
+    from isl.data import assemble
+
+    summary = _load_summary(well_dir)
+    channel_values = summary.get("channel_config")
+    channels = config_lib.config_from_dict({"channels": channel_values}).channels if channel_values else config_lib.ChannelConfig()
+    well = _truth_well(summary, truth_dirs, channels)
+    image_shape = tuple(summary["image_shape"])
+    if tuple(well.inputs.shape[1:]) != image_shape:
+        raise errors.InputError(
+            f"{well_dir}: predicted for a {image_shape[0]} x {image_shape[1]} image, but the truth well "
+            f"{well.name} is {well.inputs.shape[1]} x {well.inputs.shape[2]}."
+        )
+    values, masks = assemble.target_stack(well.targets, channels, shape=image_shape)
+    predicted_region = summary["region"]
+    rows_slice = slice(predicted_region["row_offset"], predicted_region["row_offset"] + predicted_region["height"])
+    columns_slice = slice(predicted_region["column_offset"], predicted_region["column_offset"] + predicted_region["width"])
+    selection = region_mask(region, image_shape, predicted_region)
+    results, figure_rows = [], []
+    for channel, files in summary["files"].items():
+        index = channels.output_target_channels.index(channel)
+        truth = values[rows_slice, columns_slice, index]
+        mask = (masks[rows_slice, columns_slice, index] > 0) & selection
+        if not mask.any():
+            continue
+        statistic = "median" if "median" in files else next(iter(files))
+        prediction = _read_unit(os.path.join(well_dir, files[statistic]))
+        row: dict[str, Any] = {
+            "well": summary["well"],
+            "condition": summary.get("metadata", {}).get("condition", "") or summary["well"],
+            "channel": channel,
+            "statistic": statistic,
+            "region": region,
+        }
+        row.update(metrics_lib.image_metrics(prediction, truth, mask))
+        calibration_files = summary.get("calibration_files", {}).get(channel)
+        if calibration_files:
+            probability = _read_unit(os.path.join(well_dir, calibration_files["true_bin_probability"]))
+            below = _read_unit(os.path.join(well_dir, calibration_files["cdf_below_true"]))
+            row.update({f"calibration_{key}" if key == "num_pixels" else key: value
+                        for key, value in calibration_lib.calibration_metrics(probability, below, mask).items()})
+        else:
+            row.update({key: math.nan for key in ("nll_nats", "normalized_nll", "coverage_50", "coverage_90", "pit_max_deviation")})
+        results.append(row)
+        caption = f"r = {row['pearson_r']:.3f}, SSIM {row['ssim']:.3f}"
+        if not math.isnan(row.get("coverage_90", math.nan)):
+            caption += f", 50%/90% coverage {row['coverage_50']:.2f}/{row['coverage_90']:.2f}"
+        figure_rows.append(
+            {
+                "channel": channel,
+                "prediction": np.where(mask, prediction, 0),
+                "truth": np.where(mask, truth, 0),
+                "histogram": metrics_lib.histogram_2d(prediction, truth, mask),
+                "caption": caption,
+            }
+        )
+    return results, figure_rows
+
+
+def condition_table(rows: Sequence[dict[str, Any]], metric: str = "pearson_r") -> dict[str, dict[str, float]]:
+    """condition -> channel -> mean of `metric` over that condition's wells."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        table.setdefault(row["condition"], {}).setdefault(row["channel"], []).append(row[metric])
+    return {
+        condition: {channel: float(np.nanmean(values)) if values else math.nan for channel, values in by_channel.items()}
+        for condition, by_channel in table.items()
+    }
+
+
+def format_table(table: dict[str, dict[str, float]], metric: str = "pearson_r") -> str:
+    """The condition x channel table as aligned text."""
+    channels = sorted({channel for by_channel in table.values() for channel in by_channel})
+    width = max([len("condition")] + [len(condition) for condition in table]) + 2
+    lines = [f"{metric} by condition (rows) and label (columns)", "condition".ljust(width) + "".join(c[:16].rjust(18) for c in channels)]
+    for condition, by_channel in sorted(table.items()):
+        cells = "".join(
+            (f"{by_channel[channel]:.3f}" if channel in by_channel and not math.isnan(by_channel[channel]) else "-").rjust(18)
+            for channel in channels
+        )
+        lines.append(condition.ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def evaluate(
+    predictions_dir: str,
+    truth_dirs: Sequence[str],
+    output_dir: str | None = None,
+    region: str = "all",
+) -> dict[str, Any]:
+    """Scores every predicted well; writes metrics.json, metrics.csv, report PNGs.
+
+    Returns:
+        {"rows": [...], "table": {...}, "files": {...}, "text": table text}.
+    """
+    if not truth_dirs:
+        raise errors.InputError("--truth_dir is required (the folder(s) of the truth wells).")
+    output_dir = output_dir or predictions_dir
+    os.makedirs(output_dir, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    figures = []
+    for well_dir in find_predictions(predictions_dir):
+        well_rows, figure_rows = evaluate_well(well_dir, truth_dirs, region)
+        rows += well_rows
+        if figure_rows:
+            name = os.path.basename(os.path.normpath(well_dir))
+            figure = report_lib.report_figure(figure_rows, title=f"{name} ({region} region)")
+            path = os.path.join(output_dir, f"report_{name}.png")
+            figures.append(report_lib.write_figure(path, figure))
+    if not rows:
+        raise errors.InputError(f"{predictions_dir}: none of the predicted channels has ground truth in {', '.join(truth_dirs)}.")
+    table = condition_table(rows)
+    text = format_table(table)
+    metrics_json = os.path.join(output_dir, METRICS_JSON)
+    atomic.write_text(
+        metrics_json,
+        json.dumps(_clean({"region": region, "rows": rows, "table_pearson_r": table}), indent=2, default=_json_value)
+        + "\n",
+    )
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _csv_value(row.get(key)) for key in CSV_COLUMNS})
+    metrics_csv = os.path.join(output_dir, METRICS_CSV)
+    atomic.write_text(metrics_csv, buffer.getvalue())
+    return {
+        "rows": rows,
+        "table": table,
+        "text": text,
+        "files": {"metrics_json": metrics_json, "metrics_csv": metrics_csv, "figures": figures},
+    }
+
+
+def _clean(value: Any) -> Any:
+    """NaN and infinities -> None, so metrics.json is strict JSON."""
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
