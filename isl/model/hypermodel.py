@@ -55,8 +55,6 @@ SEARCH_SPACE_NAMES = (
 # Sections of ExperimentConfig whose fields can be searched, in lookup order.
 _SECTIONS = ("model", "train")
 
-_KINDS = ("choice", "int", "float", "fixed")
-
 
 @dataclasses.dataclass(frozen=True)
 class Dimension:
@@ -431,10 +429,3 @@ def compile_for_training(model: Any, config: config_lib.ExperimentConfig) -> Non
     from isl.train import trainer
 
     model.compile(optimizer=trainer.make_optimizer(config.train), loss=losses.ISLLoss(config.channels), jit_compile=False)
-
-
-def hyperparameter_values(config: config_lib.ExperimentConfig, space: Mapping[str, Dimension]) -> dict[str, Any]:
-    """The values of `space`'s dimensions in `config` (for reports)."""
-    return {
-        name: getattr(getattr(config, dimension.section), name) for name, dimension in space.items()
-    }

@@ -16,7 +16,6 @@ from isl import presets
 from isl.data import assemble
 from isl.infer import export
 from isl.model import builder
-from isl.model import geometry
 from isl.model import statistics
 
 STATISTICS = ("median", "mean", "std", "mode")
@@ -188,9 +187,3 @@ def test_keras_archive_reloads_for_fine_tuning(tiny_export):
     reloaded = keras.saving.load_model(os.path.join(export_dir, export.KERAS_ARCHIVE), compile=False)
     inputs = np.random.default_rng(1).random((1, 42, 42, 52)).astype(np.float32)
     np.testing.assert_allclose(reloaded(inputs, training=False), model(inputs, training=False), atol=1e-6)
-
-
-def test_geometry_of_export_matches_the_model():
-    config = presets.get_preset("tiny")
-    base = geometry.geometry(config.model)
-    assert (base.input_size, base.phase) == (42, 4)

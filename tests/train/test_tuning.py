@@ -177,3 +177,15 @@ def test_distributed_search_with_a_chief_and_workers(tfrecords, tmp_path, num_wo
         if tuner_id != "chief":
             assert json.loads(logs[tuner_id].strip().splitlines()[-1])["role"] == "worker"
     assert _trial_statuses(tuner_dir) == {f"trial_{index}": "COMPLETED" for index in range(num_workers)}
+
+
+@pytest.mark.slow
+def test_hyperband_search_completes_and_reuses_checkpoints(tfrecords, tmp_path):
+    """One Hyperband iteration (about 80 s on 2 busy cores)."""
+    result = tuning.run_search(
+        tuning_helpers.small_config(), tfrecords, str(tmp_path / "hyperband"), tuner="hyperband",
+        steps_per_trial=3, eval_steps=1,
+    )
+    assert len(result.trials) > 1
+    assert all(trial.status == "COMPLETED" for trial in result.trials)
+    assert os.path.exists(result.best_config_path)
