@@ -1,0 +1,127 @@
+"""`isl predict` end to end on a tiny model and small synthetic wells."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+from isl import presets
+from isl.cli import main
+from isl.eval import panels
+from isl.io import filenames
+from isl.io import images
+from isl.model import builder
+from isl.model import saving
+from tests.data import wellmaker
+
+CHANNELS = "--channels=DAPI_CONFOCAL,MAP2_CONFOCAL"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("model"))
+    config = presets.get_preset("tiny")
+    saving.save_model_dir(builder.build_model(config), config, directory)
+    return directory
+
+
+def _run(arguments, capsys):
+    code = main.run_command(arguments)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_predict_writes_lab_named_images_panels_and_calibration(model_dir, tmp_path, capsys):
+    well_dir = str(tmp_path / "well")
+    wellmaker.random_well(well_dir, height=44, width=37)
+    # A predicted image beside the inputs is never read as an input.
+    images.write_image(
+        os.path.join(well_dir, wellmaker.file_name(filenames.MAXPROJECT, "DAPI_CONFOCAL").replace(".png", ",kind-PREDICTED.png")),
+        np.zeros((44, 37), np.uint16),
+    )
+    output_dir = str(tmp_path / "out")
+    code, out, _ = _run(
+        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={output_dir}",
+         "--statistics=median,mean,q05,q95", CHANNELS, "--noprogress", "--json"],
+        capsys,
+    )
+    assert code == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    (well,) = summary["wells"]
+    well_dir_out = well["well_dir"]
+    median_name = well["files"]["DAPI_CONFOCAL"]["median"]
+    key = filenames.parse(median_name)
+    assert (key.kind, key.statistic, key.channel, key.well) == ("PREDICTED", "MEDIAN", "DAPI_CONFOCAL", "B2")
+    median = images.read_image(os.path.join(well_dir_out, median_name))
+    assert median.shape == (44, 37) and median.dtype == np.uint16
+    assert np.all(median % 257 == 0)  # Bin k / 255 written as k * 257.
+    low = images.to_float(images.read_image(os.path.join(well_dir_out, well["files"]["DAPI_CONFOCAL"]["q05"])))
+    high = images.to_float(images.read_image(os.path.join(well_dir_out, well["files"]["DAPI_CONFOCAL"]["q95"])))
+    assert np.all(low <= images.to_float(median)) and np.all(images.to_float(median) <= high)
+    assert len(glob.glob(os.path.join(well_dir_out, "*kind-PREDICTED.png"))) == 2 * 4
+    assert set(well["calibration_files"]) == {"DAPI_CONFOCAL", "MAP2_CONFOCAL"}
+    target_panel = panels.decode_png_rgb16(open(os.path.join(well_dir_out, "target_error_panel.png"), "rb").read())
+    assert target_panel.shape == (2 * (44 + 8), 3 * (37 + 8), 3)
+    input_panel = panels.decode_png_rgb16(open(os.path.join(well_dir_out, "input_error_panel.png"), "rb").read())
+    assert input_panel.shape == (26 * (44 + 8), 3 * (37 + 8), 3)
+    record = json.load(open(os.path.join(well_dir_out, "prediction.json")))
+    assert record["region"] == {"row_offset": 0, "column_offset": 0, "height": 44, "width": 37}
+
+
+def test_valid_border_and_tiff_format(model_dir, tmp_path, capsys):
+    well_dir = str(tmp_path / "well")
+    wellmaker.random_well(well_dir, height=60, width=52)
+    output_dir = str(tmp_path / "out")
+    code, out, _ = _run(
+        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={output_dir}",
+         "--border=valid", "--format=tiff", "--channels=DAPI_CONFOCAL", "--nopanels", "--nosave_calibration",
+         "--noprogress"],
+        capsys,
+    )
+    assert code == 0, out
+    (path,) = glob.glob(os.path.join(output_dir, "*", "*statistic-MEDIAN*.tif"))
+    # Interior of a 60 x 52 image for border 17, on the 8-px block grid.
+    assert images.read_image(path).shape == (24, 16)
+    assert not glob.glob(os.path.join(output_dir, "*", "*.png"))
+
+
+def test_a_well_with_more_z_slices_than_the_model_takes_exits_2(model_dir, tmp_path, capsys):
+    well_dir = str(tmp_path / "well")
+    wellmaker.random_well(well_dir, num_z=27, height=20, width=20)
+    code, _, err = _run(
+        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path / 'out'}"], capsys
+    )
+    assert code == 2
+    assert "27 z slices" in err and "26 z values" in err and "Traceback" not in err
+
+
+def test_an_unreadable_image_exits_2_naming_the_file(model_dir, tmp_path, capsys):
+    well_dir = str(tmp_path / "well")
+    wellmaker.random_well(well_dir, height=20, width=20)
+    broken = os.path.join(well_dir, wellmaker.file_name(3, "PHASE_CONTRAST"))
+    with open(broken, "wb") as handle:
+        handle.write(b"not a png")
+    code, _, err = _run(
+        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path / 'out'}"], capsys
+    )
+    assert code == 2
+    assert "z_depth-3" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "out" / "TESTLAB_COND_1_2020-02-03_B2" / "prediction.json")
+
+
+def test_missing_model_and_unknown_channel_exit_2(model_dir, tmp_path, capsys):
+    well_dir = str(tmp_path / "well")
+    wellmaker.random_well(well_dir, height=20, width=20)
+    code, _, err = _run(
+        ["predict", f"--model_dir={tmp_path / 'nothing'}", f"--input_dir={well_dir}", f"--output_dir={tmp_path}"], capsys
+    )
+    assert code == 2 and "not a model directory" in err
+    code, _, err = _run(
+        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path}", "--channels=GFP"],
+        capsys,
+    )
+    assert code == 2 and "GFP" in err

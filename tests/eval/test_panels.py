@@ -1,0 +1,55 @@
+"""Error panels: sizes, border colours, error colours, 16-bit RGB files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from isl.eval import panels
+
+
+def _statistics(height: int, width: int, rows: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {name: rng.random((height, width, rows)).astype(np.float32) for name in ("mode", "median", "mean", "std")}
+
+
+@pytest.mark.parametrize("simplified,columns", [(True, 3), (False, 12)])
+def test_panel_size_is_rows_and_columns_of_bordered_tiles(simplified, columns):
+    statistics = _statistics(10, 14, 3)
+    panel = panels.error_panel(statistics, statistics["median"] * 0, None, simplified)
+    assert panel.shape == (3 * (10 + 8), columns * (14 + 8), 3)
+
+
+def test_border_colours_mark_prediction_truth_errors_and_mask():
+    statistics = _statistics(6, 6, 1)
+    panel = panels.error_panel(statistics, np.zeros((6, 6, 1), np.float32), None, simplified=False)
+    tile = 6 + 8
+    expected = [panels.PURPLE] * 4 + [panels.TURQUOISE] + [panels.WHITE] * 3 + [panels.BLACK] * 3 + [panels.MANGO]
+    for column, colour in enumerate(expected):
+        np.testing.assert_allclose(panel[0, column * tile + 1], colour, atol=1e-6)  # Top border row.
+        np.testing.assert_allclose(panel[tile - 2, column * tile + 3], colour, atol=1e-6)  # Bottom border.
+    assert panels.PURPLE == pytest.approx((102 / 255, 0, 1))
+    assert panels.MANGO == pytest.approx((1, 130 / 255, 67 / 255))
+
+
+def test_error_colours_orange_false_positive_blue_false_negative_grey_agreement():
+    prediction = np.array([[0.8, 0.0, 0.4]])
+    truth = np.array([[0.0, 0.6, 0.4]])
+    subtractive = panels.subtractive_error(prediction, truth)
+    np.testing.assert_allclose(subtractive[0, 0], [0.8, 0.4, 0.0], atol=1e-6)  # Orange (1, 0.5, 0) * 0.8.
+    np.testing.assert_allclose(subtractive[0, 1], [0.0, 0.3, 0.6], atol=1e-6)  # Blue (0, 0.5, 1) * 0.6.
+    np.testing.assert_allclose(subtractive[0, 2], [0, 0, 0], atol=1e-6)
+    additive = panels.additive_error(prediction, truth)
+    np.testing.assert_allclose(additive[0, 2], [0.4, 0.4, 0.4], atol=1e-6)  # Grey where equal.
+
+
+def test_large_panels_are_downscaled_and_files_are_16_bit_rgb(tmp_path):
+    big = np.random.default_rng(0).random((2400, 1600, 3)).astype(np.float32)
+    limited = panels.limit_size(big)
+    assert limited.shape[0] * limited.shape[1] <= panels.MAX_PANEL_PIXELS
+    assert limited.shape[0] / limited.shape[1] == pytest.approx(1.5, rel=0.01)
+    small = np.random.default_rng(1).random((5, 7, 3)).astype(np.float32)
+    path = panels.write_panel(tmp_path / "panel.png", small)
+    data = open(path, "rb").read()
+    assert data[24:26] == bytes([16, 2])  # IHDR bit depth 16, colour type RGB.
+    np.testing.assert_array_equal(panels.decode_png_rgb16(data), panels.to_uint16(small))
