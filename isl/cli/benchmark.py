@@ -46,6 +46,8 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_integer("batch_size", None, "Batch size (default: the preset's).", flag_values=flag_values)
     flags.DEFINE_integer("steps", None, "Steps (batches) per timing repeat (default: per benchmark).",
                          flag_values=flag_values)
+    flags.DEFINE_string("precision", "float32", "predict: compute precision(s), comma-separated: float32, bfloat16.",
+                        flag_values=flag_values)
     flags.DEFINE_integer("model_steps", 2, "data: timed training steps of the preset's model, to compare the "
                          "pipeline's patches/s with what the model consumes (0 skips).", flag_values=flag_values)
 
