@@ -151,6 +151,29 @@ def _set_synchronized_batch_norm(model: keras.Model) -> int:
     return count
 
 
+class ReplicaScaledLoss(keras.losses.Loss):
+    """Divides a batch-level loss by the number of replicas in sync.
+
+    Keras scales a loss by 1 / replicas only when it reduces per-example
+    values itself; the ISL loss is already one scalar per batch
+    (SUM_BY_NONZERO_WEIGHTS, §2), which Keras passes through unscaled. The
+    gradients of the replicas are then summed, so without this wrapper
+    N replicas would take N times the step of one device (and Keras's loss
+    tracker, which multiplies by N again, would report N times the loss).
+    """
+
+    def __init__(self, loss: keras.losses.Loss) -> None:
+        super().__init__(name=loss.name)
+        self.loss = loss
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        value = self.loss(y_true, y_pred)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            value = value * (1.0 / replicas)
+        return value
+
+
 def _default_build_model(config: config_lib.ExperimentConfig, input_size: int | None) -> keras.Model:
     from isl.model import builder
 
@@ -273,7 +296,7 @@ def train(
         optimizer = make_optimizer(train_config)
         model.compile(
             optimizer=optimizer,
-            loss=loss_fn(config.channels),
+            loss=ReplicaScaledLoss(loss_fn(config.channels)),
             metrics=[callbacks_lib.PerHeadLosses(head_names, per_head_loss_fn)],
             jit_compile=False,
         )
