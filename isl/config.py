@@ -262,6 +262,12 @@ class TrainConfig:
         sync_batch_norm: with several replicas, batch norm uses the
             statistics of the global batch (as on one device); False keeps
             per-replica statistics.
+        fused_elementwise: run the dual activation, the units' concats and
+            the residual pad-and-add (forward and gradient) as small
+            XLA-fused functions (TensorFlow backend): same functions, fewer
+            passes over memory on CPU (BUILD_NOTES.md, Model).
+        jit_compile: XLA-compile the whole training step (Keras
+            `compile(jit_compile=...)`).
     """
 
     optimizer: str = "adam"
@@ -275,6 +281,8 @@ class TrainConfig:
     eval_batches: int = 64
     seed: int = 0
     sync_batch_norm: bool = True
+    fused_elementwise: bool = False
+    jit_compile: bool = False
 
     def validate(self) -> None:
         if self.optimizer not in ("adam", "momentum", "adagrad"):

@@ -200,6 +200,7 @@ def build_model(
         activation=model_config.activation,
         dtype=dtype_policy_name(config),
         records=records,
+        fused=bool(getattr(config.train, "fused_elementwise", False)),
     )
     inputs = keras.Input(
         shape=(input_size, input_size, config.channels.num_input_features),

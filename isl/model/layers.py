@@ -28,21 +28,118 @@ ACTIVATIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+# ---------------------------------------------------------------------------
+# XLA-fused element-wise kernels (TensorFlow backend, CPU speed)
+# ---------------------------------------------------------------------------
+#
+# The TF graph runs each element-wise op as its own pass over memory (ReLU,
+# tanh, concat; in the backward pass ReluGrad, TanhGrad, AddN and the Slice
+# ops that split a concat's gradient). On CPU those passes cost as much as
+# the convolutions. With `fused=True` the layers below run their forward and
+# their backward pass each as one small XLA-compiled function (a custom
+# gradient), i.e. one fused loop. The values are the same functions (up to
+# the last bit of XLA's tanh, and bfloat16 intermediates kept in float32).
+
+_FUSED_CACHE: dict[str, Any] = {}
+
+
+def _fused_kernels() -> dict[str, Any]:
+    """Builds (once) the custom-gradient TF functions of the fused layers."""
+    if _FUSED_CACHE:
+        return _FUSED_CACHE
+    import tensorflow as tf  # Only the TensorFlow backend takes this path.
+
+    @tf.function(jit_compile=True, autograph=False)
+    def relu_tanh_forward(inputs):
+        return tf.concat([tf.nn.relu(inputs), tf.math.tanh(inputs)], axis=-1)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def relu_tanh_backward(outputs, upstream):
+        # outputs = [relu(x) || tanh(x)]: relu(x) > 0 iff x > 0, and
+        # d tanh / dx = 1 - tanh(x)^2, so the input is not needed.
+        depth = outputs.shape[-1] // 2  # channels are static
+        relu_part = outputs[..., :depth]
+        tanh_part = outputs[..., depth:]
+        relu_grad = tf.where(relu_part > 0, upstream[..., :depth], tf.zeros_like(relu_part))
+        return relu_grad + upstream[..., depth:] * (1 - tanh_part * tanh_part)
+
+    @tf.custom_gradient
+    def relu_tanh(inputs):
+        outputs = relu_tanh_forward(inputs)
+
+        def gradient(upstream):
+            return relu_tanh_backward(outputs, upstream)
+
+        return outputs, gradient
+
+    @tf.function(jit_compile=True, autograph=False)
+    def concat_forward(first, second):
+        return tf.concat([first, second], axis=-1)
+
+    @tf.function(jit_compile=True, autograph=False)
+    def split_backward(upstream, first_depth):
+        return upstream[..., :first_depth], upstream[..., first_depth:]
+
+    @tf.custom_gradient
+    def concat_channels(first, second):
+        first_depth = int(first.shape[-1])
+
+        def gradient(upstream):
+            return split_backward(upstream, first_depth)
+
+        return concat_forward(first, second), gradient
+
+    @tf.function(jit_compile=True, autograph=False)
+    def padded_add_forward(deeper, shallower):
+        extra = deeper.shape[-1] - shallower.shape[-1]
+        return deeper + tf.pad(shallower, [[0, 0], [0, 0], [0, 0], [0, extra]])
+
+    @tf.function(jit_compile=True, autograph=False)
+    def padded_add_backward(upstream, shallow_depth):
+        return upstream[..., :shallow_depth]
+
+    @tf.custom_gradient
+    def padded_add(deeper, shallower):
+        shallow_depth = int(shallower.shape[-1])
+
+        def gradient(upstream):
+            return upstream, padded_add_backward(upstream, shallow_depth)
+
+        return padded_add_forward(deeper, shallower), gradient
+
+    _FUSED_CACHE.update(relu_tanh=relu_tanh, concat_channels=concat_channels, padded_add=padded_add)
+    return _FUSED_CACHE
+
+
+def _can_fuse() -> bool:
+    return keras.backend.backend() == "tensorflow"
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class DualActivation(keras.layers.Layer):
     """concat([ReLU(x), tanh(x)]) along channels, ReLU first (§1.2).
 
     `activations` names the parts, in channel order (default the paper's
-    ("relu", "tanh")). Shape: `[batch, rows, columns, C]` ->
+    ("relu", "tanh")). With `fused` (TensorFlow backend, ("relu", "tanh")
+    only), forward and backward each run as one XLA-fused pass (see
+    `_fused_kernels`). Shape: `[batch, rows, columns, C]` ->
     `[batch, rows, columns, len(activations) * C]`.
     """
 
-    def __init__(self, activations: tuple[str, ...] | list[str] = ("relu", "tanh"), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        activations: tuple[str, ...] | list[str] = ("relu", "tanh"),
+        fused: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.activations = tuple(activations)
+        self.fused = bool(fused)
         self._functions = [keras.activations.get(name) for name in self.activations]
 
     def call(self, inputs):
+        if self.fused and self.activations == ("relu", "tanh") and _can_fuse():
+            return _fused_kernels()["relu_tanh"](inputs)
         if len(self._functions) == 1:
             return self._functions[0](inputs)
         return ops.concatenate([function(inputs) for function in self._functions], axis=-1)
@@ -53,7 +150,7 @@ class DualActivation(keras.layers.Layer):
         return tuple(input_shape[:-1]) + (None if channels is None else count * channels,)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "activations": list(self.activations)}
+        return {**super().get_config(), "activations": list(self.activations), "fused": self.fused}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -92,11 +189,15 @@ class MismatchedDepthAdd(keras.layers.Layer):
       at the END of the channel axis; output depth max(C_0, C_1).
     * `pad=False` (transposed-convolution modules): the deeper tensor is
       cropped to its FIRST min(C_0, C_1) channels.
+
+    With `fused` (TensorFlow backend), the pad-and-add and its gradient run as
+    XLA-fused passes.
     """
 
-    def __init__(self, pad: bool = True, **kwargs: Any) -> None:
+    def __init__(self, pad: bool = True, fused: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pad = bool(pad)
+        self.fused = bool(fused)
 
     def call(self, inputs):
         first, second = inputs
@@ -106,6 +207,8 @@ class MismatchedDepthAdd(keras.layers.Layer):
         if self.pad:
             if first_depth < second_depth:
                 first, second = second, first
+            if self.fused and _can_fuse():
+                return _fused_kernels()["padded_add"](first, second)
             extra = first.shape[-1] - second.shape[-1]
             second = ops.pad(second, [[0, 0], [0, 0], [0, 0], [0, extra]])
             return ops.add(first, second)
@@ -118,7 +221,7 @@ class MismatchedDepthAdd(keras.layers.Layer):
         return tuple(second[:-1]) + (depth,)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "pad": self.pad}
+        return {**super().get_config(), "pad": self.pad, "fused": self.fused}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -236,3 +339,27 @@ class CenterCrop2D(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "crop": self.crop}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ChannelConcat(keras.layers.Concatenate):
+    """`keras.layers.Concatenate(axis=-1)` of two tensors, optionally XLA-fused.
+
+    Same output and config as the stock layer (plus `fused`). With `fused`
+    (TensorFlow backend, two inputs), the concat and the split of its
+    gradient each run as one XLA-compiled pass instead of TF's Slice ops.
+    Shapes: `[b, n, m, C0]`, `[b, n, m, C1]` -> `[b, n, m, C0 + C1]`.
+    """
+
+    def __init__(self, fused: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("axis", -1)
+        super().__init__(**kwargs)
+        self.fused = bool(fused)
+
+    def call(self, inputs):
+        if self.fused and len(inputs) == 2 and self.axis in (-1, 3) and _can_fuse():
+            return _fused_kernels()["concat_channels"](inputs[0], inputs[1])
+        return super().call(inputs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "fused": self.fused}
