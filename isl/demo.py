@@ -9,6 +9,8 @@ Layout of the demo folder::
     OUTPUT_DIR/
       raw/well-A1/lab-SYNTHETIC,...,z_depth-0,channel-PHASE_CONTRAST,is_mask-false.png
       records/train-00000-of-00001.tfrecord, eval-..., dataset.json
+      model/config.json, model.weights.h5, checkpoints/, logs/
+      predictions/<well>/...,kind-PREDICTED,statistic-MEDIAN.png, panels, metrics.json
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class DemoState:
     image_size: int = 256
     num_z: int = 13
     num_batches: int = 8
+    train_steps: int = 500
     seed: int = 0
     show_progress: bool = True
     log: Callable[[str], None] = print
@@ -55,6 +58,14 @@ class DemoState:
     @property
     def records_dir(self) -> str:
         return os.path.join(self.output_dir, "records")
+
+    @property
+    def model_dir(self) -> str:
+        return os.path.join(self.output_dir, "model")
+
+    @property
+    def predictions_dir(self) -> str:
+        return os.path.join(self.output_dir, "predictions")
 
 
 def generate_step(state: DemoState) -> dict:
@@ -134,11 +145,101 @@ def pipeline_step(state: DemoState) -> dict:
     }
 
 
-# Steps in order: (name, function). Later stages append theirs.
+def _held_out_wells(state: DemoState) -> list[str]:
+    """Source folders of the wells `convert` put in the eval split."""
+    import json
+
+    with open(os.path.join(state.records_dir, "dataset.json"), encoding="utf-8") as handle:
+        description = json.load(handle)
+    return [well["directory"] for well in description["wells"] if well["split"] == "eval"]
+
+
+def train_step(state: DemoState) -> dict:
+    """Trains the model on the train shards for `train_steps` steps (resumes if interrupted)."""
+    from isl.train import trainer
+
+    start = time.perf_counter()
+    result = trainer.train(
+        state.config,
+        state.records_dir,
+        state.model_dir,
+        total_steps=state.train_steps,
+        show_progress=state.show_progress,
+        log=lambda message: None,
+    )
+    seconds = time.perf_counter() - start
+    loss = result.losses.get("loss")
+    eval_loss = result.eval_losses.get("loss")
+    state.log(
+        f"[4] train: {result.final_step} steps of batch {state.config.train.batch_size} in {seconds:.0f}s; "
+        f"training loss {loss:.3f}" + (f", eval loss {eval_loss:.3f}" if eval_loss is not None else "")
+        + " (1.0 = a uniform guess over 256 bins, 0 = perfect) -> "
+        f"{state.model_dir}"
+    )
+    return {
+        "model_dir": state.model_dir,
+        "final_step": result.final_step,
+        "loss": loss,
+        "eval_loss": eval_loss,
+        "seconds": round(seconds, 1),
+    }
+
+
+def predict_step(state: DemoState) -> dict:
+    """Predicts the held-out well(s) at full size: median, std and error panels."""
+    from isl.infer import well as well_lib
+
+    held_out = _held_out_wells(state)
+    if not held_out:
+        state.log("[5] predict: no held-out well (use --num_wells >= 2); skipped.")
+        return {"wells": []}
+    predictor = well_lib.load_predictor(model_dir=state.model_dir)
+    start = time.perf_counter()
+    outputs = []
+    with atomic.output_directory(state.predictions_dir, overwrite=True) as temporary:
+        for directory in held_out:
+            result = well_lib.predict_well(
+                predictor,
+                directory,
+                temporary,
+                statistics=("median", "std"),
+                progress_enabled=state.show_progress,
+            )
+            outputs.append(os.path.join(state.predictions_dir, os.path.basename(result["well_dir"])))
+    seconds = time.perf_counter() - start
+    state.log(
+        f"[5] predict: {len(held_out)} held-out well(s), median and standard deviation of each pixel's "
+        f"256-bin distribution, plus target/input error panels, in {seconds:.1f}s -> {state.predictions_dir}"
+    )
+    return {"predictions_dir": state.predictions_dir, "well_dirs": outputs, "seconds": round(seconds, 1)}
+
+
+def evaluate_step(state: DemoState) -> dict:
+    """Scores the held-out predictions: Pearson r per channel and calibration."""
+    from isl.eval import evaluate as evaluate_lib
+
+    held_out = _held_out_wells(state)
+    if not held_out:
+        return {}
+    result = evaluate_lib.evaluate(state.predictions_dir, held_out)
+    pearson = {row["channel"]: row.get("pearson_r") for row in result["rows"]}
+    state.log(
+        "[6] evaluate (held-out well): Pearson r of the median prediction against the real label, per channel: "
+        + ", ".join(f"{channel} {value:.3f}" for channel, value in pearson.items() if value is not None)
+        + f"\n    metrics.json (also MAE, RMSE, PSNR, SSIM and calibration: how often the truth falls inside the "
+        f"predicted 50% / 90% intervals) -> {result['files']['metrics_json']}"
+    )
+    return {"pearson_r": pearson, **result["files"]}
+
+
+# Steps in order: (name, function).
 STEPS: list[tuple[str, Callable[[DemoState], dict]]] = [
     ("generate", generate_step),
     ("convert", convert_step),
     ("pipeline", pipeline_step),
+    ("train", train_step),
+    ("predict", predict_step),
+    ("evaluate", evaluate_step),
 ]
 
 
@@ -157,7 +258,7 @@ def run_demo(
         config: an explicit experiment config.
         steps: names of the steps to run (default: all of `STEPS`).
         **options: `DemoState` fields (num_wells, image_size, num_z,
-            num_batches, seed, show_progress, log).
+            num_batches, train_steps, seed, show_progress, log).
     """
     state = DemoState(
         output_dir=os.path.abspath(output_dir),

@@ -35,7 +35,29 @@ EXIT_USAGE = 2
 
 def _quiet_tensorflow() -> None:
     """Keeps TensorFlow's C++ start-up chatter out of the user's terminal."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its C++ start-up lines (oneDNN, CUDA probes) hidden.
+
+    TensorFlow prints them through absl's C++ logger before any log level
+    applies, so no environment variable silences them. Only file descriptor 2
+    is redirected during the import; a failing import still raises its Python
+    exception. Setting TF_CPP_MIN_LOG_LEVEL to 0 or 1 shows them again.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") in ("0", "1"):
+        return
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(null)
 
 
 def _top_level_help() -> str:
@@ -111,6 +133,7 @@ def run_command(argv: Sequence[str]) -> int:
     if not getattr(module, "IMPLEMENTED", True):
         print(f"isl {name}: not implemented yet.", file=sys.stderr)
         return EXIT_USAGE
+    _import_tensorflow_quietly()
     try:
         result = module.run(flag_values, positional)
     except errors.InputError as error:
