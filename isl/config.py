@@ -268,6 +268,9 @@ class TrainConfig:
             passes over memory on CPU (BUILD_NOTES.md, Model).
         jit_compile: XLA-compile the whole training step (Keras
             `compile(jit_compile=...)`).
+        fast_batch_norm: batch norm layers whose depth has no vectorised
+            oneDNN kernel (not a multiple of 16 in bfloat16, 8 in float32)
+            run TF's Eigen kernel of the same op (same algorithm).
     """
 
     optimizer: str = "adam"
@@ -283,6 +286,7 @@ class TrainConfig:
     sync_batch_norm: bool = True
     fused_elementwise: bool = False
     jit_compile: bool = False
+    fast_batch_norm: bool = False
 
     def validate(self) -> None:
         if self.optimizer not in ("adam", "momentum", "adagrad"):

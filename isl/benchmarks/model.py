@@ -1,23 +1,38 @@
-"""`isl benchmark model`: forward and training-step speed of the network.
+"""`isl benchmark model`: forward and training-step speed and memory of the network.
 
-Times, for float32 and for the "mixed_bfloat16" option, a batch of the
-preset's training patches (16 x 250 x 250 x 52 for the paper):
+Times a batch of the preset's training patches (16 x 250 x 250 x 26 for the
+paper) in several variants, each in its own fresh process (so each has its
+own peak RSS and its own one-off costs):
 
-* forward (inference-mode batch norm);
-* one training step: forward, loss, backward and the Adam update, with
-  training-mode batch norm (the faithful step of the paper).
+* `float32`: the faithful default;
+* `bfloat16`: `train.mixed_precision=bfloat16` (bfloat16 compute, float32
+  variables and logits);
+* `float32_fused`, `bfloat16_fused`: `train.fused_elementwise=true` (dual
+  activation, unit concat and residual pad-and-add as XLA-fused functions);
+* `float32_fast`, `bfloat16_fast` (default): both speed options,
+  `train.fused_elementwise=true` and `train.fast_batch_norm=true` (batch norm
+  of depths oneDNN has no vectorised kernel for on TF's Eigen kernel);
+* optionally `float32_xla`, `bfloat16_xla` (`train.jit_compile=true`, the
+  whole step XLA-compiled; minutes of compilation, see BUILD_NOTES.md).
 
-Achieved FLOP/s count the convolution FLOPs (`isl describe`, 2 x MACs, core
-and heads); a training step is counted as 3 x the forward FLOPs. They are
-reported as a fraction of a matmul peak measured in the same run
-(a 4096 x 4096 matmul in each precision). Each timing is the median of
-`--repeats` runs after one warm-up run (whose time, mostly graph
-construction and oneDNN kernel selection, is reported separately).
+For each: forward (inference-mode batch norm) and one training step
+(forward, loss, backward, Adam update; training-mode batch norm, the
+faithful step of the paper). Achieved FLOP/s count the convolution FLOPs
+(`isl describe`, 2 x MACs, core and heads); a training step is counted as
+3 x the forward FLOPs, reported as a fraction of a 4096^2 matmul peak
+measured in the same process. Each timing is the median of `--repeats` runs
+after one warm-up run (whose time, mostly graph construction, oneDNN kernel
+selection and XLA compilation, is reported separately). CPU seconds (user +
+system of the process) are reported beside wall seconds: on a shared machine
+they vary much less than wall time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
+import resource
 import statistics
 import time
 from typing import Any
@@ -25,16 +40,34 @@ from typing import Any
 from isl import progress as progress_lib
 
 MATMUL_SIZE = 4096
-PRECISIONS = (("float32", ""), ("bfloat16", "bfloat16"))
+
+# name -> (mixed_precision, fused_elementwise, fast_batch_norm, jit_compile)
+VARIANTS: dict[str, tuple[str, bool, bool, bool]] = {
+    "float32": ("", False, False, False),
+    "bfloat16": ("bfloat16", False, False, False),
+    "float32_fused": ("", True, False, False),
+    "bfloat16_fused": ("bfloat16", True, False, False),
+    "float32_fast": ("", True, True, False),
+    "bfloat16_fast": ("bfloat16", True, True, False),
+    "float32_xla": ("", False, False, True),
+    "bfloat16_xla": ("bfloat16", False, False, True),
+}
+DEFAULT_VARIANTS = ("float32", "bfloat16", "float32_fast", "bfloat16_fast")
 
 
-def _median_time(function, repeats: int) -> tuple[float, list[float]]:
-    times = []
+def _timed(function, repeats: int) -> dict[str, Any]:
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return {
+        "seconds": statistics.median(walls),
+        "all_seconds": walls,
+        "cpu_seconds": statistics.median(cpus),
+        "all_cpu_seconds": cpus,
+    }
 
 
 def matmul_peak(dtype: str, repeats: int = 5) -> float:
@@ -45,11 +78,10 @@ def matmul_peak(dtype: str, repeats: int = 5) -> float:
     b = tf.cast(tf.random.normal((MATMUL_SIZE, MATMUL_SIZE)), dtype)
     matmul = tf.function(lambda: tf.matmul(a, b))
     matmul().numpy()
-    seconds, _ = _median_time(lambda: matmul().numpy(), repeats)
-    return 2 * MATMUL_SIZE**3 / seconds
+    return 2 * MATMUL_SIZE**3 / _timed(lambda: matmul().numpy(), repeats)["seconds"]
 
 
-def benchmark_precision(config: Any, batch_size: int, repeats: int, log=print) -> dict[str, Any]:
+def benchmark_config(config: Any, batch_size: int, repeats: int, log=print) -> dict[str, Any]:
     """Times forward and training step of `config`'s model; returns figures."""
     import keras
     import numpy as np
@@ -73,12 +105,13 @@ def benchmark_precision(config: Any, batch_size: int, repeats: int, log=print) -
     labels = rng.random((batch_size, geo.output_size, geo.output_size, config.channels.num_heads, 2), dtype=np.float32)
     labels[..., 1] = 1.0
     labels = tf.constant(labels)
+    jit_compile = bool(getattr(config.train, "jit_compile", False))
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def forward():
         return model(inputs, training=False)
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def train_step():
         with tf.GradientTape() as tape:
             value = loss(labels, model(inputs, training=True))
@@ -94,49 +127,98 @@ def benchmark_precision(config: Any, batch_size: int, repeats: int, log=print) -
         start = time.perf_counter()
         np.asarray(function())
         warmup = time.perf_counter() - start
-        seconds, times = _median_time(lambda f=function: np.asarray(f()), repeats)
-        result[name] = {
-            "seconds": seconds,
-            "all_seconds": times,
-            "first_call_seconds": warmup,
-            "flops": flops,
-            "flops_per_second": flops / seconds,
-        }
-        log(f"  {name}: median {seconds:.2f} s over {repeats} ({', '.join(f'{t:.2f}' for t in times)}); "
-            f"first call {warmup:.1f} s; {flops / seconds / 1e9:.0f} GFLOP/s")
+        figures = _timed(lambda f=function: np.asarray(f()), repeats)
+        figures.update(first_call_seconds=warmup, flops=flops, flops_per_second=flops / figures["seconds"])
+        result[name] = figures
+        log(f"  {name}: median {figures['seconds']:.2f} s over {repeats} "
+            f"({', '.join(f'{t:.2f}' for t in figures['all_seconds'])}), {figures['cpu_seconds']:.2f} CPU-s; "
+            f"first call {warmup:.1f} s; {flops / figures['seconds'] / 1e9:.0f} GFLOP/s")
     return result
 
 
-def run(flag_values: Any) -> dict[str, Any]:
-    """Entry point of `isl benchmark model` (flags: --preset, --batch_size, --repeats)."""
-    import os
+def _variant_worker(config: Any, variant: str, batch_size: int, repeats: int, queue: Any) -> None:
+    """Runs one variant in a fresh process and puts its figures on `queue`."""
+    try:
+        precision, fused, fast_batch_norm, jit_compile = VARIANTS[variant]
+        config = dataclasses.replace(
+            config,
+            train=dataclasses.replace(
+                config.train,
+                mixed_precision=precision,
+                fused_elementwise=fused,
+                fast_batch_norm=fast_batch_norm,
+                jit_compile=jit_compile,
+            ),
+        )
+        peak = matmul_peak("bfloat16" if precision else "float32")
+        figures = benchmark_config(config, batch_size, repeats, log=lambda line: print(f"{variant}:{line}", flush=True))
+        for name in ("forward", "train_step"):
+            figures[name]["fraction_of_matmul_peak"] = figures[name]["flops_per_second"] / peak
+        figures["matmul_peak_flops_per_second"] = peak
+        figures["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        queue.put(figures)
+    except BaseException as error:  # Reported by the parent.
+        queue.put({"error": f"{type(error).__name__}: {error}"})
 
+
+def run_variant(config: Any, variant: str, batch_size: int, repeats: int) -> dict[str, Any]:
+    """Figures of one variant, measured in a spawned process."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_variant_worker, args=(config, variant, batch_size, repeats, queue))
+    process.start()
+    figures = queue.get()
+    process.join()
+    return figures
+
+
+def run(flag_values: Any) -> dict[str, Any]:
+    """Entry point of `isl benchmark model` (flags: --preset, --batch_size, --repeats).
+
+    The variants are `DEFAULT_VARIANTS`, or those named (comma-separated) in
+    the environment variable ISL_BENCHMARK_MODEL_VARIANTS (e.g.
+    "float32,bfloat16_xla").
+    """
     from isl import config as config_lib
+    from isl import errors
 
     config = config_lib.resolve_config(flag_values["preset"].value)
     batch_size = flag_values["batch_size"].value or config.train.batch_size
     repeats = max(1, flag_values["repeats"].value or 3)
+    names = os.environ.get("ISL_BENCHMARK_MODEL_VARIANTS", ",".join(DEFAULT_VARIANTS))
+    variants = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown or not variants:
+        raise errors.InputError(
+            f"ISL_BENCHMARK_MODEL_VARIANTS: unknown variant(s) {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(VARIANTS)}"
+        )
     print(f"isl benchmark model: preset {config.name}, batch {batch_size}, {repeats} repeats, "
-          f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}: other processes share them).")
-    bar = progress_lib.Progress(total=2 * len(PRECISIONS), label="benchmark model")
-    results: dict[str, Any] = {"preset": config.name, "batch_size": batch_size, "repeats": repeats}
-    for label, policy in PRECISIONS:
-        peak = matmul_peak(label)
-        print(f"{label}: matmul peak {peak / 1e9:.0f} GFLOP/s ({MATMUL_SIZE}^2)")
-        precision_config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=policy))
-        figures = benchmark_precision(precision_config, batch_size, repeats)
-        for name in ("forward", "train_step"):
-            figures[name]["fraction_of_matmul_peak"] = figures[name]["flops_per_second"] / peak
-            bar.update(1)
-        figures["matmul_peak_flops_per_second"] = peak
-        results[label] = figures
+          f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}: other processes share them); "
+          f"variants {', '.join(variants)}, each in a fresh process.")
+    bar = progress_lib.Progress(total=len(variants), label="benchmark model")
+    results: dict[str, Any] = {"preset": config.name, "batch_size": batch_size, "repeats": repeats,
+                               "load_average_start": os.getloadavg()[0]}
+    for variant in variants:
+        figures = run_variant(config, variant, batch_size, repeats)
+        if "error" in figures:
+            print(f"{variant}: failed: {figures['error']}")
+        results[variant] = figures
+        bar.update(1)
     bar.close()
-    ratio = results["float32"]["train_step"]["seconds"] / results["bfloat16"]["train_step"]["seconds"]
-    results["train_step_speedup_bfloat16"] = ratio
-    for label, _ in PRECISIONS:
-        step = results[label]["train_step"]
-        print(f"{label}: training step {step['seconds']:.2f} s per batch of {batch_size} "
-              f"({step['fraction_of_matmul_peak']:.0%} of the matmul peak); forward "
-              f"{results[label]['forward']['seconds']:.2f} s")
-    print(f"bfloat16 training step speed-up over float32: {ratio:.2f}x. Nothing written.")
+    results["load_average_end"] = os.getloadavg()[0]
+    base = results.get("float32", {}).get("train_step")
+    for variant in variants:
+        figures = results[variant]
+        if "error" in figures:
+            continue
+        step, forward = figures["train_step"], figures["forward"]
+        ratio = f"; {base['seconds'] / step['seconds']:.2f}x the float32 step" if base else ""
+        print(f"{variant}: training step {step['seconds']:.2f} s ({step['cpu_seconds']:.1f} CPU-s) per batch of "
+              f"{batch_size}, {step['fraction_of_matmul_peak']:.0%} of the "
+              f"{figures['matmul_peak_flops_per_second'] / 1e9:.0f} GFLOP/s matmul peak{ratio}; forward "
+              f"{forward['seconds']:.2f} s; peak RSS {figures['peak_rss_bytes'] / 2**30:.1f} GiB")
+        if base:
+            results[variant]["train_step_speedup_over_float32"] = base["seconds"] / step["seconds"]
+    print("Nothing written.")
     return results

@@ -87,6 +87,8 @@ class BlockSettings:
         fused: run the dual activation, the unit's concat and the residual
             pad-and-add as XLA-fused passes (TensorFlow backend; same values,
             faster on CPU; `TrainConfig.fused_elementwise`).
+        eigen_odd_depths: batch norm of depths without a vectorised oneDNN
+            kernel runs TF's Eigen kernel (`TrainConfig.fast_batch_norm`).
     """
 
     batch_norm_momentum: float = 0.999
@@ -95,6 +97,7 @@ class BlockSettings:
     dtype: str | None = None
     records: list[ModuleRecord] | None = None
     fused: bool = False
+    eigen_odd_depths: bool = False
 
     def layer_kwargs(self, name: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"name": name}
@@ -169,6 +172,7 @@ def residual_v2_conv(
         epsilon=settings.batch_norm_epsilon,
         center=True,
         scale=True,
+        eigen_odd_depths=settings.eigen_odd_depths,
         **settings.layer_kwargs(f"{name}_bn"),
     )(inputs)
     if settings.activation not in isl_layers.ACTIVATIONS:

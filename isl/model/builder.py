@@ -201,6 +201,7 @@ def build_model(
         dtype=dtype_policy_name(config),
         records=records,
         fused=bool(getattr(config.train, "fused_elementwise", False)),
+        eigen_odd_depths=bool(getattr(config.train, "fast_batch_norm", False)),
     )
     inputs = keras.Input(
         shape=(input_size, input_size, config.channels.num_input_features),

@@ -15,8 +15,12 @@ from isl.model import losses
 
 
 def _fused_config(config, fused: bool, precision: str = ""):
+    """`fused` turns on both speed options: fused_elementwise and fast_batch_norm."""
     return dataclasses.replace(
-        config, train=dataclasses.replace(config.train, fused_elementwise=fused, mixed_precision=precision)
+        config,
+        train=dataclasses.replace(
+            config.train, fused_elementwise=fused, fast_batch_norm=fused, mixed_precision=precision
+        ),
     )
 
 
@@ -30,6 +34,7 @@ def test_fused_model_matches_the_faithful_model(tiny_config, precision, toleranc
     fused.set_weights(plain.get_weights())
     assert [layer.name for layer in plain.layers] == [layer.name for layer in fused.layers]
     assert any(getattr(layer, "fused", False) for layer in fused.layers)
+    assert any(getattr(layer, "eigen_odd_depths", False) for layer in fused.layers)
     rng = np.random.default_rng(0)
     from isl.model import geometry
 
@@ -92,3 +97,21 @@ def test_fused_flag_survives_keras_round_trip(tmp_path):
     assert loaded.get_layer("act").fused and loaded.get_layer("cat").fused
     array = np.random.default_rng(2).normal(size=(1, 4, 4, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded(array).numpy(), model(array).numpy(), rtol=1e-6)
+
+
+def test_eigen_batch_norm_matches_onednn_and_updates_moving_statistics():
+    rng = np.random.default_rng(3)
+    values = tf.constant(rng.normal(2.0, 3.0, size=(4, 5, 5, 6)).astype(np.float32))  # depth 6: odd for oneDNN
+    layers = [isl_layers.FusedBatchNormalization(momentum=0.9, eigen_odd_depths=flag) for flag in (False, True)]
+    results = []
+    for layer in layers:
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            out = layer(values, training=True)
+            weighted = tf.reduce_sum(out * tf.range(6, dtype=tf.float32))
+        results.append((out.numpy(), tape.gradient(weighted, values).numpy(),
+                        layer.moving_mean.numpy(), layer.moving_variance.numpy(),
+                        layer(values, training=False).numpy()))
+    for plain, eigen in zip(*results):
+        np.testing.assert_allclose(eigen, plain, rtol=1e-5, atol=1e-5)
+    assert layers[1].get_config()["eigen_odd_depths"] is True
