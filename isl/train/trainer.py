@@ -174,6 +174,34 @@ class ReplicaScaledLoss(keras.losses.Loss):
         return value
 
 
+def _build_metrics_without_data(
+    model: keras.Model, strategy: tf.distribute.Strategy, config: config_lib.ExperimentConfig, input_size: int
+) -> None:
+    """Builds Keras's compiled loss and metrics from zeros of the contract's shapes.
+
+    Under a strategy, Keras (3.15) builds them in `fit` from the first batch of
+    the training iterator: it takes that batch away from training, and under
+    MultiWorkerMirroredStrategy its cross-replica `reduce` of the batch fails
+    ("Attempt to convert a value (PerReplica ...)"). Replacing that private
+    hook with a build from zeros avoids both; if the hook is missing (another
+    Keras version), Keras's own behaviour stays.
+    """
+    if not hasattr(model, "_maybe_symbolic_build") or not hasattr(model, "_symbolic_build"):
+        return
+    output_size = geometry_lib.geometry(config.model).output_size
+    channels = config.channels
+    sample = (
+        np.zeros((1, input_size, input_size, channels.num_input_features), np.float32),
+        np.zeros((1, output_size, output_size, channels.num_heads, 2), np.float32),
+    )
+
+    def symbolic_build(iterator: Any = None, data_batch: Any = None) -> None:
+        with strategy.scope():
+            model._symbolic_build(data_batch=sample)
+
+    model._maybe_symbolic_build = symbolic_build
+
+
 def _default_build_model(config: config_lib.ExperimentConfig, input_size: int | None) -> keras.Model:
     from isl.model import builder
 
@@ -298,9 +326,10 @@ def train(
             optimizer=optimizer,
             loss=ReplicaScaledLoss(loss_fn(config.channels)),
             metrics=[callbacks_lib.PerHeadLosses(head_names, per_head_loss_fn)],
-            jit_compile=False,
+            jit_compile=bool(train_config.jit_compile),
         )
         optimizer.build(model.trainable_variables)
+        _build_metrics_without_data(model, strategy, config, input_size)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         if resume_path:
             checkpoint.restore(resume_path).assert_existing_objects_matched()

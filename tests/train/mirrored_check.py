@@ -32,10 +32,11 @@ def main(records_dir: str, output_dir: str) -> None:
     # wrong loss scaling or batch split would show (Adam's first step would not).
     # Without border padding every mask is 1, so the per-replica loss
     # normalisation equals the global one and the step must match exactly.
-    # Few heads keep the (per-replica) tracing short.
+    # One tower and few heads keep the (per-replica) tracing short.
     config = fast_config(
         "train.optimizer=momentum", "train.learning_rate=0.5", "data.rotate=false", "data.pad_border=false",
         "channels.num_z_values=2", "channels.target_channels=DAPI_CONFOCAL,MAP2_CONFOCAL",
+        "model.num_scales=1", "model.lower_modules_scale_0=3",
     )
 
     def dataset_fn(data_dir, config, split="train", input_context=None, **kwargs):
