@@ -202,6 +202,36 @@ def _build_metrics_without_data(
     model._maybe_symbolic_build = symbolic_build
 
 
+def _scalar_outputs_as_vectors(step: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wraps a train/test step so that every scalar it returns has shape `[1]`."""
+
+    def wrapped(data: Any) -> Any:
+        return tf.nest.map_structure(
+            lambda value: tf.reshape(value, [1]) if value.shape.rank == 0 else value, step(data)
+        )
+
+    return wrapped
+
+
+def _fix_multi_worker_output_reduction(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """Lets Keras `fit` reduce the step outputs under MultiWorkerMirroredStrategy.
+
+    Keras (3.15, `reduce_per_replica` with "auto" = "mean") reduces every
+    output of a train/test step under a multi-worker strategy with
+    `strategy.reduce("MEAN", value, axis=0)`; the outputs are the metric
+    results, scalars, and that reduction fails ("Invalid reduction dimension
+    0 for input with 0 dimensions", tensorflow/tensorflow#72388). Returning
+    each scalar as a `[1]` vector makes that reduction the mean over the
+    replicas, a scalar again, which is what Keras does on one worker. The
+    logs Keras hands to callbacks at epoch ends are read from the metrics
+    themselves, so nothing else changes. Only applied under that strategy.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    model.train_step = _scalar_outputs_as_vectors(model.train_step)
+    model.test_step = _scalar_outputs_as_vectors(model.test_step)
+
+
 def _default_build_model(config: config_lib.ExperimentConfig, input_size: int | None) -> keras.Model:
     from isl.model import builder
 
@@ -330,6 +360,7 @@ def train(
         )
         optimizer.build(model.trainable_variables)
         _build_metrics_without_data(model, strategy, config, input_size)
+        _fix_multi_worker_output_reduction(model, strategy)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         if resume_path:
             checkpoint.restore(resume_path).assert_existing_objects_matched()
