@@ -152,26 +152,47 @@ def _set_synchronized_batch_norm(model: keras.Model) -> int:
 
 
 class ReplicaScaledLoss(keras.losses.Loss):
-    """Divides a batch-level loss by the number of replicas in sync.
+    """The loss of the global batch, computed per replica, summed by the strategy.
 
     Keras scales a loss by 1 / replicas only when it reduces per-example
     values itself; the ISL loss is already one scalar per batch
-    (SUM_BY_NONZERO_WEIGHTS, §2), which Keras passes through unscaled. The
-    gradients of the replicas are then summed, so without this wrapper
-    N replicas would take N times the step of one device (and Keras's loss
+    (SUM_BY_NONZERO_WEIGHTS, §2), which Keras passes through unscaled, and
+    the replicas' gradients are then summed. Without a correction N
+    replicas would take N times the step of one device (and Keras's loss
     tracker, which multiplies by N again, would report N times the loss).
+
+    With an `ISLLoss` (`global_normalization`), each head's masked
+    cross-entropy sum on this replica is divided by the head's count of
+    labelled pixels over ALL replicas (an all-reduce of `[num_heads]`
+    counts), so the replicas' values add up to exactly the one-device loss of
+    the global batch even when replicas hold different numbers of labelled
+    pixels (padding, missing labels). Any other loss is divided by the
+    number of replicas (exact only when every replica's normalisation is
+    the same). On one replica the wrapped loss is returned unchanged.
     """
 
-    def __init__(self, loss: keras.losses.Loss) -> None:
+    def __init__(self, loss: keras.losses.Loss, global_normalization: bool = True) -> None:
         super().__init__(name=loss.name)
         self.loss = loss
+        self.global_normalization = global_normalization
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        value = self.loss(y_true, y_pred)
+        context = tf.distribute.get_replica_context()
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1:
-            value = value * (1.0 / replicas)
-        return value
+        if replicas <= 1 or context is None:
+            return self.loss(y_true, y_pred)
+        from isl.model import losses as losses_lib
+
+        if not (self.global_normalization and isinstance(self.loss, losses_lib.ISLLoss)):
+            return self.loss(y_true, y_pred) * (1.0 / replicas)
+        # per_head_losses = sum / max(local count, 1) / ln C; undo the local
+        # count and divide by the global one.
+        head_losses = losses_lib.per_head_losses(y_true, y_pred)
+        weights = tf.cast(y_true, tf.float32)[..., 1]
+        local_count = tf.reduce_sum(tf.cast(tf.not_equal(weights, 0.0), tf.float32), axis=(0, 1, 2))
+        global_count = tf.stop_gradient(context.all_reduce(tf.distribute.ReduceOp.SUM, local_count))
+        head_losses = head_losses * tf.maximum(local_count, 1.0) / tf.maximum(global_count, 1.0)
+        return losses_lib.total_loss(head_losses, self.loss.num_input_heads)
 
 
 def _build_metrics_without_data(

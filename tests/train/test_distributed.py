@@ -52,8 +52,16 @@ def test_global_batch_must_split_over_replicas():
 
 
 def test_mirrored_on_two_logical_cpus_matches_one_device(records_dir, tmp_path):
+    # --stack_by_concatenation works around a oneDNN graph-rewrite bug that
+    # swaps head-bias gradients between heads in some traces, on one device
+    # too (see BUILD_NOTES ## Training and mirrored_check.py). --partial_masks
+    # gives the two replicas different numbers of labelled pixels (2 of 8
+    # rows vs all), which the old per-replica normalisation got 66 % wrong.
     completed = subprocess.run(
-        [sys.executable, "-m", "tests.train.mirrored_check", records_dir, str(tmp_path)],
+        [
+            sys.executable, "-m", "tests.train.mirrored_check", records_dir, str(tmp_path),
+            "--stack_by_concatenation", "--partial_masks",
+        ],
         cwd=REPOSITORY_ROOT, env=_environment(), capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -61,11 +69,15 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(records_dir, tmp_path):
         result = json.load(handle)
     assert result["replicas"] == 2
     # The same global batch, split 4 + 4, with batch norm over the global
-    # batch and the loss scaled per replica: the step's loss is the same...
+    # batch and each head's loss normalised by its global labelled-pixel
+    # count (ReplicaScaledLoss): the step's loss is the same...
     assert abs(result["loss_mirrored"] - result["loss_default"]) <= 1e-5 * result["loss_default"], result
-    # ...and so is the update of every convolution kernel (SGD: the update
-    # is the gradient). Biases and BN offsets agree less well (see BUILD_NOTES).
-    assert result["kernel_relative_difference"] < 0.05, result
+    # ...and so is the update of every trainable weight (SGD: the update is
+    # the gradient; measured 0.004 % with these masks, 0.2-0.6 % with full
+    # masks: float32 summation order) and of the BN moving statistics.
+    assert result["trainable_relative_difference"] < 0.01, result
+    assert result["bias_relative_difference"] < 0.01, result
+    assert result["moving_statistics_relative_difference"] < 0.001, result
 
 
 def _free_ports(count: int) -> list[int]:
