@@ -72,12 +72,15 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(records_dir, tmp_path):
     # batch and each head's loss normalised by its global labelled-pixel
     # count (ReplicaScaledLoss): the step's loss is the same...
     assert abs(result["loss_mirrored"] - result["loss_default"]) <= 1e-5 * result["loss_default"], result
-    # ...and so is the update of every trainable weight (SGD: the update is
-    # the gradient; measured 0.004 % with these masks, 0.2-0.6 % with full
-    # masks: float32 summation order) and of the BN moving statistics.
-    assert result["trainable_relative_difference"] < 0.01, result
-    assert result["bias_relative_difference"] < 0.01, result
-    assert result["moving_statistics_relative_difference"] < 0.001, result
+    # ...and so are the updates (SGD: the update is the gradient). The head
+    # biases, whose gradients are plain sums of the logits' gradients, agree
+    # to 1e-3 (measured 1e-5; the oneDNN bug gave 8-110 %). Kernels and BN
+    # gamma/beta vary 0.1-2.5 % from run to run, with or without oneDNN:
+    # float32 summation order through batch norm at initialisation. The old
+    # per-replica loss normalisation was 66 % off with these masks.
+    assert result["bias_relative_difference"] < 1e-3, result
+    assert result["trainable_relative_difference"] < 0.05, result
+    assert result["moving_statistics_relative_difference"] < 1e-3, result
 
 
 def _free_ports(count: int) -> list[int]:
