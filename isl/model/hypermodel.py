@@ -424,8 +424,17 @@ class ISLHyperModel(keras_tuner.HyperModel):
 
 
 def compile_for_training(model: Any, config: config_lib.ExperimentConfig) -> None:
-    """Compiles as `isl train` does: the trainer's optimizer and `ISLLoss` (§2, §4)."""
+    """Compiles as `isl train` does: the trainer's optimizer and `ISLLoss` (§2, §4).
+
+    The loss is wrapped in the trainer's `ReplicaScaledLoss`, so a trial under
+    `--strategy=mirrored` takes the one-device step of the global batch (on
+    one replica the wrapper returns the loss unchanged).
+    """
     from isl.model import losses
     from isl.train import trainer
 
-    model.compile(optimizer=trainer.make_optimizer(config.train), loss=losses.ISLLoss(config.channels), jit_compile=False)
+    model.compile(
+        optimizer=trainer.make_optimizer(config.train),
+        loss=trainer.ReplicaScaledLoss(losses.ISLLoss(config.channels)),
+        jit_compile=False,
+    )
