@@ -49,6 +49,8 @@ from isl import config as config_lib
 from isl import errors
 from isl.io import atomic
 from isl.model import geometry as geometry_lib
+from isl.model import losses as losses_lib
+from isl.model import saving
 from isl.progress import Progress
 from isl.train import callbacks as callbacks_lib
 from isl.train import strategy as strategy_lib
@@ -181,8 +183,6 @@ class ReplicaScaledLoss(keras.losses.Loss):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if replicas <= 1 or context is None:
             return self.loss(y_true, y_pred)
-        from isl.model import losses as losses_lib
-
         if not (self.global_normalization and isinstance(self.loss, losses_lib.ISLLoss)):
             return self.loss(y_true, y_pred) * (1.0 / replicas)
         # per_head_losses = sum / max(local count, 1) / ln C; undo the local
@@ -259,22 +259,10 @@ def _default_build_model(config: config_lib.ExperimentConfig, input_size: int | 
     return builder.build_model(config, input_size=input_size)
 
 
-def _default_loss(channels: config_lib.ChannelConfig) -> keras.losses.Loss:
-    from isl.model import losses
-
-    return losses.ISLLoss(channels)
-
-
 def _default_dataset(data_dir: str, config: config_lib.ExperimentConfig, **kwargs: Any) -> tf.data.Dataset:
     from isl.data import pipeline
 
     return pipeline.build_dataset(data_dir, config, **kwargs)
-
-
-def _default_save_model_dir(model: keras.Model, config: config_lib.ExperimentConfig, directory: str) -> None:
-    from isl.model import saving
-
-    saving.save_model_dir(model, config, directory)
 
 
 def _read_summary(model_dir: str) -> dict[str, Any]:
@@ -305,10 +293,7 @@ def train(
     log: Callable[[str], None] | None = None,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
     build_model_fn: Callable[..., keras.Model] | None = None,
-    loss_fn: Callable[[config_lib.ChannelConfig], keras.losses.Loss] | None = None,
     dataset_fn: Callable[..., tf.data.Dataset] | None = None,
-    save_model_dir_fn: Callable[..., None] | None = None,
-    per_head_loss_fn: Callable[[Any, Any], Any] | None = None,
 ) -> TrainResult:
     """Trains (or resumes training of) a model to `total_steps` global steps.
 
@@ -325,8 +310,9 @@ def train(
         show_progress: draw a progress bar on stderr (chief only).
         log: receives human-readable status lines (default: `logging`).
         extra_callbacks: more Keras callbacks (e.g. for tests).
-        build_model_fn, loss_fn, dataset_fn, save_model_dir_fn,
-            per_head_loss_fn: replace the real stages (tests use stand-ins).
+        build_model_fn, dataset_fn: replace the model builder and the data
+            pipeline (the Mirrored parity check starts both sides from the
+            same weights and a fixed batch).
 
     Returns:
         A `TrainResult`.
@@ -336,9 +322,7 @@ def train(
     log = log or logger.info
     strategy = strategy or tf.distribute.get_strategy()
     build_model_fn = build_model_fn or _default_build_model
-    loss_fn = loss_fn or _default_loss
     dataset_fn = dataset_fn or _default_dataset
-    save_model_dir_fn = save_model_dir_fn or _default_save_model_dir
     chief = strategy_lib.is_chief(strategy)
     start_time = time.monotonic()
     model_dir = os.path.abspath(os.fspath(model_dir))
@@ -375,8 +359,8 @@ def train(
         optimizer = make_optimizer(train_config)
         model.compile(
             optimizer=optimizer,
-            loss=ReplicaScaledLoss(loss_fn(config.channels)),
-            metrics=[callbacks_lib.PerHeadLosses(head_names, per_head_loss_fn)],
+            loss=ReplicaScaledLoss(losses_lib.ISLLoss(config.channels)),
+            metrics=[callbacks_lib.PerHeadLosses(head_names)],
             jit_compile=bool(train_config.jit_compile),
         )
         optimizer.build(model.trainable_variables)
@@ -417,7 +401,7 @@ def train(
     def save(step: int) -> None:
         manager.save(checkpoint_number=step)
         if chief:
-            save_model_dir_fn(model, config, model_dir)
+            saving.save_model_dir(model, config, model_dir)
 
     # Data: the global batch is split over replicas through InputContext.
     data_seed = train_config.seed + resumed_from_step
