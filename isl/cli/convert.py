@@ -23,6 +23,11 @@ OUTPUT_DIR/dataset.json (channels, z counts, image sizes, example counts,
 source files). Every N-th well (--eval_every, 8 as in the paper) or the
 named --eval_wells are held out for evaluation.
 
+With one well (the released Condition B sample), split by region instead:
+--region crops the training examples to a rectangle and --eval_region writes
+each well again, cropped to a rectangle that does not overlap it, as the
+evaluation example (rows r0:r1, columns c0:c1, image pixels, ends exclusive).
+
 The channel vocabulary comes from the config (--preset, --config, --set), e.g.
   --set 'channels.target_channels=["DAPI_CONFOCAL","GFAP_CONFOCAL"]'
 A file of any other channel is an error naming it.
@@ -30,8 +35,10 @@ A file of any other channel is an error naming it.
 Atomic: everything is checked before writing, and on any failure nothing is
 left in OUTPUT_DIR. Bad input exits with code 2 and a message naming the file.
 
-Example:
+Examples:
   isl convert --input_dir=../shared/data/condition_b_sample --output_dir=records --num_shards=1
+  isl convert --input_dir=../shared/data/condition_b_sample --output_dir=records \
+      --region=0:736,0:768 --eval_region=768:1024,0:768
 """
 IMPLEMENTED = True
 
@@ -48,6 +55,10 @@ def define_flags(flag_values: Any) -> None:
                          flag_values=flag_values)
     flags.DEFINE_list("eval_wells", [], "Hold out these wells instead (name, well id such as A4, or folder name).",
                       flag_values=flag_values)
+    flags.DEFINE_string("region", None, "Crop the training examples to r0:r1,c0:c1 (image pixels, ends exclusive).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("eval_region", None, "Hold out this rectangle r0:r1,c0:c1 of every well for evaluation "
+                        "(instead of whole wells); it must not overlap --region.", flag_values=flag_values)
     flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --output_dir.", flag_values=flag_values)
     flags.DEFINE_string("preset", "paper", "Preset whose channel vocabulary is used.", flag_values=flag_values)
     flags.DEFINE_string("config", None, "JSON config file layered over the preset.", flag_values=flag_values)
@@ -89,6 +100,8 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         num_eval_shards=flag_values["num_eval_shards"].value,
         overwrite=flag_values["overwrite"].value,
         progress=report,
+        region=flag_values["region"].value,
+        eval_region=flag_values["eval_region"].value,
     )
     bar.close()
     description = result.description
@@ -97,14 +110,17 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     if len(result.skipped) > 10:
         print(f"skipped {len(result.skipped) - 10} more files (listed in dataset.json)", file=sys.stderr)
     print(
-        f"Converted {sum(result.num_examples.values())} well(s): {result.num_examples['train']} train, "
-        f"{result.num_examples['eval']} eval; z counts {description['z_counts']}, "
+        f"Converted {len({well['name'] for well in description['wells']})} well(s) into "
+        f"{result.num_examples['train']} train and {result.num_examples['eval']} eval example(s); z counts {description['z_counts']}, "
         f"image sizes {description['image_sizes']}, targets {', '.join(description['channels']['target_channels']) or 'none'}."
     )
     for split in ("train", "eval"):
         if result.shards[split]:
             print(f"{split}: {len(result.shards[split])} shard(s) in {result.output_dir}")
-    if not result.num_examples["eval"]:
+    if flag_values["eval_region"].value:
+        print(f"Held out rows,columns {flag_values['eval_region'].value} of every well for evaluation"
+              + (f"; training examples cropped to {flag_values['region'].value}." if flag_values["region"].value else "."))
+    elif not result.num_examples["eval"]:
         print("No well was held out for evaluation (fewer wells than --eval_every, or --eval_every=0); "
               "use --eval_wells to name some.")
     print(f"Wrote {result.dataset_json}")

@@ -10,6 +10,12 @@ Split: wells sorted by name; with `eval_every=N` every N-th well (positions
 N-1, 2N-1, ...) is held out for evaluation, 1 in 8 as the paper held out 1/8
 of its shards (§3.5); `eval_wells` names the held-out wells instead. Within a
 split, well i goes to shard i mod num_shards.
+
+Regions: with only one well (the released Condition B sample), a split by
+region instead: `region` crops every training example to a rectangle and
+`eval_region` writes each well a second time, cropped to another,
+non-overlapping rectangle, as an evaluation example. The training shards then
+never hold a pixel (input or label) of the evaluation rectangle.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import json
 import math
 import os
 from collections.abc import Callable
+
+import numpy as np
 
 from isl import config as config_lib
 from isl import errors
@@ -48,6 +56,67 @@ class ConvertResult:
     num_examples: dict[str, int]
     skipped: list[tuple[str, str]]
     description: dict
+
+
+Region = tuple[tuple[int, int], tuple[int, int]]
+"""((row_start, row_end), (column_start, column_end)), image pixels, ends exclusive."""
+
+
+def parse_region(spec: str, flag: str = "--region") -> Region:
+    """Parses "r0:r1,c0:c1" (image pixels, ends exclusive; an empty end means the image edge).
+
+    Raises:
+        InputError: for a malformed or empty rectangle.
+    """
+    try:
+        row_part, column_part = spec.split(",")
+        parsed = []
+        for part in (row_part, column_part):
+            start_text, end_text = part.split(":")
+            start = int(start_text) if start_text.strip() else 0
+            end = int(end_text) if end_text.strip() else -1
+            parsed.append((start, end))
+    except ValueError:
+        raise errors.InputError(
+            f"Bad {flag} {spec!r}: use r0:r1,c0:c1 in image pixels, e.g. 0:736,0:768 (an empty end means the edge)."
+        ) from None
+    for start, end in parsed:
+        if start < 0 or (end != -1 and end <= start):
+            raise errors.InputError(f"Bad {flag} {spec!r}: each range needs 0 <= start < end.")
+    return (parsed[0], parsed[1])
+
+
+def _resolve_region(region: Region, height: int, width: int, flag: str, well: str) -> Region:
+    """Replaces open ends by the image size and checks the rectangle lies inside the image."""
+    resolved = []
+    for (start, end), side, axis in ((region[0], height, "rows"), (region[1], width, "columns")):
+        end = side if end == -1 else end
+        if end > side or start >= side:
+            raise errors.InputError(
+                f"{well}: {flag} {axis} {start}:{end} fall outside the image ({height}x{width})."
+            )
+        resolved.append((start, end))
+    return (resolved[0], resolved[1])
+
+
+def _overlap(first: Region, second: Region) -> bool:
+    return all(a_start < b_end and b_start < a_end for (a_start, a_end), (b_start, b_end) in zip(first, second))
+
+
+def _region_text(region: Region) -> str:
+    (row_start, row_end), (column_start, column_end) = region
+    return f"{row_start}:{row_end},{column_start}:{column_end}"
+
+
+def _crop(raw: wells_lib.RawWell, region: Region | None) -> wells_lib.RawWell:
+    if region is None:
+        return raw
+    (row_start, row_end), (column_start, column_end) = region
+    return dataclasses.replace(
+        raw,
+        inputs=np.ascontiguousarray(raw.inputs[row_start:row_end, column_start:column_end]),
+        targets=np.ascontiguousarray(raw.targets[row_start:row_end, column_start:column_end]),
+    )
 
 
 def split_wells(
@@ -103,6 +172,8 @@ def convert(
     num_eval_shards: int | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    region: str | None = None,
+    eval_region: str | None = None,
 ) -> ConvertResult:
     """Converts image folders into `{train,eval}-xxxxx-of-yyyyy.tfrecord` and `dataset.json`.
 
@@ -116,6 +187,11 @@ def convert(
         num_eval_shards: evaluation shards; default ceil(num_shards / 8).
         overwrite: replace an existing non-empty `output_dir`.
         progress: called as progress(done, total, well_name) after each well.
+        region: "r0:r1,c0:c1": crop every training example to this rectangle.
+        eval_region: "r0:r1,c0:c1": instead of holding out wells, write every
+            well also as an evaluation example cropped to this rectangle
+            (which must not overlap `region`); `eval_every` and `eval_wells`
+            must then be unset.
 
     Returns:
         A `ConvertResult`.
@@ -137,14 +213,39 @@ def convert(
         if absolute == output_dir or absolute.startswith(output_dir + os.sep):
             raise errors.InputError(f"{input_dir}: the input folder lies inside the output folder {output_dir}.")
 
+    train_region = parse_region(region, "--region") if region else None
+    held_out_region = parse_region(eval_region, "--eval_region") if eval_region else None
+    if held_out_region is not None and eval_wells:
+        raise errors.InputError("--eval_region and --eval_wells exclude each other: hold out a region or wells.")
+
     scan = wells_lib.scan_wells(list(input_dirs), channels)
+    regions: dict[str, dict[str, Region | None]] = {}
+    for well in scan.wells:
+        train_rectangle = (
+            _resolve_region(train_region, well.height, well.width, "--region", well.name) if train_region else None
+        )
+        eval_rectangle = (
+            _resolve_region(held_out_region, well.height, well.width, "--eval_region", well.name)
+            if held_out_region else None
+        )
+        if eval_rectangle is not None:
+            full = ((0, well.height), (0, well.width))
+            if _overlap(train_rectangle or full, eval_rectangle):
+                raise errors.InputError(
+                    f"{well.name}: --eval_region {_region_text(eval_rectangle)} overlaps the training region "
+                    f"{_region_text(train_rectangle or full)}; pass a --region that leaves it out."
+                )
+        regions[well.name] = {"train": train_rectangle, "eval": eval_rectangle}
     names = [well.name for well in scan.wells]
     aliases = {
         well.name: {well.metadata.get("well", ""), os.path.basename(os.path.abspath(well.directory))} - {""}
         for well in scan.wells
     }
-    assignment = split_wells(names, eval_every, eval_wells, aliases)
-    by_split = {split: [well for well in scan.wells if assignment[well.name] == split] for split in schema.SPLITS}
+    if held_out_region is not None:
+        by_split = {"train": list(scan.wells), "eval": list(scan.wells)}
+    else:
+        assignment = split_wells(names, eval_every, eval_wells, aliases)
+        by_split = {split: [well for well in scan.wells if assignment[well.name] == split] for split in schema.SPLITS}
     if not by_split["train"]:
         raise errors.InputError(
             f"Every well ({len(names)}) was held out for evaluation; none is left for training. "
@@ -158,7 +259,7 @@ def convert(
 
     import tensorflow as tf  # After the checks: bad input fails fast.
 
-    total = len(scan.wells)
+    total = len(by_split["train"]) + len(by_split["eval"])
     done = 0
     well_records = []
     shards: dict[str, list[str]] = {split: [] for split in schema.SPLITS}
@@ -171,10 +272,11 @@ def convert(
                 shards[split].append(os.path.join(output_dir, file_name))
                 with tf.io.TFRecordWriter(os.path.join(temporary, file_name)) as writer:
                     for well in members[shard_index::count]:
-                        raw = wells_lib.load_raw_well(well)
+                        rectangle = regions[well.name][split]
+                        raw = _crop(wells_lib.load_raw_well(well), rectangle)
                         writer.write(tfrecords.encode_well(raw))
                         del raw
-                        well_records.append(_well_record(well, split, file_name))
+                        well_records.append(_well_record(well, split, file_name, rectangle))
                         done += 1
                         if progress:
                             progress(done, total, well.name)
@@ -200,15 +302,19 @@ def _make_readable(directory: str) -> None:
         os.chmod(os.path.join(directory, name), 0o666 & ~umask)
 
 
-def _well_record(well: wells_lib.WellSource, split: str, shard: str) -> dict:
+def _well_record(well: wells_lib.WellSource, split: str, shard: str, region: Region | None = None) -> dict:
+    (row_start, row_end), (column_start, column_end) = region or ((0, well.height), (0, well.width))
     return {
         "name": well.name,
         "split": split,
         "shard": shard,
         **well.metadata,
         "directory": os.path.abspath(well.directory),
-        "height": well.height,
-        "width": well.width,
+        "height": row_end - row_start,
+        "width": column_end - column_start,
+        "region": _region_text(((row_start, row_end), (column_start, column_end))),
+        "source_height": well.height,
+        "source_width": well.width,
         "input_modality": well.modality,
         "num_source_z": well.num_source_z,
         "input_bit_depth": 8 * well.input_dtype.itemsize,

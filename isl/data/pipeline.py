@@ -159,10 +159,13 @@ def _check_description(description: dict | None, data_dir: str, split: str, conf
             f"{data_dir}: its transmitted light ({', '.join(sorted(modalities))}) is not among the config's "
             f"input modalities ({', '.join(config.channels.input_modalities)}); every input would be masked out."
         )
+    # Evaluation crops of small images (a held-out region of a well, `isl
+    # convert --eval_region`) are zero-padded with mask 0, so the pixels
+    # beyond the image carry no loss; training crops must fit (§3.5).
     small = [
         f"{well['name']} ({well['height']}x{well['width']})"
         for well in description.get("wells", [])
-        if well.get("split") == split
+        if split == "train" and well.get("split") == split
         and min(well["height"], well["width"]) + 2 * layout.pad < layout.crop_size
     ]
     if small:

@@ -60,3 +60,43 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, c
     assert problem in error and "Traceback" not in error
     assert not output.exists()
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
+
+
+def test_region_split_holds_out_a_rectangle_of_each_well(tmp_path, capsys):
+    import numpy as np
+    import tensorflow as tf
+
+    from isl.data import schema
+
+    wellmaker.random_well(str(tmp_path / "in"), num_z=2, height=40, width=24, seed=3)
+    output = tmp_path / "out"
+    code = main.run_command(["convert", f"--input_dir={tmp_path / 'in'}", f"--output_dir={output}",
+                             "--region=0:28,:", "--eval_region=30:,0:24", "--noprogress", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["num_examples"] == {"train": 1, "eval": 1}
+    description = json.loads((output / "dataset.json").read_text())
+    by_split = {well["split"]: well for well in description["wells"]}
+    assert (by_split["train"]["height"], by_split["train"]["width"], by_split["train"]["region"]) == (28, 24, "0:28,0:24")
+    assert (by_split["eval"]["height"], by_split["eval"]["width"], by_split["eval"]["region"]) == (10, 24, "30:40,0:24")
+    heights = []
+    for split in ("train", "eval"):
+        for record in tf.data.TFRecordDataset(str(output / f"{split}-00000-of-00001.tfrecord")):
+            example = tf.train.Example.FromString(record.numpy())
+            heights.append(example.features.feature[schema.IMAGE_HEIGHT].int64_list.value[0])
+    assert heights == [28, 10]
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--region=0:30,:", "--eval_region=20:40,:"], "overlaps the training region"),
+    (["--eval_region=30:50,:"], "fall outside the image"),
+    (["--region=0-30"], "Bad --region"),
+    (["--eval_region=30:,:", "--eval_wells=B2"], "exclude each other"),
+])
+def test_bad_regions_exit_2_and_write_nothing(tmp_path, capsys, flags, problem):
+    wellmaker.random_well(str(tmp_path / "in"), num_z=2, height=40, width=24)
+    output = tmp_path / "out"
+    code = main.run_command(["convert", f"--input_dir={tmp_path / 'in'}", f"--output_dir={output}", "--noprogress"] + flags)
+    error = capsys.readouterr().err
+    assert code == 2 and problem in error and "Traceback" not in error
+    assert not output.exists()

@@ -176,3 +176,21 @@ def test_larger_outputs_unpadded_crops_and_input_context_sharding(round_trip):
     too_large = dataclasses.replace(unpadded, data=dataclasses.replace(unpadded.data, crop_size=160))
     with pytest.raises(errors.InputError, match="smaller than the 160-px crop"):
         pipeline.build_dataset(records, too_large)
+
+
+def test_evaluation_accepts_images_smaller_than_the_crop_and_masks_the_padding(tmp_path):
+    """A held-out region narrower than the crop (`isl convert --eval_region`) still evaluates."""
+    from isl.data import convert, synthetic
+
+    wells = tmp_path / "wells"
+    synthetic.write_synthetic_dataset(str(wells), num_wells=1, size=160, num_z=13, seed=0)
+    records = tmp_path / "records"
+    convert.convert([str(wells)], str(records), TINY.channels, region="0:120,:", eval_region="130:160,:")
+    large_crop = dataclasses.replace(TINY, data=dataclasses.replace(TINY.data, crop_size=100, pad_border=False))
+    batches = list(pipeline.build_dataset(str(records), large_crop, split="eval", repeat=False))
+    labels = np.concatenate([np.asarray(labels) for _, labels in batches])
+    weights = labels[..., 1]
+    # Rows 130:160 give 30 labelled rows; the crops' rows beyond them carry no weight.
+    assert 0 < weights.mean() < 1
+    with pytest.raises(errors.InputError, match="smaller than the"):
+        pipeline.build_dataset(str(records), dataclasses.replace(large_crop, data=dataclasses.replace(large_crop.data, crop_size=130)))
