@@ -150,7 +150,10 @@ class ModelConfig:
     values; nothing is tabulated.
 
     Attributes:
-        architecture: "concordance" (the released model) or "fovea" (§1.8).
+        architecture: "concordance" (the released model), "fovea" (§1.8), or
+            "unet" (a small U-Net baseline, not in the paper; `isl.model.unet`:
+            it takes the concordance fields' patch geometry and ignores the
+            other concordance fields).
         num_scales: number of towers; tower s works at 1/2**s resolution.
         projection_depth: features of the initial 1x1 projection with bias;
             0 feeds the raw value/mask stack to the towers (paper-style input,
@@ -172,6 +175,9 @@ class ModelConfig:
         num_classes: intensity bins of each head's distribution.
         batch_norm_momentum: moving-average decay of batch norm.
         batch_norm_epsilon: batch norm epsilon.
+        unet_levels, unet_filters, unet_context: the U-Net baseline's pooling
+            levels, first-level filters (doubled per level) and the context in
+            pixels it reads on each side of the output.
     """
 
     architecture: str = "concordance"
@@ -191,11 +197,14 @@ class ModelConfig:
     num_classes: int = 256
     batch_norm_momentum: float = 0.999
     batch_norm_epsilon: float = 1e-3
+    unet_levels: int = 4
+    unet_filters: int = 32
+    unet_context: int = 60
 
     def validate(self) -> None:
-        if self.architecture not in ("concordance", "fovea"):
+        if self.architecture not in ("concordance", "fovea", "unet"):
             raise ValueError(
-                "architecture must be 'concordance' or 'fovea'. "
+                "architecture must be 'concordance', 'fovea' or 'unet'. "
                 f"Received: {self.architecture!r}"
             )
         for name in ("num_scales", "base_depth", "num_classes", "output_size"):

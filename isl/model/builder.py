@@ -40,6 +40,7 @@ from isl.model import blocks
 from isl.model import geometry as geometry_lib
 from isl.model import heads as heads_lib
 from isl.model import layers as isl_layers
+from isl.model import unet as unet_lib
 
 INPUT_NAME = "transmitted_light"
 PROJECTION_LAYER = "projection"
@@ -208,7 +209,12 @@ def build_model(
         dtype="float32",
         name=INPUT_NAME,
     )
-    embedding = build_core(inputs, model_config, settings)
+    if model_config.architecture == "unet":
+        reference = geometry_lib.reference_geometry(model_config)
+        unet_lib.check_unet(model_config, reference.output_size, reference.border)
+        embedding = unet_lib.build_unet_core(inputs, model_config, settings, reference.border)
+    else:
+        embedding = build_core(inputs, model_config, settings)
     logits = heads_lib.add_heads(embedding, config.channels, model_config.num_classes, settings)
     return keras.Model(inputs, logits, name=f"isl_{model_config.architecture}")
 

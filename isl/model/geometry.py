@@ -16,6 +16,10 @@ Rules (isl_reference.md §1.2-§1.6, §1.8); all padding is VALID:
   transposed module alone (2n for k = 2);
 * upper tower: `upper_tower_modules` in-scale modules after the merge.
 
+The U-Net baseline (`architecture="unet"`, `isl.model.unet`) takes the
+patches the concordance fields describe (250 + 16k -> 8 + 16k by default), so
+it shares the pipeline and the tiler.
+
 Tower s has s down blocks, `lower_modules_scale_0 - lower_modules_step * s`
 in-scale modules, then s up blocks. Each tower takes a centre crop of the
 (projected) input; the largest tower uses the whole input.
@@ -89,27 +93,27 @@ def _down_block(model: config_lib.ModelConfig, size: int) -> int:
     if (size - model.down_kernel) % 2:
         raise ValueError(f"Down block input {size} is not compatible with stride 2.")
     size = (size - model.down_kernel) // 2 + 1
-    if model.architecture == "concordance":
+    if model.architecture != "fovea":
         size -= model.in_scale_kernel - 1
     return size
 
 
 def _down_block_inverse(model: config_lib.ModelConfig, size: int) -> int:
-    if model.architecture == "concordance":
+    if model.architecture != "fovea":
         size += model.in_scale_kernel - 1
     return 2 * (size - 1) + model.down_kernel
 
 
 def _up_block(model: config_lib.ModelConfig, size: int) -> int:
     size = 2 * size + model.up_kernel - 2
-    if model.architecture == "concordance":
+    if model.architecture != "fovea":
         size -= 2 * UP_BLOCK_CROP + model.in_scale_kernel - 1
     return size
 
 
 def _up_block_inverse(model: config_lib.ModelConfig, size: int) -> int | None:
     """Input side of an up block giving `size`, or None if none exists."""
-    if model.architecture == "concordance":
+    if model.architecture != "fovea":
         size += 2 * UP_BLOCK_CROP + model.in_scale_kernel - 1
     size -= model.up_kernel - 2
     if size % 2 or size < 2:
@@ -254,7 +258,7 @@ def _transposed_back(interval: Interval, kernel: int, input_size: int) -> Interv
 
 def _tower_back(model: config_lib.ModelConfig, tower: TowerGeometry, interval: Interval) -> Interval:
     """Maps merge rows [a, b] back to rows of the tower's centre crop."""
-    concordance = model.architecture == "concordance"
+    concordance = model.architecture != "fovea"
     in_scale = model.in_scale_kernel
     sizes_before_up = (tower.lower_sizes or tower.down_sizes or (tower.crop_size,))[-1:]
     up_inputs = list(sizes_before_up) + list(tower.up_sizes[:-1])
