@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "isl.cli.evaluate",
     "tune": "isl.cli.tune",
     "export": "isl.cli.export",
+    "recalibrate": "isl.cli.recalibrate",
     "describe": "isl.cli.describe",
     "benchmark": "isl.cli.benchmark",
     "demo": "isl.cli.demo",
