@@ -9,7 +9,11 @@ same scene it renders
   the optical thickness changes sign from one side of focus to the other, so
   depth carries information (as in real transmitted light);
 * DAPI (nuclei), MAP2 (somas + dendrites) and NFH (axons + somas) confocal
-  maximum projections, so the labels are learnable from the stack.
+  maximum projections, so the labels are learnable from the stack; on request
+  also the other labels of the paper's conditions (`ALL_TARGETS`): DAPI and
+  TuJ1 (whole neurons) wide field, Islet1 (the nuclei of every third cell,
+  "motor neurons"), a dead-cell stain (the nuclei of every fourth cell) and
+  CellMask (cell outlines), so every condition preset can be exercised.
 
 Intensities are normalised like the released data (§3.4, §7): every
 transmitted-light slice to mean 0.5, std 0.11, clipped to [0, 1]; confocal
@@ -29,6 +33,10 @@ LAB = "SYNTHETIC"
 CONDITION = "NEURONS_0_1"
 MODALITY = "PHASE_CONTRAST"
 TARGETS = ("DAPI_CONFOCAL", "MAP2_CONFOCAL", "NFH_CONFOCAL")
+ALL_TARGETS = TARGETS + (
+    "DAPI_WIDEFIELD", "TUJ1_WIDEFIELD", "ISLET_WIDEFIELD", "DEAD_CONFOCAL", "CELLMASK_CONFOCAL"
+)
+MODALITIES = ("BRIGHTFIELD", "PHASE_CONTRAST", "DIC")
 
 
 def _frequencies(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,9 +84,9 @@ def _disk(image: np.ndarray, centre: np.ndarray, radius: float, weight: float) -
 
 
 def render_scene(
-    height: int, width: int, num_z: int, rng: np.random.Generator
+    height: int, width: int, num_z: int, rng: np.random.Generator, targets: tuple[str, ...] = TARGETS
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Renders one well.
+    """Renders one well with the requested target channels (names of `ALL_TARGETS`).
 
     Returns:
         (stack `[num_z, height, width]` float32 in [0, 1],
@@ -88,12 +96,22 @@ def render_scene(
     nuclei = np.zeros((height, width), np.float32)
     dendrites = np.zeros((height, width), np.float32)
     axons = np.zeros((height, width), np.float32)
+    # Subsets chosen by the cell's index, so the random stream (and every
+    # image above) does not depend on which labels are requested.
+    motor_nuclei = np.zeros((height, width), np.float32)
+    dead_nuclei = np.zeros((height, width), np.float32)
     num_cells = max(3, int(round(height * width / 9000 * rng.uniform(0.7, 1.3))))
-    for _ in range(num_cells):
+    for cell in range(num_cells):
         centre = rng.uniform([0, 0], [height, width])
         radius = rng.uniform(7.0, 12.0)
         _disk(somas, centre, radius, 1.0)
-        _disk(nuclei, centre + rng.normal(0, 1.0, 2), radius * rng.uniform(0.5, 0.65), 1.0)
+        nucleus_centre = centre + rng.normal(0, 1.0, 2)
+        nucleus_radius = radius * rng.uniform(0.5, 0.65)
+        _disk(nuclei, nucleus_centre, nucleus_radius, 1.0)
+        if cell % 3 == 0:
+            _disk(motor_nuclei, nucleus_centre, nucleus_radius, 1.0)
+        if cell % 4 == 1:
+            _disk(dead_nuclei, nucleus_centre, nucleus_radius, 1.0)
         for _ in range(rng.integers(2, 5)):
             angle = rng.uniform(0, 2 * np.pi)
             start = centre + radius * np.array([np.sin(angle), np.cos(angle)])
@@ -129,12 +147,24 @@ def render_scene(
         image += rng.normal(0.0, 0.01, image.shape)
         return np.clip(image, 0.0, 1.0).astype(np.float32)
 
-    targets = {
-        "DAPI_CONFOCAL": fluorescence(spectra["nuclei"], 1.0, 0.6),
-        "MAP2_CONFOCAL": fluorescence(0.7 * spectra["somas"] + spectra["dendrites"], 1.0, 0.55),
-        "NFH_CONFOCAL": fluorescence(0.4 * spectra["somas"] + spectra["axons"], 0.8, 0.55),
+    renderers = {
+        "DAPI_CONFOCAL": lambda: fluorescence(spectra["nuclei"], 1.0, 0.6),
+        "MAP2_CONFOCAL": lambda: fluorescence(0.7 * spectra["somas"] + spectra["dendrites"], 1.0, 0.55),
+        "NFH_CONFOCAL": lambda: fluorescence(0.4 * spectra["somas"] + spectra["axons"], 0.8, 0.55),
+        "DAPI_WIDEFIELD": lambda: fluorescence(spectra["nuclei"], 2.5, 0.6),
+        "TUJ1_WIDEFIELD": lambda: fluorescence(
+            spectra["somas"] + 0.8 * spectra["dendrites"] + spectra["axons"], 2.0, 0.55),
+        "ISLET_WIDEFIELD": lambda: fluorescence(np.fft.rfft2(motor_nuclei), 2.5, 0.6),
+        "DEAD_CONFOCAL": lambda: fluorescence(np.fft.rfft2(dead_nuclei), 1.0, 0.6),
+        "CELLMASK_CONFOCAL": lambda: fluorescence(
+            -laplacian * _gaussian(squared, 1.0) * spectra["somas"] + 0.3 * spectra["somas"], 1.0, 0.55),
     }
-    return stack, targets
+    unknown = sorted(set(targets) - set(renderers))
+    if unknown:
+        raise ValueError(f"No synthetic rendering of {unknown}. Known: {', '.join(ALL_TARGETS)}")
+    # Rendered in a fixed order, so each channel's noise is the same whatever else is requested.
+    rendered = {name: renderers[name]() for name in ALL_TARGETS if name in targets or name in TARGETS}
+    return stack, {name: rendered[name] for name in targets}
 
 
 def _normalise(plane: np.ndarray, mean: float, std: float) -> np.ndarray:
@@ -153,6 +183,8 @@ def write_synthetic_dataset(
     num_z: int = 13,
     seed: int = 0,
     nested_names: bool = False,
+    modality: str = MODALITY,
+    targets: tuple[str, ...] | list[str] = TARGETS,
 ) -> list[str]:
     """Writes `num_wells` synthetic wells, one folder each, in the lab's file naming.
 
@@ -164,6 +196,9 @@ def write_synthetic_dataset(
         seed: everything is a deterministic function of the seed.
         nested_names: use the nested `key,value-X` form of the paper data
             (with kind ORIGINAL) instead of the released sample form.
+        modality: the transmitted-light channel name the stack is saved as
+            (one of `MODALITIES`; the rendering is the same).
+        targets: the fluorescence channels to write (names of `ALL_TARGETS`).
 
     Returns:
         The well folders written.
@@ -179,18 +214,20 @@ def write_synthetic_dataset(
         well = f"{'ABCDEFGH'[index // 12 % 8]}{index % 12 + 1}"
         directory = os.path.join(output_dir, f"well-{well}")
         os.makedirs(directory, exist_ok=True)
-        stack, targets = render_scene(height, width, num_z, np.random.default_rng(rng.integers(2**63)))
+        stack, rendered = render_scene(
+            height, width, num_z, np.random.default_rng(rng.integers(2**63)), tuple(targets)
+        )
         base = filenames.ImageKey(
             lab=LAB, condition=CONDITION, well=well, date="2024-01-15", minute="0",
             tile_computation="" if nested_names else "STITCHED",
             kind=filenames.KIND_ORIGINAL if nested_names else "", nested=nested_names,
         )
         for z in range(num_z):
-            key = _replace(base, z=z, channel=MODALITY)
+            key = _replace(base, z=z, channel=modality)
             images.write_image(os.path.join(directory, filenames.format_name(key)), _to_uint16(stack[z]))
-        for channel in TARGETS:
+        for channel in targets:
             key = _replace(base, z=filenames.MAXPROJECT, channel=channel)
-            images.write_image(os.path.join(directory, filenames.format_name(key)), _to_uint16(targets[channel]))
+            images.write_image(os.path.join(directory, filenames.format_name(key)), _to_uint16(rendered[channel]))
         directories.append(directory)
     return directories
 
