@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "recalibrate": "isl.cli.recalibrate",
     "describe": "isl.cli.describe",
     "benchmark": "isl.cli.benchmark",
+    "curves": "isl.cli.curves",
     "demo": "isl.cli.demo",
 }
 
