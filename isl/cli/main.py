@@ -25,9 +25,9 @@ COMMANDS: dict[str, str] = {
     "tune": "isl.cli.tune",
     "export": "isl.cli.export",
     "recalibrate": "isl.cli.recalibrate",
+    "curves": "isl.cli.curves",
     "describe": "isl.cli.describe",
     "benchmark": "isl.cli.benchmark",
-    "curves": "isl.cli.curves",
     "demo": "isl.cli.demo",
 }
 
