@@ -41,7 +41,7 @@ def define_flags(flag_values: Any) -> None:
         "quantiles q01..q99 (e.g. q05,q95 for a 90% band).",
         flag_values=flag_values,
     )
-    flags.DEFINE_list("channels", [], "Target channels to predict (default: every target channel of the model).", flag_values=flag_values)
+    flags.DEFINE_list("channels", [], "Target channels to predict (default: those the model was trained on, per its trained_channels.json; else all of its target channels).", flag_values=flag_values)
     flags.DEFINE_enum("border", "reflect", ["reflect", "valid", "original"], "Output geometry (see above).", flag_values=flag_values)
     flags.DEFINE_integer("tile_size", 0, "Largest tile side in input pixels (250 + 16k for the paper model); 0 chooses it from available RAM.", flag_values=flag_values)
     flags.DEFINE_integer("batch_size", 1, "Tiles per network call.", flag_values=flag_values)

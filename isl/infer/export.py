@@ -45,6 +45,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -325,6 +326,9 @@ def export_keras_model(
             keras_path = os.path.join(export_dir, KERAS_ARCHIVE)
             model.save(os.path.join(temporary, KERAS_ARCHIVE))
         config_lib.save_config(config, os.path.join(temporary, CONFIG_FILE))
+        trained_channels = os.path.join(model_dir, saving.TRAINED_CHANNELS_FILE)
+        if os.path.isfile(trained_channels):
+            shutil.copyfile(trained_channels, os.path.join(temporary, saving.TRAINED_CHANNELS_FILE))
         atomic.write_text(os.path.join(temporary, EXPORT_INFO_FILE), json.dumps(info, indent=2) + "\n")
     return ExportResult(
         export_dir=export_dir,

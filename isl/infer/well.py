@@ -53,6 +53,8 @@ class Predictor:
         source: the model directory or SavedModel path.
         model: a Keras model (model directory), or None.
         signature: the SavedModel `logits` function, or None.
+        trained_channels: the target channels whose heads saw labels in
+            training (`trained_channels.json`), or None when unknown.
     """
 
     config: config_lib.ExperimentConfig
@@ -60,6 +62,7 @@ class Predictor:
     source: str
     model: Any = None
     signature: Any = None
+    trained_channels: tuple[str, ...] | None = None
     _run_functions: dict = dataclasses.field(default_factory=dict)
 
     def run_function(self, head_indices: tuple[int, ...], statistics: tuple[str, ...], quantiles: tuple[float, ...], with_truth: bool):
@@ -122,7 +125,10 @@ def _load_model_dir(model_dir: str, precision: str) -> Predictor:
         from isl.model import saving
 
         model, config = saving.load_model_dir(model_dir, input_size=None)
-    return Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=model_dir, model=model)
+    from isl.model import saving as saving_lib
+
+    return Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=model_dir, model=model,
+                     trained_channels=saving_lib.read_trained_channels(model_dir))
 
 
 def _load_saved_model(path: str, precision: str) -> Predictor:
@@ -143,20 +149,30 @@ def _load_saved_model(path: str, precision: str) -> Predictor:
             f"(it has {', '.join(loaded.signatures)}); re-export it with `isl export`."
         )
     signature = loaded.signatures[export_lib.LOGITS_SIGNATURE]
-    predictor = Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=path, signature=signature)
+    from isl.model import saving as saving_lib
+
+    predictor = Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=path, signature=signature,
+                          trained_channels=saving_lib.read_trained_channels(path))
     predictor.model = None
     predictor._loaded = loaded  # Keeps the variables alive.
     return predictor
 
 
-def choose_channels(config: config_lib.ExperimentConfig, requested: Sequence[str] | None) -> tuple[str, ...]:
-    """The target channels to predict: the requested ones, or all the model has.
+def choose_channels(
+    config: config_lib.ExperimentConfig,
+    requested: Sequence[str] | None,
+    trained: Sequence[str] | None = None,
+) -> tuple[str, ...]:
+    """The target channels to predict: the requested ones, or by default all the
+    model has, less those known to be untrained (`trained` lists the trained ones).
 
     Raises:
         InputError: for a channel the model does not predict.
     """
     available = config.channels.output_target_channels
     if not requested:
+        if trained is not None and any(channel in trained for channel in available):
+            return tuple(channel for channel in available if channel in trained)
         return tuple(available)
     unknown = [channel for channel in requested if channel not in available]
     if unknown:
@@ -261,7 +277,7 @@ def predict_well(
         raise errors.InputError(f"Unknown --format {image_format!r}; use png or tiff.")
     config = predictor.config
     channel_config = config.channels
-    chosen = choose_channels(config, channels)
+    chosen = choose_channels(config, channels, predictor.trained_channels)
     known, quantiles = predict_lib.parse_statistics(statistics)
     well = wells_lib.read_well(input_dir, channel_config)
     check_z(well, config)

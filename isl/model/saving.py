@@ -29,6 +29,8 @@ from isl.model import heads as heads_lib
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
+# Which target heads saw labels in training (written by `isl train`; optional).
+TRAINED_CHANNELS_FILE = "trained_channels.json"
 
 
 def save_model_dir(model: keras.Model, config: config_lib.ExperimentConfig, directory: str | os.PathLike[str]) -> dict[str, str]:
@@ -89,6 +91,45 @@ def load_model_dir(directory: str | os.PathLike[str], input_size: int | None = N
             f"{weights_path}: the weights do not match the model of {config_path}: {error}"
         ) from None
     return model, config
+
+
+def read_trained_channels(directory: str | os.PathLike[str]) -> tuple[str, ...] | None:
+    """The target channels whose heads were trained, from `trained_channels.json`; None when unknown."""
+    import json
+
+    path = os.path.join(os.fspath(directory), TRAINED_CHANNELS_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as file:
+            return tuple(json.load(file)["target_channels"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise errors.InputError(f"{path}: unreadable ({error}).") from None
+
+
+def write_trained_channels(
+    directory: str | os.PathLike[str], channels: config_lib.ChannelConfig, present: set[str], data_dir: str
+) -> tuple[str, ...]:
+    """Records which target heads get labels from a dataset whose real target channels are `present`.
+
+    A synthetic channel counts when all its sources are present. Channels
+    already recorded in `directory` (a resumed run) are kept. Returns the
+    recorded channels, in head order.
+    """
+    import json
+
+    trained = set(read_trained_channels(directory) or ())
+    trained |= {channel for channel in channels.target_channels if channel in present}
+    trained |= {
+        synthetic.name
+        for synthetic in channels.active_synthetic_channels
+        if all(source in present for source in synthetic.sources)
+    }
+    ordered = tuple(channel for channel in channels.output_target_channels if channel in trained)
+    path = os.path.join(os.fspath(directory), TRAINED_CHANNELS_FILE)
+    atomic.write_text(path, json.dumps({"target_channels": list(ordered), "last_data_dir": os.path.abspath(data_dir)},
+                                       indent=2) + "\n")
+    return ordered
 
 
 # ---------------------------------------------------------------------------

@@ -280,6 +280,24 @@ def _split_logs(logs: dict[str, float]) -> tuple[dict[str, float], dict[str, flo
     return train, evaluation
 
 
+def _record_trained_channels(
+    model_dir: str, data_dir: str, config: config_lib.ExperimentConfig, restored_from: str | None
+) -> None:
+    """Writes `trained_channels.json`: the heads this data (and a restored model) trained.
+
+    `isl predict` then writes only those by default; a head whose label never
+    occurs keeps its initial weights (isl_reference.md §4).
+    """
+    from isl.data import pipeline
+
+    description = pipeline.read_description(data_dir) or {}
+    present = set(description.get("channels", {}).get("target_channels", []))
+    if restored_from:
+        source = restored_from if os.path.isdir(restored_from) else os.path.dirname(restored_from)
+        present |= set(saving.read_trained_channels(source) or ())
+    saving.write_trained_channels(model_dir, config.channels, present, data_dir)
+
+
 def train(
     config: config_lib.ExperimentConfig,
     data_dir: str,
@@ -338,6 +356,7 @@ def train(
     if chief:
         os.makedirs(model_dir, exist_ok=True)
         config_lib.save_config(config, os.path.join(model_dir, CONFIG_FILE))
+        _record_trained_channels(model_dir, data_dir, config, restore_from if restore_heads and not resume_path else None)
 
     keras.utils.set_random_seed(train_config.seed)
     input_size = geometry_lib.geometry(config.model).input_size

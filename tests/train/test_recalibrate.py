@@ -53,7 +53,8 @@ def test_isl_recalibrate_writes_a_new_model_dir(trained_model_dir, records_dir, 
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["batches"] == 2
-    assert sorted(os.listdir(output)) == ["config.json", "model.weights.h5", "recalibration.json"]
+    assert sorted(os.listdir(output)) == ["config.json", "model.weights.h5", "recalibration.json",
+                                          "trained_channels.json"]
     original, _ = saving.load_model_dir(model_dir)
     recalibrated, _ = saving.load_model_dir(str(output))
     original_weights = {w.path: np.asarray(w) for w in original.weights}
