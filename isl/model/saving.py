@@ -36,8 +36,9 @@ TRAINED_CHANNELS_FILE = "trained_channels.json"
 def save_model_dir(model: keras.Model, config: config_lib.ExperimentConfig, directory: str | os.PathLike[str]) -> dict[str, str]:
     """Writes `config.json` and `model.weights.h5` into `directory`.
 
-    Each file is written under a temporary name and renamed, so a reader
-    never sees a half-written file. Other files in `directory` (checkpoints,
+    Only the network's weights are written (no optimizer state). Each file is
+    written under a temporary name and renamed, so a reader never sees a
+    half-written file. Other files in `directory` (checkpoints,
     logs) are left alone.
 
     Returns:
@@ -47,8 +48,14 @@ def save_model_dir(model: keras.Model, config: config_lib.ExperimentConfig, dire
     os.makedirs(directory, exist_ok=True)
     weights_path = os.path.join(directory, WEIGHTS_FILE)
     config_path = os.path.join(directory, CONFIG_FILE)
+    # A compiled model's weights file also holds the optimizer's slots (Adam:
+    # 2x the weights). An uncompiled functional wrapper around the same layers
+    # saves the network alone, under the same keys; the optimizer state lives
+    # in the training checkpoints.
+    compiled = getattr(model, "optimizer", None) is not None
+    network = keras.Model(model.inputs, model.outputs, name=model.name) if compiled else model
     with atomic.temporary_path(weights_path) as temporary:
-        model.save_weights(temporary)
+        network.save_weights(temporary)
     config_lib.save_config(config, config_path)
     return {"config": config_path, "weights": weights_path}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -91,3 +92,25 @@ def test_load_tf1_checkpoint(tiny_model, tiny_config, tmp_path):
     np.testing.assert_array_equal(
         model.get_layer(layer_name).weights[index].numpy(), variables["upper_recursion_1/reduce_rv2/Conv/weights"]
     )
+
+
+def test_model_dir_weights_leave_out_the_optimizer_state(tmp_path):
+    import keras
+    import numpy as np
+
+    from isl import presets
+    from isl.model import builder, losses, saving
+
+    config = presets.get_preset("tiny")
+    model = builder.build_model(config, input_size=42)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.ISLLoss(config.channels))
+    inputs = np.random.default_rng(0).random((2, 42, 42, 52), dtype=np.float32)
+    labels = np.zeros((2, 8, 8, config.channels.num_heads, 2), np.float32)
+    labels[..., 1] = 1.0
+    model.fit(inputs, labels, epochs=1, verbose=0)
+    saving.save_model_dir(model, config, tmp_path / "compiled")
+    saving.save_model_dir(builder.build_model(config, input_size=42), config, tmp_path / "plain")
+    sizes = [os.path.getsize(tmp_path / name / saving.WEIGHTS_FILE) for name in ("compiled", "plain")]
+    assert abs(sizes[0] - sizes[1]) < 0.05 * sizes[1]  # No Adam slots (they would double it).
+    loaded, _ = saving.load_model_dir(tmp_path / "compiled", input_size=42)
+    np.testing.assert_array_equal(np.asarray(loaded(inputs)), np.asarray(model(inputs)))
