@@ -45,7 +45,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -258,7 +257,8 @@ def export_model(
     if not os.path.isdir(model_dir):
         raise errors.InputError(f"{model_dir}: model directory not found.")
     model, config = saving.load_model_dir(model_dir)
-    return export_keras_model(model, config, export_dir, statistics, with_distributions, keras_archive)
+    return export_keras_model(model, config, export_dir, statistics, with_distributions, keras_archive,
+                              trained_channels=saving.read_trained_channels(model_dir))
 
 
 def export_keras_model(
@@ -268,8 +268,14 @@ def export_keras_model(
     statistics: Sequence[str] = DEFAULT_STATISTICS,
     with_distributions: bool = False,
     keras_archive: bool = True,
+    trained_channels: Sequence[str] | None = None,
 ) -> ExportResult:
-    """Exports a built Keras model (dynamic spatial size); see `export_model`."""
+    """Exports a built Keras model (dynamic spatial size); see `export_model`.
+
+    `trained_channels` (from the model directory's `trained_channels.json`)
+    is written beside the SavedModel, so `isl predict --saved_model` defaults
+    to the trained heads too.
+    """
     import keras
     import tensorflow as tf
 
@@ -326,9 +332,11 @@ def export_keras_model(
             keras_path = os.path.join(export_dir, KERAS_ARCHIVE)
             model.save(os.path.join(temporary, KERAS_ARCHIVE))
         config_lib.save_config(config, os.path.join(temporary, CONFIG_FILE))
-        trained_channels = os.path.join(model_dir, saving.TRAINED_CHANNELS_FILE)
-        if os.path.isfile(trained_channels):
-            shutil.copyfile(trained_channels, os.path.join(temporary, saving.TRAINED_CHANNELS_FILE))
+        if trained_channels is not None:
+            from isl.model import saving
+
+            atomic.write_text(os.path.join(temporary, saving.TRAINED_CHANNELS_FILE),
+                              json.dumps({"target_channels": list(trained_channels)}, indent=2) + "\n")
         atomic.write_text(os.path.join(temporary, EXPORT_INFO_FILE), json.dumps(info, indent=2) + "\n")
     return ExportResult(
         export_dir=export_dir,
