@@ -81,7 +81,8 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     saving.save_model_dir(model, config, output_dir)
     trained_channels = os.path.join(model_dir, saving.TRAINED_CHANNELS_FILE)
     if os.path.isfile(trained_channels) and os.path.abspath(output_dir) != os.path.abspath(model_dir):
-        atomic.write_text(os.path.join(output_dir, saving.TRAINED_CHANNELS_FILE), open(trained_channels).read())
+        with open(trained_channels) as file:
+            atomic.write_text(os.path.join(output_dir, saving.TRAINED_CHANNELS_FILE), file.read())
     record = {
         "source_model_dir": os.path.abspath(model_dir),
         "data_dir": os.path.abspath(flag_values["data_dir"].value),
