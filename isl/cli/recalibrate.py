@@ -43,12 +43,10 @@ def define_flags(flag_values: Any) -> None:
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
-    from isl import config as config_lib
     from isl import errors
     from isl import progress as progress_lib
     from isl.data import pipeline
     from isl.io import atomic
-    from isl.model import geometry as geometry_lib
     from isl.model import saving
     from isl.train import recalibrate as recalibrate_lib
 
@@ -61,14 +59,9 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         raise errors.InputError(f"--batches must be >= 1. Received: {flag_values['batches'].value}")
     model_dir = flag_values["model_dir"].value
     output_dir = flag_values["output_dir"].value or model_dir
-    config_path = os.path.join(model_dir, saving.CONFIG_FILE)
-    if not os.path.isfile(config_path):
-        raise errors.InputError(f"{model_dir}: not a model directory, missing {saving.CONFIG_FILE}.")
-    config = config_lib.load_config(config_path)
-    # Built at the training patch size, in the precision it was trained with
-    # (mixed-precision batch norm computes its statistics in float32).
-    geometry = geometry_lib.geometry(config.model)
-    model, config = saving.load_model_dir(model_dir, input_size=geometry.input_size)
+    # In the precision it was trained with (mixed-precision batch norm
+    # computes its statistics in float32), fed the training patches.
+    model, config = saving.load_model_dir(model_dir)
     dataset = pipeline.build_dataset(flag_values["data_dir"].value, config, split="train",
                                      seed=flag_values["seed"].value)
     total = flag_values["batches"].value

@@ -33,6 +33,7 @@ import numpy as np
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import convert as convert_lib
 from isl.eval import calibration as calibration_lib
 from isl.eval import metrics as metrics_lib
 from isl.eval import report as report_lib
@@ -82,7 +83,8 @@ def region_mask(
     """Boolean `[height, width]` over the prediction's output pixels.
 
     Args:
-        spec: "all", "interior", "original" or "r0:r1,c0:c1" (image coordinates).
+        spec: "all", "interior", "original" or "r0:r1,c0:c1" (image coordinates,
+            `isl.data.convert.parse_region`; an empty end means the edge).
         image_shape: the input image's (height, width).
         prediction_region: `row_offset`, `column_offset`, `height`, `width`.
         border, input_size: the network's border and patch size.
@@ -99,12 +101,10 @@ def region_mask(
         ranges = tuple((border, border + block * ((side - input_size) // block)) for side in (height, width))
     else:
         try:
-            row_part, column_part = spec.split(",")
-            ranges = tuple(tuple(int(value) for value in part.split(":")) for part in (row_part, column_part))
-        except ValueError:
-            raise errors.InputError(
-                f"Bad --region {spec!r}: use all, interior, original or r0:r1,c0:c1 (image pixels)."
-            ) from None
+            parsed = convert_lib.parse_region(spec, "--region")
+        except errors.InputError as error:
+            raise errors.InputError(f"{error} Or all, interior, original.") from None
+        ranges = tuple((start, side if end == -1 else end) for (start, end), side in zip(parsed, (height, width)))
     (row_start, row_end), (column_start, column_end) = ranges
     mask = ((rows >= row_start) & (rows < row_end))[:, None] & ((columns >= column_start) & (columns < column_end))[None, :]
     if not mask.any():

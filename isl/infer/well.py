@@ -34,6 +34,7 @@ from isl import errors
 from isl.infer import predict as predict_lib
 from isl.io import atomic
 from isl.model import geometry as geometry_lib
+from isl.model import saving as saving_lib
 
 PREDICTION_FILE = "prediction.json"
 TARGET_PANEL = "target_error_panel.png"
@@ -122,11 +123,7 @@ def _load_model_dir(model_dir: str, precision: str) -> Predictor:
         except (ValueError, OSError) as error:
             raise errors.InputError(f"{weights_path}: cannot load the weights ({error}).") from None
     else:
-        from isl.model import saving
-
-        model, config = saving.load_model_dir(model_dir, input_size=None)
-    from isl.model import saving as saving_lib
-
+        model, config = saving_lib.load_model_dir(model_dir, input_size=None)
     return Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=model_dir, model=model,
                      trained_channels=saving_lib.read_trained_channels(model_dir))
 
@@ -149,8 +146,6 @@ def _load_saved_model(path: str, precision: str) -> Predictor:
             f"(it has {', '.join(loaded.signatures)}); re-export it with `isl export`."
         )
     signature = loaded.signatures[export_lib.LOGITS_SIGNATURE]
-    from isl.model import saving as saving_lib
-
     predictor = Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=path, signature=signature,
                           trained_channels=saving_lib.read_trained_channels(path))
     predictor.model = None
