@@ -2,7 +2,8 @@
 
 Every size, depth and vocabulary the project uses comes from an
 `ExperimentConfig`. Configurations layer in a fixed order (see
-`resolve_config`): a named preset from `isl.presets`, then a JSON file, then
+`resolve_config`): a named preset from `isl.presets`, then an optional
+training recipe (`isl.presets.RECIPES`), then a JSON file, then
 `key=value` overrides with dotted keys such as `model.base_depth=200`.
 
 Defaults equal the released In Silico Labeling system (Christiansen et al.,
@@ -35,6 +36,7 @@ PAPER_TARGET_CHANNELS = (
     "DEAD_CONFOCAL",
 )
 TARGET_Z = "MAXPROJECT"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +234,10 @@ class DataConfig:
         corrupt_offset_std, corrupt_multiplier_std, corrupt_noise_std:
             sigma of the optional input corruption; 0 switches a part off.
         shuffle_buffer: examples held by the shuffle buffer.
-        deterministic: fix the element order and seed every random op.
+        rotate_per_example: draw the k * 90 degree rotation for every patch
+            instead of once per batch, so together with the per-example flip
+            each patch gets one of the 8 dihedral transforms (an option beyond
+            the paper; the `cpu` recipe).
     """
 
     crop_size: int = 520
@@ -244,6 +249,7 @@ class DataConfig:
     corrupt_multiplier_std: float = 0.0
     corrupt_noise_std: float = 0.0
     shuffle_buffer: int = 64
+    rotate_per_example: bool = False
 
     def validate(self) -> None:
         if self.crop_size < 1 or self.patch_stride < 1:
@@ -280,6 +286,24 @@ class TrainConfig:
         fast_batch_norm: batch norm layers whose depth has no vectorised
             oneDNN kernel (not a multiple of 16 in bfloat16, 8 in float32)
             run TF's Eigen kernel of the same op (same algorithm).
+        lr_schedule: "constant" (the paper) or "cosine": linear warmup over
+            `warmup_steps`, then cosine decay to
+            `final_learning_rate_fraction * learning_rate` at
+            `schedule_steps`.
+        warmup_steps: linear warmup steps of the "cosine" schedule.
+        schedule_steps: the step where the cosine schedule ends; 0 uses the
+            run's `--steps` (resolved and recorded in config.json).
+        final_learning_rate_fraction: the cosine schedule's last rate, as a
+            fraction of `learning_rate`.
+        eval_pearson: at every evaluation, also predict the eval split's whole
+            images densely (as `isl predict` does) and log Pearson r of the
+            median and of the mean per target channel.
+        keep_best: the model directory's inference weights at the end are
+            those of the evaluation with the best mean Pearson r (median,
+            target channels); needs `eval_pearson` and eval data.
+        recalibrate_batches: after training, replace the batch-norm moving
+            statistics by their average over this many training batches
+            (what `isl recalibrate` does); 0 keeps the moving averages.
     """
 
     optimizer: str = "adam"
@@ -296,8 +320,29 @@ class TrainConfig:
     fused_elementwise: bool = False
     jit_compile: bool = False
     fast_batch_norm: bool = False
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    schedule_steps: int = 0
+    final_learning_rate_fraction: float = 0.0
+    eval_pearson: bool = True
+    keep_best: bool = False
+    recalibrate_batches: int = 0
 
     def validate(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}. Received: {self.lr_schedule!r}"
+            )
+        for name in ("warmup_steps", "schedule_steps", "recalibrate_batches"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0. Received: {getattr(self, name)}")
+        if not 0.0 <= self.final_learning_rate_fraction <= 1.0:
+            raise ValueError(
+                "train.final_learning_rate_fraction must be in [0, 1]. "
+                f"Received: {self.final_learning_rate_fraction}"
+            )
+        if self.keep_best and not self.eval_pearson:
+            raise ValueError("train.keep_best needs train.eval_pearson=true (it keeps the best eval Pearson r).")
         if self.optimizer not in ("adam", "momentum", "adagrad"):
             raise ValueError(
                 f"train.optimizer must be adam, momentum or adagrad. Received: {self.optimizer!r}"
@@ -317,6 +362,7 @@ class ExperimentConfig:
     """Everything needed to rebuild a model and its training run."""
 
     name: str = "paper"
+    recipe: str = ""
     channels: ChannelConfig = dataclasses.field(default_factory=ChannelConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -482,11 +528,14 @@ def resolve_config(
     preset: str | None = None,
     config_path: str | None = None,
     overrides: list[str] | None = None,
+    recipe: str | None = None,
 ) -> ExperimentConfig:
-    """Layers a preset, then a JSON config file, then `key=value` overrides."""
+    """Layers a preset, a recipe, then a JSON config file, then `key=value` overrides."""
     from isl import presets
 
     config = presets.get_preset(preset or "paper")
+    if recipe:
+        config = presets.apply_recipe(config, recipe)
     if config_path:
         config = load_config(config_path, base=config)
     if overrides:

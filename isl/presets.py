@@ -12,11 +12,27 @@
   of the paper's conditions (its transmitted-light modality and labels,
   §3.8). Training all conditions together as one multi-task model uses
   `paper`, whose vocabulary is the union.
+
+Recipes (`RECIPES`) are overlays of training settings applied on top of a
+preset (`isl train --recipe=NAME`), between the preset and `--config` /
+`--set`. Every part is a named config option, off in the presets:
+
+* `cpu`: the small-compute recipe, for training the paper network in hours
+  on a few CPU cores instead of weeks on a cluster (measured in
+  BUILD_NOTES.md, "Issue 12"): wide output patches (120 px, 362-px inputs:
+  15x the labelled pixels of a 24-px patch for about 2.5x its cost) with
+  batch 4, bfloat16 and the fused speed options, learning rate 1e-3 with a
+  100-step warmup and a cosine decay to the run's last step, a random
+  dihedral transform per patch, batch-norm momentum 0.99 so in-training
+  evaluations are meaningful after a few hundred steps, in-training
+  whole-image Pearson r every 200 steps keeping the best weights, and
+  batch-norm recalibration on 40 batches at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from isl import config as config_lib
 from isl import errors
@@ -74,6 +90,39 @@ PRESETS: dict[str, config_lib.ExperimentConfig] = {
     "condition_d": _condition("condition_d", ("PHASE_CONTRAST",), ("DAPI_CONFOCAL", "MAP2_CONFOCAL", "NFH_CONFOCAL")),
     "condition_e": _condition("condition_e", ("DIC",), ("DAPI_CONFOCAL", "CELLMASK_CONFOCAL")),
 }
+
+
+# name -> dotted overrides, applied in order (see the module docstring).
+RECIPES: dict[str, dict[str, object]] = {
+    "cpu": {
+        "model.output_size": 120,
+        "model.batch_norm_momentum": 0.99,
+        "train.batch_size": 4,
+        "train.mixed_precision": "bfloat16",
+        "train.fused_elementwise": True,
+        "train.fast_batch_norm": True,
+        "train.learning_rate": 1e-3,
+        "train.lr_schedule": "cosine",
+        "train.warmup_steps": 100,
+        "train.final_learning_rate_fraction": 0.02,
+        "train.eval_every_steps": 200,
+        "train.eval_batches": 16,
+        "train.eval_pearson": True,
+        "train.keep_best": True,
+        "train.recalibrate_batches": 40,
+        "train.checkpoint_every_steps": 200,
+        "data.rotate_per_example": True,
+    },
+}
+
+
+def apply_recipe(config: config_lib.ExperimentConfig, name: str) -> config_lib.ExperimentConfig:
+    """The config with recipe `name`'s overrides applied (recorded in `config.recipe`)."""
+    if name not in RECIPES:
+        raise errors.InputError(f"Unknown recipe {name!r}. Known recipes: {', '.join(sorted(RECIPES))}")
+    overrides = [f"{key}={json.dumps(value)}" for key, value in RECIPES[name].items()]
+    overrides.append(f"recipe={name}")
+    return config_lib.apply_overrides(config, overrides)
 
 
 def get_preset(name: str) -> config_lib.ExperimentConfig:

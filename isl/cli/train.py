@@ -10,14 +10,27 @@ SUMMARY = "Train a model on TFRecords (tf.distribute strategies, resumable)."
 DESCRIPTION = """
 Train (or fine-tune) a model on TFRecords written by `isl convert`.
 
-The configuration layers, in order: --preset, then --config (a JSON file),
-then --set section.key=value overrides, then the explicit flags below
-(--mixed_precision, --checkpoint_every_steps, --seed). The fully resolved
-config is written to MODEL_DIR/config.json.
+The configuration layers, in order: --preset, then --recipe, then --config
+(a JSON file), then --set section.key=value overrides, then the explicit
+flags below (--mixed_precision, --checkpoint_every_steps, --seed). The fully
+resolved config is written to MODEL_DIR/config.json.
 
-Defaults are the paper's (isl_reference.md §4): Adam 1e-4 (beta1 0.9, beta2
-0.999, epsilon 1e-8), no decay, no clipping, global batch 16, batch norm in
-training mode with moving averages.
+Defaults are the paper's: Adam 1e-4 (beta1 0.9, beta2 0.999, epsilon 1e-8),
+no decay, no clipping, global batch 16 of 250-px patches with 8-px outputs,
+batch norm in training mode with moving averages. Those settings were made
+for weeks of training on a cluster.
+
+--recipe=cpu trains the same network in hours on a few CPU cores: 120-px
+output patches (batch 4), bfloat16, learning rate 1e-3 with warmup and a
+cosine decay to --steps, a random rotation and flip per patch, whole-image
+Pearson r every 200 steps keeping the best weights, and batch-norm
+recalibration at the end. Every part is a train./data./model. option you
+can also set alone with --set.
+
+Every evaluation (train.eval_every_steps) logs the evaluation loss and,
+with train.eval_pearson (on by default), Pearson r of the predicted median
+and mean against the eval images, per target channel, to TensorBoard and
+logs/training.csv.
 
 Resuming: checkpoints (model, optimizer state, global step) are saved every
 --checkpoint_every_steps steps and every train.checkpoint_every_minutes
@@ -49,6 +62,8 @@ def define_flags(flag_values: Any) -> None:
                         flag_values=flag_values)
     flags.DEFINE_string("preset", "paper", "Named preset: paper, tiny, fovea, condition_a..e.",
                         flag_values=flag_values)
+    flags.DEFINE_string("recipe", None, "Training recipe layered over the preset: 'cpu' (see above).",
+                        flag_values=flag_values)
     flags.DEFINE_string("config", None, "JSON config file layered over the preset.", flag_values=flag_values)
     flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable), "
                               "e.g. --set model.output_size=24.", flag_values=flag_values)
@@ -75,7 +90,10 @@ def resolve(flag_values: Any) -> Any:
     from isl import config as config_lib
 
     config = config_lib.resolve_config(flag_values["preset"].value, flag_values["config"].value,
-                                       list(flag_values["set"].value or []))
+                                       list(flag_values["set"].value or []), recipe=flag_values["recipe"].value)
+    from isl.data import pipeline
+
+    pipeline.patch_layout(config)  # An output size off the 8 + 16k grid fails here, before anything is written.
     explicit = []
     if flag_values["mixed_precision"].value is not None:
         explicit.append(f"train.mixed_precision={flag_values['mixed_precision'].value}")
@@ -142,6 +160,10 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             name: value for name, value in (eval_losses or losses).items() if name.startswith("head_")
         },
         "steps_per_second": round(result.steps_per_second, 4),
+        "labelled_pixels_per_second": round(result.labelled_pixels_per_second, 1),
+        "labelled_pixels_per_cpu_second": round(result.labelled_pixels_per_cpu_second, 1),
+        "pearson": result.pearson,
+        "best_step": result.best_step,
         "wall_seconds": round(result.wall_seconds, 2),
         "num_replicas": strategy.num_replicas_in_sync,
         **paths,
@@ -164,7 +186,16 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             loss_text += f", eval loss {eval_losses['loss']:.4f}"
         start = f" (resumed from step {result.resumed_from_step})" if result.resumed_from_step else ""
         print(f"Trained to step {result.final_step}{start}: {loss_text}; "
-              f"{result.steps_per_second:.2f} steps/s.")
+              f"{result.steps_per_second:.2f} steps/s, {result.labelled_pixels_per_second:,.0f} labelled "
+              f"output pixels/s ({result.labelled_pixels_per_cpu_second:,.0f} per CPU-second).")
+        if result.pearson:
+            channels = sorted(name[len("pearson_median_"):] for name in result.pearson
+                              if name.startswith("pearson_median_"))
+            print("Whole-image Pearson r on the eval images (median / mean): " + ", ".join(
+                f"{name} {result.pearson[f'pearson_median_{name}']:.3f} / "
+                f"{result.pearson.get(f'pearson_mean_{name}', float('nan')):.3f}" for name in channels))
+        if result.best_step is not None:
+            print(f"model.weights.h5 holds the weights of step {result.best_step} (best whole-image Pearson r).")
     print(f"Model: {model_dir} (config.json, model.weights.h5, checkpoints/, logs/ for TensorBoard, "
           f"logs/training.csv)")
     return summary

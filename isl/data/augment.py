@@ -59,6 +59,24 @@ def rot90(tensor: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
     return tf.switch_case(tf.math.floormod(k, 4), [lambda: tensor, rotate_1, rotate_2, rotate_3])
 
 
+def random_rotations(seed: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+    """`[count]` int32 k in {0, 1, 2, 3}, uniform and independent."""
+    return tf.random.stateless_uniform(tf.reshape(count, [1]), seed, minval=0, maxval=4, dtype=tf.int32)
+
+
+def rotate_examples(tensors: list[tf.Tensor], ks: tf.Tensor) -> list[tf.Tensor]:
+    """Rotates example i of every `[batch, size, size, ...]` tensor by ks[i] * 90 degrees.
+
+    Same convention as `rot90`; `ks` is `[batch]` int32.
+    """
+    rotated = []
+    for tensor in tensors:
+        candidates = tf.stack([rot90(tensor, tf.constant(k)) for k in range(4)], axis=0)
+        index = tf.stack([tf.math.floormod(ks, 4), tf.range(tf.shape(tensor)[0], dtype=ks.dtype)], axis=1)
+        rotated.append(tf.gather_nd(candidates, index))
+    return rotated
+
+
 def rotate_batch(tensors: list[tf.Tensor], k: tf.Tensor) -> list[tf.Tensor]:
     """Rotates every `[batch, size, size, ...]` tensor by the same k * 90 degrees."""
     return [rot90(tensor, k) for tensor in tensors]

@@ -14,7 +14,7 @@ Training (isl_reference.md §3.5, §3.6), per example (one well):
 
 then patches are shuffled (buffer `data.shuffle_buffer`, 64 in the paper),
 batched (global batch 16, or the per-replica share), rotated by one k * 90
-degrees per batch, optionally corrupted, and turned into
+degrees per batch (or per patch with `data.rotate_per_example`), optionally corrupted, and turned into
 
 * inputs `[batch, P, P, 2 * num_z_values]` float32, z-major value/mask pairs;
 * labels `[batch, O, O, num_heads, 2]` float32, value and mask per head in
@@ -313,9 +313,13 @@ def _finish_batch(
     """Rotation, conversion, z mapping, corruption, then (inputs, labels) for one batch."""
     data = config.data
     if training and data.rotate:
-        k = augment.random_rotation(augment.sub_seed(seed, 0))
         keys = ("inputs", "targets", "valid_out")
-        rotated = augment.rotate_batch([batch[key] for key in keys], k)
+        if data.rotate_per_example:
+            ks = augment.random_rotations(augment.sub_seed(seed, 0), tf.shape(batch["inputs"])[0])
+            rotated = augment.rotate_examples([batch[key] for key in keys], ks)
+        else:
+            k = augment.random_rotation(augment.sub_seed(seed, 0))
+            rotated = augment.rotate_batch([batch[key] for key in keys], k)
         batch = dict(batch, **dict(zip(keys, rotated)))
     stack = batch["inputs"]
     shape = tf.shape(stack)

@@ -165,7 +165,7 @@ def geometry(model: config_lib.ModelConfig, output_size: int | None = None) -> G
         if crop is None:
             raise ValueError(
                 f"Output size {output_size} is not reachable: tower {scale} cannot end at "
-                f"merge size {merge_size}. Valid output sizes are {model.output_size} + "
+                f"merge size {merge_size}. Valid output sizes are {_smallest_output_size(model)} + "
                 f"{phase_of(model)}k."
             )
         towers.append(_trace_tower(model, scale, crop))
@@ -184,6 +184,15 @@ def geometry(model: config_lib.ModelConfig, output_size: int | None = None) -> G
         merge_size=merge_size,
         towers=tuple(towers),
     )
+
+
+def _smallest_output_size(model: config_lib.ModelConfig) -> int | str:
+    """The smallest reachable output size, for error messages ("?" if none)."""
+    merge_offset = (model.in_scale_kernel - 1) * model.upper_tower_modules
+    for size in range(1, phase_of(model) + 1):
+        if all(_tower_crop(model, scale, size + merge_offset) is not None for scale in range(model.num_scales)):
+            return size
+    return "?"
 
 
 def phase_of(model: config_lib.ModelConfig) -> int:

@@ -84,6 +84,12 @@ class TrainResult:
         eval_losses: final evaluation losses, same keys (empty without eval).
         wall_seconds: time spent in this call.
         steps_per_second: training speed of this call.
+        labelled_pixels_per_second, labelled_pixels_per_cpu_second: output
+            pixels supervised per second of wall time and per CPU-second of
+            this process (batch x output_size^2 per step).
+        pearson: the last whole-image Pearson figures (`train.eval_pearson`).
+        best_step: with `train.keep_best`, the step whose weights were kept.
+        recalibration: the batch-norm recalibration report, when run.
         transfer: the transfer-learning report, when weights were restored.
         frozen_layers: layers made untrainable by `freeze_core`.
     """
@@ -99,29 +105,94 @@ class TrainResult:
     steps_per_second: float = 0.0
     transfer: dict[str, Any] | None = None
     frozen_layers: list[str] = dataclasses.field(default_factory=list)
+    labelled_pixels_per_second: float = 0.0
+    labelled_pixels_per_cpu_second: float = 0.0
+    pearson: dict[str, float] = dataclasses.field(default_factory=dict)
+    best_step: int | None = None
+    recalibration: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def make_optimizer(train_config: config_lib.TrainConfig) -> keras.optimizers.Optimizer:
-    """The optimizer of §4 / §1.11: Adam with TF1 defaults, or the alternatives."""
+def learning_rate_schedule(train_config: config_lib.TrainConfig, total_steps: int | None = None) -> Any:
+    """The learning rate: a constant (the paper), or warmup + cosine decay.
+
+    The cosine schedule rises linearly from 0 to `learning_rate` over
+    `warmup_steps`, then decays along a half cosine to
+    `final_learning_rate_fraction * learning_rate` at `schedule_steps` (0: at
+    `total_steps`) and stays there.
+    """
+    if train_config.lr_schedule == "constant":
+        return train_config.learning_rate
+    end = train_config.schedule_steps or total_steps
+    if not end:
+        raise errors.InputError("train.lr_schedule=cosine needs train.schedule_steps or --steps.")
+    warmup = min(train_config.warmup_steps, max(end - 1, 0))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else train_config.learning_rate,
+        decay_steps=max(end - warmup, 1),
+        alpha=train_config.final_learning_rate_fraction,
+        warmup_target=train_config.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def make_optimizer(train_config: config_lib.TrainConfig, total_steps: int | None = None) -> keras.optimizers.Optimizer:
+    """The optimizer of §4 / §1.11: Adam with TF1 defaults, or the alternatives.
+
+    `train.lr_schedule` (an option beyond the paper) sets the Adam learning
+    rate's schedule; the momentum optimizer keeps its released decay.
+    """
     if train_config.optimizer == "adam":
         # TF1's AdamOptimizer epsilon is 1e-8 (Keras's default is 1e-7).
         return keras.optimizers.Adam(
-            learning_rate=train_config.learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8
+            learning_rate=learning_rate_schedule(train_config, total_steps), beta_1=0.9, beta_2=0.999, epsilon=1e-8
         )
     if train_config.optimizer == "momentum":
         schedule = keras.optimizers.schedules.ExponentialDecay(
             train_config.learning_rate, MOMENTUM_DECAY_STEPS, MOMENTUM_DECAY_RATE, staircase=False
         )
         return keras.optimizers.SGD(learning_rate=schedule, momentum=MOMENTUM)
-    return keras.optimizers.Adagrad(learning_rate=train_config.learning_rate)
+    return keras.optimizers.Adagrad(learning_rate=learning_rate_schedule(train_config, total_steps))
 
 
 def latest_checkpoint(model_dir: str) -> str | None:
     """The newest resumable checkpoint in `model_dir`, or None."""
     return tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+
+
+def _check_memory(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy) -> None:
+    """Refuses a batch whose modelled training step cannot fit this machine's memory.
+
+    Raises:
+        InputError: naming train.batch_size and the largest batch that fits.
+    """
+    import psutil
+
+    from isl.model import footprint
+
+    if config.model.architecture != "concordance":
+        return
+    try:
+        geometry_lib.geometry(config.model)
+    except ValueError as error:
+        raise errors.InputError(f"model.output_size: {error}") from None
+    per_replica = strategy_lib.per_replica_batch_size(strategy, config.train.batch_size)
+    total = psutil.virtual_memory().total
+    needed = footprint.training_step_bytes(config, per_replica)
+    if needed <= 0.9 * total:
+        return
+    fits = footprint.largest_batch(config, 0.9 * total, per_replica)
+    advice = (
+        f"the largest per-device batch that fits is {fits}" if fits
+        else "no batch fits: lower model.output_size (valid sizes: 8 + 16k)"
+    )
+    raise errors.InputError(
+        f"train.batch_size={config.train.batch_size}: one training step of this model "
+        f"(output {config.model.output_size} px) needs about {needed / 1e9:.1f} GB, more than 90% of this "
+        f"machine's {total / 1e9:.1f} GB; {advice}."
+    )
 
 
 def _check_resume_config(config: config_lib.ExperimentConfig, model_dir: str) -> None:
@@ -348,8 +419,11 @@ def train(
         raise errors.InputError(f"--model_dir {model_dir} exists and is not a directory.")
     if not os.path.isdir(data_dir):
         raise errors.InputError(f"--data_dir {data_dir}: no such directory.")
+    if config.train.lr_schedule != "constant" and not config.train.schedule_steps:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, schedule_steps=total_steps))
     train_config = config.train
     strategy_lib.per_replica_batch_size(strategy, train_config.batch_size)
+    _check_memory(config, strategy)
     resume_path = latest_checkpoint(model_dir)
     if resume_path:
         _check_resume_config(config, model_dir)
@@ -375,7 +449,7 @@ def train(
             log(f"Froze {len(frozen)} core layers; the projection and the heads train.")
         if strategy.num_replicas_in_sync > 1 and train_config.sync_batch_norm:
             _set_synchronized_batch_norm(model)
-        optimizer = make_optimizer(train_config)
+        optimizer = make_optimizer(train_config, total_steps)
         model.compile(
             optimizer=optimizer,
             loss=ReplicaScaledLoss(losses_lib.ISLLoss(config.channels)),
@@ -453,6 +527,11 @@ def train(
     )
     training_log = callbacks_lib.TrainingLog(log_dir, every_steps=min(10, train_config.eval_every_steps))
     fit_callbacks: list[keras.callbacks.Callback] = [callbacks_lib.StopAtStep(total_steps), checkpointer]
+    dense_pearson = None
+    if chief and eval_data is not None and train_config.eval_pearson:
+        dense_pearson = _dense_pearson_callback(data_dir, config, model_dir, log)
+        if dense_pearson is not None:
+            fit_callbacks.append(dense_pearson)  # Before TrainingLog: it adds to the epoch logs.
     if chief:
         fit_callbacks.append(training_log)
         if eval_data is not None:
@@ -471,6 +550,7 @@ def train(
     remaining = total_steps - resumed_from_step
     epochs = math.ceil(remaining / steps_per_epoch)
     fit_start = time.monotonic()
+    fit_cpu_start = time.process_time()
     with termination:
         model.fit(
             train_data,
@@ -483,10 +563,29 @@ def train(
             verbose=0,
         )
     fit_seconds = time.monotonic() - fit_start
+    fit_cpu_seconds = time.process_time() - fit_cpu_start
     final_step = callbacks_lib.global_step(model)
     checkpointer.save_now(final_step)
     if not chief:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    best_step, recalibration = None, None
+    if not checkpointer.interrupted:
+        # The checkpoint above keeps the training state for a later resume;
+        # what follows changes only the inference weights of the model dir.
+        best_step, recalibration = _finish_inference_weights(
+            model, config, model_dir, data_dir, dataset_fn, dense_pearson, log
+        )
+        if chief and (best_step is not None or recalibration is not None):
+            saving.save_model_dir(model, config, model_dir)
+            if dense_pearson is not None:
+                final_figures = dense_pearson.evaluate()
+                dense_pearson.history.append({"step": final_step, "final_weights": 1.0, **final_figures})
+                log("Whole-image Pearson r of the written weights (median / mean): " + ", ".join(
+                    f"{name} {final_figures.get(f'pearson_median_{name}', float('nan')):.3f} / "
+                    f"{final_figures.get(f'pearson_mean_{name}', float('nan')):.3f}" for name in dense_pearson.channels))
+    labelled_pixels = (final_step - resumed_from_step) * train_config.batch_size * geometry_lib.geometry(
+        config.model
+    ).output_size ** 2
 
     losses, eval_losses = _split_logs(training_log.last_logs)
     if not chief:
@@ -502,6 +601,11 @@ def train(
         steps_per_second=(final_step - resumed_from_step) / fit_seconds if fit_seconds > 0 else 0.0,
         transfer=report.to_dict() if report else None,
         frozen_layers=frozen,
+        labelled_pixels_per_second=labelled_pixels / fit_seconds if fit_seconds > 0 else 0.0,
+        labelled_pixels_per_cpu_second=labelled_pixels / fit_cpu_seconds if fit_cpu_seconds > 0 else 0.0,
+        pearson=dict(dense_pearson.history[-1]) if dense_pearson is not None and dense_pearson.history else {},
+        best_step=best_step,
+        recalibration=recalibration,
     )
     if chief:
         atomic.write_text(
@@ -510,6 +614,55 @@ def train(
     if checkpointer.interrupted:
         log(f"Stopped by signal at step {final_step}; checkpoint saved. Run the same command to resume.")
     return result
+
+
+def _dense_pearson_callback(
+    data_dir: str, config: config_lib.ExperimentConfig, model_dir: str, log: Callable[[str], None]
+) -> Any:
+    """The whole-image Pearson callback, or None when the eval split has no usable image."""
+    from isl.train import dense_eval
+
+    try:
+        images = dense_eval.load_eval_images(data_dir, config)
+    except errors.InputError as error:
+        log(f"No whole-image evaluation ({error}).")
+        return None
+    if not images:
+        return None
+    best_dir = os.path.join(model_dir, CHECKPOINT_DIR) if config.train.keep_best else None
+    return dense_eval.DensePearson(config, images, keep_best=config.train.keep_best, log=log, best_dir=best_dir)
+
+
+def _finish_inference_weights(
+    model: keras.Model,
+    config: config_lib.ExperimentConfig,
+    model_dir: str,
+    data_dir: str,
+    dataset_fn: Callable[..., tf.data.Dataset],
+    dense_pearson: Any,
+    log: Callable[[str], None],
+) -> tuple[int | None, dict[str, float] | None]:
+    """`train.keep_best` then `train.recalibrate_batches`, on the model's weights in place.
+
+    Returns:
+        (the step whose weights were kept or None, the recalibration report or None).
+    """
+    best_step = None
+    if config.train.keep_best and dense_pearson is not None:
+        best_step = dense_pearson.restore_best(model)
+        if best_step is not None:
+            log(f"Kept the weights of step {best_step} (best whole-image Pearson r, median, "
+                f"{dense_pearson.best_value:.3f}).")
+    recalibration = None
+    batches = config.train.recalibrate_batches
+    if batches > 0:
+        from isl.train import recalibrate as recalibrate_lib
+
+        dataset = dataset_fn(data_dir, config, split="train", seed=config.train.seed + 7919, deterministic=False)
+        recalibration = recalibrate_lib.recalibrate_batch_norm(model, dataset, batches)
+        log(f"Recalibrated {recalibration['layers']} batch-norm layers on {recalibration['batches']} training "
+            f"batches (mean |shift| of the moving means {recalibration['mean_shift']:.4f}).")
+    return best_step, recalibration
 
 
 def _panel_batch(

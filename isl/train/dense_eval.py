@@ -1,0 +1,275 @@
+"""The paper's metric during training: Pearson r of whole predicted images.
+
+The evaluation loss of `fit` scores 8-px (or wider) patches; the paper and
+users judge whole images. At every evaluation, `DensePearson` predicts each
+image of the eval split densely (the tiled, exact method of `isl predict`,
+reflect borders, inference-mode batch norm) and computes, per target
+channel, Pearson r between the truth and the predicted median and mean over
+the labelled pixels of all eval images together. The values join Keras's
+epoch logs as `val_pearson_median_<CHANNEL>`, `val_pearson_mean_<CHANNEL>`
+and `val_pearson_median` (the mean over channels), so `TrainingLog` writes
+them to TensorBoard (`logs/eval`) and `logs/training.csv`. With
+`train.keep_best` the callback also keeps a copy of the weights with the
+best `val_pearson_median`, which `train` puts in the model directory at the
+end.
+
+An eval image comes from the eval shards exactly as converted: for a region
+split (`isl convert --eval_region`) that is the held-out band alone, so its
+edges get reflected context rather than the training image's (`isl
+evaluate` on a whole-well prediction gives slightly different figures).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+from isl import config as config_lib
+from isl import errors
+from isl.eval import metrics
+from isl.model import geometry as geometry_lib
+
+STATISTICS = ("median", "mean")
+# Memory for one tile of the dense evaluation, while training holds its own.
+TILE_MEMORY_BYTES = 1.5e9
+BEST_WEIGHTS_FILE = "best.weights.h5"
+BEST_INFO_FILE = "best.json"
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalImage:
+    """One eval well, decoded.
+
+    Attributes:
+        name: the well name.
+        stack: `[num_source_z, height, width]` float32 in [0, 1].
+        targets: channel -> (values `[height, width]` float32 in [0, 1],
+            mask `[height, width]` bool), output target channels present in
+            the well (synthetic ones computed from their sources).
+    """
+
+    name: str
+    stack: np.ndarray
+    targets: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def load_eval_images(data_dir: str, config: config_lib.ExperimentConfig, max_images: int = 16) -> list[EvalImage]:
+    """The eval split's wells as numpy arrays (at most `max_images`).
+
+    Raises:
+        InputError: when the folder has no eval shards.
+    """
+    import tensorflow as tf
+
+    from isl.data import decoder
+    from isl.data import pipeline
+
+    files = pipeline.list_shards(data_dir, "eval")
+    images = []
+    for serialized in tf.data.TFRecordDataset(files).take(max_images):
+        decoded = decoder.decode(serialized)
+        stack = np.moveaxis(decoded["inputs"].numpy(), -1, 0).astype(np.float32) / float(decoded["input_max_value"])
+        names = [name.decode() for name in decoded["target_channels"].numpy()]
+        maxima = decoded["target_max_values"].numpy()
+        values = decoded["targets"].numpy()
+        real = {
+            name: (values[..., index].astype(np.float32) / float(maxima[index]), np.ones(values.shape[:2], bool))
+            for index, name in enumerate(names)
+            if name in config.channels.target_channels
+        }
+        for synthetic in config.channels.active_synthetic_channels:
+            if all(source in real for source in synthetic.sources):
+                mean = sum(real[source][0] for source in synthetic.sources) / len(synthetic.sources)
+                real[synthetic.name] = (mean, np.ones(values.shape[:2], bool))
+        images.append(EvalImage(decoded["name"].numpy().decode(), stack, real))
+    return images
+
+
+def pearson_of_predictions(
+    images: list[EvalImage], predictions: list[dict[str, np.ndarray]], channels: tuple[str, ...]
+) -> dict[str, float]:
+    """Pearson r per statistic and channel over all images' labelled pixels.
+
+    Args:
+        images: the eval images.
+        predictions: per image, statistic -> `[height, width, len(channels)]`.
+        channels: the predicted channels, in the predictions' last-axis order.
+
+    Returns:
+        `pearson_<statistic>_<CHANNEL>` for every channel with labels, and
+        `pearson_<statistic>` (their mean; NaN channels, e.g. a constant
+        prediction, are left out of the mean and reported as NaN).
+    """
+    results: dict[str, float] = {}
+    for statistic in STATISTICS:
+        per_channel = []
+        for index, channel in enumerate(channels):
+            truths, predicted = [], []
+            for image, prediction in zip(images, predictions):
+                if channel not in image.targets:
+                    continue
+                values, mask = image.targets[channel]
+                truths.append(values[mask])
+                predicted.append(prediction[statistic][..., index][mask])
+            if not truths:
+                continue
+            value = metrics.pearson(np.concatenate(predicted), np.concatenate(truths))
+            results[f"pearson_{statistic}_{channel}"] = value
+            per_channel.append(value)
+        finite = [value for value in per_channel if math.isfinite(value)]
+        if per_channel:
+            results[f"pearson_{statistic}"] = float(np.mean(finite)) if finite else float("nan")
+    return results
+
+
+class DensePearson(keras.callbacks.Callback):
+    """Whole-image Pearson r of the eval split after every epoch (evaluation).
+
+    Args:
+        config: the experiment config (geometry, vocabulary, precision).
+        images: from `load_eval_images`.
+        keep_best: keep a copy of the weights with the best mean median r.
+        log: receives one line per evaluation.
+        best_dir: with `keep_best`, where the best weights are written
+            (`best.weights.h5`, `best.json`), so a resumed run keeps them;
+            None holds them in memory only.
+    """
+
+    def __init__(
+        self,
+        config: config_lib.ExperimentConfig,
+        images: list[EvalImage],
+        keep_best: bool = False,
+        log: Callable[[str], None] | None = None,
+        best_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not images:
+            raise errors.InputError("Dense evaluation needs at least one eval image.")
+        self.config = config
+        self.images = images
+        self.keep_best = keep_best
+        self.log = log or (lambda message: None)
+        present = set().union(*(image.targets for image in images))
+        self.channels = tuple(name for name in config.channels.output_target_channels if name in present)
+        first_target = config.channels.num_input_heads
+        self.head_indices = tuple(
+            first_target + config.channels.output_target_channels.index(name) for name in self.channels
+        )
+        self.geometry = geometry_lib.geometry(config.model)
+        self._inference_model: keras.Model | None = None
+        self._run_function = None
+        self.best_value = -math.inf
+        self.best_step: int | None = None
+        self.best_weights: list[np.ndarray] | None = None
+        self.history: list[dict[str, float]] = []
+        self.best_dir = best_dir
+        if keep_best and best_dir:
+            info = _read_json(os.path.join(best_dir, BEST_INFO_FILE))
+            if info and os.path.isfile(os.path.join(best_dir, BEST_WEIGHTS_FILE)):
+                self.best_value, self.best_step = float(info["pearson_median"]), int(info["step"])
+
+    def _store_best(self, step: int, value: float, figures: dict[str, float]) -> None:
+        self.best_value, self.best_step = value, step
+        if not self.best_dir:
+            self.best_weights = [np.array(weight) for weight in self.model.get_weights()]
+            return
+        from isl.io import atomic
+
+        os.makedirs(self.best_dir, exist_ok=True)
+        path = os.path.join(self.best_dir, BEST_WEIGHTS_FILE)
+        temporary = path + ".partial.weights.h5"
+        self.model.save_weights(temporary)
+        os.replace(temporary, path)
+        atomic.write_text(
+            os.path.join(self.best_dir, BEST_INFO_FILE),
+            json.dumps({"step": step, "pearson_median": value, **figures}, indent=2) + "\n",
+        )
+
+    def restore_best(self, model: keras.Model) -> int | None:
+        """Loads the best weights into `model`; returns their step (None if there are none)."""
+        if self.best_step is None:
+            return None
+        if self.best_dir:
+            model.load_weights(os.path.join(self.best_dir, BEST_WEIGHTS_FILE))
+        elif self.best_weights is not None:
+            model.set_weights(self.best_weights)
+        return self.best_step
+
+    def _network(self) -> Any:
+        """A variable-size inference model holding the training model's current weights."""
+        from isl.infer import predict as predict_lib
+        from isl.model import builder
+
+        if self._inference_model is None:
+            self._inference_model = builder.build_model(self.config, input_size=None)
+            network = predict_lib.Network.from_keras(self._inference_model, self.head_indices)
+            self._run_function = predict_lib.make_run_function(network, STATISTICS)
+        self._inference_model.set_weights(self.model.get_weights())
+        return self._run_function
+
+    def evaluate(self) -> dict[str, float]:
+        """Predicts every eval image and returns the Pearson figures."""
+        from isl.infer import predict as predict_lib
+
+        if not self.channels:
+            return {}
+        run_function = self._network()
+        tile_size = predict_lib.auto_tile_size(
+            self.geometry, self.config.model, len(self.channels), memory_budget_bytes=TILE_MEMORY_BYTES
+        )
+        predictions = []
+        for image in self.images:
+            prediction = predict_lib.predict_image(
+                None,
+                image.stack,
+                self.geometry,
+                self.config.channels.num_z_values,
+                channel_names=self.channels,
+                statistics=STATISTICS,
+                border_mode="reflect",
+                tile_size=tile_size,
+                run_function=run_function,
+            )
+            predictions.append(prediction.statistics)
+        return pearson_of_predictions(self.images, predictions, self.channels)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from isl.train import callbacks as callbacks_lib
+
+        start = time.monotonic()
+        figures = self.evaluate()
+        step = callbacks_lib.global_step(self.model)
+        if logs is not None:
+            logs.update({f"val_{name}": value for name, value in figures.items()})
+        self.history.append({"step": step, **figures})
+        value = figures.get("pearson_median", float("nan"))
+        marker = ""
+        if self.keep_best and math.isfinite(value) and value > self.best_value:
+            self._store_best(step, value, figures)
+            marker = " (best so far)"
+        channels = ", ".join(
+            f"{name.split('_')[0]} {figures.get(f'pearson_median_{name}', float('nan')):.3f}"
+            f"/{figures.get(f'pearson_mean_{name}', float('nan')):.3f}"
+            for name in self.channels
+        )
+        self.log(
+            f"Step {step}: whole-image Pearson r median/mean {channels}; mean of medians {value:.3f}{marker} "
+            f"({time.monotonic() - start:.0f} s)"
+        )
