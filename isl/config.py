@@ -37,6 +37,7 @@ PAPER_TARGET_CHANNELS = (
 )
 TARGET_Z = "MAXPROJECT"
 LR_SCHEDULES = ("constant", "cosine")
+ARCHITECTURES = ("concordance", "fovea", "unet", "unet_regression")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,10 +153,13 @@ class ModelConfig:
     values; nothing is tabulated.
 
     Attributes:
-        architecture: "concordance" (the released model), "fovea" (§1.8), or
-            "unet" (a small U-Net baseline, not in the paper; `isl.model.unet`:
-            it takes the concordance fields' patch geometry and ignores the
-            other concordance fields).
+        architecture: "concordance" (the released model), "fovea" (§1.8),
+            "unet" (a small U-Net core under the paper's heads and loss, not
+            in the paper; `isl.model.unet`: it takes the concordance fields'
+            patch geometry and ignores the other concordance fields), or
+            "unet_regression" (the fnet/CARE-style peer baseline: a U-Net
+            regression trained with MSE on standardized targets, no
+            256-bin heads; `isl.model.unet_regression`).
         num_scales: number of towers; tower s works at 1/2**s resolution.
         projection_depth: features of the initial 1x1 projection with bias;
             0 feeds the raw value/mask stack to the towers (paper-style input,
@@ -180,6 +184,9 @@ class ModelConfig:
         unet_levels, unet_filters, unet_context: the U-Net baseline's pooling
             levels, first-level filters (doubled per level) and the context in
             pixels it reads on each side of the output.
+        regression_target_mean, regression_target_std: "unet_regression"
+            only: per output target channel, the training targets' mean and
+            standard deviation (filled in by `isl train`).
     """
 
     architecture: str = "concordance"
@@ -202,13 +209,19 @@ class ModelConfig:
     unet_levels: int = 4
     unet_filters: int = 32
     unet_context: int = 60
+    regression_target_mean: tuple[float, ...] = ()
+    regression_target_std: tuple[float, ...] = ()
 
     def validate(self) -> None:
-        if self.architecture not in ("concordance", "fovea", "unet"):
+        if self.architecture not in ARCHITECTURES:
             raise ValueError(
-                "architecture must be 'concordance', 'fovea' or 'unet'. "
+                f"model.architecture must be one of {', '.join(ARCHITECTURES)}. "
                 f"Received: {self.architecture!r}"
             )
+        if len(self.regression_target_mean) != len(self.regression_target_std):
+            raise ValueError("model.regression_target_mean and regression_target_std must have equal lengths.")
+        if any(value <= 0 for value in self.regression_target_std):
+            raise ValueError("model.regression_target_std must be > 0.")
         for name in ("num_scales", "base_depth", "num_classes", "output_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1. Received: {getattr(self, name)}")

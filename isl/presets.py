@@ -27,6 +27,13 @@ preset (`isl train --recipe=NAME`), between the preset and `--config` /
   evaluations are meaningful after a few hundred steps, in-training
   whole-image Pearson r every 200 steps keeping the best weights, and
   batch-norm recalibration on 40 batches at the end.
+* `unet_regression`: the peer baseline as fnet and CARE train it, in this
+  project's pipeline so it runs on the same data with the same commands: a
+  4-level U-Net with 16 base filters (1.95 M weights), BN + ReLU, a linear
+  output per target channel, MSE on per-channel standardized targets, batch
+  8 of random 128 x 128 crops with flips and rotations, Adam 1e-3 with a
+  cosine decay, bfloat16 compute, whole-image Pearson r every 200 steps
+  keeping the best weights. Prediction is one pass over the whole image.
 """
 
 from __future__ import annotations
@@ -112,6 +119,26 @@ RECIPES: dict[str, dict[str, object]] = {
         "train.recalibrate_batches": 40,
         "train.checkpoint_every_steps": 200,
         "data.rotate_per_example": True,
+    },
+    "unet_regression": {
+        "model.architecture": "unet_regression",
+        "model.unet_levels": 4,
+        "model.unet_filters": 16,
+        "model.output_size": 128,
+        "model.batch_norm_momentum": 0.99,
+        "data.crop_size": 520,
+        "train.batch_size": 8,
+        "train.mixed_precision": "bfloat16",
+        "train.learning_rate": 1e-3,
+        "train.lr_schedule": "cosine",
+        "train.warmup_steps": 50,
+        "train.final_learning_rate_fraction": 0.1,
+        "train.eval_every_steps": 200,
+        "train.eval_batches": 16,
+        "train.eval_pearson": True,
+        "train.keep_best": True,
+        "train.recalibrate_batches": 20,
+        "train.checkpoint_every_steps": 400,
     },
 }
 

@@ -172,8 +172,82 @@ def run_variant(config: Any, variant: str, batch_size: int, repeats: int) -> dic
     return figures
 
 
+OUTPUT_SIZE_VARIANTS = ("float32", "bfloat16_fast")
+
+
+def output_size_table(
+    config: Any, output_sizes: list[int], memory_budget_bytes: float, repeats: int, log=print
+) -> list[dict[str, Any]]:
+    """Training throughput of `config`'s network at several output sizes.
+
+    For each output size (8 + 16k) and each of `OUTPUT_SIZE_VARIANTS`, the
+    batch is the largest (at most the config's) whose modelled step
+    (`isl.model.footprint`) fits `memory_budget_bytes`; one fresh process
+    per row measures the training step. A row reports labelled output
+    pixels (batch x output^2) per second and per CPU-second.
+
+    Raises:
+        InputError: for an output size the network cannot produce.
+    """
+    from isl import errors
+    from isl.model import footprint
+    from isl.model import geometry
+
+    rows = []
+    for output_size in output_sizes:
+        sized = dataclasses.replace(config, model=dataclasses.replace(config.model, output_size=output_size))
+        try:
+            geo = geometry.geometry(sized.model)
+        except ValueError as error:
+            raise errors.InputError(f"--output_sizes: {error}") from None
+        for variant in OUTPUT_SIZE_VARIANTS:
+            precision = VARIANTS[variant][0]
+            variant_config = dataclasses.replace(sized, train=dataclasses.replace(sized.train, mixed_precision=precision))
+            batch = footprint.largest_batch(variant_config, memory_budget_bytes)
+            row: dict[str, Any] = {"output_size": output_size, "input_size": geo.input_size, "variant": variant,
+                                   "batch_size": batch}
+            if batch == 0:
+                row["error"] = "no batch fits the memory budget"
+                log(f"output {output_size} {variant}: no batch fits {memory_budget_bytes / 1e9:.0f} GB")
+                rows.append(row)
+                continue
+            figures = run_variant(sized, variant, batch, repeats)
+            if "error" in figures:
+                row["error"] = figures["error"]
+            else:
+                step = figures["train_step"]
+                pixels = batch * output_size**2
+                row.update(
+                    step_seconds=step["seconds"],
+                    step_cpu_seconds=step["cpu_seconds"],
+                    labelled_pixels_per_second=pixels / step["seconds"],
+                    labelled_pixels_per_cpu_second=pixels / step["cpu_seconds"],
+                    peak_rss_gb=figures["peak_rss_bytes"] / 2**30,
+                    modelled_gb=footprint.training_step_bytes(variant_config, batch) / 2**30,
+                )
+            rows.append(row)
+            if "error" in row:
+                log(f"output {output_size} {variant} batch {batch}: failed: {row['error']}")
+            else:
+                log(f"output {output_size:3d} (input {geo.input_size}) {variant:13s} batch {batch:2d}: step "
+                    f"{row['step_seconds']:.2f} s ({row['step_cpu_seconds']:.1f} CPU-s), "
+                    f"{row['labelled_pixels_per_second']:,.0f} labelled px/s, "
+                    f"{row['labelled_pixels_per_cpu_second']:,.0f} per CPU-s, peak RSS {row['peak_rss_gb']:.1f} GiB")
+    base = next((row for row in rows if "error" not in row), None)
+    if base:
+        for row in rows:
+            if "error" not in row:
+                row["pixels_per_cpu_second_vs_first"] = (
+                    row["labelled_pixels_per_cpu_second"] / base["labelled_pixels_per_cpu_second"]
+                )
+    return rows
+
+
 def run(flag_values: Any) -> dict[str, Any]:
-    """Entry point of `isl benchmark model` (flags: --preset, --batch_size, --repeats).
+    """Entry point of `isl benchmark model` (flags: --preset, --batch_size, --repeats, --output_sizes).
+
+    With --output_sizes (e.g. "8,24,56,120,248") it measures the training
+    throughput table of `output_size_table` instead of the variants.
 
     The variants are `DEFAULT_VARIANTS`, or those named (comma-separated) in
     the environment variable ISL_BENCHMARK_MODEL_VARIANTS (e.g.
@@ -185,6 +259,20 @@ def run(flag_values: Any) -> dict[str, Any]:
     config = config_lib.resolve_config(flag_values["preset"].value)
     batch_size = flag_values["batch_size"].value or config.train.batch_size
     repeats = max(1, flag_values["repeats"].value or 3)
+    output_sizes_text = flag_values["output_sizes"].value if "output_sizes" in flag_values else ""
+    if output_sizes_text:
+        try:
+            output_sizes = [int(item) for item in output_sizes_text.split(",") if item.strip()]
+        except ValueError:
+            raise errors.InputError(f"--output_sizes must be integers like 8,24,56. Received: {output_sizes_text!r}")
+        budget = flag_values["memory_budget_gb"].value * 1e9
+        print(f"isl benchmark model: preset {config.name}, output sizes {output_sizes}, variants "
+              f"{', '.join(OUTPUT_SIZE_VARIANTS)}, batch <= {config.train.batch_size} within "
+              f"{budget / 1e9:.0f} GB (modelled), {repeats} repeats, {os.cpu_count()} CPUs "
+              f"(load average {os.getloadavg()[0]:.1f}: other processes share them).")
+        rows = output_size_table(config, output_sizes, budget, repeats)
+        print("Nothing written.")
+        return {"preset": config.name, "output_size_table": rows, "load_average_end": os.getloadavg()[0]}
     names = os.environ.get("ISL_BENCHMARK_MODEL_VARIANTS", ",".join(DEFAULT_VARIANTS))
     variants = [name.strip() for name in names.split(",") if name.strip()]
     unknown = [name for name in variants if name not in VARIANTS]

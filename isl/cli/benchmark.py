@@ -12,7 +12,9 @@ Measure speed and memory: 'isl benchmark data|model|predict'.
   data     patches/s delivered by the training pipeline (on --data_dir, or a
            synthetic well the size of the real sample) and the peak RSS of
            converting one well.
-  model    forward/backward step time of the model (see BUILD_NOTES.md).
+  model    forward/backward step time of the model; with --output_sizes,
+           labelled output pixels per second and per CPU-second of a
+           training step at each output size, float32 and bfloat16.
   predict  tiled prediction speed on a well.
 
 Each benchmark prints its figures and the command line that reproduces them;
@@ -48,6 +50,11 @@ def define_flags(flag_values: Any) -> None:
                          flag_values=flag_values)
     flags.DEFINE_string("precision", "float32", "predict: compute precision(s), comma-separated: float32, bfloat16.",
                         flag_values=flag_values)
+    flags.DEFINE_string("output_sizes", "", "model: measure training throughput (labelled output pixels per "
+                        "second and per CPU-second) at these output sizes, e.g. 8,24,56,120,248.",
+                        flag_values=flag_values)
+    flags.DEFINE_float("memory_budget_gb", 16.0, "model --output_sizes: the largest batch whose modelled training "
+                       "step fits this many GB is used.", flag_values=flag_values)
     flags.DEFINE_integer("model_steps", 2, "data: timed training steps of the preset's model, to compare the "
                          "pipeline's patches/s with what the model consumes (0 skips).", flag_values=flag_values)
 

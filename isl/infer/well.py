@@ -273,6 +273,10 @@ def predict_well(
     config = predictor.config
     channel_config = config.channels
     chosen = choose_channels(config, channels, predictor.trained_channels)
+    if config.model.architecture == "unet_regression":
+        from isl.infer import regression
+
+        return regression.predict_well(predictor, input_dir, output_dir, chosen, image_format)
     known, quantiles = predict_lib.parse_statistics(statistics)
     well = wells_lib.read_well(input_dir, channel_config)
     check_z(well, config)

@@ -41,6 +41,7 @@ from isl.model import geometry as geometry_lib
 from isl.model import heads as heads_lib
 from isl.model import layers as isl_layers
 from isl.model import unet as unet_lib
+from isl.model import unet_regression
 
 INPUT_NAME = "transmitted_light"
 PROJECTION_LAYER = "projection"
@@ -204,6 +205,8 @@ def build_model(
         fused=bool(getattr(config.train, "fused_elementwise", False)),
         eigen_odd_depths=bool(getattr(config.train, "fast_batch_norm", False)),
     )
+    if model_config.architecture == "unet_regression":
+        return unet_regression.build_regression_model(config, settings, input_size)
     inputs = keras.Input(
         shape=(input_size, input_size, config.channels.num_input_features),
         dtype="float32",

@@ -158,6 +158,15 @@ def geometry(model: config_lib.ModelConfig, output_size: int | None = None) -> G
         ValueError: if no input size gives exactly that output size.
     """
     output_size = model.output_size if output_size is None else output_size
+    if model.architecture == "unet_regression":
+        # 'same' convolutions: input = output, no border (isl.model.unet_regression).
+        from isl.model import unet_regression
+
+        unet_regression.check_size(model, output_size)
+        return Geometry(
+            input_size=output_size, output_size=output_size, border=0, phase=phase_of(model),
+            merge_size=output_size, towers=(),
+        )
     merge_size = output_size + (model.in_scale_kernel - 1) * model.upper_tower_modules
     towers = []
     for scale in range(model.num_scales):
@@ -196,7 +205,9 @@ def _smallest_output_size(model: config_lib.ModelConfig) -> int | str:
 
 
 def phase_of(model: config_lib.ModelConfig) -> int:
-    """The shift-equivariance period in input pixels, 2**(num_scales - 1)."""
+    """The shift-equivariance period in input pixels, 2**(num_scales - 1) (2**unet_levels for the regression U-Net)."""
+    if model.architecture == "unet_regression":
+        return 2**model.unet_levels
     return 2 ** (model.num_scales - 1)
 
 

@@ -69,18 +69,20 @@ class EvalImage:
     targets: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def load_eval_images(data_dir: str, config: config_lib.ExperimentConfig, max_images: int = 16) -> list[EvalImage]:
-    """The eval split's wells as numpy arrays (at most `max_images`).
+def load_eval_images(
+    data_dir: str, config: config_lib.ExperimentConfig, max_images: int = 16, split: str = "eval"
+) -> list[EvalImage]:
+    """A split's wells as numpy arrays (at most `max_images`).
 
     Raises:
-        InputError: when the folder has no eval shards.
+        InputError: when the folder has no shards of that split.
     """
     import tensorflow as tf
 
     from isl.data import decoder
     from isl.data import pipeline
 
-    files = pipeline.list_shards(data_dir, "eval")
+    files = pipeline.list_shards(data_dir, split)
     images = []
     for serialized in tf.data.TFRecordDataset(files).take(max_images):
         decoded = decoder.decode(serialized)
@@ -99,6 +101,30 @@ def load_eval_images(data_dir: str, config: config_lib.ExperimentConfig, max_ima
                 real[synthetic.name] = (mean, np.ones(values.shape[:2], bool))
         images.append(EvalImage(decoded["name"].numpy().decode(), stack, real))
     return images
+
+
+def target_statistics(
+    data_dir: str, config: config_lib.ExperimentConfig, max_images: int = 64
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per output target channel, mean and standard deviation of the training targets.
+
+    Channels absent from the training split get mean 0 and std 1.
+
+    Raises:
+        InputError: when the folder has no training shards.
+    """
+    images = load_eval_images(data_dir, config, max_images=max_images, split="train")
+    means, stds = [], []
+    for channel in config.channels.output_target_channels:
+        values = [image.targets[channel][0][image.targets[channel][1]] for image in images if channel in image.targets]
+        if not values:
+            means.append(0.0)
+            stds.append(1.0)
+            continue
+        pooled = np.concatenate([value.ravel() for value in values]).astype(np.float64)
+        means.append(float(pooled.mean()))
+        stds.append(float(max(pooled.std(), 1e-6)))
+    return tuple(means), tuple(stds)
 
 
 def pearson_of_predictions(
@@ -219,8 +245,9 @@ class DensePearson(keras.callbacks.Callback):
 
         if self._inference_model is None:
             self._inference_model = builder.build_model(self.config, input_size=None)
-            network = predict_lib.Network.from_keras(self._inference_model, self.head_indices)
-            self._run_function = predict_lib.make_run_function(network, STATISTICS)
+            if self.config.model.architecture != "unet_regression":
+                network = predict_lib.Network.from_keras(self._inference_model, self.head_indices)
+                self._run_function = predict_lib.make_run_function(network, STATISTICS)
         self._inference_model.set_weights(self.model.get_weights())
         return self._run_function
 
@@ -230,6 +257,8 @@ class DensePearson(keras.callbacks.Callback):
 
         if not self.channels:
             return {}
+        if self.config.model.architecture == "unet_regression":
+            return self._evaluate_regression()
         run_function = self._network()
         tile_size = predict_lib.auto_tile_size(
             self.geometry, self.config.model, len(self.channels), memory_budget_bytes=TILE_MEMORY_BYTES
@@ -248,6 +277,18 @@ class DensePearson(keras.callbacks.Callback):
                 run_function=run_function,
             )
             predictions.append(prediction.statistics)
+        return pearson_of_predictions(self.images, predictions, self.channels)
+
+    def _evaluate_regression(self) -> dict[str, float]:
+        from isl.infer import regression
+
+        self._network()
+        predictions = []
+        all_channels = self.config.channels.output_target_channels
+        columns = [all_channels.index(name) for name in self.channels]
+        for image in self.images:
+            values = regression.predict_image(self._inference_model, image.stack, self.config)[..., columns]
+            predictions.append({"median": values, "mean": values})
         return pearson_of_predictions(self.images, predictions, self.channels)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

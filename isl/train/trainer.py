@@ -162,6 +162,41 @@ def latest_checkpoint(model_dir: str) -> str | None:
     return tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
 
 
+def _loss(config: config_lib.ExperimentConfig) -> keras.losses.Loss:
+    """The paper's loss, or the regression baseline's MSE on standardized targets."""
+    if config.model.architecture == "unet_regression":
+        from isl.model import unet_regression
+
+        return unet_regression.RegressionLoss(
+            config.channels.num_input_heads, config.model.regression_target_mean, config.model.regression_target_std
+        )
+    return losses_lib.ISLLoss(config.channels)
+
+
+def _with_target_statistics(
+    config: config_lib.ExperimentConfig, data_dir: str, model_dir: str, log: Callable[[str], None]
+) -> config_lib.ExperimentConfig:
+    """The regression config with its training targets' per-channel mean and std filled in.
+
+    A resumed run reuses the values recorded in its config.json.
+    """
+    from isl.train import dense_eval
+
+    saved_path = os.path.join(model_dir, CONFIG_FILE)
+    if latest_checkpoint(model_dir) and os.path.isfile(saved_path):
+        saved = config_lib.load_config(saved_path)
+        if saved.model.regression_target_mean:
+            return dataclasses.replace(config, model=saved.model)
+    if not os.path.isdir(data_dir):
+        raise errors.InputError(f"--data_dir {data_dir}: no such directory.")
+    means, stds = dense_eval.target_statistics(data_dir, config)
+    log("Regression targets standardized with per-channel mean / std " + ", ".join(
+        f"{name} {mean:.4f} / {std:.4f}"
+        for name, mean, std in zip(config.channels.output_target_channels, means, stds)))
+    model = dataclasses.replace(config.model, regression_target_mean=means, regression_target_std=stds)
+    return dataclasses.replace(config, model=model)
+
+
 def _check_memory(config: config_lib.ExperimentConfig, strategy: tf.distribute.Strategy) -> None:
     """Refuses a batch whose modelled training step cannot fit this machine's memory.
 
@@ -419,6 +454,9 @@ def train(
         raise errors.InputError(f"--model_dir {model_dir} exists and is not a directory.")
     if not os.path.isdir(data_dir):
         raise errors.InputError(f"--data_dir {data_dir}: no such directory.")
+    regression = config.model.architecture == "unet_regression"
+    if regression and not config.model.regression_target_mean:
+        config = _with_target_statistics(config, data_dir, model_dir, log)
     if config.train.lr_schedule != "constant" and not config.train.schedule_steps:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, schedule_steps=total_steps))
     train_config = config.train
@@ -452,8 +490,8 @@ def train(
         optimizer = make_optimizer(train_config, total_steps)
         model.compile(
             optimizer=optimizer,
-            loss=ReplicaScaledLoss(losses_lib.ISLLoss(config.channels)),
-            metrics=[callbacks_lib.PerHeadLosses(head_names)],
+            loss=ReplicaScaledLoss(_loss(config)),
+            metrics=[] if regression else [callbacks_lib.PerHeadLosses(head_names)],
             jit_compile=bool(train_config.jit_compile),
         )
         optimizer.build(model.trainable_variables)
@@ -534,7 +572,7 @@ def train(
             fit_callbacks.append(dense_pearson)  # Before TrainingLog: it adds to the epoch logs.
     if chief:
         fit_callbacks.append(training_log)
-        if eval_data is not None:
+        if eval_data is not None and not regression:
             panel_batch = _panel_batch(dataset_fn, data_dir, config)
             if panel_batch is not None:
                 fit_callbacks.append(

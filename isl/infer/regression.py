@@ -1,0 +1,126 @@
+"""Whole-image prediction with the U-Net regression baseline (`model.architecture=unet_regression`).
+
+The regression U-Net has no distribution and no border: it predicts a whole
+image in one pass, as fnet and CARE do. The stack is reflection-padded to a
+multiple of 2**unet_levels (and by `PAD` pixels of context on each side, so
+the 'same' convolutions' zero padding stays away from the image), run once,
+cropped back, mapped from standardized values to intensities and clipped to
+[0, 1]. `isl predict` writes it as both the median and the mean statistic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from isl import config as config_lib
+from isl import errors
+from isl.io import atomic
+from isl.model import unet_regression
+
+# Reflected context on each side of the image, in pixels.
+PAD = 32
+STATISTICS = ("median", "mean")
+
+
+def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentConfig) -> np.ndarray:
+    """Predicts every target channel of a whole image.
+
+    Args:
+        model: the regression model, built with a free input size.
+        stack: `[num_source_z, height, width]` float32 in [0, 1].
+        config: the model's config (z values, levels, standardization).
+
+    Returns:
+        `[height, width, T]` float32 intensities in [0, 1], T = output target channels.
+    """
+    from isl.data import assemble
+
+    if stack.ndim != 3:
+        raise errors.InputError(f"A source stack must be [num_source_z, height, width]; got shape {stack.shape}.")
+    if not config.model.regression_target_mean:
+        raise errors.InputError("This U-Net regression model has no target statistics in its config.json "
+                                "(model.regression_target_mean); was it trained with isl train?")
+    _, height, width = stack.shape
+    factor = 2**config.model.unet_levels
+    padded_height = -(-(height + 2 * PAD) // factor) * factor
+    padded_width = -(-(width + 2 * PAD) // factor) * factor
+    top, left = PAD, PAD
+    bottom, right = padded_height - height - top, padded_width - width - left
+    padded = np.pad(stack, ((0, 0), (top, bottom), (left, right)), mode="reflect" if min(height, width) > PAD else "edge")
+    inputs = assemble.network_input(padded, config.channels.num_z_values)[np.newaxis]
+    outputs = np.asarray(model(inputs, training=False))[0, top : top + height, left : left + width]
+    return unet_regression.destandardize(outputs, config.model)
+
+
+def predict_well(
+    predictor: Any,
+    input_dir: str,
+    output_dir: str,
+    channels: Sequence[str],
+    image_format: str = "png",
+) -> dict[str, Any]:
+    """`isl predict` for the regression baseline: one pass, median and mean files, prediction.json.
+
+    Args:
+        predictor: from `isl.infer.well.load_predictor` (a model directory).
+        input_dir: the folder of one well.
+        output_dir: parent folder of the per-well output folders.
+        channels: the target channels to write.
+        image_format: "png" or "tiff" (16-bit either way).
+    """
+    from isl.data import wells as wells_lib
+    from isl.infer import well as well_lib
+
+    if predictor.model is None:
+        raise errors.InputError(f"{predictor.source}: the U-Net regression is predicted from its model directory "
+                                "(--model_dir), not from an exported SavedModel.")
+    config = predictor.config
+    well = wells_lib.read_well(input_dir, config.channels)
+    well_lib.check_z(well, config)
+    start = time.perf_counter()
+    values = predict_image(predictor.model, well.inputs, config)
+    seconds = time.perf_counter() - start
+    all_channels = config.channels.output_target_channels
+    well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
+    os.makedirs(well_dir, exist_ok=True)
+    extension = ".png" if image_format == "png" else ".tif"
+    files: dict[str, dict[str, str]] = {}
+    for channel in channels:
+        files[channel] = {}
+        for name in STATISTICS:
+            file_name = well_lib.output_name(well.metadata, channel, name, extension)
+            well_lib._write_statistic(os.path.join(well_dir, file_name), values[..., all_channels.index(channel)])
+            files[channel][name] = file_name
+    height, width = well.inputs.shape[1:]
+    summary = {
+        "well": well.name,
+        "input_dir": os.path.abspath(input_dir),
+        "metadata": {key: well.metadata.get(key, "") for key in ("lab", "condition", "well", "date")},
+        "model": os.path.abspath(predictor.source),
+        "model_name": config.name,
+        "architecture": config.model.architecture,
+        "channel_config": dataclasses.asdict(config.channels),
+        "channels": list(channels),
+        "statistics": list(STATISTICS),
+        "border": "reflect",
+        "region": {"row_offset": 0, "column_offset": 0, "height": int(height), "width": int(width)},
+        "image_shape": [int(height), int(width)],
+        "num_source_z": int(well.inputs.shape[0]),
+        "format": image_format,
+        "files": files,
+        "truth_channels": [],
+        "calibration_files": {},
+        "panels": {},
+        "num_runs": 1,
+        "seconds": round(seconds, 3),
+    }
+    atomic.write_text(os.path.join(well_dir, well_lib.PREDICTION_FILE), json.dumps(summary, indent=2) + "\n")
+    summary["well_dir"] = well_dir
+    return summary

@@ -1,0 +1,129 @@
+"""The peer baseline: a U-Net regression as fnet and CARE train it (not in the paper).
+
+`model.architecture="unet_regression"` builds what label-free prediction
+tools (the Allen Institute's fnet, CSBDeep/CARE) train: a U-Net with 'same'
+convolutions that maps the transmitted-light stack to one value per target
+channel and pixel, trained with the mean squared error on per-channel
+standardized targets. No 256-bin heads, no distribution: its prediction is
+one image per channel (written as both the median and the mean statistic,
+so `isl evaluate` scores it like the paper's model).
+
+    input [b, n, n, 2Z] (value/mask per z, as the concordance model takes)
+      -> levels x (2 x [3x3 conv 'same' -> BN -> ReLU], 2x2 max pool)
+      -> bottleneck 2 x [conv -> BN -> ReLU]
+      -> levels x (2x2 transposed conv stride 2, concat skip, 2 x [conv -> BN -> ReLU])
+      -> 1x1 conv, linear -> [b, n, n, T] float32 (standardized values)
+
+Geometry (`isl.model.geometry`): input = output = `model.output_size`, a
+multiple of 2**unet_levels (128 for the `unet` recipe), border 0: training
+patches are random 128 x 128 crops, and whole images are predicted in one
+pass after reflection padding to a multiple of 2**unet_levels.
+
+Standardization: `model.regression_target_mean` / `regression_target_std`
+(one value per output target channel) are measured on the training split
+when training starts and recorded in config.json; prediction maps the
+network's output back with them and clips to [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from isl import config as config_lib
+from isl.model import blocks
+from isl.model import unet as unet_lib
+
+ARCHITECTURE = "unet_regression"
+OUTPUT_LAYER = "regression_output"
+
+
+def check_size(model_config: config_lib.ModelConfig, size: int) -> None:
+    """Raises ValueError unless `size` pools exactly through every level."""
+    factor = 2**model_config.unet_levels
+    if size < factor or size % factor:
+        raise ValueError(
+            f"Output size {size} is not valid for the U-Net regression: it must be a positive multiple "
+            f"of 2**unet_levels = {factor}."
+        )
+
+
+def build_regression_model(
+    config: config_lib.ExperimentConfig, settings: blocks.BlockSettings, input_size: int | None = None
+) -> keras.Model:
+    """`[batch, n, n, 2Z]` float32 -> `[batch, n, n, T]` float32 standardized target values."""
+    model_config = config.model
+    if input_size is not None:
+        check_size(model_config, input_size)
+    inputs = keras.Input(shape=(input_size, input_size, config.channels.num_input_features), dtype="float32",
+                         name="transmitted_light")
+    features = inputs
+    skips = []
+    filters = model_config.unet_filters
+    for level in range(model_config.unet_levels):
+        features = unet_lib._conv_unit(features, filters * 2**level, settings, f"unet_down{level}_a")
+        features = unet_lib._conv_unit(features, filters * 2**level, settings, f"unet_down{level}_b")
+        skips.append(features)
+        features = keras.layers.MaxPooling2D(2, **settings.layer_kwargs(f"unet_pool{level}"))(features)
+    bottom = filters * 2**model_config.unet_levels
+    features = unet_lib._conv_unit(features, bottom, settings, "unet_bottom_a")
+    features = unet_lib._conv_unit(features, bottom, settings, "unet_bottom_b")
+    for level in reversed(range(model_config.unet_levels)):
+        features = keras.layers.Conv2DTranspose(
+            filters * 2**level, 2, strides=2, **settings.layer_kwargs(f"unet_up{level}_transpose")
+        )(features)
+        features = keras.layers.Concatenate(**settings.layer_kwargs(f"unet_up{level}_concat"))([features, skips[level]])
+        features = unet_lib._conv_unit(features, filters * 2**level, settings, f"unet_up{level}_a")
+        features = unet_lib._conv_unit(features, filters * 2**level, settings, f"unet_up{level}_b")
+    outputs = keras.layers.Conv2D(config.channels.num_target_heads, 1, name=OUTPUT_LAYER, dtype="float32")(features)
+    return keras.Model(inputs, outputs, name="isl_unet_regression")
+
+
+@keras.saving.register_keras_serializable(package="isl")
+class RegressionLoss(keras.losses.Loss):
+    """Masked mean squared error on standardized targets.
+
+    `y_true` is the pipeline's labels `[b, o, o, heads, 2]` (value, mask;
+    input heads first, then the targets); `y_pred` is `[b, o, o, T]`. Each
+    target value v becomes (v - mean) / std; the loss is the mean of the
+    squared errors over the labelled (mask != 0) target pixels.
+    """
+
+    def __init__(
+        self,
+        num_input_heads: int,
+        means: tuple[float, ...],
+        stds: tuple[float, ...],
+        name: str = "mse_standardized",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        if len(means) != len(stds) or not means:
+            raise ValueError("RegressionLoss needs one mean and one std per target channel.")
+        self.num_input_heads = int(num_input_heads)
+        self.means = tuple(float(value) for value in means)
+        self.stds = tuple(float(value) for value in stds)
+
+    def call(self, y_true, y_pred):
+        labels = ops.cast(y_true, "float32")[..., self.num_input_heads :, :]
+        values, masks = labels[..., 0], labels[..., 1]
+        standardized = (values - ops.convert_to_tensor(self.means)) / ops.convert_to_tensor(self.stds)
+        weights = ops.cast(ops.not_equal(masks, 0.0), "float32")
+        squared = ops.square(ops.cast(y_pred, "float32") - standardized) * weights
+        return ops.sum(squared) / ops.maximum(ops.sum(weights), 1.0)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(num_input_heads=self.num_input_heads, means=list(self.means), stds=list(self.stds))
+        return config
+
+
+def destandardize(values: Any, model_config: config_lib.ModelConfig) -> Any:
+    """Network output `[..., T]` -> intensities in [0, 1] (numpy)."""
+    import numpy as np
+
+    means = np.asarray(model_config.regression_target_mean, np.float32)
+    stds = np.asarray(model_config.regression_target_std, np.float32)
+    return np.clip(np.asarray(values, np.float32) * stds + means, 0.0, 1.0)

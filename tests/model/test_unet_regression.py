@@ -1,0 +1,83 @@
+"""The fnet/CARE-style U-Net regression baseline: geometry, model, loss, training and prediction."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+from isl import config as config_lib
+from isl import errors
+from isl.model import builder
+from isl.model import geometry
+from isl.model import unet_regression
+
+
+def _config(*overrides: str) -> config_lib.ExperimentConfig:
+    return config_lib.resolve_config("condition_b", recipe="unet_regression", overrides=list(overrides))
+
+
+def test_recipe_builds_the_described_baseline():
+    config = _config()
+    geo = geometry.geometry(config.model)
+    assert (geo.input_size, geo.output_size, geo.border, geo.phase) == (128, 128, 0, 16)
+    model = builder.build_model(config, 128)
+    assert model.output_shape == (None, 128, 128, 4)  # DAPI, NFH, MAP2, NEURITE
+    assert 1.9e6 < model.count_params() < 2.0e6
+
+
+def test_output_size_must_pool_exactly():
+    with pytest.raises(ValueError, match="multiple of 2\\*\\*unet_levels = 16"):
+        geometry.geometry(_config("model.output_size=120").model)
+
+
+def test_loss_is_the_masked_mse_of_standardized_targets():
+    loss = unet_regression.RegressionLoss(1, means=(0.5, 0.2), stds=(0.25, 0.1))
+    labels = np.zeros((1, 2, 1, 3, 2), np.float32)
+    labels[..., 1:, 1] = 1.0
+    labels[0, :, 0, 1, 0] = [0.75, 0.5]  # standardized: 1, 0
+    labels[0, :, 0, 2, 0] = [0.3, 0.2]  # standardized: 1, 0
+    labels[0, 1, 0, 2, 1] = 0.0  # one unlabelled pixel
+    predictions = np.zeros((1, 2, 1, 2), np.float32)
+    # Squared errors over the 3 labelled pixels: 1, 0, 1.
+    assert float(loss(labels, predictions)) == pytest.approx(2.0 / 3.0, rel=1e-6)
+
+
+def test_trains_predicts_and_is_written_like_the_paper_model(tmp_path):
+    from isl.infer import well
+    from isl.train import trainer
+    from tests.train.conftest import write_records
+
+    config = _config(
+        "model.output_size=32", "model.unet_filters=4", "model.unet_levels=2", "train.batch_size=4",
+        "train.eval_every_steps=4", "train.recalibrate_batches=2", "data.crop_size=64", "data.patch_stride=32",
+        "train.checkpoint_every_minutes=0",
+    )
+    records = write_records(str(tmp_path), 3, 0, config.channels)
+    model_dir = str(tmp_path / "model")
+    result = trainer.train(config, records, model_dir, 8, show_progress=False, log=lambda line: None)
+    saved = config_lib.load_config(os.path.join(model_dir, "config.json"))
+    assert len(saved.model.regression_target_mean) == 4 and all(std > 0 for std in saved.model.regression_target_std)
+    assert "pearson_median_DAPI_CONFOCAL" in result.pearson and result.best_step in (4, 8)
+    predictor = well.load_predictor(model_dir=model_dir)
+    well_dir = sorted(glob.glob(str(tmp_path / "wells" / "*")))[-1]
+    summary = well.predict_well(predictor, well_dir, str(tmp_path / "predictions"))
+    assert set(summary["files"]["DAPI_CONFOCAL"]) == {"median", "mean"}
+    written = json.load(open(os.path.join(summary["well_dir"], "prediction.json")))
+    assert written["architecture"] == "unet_regression" and written["image_shape"] == [160, 160]
+    import imageio.v3 as imageio
+
+    image = imageio.imread(os.path.join(summary["well_dir"], summary["files"]["MAP2_CONFOCAL"]["median"]))
+    assert image.shape == (160, 160) and image.dtype == np.uint16 and image.std() > 0
+
+
+def test_prediction_without_target_statistics_is_refused():
+    from isl.infer import regression
+
+    config = _config("model.output_size=32", "model.unet_filters=4", "model.unet_levels=2")
+    model = builder.build_model(config, None)
+    with pytest.raises(errors.InputError, match="regression_target_mean"):
+        regression.predict_image(model, np.zeros((13, 40, 40), np.float32), config)
