@@ -160,8 +160,21 @@ def _json_default(value: Any) -> Any:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run_command(sys.argv[1:]))
+    """Console-script entry point.
+
+    A reader that closes the pipe early (`isl --help | head`) ends the
+    command quietly, as command-line tools do, instead of a BrokenPipeError
+    traceback.
+    """
+    try:
+        code = run_command(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit; point it at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 141  # 128 + SIGPIPE, what a shell reports for such a command.
+    sys.exit(code)
 
 
 if __name__ == "__main__":

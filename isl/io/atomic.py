@@ -1,7 +1,9 @@
 """Atomic outputs: write to a temporary name beside the target, rename at the end.
 
 Nothing half-written is ever left under the final name: if the work fails,
-the temporary file or directory is removed.
+the temporary file or directory is removed. Files and directories get the
+permissions the user's umask allows (as `open` and `os.makedirs` would give
+them), not the private 0600 / 0700 of `tempfile`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,17 @@ import tempfile
 from collections.abc import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: str, directory: bool = False) -> None:
+    """Gives a `tempfile` file (0600) or directory (0700) the mode the umask allows."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Writes `data` to `path` through a temporary file and a rename."""
     path = os.fspath(path)
@@ -20,6 +33,7 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
     try:
+        _as_created(temporary)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(temporary, path)
@@ -47,6 +61,7 @@ def temporary_path(path: str | os.PathLike[str]) -> Iterator[str]:
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
     os.close(handle)
     try:
+        _as_created(temporary)
         yield temporary
         os.replace(temporary, path)
     except BaseException:
@@ -68,6 +83,7 @@ def output_directory(path: str | os.PathLike[str], overwrite: bool = True) -> It
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
     try:
+        _as_created(temporary, directory=True)
         yield temporary
         if os.path.exists(path):
             if not overwrite:

@@ -36,3 +36,14 @@ def test_python_dash_m_runs_the_same_entry_point():
     )
     assert completed.returncode == 0
     assert "convert" in completed.stdout
+
+
+def test_help_into_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    # `true` exits before isl writes, so every write meets a closed pipe.
+    command = f"{sys.executable} -m isl --help | true; echo ${{PIPESTATUS[0]}}"
+    finished = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in finished.stderr and "BrokenPipeError" not in finished.stderr, finished.stderr
+    assert finished.stdout.strip() in ("0", "141")
