@@ -31,6 +31,8 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_string("predictions_dir", None, "Output folder of `isl predict` (or one well's folder in it).", flag_values=flag_values)
     flags.DEFINE_multi_string("truth_dir", [], "Folder(s) holding the truth wells; repeat for several.", flag_values=flag_values)
     flags.DEFINE_string("region", "all", "all, interior, original, or r0:r1,c0:c1 (image pixels).", flag_values=flag_values)
+    flags.DEFINE_string("statistic", "median", "Which predicted statistic to score: median (the paper's), mean, "
+                        "or another one isl predict wrote.", flag_values=flag_values)
     flags.DEFINE_string("output_dir", None, "Where to write the metrics and figures (default: --predictions_dir).", flag_values=flag_values)
 
 
@@ -47,6 +49,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         flag_values["truth_dir"].value,
         flag_values["output_dir"].value,
         flag_values["region"].value,
+        flag_values["statistic"].value,
     )
     for row in result["rows"]:
         coverage = ""

@@ -152,8 +152,9 @@ def evaluate_well(
     well_dir: str,
     truth_dirs: Sequence[str],
     region: str = "all",
+    statistic: str = "median",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Scores one predicted well.
+    """Scores one predicted well's `statistic` images (the median, the paper's, by default).
 
     Returns:
         (rows, figure rows): one metrics dict per channel with truth, and the
@@ -183,7 +184,11 @@ def evaluate_well(
         mask = (masks[rows_slice, columns_slice, index] > 0) & selection
         if not mask.any():
             continue
-        statistic = "median" if "median" in files else next(iter(files))
+        if statistic not in files:
+            raise errors.InputError(
+                f"{well_dir}: no {statistic!r} prediction for {channel} (written: {', '.join(files)}); "
+                f"predict it with isl predict --statistics={statistic} or choose --statistic."
+            )
         prediction = _read_unit(os.path.join(well_dir, files[statistic]))
         row: dict[str, Any] = {
             "well": summary["well"],
@@ -247,6 +252,7 @@ def evaluate(
     truth_dirs: Sequence[str],
     output_dir: str | None = None,
     region: str = "all",
+    statistic: str = "median",
 ) -> dict[str, Any]:
     """Scores every predicted well; writes metrics.json, metrics.csv, report PNGs.
 
@@ -260,7 +266,7 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     figures = []
     for well_dir in find_predictions(predictions_dir):
-        well_rows, figure_rows = evaluate_well(well_dir, truth_dirs, region)
+        well_rows, figure_rows = evaluate_well(well_dir, truth_dirs, region, statistic)
         rows += well_rows
         if figure_rows:
             name = os.path.basename(os.path.normpath(well_dir))

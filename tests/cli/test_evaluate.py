@@ -77,3 +77,24 @@ def test_evaluate_without_predictions_or_with_a_bad_region_exits_2(predicted, tm
     assert "prediction.json" in capsys.readouterr().err
     assert main.run_command(["evaluate", f"--predictions_dir={output_dir}", f"--truth_dir={well_dir}", "--region=top"]) == 2
     assert "--region" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_chosen_statistic_and_names_a_missing_one(predicted, tmp_path, capsys):
+    well_dir, output_dir, targets = predicted
+    copy = str(tmp_path / "copy")
+    shutil.copytree(output_dir, copy)
+    (well_folder,) = [os.path.join(copy, name) for name in os.listdir(copy)]
+    record = json.load(open(os.path.join(well_folder, "prediction.json")))
+    # A perfect "mean" beside the model's median: only --statistic=mean scores 1.
+    mean_name = record["files"]["DAPI_CONFOCAL"]["median"].replace("MEDIAN", "MEAN")
+    images.write_image(os.path.join(well_folder, mean_name), targets["DAPI_CONFOCAL"])
+    record["files"] = {"DAPI_CONFOCAL": {**record["files"]["DAPI_CONFOCAL"], "mean": mean_name}}
+    json.dump(record, open(os.path.join(well_folder, "prediction.json"), "w"))
+    code = main.run_command(["evaluate", f"--predictions_dir={copy}", f"--truth_dir={well_dir}", "--statistic=mean",
+                             "--region=8:30,4:30", "--json"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0
+    (dapi,) = summary["rows"]
+    assert dapi["statistic"] == "mean" and dapi["pearson_r"] == pytest.approx(1.0, abs=1e-9)
+    assert main.run_command(["evaluate", f"--predictions_dir={copy}", f"--truth_dir={well_dir}", "--statistic=q10"]) == 2
+    assert "no 'q10' prediction for DAPI_CONFOCAL" in capsys.readouterr().err
