@@ -19,6 +19,11 @@ Signatures (every spatial size is dynamic):
 * `logits`: `network_input` `[batch, height, width, 2 * num_z_values]`
   float32 (value/mask interleaved, §1.1) -> `logits` `[batch, h, w,
   num_heads, num_classes]`; what `isl predict --saved_model` tiles with.
+* `predict_image`: `z_stack` `[batch, height, width, num_source_z]` uint16
+  of ANY height and width -> `<CHANNEL>_<statistic>` `[batch, height,
+  width]`: the whole image, reflection-padded, tiled and stitched inside
+  the graph with the exact plan of `isl predict` (`isl.infer.image_graph`),
+  equal to `isl predict --border=reflect --tile_size=<the export's>`.
 
 Inside the z-stack signatures: the z mapping of training (network z value f
 reads source slice `round((num_source_z - 1) * f)`, half to even, §3.3; any
@@ -34,9 +39,11 @@ network, the softmax and the statistics (§2). Height and width must be
 * `<CHANNEL>_distribution`: `[batch, h, w, num_classes]` float32
   probabilities, with `with_distributions`.
 
-The z-stack inputs are declared with unknown rank so that a wrong rank
-reaches the graph's check: a wrong size, rank or z count fails with an
-InvalidArgumentError whose message says what is valid.
+The z-stack inputs are declared rank 4, `[batch, height, width,
+num_source_z]`; a wrong size or z count fails with an InvalidArgumentError
+whose message says what is valid. By default only the target channels whose
+heads were trained (`trained_channels.json`, as `isl predict` reads it) are
+exported; `all_heads` exports every target head.
 """
 
 from __future__ import annotations
@@ -57,7 +64,12 @@ from isl.model import geometry as geometry_lib
 SERVING_DEFAULT = "serving_default"
 SERVING_FLOAT32 = "serving_float32"
 LOGITS_SIGNATURE = "logits"
-SIGNATURES = (SERVING_DEFAULT, SERVING_FLOAT32, LOGITS_SIGNATURE)
+PREDICT_IMAGE = "predict_image"
+# The endpoint bioimage.io tools call (keras.layers.TFSMLayer's default).
+BIOIMAGEIO_ENDPOINT = "serve"
+SIGNATURES = (SERVING_DEFAULT, SERVING_FLOAT32, LOGITS_SIGNATURE, PREDICT_IMAGE)
+# The automatic predict_image tile side is planned for this much memory.
+IMAGE_TILE_BUDGET_BYTES = 2e9
 DEFAULT_STATISTICS = ("median", "mean", "std")
 # Source stacks up to this many z slices are mapped inside the graph.
 MAX_SOURCE_Z = 256
@@ -65,6 +77,8 @@ KERAS_ARCHIVE = "model.keras"
 CONFIG_FILE = "config.json"
 EXPORT_INFO_FILE = "export.json"
 UINT16_MAX = 65535.0
+# [batch, height, width, num_source_z]
+STACK_SHAPE = [None, None, None, None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +92,18 @@ class ExportResult:
     input_size: int
     phase: int
     border: int
+    channels: tuple[str, ...] = ()
+    tile_size: int | None = None
 
 
 def output_name(channel: str, statistic: str) -> str:
     """Signature output key of a channel's statistic, e.g. DAPI_CONFOCAL_median."""
     return f"{channel}_{statistic}"
+
+
+def bioimageio_id(name: str) -> str:
+    """The bioimage.io tensor id of an output name: lower case (spec 0.5 ids)."""
+    return name.lower()
 
 
 def _check_name(channel: str) -> None:
@@ -99,6 +120,9 @@ class ServingFunctions:
         config: its ExperimentConfig.
         statistics: names from `isl.model.statistics.STATISTICS`.
         with_distributions: also return each target channel's probabilities.
+        channels: the target channels to serve (default: all of the model's).
+        tile_size: the largest run input side of `predict_image` (a valid
+            size, `input_size + phase * k`); None: one run per phase class.
     """
 
     def __init__(
@@ -107,6 +131,8 @@ class ServingFunctions:
         config: config_lib.ExperimentConfig,
         statistics: Sequence[str] = DEFAULT_STATISTICS,
         with_distributions: bool = False,
+        channels: Sequence[str] | None = None,
+        tile_size: int | None = None,
     ) -> None:
         import tensorflow as tf
 
@@ -117,12 +143,18 @@ class ServingFunctions:
         self.statistics = tuple(statistics)
         self.with_distributions = with_distributions
         self.geometry = geometry_lib.geometry(config.model)
-        channels = config.channels
+        channels_arg, channels = channels, config.channels
         self.num_z_values = channels.num_z_values
-        self.target_channels = channels.output_target_channels
+        available = channels.output_target_channels
+        self.target_channels = tuple(available) if channels_arg is None else tuple(channels_arg)
         for channel in self.target_channels:
             _check_name(channel)
-        self.target_head_indices = tuple(range(channels.num_input_heads, channels.num_heads))
+            if channel not in available:
+                raise errors.InputError(
+                    f"The model does not predict {channel}; its target channels are {', '.join(available)}.")
+        self.target_head_indices = tuple(channels.num_input_heads + available.index(c) for c in self.target_channels)
+        self.tile_size = tile_size
+        self._image_functions: dict[str, Any] = {}
         # One traced graph each, shared by the signatures that call them: the
         # network is traced once however many signatures there are.
         self.logits_function = tf.function(
@@ -130,7 +162,7 @@ class ServingFunctions:
             input_signature=[tf.TensorSpec([None, None, None, channels.num_input_features], tf.float32, name="network_input")],
         )
         self.outputs_function = tf.function(
-            self.outputs, input_signature=[tf.TensorSpec(None, tf.float32, name="z_stack")]
+            self.outputs, input_signature=[tf.TensorSpec(STACK_SHAPE, tf.float32, name="z_stack")]
         )
         # Row n: the source slice of each z value for an n-slice stack, from the
         # one owner of the rule (the same table the training pipeline gathers).
@@ -220,6 +252,58 @@ class ServingFunctions:
 
         return self.outputs_function(tf.cast(z_stack, tf.float32) / UINT16_MAX)
 
+    def check_z(self, z_stack: Any) -> Any:
+        """Asserts 1 to `MAX_SOURCE_Z` slices on the last axis; returns `z_stack`."""
+        import tensorflow as tf
+
+        num_source_z = tf.shape(z_stack)[3]
+        z_ok = tf.debugging.Assert(
+            tf.logical_and(num_source_z >= 1, num_source_z <= MAX_SOURCE_Z),
+            [f"isl: z_stack must have 1 to {MAX_SOURCE_Z} z slices on its last axis; got:", num_source_z],
+            name="check_z",
+        )
+        with tf.control_dependencies([z_ok]):
+            return tf.identity(z_stack)
+
+    def image_outputs(self, z_stack: Any, border_mode: str = "reflect") -> dict[str, Any]:
+        """`[batch, H, W, n]` float32 in [0, 1] -> `<CHANNEL>_<statistic>` stitched images.
+
+        "reflect": `[batch, H, W]`, any H and W (`isl predict`'s default);
+        "valid": `[batch, H - 2 border, W - 2 border]` for valid sizes.
+        """
+        import tensorflow as tf
+
+        from isl.infer import image_graph
+        from isl.infer import predict as predict_lib
+
+        if border_mode not in self._image_functions:
+            network = predict_lib.Network.from_keras(self.model, self.target_head_indices)
+            run_function = predict_lib.make_run_function(network, self.statistics)
+            self._image_functions[border_mode] = image_graph.whole_image_function(
+                run_function, self.network_input, self.geometry, self.statistics,
+                len(self.target_channels), self.tile_size, border_mode)
+        function = self._image_functions[border_mode]
+        z_stack = self.check_z(z_stack)
+        spec = {name: tf.TensorSpec([None, None, len(self.target_channels)], tf.float32) for name in self.statistics}
+        images = tf.map_fn(function, z_stack, fn_output_signature=spec, parallel_iterations=1)
+        return {output_name(channel, statistic): images[statistic][..., index]
+                for index, channel in enumerate(self.target_channels) for statistic in self.statistics}
+
+    def predict_image(self, z_stack: Any) -> dict[str, Any]:
+        """The `predict_image` signature: uint16 `[batch, H, W, n]`, any H and W."""
+        import tensorflow as tf
+
+        return self.image_outputs(tf.cast(z_stack, tf.float32) / UINT16_MAX, "reflect")
+
+    def bioimageio_outputs(self, z_stack: Any) -> dict[str, Any]:
+        """The bioimage.io endpoint: float32 `[batch, H, W, n]` in [0, 1], H and W valid.
+
+        Returns `[batch, H - 2 border, W - 2 border]` per output, keyed by
+        lower-case tensor ids (`bioimageio_id`), computed with the exact plan.
+        """
+        z_stack = self.check_stack(z_stack)
+        return {bioimageio_id(name): value for name, value in self.image_outputs(z_stack, "valid").items()}
+
 
 def parse_statistics(names: Sequence[str]) -> tuple[str, ...]:
     """Validates statistic names against `isl.model.statistics.STATISTICS`."""
@@ -234,20 +318,65 @@ def parse_statistics(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def export_channels(
+    config: config_lib.ExperimentConfig,
+    trained: Sequence[str] | None,
+    all_heads: bool = False,
+    source: str = "the model",
+) -> tuple[str, ...]:
+    """The target channels to export, by the rule of `isl predict`.
+
+    All of the model's target channels with `all_heads` or when `trained`
+    (from `trained_channels.json`) is None; else those it lists.
+
+    Raises:
+        InputError: when `trained` lists none of the model's target channels
+            (the heads never saw a label).
+    """
+    available = tuple(config.channels.output_target_channels)
+    if all_heads or trained is None:
+        return available
+    chosen = tuple(channel for channel in available if channel in trained)
+    if not chosen:
+        raise errors.InputError(
+            f"{source}: no trained target heads (trained_channels.json lists {list(trained)}; the model's target "
+            f"channels are {', '.join(available)}); nothing worth exporting. Pass --all_heads to export them anyway."
+        )
+    return chosen
+
+
+def image_tile_size(config: config_lib.ExperimentConfig, num_heads: int, tile_size: int | None) -> int:
+    """The `predict_image` run input side: `tile_size` made valid, or one for `IMAGE_TILE_BUDGET_BYTES`."""
+    from isl.infer import predict as predict_lib
+    from isl.infer import tiling
+
+    geometry = geometry_lib.geometry(config.model)
+    if tile_size:
+        return tiling.valid_tile_size(geometry, tile_size)
+    return predict_lib.auto_tile_size(geometry, config.model, num_heads, IMAGE_TILE_BUDGET_BYTES)
+
+
 def export_model(
     model_dir: str,
     export_dir: str,
     statistics: Sequence[str] = DEFAULT_STATISTICS,
     with_distributions: bool = False,
     keras_archive: bool = True,
+    all_heads: bool = False,
+    tile_size: int | None = None,
 ) -> ExportResult:
     """Exports the model of `model_dir` (config.json + weights) to `export_dir`.
 
     The directory is written under a temporary name and renamed at the end;
     an existing `export_dir` is replaced.
 
+    Args:
+        all_heads: export every target head, not only the trained ones.
+        tile_size: `predict_image`'s largest run input side (None: automatic).
+
     Raises:
-        InputError: when `model_dir` holds no model, or for a bad statistic.
+        InputError: when `model_dir` holds no model or no trained target
+            head, or for a bad statistic.
     """
     from isl.model import saving
 
@@ -256,9 +385,11 @@ def export_model(
         raise errors.InputError("Nothing to export: give --statistics or --with_distributions.")
     if not os.path.isdir(model_dir):
         raise errors.InputError(f"{model_dir}: model directory not found.")
+    trained = saving.read_trained_channels(model_dir)
     model, config = saving.load_model_dir(model_dir)
+    channels = export_channels(config, trained, all_heads, model_dir)
     return export_keras_model(model, config, export_dir, statistics, with_distributions, keras_archive,
-                              trained_channels=saving.read_trained_channels(model_dir))
+                              trained_channels=trained, channels=channels, tile_size=tile_size)
 
 
 def export_keras_model(
@@ -269,30 +400,44 @@ def export_keras_model(
     with_distributions: bool = False,
     keras_archive: bool = True,
     trained_channels: Sequence[str] | None = None,
+    channels: Sequence[str] | None = None,
+    tile_size: int | None = None,
+    bioimageio_endpoint: bool = False,
 ) -> ExportResult:
     """Exports a built Keras model (dynamic spatial size); see `export_model`.
 
     `trained_channels` (from the model directory's `trained_channels.json`)
     is written beside the SavedModel, so `isl predict --saved_model` defaults
-    to the trained heads too.
+    to the trained heads too. `channels`: the target channels the z-stack
+    signatures return (default all). `bioimageio_endpoint` adds the
+    `serve` endpoint of a bioimage.io package (`bioimageio_outputs`).
     """
     import keras
     import tensorflow as tf
 
-    functions = ServingFunctions(model, config, statistics, with_distributions)
-    # Unknown rank in the signature, so a wrong rank reaches the graph's own
-    # check (with a rank-4 spec TF would feed it through unchecked).
-    stack_shape = None
+    channels = export_channels(config, None) if channels is None else tuple(channels)
+    tile_size = image_tile_size(config, len(channels), tile_size)
+    functions = ServingFunctions(model, config, statistics, with_distributions, channels, tile_size)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         SERVING_DEFAULT,
         functions.serve_uint16,
-        input_signature=[tf.TensorSpec(stack_shape, tf.uint16, name="z_stack")],
+        input_signature=[tf.TensorSpec(STACK_SHAPE, tf.uint16, name="z_stack")],
     )
     archive.add_endpoint(SERVING_FLOAT32, functions.outputs_function)
     archive.add_endpoint(LOGITS_SIGNATURE, functions.logits_function)
+    signatures = SIGNATURES
+    if functions.statistics:
+        archive.add_endpoint(PREDICT_IMAGE, functions.predict_image,
+                             input_signature=[tf.TensorSpec(STACK_SHAPE, tf.uint16, name="z_stack")])
+    else:
+        signatures = tuple(name for name in SIGNATURES if name != PREDICT_IMAGE)
+    if bioimageio_endpoint:
+        archive.add_endpoint(BIOIMAGEIO_ENDPOINT, functions.bioimageio_outputs,
+                             input_signature=[tf.TensorSpec(STACK_SHAPE, tf.float32, name="z_stack")])
     geometry = functions.geometry
+    image_outputs = [output_name(c, s) for c in functions.target_channels for s in functions.statistics]
     info = {
         "format": "isl SavedModel export",
         "signatures": {
@@ -323,7 +468,14 @@ def export_keras_model(
         "statistics": list(functions.statistics),
         "with_distributions": with_distributions,
         "num_classes": config.model.num_classes,
+        "image_tile_size": tile_size,
     }
+    if PREDICT_IMAGE in signatures:
+        info["signatures"][PREDICT_IMAGE] = {
+            "input": {"z_stack": "[batch, height, width, num_source_z] uint16, any height and width"},
+            "outputs": image_outputs,
+            "plan": f"isl predict --border=reflect --tile_size={tile_size}",
+        }
     export_dir = os.path.abspath(export_dir)
     with atomic.output_directory(export_dir) as temporary:
         archive.write_out(temporary, verbose=False)
@@ -341,9 +493,11 @@ def export_keras_model(
     return ExportResult(
         export_dir=export_dir,
         keras_path=keras_path,
-        signatures=SIGNATURES,
+        signatures=signatures,
         outputs=functions.output_names,
         input_size=geometry.input_size,
         phase=geometry.phase,
         border=geometry.border,
+        channels=functions.target_channels,
+        tile_size=tile_size,
     )

@@ -15,10 +15,14 @@ import tensorflow as tf
 from isl import presets
 from isl.data import assemble
 from isl.infer import export
+from isl.infer import predict as predict_lib
+from isl.model import geometry as geometry_lib
 from isl.model import builder
 from isl.model import statistics
 
 STATISTICS = ("median", "mean", "std", "mode")
+# predict_image's run input side: 42 + 2 * 4, several runs per axis on small images.
+TILE_SIZE = 50
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,8 @@ def tiny_export(tmp_path_factory):
     config = presets.get_preset("tiny")
     model = builder.build_model(config)
     export_dir = str(tmp_path_factory.mktemp("export") / "tiny")
-    export.export_keras_model(model, config, export_dir, statistics=STATISTICS, with_distributions=True)
+    export.export_keras_model(model, config, export_dir, statistics=STATISTICS, with_distributions=True,
+                              tile_size=TILE_SIZE)
     return model, config, export_dir
 
 
@@ -95,7 +100,7 @@ def test_signatures_names_dtypes_and_shapes(tiny_export, loaded):
     for name, dtype in ((export.SERVING_DEFAULT, tf.uint16), (export.SERVING_FLOAT32, tf.float32)):
         _, inputs = loaded.signatures[name].structured_input_signature
         assert inputs["z_stack"].dtype == dtype
-        assert inputs["z_stack"].shape.rank is None  # Checked in the graph: rank 4.
+        assert inputs["z_stack"].shape.as_list() == [None, None, None, None]  # [batch, y, x, z]
         outputs = loaded.signatures[name].structured_outputs
         assert outputs["DAPI_CONFOCAL_median"].shape.as_list() == [None, None, None]
         assert outputs["NEURITE_CONFOCAL_distribution"].shape.as_list() == [None, None, None, 256]
@@ -132,10 +137,35 @@ def test_invalid_size_or_z_count_fails_with_a_clear_message(loaded, shape):
 
 def test_wrong_rank_or_dtype_is_refused(loaded):
     for shape in ((42, 42, 13), (1, 1, 42, 42, 13)):
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"rank|\[\?,\?,\?,\?\]"):
+        with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError), match=r"rank|shape|\[\?,\?,\?,\?\]"):
             loaded.signatures[export.SERVING_DEFAULT](z_stack=tf.zeros(shape, tf.uint16))
     with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError)):
         loaded.signatures[export.SERVING_DEFAULT](z_stack=tf.zeros((1, 42, 42, 13), tf.float32))
+
+
+def test_predict_image_equals_isl_predict_on_a_multi_tile_image(tiny_export, loaded):
+    """Whole uint16 stacks of any size in, full-size statistics out: `isl predict`'s exact plan in the graph."""
+    model, config, _ = tiny_export
+    geometry = geometry_lib.geometry(config.model)
+    signature = loaded.signatures[export.PREDICT_IMAGE]
+    _, inputs = signature.structured_input_signature
+    assert inputs["z_stack"].shape.as_list() == [None, None, None, None] and inputs["z_stack"].dtype == tf.uint16
+    stack = _random_stack((2, 61, 75, 13), seed=5)  # Not 42 + 4k: any size works.
+    outputs = signature(z_stack=tf.constant(stack))
+    channels = config.channels.output_target_channels
+    assert set(outputs) == {f"{channel}_{name}" for channel in channels for name in STATISTICS}
+    network = predict_lib.Network.from_keras(model, [config.channels.num_input_heads + 1, config.channels.num_input_heads + 3])
+    for item in range(2):
+        expected = predict_lib.predict_image(
+            network, np.moveaxis(stack[item], -1, 0).astype(np.float32) / np.float32(65535), geometry,
+            config.channels.num_z_values, statistics=STATISTICS, tile_size=TILE_SIZE)
+        assert expected.info["num_runs"] >= 9  # Several tiles.
+        for index, channel in ((0, channels[1]), (1, channels[3])):
+            for name in STATISTICS:
+                value = outputs[f"{channel}_{name}"].numpy()[item]
+                assert value.shape == (61, 75)
+                np.testing.assert_allclose(value, expected.statistics[name][..., index], atol=1e-6,
+                                           err_msg=f"{channel}_{name}")
 
 
 _RELOAD_SCRIPT = textwrap.dedent(
@@ -161,7 +191,7 @@ def test_reload_in_a_fresh_process_without_isl(tiny_export, tmp_path):
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     completed = subprocess.run(
         [sys.executable, "-c", _RELOAD_SCRIPT, export_dir, str(tmp_path / "input.npy"), str(tmp_path / "out.npz")],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "ISL_MODULES []" in completed.stdout
