@@ -658,6 +658,7 @@ def auto_tile_size(
     model_config: Any,
     num_heads: int,
     memory_budget_bytes: float | None = None,
+    plan_name: str = "exact",
 ) -> int:
     """A tile side from available RAM (psutil): a quarter of it, at most 4 GB."""
     if memory_budget_bytes is None:
@@ -666,4 +667,4 @@ def auto_tile_size(
         available = psutil.virtual_memory().available
         memory_budget_bytes = min(max(available / 4, 0.5e9), 4e9)
     per_input, per_output = memory_per_pixel(model_config, num_heads, model_config.num_classes)
-    return tiling.auto_tile_size(geometry, memory_budget_bytes, per_input, per_output)
+    return tiling.auto_tile_size(geometry, memory_budget_bytes, per_input, per_output, plan_name)

@@ -297,6 +297,7 @@ def auto_tile_size(
     memory_budget_bytes: float,
     bytes_per_input_pixel: float,
     bytes_per_output_pixel: float = 0.0,
+    plan: str = "exact",
 ) -> int:
     """The largest valid square run input side whose memory fits the budget.
 
@@ -305,8 +306,7 @@ def auto_tile_size(
     """
     if memory_budget_bytes <= 0:
         raise ValueError(f"memory_budget_bytes must be > 0. Received: {memory_budget_bytes}")
-    best = geometry.input_size
-    size = geometry.input_size
+    best = size = smallest_tile_size(geometry, plan)
     while True:
         output = size - 2 * geometry.border
         cost = size * size * bytes_per_input_pixel + output * output * bytes_per_output_pixel
