@@ -332,6 +332,7 @@ def make_run_function(
     quantiles: Sequence[float] = (),
     with_truth: bool = False,
     with_distributions: bool = False,
+    jit_compile: bool = False,
 ) -> Callable[..., dict[str, Any]]:
     """A `tf.function` from a batch of run inputs to kept-pixel statistics.
 
@@ -349,6 +350,8 @@ def make_run_function(
         with_truth: also return `CALIBRATION_KEYS`.
         with_distributions: also return "distribution", the probabilities
             `[batch, rows, columns, heads, classes]` (tests; large).
+        jit_compile: XLA-compile the whole run (inference only; an
+            experiment of `isl benchmark predict --plans=new_xla`).
 
     Returns:
         A function returning name -> `[batch, rows, columns, heads]` float32.
@@ -386,8 +389,11 @@ def make_run_function(
         return results
 
     if with_truth:
-        return tf.function(compute, reduce_retracing=True)
-    return tf.function(lambda inputs, keep_rows, keep_columns: compute(inputs, keep_rows, keep_columns), reduce_retracing=True)
+        return tf.function(compute, reduce_retracing=True, jit_compile=jit_compile or None)
+    return tf.function(
+        lambda inputs, keep_rows, keep_columns: compute(inputs, keep_rows, keep_columns),
+        reduce_retracing=True, jit_compile=jit_compile or None,
+    )
 
 
 def keep_indices(axis_plan: tiling.AxisPlan, geometry: geometry_lib.Geometry) -> np.ndarray:
