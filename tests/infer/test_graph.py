@@ -29,7 +29,9 @@ def _model(precision: str):
 # Stated tolerances on the logits: float32 1e-4 (rounding order only); bfloat16
 # 0.25 absolute (bfloat16 keeps 8 significant bits; the fold rounds once where
 # the original rounds after batch norm and again after the activation).
-@pytest.mark.parametrize("precision, tolerance", [("", 1e-4), ("bfloat16", 0.25)])
+@pytest.mark.parametrize(
+    "precision, tolerance", [("", 1e-4), pytest.param("bfloat16", 0.25, marks=pytest.mark.slow)]
+)
 def test_folded_graph_matches_the_trained_graph(precision, tolerance):
     config, model = _model(precision)
     folded = graph.inference_model(model)
