@@ -33,6 +33,7 @@ class Progress:
         enabled: bool = True,
         min_interval: float = 0.1,
         log_interval: float = 10.0,
+        exclude_first: bool = False,
     ) -> None:
         self.total = total
         self.label = label
@@ -44,10 +45,16 @@ class Progress:
         self._last_draw = 0.0
         self._interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self._min_interval = min_interval if self._interactive else log_interval
+        # With exclude_first, the rate leaves out the first update (e.g. a
+        # run that includes graph tracing) once later steps have a time.
+        self._exclude_first = exclude_first
+        self._first: tuple[int, float] | None = None
 
     def update(self, steps: int = 1, postfix: str = "") -> None:
         """Advances by `steps`; `postfix` is shown after the counters."""
         self.count += steps
+        if self._exclude_first and self._first is None:
+            self._first = (self.count, time.monotonic())
         if postfix:
             self.postfix = postfix
         now = time.monotonic()
@@ -64,6 +71,8 @@ class Progress:
     def _draw(self, now: float, final: bool) -> None:
         elapsed = max(now - self._start, 1e-9)
         rate = self.count / elapsed
+        if self._first is not None and self.count > self._first[0] and now > self._first[1]:
+            rate = (self.count - self._first[0]) / (now - self._first[1])
         if self.total:
             fraction = min(self.count / self.total, 1.0)
             filled = int(round(24 * fraction))

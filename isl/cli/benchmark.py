@@ -15,7 +15,8 @@ Measure speed and memory: 'isl benchmark data|model|predict'.
   model    forward/backward step time of the model; with --output_sizes,
            labelled output pixels per second and per CPU-second of a
            training step at each output size, float32 and bfloat16.
-  predict  tiled prediction speed on a well.
+  predict  whole-well prediction: the old plan and the new one side by side
+           (seconds, output px/s, peak RSS, ratio; --model_dir, --plans).
 
 Each benchmark prints its figures and the command line that reproduces them;
 --json prints them as one JSON line. Timings on a shared machine are noisy:
@@ -48,13 +49,19 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_integer("batch_size", None, "Batch size (default: the preset's).", flag_values=flag_values)
     flags.DEFINE_integer("steps", None, "Steps (batches) per timing repeat (default: per benchmark).",
                          flag_values=flag_values)
-    flags.DEFINE_string("precision", "float32", "predict: compute precision(s), comma-separated: float32, bfloat16.",
+    flags.DEFINE_string("precision", "float32", "Compute precision: float32 or bfloat16 (model: comma-separated list; predict: one, and with "
+                        "--model_dir as trained unless given).",
                         flag_values=flag_values)
     flags.DEFINE_string("output_sizes", "", "model: measure training throughput (labelled output pixels per "
                         "second and per CPU-second) at these output sizes, e.g. 8,24,56,120,248.",
                         flag_values=flag_values)
     flags.DEFINE_float("memory_budget_gb", 16.0, "model --output_sizes: the largest batch whose modelled training "
                        "step fits this many GB is used.", flag_values=flag_values)
+    flags.DEFINE_string("model_dir", None, "predict: a trained model directory (default: the preset, random "
+                        "weights).", flag_values=flag_values)
+    flags.DEFINE_string("plans", "old,new", "predict: plans to compare, comma-separated: old, new, new_xla, one.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("tile_size", 0, "predict: tile side (0: from memory).", flag_values=flag_values)
     flags.DEFINE_integer("model_steps", 2, "data: timed training steps of the preset's model, to compare the "
                          "pipeline's patches/s with what the model consumes (0 skips).", flag_values=flag_values)
 

@@ -9,9 +9,12 @@ SUMMARY = "Predict fluorescence images for whole wells of any size."
 DESCRIPTION = """
 Predict fluorescence images for whole wells of any size.
 
-Runs the network fully convolutionally on large tiles, covering both 8-px
-phases per axis, so the result equals the original's 250-px patch-by-patch
-stitching (isl_reference.md §5.1) at a fraction of the time. Writes, per
+Runs the network fully convolutionally on large tiles, so the result equals
+the model's own patch-by-patch prediction at a fraction of the time: for
+models trained with 8-px outputs, the original's 250-px patches on an 8-px
+grid (four runs per tile, one per 8-px phase and axis); for models trained
+with outputs of 8 + 16k px (e.g. 24), patches on a 16-px grid (one run per
+tile). Writes, per
 well, into OUTPUT_DIR/<well>/: one 16-bit image per target channel and
 statistic in the lab's naming (kind-PREDICTED, statistic-MEDIAN, ...);
 when the well holds ground truth, target_error_panel.png,
@@ -24,6 +27,12 @@ prediction.json.
 see a reflected context); --border=valid gives the interior only, every
 pixel from real context; --border=original the released code's window
 [121, 121 + 128k).
+
+--region=r0:r1,c0:c1 predicts a window (the same pixels as the whole-well
+prediction). Files of channels the model does not have are ignored, with one
+line saying so. --phases=1 runs one pass per tile for 8-px models too: about
+4x faster, but half the pixels per axis come from output positions the model
+never trained (BUILD_NOTES.md gives its measured difference).
 """
 IMPLEMENTED = True
 
@@ -51,6 +60,22 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_bool("save_calibration", True, "With ground truth, write per-pixel calibration TIFFs (probability of the true bin, CDF below it) for `isl evaluate`.", flag_values=flag_values)
     flags.DEFINE_enum("precision", "", ["", "float32", "bfloat16"], "Compute precision; '' runs as trained. bfloat16 needs --model_dir.", flag_values=flag_values)
     flags.DEFINE_bool("progress", True, "Show a progress line on stderr.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "phases", 0,
+        "0: exact (the model's own patch-wise prediction; one run per tile for models trained with outputs of "
+        "8 + 16k, k >= 1, e.g. 24 px; four runs per tile for 8-px models). 1: one run per tile for any model; "
+        "for 8-px models an approximation (see README).", flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "region", None,
+        "Predict only this window r0:r1,c0:c1 (image pixels, ends exclusive; an empty end means the edge), "
+        "reading context from the well around it.", flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
+        "inference_graph", True,
+        "Fold batch norm into the activations for prediction (same outputs up to float rounding; --model_dir only).",
+        flag_values=flag_values,
+    )
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
@@ -65,8 +90,16 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         raise errors.InputError("--output_dir is required.")
     if flag_values["tile_size"].value < 0 or flag_values["batch_size"].value < 1:
         raise errors.InputError("--tile_size must be >= 0 and --batch_size >= 1.")
+    if flag_values["phases"].value not in (0, 1):
+        raise errors.InputError(f"--phases must be 0 (exact) or 1. Received: {flag_values['phases'].value}")
+    window = None
+    if flag_values["region"].value:
+        from isl.data import convert
+
+        window = convert.parse_region(flag_values["region"].value, "--region")
     predictor = well_lib.load_predictor(
-        flag_values["model_dir"].value, flag_values["saved_model"].value, flag_values["precision"].value
+        flag_values["model_dir"].value, flag_values["saved_model"].value, flag_values["precision"].value,
+        inference_graph=flag_values["inference_graph"].value,
     )
     output_dir = flag_values["output_dir"].value
     wells = []
@@ -85,11 +118,18 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             save_calibration=flag_values["save_calibration"].value,
             batch_size=flag_values["batch_size"].value,
             progress_enabled=flag_values["progress"].value,
+            phases=flag_values["phases"].value,
+            window=window,
         )
+        ignored = summary["ignored_files"]
+        if ignored:
+            names = ", ".join(os.path.basename(path) for path in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
+            print(f"{summary['well']}: ignoring {len(ignored)} file(s) of channels the model does not have ({names}).")
         height, width = summary["region"]["height"], summary["region"]["width"]
         print(
             f"{summary['well']}: {len(summary['channels'])} channel(s) x {len(summary['statistics'])} statistic(s), "
-            f"{height} x {width} px in {summary['seconds']:.1f} s ({summary['num_runs']} tile runs)"
+            f"{height} x {width} px in {summary['seconds']:.1f} s ({summary['num_runs']} tile runs"
+            f"{'' if summary['exact'] else ', --phases=1: approximate'})"
             f" -> {summary['well_dir']}"
         )
         wells.append(summary)

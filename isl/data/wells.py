@@ -197,8 +197,13 @@ def _classify(
     entries: list[ImageEntry],
     channels: config_lib.ChannelConfig,
     skipped: list[tuple[str, str]],
+    ignore_unknown: bool = False,
 ) -> WellSource:
-    """Checks one well's entries by name: channels, z slices, duplicates."""
+    """Checks one well's entries by name: channels, z slices, duplicates.
+
+    With `ignore_unknown`, files of channels outside the vocabulary are
+    skipped (with a reason) instead of being an error.
+    """
     unknown: dict[str, list[str]] = collections.defaultdict(list)
     inputs: dict[str, list[ImageEntry]] = collections.defaultdict(list)
     targets: dict[str, list[ImageEntry]] = collections.defaultdict(list)
@@ -216,7 +221,9 @@ def _classify(
         else:
             unknown[entry.channel].append(entry.path)
     for channel, paths in unknown.items():
-        raise _unknown_channel_error(paths, channel, channels)
+        if not ignore_unknown:
+            raise _unknown_channel_error(paths, channel, channels)
+        skipped.extend((path, f"{channel}: not a channel of the model") for path in paths)
     if not inputs:
         raise errors.InputError(
             f"well {name} in {directory}: no transmitted-light images "
@@ -302,6 +309,7 @@ def scan_wells(
     input_dirs: list[str] | tuple[str, ...] | str,
     channels: config_lib.ChannelConfig,
     check_headers: bool = True,
+    ignore_unknown: bool = False,
 ) -> ScanResult:
     """Finds and checks every well under the input folders (recursively).
 
@@ -309,6 +317,8 @@ def scan_wells(
         input_dirs: one or more folders.
         channels: the vocabulary; files of other channels are an error.
         check_headers: also read image headers (size, bit depth).
+        ignore_unknown: skip files of unknown channels (prediction) instead
+            of raising.
 
     Returns:
         A `ScanResult` with wells sorted by name.
@@ -335,7 +345,7 @@ def scan_wells(
             else:
                 groups = _scan_lab_folder(directory, sorted(file_names), channels, skipped)
             for name, metadata, entries in groups:
-                well = _classify(name, directory, entries, channels, skipped)
+                well = _classify(name, directory, entries, channels, skipped, ignore_unknown)
                 well.metadata = {key: metadata.get(key, "") for key in ("lab", "condition", "well", "date")}
                 found.append(well)
     if not found:
@@ -392,12 +402,14 @@ def load_raw_well(well: WellSource) -> RawWell:
     )
 
 
-def read_well(directory: str, channels: config_lib.ChannelConfig) -> Well:
+def read_well(directory: str, channels: config_lib.ChannelConfig, ignore_unknown: bool = False) -> Well:
     """Reads the one well in `directory` as float32 in [0, 1].
 
     Args:
         directory: a folder holding exactly one well (either layout).
         channels: the vocabulary.
+        ignore_unknown: skip files of channels outside the vocabulary; they
+            are listed in `metadata["ignored_files"]`.
 
     Returns:
         A `Well`: `inputs` `[num_source_z, H, W]`, `targets` channel -> `[H, W]`.
@@ -405,7 +417,7 @@ def read_well(directory: str, channels: config_lib.ChannelConfig) -> Well:
     Raises:
         InputError: for bad input, or when the folder holds several wells.
     """
-    scan = scan_wells([directory], channels)
+    scan = scan_wells([directory], channels, ignore_unknown=ignore_unknown)
     if len(scan.wells) != 1:
         raise errors.InputError(
             f"{directory}: holds {len(scan.wells)} wells ({', '.join(well.name for well in scan.wells[:_MAX_LISTED])}); "
@@ -420,4 +432,6 @@ def read_well(directory: str, channels: config_lib.ChannelConfig) -> Well:
     }
     metadata = dict(source.metadata)
     metadata.update(modality=source.modality, source_files=source.source_files, directory=source.directory)
+    if ignore_unknown:
+        metadata["ignored_files"] = [path for path, reason in scan.skipped if reason.endswith("not a channel of the model")]
     return Well(name=source.name, inputs=np.ascontiguousarray(inputs), targets=targets, metadata=metadata)

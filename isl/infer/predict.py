@@ -111,6 +111,41 @@ def output_region(image_shape: tuple[int, int], geometry: geometry_lib.Geometry,
     return OutputRegion(geometry.border, geometry.border, sizes[0], sizes[1])
 
 
+def window_region(
+    region: OutputRegion,
+    window: tuple[int, int, int, int],
+    geometry: geometry_lib.Geometry,
+    plan_name: str = "exact",
+) -> tuple[OutputRegion, OutputRegion]:
+    """The region to compute for a window, and the window as a region.
+
+    The computed region starts on the whole region's block grid, a multiple
+    of `lcm(block, phase)` from its origin, so the window's pixels equal the
+    whole-image prediction's.
+
+    Args:
+        region: the border mode's region of the whole image.
+        window: (row0, row1, column0, column1) in image pixels, ends exclusive.
+
+    Raises:
+        InputError: when the window is empty or not inside `region`.
+    """
+    row0, row1, column0, column1 = window
+    bottom = region.row_offset + region.height
+    right = region.column_offset + region.width
+    if not (region.row_offset <= row0 < row1 <= bottom and region.column_offset <= column0 < column1 <= right):
+        raise errors.InputError(
+            f"--region {row0}:{row1},{column0}:{column1} is not inside the predictable region "
+            f"{region.row_offset}:{bottom},{region.column_offset}:{right} of this image and --border."
+        )
+    block = tiling.block_size(geometry, plan_name)
+    align = block * geometry.phase // math.gcd(block, geometry.phase)
+    start_row = region.row_offset + align * ((row0 - region.row_offset) // align)
+    start_column = region.column_offset + align * ((column0 - region.column_offset) // align)
+    computed = OutputRegion(start_row, start_column, row1 - start_row, column1 - start_column)
+    return computed, OutputRegion(row0, column0, row1 - row0, column1 - column0)
+
+
 def reflect_indices(indices: np.ndarray, length: int) -> np.ndarray:
     """Maps any integer indices into `[0, length)` by mirror reflection.
 
@@ -297,6 +332,7 @@ def make_run_function(
     quantiles: Sequence[float] = (),
     with_truth: bool = False,
     with_distributions: bool = False,
+    jit_compile: bool = False,
 ) -> Callable[..., dict[str, Any]]:
     """A `tf.function` from a batch of run inputs to kept-pixel statistics.
 
@@ -314,6 +350,8 @@ def make_run_function(
         with_truth: also return `CALIBRATION_KEYS`.
         with_distributions: also return "distribution", the probabilities
             `[batch, rows, columns, heads, classes]` (tests; large).
+        jit_compile: XLA-compile the whole run (inference only; an
+            experiment of `isl benchmark predict --plans=new_xla`).
 
     Returns:
         A function returning name -> `[batch, rows, columns, heads]` float32.
@@ -351,20 +389,24 @@ def make_run_function(
         return results
 
     if with_truth:
-        return tf.function(compute, reduce_retracing=True)
-    return tf.function(lambda inputs, keep_rows, keep_columns: compute(inputs, keep_rows, keep_columns), reduce_retracing=True)
+        return tf.function(compute, reduce_retracing=True, jit_compile=jit_compile or None)
+    return tf.function(
+        lambda inputs, keep_rows, keep_columns: compute(inputs, keep_rows, keep_columns),
+        reduce_retracing=True, jit_compile=jit_compile or None,
+    )
 
 
 def keep_indices(axis_plan: tiling.AxisPlan, geometry: geometry_lib.Geometry) -> np.ndarray:
     """Dense output indices a run keeps along an axis (the same for every run).
 
-    Block j of a run starts `j * lcm(out, phase)` after the run; its `out`
-    pixels are kept. Returns int32 `[max_blocks_per_run * out]`.
+    Block j of a run starts `j * lcm(w, phase)` after the run (w: the plan's
+    block width); its `w` pixels are kept. Returns int32
+    `[max_blocks_per_run * w]`.
     """
-    out = geometry.output_size
-    spacing = out * geometry.phase // math.gcd(out, geometry.phase)
+    width = axis_plan.block
+    spacing = width * geometry.phase // math.gcd(width, geometry.phase)
     count = max(len(run.blocks) for run in axis_plan.runs)
-    return np.concatenate([spacing * block + np.arange(out) for block in range(count)]).astype(np.int32)
+    return np.concatenate([spacing * block + np.arange(width) for block in range(count)]).astype(np.int32)
 
 
 def keras_logits_fn(model: Any, head_indices: Sequence[int] | None = None) -> Network:
@@ -393,6 +435,8 @@ def predict_image(
     network_input_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     run_function: Callable[..., dict[str, Any]] | None = None,
     progress: Any = None,
+    plan_name: str = "exact",
+    window: tuple[int, int, int, int] | None = None,
 ) -> Prediction:
     """Predicts whole images of per-pixel statistics from one source stack.
 
@@ -415,6 +459,14 @@ def predict_image(
             `[h, w, 2Z]`; default `isl.data.assemble.network_input`.
         run_function: a prebuilt `make_run_function(...)` (reuses its trace).
         progress: optional `isl.progress.Progress`-like object (`update()`).
+        plan_name: `isl.infer.tiling.PLANS`: "exact" (default: the model's
+            own patch-wise reference in the fewest runs), "output" (the first
+            version's `out`-wide blocks), "one" (one run per tile;
+            approximate for models trained with 8-px outputs).
+        window: optional (row0, row1, column0, column1) in image pixels:
+            predict only this window of the `border_mode` region (the block
+            grid starts at row0, column0; context is read from the image
+            around it, reflected only beyond the image).
 
     Returns:
         A Prediction; statistics `[height, width, kept_heads]`.
@@ -423,9 +475,12 @@ def predict_image(
         raise errors.InputError(f"A source stack must be [num_source_z, height, width]; got shape {stack.shape}.")
     known, quantiles = parse_statistics(statistics)
     region = output_region(stack.shape[1:], geometry, border_mode)
+    wanted = region
+    if window is not None:
+        region, wanted = window_region(region, window, geometry, plan_name)
     if tile_size is not None:
-        tile_size = tiling.valid_tile_size(geometry, tile_size)
-    plan = tiling.plan_tiles((region.height, region.width), geometry, tile_size)
+        tile_size = tiling.valid_tile_size(geometry, tile_size, plan_name)
+    plan = tiling.plan_tiles((region.height, region.width), geometry, tile_size, plan_name)
     padded = padded_stack(np.asarray(stack, dtype=np.float32), region, plan)
     network_input_fn = network_input_fn or _default_network_input(num_z_values)
     if run_function is None:
@@ -434,7 +489,7 @@ def predict_image(
         run_function = make_run_function(network, known, quantiles, with_truth=truth is not None)
     keep_rows = keep_indices(plan.rows, geometry)
     keep_columns = keep_indices(plan.columns, geometry)
-    true_bins = None
+    true_bins = truth_masks = None
     if truth is not None:
         true_bins, truth_masks = _output_truth(truth, region, plan)
     start = time.perf_counter()
@@ -472,6 +527,14 @@ def predict_image(
             progress.update(len(batch_runs))
     seconds = time.perf_counter() - start
     images = {name: stitcher.result() for name, stitcher in stitchers.items()}
+    if wanted != region:  # A window: crop the grid-aligned prediction.
+        rows = slice(wanted.row_offset - region.row_offset, wanted.row_offset - region.row_offset + wanted.height)
+        columns = slice(
+            wanted.column_offset - region.column_offset, wanted.column_offset - region.column_offset + wanted.width
+        )
+        images = {name: image[rows, columns] for name, image in images.items()}
+        if truth_masks is not None:
+            truth_masks = truth_masks[rows, columns]
     calibration = None
     if truth is not None:
         calibration = {key: images.pop(key) for key in CALIBRATION_KEYS}
@@ -483,11 +546,14 @@ def predict_image(
     info = {
         "tile_size": plan.run_input_shape,
         "num_runs": plan.num_runs,
-        "phase_classes": len(tiling.block_classes(geometry)),
+        "phase_classes": len(tiling.block_classes(geometry, plan_name)),
+        "plan": plan_name,
+        "block": plan.rows.block,
+        "exact": tiling.is_exact(geometry, plan_name),
         "computed_input_pixels": plan.computed_input_pixels,
         "seconds": seconds,
     }
-    return Prediction(ordered, tuple(channel_names), region, calibration, info)
+    return Prediction(ordered, tuple(channel_names), wanted, calibration, info)
 
 
 def _output_truth(
@@ -523,12 +589,15 @@ def predict_patchwise(
     network_input_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     max_blocks: int | None = None,
     run_function: Callable[..., dict[str, Any]] | None = None,
+    plan_name: str = "exact",
 ) -> dict[str, np.ndarray]:
     """The brute-force reference: one `input_size` patch per output block.
 
-    This is the original's method (stride = output size, edge-to-edge
-    blocks), on the same padded input as `predict_image`. Slow; for tests
-    and the benchmark.
+    For 8-px models this is the original's method (stride = output size,
+    edge-to-edge blocks); for models trained with outputs wider than the
+    phase (24 = 8 + 16) patches lie on a stride-`phase` grid and each gives
+    the first `phase` pixels of its output (`tiling.block_size`). Same padded
+    input as `predict_image`. Slow; for tests and the benchmark.
 
     Args:
         max_blocks: stop after this many blocks (timing on part of an image);
@@ -541,14 +610,16 @@ def predict_patchwise(
     """
     known, quantiles = parse_statistics(statistics)
     region = output_region(stack.shape[1:], geometry, border_mode)
-    plan = tiling.plan_tiles((region.height, region.width), geometry, geometry.input_size)
+    if not tiling.is_exact(geometry, plan_name):
+        raise ValueError(f"Plan {plan_name!r} has no patch-wise reference for output size {geometry.output_size}.")
+    plan = tiling.plan_tiles((region.height, region.width), geometry, geometry.input_size, plan_name)
     padded = padded_stack(np.asarray(stack, dtype=np.float32), region, plan)
     network_input_fn = network_input_fn or _default_network_input(num_z_values)
     if run_function is None:
         if not isinstance(network, Network):
             network = Network.from_logits(network, head_indices)
         run_function = make_run_function(network, known, quantiles)
-    out = geometry.output_size
+    out = plan.rows.block
     keep = np.arange(out, dtype=np.int32)
     blocks = [
         (row, column)
@@ -593,6 +664,7 @@ def auto_tile_size(
     model_config: Any,
     num_heads: int,
     memory_budget_bytes: float | None = None,
+    plan_name: str = "exact",
 ) -> int:
     """A tile side from available RAM (psutil): a quarter of it, at most 4 GB."""
     if memory_budget_bytes is None:
@@ -601,4 +673,4 @@ def auto_tile_size(
         available = psutil.virtual_memory().available
         memory_budget_bytes = min(max(available / 4, 0.5e9), 4e9)
     per_input, per_output = memory_per_pixel(model_config, num_heads, model_config.num_classes)
-    return tiling.auto_tile_size(geometry, memory_budget_bytes, per_input, per_output)
+    return tiling.auto_tile_size(geometry, memory_budget_bytes, per_input, per_output, plan_name)

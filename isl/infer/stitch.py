@@ -1,6 +1,7 @@
 """Assembles the dense outputs of planned runs into whole images; NumPy only.
 
-Each run owns some `out x out` blocks of the output grid (see
+Each run owns some `block x block` blocks (`out`, or `phase` for models
+trained with outputs wider than the phase) of the output grid (see
 `isl.infer.tiling`); its dense output pixel `d` (per axis) is output
 coordinate `run.start + d`. The stitcher copies exactly the owned blocks,
 so every output pixel is written once and there is no blending: the result
@@ -14,13 +15,13 @@ import numpy as np
 from isl.infer import tiling
 
 
-def _axis_indices(run: tiling.AxisRun, output_size: int, compact: bool) -> tuple[np.ndarray, np.ndarray]:
+def _axis_indices(run: tiling.AxisRun, width: int, compact: bool) -> tuple[np.ndarray, np.ndarray]:
     """(run output indices, image indices) of the pixels a run owns along an axis.
 
     Dense: the run output holds every dense pixel, `block - run.start + r`.
-    Compact: it holds only the owned blocks, block j at `j * out + r`.
+    Compact: it holds only the owned blocks, block j at `j * width + r`.
     """
-    offsets = np.arange(output_size)
+    offsets = np.arange(width)
     output_indices = np.concatenate([start + offsets for start in run.blocks])
     if compact:
         return np.arange(len(output_indices)), output_indices
@@ -68,9 +69,8 @@ class Stitcher:
                 A larger array is fine: only the owned pixels are read.
             compact: see `dense`.
         """
-        out = self.plan.geometry.output_size
-        dense_rows, output_rows = _axis_indices(row_run, out, compact)
-        dense_columns, output_columns = _axis_indices(column_run, out, compact)
+        dense_rows, output_rows = _axis_indices(row_run, self.plan.rows.block, compact)
+        dense_columns, output_columns = _axis_indices(column_run, self.plan.columns.block, compact)
         expected = (int(dense_rows.max()) + 1, int(dense_columns.max()) + 1)
         if dense.shape[0] < expected[0] or dense.shape[1] < expected[1] or dense.shape[2:] != self.trailing_shape:
             raise ValueError(

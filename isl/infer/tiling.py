@@ -12,13 +12,28 @@ convolutional run of the network on a larger input of side
 input offset `phase * j`, but a window starting anywhere else is not the
 output of any single patch.
 
-So every output block `s` (a multiple of `out`) belongs to a *class*
-`s mod phase`. Blocks of one class are spaced by `lcm(out, phase)` and can all
-be read from one dense run whose input starts on that class; the classes are
-the multiples of `gcd(out, phase)` below `phase`, i.e. `phase / gcd(out, phase)`
-runs per axis cover every block (2 for the paper model: shifts 0 and 8;
-1 for the `tiny` preset, whose phase 4 divides its output 8). A 2-D plan is
-the product of the per-axis runs.
+The reference's blocks. A model trained with `out < phase` outputs (the
+paper's 8) has learned only the output positions `0 .. out - 1` modulo
+`phase` of a patch, so its reference is the original's: `out`-wide blocks,
+each from its own patch on a stride-`out` grid. A model trained with
+`out > phase` outputs (e.g. 8 + 16k, k >= 1; the shipped checkpoint uses 24)
+has learned every position modulo `phase`; its reference is the
+*stride-phase* patch-wise prediction: patches on a stride-`phase` grid, each
+giving the first `phase` pixels of its output as one `phase`-wide block
+(`block_size`). When `phase` divides `out` the two coincide in value.
+
+So every output block `s` (a multiple of the block width `w`) belongs to a
+*class* `s mod phase`. Blocks of one class are spaced by `lcm(w, phase)` and
+can all be read from one dense run whose input starts on that class; the
+classes are the multiples of `gcd(w, phase)` below `phase`, i.e.
+`phase / gcd(w, phase)` runs per axis cover every block (2 for the paper
+model: shifts 0 and 8; 1 for a model with `out > phase` or `phase | out`,
+e.g. the shipped 24-px checkpoint or the `tiny` preset). A 2-D plan is the
+product of the per-axis runs.
+
+`phases=1` (`block_size(..., phases=1)`) reads `phase`-wide blocks from one
+run for any model: exact when `out >= phase`, an approximation for 8-px
+models (positions 8..15 of each 16 were never trained).
 
 Coordinates: "output coordinate" `o` is the output pixel predicted from the
 patch of the (padded) network input that starts at `o - o mod out`; it shows
@@ -65,6 +80,7 @@ class AxisPlan:
         run_input_length: input side of every run, `input_size + phase * k`.
         run_output_length: dense output side of every run, `out + phase * k`.
         runs: the runs, grouped by class.
+        block: width of the output blocks (`block_size`).
     """
 
     output_length: int
@@ -72,6 +88,7 @@ class AxisPlan:
     run_input_length: int
     run_output_length: int
     runs: tuple[AxisRun, ...]
+    block: int = 8
 
     @property
     def required_input_length(self) -> int:
@@ -119,25 +136,69 @@ class TilePlan:
         return self.num_runs * self.rows.run_input_length * self.columns.run_input_length
 
 
-def block_classes(geometry: geometry_lib.Geometry) -> tuple[int, ...]:
-    """Residues `s mod phase` of the block starts `s` (multiples of `out`).
+# Plans: "exact" (default) reproduces the model's own patch-wise reference
+# in the fewest runs; "output" is the first version's plan (`out`-wide blocks
+# for every model, kept for the benchmark's side-by-side comparison);
+# "one" reads `phase`-wide blocks from one run per tile (`--phases=1`).
+PLANS = ("exact", "output", "one")
+
+
+def block_size(geometry: geometry_lib.Geometry, plan: str = "exact") -> int:
+    """Width of the output blocks of the patch-wise reference (module docstring).
+
+    "exact": `phase` when the model's output exceeds the phase and is not a
+    multiple of it (24 -> 16: one run per tile), else `out`; "output": `out`;
+    "one": `phase` (approximate for `out < phase`).
+    """
+    out, phase = geometry.output_size, geometry.phase
+    if plan == "output":
+        return out
+    if plan == "one":
+        return phase
+    if plan != "exact":
+        raise ValueError(f"Unknown plan {plan!r}; use one of {', '.join(PLANS)}.")
+    return phase if out > phase and out % phase else out
+
+
+def is_exact(geometry: geometry_lib.Geometry, plan: str = "exact") -> bool:
+    """Whether the plan reproduces a patch-wise reference of the trained model."""
+    return plan != "one" or geometry.output_size >= geometry.phase
+
+
+def block_classes(geometry: geometry_lib.Geometry, plan: str = "exact") -> tuple[int, ...]:
+    """Residues `s mod phase` of the block starts `s` (multiples of the block).
 
     These are the input shifts, per axis, that a dense plan needs:
-    `(0, 8)` for the paper model, `(0,)` when `phase` divides `out`.
+    `(0, 8)` for the paper model, `(0,)` when the block is a multiple of
+    `phase` or `phase` divides it.
     """
-    step = math.gcd(geometry.output_size, geometry.phase)
+    step = math.gcd(block_size(geometry, plan), geometry.phase)
     return tuple(range(0, geometry.phase, step))
 
 
-def plan_axis(output_length: int, geometry: geometry_lib.Geometry, max_run_input: int | None = None) -> AxisPlan:
+def run_blocks(geometry: geometry_lib.Geometry, k: int, plan: str = "exact") -> int:
+    """Blocks of one class a run of input `input_size + phase * k` owns."""
+    block = block_size(geometry, plan)
+    spacing = block * geometry.phase // math.gcd(block, geometry.phase)
+    dense = geometry.output_size + geometry.phase * k
+    return max(0, (dense - block) // spacing + 1)
+
+
+def plan_axis(
+    output_length: int,
+    geometry: geometry_lib.Geometry,
+    max_run_input: int | None = None,
+    plan: str = "exact",
+) -> AxisPlan:
     """Plans the runs along one axis.
 
     Args:
         output_length: output pixels wanted along the axis (>= 1).
         geometry: network geometry (`input_size`, `output_size`, `phase`).
         max_run_input: the largest run input side allowed (memory bound);
-            None means one run per class. Values below `input_size` are
-            raised to `input_size` (a single patch per run).
+            None means one run per class. Values below the smallest run
+            are raised to it (one block per run).
+        plan: one of `PLANS`.
 
     Returns:
         An AxisPlan whose runs, taken together, own every block of
@@ -147,23 +208,25 @@ def plan_axis(output_length: int, geometry: geometry_lib.Geometry, max_run_input
         raise ValueError(f"output_length must be >= 1. Received: {output_length}")
     out = geometry.output_size
     phase = geometry.phase
-    spacing = out * phase // math.gcd(out, phase)  # Blocks of one class are lcm apart.
-    grid_length = out * math.ceil(output_length / out)
-    blocks = range(0, grid_length, out)
-    by_class = {residue: [s for s in blocks if s % phase == residue] for residue in block_classes(geometry)}
+    block = block_size(geometry, plan)
+    spacing = block * phase // math.gcd(block, phase)  # Blocks of one class are lcm apart.
+    grid_length = block * math.ceil(output_length / block)
+    blocks = range(0, grid_length, block)
+    by_class = {residue: [s for s in blocks if s % phase == residue] for residue in block_classes(geometry, plan)}
     by_class = {residue: starts for residue, starts in by_class.items() if starts}
     longest = max(len(starts) for starts in by_class.values())
     if max_run_input is None:
         max_blocks = longest
     else:
         max_k = max(0, (max_run_input - geometry.input_size) // phase)
-        max_blocks = max_k * phase // spacing + 1
+        max_blocks = max(1, run_blocks(geometry, max_k, plan))
     # Balance: the same number of runs per class, each as short as possible.
     blocks_per_run = 1
     for starts in by_class.values():
         num_runs = math.ceil(len(starts) / max_blocks)
         blocks_per_run = max(blocks_per_run, math.ceil(len(starts) / num_runs))
-    k = math.ceil((blocks_per_run - 1) * spacing / phase)
+    # The smallest k whose dense output holds blocks_per_run blocks.
+    k = max(0, math.ceil(((blocks_per_run - 1) * spacing + block - out) / phase))
     runs = []
     for starts in by_class.values():
         for first in range(0, len(starts), blocks_per_run):
@@ -175,6 +238,7 @@ def plan_axis(output_length: int, geometry: geometry_lib.Geometry, max_run_input
         run_input_length=geometry.input_size + phase * k,
         run_output_length=out + phase * k,
         runs=tuple(runs),
+        block=block,
     )
 
 
@@ -182,6 +246,7 @@ def plan_tiles(
     output_shape: tuple[int, int],
     geometry: geometry_lib.Geometry,
     tile_size: int | None = None,
+    plan: str = "exact",
 ) -> TilePlan:
     """Plans the dense runs for an output of `output_shape` = (height, width).
 
@@ -190,19 +255,40 @@ def plan_tiles(
         geometry: the network geometry.
         tile_size: the largest run input side (memory bound); None means
             the whole image in one run per phase class.
+        plan: one of `PLANS` ("exact" by default).
     """
     height, width = output_shape
     return TilePlan(
-        rows=plan_axis(height, geometry, tile_size),
-        columns=plan_axis(width, geometry, tile_size),
+        rows=plan_axis(height, geometry, tile_size, plan),
+        columns=plan_axis(width, geometry, tile_size, plan),
         geometry=geometry,
     )
 
 
-def valid_tile_size(geometry: geometry_lib.Geometry, tile_size: int) -> int:
-    """The largest valid input side `input_size + phase * k` <= tile_size."""
-    if tile_size < geometry.input_size:
-        return geometry.input_size
+def smallest_tile_size(geometry: geometry_lib.Geometry, plan: str = "exact") -> int:
+    """The smallest run input side that owns a block: `input_size + phase * k`."""
+    k = 0
+    while run_blocks(geometry, k, plan) < 1:
+        k += 1
+    return geometry.input_size + geometry.phase * k
+
+
+def valid_tile_size(geometry: geometry_lib.Geometry, tile_size: int, plan: str = "exact") -> int:
+    """The largest valid input side `input_size + phase * k` <= tile_size.
+
+    Raises:
+        InputError: when `tile_size` is below the smallest valid side; the
+            message names the valid sizes.
+    """
+    from isl import errors
+
+    smallest = smallest_tile_size(geometry, plan)
+    if tile_size < smallest:
+        examples = ", ".join(str(smallest + geometry.phase * j) for j in range(4))
+        raise errors.InputError(
+            f"--tile_size={tile_size} is below the smallest tile this model can run ({smallest} px); valid sizes are "
+            f"{smallest} + {geometry.phase}k: {examples}, ... (0 chooses the size from memory)."
+        )
     return geometry.input_size + geometry.phase * ((tile_size - geometry.input_size) // geometry.phase)
 
 
@@ -211,6 +297,7 @@ def auto_tile_size(
     memory_budget_bytes: float,
     bytes_per_input_pixel: float,
     bytes_per_output_pixel: float = 0.0,
+    plan: str = "exact",
 ) -> int:
     """The largest valid square run input side whose memory fits the budget.
 
@@ -219,8 +306,7 @@ def auto_tile_size(
     """
     if memory_budget_bytes <= 0:
         raise ValueError(f"memory_budget_bytes must be > 0. Received: {memory_budget_bytes}")
-    best = geometry.input_size
-    size = geometry.input_size
+    best = size = smallest_tile_size(geometry, plan)
     while True:
         output = size - 2 * geometry.border
         cost = size * size * bytes_per_input_pixel + output * output * bytes_per_output_pixel

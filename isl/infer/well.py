@@ -56,6 +56,9 @@ class Predictor:
         signature: the SavedModel `logits` function, or None.
         trained_channels: the target channels whose heads saw labels in
             training (`trained_channels.json`), or None when unknown.
+        inference_graph: run model directories through
+            `isl.infer.graph.inference_model` (batch norm folded into the
+            activation; same outputs up to float rounding).
     """
 
     config: config_lib.ExperimentConfig
@@ -64,14 +67,23 @@ class Predictor:
     model: Any = None
     signature: Any = None
     trained_channels: tuple[str, ...] | None = None
+    inference_graph: bool = True
     _run_functions: dict = dataclasses.field(default_factory=dict)
+    _inference_model: Any = None
 
     def run_function(self, head_indices: tuple[int, ...], statistics: tuple[str, ...], quantiles: tuple[float, ...], with_truth: bool):
         """A cached `make_run_function` for these heads (one trace per set)."""
         key = (head_indices, statistics, quantiles, with_truth)
         if key not in self._run_functions:
             if self.model is not None:
-                network = predict_lib.Network.from_keras(self.model, head_indices)
+                model = self.model
+                if self.inference_graph:
+                    if self._inference_model is None:
+                        from isl.infer import graph as graph_lib
+
+                        self._inference_model = graph_lib.inference_model(self.model)
+                    model = self._inference_model
+                network = predict_lib.Network.from_keras(model, head_indices)
             else:
                 signature = self.signature
                 network = predict_lib.Network.from_logits(
@@ -83,7 +95,9 @@ class Predictor:
         return self._run_functions[key]
 
 
-def load_predictor(model_dir: str | None = None, saved_model: str | None = None, precision: str = "") -> Predictor:
+def load_predictor(
+    model_dir: str | None = None, saved_model: str | None = None, precision: str = "", inference_graph: bool = True
+) -> Predictor:
     """Opens a model directory or an exported SavedModel.
 
     Args:
@@ -92,6 +106,8 @@ def load_predictor(model_dir: str | None = None, saved_model: str | None = None,
             signature and `config.json`).
         precision: "" (as trained), "float32", or "bfloat16" (model
             directories only: bfloat16 compute, float32 logits).
+        inference_graph: fold batch norm into the activations (model
+            directories; `isl.infer.graph`).
 
     Raises:
         InputError: when neither or both are given, or the folder is not a model.
@@ -101,7 +117,9 @@ def load_predictor(model_dir: str | None = None, saved_model: str | None = None,
     if precision not in PRECISIONS:
         raise errors.InputError(f"Unknown precision {precision!r}; use float32 or bfloat16.")
     if model_dir:
-        return _load_model_dir(model_dir, precision)
+        predictor = _load_model_dir(model_dir, precision)
+        predictor.inference_graph = inference_graph
+        return predictor
     return _load_saved_model(saved_model, precision)
 
 
@@ -240,6 +258,8 @@ def predict_well(
     batch_size: int = 1,
     memory_budget_bytes: float | None = None,
     progress_enabled: bool = True,
+    phases: int = 0,
+    window: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """Predicts one well and writes its files into `output_dir/<well name>/`.
 
@@ -258,6 +278,11 @@ def predict_well(
         batch_size: runs per network call.
         memory_budget_bytes: for the automatic tile size.
         progress_enabled: show a progress line on stderr.
+        phases: 0 (exact: the model's own patch-wise reference in the fewest
+            runs) or 1 (one run per tile; approximate for 8-px models).
+        window: optional ((row0, row1), (column0, column1)) in image pixels
+            (`isl.data.convert.parse_region`, -1 = the image edge): predict
+            only this window, reading context from the well around it.
 
     Returns:
         The contents of `prediction.json` (paths relative to the well folder)
@@ -278,9 +303,20 @@ def predict_well(
 
         return regression.predict_well(predictor, input_dir, output_dir, chosen, image_format)
     known, quantiles = predict_lib.parse_statistics(statistics)
-    well = wells_lib.read_well(input_dir, channel_config)
+    if phases not in (0, 1):
+        raise errors.InputError(f"--phases must be 0 (exact) or 1 (one run per tile). Received: {phases}")
+    plan_name = "one" if phases == 1 else "exact"
+    well = wells_lib.read_well(input_dir, channel_config, ignore_unknown=True)
     check_z(well, config)
     height, width = well.inputs.shape[1:]
+    pixel_window = None
+    if window is not None:
+        from isl.data import convert
+
+        (row0, row1), (column0, column1) = convert._resolve_region(
+            window, height, width, "--region", well.metadata.get("directory", well.name)
+        )
+        pixel_window = (row0, row1, column0, column1)
     target_values, target_masks = assemble.target_stack(well.targets, channel_config, shape=(height, width))
     all_targets = channel_config.output_target_channels
     target_columns = [all_targets.index(channel) for channel in chosen]
@@ -302,11 +338,15 @@ def predict_well(
     if with_panels:
         computed += [name for name in panel_statistics if name not in computed]
     if tile_size is None:
-        tile_size = predict_lib.auto_tile_size(predictor.geometry, config.model, len(head_indices), memory_budget_bytes)
+        tile_size = predict_lib.auto_tile_size(
+            predictor.geometry, config.model, len(head_indices), memory_budget_bytes, plan_name
+        )
     run_function = predictor.run_function(tuple(head_indices), tuple(computed), tuple(quantiles), with_truth)
     region = predict_lib.output_region((height, width), predictor.geometry, border_mode)
-    plan_runs = _count_runs(predictor.geometry, region, tile_size)
-    progress = Progress(plan_runs, label=f"predict {well.name}", enabled=progress_enabled)
+    if pixel_window is not None:
+        region, _ = predict_lib.window_region(region, pixel_window, predictor.geometry, plan_name)
+    plan_runs = _count_runs(predictor.geometry, region, tile_size, plan_name)
+    progress = Progress(plan_runs, label=f"predict {well.name}", enabled=progress_enabled, exclude_first=True)
     start = time.perf_counter()
     prediction = predict_lib.predict_image(
         None,
@@ -321,8 +361,11 @@ def predict_well(
         truth=(truth_values, truth_masks) if with_truth else None,
         run_function=run_function,
         progress=progress,
+        plan_name=plan_name,
+        window=pixel_window,
     )
     progress.close()
+    region = prediction.region
     seconds = time.perf_counter() - start
 
     well_dir = os.path.join(output_dir, _safe_name(well.name))
@@ -373,6 +416,9 @@ def predict_well(
         "panels": panel_files,
         "tile_size": list(prediction.info["tile_size"]),
         "num_runs": prediction.info["num_runs"],
+        "plan": prediction.info["plan"],
+        "exact": prediction.info["exact"],
+        "ignored_files": list(well.metadata.get("ignored_files", [])),
         "seconds": round(seconds, 3),
     }
     atomic.write_text(os.path.join(well_dir, PREDICTION_FILE), json.dumps(summary, indent=2) + "\n")
@@ -380,11 +426,13 @@ def predict_well(
     return summary
 
 
-def _count_runs(geometry: geometry_lib.Geometry, region: predict_lib.OutputRegion, tile_size: int | None) -> int:
+def _count_runs(
+    geometry: geometry_lib.Geometry, region: predict_lib.OutputRegion, tile_size: int | None, plan_name: str = "exact"
+) -> int:
     from isl.infer import tiling
 
-    size = None if tile_size is None else tiling.valid_tile_size(geometry, tile_size)
-    return tiling.plan_tiles((region.height, region.width), geometry, size).num_runs
+    size = None if tile_size is None else tiling.valid_tile_size(geometry, tile_size, plan_name)
+    return tiling.plan_tiles((region.height, region.width), geometry, size, plan_name).num_runs
 
 
 def _safe_name(name: str) -> str:

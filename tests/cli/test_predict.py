@@ -125,3 +125,31 @@ def test_missing_model_and_unknown_channel_exit_2(model_dir, tmp_path, capsys):
         capsys,
     )
     assert code == 2 and "GFP" in err
+
+
+def test_region_predicts_the_whole_well_pixels_and_other_channels_are_ignored(model_dir, tmp_path, capsys):
+    well_dir = str(tmp_path / "well")
+    wellmaker.random_well(well_dir, height=40, width=36)
+    # Ground truth for a channel the model does not have.
+    images.write_image(
+        os.path.join(well_dir, wellmaker.file_name(filenames.MAXPROJECT, "GFAP_CONFOCAL")), np.zeros((40, 36), np.uint16)
+    )
+    common = [f"--model_dir={model_dir}", f"--input_dir={well_dir}", "--channels=DAPI_CONFOCAL", "--nopanels",
+              "--nosave_calibration", "--noprogress", "--format=tiff"]
+    code, out, err = _run(["predict", *common, f"--output_dir={tmp_path / 'whole'}"], capsys)
+    assert code == 0, err
+    assert out.count("ignoring 1 file(s) of channels the model does not have") == 1 and "GFAP_CONFOCAL" in out
+    assert "--set" not in out + err
+    code, out, err = _run(["predict", *common, f"--output_dir={tmp_path / 'window'}", "--region=13:31,5:"], capsys)
+    assert code == 0, err
+    (whole,) = glob.glob(str(tmp_path / "whole" / "*" / "*statistic-MEDIAN*.tif"))
+    (window,) = glob.glob(str(tmp_path / "window" / "*" / "*statistic-MEDIAN*.tif"))
+    window_image = images.read_image(window)
+    assert window_image.shape == (18, 31)
+    np.testing.assert_array_equal(window_image, images.read_image(whole)[13:31, 5:36])
+    record = json.load(open(os.path.join(os.path.dirname(window), "prediction.json")))
+    assert record["region"] == {"row_offset": 13, "column_offset": 5, "height": 18, "width": 31}
+    code, _, err = _run(["predict", *common, f"--output_dir={tmp_path / 'bad'}", "--region=30:50,0:10"], capsys)
+    assert code == 2 and "outside the image" in err and "Traceback" not in err
+    code, _, err = _run(["predict", *common, f"--output_dir={tmp_path / 'bad'}", "--tile_size=20"], capsys)
+    assert code == 2 and "valid sizes are 42 + 4k: 42, 46" in err

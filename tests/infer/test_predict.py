@@ -13,13 +13,15 @@ from isl.model import builder
 from isl.model import geometry as geometry_lib
 
 
-def _config(phase_like_paper: bool):
+def _config(phase_like_paper: bool, output_size: int = 8):
     config = presets.get_preset("tiny")
     if phase_like_paper:
         # Five scales (phase 16) and output 8, like the paper model: two
-        # phase classes (shifts 0 and 8) per axis, but tiny depths.
+        # phase classes (shifts 0 and 8) per axis, but tiny depths. With
+        # output 24 (the shipped checkpoint's): one class, 16-px blocks.
         model = dataclasses.replace(
-            config.model, num_scales=5, lower_modules_scale_0=4, lower_modules_step=1, upper_tower_modules=6
+            config.model, num_scales=5, lower_modules_scale_0=4, lower_modules_step=1, upper_tower_modules=6,
+            output_size=output_size,
         )
         config = dataclasses.replace(config, model=model)
     return config
@@ -37,6 +39,12 @@ def paper_like():
     return config, builder.build_model(config)
 
 
+@pytest.fixture(scope="module")
+def paper_like_24():
+    config = _config(True, output_size=24)
+    return config, builder.build_model(config)
+
+
 def _stack(num_z: int, height: int, width: int, seed: int = 3) -> np.ndarray:
     return np.random.default_rng(seed).random((num_z, height, width), dtype=np.float32)
 
@@ -45,7 +53,7 @@ def _target_heads(config) -> list[int]:
     return list(range(config.channels.num_input_heads, config.channels.num_heads))[:2]
 
 
-@pytest.mark.parametrize("which", ["tiny", "paper_like"])
+@pytest.mark.parametrize("which", ["tiny", "paper_like", "paper_like_24"])
 def test_dense_prediction_equals_the_patchwise_reference(which, request):
     config, model = request.getfixturevalue(which)
     geometry = geometry_lib.geometry(config.model)
@@ -53,7 +61,7 @@ def test_dense_prediction_equals_the_patchwise_reference(which, request):
         assert (geometry.phase, geometry.output_size) == (16, 8)
     heads = _target_heads(config)
     logits_fn = predict.Network.from_keras(model, heads)
-    shape = (21, 35) if which == "tiny" else (16, 20)
+    shape = {"tiny": (21, 35), "paper_like": (16, 20), "paper_like_24": (40, 37)}[which]
     stack = _stack(13, *shape)
     run = predict.make_run_function(logits_fn, ("median", "mean"), with_distributions=True)
     dense = predict.predict_image(
@@ -64,6 +72,8 @@ def test_dense_prediction_equals_the_patchwise_reference(which, request):
         run_function=run, batch_size=64,
     )
     assert dense.statistics["distribution"].shape == shape + (2, config.model.num_classes)
+    if which == "paper_like_24":  # Stride-16 patches, 16 of each 24-px output; one run.
+        assert dense.info["num_runs"] == 1 and dense.info["block"] == 16
     difference = np.abs(dense.statistics["distribution"] - reference["distribution"]).max()
     assert difference <= 1e-5
     np.testing.assert_allclose(dense.statistics["mean"], reference["mean"], atol=1e-5)
