@@ -8,6 +8,7 @@ flag state and library code never reads flags. Common behaviour lives here:
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -33,6 +34,7 @@ COMMANDS: dict[str, str] = {
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 def _quiet_tensorflow() -> None:
@@ -140,6 +142,18 @@ def run_command(argv: Sequence[str]) -> int:
         result = module.run(flag_values, positional)
     except errors.InputError as error:
         print(f"isl {name}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except errors.RunFailed as error:
+        print(f"isl {name}: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every output goes through isl.io.atomic, whose temporaries are
+        # removed when a write fails: nothing half-written is left.
+        where = f" writing {error.filename}" if error.filename else ""
+        print(f"isl {name}: error: no space left on device{where}; nothing half-written was kept and any "
+              "previous output is untouched. Free some space and run the command again.", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"isl {name}: interrupted.", file=sys.stderr)
