@@ -7,8 +7,9 @@
   while saving leaves no `ckpt-N.index`.
 * `remove_partial_checkpoints`: deletes what a killed save left behind.
 * `disk_full_message`: whether an error is "no space left on device".
-* `damaged_shards`: which TFRecord shards of a dataset fail to read, to
-  name the file when the pipeline reports only "corrupted record".
+* `damaged_shards` / `naming_damaged_shards`: which TFRecord shards of a
+  dataset fail to read, to name the file when the pipeline reports only
+  "corrupted record".
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import errno
 import glob
 import os
 import re
+import contextlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import tensorflow as tf
 
@@ -124,6 +127,23 @@ def damaged_shards(data_dir: str) -> list[tuple[str, str]]:
             except tf.errors.OpError as error:
                 damaged.append((path, _short(error)))
     return damaged
+
+
+@contextlib.contextmanager
+def naming_damaged_shards(data_dir: str, last_good: Mapping[str, Any]) -> Iterator[None]:
+    """Turns a pipeline's "corrupted record" error into an InputError naming the shard.
+
+    `last_good["path"]` (read at the time of the error) is the newest
+    checkpoint, mentioned as kept. Errors with no damaged shard behind them
+    pass unchanged.
+    """
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        explained = data_error(data_dir, error, last_good.get("path"))
+        if explained is None:
+            raise
+        raise explained from None
 
 
 def data_error(data_dir: str, error: BaseException, last_checkpoint: str | None) -> errors.InputError | None:

@@ -434,9 +434,10 @@ def train(
             if not resilience.disk_full(error):
                 raise
             resilience.remove_partial_checkpoints(checkpoint_dir)
+            newest = latest_checkpoint(model_dir) if chief else last_good["path"]
             raise errors.InputError(
-                f"{model_dir}: no space left on device while saving step {step}; the partial files were removed, "
-                f"the newest complete checkpoint is {last_good['path'] or 'none'} (step {last_good['step']}). "
+                f"{model_dir}: no space left on device while saving step {step}; the partial files were removed "
+                f"and the newest complete checkpoint is {newest or 'none'}. "
                 "Free some space and run the same command to resume."
             ) from None
         last_good.update(step=step, path=path)
@@ -490,26 +491,20 @@ def train(
     remaining = total_steps - resumed_from_step
     epochs = math.ceil(remaining / steps_per_epoch)
     fit_start = time.monotonic()
-    with termination:
-        try:
-            model.fit(
-                train_data,
-                epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                validation_data=eval_data,
-                validation_steps=train_config.eval_batches if eval_data is not None else None,
-                callbacks=fit_callbacks,
-                shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.
-                verbose=0,
-            )
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-            explained = resilience.data_error(data_dir, error, last_good["path"])
-            if explained is None:
-                raise
-            raise explained from None
+    with termination, resilience.naming_damaged_shards(data_dir, last_good):
+        model.fit(
+            train_data,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=eval_data,
+            validation_steps=train_config.eval_batches if eval_data is not None else None,
+            callbacks=fit_callbacks,
+            shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.
+            verbose=0,
+        )
     if non_finite.step is not None:
-        kept = (f"the last good checkpoint is {last_good['path']} (step {last_good['step']}), and "
-                f"{WEIGHTS_FILE} is from that step" if last_good["path"] else "no checkpoint had been saved yet")
+        kept = (f"the last good checkpoint is {last_good['path']} (step {last_good['step']}) and {WEIGHTS_FILE} "
+                "was not overwritten" if last_good["path"] else "no checkpoint had been saved yet")
         raise errors.InputError(
             f"Training stopped: the loss became {non_finite.value} at step {non_finite.step}; nothing from that "
             f"step was saved: {kept}. Check the data for NaN/Inf values or lower train.learning_rate, then run "
