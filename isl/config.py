@@ -518,7 +518,7 @@ def load_config(path: str | os.PathLike[str], base: ExperimentConfig | None = No
             values = json.load(handle)
     except FileNotFoundError:
         raise errors.InputError(f"{path}: config file not found.") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise errors.InputError(f"{path}: not valid JSON ({error}).") from None
     if isinstance(values, dict) and "config" in values and isinstance(values["config"], dict):
         values = values["config"]

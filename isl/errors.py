@@ -9,3 +9,10 @@ bug and keeps its traceback.
 
 class InputError(ValueError):
     """Bad user input: the message names the file(s) and the problem."""
+
+
+class RunFailed(RuntimeError):
+    """A run that could not do its work (e.g. every trial of a search failed).
+
+    The CLI prints its message and exits with code 1, without a traceback.
+    """

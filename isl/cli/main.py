@@ -8,6 +8,7 @@ flag state and library code never reads flags. Common behaviour lives here:
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -33,6 +34,7 @@ COMMANDS: dict[str, str] = {
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 def _quiet_tensorflow() -> None:
@@ -141,13 +143,29 @@ def run_command(argv: Sequence[str]) -> int:
     except errors.InputError as error:
         print(f"isl {name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"isl {name}: interrupted.", file=sys.stderr)
-        return 130
+    except errors.RunFailed as error:
+        print(f"isl {name}: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as error:  # noqa: BLE001 - only a full disk is handled; anything else re-raises.
+        if not _disk_full(error):
+            raise
+        # Every output goes through isl.io.atomic, whose temporaries are
+        # removed when a write fails: nothing half-written is left.
+        detail = error.filename if isinstance(error, OSError) and error.filename else str(error).splitlines()[0]
+        print(f"isl {name}: error: no space left on device ({detail}); nothing half-written was kept and any "
+              "previous output is untouched. Free some space and run the command again.", file=sys.stderr)
+        return EXIT_USAGE
     if flag_values["json"].value:
         sys.stdout.flush()
         print(json.dumps(result or {}, sort_keys=True, default=_json_default))
     return EXIT_OK
+
+
+def _disk_full(error: BaseException) -> bool:
+    """True for "no space left on device" (or a quota) from Python or TensorFlow."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
 
 
 def _json_default(value: Any) -> Any:

@@ -38,6 +38,7 @@ import glob
 import json
 import os
 import random
+import struct
 
 import numpy as np
 import tensorflow as tf
@@ -142,12 +143,71 @@ def list_shards(data_dir: str, split: str) -> list[str]:
         raise errors.InputError(f"{data_dir}: not a folder (expected the output of 'isl convert').")
     paths = sorted(glob.glob(os.path.join(data_dir, schema.shard_pattern(split))))
     paths = [path for path in paths if os.path.getsize(path) > 0]
+    for path in paths:
+        check_shard(path)
     if not paths:
         raise errors.InputError(
             f"{data_dir}: no non-empty {split} shards ({schema.shard_pattern(split)}); "
             f"run 'isl convert' first{' with held-out wells (--eval_every / --eval_wells)' if split == 'eval' else ''}."
         )
     return paths
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        value = byte
+        for _ in range(8):
+            value = (value >> 1) ^ 0x82F63B78 if value & 1 else value >> 1
+        table.append(value)
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def _masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC-32C (Castagnoli) of `data`."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def check_shard(path: str) -> int:
+    """Walks a TFRecord file's record headers; returns the number of records.
+
+    Cheap (one small read per record): finds a truncated file or a damaged
+    length field, not a flipped bit inside a record's data (the pipeline's
+    CRC check finds that when it reads the record).
+
+    Raises:
+        InputError: naming the file, the offset and what to do.
+    """
+    size = os.path.getsize(path)
+    count = position = 0
+    with open(path, "rb") as handle:
+        while position < size:
+            header = handle.read(12)
+            problem = None
+            if len(header) < 12:
+                problem = f"truncated record header at byte {position}"
+            else:
+                (length,) = struct.unpack("<Q", header[:8])
+                (length_crc,) = struct.unpack("<I", header[8:])
+                if _masked_crc32c(header[:8]) != length_crc:
+                    problem = f"corrupted record length at byte {position}"
+                elif position + 16 + length > size:
+                    problem = f"truncated: record {count} at byte {position} needs {16 + length} bytes, {size - position} left"
+            if problem:
+                raise errors.InputError(
+                    f"{path}: damaged TFRecord shard ({problem}). Run 'isl convert' again to rewrite the dataset."
+                )
+            position += 16 + length
+            count += 1
+            handle.seek(position)
+    return count
 
 
 def _check_description(description: dict | None, data_dir: str, split: str, config: config_lib.ExperimentConfig, layout: PatchLayout) -> None:
@@ -173,6 +233,28 @@ def _check_description(description: dict | None, data_dir: str, split: str, conf
             f"{data_dir}: image(s) smaller than the {layout.crop_size}-px crop after {layout.pad}-px padding: "
             f"{', '.join(small[:5])}. Use a smaller data.crop_size or larger images."
         )
+
+
+def check_dataset(data_dir: str, config: config_lib.ExperimentConfig, splits: tuple[str, ...] = ("train", "eval")) -> None:
+    """Checks, without reading any example, that `build_dataset` can serve `splits`.
+
+    Non-empty, structurally whole shards of each split (`check_shard`), a
+    readable `dataset.json` and, for training, images large enough for the
+    config's crop. Cheap; meant to run before long work (a search) starts.
+
+    Raises:
+        InputError: naming the folder or file and what to do.
+    """
+    layout = patch_layout(config)
+    for split in splits:
+        list_shards(data_dir, split)
+    description = read_description(data_dir)
+    if description is None:
+        raise errors.InputError(
+            f"{data_dir}: no {schema.DATASET_JSON}; the folder must be the output of 'isl convert'."
+        )
+    for split in splits:
+        _check_description(description, data_dir, split, config, layout)
 
 
 def selection_table(max_source_z: int, num_z_values: int) -> np.ndarray:

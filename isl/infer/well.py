@@ -21,8 +21,11 @@ writes into `OUTPUT_DIR/<well name>/`:
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -157,7 +160,14 @@ def _load_saved_model(path: str, precision: str) -> Predictor:
     if not os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isfile(config_path):
         raise errors.InputError(f"{path}: not an exported model (saved_model.pb and config.json expected).")
     config = config_lib.load_config(config_path)
-    loaded = tf.saved_model.load(path)
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as error:  # Damaged files raise DecodeError, OSError, ValueError or an OpError.
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise errors.InputError(
+            f"{path}: damaged SavedModel, cannot load it ({type(error).__name__}: {first}). "
+            "Export it again with `isl export`."
+        ) from None
     if export_lib.LOGITS_SIGNATURE not in loaded.signatures:
         raise errors.InputError(
             f"{path}: the SavedModel has no '{export_lib.LOGITS_SIGNATURE}' signature "
@@ -243,7 +253,46 @@ def _write_float_tiff(path: str, image: np.ndarray) -> None:
         tifffile.imwrite(temporary, np.asarray(image, np.float32))
 
 
-def predict_well(
+def predict_well(predictor: Predictor, input_dir: str, output_dir: str, **options: Any) -> dict[str, Any]:
+    """Predicts one well into `output_dir/<well name>/`, all or nothing.
+
+    The files are written into a private folder inside `output_dir`, which
+    then replaces the well's folder in one rename (`isl.io.atomic`), so a
+    failed or killed run leaves the previous prediction of the well as it
+    was. Arguments and result: see `_predict_well_files`.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    _remove_dead_staging(output_dir)
+    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=output_dir)
+    try:
+        summary = _predict_well_files(predictor, input_dir, staging, **options)
+        final = os.path.join(output_dir, os.path.basename(summary["well_dir"]))
+        atomic.install_directory(summary["well_dir"], final)
+        summary["well_dir"] = final
+        return summary
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+STAGING_PREFIX = ".tmp-predict-"
+
+
+def _remove_dead_staging(output_dir: str) -> None:
+    """Removes staging folders of predict runs that were killed (their process is gone)."""
+    for path in glob.glob(os.path.join(glob.escape(output_dir), STAGING_PREFIX + "*")):
+        pid = os.path.basename(path)[len(STAGING_PREFIX):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # Still running.
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _predict_well_files(
     predictor: Predictor,
     input_dir: str,
     output_dir: str,

@@ -3,12 +3,17 @@
 Nothing half-written is ever left under the final name: if the work fails,
 the temporary file or directory is removed. Files and directories get the
 permissions the user's umask allows (as `open` and `os.makedirs` would give
-them), not the private 0600 / 0700 of `tempfile`.
+them), not the private 0600 / 0700 of `tempfile`. A process killed outright
+(SIGKILL, power loss) cannot clean up: it may leave a `.tmp-*` file or
+folder beside the target, never a partial target. The next write of the same
+target removes such leftovers, and `output_directory` puts back a previous
+output that a kill caught between its two renames.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -31,6 +36,7 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    remove_leftovers(path)
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
     try:
         _as_created(temporary)
@@ -58,6 +64,7 @@ def temporary_path(path: str | os.PathLike[str]) -> Iterator[str]:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    remove_leftovers(path)
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
     os.close(handle)
     try:
@@ -67,6 +74,84 @@ def temporary_path(path: str | os.PathLike[str]) -> Iterator[str]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
+        raise
+
+
+def _old_name(path: str, temporary: str) -> str:
+    return path + ".old-" + os.path.basename(temporary)
+
+
+def recover_previous(path: str | os.PathLike[str]) -> bool:
+    """Puts back a previous output that a kill left renamed aside; True if it did.
+
+    `replace_directory` renames the old `path` to `path.old-*` and then the
+    new one to `path`; a process killed between the two leaves no `path`.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.lexists(path):
+        return False
+    name = glob.escape(os.path.basename(path))
+    olds = sorted(glob.glob(glob.escape(path) + ".old-.tmp-" + name + "-" + "?" * 8), key=os.path.getmtime)
+    if not olds:
+        return False
+    os.replace(olds[-1], path)
+    return True
+
+
+def remove_leftovers(path: str | os.PathLike[str]) -> list[str]:
+    """Removes the temporaries a killed writer of `path` left beside it.
+
+    Files `.tmp-XXXXXXXX-NAME`, folders `.tmp-NAME-XXXXXXXX` and old outputs
+    set aside, `NAME.old-.tmp-NAME-XXXXXXXX` (after `recover_previous`). One writer per target is assumed, as
+    everywhere in isl. Returns the removed paths.
+    """
+    path = os.path.abspath(os.fspath(path))
+    directory, name = os.path.split(path)
+    recover_previous(path)
+    # mkstemp/mkdtemp add 8 random characters.
+    temporary_dir = ".tmp-" + glob.escape(name) + "-" + "?" * 8
+    patterns = [".tmp-" + "?" * 8 + "-" + glob.escape(name), temporary_dir, glob.escape(name) + ".old-" + temporary_dir]
+    removed = []
+    for pattern in patterns:
+        for leftover in glob.glob(os.path.join(glob.escape(directory), pattern)):
+            if os.path.isdir(leftover) and not os.path.islink(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(leftover)
+            removed.append(leftover)
+    return removed
+
+
+def replace_directory(temporary: str, path: str, overwrite: bool = True) -> None:
+    """Moves the finished folder `temporary` to `path`, replacing an old one.
+
+    Two renames (old aside, new in), then the old one is deleted; a kill
+    between them is undone by `recover_previous`.
+    """
+    if os.path.exists(path):
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists.")
+        old = _old_name(path, temporary)
+        os.replace(path, old)
+        os.replace(temporary, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temporary, path)
+
+
+def install_directory(source: str, path: str | os.PathLike[str]) -> None:
+    """Moves the finished folder `source` (same file system) to `path`, replacing an old one."""
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    remove_leftovers(path)
+    temporary = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    try:
+        os.replace(source, temporary)  # Onto the empty folder: allowed.
+        replace_directory(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
         raise
 
 
@@ -81,19 +166,12 @@ def output_directory(path: str | os.PathLike[str], overwrite: bool = True) -> It
     path = os.path.abspath(os.fspath(path))
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
+    remove_leftovers(path)
     temporary = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
     try:
         _as_created(temporary, directory=True)
         yield temporary
-        if os.path.exists(path):
-            if not overwrite:
-                raise FileExistsError(f"{path} already exists.")
-            old = path + ".old-" + os.path.basename(temporary)
-            os.replace(path, old)
-            os.replace(temporary, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temporary, path)
+        replace_directory(temporary, path, overwrite)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise

@@ -86,7 +86,13 @@ def load_model_dir(directory: str | os.PathLike[str], input_size: int | None = N
             f"{directory}: not a model directory, missing {', '.join(os.path.basename(p) for p in missing)} "
             f"(expected {CONFIG_FILE} and {WEIGHTS_FILE})."
         )
-    config = config_lib.load_config(config_path)
+    try:
+        config = config_lib.load_config(config_path)
+    except errors.InputError as error:
+        raise errors.InputError(
+            f"{error} The model directory's {CONFIG_FILE} is damaged: copy it again from where the model came "
+            "from (`isl train` writes it)."
+        ) from None
     try:
         model = builder.build_model(config, input_size=input_size)
     except ValueError as error:
@@ -94,10 +100,41 @@ def load_model_dir(directory: str | os.PathLike[str], input_size: int | None = N
     try:
         model.load_weights(weights_path)
     except (ValueError, KeyError, OSError) as error:
+        damage = weights_damage(weights_path)
+        if damage:
+            raise errors.InputError(
+                f"{weights_path}: damaged weights file ({damage}). Copy it again from where the model came from; "
+                f"a training run rewrites it from its newest checkpoint when resumed."
+            ) from None
         raise errors.InputError(
             f"{weights_path}: the weights do not match the model of {config_path}: {error}"
         ) from None
     return model, config
+
+
+def weights_damage(path: str) -> str | None:
+    """Why a `.weights.h5` file cannot be read (truncated, not HDF5), or None.
+
+    Opens the file and reads every dataset. A flipped bit inside the weight
+    values is not found: HDF5 keeps no checksums by default.
+    """
+    import h5py
+
+    problems: list[str] = []
+
+    def read(name: str, item: Any) -> None:
+        if isinstance(item, h5py.Dataset) and not problems:
+            try:
+                item[()]
+            except (OSError, ValueError, KeyError) as error:
+                problems.append(f"dataset {name} unreadable: {str(error).splitlines()[0]}")
+
+    try:
+        with h5py.File(path, "r") as handle:
+            handle.visititems(read)
+    except (OSError, ValueError, KeyError) as error:
+        return f"not a readable HDF5 file: {str(error).splitlines()[0]}"
+    return problems[0] if problems else None
 
 
 def read_trained_channels(directory: str | os.PathLike[str]) -> tuple[str, ...] | None:

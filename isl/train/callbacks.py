@@ -12,6 +12,8 @@
   the same curves.
 * `ImagePanels`: TensorBoard images of the median prediction next to the
   truth for a few target heads on a fixed evaluation batch.
+* `NonFiniteLoss`: stops training at the first NaN or infinite loss and
+  records the step (the trainer then saves nothing from it).
 
 The global step is always `model.optimizer.iterations`, which the checkpoint
 restores; nothing here counts steps itself.
@@ -20,6 +22,7 @@ restores; nothing here counts steps itself.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import threading
@@ -414,3 +417,26 @@ class ImagePanels(keras.callbacks.Callback):
                 write_image("median_vs_truth/" + sanitize_name(self.head_names[index]), panel, step)
         self._writer.flush()
         self.panels_written += 1
+
+
+class NonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first step whose loss is NaN or infinite.
+
+    Keras's `loss` log is the running mean of the epoch, so it turns
+    non-finite at the first bad step and stays so. `step` and `value` record
+    that step (None while the loss is finite); the caller must not save the
+    model after it (its weights took the bad update).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step: int | None = None
+        self.value: float | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.step is not None or not logs or "loss" not in logs:
+            return
+        value = _to_float(logs["loss"])
+        if not math.isfinite(value):
+            self.step, self.value = global_step(self.model), value
+            self.model.stop_training = True

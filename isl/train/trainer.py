@@ -53,6 +53,7 @@ from isl.model import losses as losses_lib
 from isl.model import saving
 from isl.progress import Progress
 from isl.train import callbacks as callbacks_lib
+from isl.train import resilience
 from isl.train import strategy as strategy_lib
 from isl.train import transfer as transfer_lib
 
@@ -158,8 +159,9 @@ def make_optimizer(train_config: config_lib.TrainConfig, total_steps: int | None
 
 
 def latest_checkpoint(model_dir: str) -> str | None:
-    """The newest resumable checkpoint in `model_dir`, or None."""
-    return tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+    """The newest complete checkpoint in `model_dir` (it may still be damaged), or None."""
+    candidates = resilience.checkpoint_candidates(os.path.join(model_dir, CHECKPOINT_DIR))
+    return candidates[0] if candidates else None
 
 
 def _loss(config: config_lib.ExperimentConfig) -> keras.losses.Loss:
@@ -467,6 +469,7 @@ def train(
         _check_resume_config(config, model_dir)
     if chief:
         os.makedirs(model_dir, exist_ok=True)
+        resilience.remove_partial_checkpoints(os.path.join(model_dir, CHECKPOINT_DIR))
         config_lib.save_config(config, os.path.join(model_dir, CONFIG_FILE))
         _record_trained_channels(model_dir, data_dir, config, restore_from if restore_heads and not resume_path else None)
 
@@ -499,7 +502,7 @@ def train(
         _fix_multi_worker_output_reduction(model, strategy)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         if resume_path:
-            checkpoint.restore(resume_path).assert_existing_objects_matched()
+            resume_path = resilience.restore_newest(checkpoint, os.path.join(model_dir, CHECKPOINT_DIR), log)
     resumed_from_step = callbacks_lib.global_step(model) if resume_path else 0
 
     if resumed_from_step >= total_steps:
@@ -529,10 +532,27 @@ def train(
         checkpoint, checkpoint_dir, max_to_keep=max(1, train_config.keep_checkpoints)
     )
 
+    last_good = {"step": resumed_from_step, "path": resume_path}
+    non_finite = callbacks_lib.NonFiniteLoss()
+
     def save(step: int) -> None:
-        manager.save(checkpoint_number=step)
-        if chief:
-            saving.save_model_dir(model, config, model_dir)
+        if non_finite.step is not None:
+            return  # Never save the weights a NaN/Inf step produced.
+        try:
+            path = manager.save(checkpoint_number=step)
+            if chief:
+                saving.save_model_dir(model, config, model_dir)
+        except (OSError, tf.errors.OpError) as error:
+            if not resilience.disk_full(error):
+                raise
+            resilience.remove_partial_checkpoints(checkpoint_dir)
+            newest = latest_checkpoint(model_dir) if chief else last_good["path"]
+            raise errors.InputError(
+                f"{model_dir}: no space left on device while saving step {step}; the partial files were removed "
+                f"and the newest complete checkpoint is {newest or 'none'}. "
+                "Free some space and run the same command to resume."
+            ) from None
+        last_good.update(step=step, path=path)
 
     # Data: the global batch is split over replicas through InputContext.
     data_seed = train_config.seed + resumed_from_step
@@ -564,7 +584,7 @@ def train(
         termination=termination,
     )
     training_log = callbacks_lib.TrainingLog(log_dir, every_steps=min(10, train_config.eval_every_steps))
-    fit_callbacks: list[keras.callbacks.Callback] = [callbacks_lib.StopAtStep(total_steps), checkpointer]
+    fit_callbacks: list[keras.callbacks.Callback] = [non_finite, callbacks_lib.StopAtStep(total_steps), checkpointer]
     dense_pearson = None
     if chief and eval_data is not None and train_config.eval_pearson:
         dense_pearson = _dense_pearson_callback(data_dir, config, model_dir, log)
@@ -589,7 +609,7 @@ def train(
     epochs = math.ceil(remaining / steps_per_epoch)
     fit_start = time.monotonic()
     fit_cpu_start = time.process_time()
-    with termination:
+    with termination, resilience.naming_damaged_shards(data_dir, last_good):
         model.fit(
             train_data,
             epochs=epochs,
@@ -599,6 +619,14 @@ def train(
             callbacks=fit_callbacks,
             shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.
             verbose=0,
+        )
+    if non_finite.step is not None:
+        kept = (f"the last good checkpoint is {last_good['path']} (step {last_good['step']}) and {WEIGHTS_FILE} "
+                "was not overwritten" if last_good["path"] else "no checkpoint had been saved yet")
+        raise errors.InputError(
+            f"Training stopped: the loss became {non_finite.value} at step {non_finite.step}; nothing from that "
+            f"step was saved: {kept}. Check the data for NaN/Inf values or lower train.learning_rate, then run "
+            "the same command to resume."
         )
     fit_seconds = time.monotonic() - fit_start
     fit_cpu_seconds = time.process_time() - fit_cpu_start

@@ -199,6 +199,14 @@ class _ISLTunerMixin:
         self.oracle.update_space(hp)
 
     def run_trial(self, trial, *args, **kwargs):
+        try:
+            return self._isl_run_trial(trial, *args, **kwargs)
+        except Exception as error:
+            if getattr(self, "isl_first_error", None) is None:
+                self.isl_first_error = error
+            raise
+
+    def _isl_run_trial(self, trial, *args, **kwargs):
         from isl.data import pipeline
 
         config = self.hypermodel.config_for(trial.hyperparameters)
@@ -339,6 +347,14 @@ def run_search(
     if reason is not None:
         raise errors.InputError(f"The search space's defaults give no valid network: {reason}")
     objective_spec = parse_objective(objective)
+    oracle = _make_oracle(tuner, objective_spec, max_trials, base_config.train.seed, hypermodel.invalid_reason)
+    if role != "chief":
+        # Loud and early: the data must serve every trial (train and eval
+        # shards, sizes for the geometry of the base and default networks).
+        from isl.data import pipeline
+
+        for config in (base_config, hypermodel.config_from_values(default_values)):
+            pipeline.check_dataset(data_dir, config)
     tuner_dir = os.path.abspath(tuner_dir)
     os.makedirs(tuner_dir, exist_ok=True)
     if role != "worker":
@@ -353,7 +369,6 @@ def run_search(
                 "max_trials": max_trials,
             },
         )
-    oracle = _make_oracle(tuner, objective_spec, max_trials, base_config.train.seed, hypermodel.invalid_reason)
     if tuner == "hyperband":
         steps_per_epoch, epochs = max(1, math.ceil(steps_per_trial / HYPERBAND_MAX_EPOCHS)), HYPERBAND_MAX_EPOCHS
         tuner_class: type = _HyperbandTuner
@@ -369,10 +384,27 @@ def run_search(
         overwrite=False,
     )
     search_tuner._setup_isl(data_dir, steps_per_epoch, epochs, eval_steps, callbacks, verbose)
-    search_tuner.search()
+    try:
+        search_tuner.search()
+    except RuntimeError as error:  # Keras Tuner: too many consecutive failed trials.
+        _raise_trial_error(search_tuner, tuner_dir, str(error).splitlines()[0])
+        raise
+    if not any(trial.status == "COMPLETED" for trial in search_tuner.oracle.trials.values()):
+        _raise_trial_error(search_tuner, tuner_dir, "every trial failed")
     if role == "worker":
         return SearchResult(role=role, tuner_dir=tuner_dir)
     return _summarise(search_tuner.oracle, hypermodel, tuner_dir, role, objective_spec, tuner)
+
+
+def _raise_trial_error(search_tuner: Any, tuner_dir: str, what: str) -> None:
+    """Raises the first failed trial's error of this process, if there was one."""
+    error = getattr(search_tuner, "isl_first_error", None)
+    if error is None:
+        return
+    message = f"{tuner_dir}: {what}; the first failed trial's error: {error}"
+    if isinstance(error, errors.InputError):
+        raise errors.InputError(message) from None
+    raise errors.RunFailed(f"{message} ({type(error).__name__}; the traceback is printed above).") from None
 
 
 # ---------------------------------------------------------------------------
