@@ -4,16 +4,24 @@ Every command gets its own absl `FlagValues`, so commands never share global
 flag state and library code never reads flags. Common behaviour lives here:
 `--help`, `--json` (the last stdout line is a one-line JSON object),
 `InputError` -> message on stderr and exit code 2, no traceback.
+
+Exit codes: 0 done; 2 bad input or usage; 143 (128 + SIGTERM) stopped by
+SIGTERM: `isl train` saves a checkpoint first (run the same command to
+resume), other commands keep what they finished and remove half-written
+files; 130 interrupted by Ctrl-C (SIGINT).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 # Commands in the order `isl --help` lists them: name -> module.
@@ -33,6 +41,32 @@ COMMANDS: dict[str, str] = {
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    from isl import errors
+
+    raise errors.Terminated(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a command runs, SIGTERM raises `errors.Terminated` in the main thread.
+
+    Python's default for SIGTERM is to die at once, skipping the cleanup of
+    half-written outputs. `isl train` installs its own handler around
+    training (save, then stop) on top of this one.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _quiet_tensorflow() -> None:
@@ -135,18 +169,26 @@ def run_command(argv: Sequence[str]) -> int:
     if not getattr(module, "IMPLEMENTED", True):
         print(f"isl {name}: not implemented yet.", file=sys.stderr)
         return EXIT_USAGE
-    _import_tensorflow_quietly()
     try:
-        result = module.run(flag_values, positional)
+        with _sigterm_raises():
+            _import_tensorflow_quietly()
+            result = module.run(flag_values, positional)
     except errors.InputError as error:
         print(f"isl {name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except errors.Terminated:
+        hint = getattr(module, "stopped_hint", None)
+        detail = f" {hint(flag_values)}" if hint else ""
+        print(f"isl {name}: stopped by SIGTERM.{detail}", file=sys.stderr, flush=True)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"isl {name}: interrupted.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     if flag_values["json"].value:
         sys.stdout.flush()
         print(json.dumps(result or {}, sort_keys=True, default=_json_default))
+    if isinstance(result, dict) and result.get("interrupted"):
+        return EXIT_TERMINATED
     return EXIT_OK
 
 
