@@ -233,6 +233,10 @@ class DataConfig:
             sigma of the optional input corruption; 0 switches a part off.
         shuffle_buffer: examples held by the shuffle buffer.
         deterministic: fix the element order and seed every random op.
+        normalization: the transmitted-light normalisation the data was
+            converted with (`isl.data.normalization`: none, paper,
+            percentile); `isl train` copies it from dataset.json and
+            `isl predict` applies it to its inputs.
     """
 
     crop_size: int = 520
@@ -244,10 +248,15 @@ class DataConfig:
     corrupt_multiplier_std: float = 0.0
     corrupt_noise_std: float = 0.0
     shuffle_buffer: int = 64
+    normalization: str = "none"
 
     def validate(self) -> None:
         if self.crop_size < 1 or self.patch_stride < 1:
             raise ValueError("data.crop_size and data.patch_stride must be >= 1.")
+        if self.normalization not in ("none", "paper", "percentile"):
+            raise ValueError(
+                f"data.normalization must be none, paper or percentile. Received: {self.normalization!r}"
+            )
         for name in ("corrupt_offset_std", "corrupt_multiplier_std", "corrupt_noise_std"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.{name} must be >= 0.")

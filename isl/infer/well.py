@@ -274,7 +274,7 @@ def predict_well(
     channel_config = config.channels
     chosen = choose_channels(config, channels, predictor.trained_channels)
     known, quantiles = predict_lib.parse_statistics(statistics)
-    well = wells_lib.read_well(input_dir, channel_config)
+    well = wells_lib.read_well(input_dir, channel_config, normalization=config.data.normalization)
     check_z(well, config)
     height, width = well.inputs.shape[1:]
     target_values, target_masks = assemble.target_stack(well.targets, channel_config, shape=(height, width))

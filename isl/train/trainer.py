@@ -47,6 +47,7 @@ import tensorflow as tf
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import normalization as normalization_lib
 from isl.io import atomic
 from isl.model import geometry as geometry_lib
 from isl.model import losses as losses_lib
@@ -348,6 +349,8 @@ def train(
         raise errors.InputError(f"--model_dir {model_dir} exists and is not a directory.")
     if not os.path.isdir(data_dir):
         raise errors.InputError(f"--data_dir {data_dir}: no such directory.")
+    # The records' normalisation goes into config.json, so predict applies it.
+    config = normalization_lib.config_for_dataset(config, data_dir)
     train_config = config.train
     strategy_lib.per_replica_batch_size(strategy, train_config.batch_size)
     resume_path = latest_checkpoint(model_dir)
@@ -472,16 +475,22 @@ def train(
     epochs = math.ceil(remaining / steps_per_epoch)
     fit_start = time.monotonic()
     with termination:
-        model.fit(
-            train_data,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=eval_data,
-            validation_steps=train_config.eval_batches if eval_data is not None else None,
-            callbacks=fit_callbacks,
-            shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.
-            verbose=0,
-        )
+        try:
+            model.fit(
+                train_data,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                validation_data=eval_data,
+                validation_steps=train_config.eval_batches if eval_data is not None else None,
+                callbacks=fit_callbacks,
+                shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.
+                verbose=0,
+            )
+        except callbacks_lib.TrainingInterrupted:
+            # Saved already; skip the epoch's evaluation, close bars and logs.
+            for callback in fit_callbacks:
+                if isinstance(callback, (callbacks_lib.ProgressCallback, callbacks_lib.TrainingLog)):
+                    callback.on_train_end()
     fit_seconds = time.monotonic() - fit_start
     final_step = callbacks_lib.global_step(model)
     checkpointer.save_now(final_step)
