@@ -20,8 +20,9 @@ prediction.json.
 
   isl predict --model_dir=checkpoints/paper --input_dir=data/well_A4 --output_dir=predictions
 
-SIGTERM stops it after the running tile: finished wells stay, the well in
-progress leaves no files, and it exits with code 143.
+SIGTERM stops it after the running tile and exits with code 143: finished
+wells stay (each with its prediction.json); the well in progress may hold
+some of its images but no prediction.json; no file is half-written.
 
 --border=reflect (default) keeps the input's height and width (border pixels
 see a reflected context); --border=valid gives the interior only, every
@@ -62,8 +63,8 @@ def define_flags(flag_values: Any) -> None:
 
 def stopped_hint(flag_values: Any) -> str:
     """Where things stand after SIGTERM (exit code 143)."""
-    return (f"Wells listed above are complete under {flag_values['output_dir'].value}; "
-            "the well in progress was not written. Run the command again for the rest.")
+    return (f"Wells listed above are complete under {flag_values['output_dir'].value} (each has "
+            "prediction.json); the well in progress is not. Run the command again for the rest.")
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:

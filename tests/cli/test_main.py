@@ -36,3 +36,34 @@ def test_python_dash_m_runs_the_same_entry_point():
     )
     assert completed.returncode == 0
     assert "convert" in completed.stdout
+
+
+def test_sigterm_in_a_command_exits_143_keeps_finished_outputs_and_removes_half_written_ones(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+    import types
+
+    from isl.io import atomic
+
+    command = types.ModuleType("fake_isl_command")
+    command.SUMMARY = command.DESCRIPTION = "Writes two files; SIGTERM arrives during the second."
+    command.define_flags = lambda flag_values: None
+    command.stopped_hint = lambda flag_values: f"Finished files are in {tmp_path}."
+
+    def run(flag_values, positional):
+        atomic.write_text(str(tmp_path / "first.txt"), "done\n")
+        with atomic.temporary_path(str(tmp_path / "second.txt")) as temporary:
+            open(temporary, "w").write("half")
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # The handler runs at the next bytecode.
+                pass
+        raise AssertionError("SIGTERM did not stop the command")
+
+    command.run = run
+    monkeypatch.setitem(sys.modules, "fake_isl_command", command)
+    monkeypatch.setitem(main.COMMANDS, "fake", "fake_isl_command")
+    previous = signal.getsignal(signal.SIGTERM)
+    assert main.run_command(["fake"]) == main.EXIT_TERMINATED == 143
+    assert signal.getsignal(signal.SIGTERM) == previous  # The handler is restored.
+    assert f"isl fake: stopped by SIGTERM. Finished files are in {tmp_path}." in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["first.txt"]

@@ -125,3 +125,36 @@ def test_missing_model_and_unknown_channel_exit_2(model_dir, tmp_path, capsys):
         capsys,
     )
     assert code == 2 and "GFP" in err
+
+
+def test_sigterm_between_wells_exits_143_and_keeps_the_finished_well(model_dir, tmp_path, capsys, monkeypatch):
+    import signal
+
+    from isl.data import wells as wells_lib
+
+    well_dirs = []
+    for name in ("first", "second"):
+        well_dirs.append(str(tmp_path / name))
+        wellmaker.random_well(well_dirs[-1], height=30, width=30, well=name.upper()[:2])
+    calls = []
+    read_well = wells_lib.read_well
+
+    def read_then_stop(directory, channels, normalization="none"):
+        calls.append(normalization)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return read_well(directory, channels, normalization=normalization)
+
+    monkeypatch.setattr(wells_lib, "read_well", read_then_stop)
+    output_dir = tmp_path / "out"
+    code, out, err = _run(
+        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dirs[0]}", f"--input_dir={well_dirs[1]}",
+         f"--output_dir={output_dir}", CHANNELS, "--normalization=paper", "--nopanels", "--noprogress"],
+        capsys,
+    )
+    assert code == 143, err
+    assert calls == ["paper", "paper"]  # --normalization reaches the input reader.
+    assert "stopped by SIGTERM" in err and str(output_dir) in err
+    finished = [name for name in os.listdir(output_dir) if os.path.exists(output_dir / name / "prediction.json")]
+    assert len(finished) == 1 and "FI" in finished[0]
+    assert not glob.glob(str(output_dir / "**" / ".tmp-*"), recursive=True)

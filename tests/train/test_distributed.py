@@ -209,11 +209,11 @@ def test_sigterm_saves_prints_where_and_exits_143_within_seconds(records_dir, tm
     # Evaluation every 5 steps on many batches: before the fix, Keras ran the
     # epoch's evaluation after the signal (minutes for the paper model).
     model_dir = str(tmp_path / "model")
-    command = _train_command(records_dir, model_dir, 400, "--set=train.eval_batches=400")
+    command = _train_command(records_dir, model_dir, 400, "--set=train.eval_batches=2000")
     options = dict(cwd=REPOSITORY_ROOT, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     process = subprocess.Popen(command, **options)
     try:
-        _wait_for_checkpoint(model_dir, process, 2, timeout=240)
+        _wait_for_checkpoint(model_dir, process, 2, timeout=600)  # generous: shared CI machines
         process.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         stdout, stderr = process.communicate(timeout=120)
@@ -222,7 +222,7 @@ def test_sigterm_saves_prints_where_and_exits_143_within_seconds(records_dir, tm
         if process.poll() is None:
             process.kill()
     assert process.returncode == 143, stderr[-3000:]
-    assert seconds < 30, seconds
+    assert seconds < 60, seconds  # one step, the save and the exit; the evaluation took minutes
     summary = json.loads(stdout.strip().splitlines()[-1])
     stopped_at = summary["final_step"]
     checkpoints = os.path.join(model_dir, "checkpoints")
