@@ -12,8 +12,8 @@ activation, modules per tower, upper-tower length and learning rate (defaults
 around --preset; see `isl.model.hypermodel`). Each trial trains on the train
 shards of --data_dir for --steps_per_trial steps and is scored on the eval
 shards. Running the same command again resumes the search (finished trials
-are kept). SIGTERM stops it within a training step or two: finished trials stay,
-the running one is dropped, and it exits with code 143. At the end it prints a table of the trials and writes, in
+are kept). SIGTERM stops it within a training step or two and exits with code 143:
+finished trials stay, and the running one starts again on resume. At the end it prints a table of the trials and writes, in
 --tuner_dir: best_config.json (for `isl train --config=...`), trials.csv and
 trials.png.
 
@@ -75,8 +75,8 @@ def _read_search_space(text: str | None) -> dict[str, Any] | None:
 
 def stopped_hint(flag_values: Any) -> str:
     """Where things stand after SIGTERM (exit code 143)."""
-    return (f"Finished trials are kept in {flag_values['tuner_dir'].value}; the trial in progress is "
-            "lost. Run the same command to continue the search.")
+    return (f"Finished trials are kept in {flag_values['tuner_dir'].value}. Run the same command to "
+            "continue the search; the trial in progress starts again from its beginning.")
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
