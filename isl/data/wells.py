@@ -481,7 +481,7 @@ def read_well(directory: str, channels: config_lib.ChannelConfig, normalization:
     inputs = normalization_lib.normalize_stack(inputs, normalization)
     warning = normalization_lib.check_statistics(inputs, f"well {source.name} ({source.directory})", normalization)
     if warning:
-        logger.warning(warning)
+        logger.warning("warning: %s", warning)
     targets = {
         channel: raw.targets[:, :, index].astype(np.float32) / np.float32(raw.target_max_values[index])
         for index, channel in enumerate(source.target_channels)

@@ -121,3 +121,11 @@ def test_read_well_applies_the_models_normalisation_and_flags_raw_data(tmp_path)
     assert normalised.metadata["warnings"] == []
     np.testing.assert_allclose(normalised.inputs.mean(axis=(1, 2)), 0.5, atol=2e-3)
     assert normalised.targets["DAPI_CONFOCAL"].max() == 1.0  # 12-bit label from the manifest's bits column.
+
+
+def test_a_label_above_its_declared_bit_depth_names_the_file(tmp_path):
+    fov = str(tmp_path / "fov")
+    _user_fov(fov)
+    images.write_image(os.path.join(fov, "hoechst.tif"), np.full((40, 48), 5000, np.uint16))  # > 4095 (12 bits)
+    with pytest.raises(errors.InputError, match=r"hoechst.tif: holds values up to 5000, above 4095"):
+        wells.read_well(fov, config_lib.ChannelConfig())
