@@ -21,7 +21,7 @@ import signal
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 # Commands in the order `isl --help` lists them: name -> module.
@@ -51,22 +51,66 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise errors.Terminated(signum)
 
 
+def _watch_for_sigterm(read_fd: int, grace_seconds: float, message: Callable[[], str], done: threading.Event) -> None:
+    """Ends the process when SIGTERM's handler cannot run within `grace_seconds`.
+
+    Python runs signal handlers only between bytecodes of the main thread; a
+    single TensorFlow call (one prediction tile of the paper model on CPU)
+    can hold it for minutes. The C-level handler still writes the signal's
+    number to the wakeup fd, which this thread reads. Outputs are written
+    atomically, so leaving without cleanup leaves no half-written file
+    under a final name.
+    """
+    try:
+        while True:
+            data = os.read(read_fd, 64)
+            if not data:
+                return  # The command ended; its end of the pipe is closed.
+            if signal.SIGTERM in data:
+                break
+    except OSError:
+        return
+    finally:
+        os.close(read_fd)
+    if done.wait(grace_seconds):
+        return  # The main thread handled it (or the command ended).
+    print(message(), file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_TERMINATED)
+
+
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def _sigterm_raises(grace_seconds: float | None = None, message: Callable[[], str] = lambda: "") -> Iterator[None]:
     """While a command runs, SIGTERM raises `errors.Terminated` in the main thread.
 
     Python's default for SIGTERM is to die at once, skipping the cleanup of
     half-written outputs. `isl train` installs its own handler around
-    training (save, then stop) on top of this one.
+    training (save, then stop) on top of this one. With `grace_seconds`, a
+    watcher thread ends the process that long after SIGTERM if the main
+    thread is still busy inside one long native call.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_fd = None
+    descriptors: tuple[int, int] | None = None
+    done = threading.Event()
+    if grace_seconds is not None:
+        descriptors = os.pipe()
+        os.set_blocking(descriptors[1], False)
+        previous_fd = signal.set_wakeup_fd(descriptors[1], warn_on_full_buffer=False)
+        threading.Thread(
+            target=_watch_for_sigterm, args=(descriptors[0], grace_seconds, message, done), daemon=True
+        ).start()
     try:
         yield
     finally:
+        done.set()
         signal.signal(signal.SIGTERM, previous)
+        if descriptors is not None:
+            signal.set_wakeup_fd(previous_fd if previous_fd is not None else -1)
+            os.close(descriptors[1])  # The watcher reads EOF and ends.
 
 
 def _quiet_tensorflow() -> None:
@@ -169,17 +213,21 @@ def run_command(argv: Sequence[str]) -> int:
     if not getattr(module, "IMPLEMENTED", True):
         print(f"isl {name}: not implemented yet.", file=sys.stderr)
         return EXIT_USAGE
+    hint = getattr(module, "stopped_hint", None)
+    grace = getattr(module, "SIGTERM_GRACE_SECONDS", None)
+
+    def stopped_message() -> str:
+        return f"isl {name}: stopped by SIGTERM." + (f" {hint(flag_values)}" if hint else "")
+
     try:
-        with _sigterm_raises():
+        with _sigterm_raises(grace, stopped_message):
             _import_tensorflow_quietly()
             result = module.run(flag_values, positional)
     except errors.InputError as error:
         print(f"isl {name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except errors.Terminated:
-        hint = getattr(module, "stopped_hint", None)
-        detail = f" {hint(flag_values)}" if hint else ""
-        print(f"isl {name}: stopped by SIGTERM.{detail}", file=sys.stderr, flush=True)
+        print(stopped_message(), file=sys.stderr, flush=True)
         return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"isl {name}: interrupted.", file=sys.stderr)

@@ -30,6 +30,9 @@ pixel from real context; --border=original the released code's window
 [121, 121 + 128k).
 """
 IMPLEMENTED = True
+# After SIGTERM, a watcher ends the command this long after the signal if the
+# main thread is still inside one native call (a tile run, a training step).
+SIGTERM_GRACE_SECONDS = 5.0
 
 
 def define_flags(flag_values: Any) -> None:

@@ -30,6 +30,9 @@ Example:
   isl tune --data_dir=data/tfrecords --tuner_dir=tuning/tiny --preset=tiny --max_trials=20 --steps_per_trial=500
 """
 IMPLEMENTED = True
+# After SIGTERM, a watcher ends the command this long after the signal if the
+# main thread is still inside one native call (a tile run, a training step).
+SIGTERM_GRACE_SECONDS = 10.0
 
 
 def define_flags(flag_values: Any) -> None:

@@ -67,3 +67,25 @@ def test_sigterm_in_a_command_exits_143_keeps_finished_outputs_and_removes_half_
     assert signal.getsignal(signal.SIGTERM) == previous  # The handler is restored.
     assert f"isl fake: stopped by SIGTERM. Finished files are in {tmp_path}." in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["first.txt"]
+
+
+def test_the_sigterm_watcher_ends_a_command_stuck_in_native_code_after_its_grace(monkeypatch, capsys):
+    import os
+    import signal
+    import threading
+
+    exits = []
+    monkeypatch.setattr(main.os, "_exit", exits.append)
+    for handled, expected in ((False, [143]), (True, [])):
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, bytes([signal.SIGCHLD, signal.SIGTERM]))
+        done = threading.Event()
+        if handled:
+            done.set()  # The main thread's handler ran in time.
+        watcher = threading.Thread(target=main._watch_for_sigterm, args=(read_fd, 0.05, lambda: "isl x: stopped", done))
+        watcher.start()
+        watcher.join(5)
+        os.close(write_fd)
+        assert exits == expected
+        exits.clear()
+    assert "isl x: stopped" in capsys.readouterr().err
