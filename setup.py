@@ -28,6 +28,8 @@ setuptools.setup(
         "test": ["pytest>=7.4"],
         # `isl tune --tuner=bayesian`: Keras Tuner's Bayesian oracle needs both.
         "bayesian": ["scipy>=1.10", "scikit-learn>=1.3"],
+        # `isl convert` / `isl predict` on OME-Zarr, CZI, LIF and ND2 files (isl.io.images).
+        "formats": ["bioio>=1.1", "bioio-ome-zarr>=1.0", "bioio-czi>=1.0", "bioio-lif>=1.0", "bioio-nd2>=1.0"],
     },
     entry_points={"console_scripts": ["isl=isl.cli.main:main"]},
 )

@@ -251,6 +251,10 @@ class DataConfig:
             instead of once per batch, so together with the per-example flip
             each patch gets one of the 8 dihedral transforms (an option beyond
             the paper; the `cpu` recipe).
+        normalization: the transmitted-light normalisation the data was
+            converted with (`isl.data.normalization`: none, paper,
+            percentile); `isl train` copies it from dataset.json and
+            `isl predict` applies it to its inputs.
     """
 
     crop_size: int = 520
@@ -263,10 +267,15 @@ class DataConfig:
     corrupt_noise_std: float = 0.0
     shuffle_buffer: int = 64
     rotate_per_example: bool = False
+    normalization: str = "none"
 
     def validate(self) -> None:
         if self.crop_size < 1 or self.patch_stride < 1:
             raise ValueError("data.crop_size and data.patch_stride must be >= 1.")
+        if self.normalization not in ("none", "paper", "percentile"):
+            raise ValueError(
+                f"data.normalization must be none, paper or percentile. Received: {self.normalization!r}"
+            )
         for name in ("corrupt_offset_std", "corrupt_multiplier_std", "corrupt_noise_std"):
             if getattr(self, name) < 0:
                 raise ValueError(f"data.{name} must be >= 0.")

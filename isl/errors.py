@@ -16,3 +16,17 @@ class RunFailed(RuntimeError):
 
     The CLI prints its message and exits with code 1, without a traceback.
     """
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while a command ran (raised in the main thread by `isl`).
+
+    A `BaseException`, like `KeyboardInterrupt`, so `except Exception` blocks
+    (Keras Tuner's trial loop, for one) do not swallow it. Outputs written
+    through `isl.io.atomic` that were not finished are removed on the way out;
+    finished ones stay. `isl` exits with `EXIT_TERMINATED` (143 = 128 + 15).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum

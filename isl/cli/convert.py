@@ -15,7 +15,20 @@ layout (data/README.md): the lab's comma-separated file names (the released
 sample form `channel-X,z_depth-N` or the nested form of the paper data
 `channel,value-X,...,kind,value-ORIGINAL`; PREDICTED files are skipped), or a
 folder per field of view with manifest.csv / manifest.json. 8- and 16-bit
-PNG and TIFF (multi-page TIFF z-stacks via a manifest).
+PNG (grey or grey-palette) and TIFF: multi-page, OME-TIFF and ImageJ
+hyperstacks with z and channel axes; OME-Zarr, CZI, LIF and ND2 with the
+optional readers (pip install -e '.[formats]'). 10-, 12- or 14-bit values in
+16-bit files: say so in the manifest's bits column (or the OME metadata).
+
+--normalization for the transmitted light (recorded in dataset.json; `isl
+train` copies it into the model's config.json and `isl predict` applies it):
+  none        (default) value / max, for data normalised like the paper's;
+  paper       per z slice: mean 0.5 and the paper's fixed spread (std 0.1156),
+              clipped to [0, 1] -- raw microscope data for the shipped models;
+  percentile  CSBDeep's 3rd..99.8th percentile of the stack -> [0, 1], clipped.
+A stack far from the paper's statistics (mean 0.5, std about 0.116) gets a
+warning saying what to do. Labels are never normalised, only divided by the
+maximum of their bit depth.
 
 Writes one tf.train.Example per well (lossless uint16 planes, metadata) into
 OUTPUT_DIR/train-00000-of-0000N.tfrecord ... and eval-... shards, plus
@@ -64,6 +77,8 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_string("config", None, "JSON config file layered over the preset.", flag_values=flag_values)
     flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable).",
                               flag_values=flag_values)
+    flags.DEFINE_enum("normalization", "none", ["none", "paper", "percentile"],
+                      "Transmitted-light normalisation (see above); recorded in dataset.json.", flag_values=flag_values)
     flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.", flag_values=flag_values)
 
 
@@ -102,8 +117,11 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         progress=report,
         region=flag_values["region"].value,
         eval_region=flag_values["eval_region"].value,
+        normalization=flag_values["normalization"].value,
     )
     bar.close()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     description = result.description
     for path, reason in result.skipped[:10]:
         print(f"skipped {os.path.basename(path)}: {reason}", file=sys.stderr)
@@ -132,4 +150,6 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         "num_skipped_files": len(result.skipped),
         "z_counts": description["z_counts"],
         "image_sizes": description["image_sizes"],
+        "normalization": description["normalization"],
+        "warnings": result.warnings,
     }

@@ -4,17 +4,25 @@ Every command gets its own absl `FlagValues`, so commands never share global
 flag state and library code never reads flags. Common behaviour lives here:
 `--help`, `--json` (the last stdout line is a one-line JSON object),
 `InputError` -> message on stderr and exit code 2, no traceback.
+
+Exit codes: 0 done; 2 bad input or usage; 143 (128 + SIGTERM) stopped by
+SIGTERM: `isl train` saves a checkpoint first (run the same command to
+resume), other commands keep what they finished and remove half-written
+files; 130 interrupted by Ctrl-C (SIGINT).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import json
 import os
+import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 # Commands in the order `isl --help` lists them: name -> module.
@@ -35,6 +43,76 @@ COMMANDS: dict[str, str] = {
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    from isl import errors
+
+    raise errors.Terminated(signum)
+
+
+def _watch_for_sigterm(read_fd: int, grace_seconds: float, message: Callable[[], str], done: threading.Event) -> None:
+    """Ends the process when SIGTERM's handler cannot run within `grace_seconds`.
+
+    Python runs signal handlers only between bytecodes of the main thread; a
+    single TensorFlow call (one prediction tile of the paper model on CPU)
+    can hold it for minutes. The C-level handler still writes the signal's
+    number to the wakeup fd, which this thread reads. Outputs are written
+    atomically, so leaving without cleanup leaves no half-written file
+    under a final name.
+    """
+    try:
+        while True:
+            data = os.read(read_fd, 64)
+            if not data:
+                return  # The command ended; its end of the pipe is closed.
+            if signal.SIGTERM in data:
+                break
+    except OSError:
+        return
+    finally:
+        os.close(read_fd)
+    if done.wait(grace_seconds):
+        return  # The main thread handled it (or the command ended).
+    print(message(), file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_TERMINATED)
+
+
+@contextlib.contextmanager
+def _sigterm_raises(grace_seconds: float | None = None, message: Callable[[], str] = lambda: "") -> Iterator[None]:
+    """While a command runs, SIGTERM raises `errors.Terminated` in the main thread.
+
+    Python's default for SIGTERM is to die at once, skipping the cleanup of
+    half-written outputs. `isl train` installs its own handler around
+    training (save, then stop) on top of this one. With `grace_seconds`, a
+    watcher thread ends the process that long after SIGTERM if the main
+    thread is still busy inside one long native call.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_fd = None
+    descriptors: tuple[int, int] | None = None
+    done = threading.Event()
+    if grace_seconds is not None:
+        descriptors = os.pipe()
+        os.set_blocking(descriptors[1], False)
+        previous_fd = signal.set_wakeup_fd(descriptors[1], warn_on_full_buffer=False)
+        threading.Thread(
+            target=_watch_for_sigterm, args=(descriptors[0], grace_seconds, message, done), daemon=True
+        ).start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.signal(signal.SIGTERM, previous)
+        if descriptors is not None:
+            signal.set_wakeup_fd(previous_fd if previous_fd is not None else -1)
+            os.close(descriptors[1])  # The watcher reads EOF and ends.
 
 
 def _quiet_tensorflow() -> None:
@@ -137,9 +215,16 @@ def run_command(argv: Sequence[str]) -> int:
     if not getattr(module, "IMPLEMENTED", True):
         print(f"isl {name}: not implemented yet.", file=sys.stderr)
         return EXIT_USAGE
-    _import_tensorflow_quietly()
+    hint = getattr(module, "stopped_hint", None)
+    grace = getattr(module, "SIGTERM_GRACE_SECONDS", None)
+
+    def stopped_message() -> str:
+        return f"isl {name}: stopped by SIGTERM." + (f" {hint(flag_values)}" if hint else "")
+
     try:
-        result = module.run(flag_values, positional)
+        with _sigterm_raises(grace, stopped_message):
+            _import_tensorflow_quietly()
+            result = module.run(flag_values, positional)
     except errors.InputError as error:
         print(f"isl {name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -155,9 +240,17 @@ def run_command(argv: Sequence[str]) -> int:
         print(f"isl {name}: error: no space left on device ({detail}); nothing half-written was kept and any "
               "previous output is untouched. Free some space and run the command again.", file=sys.stderr)
         return EXIT_USAGE
+    except errors.Terminated:
+        print(stopped_message(), file=sys.stderr, flush=True)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print(f"isl {name}: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if flag_values["json"].value:
         sys.stdout.flush()
         print(json.dumps(result or {}, sort_keys=True, default=_json_default))
+    if isinstance(result, dict) and result.get("interrupted"):
+        return EXIT_TERMINATED
     return EXIT_OK
 
 
@@ -192,6 +285,14 @@ def main() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = 141  # 128 + SIGPIPE, what a shell reports for such a command.
+    if code == EXIT_TERMINATED:
+        # Stopped by SIGTERM with everything saved: leave without the
+        # interpreter's teardown of TensorFlow and tf.data threads, which took
+        # 10-13 s after a paper-model run (and once hung), so a scheduler's
+        # grace period is not spent there.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 

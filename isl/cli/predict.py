@@ -23,6 +23,10 @@ prediction.json.
 
   isl predict --model_dir=checkpoints/paper --input_dir=data/well_A4 --output_dir=predictions
 
+SIGTERM stops it after the running tile and exits with code 143: finished
+wells stay (each with its prediction.json); the well in progress may hold
+some of its images but no prediction.json; no file is half-written.
+
 --border=reflect (default) keeps the input's height and width (border pixels
 see a reflected context); --border=valid gives the interior only, every
 pixel from real context; --border=original the released code's window
@@ -35,6 +39,9 @@ line saying so. --phases=1 runs one pass per tile for 8-px models too: about
 never trained (BUILD_NOTES.md gives its measured difference).
 """
 IMPLEMENTED = True
+# After SIGTERM, a watcher ends the command this long after the signal if the
+# main thread is still inside one native call (a tile run, a training step).
+SIGTERM_GRACE_SECONDS = 5.0
 
 
 def define_flags(flag_values: Any) -> None:
@@ -59,6 +66,10 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_bool("simplify_panels", True, "3-column panels (median, truth, error) as the original's default; --nosimplify_panels gives 12 columns.", flag_values=flag_values)
     flags.DEFINE_bool("save_calibration", True, "With ground truth, write per-pixel calibration TIFFs (probability of the true bin, CDF below it) for `isl evaluate`.", flag_values=flag_values)
     flags.DEFINE_enum("precision", "", ["", "float32", "bfloat16"], "Compute precision; '' runs as trained. bfloat16 needs --model_dir.", flag_values=flag_values)
+    flags.DEFINE_enum("normalization", None, ["none", "paper", "percentile"],
+                      "Transmitted-light normalisation of the inputs (default: the model's data.normalization, "
+                      "recorded from its training data); e.g. paper for raw microscope data with a model trained "
+                      "on the paper's images.", flag_values=flag_values)
     flags.DEFINE_bool("progress", True, "Show a progress line on stderr.", flag_values=flag_values)
     flags.DEFINE_integer(
         "phases", 0,
@@ -76,6 +87,12 @@ def define_flags(flag_values: Any) -> None:
         "Fold batch norm into the activations for prediction (same outputs up to float rounding; --model_dir only).",
         flag_values=flag_values,
     )
+
+
+def stopped_hint(flag_values: Any) -> str:
+    """Where things stand after SIGTERM (exit code 143)."""
+    return (f"Wells listed above are complete under {flag_values['output_dir'].value} (each has "
+            "prediction.json); the well in progress is not. Run the command again for the rest.")
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
@@ -101,6 +118,13 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         flag_values["model_dir"].value, flag_values["saved_model"].value, flag_values["precision"].value,
         inference_graph=flag_values["inference_graph"].value,
     )
+    if flag_values["normalization"].value is not None:
+        import dataclasses
+
+        config = predictor.config
+        predictor.config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, normalization=flag_values["normalization"].value)
+        )
     output_dir = flag_values["output_dir"].value
     wells = []
     for input_dir in flag_values["input_dir"].value:

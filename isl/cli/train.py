@@ -38,6 +38,11 @@ minutes, on SIGTERM and at the end, keeping train.keep_checkpoints. Start
 the same command again after a crash or kill and it continues from the last
 checkpoint to --steps; a finished run does nothing and says so.
 
+SIGTERM (e.g. a batch scheduler's preemption): training stops after the
+current step (or evaluation batch), saves a checkpoint, prints where, and
+exits with code 143; a second SIGTERM ends it at once. Exit codes: 0 done,
+2 bad input, 143 stopped by SIGTERM (resumable), 130 Ctrl-C (not saved).
+
 Fine-tuning: --restore_from=MODEL_DIR (or a .weights.h5 beside its
 config.json) copies every layer whose name and shapes match; a different
 number of z values re-learns the input projection, new labels get new
@@ -104,6 +109,13 @@ def resolve(flag_values: Any) -> Any:
     if explicit:
         config = config_lib.apply_overrides(config, explicit)
     return config
+
+
+def stopped_hint(flag_values: Any) -> str:
+    """Where things stand after SIGTERM outside the training loop (start-up)."""
+    model_dir = flag_values["model_dir"].value or "MODEL_DIR"
+    return (f"Stopped before this run's first step; earlier checkpoints, if any, are in "
+            f"{os.path.join(model_dir, 'checkpoints')}. Run the same command to start or resume.")
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:

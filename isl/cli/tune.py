@@ -12,7 +12,8 @@ activation, modules per tower, upper-tower length and learning rate (defaults
 around --preset; see `isl.model.hypermodel`). Each trial trains on the train
 shards of --data_dir for --steps_per_trial steps and is scored on the eval
 shards. Running the same command again resumes the search (finished trials
-are kept). At the end it prints a table of the trials and writes, in
+are kept). SIGTERM stops it within a training step or two and exits with code 143:
+finished trials stay, and the running one starts again on resume. At the end it prints a table of the trials and writes, in
 --tuner_dir: best_config.json (for `isl train --config=...`), trials.csv and
 trials.png.
 
@@ -29,6 +30,9 @@ Example:
   isl tune --data_dir=data/tfrecords --tuner_dir=tuning/tiny --preset=tiny --max_trials=20 --steps_per_trial=500
 """
 IMPLEMENTED = True
+# After SIGTERM, a watcher ends the command this long after the signal if the
+# main thread is still inside one native call (a tile run, a training step).
+SIGTERM_GRACE_SECONDS = 10.0
 
 
 def define_flags(flag_values: Any) -> None:
@@ -70,6 +74,12 @@ def _read_search_space(text: str | None) -> dict[str, Any] | None:
     if not isinstance(space, dict):
         raise errors.InputError(f"{source}: the search space must be a JSON object.")
     return space
+
+
+def stopped_hint(flag_values: Any) -> str:
+    """Where things stand after SIGTERM (exit code 143)."""
+    return (f"Finished trials are kept in {flag_values['tuner_dir'].value}. Run the same command to "
+            "continue the search; the trial in progress starts again from its beginning.")
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import numpy as np
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import normalization as normalization_lib
 from isl.data import schema
 from isl.data import tfrecords
 from isl.data import wells as wells_lib
@@ -48,6 +49,8 @@ class ConvertResult:
         num_examples: split -> examples written.
         skipped: (path, reason) of files not used.
         description: the content of dataset.json.
+        warnings: lines for the user (e.g. transmitted light far from the
+            paper's statistics), also in dataset.json.
     """
 
     output_dir: str
@@ -56,6 +59,7 @@ class ConvertResult:
     num_examples: dict[str, int]
     skipped: list[tuple[str, str]]
     description: dict
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 Region = tuple[tuple[int, int], tuple[int, int]]
@@ -174,6 +178,7 @@ def convert(
     progress: Callable[[int, int, str], None] | None = None,
     region: str | None = None,
     eval_region: str | None = None,
+    normalization: str = "none",
 ) -> ConvertResult:
     """Converts image folders into `{train,eval}-xxxxx-of-yyyyy.tfrecord` and `dataset.json`.
 
@@ -192,6 +197,9 @@ def convert(
             well also as an evaluation example cropped to this rectangle
             (which must not overlap `region`); `eval_every` and `eval_wells`
             must then be unset.
+        normalization: applied to every z-stack before it is stored
+            (`isl.data.normalization`: none, paper, percentile); recorded
+            in dataset.json.
 
     Returns:
         A `ConvertResult`.
@@ -199,6 +207,7 @@ def convert(
     Raises:
         InputError: for bad input (nothing is written then).
     """
+    normalization_lib.check_name(normalization)
     if num_shards < 1:
         raise errors.InputError(f"--num_shards must be >= 1. Received: {num_shards}")
     if num_eval_shards is not None and num_eval_shards < 1:
@@ -262,6 +271,7 @@ def convert(
     total = len(by_split["train"]) + len(by_split["eval"])
     done = 0
     well_records = []
+    warnings: list[str] = []
     shards: dict[str, list[str]] = {split: [] for split in schema.SPLITS}
     with atomic.output_directory(output_dir, overwrite=True) as temporary:
         for split in schema.SPLITS:
@@ -273,7 +283,10 @@ def convert(
                 with tf.io.TFRecordWriter(os.path.join(temporary, file_name)) as writer:
                     for well in members[shard_index::count]:
                         rectangle = regions[well.name][split]
-                        raw = _crop(wells_lib.load_raw_well(well), rectangle)
+                        raw, warning = wells_lib.normalize_raw(wells_lib.load_raw_well(well), normalization)
+                        if warning and warning not in warnings:
+                            warnings.append(warning)
+                        raw = _crop(raw, rectangle)
                         writer.write(tfrecords.encode_well(raw))
                         del raw
                         well_records.append(_well_record(well, split, file_name, rectangle))
@@ -281,6 +294,8 @@ def convert(
                         if progress:
                             progress(done, total, well.name)
         description = _describe(well_records, shards, by_split, channels, scan.skipped, input_dirs)
+        description["normalization"] = normalization
+        description["warnings"] = warnings
         atomic.write_text(os.path.join(temporary, schema.DATASET_JSON), json.dumps(description, indent=2) + "\n")
         _make_readable(temporary)
     return ConvertResult(
@@ -290,6 +305,7 @@ def convert(
         num_examples={split: len(by_split[split]) for split in schema.SPLITS},
         skipped=scan.skipped,
         description=description,
+        warnings=warnings,
     )
 
 
@@ -318,6 +334,8 @@ def _well_record(well: wells_lib.WellSource, split: str, shard: str, region: Reg
         "input_modality": well.modality,
         "num_source_z": well.num_source_z,
         "input_bit_depth": 8 * well.input_dtype.itemsize,
+        "input_source_max_value": int(well.input_max_value),
+        "target_max_values": [int(value) for value in well.target_max_values],
         "target_channels": list(well.target_channels),
         "source_files": [os.path.abspath(path) for path in well.source_files],
     }

@@ -16,8 +16,20 @@ or single-plane files, one row per z slice (`z` = 0, 1, ...). Or
                 {"file": "gfap.tif", "channel": "GFAP_CONFOCAL", "z": "MAXPROJECT"}]}
 
 For a transmitted-light channel an empty `z` (or "stack") means "every page
-of this file, in order"; for a fluorescence channel it means MAXPROJECT.
-Channel names must be in the configured vocabulary (`ChannelConfig`).
+of this file, in order"; for a fluorescence channel it means MAXPROJECT (a
+file with several z planes is max-projected here). Channel names must be in
+the configured vocabulary (`ChannelConfig`), or `SKIP` for a channel of a
+file that is not used.
+
+Optional columns (keys in JSON):
+
+* `c`: which channel of a multi-channel file (OME-TIFF, ImageJ hyperstack,
+  CZI, ...) the row maps: an index from 0 or the channel's name in the
+  file's metadata. Every channel of a file must be mapped (or `SKIP`ped).
+* `bits`: the significant bits of the values (e.g. 12 or 14 for a camera
+  that stores them in 16-bit files); values are divided by `2**bits - 1`.
+  Default: what the file declares (OME SignificantBits), else its type
+  (8 or 16).
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from isl.io import images
 MANIFEST_CSV = "manifest.csv"
 MANIFEST_JSON = "manifest.json"
 MANIFEST_NAMES = (MANIFEST_CSV, MANIFEST_JSON)
+SKIP = "SKIP"
 _STACK_WORDS = ("", "stack", "all")
 
 
@@ -46,13 +59,19 @@ class ImageEntry:
         path: the image file.
         channel: transmitted-light modality or fluorescence channel name.
         z: integer source slice, or "MAXPROJECT" for a target.
-        page: the TIFF page holding the plane (0 for PNG).
+        page: the z plane of the file holding the plane (0 for PNG).
+        channel_index: the file's channel (C axis) holding it.
+        bits: significant bits declared by the manifest, or None.
+        project: a target read as the maximum over all the file's z planes.
     """
 
     path: str
     channel: str
     z: int | str
     page: int = 0
+    channel_index: int = 0
+    bits: int | None = None
+    project: bool = False
 
 
 def find_manifest(directory: str) -> str | None:
@@ -136,6 +155,7 @@ def read_manifest(
     if not rows:
         raise errors.InputError(f"{manifest_path}: the manifest lists no images.")
     entries: list[ImageEntry] = []
+    mapped: dict[str, dict[int, str]] = {}
     for number, row in enumerate(rows, start=1):
         where = f"{manifest_path} row {number}"
         file_name = row.get("file", "")
@@ -144,17 +164,31 @@ def read_manifest(
         if not file_name or not channel:
             raise errors.InputError(f"{where}: needs a file and a channel.")
         path = os.path.join(directory, file_name)
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise errors.InputError(f"{where}: file {path} not found.")
         if not images.is_image_path(path):
-            raise errors.InputError(f"{where}: {path} is not a PNG or TIFF image.")
+            raise errors.InputError(
+                f"{where}: {path} is not an image isl reads (PNG, TIFF, OME-TIFF; with the formats "
+                "extra also OME-Zarr, CZI, LIF, ND2)."
+            )
+        info = images.read_info(path)
+        channel_index = _channel_index(where, path, row.get("c", "").strip(), info)
+        if channel_index in mapped.setdefault(path, {}):
+            raise errors.InputError(
+                f"{where}: channel {channel_index} of {path} is mapped twice "
+                f"({mapped[path][channel_index]} and {channel})."
+            )
+        mapped[path][channel_index] = channel
+        if channel.upper() == SKIP:
+            continue
+        bits = _bits(where, row.get("bits", "").strip(), info)
         is_input = channel in channels.input_modalities
+        common = dict(channel_index=channel_index, bits=bits)
         if z_text.lower() in _STACK_WORDS:
             if not is_input:
-                entries.append(ImageEntry(path, channel, filenames.MAXPROJECT))
+                entries.append(ImageEntry(path, channel, filenames.MAXPROJECT, project=info.num_pages > 1, **common))
                 continue
-            info = images.read_info(path)
-            entries.extend(ImageEntry(path, channel, page, page) for page in range(info.num_pages))
+            entries.extend(ImageEntry(path, channel, page, page, **common) for page in range(info.num_pages))
             continue
         if z_text.upper() == filenames.MAXPROJECT:
             z: int | str = filenames.MAXPROJECT
@@ -167,10 +201,56 @@ def read_manifest(
                 ) from None
             if z < 0:
                 raise errors.InputError(f"{where}: z must be >= 0. Received: {z}")
-        info = images.read_info(path)
         if info.num_pages > 1:
             raise errors.InputError(
                 f"{where}: {path} has {info.num_pages} pages; leave z empty to use its pages as z slices."
             )
-        entries.append(ImageEntry(path, channel, z))
+        entries.append(ImageEntry(path, channel, z, **common))
+    for path, by_index in mapped.items():
+        info = images.read_info(path)
+        if len(by_index) < info.num_channels:
+            names = f" ({', '.join(info.channel_names)})" if info.channel_names else ""
+            raise errors.InputError(
+                f"{path}: has {info.num_channels} channels{names} but {manifest_path} maps "
+                f"{len(by_index)} (c = {', '.join(map(str, sorted(by_index)))}); add a row per channel with "
+                f"column c (index or name), channel {SKIP} for one you do not use."
+            )
     return metadata, entries
+
+
+def _channel_index(where: str, path: str, text: str, info: images.ImageInfo) -> int:
+    """The file channel a row maps: column c as an index or a name from the file's metadata."""
+    if not text:
+        if info.num_channels > 1:
+            names = f" ({', '.join(info.channel_names)})" if info.channel_names else ""
+            raise errors.InputError(
+                f"{where}: {path} has {info.num_channels} channels{names}; say which one with column c "
+                f"(index or name), one row per channel ({SKIP} for unused ones)."
+            )
+        return 0
+    if text.isdigit():
+        index = int(text)
+    else:
+        lowered = [name.lower() for name in info.channel_names]
+        if text.lower() not in lowered:
+            raise errors.InputError(
+                f"{where}: {path} has no channel named {text!r}; its channels are "
+                f"{', '.join(info.channel_names) or 'unnamed (use an index from 0)'}."
+            )
+        index = lowered.index(text.lower())
+    if not 0 <= index < info.num_channels:
+        raise errors.InputError(f"{where}: {path} has {info.num_channels} channel(s); c = {index} does not exist.")
+    return index
+
+
+def _bits(where: str, text: str, info: images.ImageInfo) -> int | None:
+    """Column bits (significant bits of the values), checked against the file's type."""
+    if not text:
+        return None
+    try:
+        bits = int(text)
+    except ValueError:
+        raise errors.InputError(f"{where}: bits must be an integer (e.g. 12). Received: {text!r}") from None
+    if not 1 <= bits <= info.bit_depth:
+        raise errors.InputError(f"{where}: bits = {bits} but the file holds {info.bit_depth}-bit values.")
+    return bits

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import os
 
 import numpy as np
@@ -29,10 +30,12 @@ import numpy as np
 from isl import config as config_lib
 from isl import errors
 from isl.data import manifest as manifest_lib
+from isl.data import normalization as normalization_lib
 from isl.io import filenames
 from isl.io import images
 
 ImageEntry = manifest_lib.ImageEntry
+logger = logging.getLogger(__name__)
 _MAX_LISTED = 6
 
 
@@ -57,6 +60,10 @@ class WellSource:
         height, width: the common image size.
         input_dtype: uint8 or uint16 (every z slice has the same).
         target_dtypes: the dtype of each target entry.
+        input_max_value: the value that maps to 1.0 for the z-stack:
+            `2**bits - 1` for the declared significant bits, else the
+            type's maximum (255 or 65535).
+        target_max_values: the same for each target entry.
     """
 
     name: str
@@ -69,6 +76,8 @@ class WellSource:
     width: int = 0
     input_dtype: np.dtype = np.dtype(np.uint16)
     target_dtypes: list[np.dtype] = dataclasses.field(default_factory=list)
+    input_max_value: int = 65535
+    target_max_values: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def num_source_z(self) -> int:
@@ -102,9 +111,11 @@ class Well:
 
     Attributes:
         name: the well's name.
-        inputs: `[num_source_z, height, width]` float32, the TRANSMISSION stack.
+        inputs: `[num_source_z, height, width]` float32, the TRANSMISSION stack
+            (after the named normalisation, if any).
         targets: channel -> `[height, width]` float32, the real targets present.
-        metadata: lab, condition, well, date, modality, source_files.
+        metadata: lab, condition, well, date, modality, source_files,
+            normalization, warnings (lines for the user).
     """
 
     name: str
@@ -300,9 +311,30 @@ def _check_headers(well: WellSource) -> None:
             f"well {well.name} in {well.directory}: mixed bit depths in the {well.modality} z-stack ({details}). "
             "Every slice of a stack must have the same bit depth."
         )
+    for entry in well.inputs + well.targets:
+        if entry.channel_index >= infos[entry.path].num_channels:
+            raise errors.InputError(
+                f"{entry.path}: has {infos[entry.path].num_channels} channel(s); channel {entry.channel_index} requested."
+            )
+    input_maxima = {_max_value(entry, infos[entry.path]) for entry in well.inputs}
+    if len(input_maxima) > 1:
+        raise errors.InputError(
+            f"well {well.name} in {well.directory}: the {well.modality} z slices declare different bit depths "
+            f"(maxima {', '.join(map(str, sorted(input_maxima)))}); every slice of a stack must have the same."
+        )
     well.height, well.width = height, width
     well.input_dtype = infos[well.inputs[0].path].dtype
     well.target_dtypes = [infos[entry.path].dtype for entry in well.targets]
+    well.input_max_value = input_maxima.pop()
+    well.target_max_values = [_max_value(entry, infos[entry.path]) for entry in well.targets]
+
+
+def _max_value(entry: ImageEntry, info: images.ImageInfo) -> int:
+    """The value that maps to 1.0: from the manifest's bits, the file's declared bits, or its type."""
+    bits = entry.bits or info.significant_bits
+    if bits and bits < info.bit_depth:
+        return 2**bits - 1
+    return images.max_value(info.dtype)
 
 
 def scan_wells(
@@ -337,7 +369,10 @@ def scan_wells(
         if not os.path.isdir(input_dir):
             raise errors.InputError(f"{input_dir}: not a folder.")
         for directory, subdirectories, file_names in os.walk(input_dir):
-            subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
+            # OME-Zarr images are folders: data, not more wells.
+            subdirectories[:] = sorted(
+                name for name in subdirectories if not name.startswith(".") and not images.is_bioio_path(name)
+            )
             manifest_path = manifest_lib.find_manifest(directory)
             if manifest_path:
                 metadata, entries = manifest_lib.read_manifest(manifest_path, channels)
@@ -369,14 +404,22 @@ def scan_wells(
     return ScanResult(wells=found, skipped=skipped)
 
 
-def _read_plane(entry: ImageEntry, well: WellSource, dtype: np.dtype) -> np.ndarray:
-    plane = images.read_image(entry.path, entry.page)
+def _read_plane(entry: ImageEntry, well: WellSource, dtype: np.dtype, maximum: int) -> np.ndarray:
+    if entry.project:
+        plane = images.read_pages(entry.path, entry.channel_index).max(axis=0)
+    else:
+        plane = images.read_image(entry.path, entry.page, entry.channel_index)
     if plane.shape != (well.height, well.width):
         raise errors.InputError(
             f"{entry.path}: is {plane.shape[0]}x{plane.shape[1]} but the well is {well.height}x{well.width}."
         )
     if plane.dtype != dtype:
         raise errors.InputError(f"{entry.path}: pixel type {plane.dtype} differs from its header ({dtype}).")
+    if maximum < images.max_value(dtype) and int(plane.max(initial=0)) > maximum:
+        raise errors.InputError(
+            f"{entry.path}: holds values up to {int(plane.max())}, above {maximum}, the maximum of its declared "
+            f"{maximum.bit_length()} bits; fix the bits column of the manifest (or leave it empty)."
+        )
     return plane
 
 
@@ -389,20 +432,39 @@ def load_raw_well(well: WellSource) -> RawWell:
         _check_headers(well)
     inputs = np.empty((well.height, well.width, well.num_source_z), np.uint16)
     for index, entry in enumerate(well.inputs):
-        inputs[:, :, index] = _read_plane(entry, well, well.input_dtype)
+        inputs[:, :, index] = _read_plane(entry, well, well.input_dtype, well.input_max_value)
     targets = np.empty((well.height, well.width, len(well.targets)), np.uint16)
-    for index, (entry, dtype) in enumerate(zip(well.targets, well.target_dtypes)):
-        targets[:, :, index] = _read_plane(entry, well, dtype)
+    for index, (entry, dtype, maximum) in enumerate(zip(well.targets, well.target_dtypes, well.target_max_values)):
+        targets[:, :, index] = _read_plane(entry, well, dtype, maximum)
     return RawWell(
         source=well,
         inputs=inputs,
-        input_max_value=images.max_value(well.input_dtype),
+        input_max_value=well.input_max_value,
         targets=targets,
-        target_max_values=tuple(images.max_value(dtype) for dtype in well.target_dtypes),
+        target_max_values=tuple(well.target_max_values),
     )
 
 
-def read_well(directory: str, channels: config_lib.ChannelConfig, ignore_unknown: bool = False) -> Well:
+def normalize_raw(raw: RawWell, normalization: str) -> tuple[RawWell, str | None]:
+    """Applies a named normalisation to a raw well's z-stack (`isl.data.normalization`).
+
+    Returns:
+        (the well, with inputs as uint16 of the normalised [0, 1] values and
+        `input_max_value` 65535 unless `normalization` is none; a warning
+        line when the result is far from the paper's statistics, else None).
+    """
+    stack = np.moveaxis(raw.inputs, -1, 0).astype(np.float32) / np.float32(raw.input_max_value)
+    stack = normalization_lib.normalize_stack(stack, normalization)
+    warning = normalization_lib.check_statistics(stack, f"well {raw.source.name} ({raw.source.directory})", normalization)
+    if normalization == normalization_lib.NONE:
+        return raw, warning
+    inputs = np.ascontiguousarray(np.moveaxis(normalization_lib.to_uint16(stack), 0, -1))
+    return dataclasses.replace(raw, inputs=inputs, input_max_value=65535), warning
+
+
+def read_well(
+    directory: str, channels: config_lib.ChannelConfig, ignore_unknown: bool = False, normalization: str = "none"
+) -> Well:
     """Reads the one well in `directory` as float32 in [0, 1].
 
     Args:
@@ -410,6 +472,10 @@ def read_well(directory: str, channels: config_lib.ChannelConfig, ignore_unknown
         channels: the vocabulary.
         ignore_unknown: skip files of channels outside the vocabulary; they
             are listed in `metadata["ignored_files"]`.
+        normalization: applied to the z-stack (`isl.data.normalization`);
+            prediction passes the model's `data.normalization`. A stack far
+            from the paper's statistics adds a line to `metadata["warnings"]`
+            and to the `isl.data` logger.
 
     Returns:
         A `Well`: `inputs` `[num_source_z, H, W]`, `targets` channel -> `[H, W]`.
@@ -426,12 +492,17 @@ def read_well(directory: str, channels: config_lib.ChannelConfig, ignore_unknown
     source = scan.wells[0]
     raw = load_raw_well(source)
     inputs = np.moveaxis(raw.inputs, -1, 0).astype(np.float32) / np.float32(raw.input_max_value)
+    inputs = normalization_lib.normalize_stack(inputs, normalization)
+    warning = normalization_lib.check_statistics(inputs, f"well {source.name} ({source.directory})", normalization)
+    if warning:
+        logger.warning("warning: %s", warning)
     targets = {
         channel: raw.targets[:, :, index].astype(np.float32) / np.float32(raw.target_max_values[index])
         for index, channel in enumerate(source.target_channels)
     }
     metadata = dict(source.metadata)
-    metadata.update(modality=source.modality, source_files=source.source_files, directory=source.directory)
+    metadata.update(modality=source.modality, source_files=source.source_files, directory=source.directory,
+                    normalization=normalization, warnings=[warning] if warning else [])
     if ignore_unknown:
         metadata["ignored_files"] = [path for path, reason in scan.skipped if reason.endswith("not a channel of the model")]
     return Well(name=source.name, inputs=np.ascontiguousarray(inputs), targets=targets, metadata=metadata)

@@ -82,7 +82,9 @@ def predict_well(
         raise errors.InputError(f"{predictor.source}: the U-Net regression is predicted from its model directory "
                                 "(--model_dir), not from an exported SavedModel.")
     config = predictor.config
-    well = wells_lib.read_well(input_dir, config.channels)
+    well = wells_lib.read_well(
+        input_dir, config.channels, ignore_unknown=True, normalization=config.data.normalization
+    )
     well_lib.check_z(well, config)
     start = time.perf_counter()
     values = predict_image(predictor.model, well.inputs, config)

@@ -355,7 +355,9 @@ def _predict_well_files(
     if phases not in (0, 1):
         raise errors.InputError(f"--phases must be 0 (exact) or 1 (one run per tile). Received: {phases}")
     plan_name = "one" if phases == 1 else "exact"
-    well = wells_lib.read_well(input_dir, channel_config, ignore_unknown=True)
+    well = wells_lib.read_well(
+        input_dir, channel_config, ignore_unknown=True, normalization=config.data.normalization
+    )
     check_z(well, config)
     height, width = well.inputs.shape[1:]
     pixel_window = None

@@ -5,7 +5,8 @@
   evaluation batches.
 * `StopAtStep`: ends `fit` when the global step reaches the total.
 * `PeriodicCheckpoint`: saves the resumable state every N steps and/or M
-  minutes, on SIGTERM (then stops training) and at the end.
+  minutes, on SIGTERM (then raises `TrainingInterrupted` out of `fit`, at the
+  next training or evaluation batch) and at the end.
 * `ProgressCallback`: a progress bar over the whole run with loss and steps/s.
 * `TrainingLog`: TensorBoard scalars (total and per-head losses, steps/s)
   and a CSV log, both indexed by the global step so resumed runs continue
@@ -113,11 +114,28 @@ class StopAtStep(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class TrainingInterrupted(Exception):
+    """Raised out of `fit` once a termination signal was acted on.
+
+    Keras runs the end-of-epoch validation even after `stop_training` is set
+    mid-epoch; with the paper model that pass took minutes on CPU and looked
+    like a hang after SIGTERM. Raising skips it (and the image panels); the
+    trainer catches this and finishes the run's bookkeeping.
+    """
+
+    def __init__(self, step: int, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum} at step {step}")
+        self.step = step
+        self.signum = signum
+
+
 class TerminationSignal:
-    """Turns SIGTERM (and SIGINT) into a flag that training polls.
+    """Turns SIGTERM into a flag that training polls.
 
     Installed only from the main thread; elsewhere it is inert. Use as a
-    context manager so the previous handlers come back afterwards.
+    context manager so the previous handlers come back afterwards. A second
+    signal while the first is being acted on (e.g. during the final save)
+    ends the process at once with the signal's default action.
     """
 
     def __init__(self, signals: Sequence[int] = (signal.SIGTERM,)) -> None:
@@ -126,6 +144,10 @@ class TerminationSignal:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self.received = signum
 
     def __enter__(self) -> TerminationSignal:
@@ -172,13 +194,19 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
             self.last_saved_step = step
         self._last_save_time = time.monotonic()
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        step = global_step(self.model)
-        if self.termination is not None and self.termination.received is not None:
-            self.save_now(step)
-            self.interrupted = True
-            self.model.stop_training = True
+    def _stop_if_signalled(self) -> None:
+        """Saves and raises `TrainingInterrupted` once the termination signal fired."""
+        if self.termination is None or self.termination.received is None:
             return
+        step = global_step(self.model)
+        self.save_now(step)
+        self.interrupted = True
+        self.model.stop_training = True
+        raise TrainingInterrupted(step, self.termination.received)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._stop_if_signalled()
+        step = global_step(self.model)
         due_steps = self.every_steps > 0 and step % self.every_steps == 0
         due_time = (
             self.every_minutes > 0
@@ -186,6 +214,11 @@ class PeriodicCheckpoint(keras.callbacks.Callback):
         )
         if due_steps or due_time:
             self.save_now(step)
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # A signal during the periodic evaluation (64 batches in the paper
+        # preset, minutes on CPU) stops at the next evaluation batch.
+        self._stop_if_signalled()
 
 
 class ProgressCallback(keras.callbacks.Callback):

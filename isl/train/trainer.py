@@ -47,6 +47,7 @@ import tensorflow as tf
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import normalization as normalization_lib
 from isl.io import atomic
 from isl.model import geometry as geometry_lib
 from isl.model import losses as losses_lib
@@ -456,6 +457,8 @@ def train(
         raise errors.InputError(f"--model_dir {model_dir} exists and is not a directory.")
     if not os.path.isdir(data_dir):
         raise errors.InputError(f"--data_dir {data_dir}: no such directory.")
+    # The records' normalisation goes into config.json, so predict applies it.
+    config = normalization_lib.config_for_dataset(config, data_dir)
     regression = config.model.architecture == "unet_regression"
     if regression and not config.model.regression_target_mean:
         config = _with_target_statistics(config, data_dir, model_dir, log)
@@ -610,16 +613,22 @@ def train(
     fit_start = time.monotonic()
     fit_cpu_start = time.process_time()
     with termination, resilience.naming_damaged_shards(data_dir, last_good):
-        model.fit(
-            train_data,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=eval_data,
-            validation_steps=train_config.eval_batches if eval_data is not None else None,
-            callbacks=fit_callbacks,
-            shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.
-            verbose=0,
-        )
+        try:
+            model.fit(
+                train_data,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                validation_data=eval_data,
+                validation_steps=train_config.eval_batches if eval_data is not None else None,
+                callbacks=fit_callbacks,
+                shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.
+                verbose=0,
+            )
+        except callbacks_lib.TrainingInterrupted:
+            # Saved already; skip the epoch's evaluation, close bars and logs.
+            for callback in fit_callbacks:
+                if isinstance(callback, (callbacks_lib.ProgressCallback, callbacks_lib.TrainingLog)):
+                    callback.on_train_end()
     if non_finite.step is not None:
         kept = (f"the last good checkpoint is {last_good['path']} (step {last_good['step']}) and {WEIGHTS_FILE} "
                 "was not overwritten" if last_good["path"] else "no checkpoint had been saved yet")

@@ -47,3 +47,56 @@ def test_help_into_a_closed_pipe_ends_quietly():
     finished = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in finished.stderr and "BrokenPipeError" not in finished.stderr, finished.stderr
     assert finished.stdout.strip() in ("0", "141")
+
+
+def test_sigterm_in_a_command_exits_143_keeps_finished_outputs_and_removes_half_written_ones(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+    import types
+
+    from isl.io import atomic
+
+    command = types.ModuleType("fake_isl_command")
+    command.SUMMARY = command.DESCRIPTION = "Writes two files; SIGTERM arrives during the second."
+    command.define_flags = lambda flag_values: None
+    command.stopped_hint = lambda flag_values: f"Finished files are in {tmp_path}."
+
+    def run(flag_values, positional):
+        atomic.write_text(str(tmp_path / "first.txt"), "done\n")
+        with atomic.temporary_path(str(tmp_path / "second.txt")) as temporary:
+            open(temporary, "w").write("half")
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # The handler runs at the next bytecode.
+                pass
+        raise AssertionError("SIGTERM did not stop the command")
+
+    command.run = run
+    monkeypatch.setitem(sys.modules, "fake_isl_command", command)
+    monkeypatch.setitem(main.COMMANDS, "fake", "fake_isl_command")
+    previous = signal.getsignal(signal.SIGTERM)
+    assert main.run_command(["fake"]) == main.EXIT_TERMINATED == 143
+    assert signal.getsignal(signal.SIGTERM) == previous  # The handler is restored.
+    assert f"isl fake: stopped by SIGTERM. Finished files are in {tmp_path}." in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["first.txt"]
+
+
+def test_the_sigterm_watcher_ends_a_command_stuck_in_native_code_after_its_grace(monkeypatch, capsys):
+    import os
+    import signal
+    import threading
+
+    exits = []
+    monkeypatch.setattr(main.os, "_exit", exits.append)
+    for handled, expected in ((False, [143]), (True, [])):
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, bytes([signal.SIGCHLD, signal.SIGTERM]))
+        done = threading.Event()
+        if handled:
+            done.set()  # The main thread's handler ran in time.
+        watcher = threading.Thread(target=main._watch_for_sigterm, args=(read_fd, 0.05, lambda: "isl x: stopped", done))
+        watcher.start()
+        watcher.join(5)
+        os.close(write_fd)
+        assert exits == expected
+        exits.clear()
+    assert "isl x: stopped" in capsys.readouterr().err

@@ -153,3 +153,36 @@ def test_region_predicts_the_whole_well_pixels_and_other_channels_are_ignored(mo
     assert code == 2 and "outside the image" in err and "Traceback" not in err
     code, _, err = _run(["predict", *common, f"--output_dir={tmp_path / 'bad'}", "--tile_size=20"], capsys)
     assert code == 2 and "valid sizes are 42 + 4k: 42, 46" in err
+
+
+def test_sigterm_between_wells_exits_143_and_keeps_the_finished_well(model_dir, tmp_path, capsys, monkeypatch):
+    import signal
+
+    from isl.data import wells as wells_lib
+
+    well_dirs = []
+    for name in ("first", "second"):
+        well_dirs.append(str(tmp_path / name))
+        wellmaker.random_well(well_dirs[-1], height=30, width=30, well=name.upper()[:2])
+    calls = []
+    read_well = wells_lib.read_well
+
+    def read_then_stop(directory, channels, ignore_unknown=False, normalization="none"):
+        calls.append(normalization)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return read_well(directory, channels, ignore_unknown=ignore_unknown, normalization=normalization)
+
+    monkeypatch.setattr(wells_lib, "read_well", read_then_stop)
+    output_dir = tmp_path / "out"
+    code, out, err = _run(
+        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dirs[0]}", f"--input_dir={well_dirs[1]}",
+         f"--output_dir={output_dir}", CHANNELS, "--normalization=paper", "--nopanels", "--noprogress"],
+        capsys,
+    )
+    assert code == 143, err
+    assert calls == ["paper", "paper"]  # --normalization reaches the input reader.
+    assert "stopped by SIGTERM" in err and str(output_dir) in err
+    finished = [name for name in os.listdir(output_dir) if os.path.exists(output_dir / name / "prediction.json")]
+    assert len(finished) == 1 and "FI" in finished[0]
+    assert not glob.glob(str(output_dir / "**" / ".tmp-*"), recursive=True)

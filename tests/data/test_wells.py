@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -135,7 +136,54 @@ def _break_two_modalities(directory):
     return "more than one modality"
 
 
+def _write_manifest(directory, rows):
+    with open(os.path.join(directory, "manifest.csv"), "w") as handle:
+        handle.write("file,channel,z,c\n" + "".join(",".join(map(str, row)) + "\n" for row in rows))
+
+
+def _break_stack_slice_sizes(directory):
+    import tifffile
+
+    path = os.path.join(directory, "stack.tif")
+    with tifffile.TiffWriter(path) as writer:
+        for shape in ((16, 16), (16, 16), (15, 16)):
+            writer.write(np.zeros(shape, np.uint16), photometric="minisblack")
+    _write_manifest(directory, [("stack.tif", "PHASE_CONTRAST", "", "")])
+    return "stack.tif: the pages (z slices) differ in size"
+
+
+def _break_manifest_missing_file(directory):
+    shutil.copy(_phase(directory, 0), os.path.join(directory, "bf.png"))
+    _write_manifest(directory, [("bf.png", "PHASE_CONTRAST", 0, ""), ("hoechst.tif", "DAPI_CONFOCAL", "", "")])
+    return "hoechst.tif not found"
+
+
+def _break_unmapped_channels(directory):
+    import tifffile
+
+    stack = np.zeros((3, 2, 16, 16), np.uint16)  # C, Z, Y, X
+    tifffile.imwrite(os.path.join(directory, "fov.ome.tif"), stack,
+                     metadata={"axes": "CZYX", "Channel": {"Name": ["Phase", "Hoechst", "GFP"]}})
+    _write_manifest(directory, [("fov.ome.tif", "PHASE_CONTRAST", "", "Phase"), ("fov.ome.tif", "DAPI_CONFOCAL", "", 1)])
+    return "fov.ome.tif: has 3 channels (Phase, Hoechst, GFP) but"
+
+
+def _break_vendor_file(directory):
+    with open(os.path.join(directory, "scan.czi"), "wb") as handle:
+        handle.write(b"ZISRAWFILE" + bytes(64))
+    _write_manifest(directory, [("scan.czi", "PHASE_CONTRAST", "", "")])
+    try:
+        import bioio  # noqa: F401
+    except ImportError:
+        return "scan.czi: reading .czi files needs the optional bioio readers: pip install -e '.[formats]'"
+    return "scan.czi: "
+
+
 BAD_INPUTS = {
+    "stack_slice_sizes": _break_stack_slice_sizes,
+    "manifest_missing_file": _break_manifest_missing_file,
+    "unmapped_channels": _break_unmapped_channels,
+    "vendor_file_without_reader": _break_vendor_file,
     "missing_z": _break_missing_z,
     "duplicate_z": _break_duplicate_z,
     "mismatched_sizes": _break_sizes,
@@ -152,6 +200,6 @@ BAD_INPUTS = {
 def test_bad_input_raises_a_clear_error(tmp_path, case):
     directory = _base_well(tmp_path)
     problem = BAD_INPUTS[case](directory)
-    with pytest.raises(errors.InputError, match=problem.replace("(", r"\(").replace(")", r"\)")) as raised:
+    with pytest.raises(errors.InputError, match=re.escape(problem)) as raised:
         wells.read_well(directory, CHANNELS)
     assert directory in str(raised.value) or "well" in str(raised.value)

@@ -75,11 +75,19 @@ def test_sigterm_saves_then_same_command_resumes_then_finished_run_does_nothing(
     seen: dict[str, object] = {}
 
     class SendSigterm(keras.callbacks.Callback):
+        sent = False
+
         def on_train_batch_end(self, batch, logs=None):
             if callbacks_lib.global_step(self.model) == 3:
                 os.kill(os.getpid(), signal.SIGTERM)
+                SendSigterm.sent = True
+
+        def on_test_begin(self, logs=None):
+            # The epoch (5 steps) ends after the signal: its evaluation must not run.
+            seen["evaluated_after_signal"] = SendSigterm.sent
 
     first = trainer.train(config, records_dir, model_dir, 6, show_progress=False, extra_callbacks=[SendSigterm()])
+    assert not seen.get("evaluated_after_signal")
     # The handler runs once Python regains control: the save happens at the
     # end of step 3 or of the step after it.
     stopped = first.final_step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from isl import config as config_lib
 from isl import errors
+from isl.cli import main
 from isl.model import hypermodel
 from isl.train import tuning
 from tests.train import tuning_helpers
@@ -28,7 +30,7 @@ def tfrecords(tmp_path_factory):
 
 
 class _CountTrainings(keras.callbacks.Callback):
-    """Counts trial trainings; raises KeyboardInterrupt at training `interrupt_at`."""
+    """Counts trial trainings; sends this process SIGTERM at training `interrupt_at`."""
 
     def __init__(self, interrupt_at: int | None = None) -> None:
         super().__init__()
@@ -38,7 +40,7 @@ class _CountTrainings(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.trainings += 1
         if self.trainings == self.interrupt_at:
-            raise KeyboardInterrupt("simulated interruption")
+            os.kill(os.getpid(), signal.SIGTERM)  # `isl` turns it into errors.Terminated.
 
 
 def _trial_statuses(tuner_dir):
@@ -57,7 +59,7 @@ def test_interrupted_search_resumes_and_writes_the_best_config(tfrecords, tmp_pa
     arguments = dict(max_trials=2, steps_per_trial=2, eval_steps=1)
 
     interrupter = _CountTrainings(interrupt_at=2)
-    with pytest.raises(KeyboardInterrupt):
+    with main._sigterm_raises(), pytest.raises(errors.Terminated):  # As `isl tune` runs it.
         tuning.run_search(base, tfrecords, tuner_dir, callbacks=[interrupter], **arguments)
     assert _trial_statuses(tuner_dir) == {"trial_0": "COMPLETED", "trial_1": "RUNNING"}
 

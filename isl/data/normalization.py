@@ -1,0 +1,176 @@
+"""Named normalisations of the transmitted-light input (the one owner).
+
+The paper normalised its images offline, before writing PNGs, and its
+reader only divides by the type's maximum. For other microscopes `isl
+convert` and `isl predict` apply one of these to the transmitted-light
+z-stack (labels are never normalised, only scaled by their bit depth):
+
+* `none` (default, faithful): keep value / max_value. Right for data
+  already normalised like the paper's.
+* `paper`: per z slice, `clip(0.5 + (x - mean(x)) * PAPER_SPREAD / std(x), 0, 1)`:
+  mean 0.5 and the fixed spread measured on the paper's sample, then
+  clipped to [0, 1] as the released data is.
+* `percentile`: CSBDeep's percentile scaling over the whole stack,
+  `(x - p3) / (p99.8 - p3)`, clipped to [0, 1] (the records hold [0, 1]).
+
+Every function takes float arrays in [0, 1] shaped `[num_z, height, width]`
+(one stack) and returns the same shape, float32 in [0, 1]. The choice is
+recorded in `dataset.json` (`normalization`) and in the model's
+`config.json` (`data.normalization`), so prediction applies the same one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from isl import errors
+
+NONE = "none"
+PAPER = "paper"
+PERCENTILE = "percentile"
+NORMALIZATIONS = (NONE, PAPER, PERCENTILE)
+
+# Mean and spread of a transmitted-light slice in the paper's data: the 13
+# phase-contrast slices of the released condition B sample have per-slice
+# means 0.4992-0.5009 and standard deviations 0.1142-0.1163 (median 0.1156),
+# with 0.15-0.6 % of pixels clipped at 0 or 1 (BUILD_NOTES.md, issue 14).
+PAPER_MEAN = 0.5
+PAPER_SPREAD = 0.1156
+# CSBDeep's defaults (csbdeep.utils.normalize): 3rd and 99.8th percentile.
+PERCENTILE_LOW = 3.0
+PERCENTILE_HIGH = 99.8
+_EPS = 1e-20
+
+# A stack outside these per-slice statistics (after normalisation) is far
+# from what the paper's models saw; `check_statistics` then warns.
+EXPECTED_MEAN_RANGE = (0.35, 0.65)
+EXPECTED_STD_RANGE = (0.05, 0.25)
+
+
+def check_name(name: str) -> str:
+    """Returns `name` if it is a known normalisation, else raises InputError."""
+    if name not in NORMALIZATIONS:
+        raise errors.InputError(
+            f"Unknown normalization {name!r}; use one of {', '.join(NORMALIZATIONS)}."
+        )
+    return name
+
+
+def normalize_stack(stack: np.ndarray, name: str) -> np.ndarray:
+    """Applies a named normalisation to one transmitted-light z-stack.
+
+    Args:
+        stack: `[num_z, height, width]` float in [0, 1] (value / max_value).
+        name: one of `NORMALIZATIONS`.
+
+    Returns:
+        `[num_z, height, width]` float32 in [0, 1].
+    """
+    check_name(name)
+    stack = np.asarray(stack, np.float32)
+    if stack.ndim != 3:
+        raise ValueError(f"normalize_stack needs [num_z, height, width]. Received shape: {stack.shape}")
+    if name == NONE:
+        return stack
+    if name == PAPER:
+        values = stack.astype(np.float64)
+        means = values.mean(axis=(1, 2), keepdims=True)
+        stds = values.std(axis=(1, 2), keepdims=True)
+        # A flat slice (std 0) becomes mean 0.5 everywhere.
+        scale = np.divide(PAPER_SPREAD, stds, out=np.zeros_like(stds), where=stds > 0)
+        result = PAPER_MEAN + (values - means) * scale
+    else:
+        low, high = np.percentile(stack, [PERCENTILE_LOW, PERCENTILE_HIGH])
+        result = (stack.astype(np.float64) - low) / (high - low + _EPS)
+    return np.clip(result, 0.0, 1.0).astype(np.float32)
+
+
+def to_uint16(stack: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> uint16 (x 65535, rounded), the records' pixel format."""
+    return np.round(np.clip(stack, 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+def slice_statistics(stack: np.ndarray) -> tuple[float, float, float, float]:
+    """(lowest mean, highest mean, lowest std, highest std) over the slices of `[z, H, W]`."""
+    values = np.asarray(stack, np.float64)
+    means = values.mean(axis=(1, 2))
+    stds = values.std(axis=(1, 2))
+    return float(means.min()), float(means.max()), float(stds.min()), float(stds.max())
+
+
+def check_statistics(stack: np.ndarray, where: str, name: str) -> str | None:
+    """A warning when a (normalised) stack is far from the paper's statistics.
+
+    Args:
+        stack: `[num_z, height, width]` float in [0, 1], as the network sees it.
+        where: the well or file, for the message.
+        name: the normalisation that was applied.
+
+    Returns:
+        One line saying what is off and what to do, or None when the
+        per-slice means are in `EXPECTED_MEAN_RANGE` (not checked after
+        `percentile`) and stds in `EXPECTED_STD_RANGE`.
+    """
+    low_mean, high_mean, low_std, high_std = slice_statistics(stack)
+    # Percentile scaling does not aim at mean 0.5 (the paper's sample gives 0.32): only the spread is checked.
+    mean_ok = name == PERCENTILE or (EXPECTED_MEAN_RANGE[0] <= low_mean and high_mean <= EXPECTED_MEAN_RANGE[1])
+    std_ok = EXPECTED_STD_RANGE[0] <= low_std and high_std <= EXPECTED_STD_RANGE[1]
+    if mean_ok and std_ok:
+        return None
+    seen = f"per-slice mean {low_mean:.3g}-{high_mean:.3g}, std {low_std:.3g}-{high_std:.3g}"
+    expected = f"the paper's data has mean {PAPER_MEAN} and std about {PAPER_SPREAD}"
+    if name == NONE:
+        advice = (
+            "normalise it with --normalization=paper (or percentile) in isl convert; a model "
+            "records the choice and isl predict applies it"
+        )
+    else:
+        advice = "check the transmitted-light files (a mostly empty or saturated field?)"
+    return f"{where}: transmitted light after --normalization={name} has {seen}; {expected}. To fix: {advice}."
+
+
+def from_description(description: Mapping[str, Any] | None) -> str:
+    """The normalisation recorded in a `dataset.json` (older ones: none)."""
+    return check_name(str((description or {}).get("normalization", NONE)))
+
+
+def config_for_dataset(config: Any, data_dir: str) -> Any:
+    """The experiment config with `data.normalization` taken from `dataset.json`.
+
+    The records carry their normalisation; the model's config.json must say
+    the same so that `isl predict` applies it. A config that names another
+    normalisation than the dataset's is an error (the default `none` takes
+    the dataset's).
+
+    Args:
+        config: an `ExperimentConfig`.
+        data_dir: the `isl convert` output folder.
+
+    Raises:
+        InputError: naming dataset.json when the two disagree.
+    """
+    import dataclasses
+    import json
+    import os
+
+    path = os.path.join(data_dir, "dataset.json")
+    description = None
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                description = json.load(handle)
+        except (OSError, ValueError):
+            description = None  # The pipeline reports a bad dataset.json itself.
+    recorded = from_description(description)
+    wanted = config.data.normalization
+    if wanted == recorded:
+        return config
+    if wanted != NONE:
+        raise errors.InputError(
+            f"{path}: the data was converted with --normalization={recorded}, but the config asks for "
+            f"data.normalization={wanted}; convert again with --normalization={wanted} or drop the setting."
+        )
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, normalization=recorded))
