@@ -649,7 +649,7 @@ def predict_patchwise(
 # of the paper-size network (base depth 400) with 4 target heads and the median:
 # the slope between 330 px and 522 px tiles of checkpoints/condition_b_sample
 # (BUILD_NOTES.md, issue 13). Keyed by the compute dtype.
-MEASURED_BYTES_PER_INPUT_PIXEL = {"float32": 5990.0, "bfloat16": 5990.0}
+MEASURED_BYTES_PER_INPUT_PIXEL = {"float32": 5990.0, "bfloat16": 4100.0}
 MEASURED_HEADS = 4
 # The model, TensorFlow and the graph, outside the per-pixel part (measured 0.8 GB).
 RUNTIME_BYTES = 0.8e9
