@@ -326,6 +326,11 @@ class TrainConfig:
         recalibrate_batches: after training, replace the batch-norm moving
             statistics by their average over this many training batches
             (what `isl recalibrate` does); 0 keeps the moving averages.
+        eval_recalibrate_batches: the whole-image evaluation scores a copy
+            of the weights whose batch-norm statistics are recalibrated on
+            this many training batches first, so `keep_best` compares what
+            the end of training would write even while the moving averages
+            still lag fast-changing weights; 0 scores the moving averages.
     """
 
     optimizer: str = "adam"
@@ -349,13 +354,14 @@ class TrainConfig:
     eval_pearson: bool = True
     keep_best: bool = False
     recalibrate_batches: int = 0
+    eval_recalibrate_batches: int = 0
 
     def validate(self) -> None:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}. Received: {self.lr_schedule!r}"
             )
-        for name in ("warmup_steps", "schedule_steps", "recalibrate_batches"):
+        for name in ("warmup_steps", "schedule_steps", "recalibrate_batches", "eval_recalibrate_batches"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0. Received: {getattr(self, name)}")
         if not 0.0 <= self.final_learning_rate_fraction <= 1.0:

@@ -25,7 +25,8 @@ preset (`isl train --recipe=NAME`), between the preset and `--config` /
   100-step warmup and a cosine decay to the run's last step, a random
   dihedral transform per patch, batch-norm momentum 0.99 so in-training
   evaluations are meaningful after a few hundred steps, in-training
-  whole-image Pearson r every 200 steps keeping the best weights, and
+  whole-image Pearson r every 200 steps (each scored after recalibrating a
+  copy's batch-norm statistics on 10 batches) keeping the best weights, and
   batch-norm recalibration on 40 batches at the end.
 * `unet_regression`: the peer baseline as fnet and CARE train it, in this
   project's pipeline so it runs on the same data with the same commands: a
@@ -117,6 +118,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "train.eval_pearson": True,
         "train.keep_best": True,
         "train.recalibrate_batches": 40,
+        "train.eval_recalibrate_batches": 10,
         "train.checkpoint_every_steps": 200,
         "data.rotate_per_example": True,
     },
@@ -138,6 +140,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "train.eval_pearson": True,
         "train.keep_best": True,
         "train.recalibrate_batches": 20,
+        "train.eval_recalibrate_batches": 10,
         "train.checkpoint_every_steps": 400,
     },
 }

@@ -114,7 +114,7 @@ def run_plan(settings: dict[str, Any]) -> dict[str, Any]:
     network = predict.Network.from_keras(model, heads)
     run_function = predict.make_run_function(network, ("median",), jit_compile=xla)
     tile_size = settings["tile_size"] or predict.auto_tile_size(
-        geometry, config.model, len(heads), plan_name=plan_name
+        geometry, config.model, len(heads), plan_name=plan_name, dtype=predictor.compute_dtype
     )
     rss_before = _peak_rss_gb()
 

@@ -645,17 +645,30 @@ def predict_patchwise(
     return {name: image[: region.height, : region.width] for name, image in images.items()}
 
 
-def memory_per_pixel(model_config: Any, num_heads: int, num_classes: int) -> tuple[float, float]:
+# Measured peak RSS per run input pixel of the inference graph (`isl.infer.graph`)
+# of the paper-size network (base depth 400) with 4 target heads and the median:
+# the slope between 330 px and 522 px tiles of checkpoints/condition_b_sample
+# (BUILD_NOTES.md, issue 13). Keyed by the compute dtype.
+MEASURED_BYTES_PER_INPUT_PIXEL = {"float32": 5990.0, "bfloat16": 4100.0}
+MEASURED_HEADS = 4
+# The model, TensorFlow and the graph, outside the per-pixel part (measured 0.8 GB).
+RUNTIME_BYTES = 0.8e9
+# The largest activation budget chosen automatically (a quarter of the
+# available RAM below it): fewer, larger tiles waste less overlap.
+MAX_AUTO_BUDGET_BYTES = 4e9
+
+
+def memory_per_pixel(model_config: Any, num_heads: int, num_classes: int, dtype: str = "float32") -> tuple[float, float]:
     """Modelled bytes per run input pixel and per run output pixel.
 
-    Input pixels: the paper's 267 MB of activations per 250 px patch
-    (isl_reference.md §1.9), scaled by base depth; output pixels: about six
-    float32 `[heads, classes]` temporaries (logits, probabilities and the
-    statistics' products).
+    Input pixels: the measured peak per input pixel (`MEASURED_BYTES_PER_INPUT_PIXEL`,
+    which includes 4 heads' logits and probabilities), scaled by base depth;
+    output pixels: each head beyond those 4 adds its float32 logits and
+    probabilities, `2 * num_classes * 4` bytes.
     """
     scale = max(model_config.base_depth / 400, 0.05)
-    per_input = tiling.PAPER_ACTIVATION_BYTES_PER_PIXEL * scale
-    per_output = 6.0 * num_heads * num_classes * 4
+    per_input = MEASURED_BYTES_PER_INPUT_PIXEL.get(dtype, MEASURED_BYTES_PER_INPUT_PIXEL["float32"]) * scale
+    per_output = max(0, num_heads - MEASURED_HEADS) * 2.0 * num_classes * 4
     return per_input, per_output
 
 
@@ -665,12 +678,14 @@ def auto_tile_size(
     num_heads: int,
     memory_budget_bytes: float | None = None,
     plan_name: str = "exact",
+    dtype: str = "float32",
 ) -> int:
-    """A tile side from available RAM (psutil): a quarter of it, at most 4 GB."""
+    """A tile side from available RAM (psutil): a quarter of it, at most
+    `MAX_AUTO_BUDGET_BYTES`, with the measured bytes per pixel."""
     if memory_budget_bytes is None:
         import psutil
 
         available = psutil.virtual_memory().available
-        memory_budget_bytes = min(max(available / 4, 0.5e9), 4e9)
-    per_input, per_output = memory_per_pixel(model_config, num_heads, model_config.num_classes)
+        memory_budget_bytes = min(max(available / 4, 0.5e9), MAX_AUTO_BUDGET_BYTES)
+    per_input, per_output = memory_per_pixel(model_config, num_heads, model_config.num_classes, dtype)
     return tiling.auto_tile_size(geometry, memory_budget_bytes, per_input, per_output, plan_name)

@@ -74,6 +74,11 @@ class Predictor:
     _run_functions: dict = dataclasses.field(default_factory=dict)
     _inference_model: Any = None
 
+    @property
+    def compute_dtype(self) -> str:
+        """"bfloat16" or "float32" (model directories; SavedModels count as float32)."""
+        return "bfloat16" if self.model is not None and self.config.train.mixed_precision == "bfloat16" else "float32"
+
     def run_function(self, head_indices: tuple[int, ...], statistics: tuple[str, ...], quantiles: tuple[float, ...], with_truth: bool):
         """A cached `make_run_function` for these heads (one trace per set)."""
         key = (head_indices, statistics, quantiles, with_truth)
@@ -390,7 +395,8 @@ def _predict_well_files(
         computed += [name for name in panel_statistics if name not in computed]
     if tile_size is None:
         tile_size = predict_lib.auto_tile_size(
-            predictor.geometry, config.model, len(head_indices), memory_budget_bytes, plan_name
+            predictor.geometry, config.model, len(head_indices), memory_budget_bytes, plan_name,
+            predictor.compute_dtype,
         )
     run_function = predictor.run_function(tuple(head_indices), tuple(computed), tuple(quantiles), with_truth)
     region = predict_lib.output_region((height, width), predictor.geometry, border_mode)

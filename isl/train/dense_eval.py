@@ -175,6 +175,10 @@ class DensePearson(keras.callbacks.Callback):
         best_dir: with `keep_best`, where the best weights are written
             (`best.weights.h5`, `best.json`), so a resumed run keeps them;
             None holds them in memory only.
+        recalibration_batches: a function returning an iterator of training
+            batches; with `config.train.eval_recalibrate_batches` > 0 the
+            scored copy's batch-norm statistics are recalibrated on that many
+            of them first (the training model is not touched).
     """
 
     def __init__(
@@ -184,8 +188,11 @@ class DensePearson(keras.callbacks.Callback):
         keep_best: bool = False,
         log: Callable[[str], None] | None = None,
         best_dir: str | None = None,
+        recalibration_batches: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__()
+        self.recalibration_batches = recalibration_batches
+        self._recalibration_iterator = None
         if not images:
             raise errors.InputError("Dense evaluation needs at least one eval image.")
         self.config = config
@@ -249,6 +256,13 @@ class DensePearson(keras.callbacks.Callback):
                 network = predict_lib.Network.from_keras(self._inference_model, self.head_indices)
                 self._run_function = predict_lib.make_run_function(network, STATISTICS)
         self._inference_model.set_weights(self.model.get_weights())
+        count = self.config.train.eval_recalibrate_batches
+        if count > 0 and self.recalibration_batches is not None:
+            from isl.train import recalibrate as recalibrate_lib
+
+            if self._recalibration_iterator is None:
+                self._recalibration_iterator = iter(self.recalibration_batches())
+            recalibrate_lib.recalibrate_batch_norm(self._inference_model, self._recalibration_iterator, count)
         return self._run_function
 
     def evaluate(self) -> dict[str, float]:

@@ -590,7 +590,10 @@ def train(
     fit_callbacks: list[keras.callbacks.Callback] = [non_finite, callbacks_lib.StopAtStep(total_steps), checkpointer]
     dense_pearson = None
     if chief and eval_data is not None and train_config.eval_pearson:
-        dense_pearson = _dense_pearson_callback(data_dir, config, model_dir, log)
+        dense_pearson = _dense_pearson_callback(
+            data_dir, config, model_dir, log,
+            lambda: dataset_fn(data_dir, config, split="train", seed=train_config.seed + 104729, deterministic=False),
+        )
         if dense_pearson is not None:
             fit_callbacks.append(dense_pearson)  # Before TrainingLog: it adds to the epoch logs.
     if chief:
@@ -692,7 +695,11 @@ def train(
 
 
 def _dense_pearson_callback(
-    data_dir: str, config: config_lib.ExperimentConfig, model_dir: str, log: Callable[[str], None]
+    data_dir: str,
+    config: config_lib.ExperimentConfig,
+    model_dir: str,
+    log: Callable[[str], None],
+    recalibration_batches: Callable[[], Any] | None = None,
 ) -> Any:
     """The whole-image Pearson callback, or None when the eval split has no usable image."""
     from isl.train import dense_eval
@@ -705,7 +712,10 @@ def _dense_pearson_callback(
     if not images:
         return None
     best_dir = os.path.join(model_dir, CHECKPOINT_DIR) if config.train.keep_best else None
-    return dense_eval.DensePearson(config, images, keep_best=config.train.keep_best, log=log, best_dir=best_dir)
+    return dense_eval.DensePearson(
+        config, images, keep_best=config.train.keep_best, log=log, best_dir=best_dir,
+        recalibration_batches=recalibration_batches,
+    )
 
 
 def _finish_inference_weights(

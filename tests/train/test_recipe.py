@@ -91,7 +91,7 @@ def test_pearson_of_predictions_pools_pixels_and_skips_absent_channels():
 def test_training_logs_whole_image_pearson_keeps_the_best_and_recalibrates(tmp_path, records_dir):
     config = fast_config(
         "train.lr_schedule=cosine", "train.warmup_steps=2", "train.keep_best=true",
-        "train.recalibrate_batches=2", "data.rotate_per_example=true",
+        "train.recalibrate_batches=2", "train.eval_recalibrate_batches=2", "data.rotate_per_example=true",
     )
     model_dir = str(tmp_path / "model")
     lines: list[str] = []
