@@ -10,8 +10,9 @@ harness, never by the library):
   `.index` is not (the moment a kill leaves a partial checkpoint).
 * ISL_HOOK=weights_write:N  the N-th `model.weights.h5` write stops after
   half a file was written to its temporary name.
-* ISL_HOOK=before_replace:PATH  the rename that would put a finished
-  output at PATH stops just before it happens.
+* ISL_HOOK=before_replace:PATH  the first rename of PATH (the old output
+  set aside, or the new one put in place) stops just before it happens:
+  the new output is complete under its temporary name.
 * ISL_HOOK=after_aside:PATH  stops right after the old PATH was renamed
   aside (between the two renames of `isl.io.atomic.replace_directory`).
 * ISL_REPORT=FILE  after a resumed training restored its checkpoint, writes
@@ -72,11 +73,11 @@ def _install(hook: str) -> None:
         real_replace = os.replace
 
         def replace(source, destination, **kwargs):
-            destination_path = os.path.abspath(os.fspath(destination))
-            if kind == "before_replace" and destination_path == target:
+            paths = (os.path.abspath(os.fspath(source)), os.path.abspath(os.fspath(destination)))
+            if kind == "before_replace" and target in paths:
                 _stop(hook)
             real_replace(source, destination, **kwargs)
-            if kind == "after_aside" and os.path.abspath(os.fspath(source)) == target:
+            if kind == "after_aside" and paths[0] == target:
                 _stop(hook)
 
         os.replace = replace

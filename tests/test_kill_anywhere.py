@@ -46,7 +46,7 @@ class Run:
         with open(self.log) as handle:
             return handle.read()
 
-    def kill_at_hook(self, timeout: float = 300) -> None:
+    def kill_at_hook(self, timeout: float = 1800) -> None:
         """SIGKILLs the process once its hook has stopped it."""
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.marker):
@@ -74,7 +74,7 @@ class Run:
         self.handle.close()
         assert self.process.returncode == -signal.SIGKILL
 
-    def wait(self, timeout: float = 600) -> int:
+    def wait(self, timeout: float = 1800) -> int:
         code = self.process.wait(timeout=timeout)
         self.handle.close()
         return code
@@ -183,7 +183,7 @@ def test_tune_killed_keeps_its_finished_trials(tmp_path):
             return None
 
     run = Run(tmp_path, arguments)
-    deadline = time.monotonic() + 400
+    deadline = time.monotonic() + 1800
     while (status(trial_0) or {}).get("status") != "COMPLETED":
         assert run.process.poll() is None and time.monotonic() < deadline, run.output()
         time.sleep(0.2)

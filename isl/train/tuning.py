@@ -199,11 +199,19 @@ class _ISLTunerMixin:
         self.oracle.update_space(hp)
 
     def run_trial(self, trial, *args, **kwargs):
+        import tensorflow as tf
+
+        from isl.train import resilience
+
         try:
             return self._isl_run_trial(trial, *args, **kwargs)
         except Exception as error:
+            if isinstance(error, tf.errors.DataLossError):  # Name the damaged shard.
+                error = resilience.data_error(self.isl_data_dir, error, None) or error
             if getattr(self, "isl_first_error", None) is None:
                 self.isl_first_error = error
+            if isinstance(error, errors.InputError):
+                raise error from None
             raise
 
     def _isl_run_trial(self, trial, *args, **kwargs):

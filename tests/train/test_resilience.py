@@ -81,7 +81,7 @@ def two_checkpoints(trained_model_dir, tmp_path):
     return model_dir
 
 
-@pytest.mark.parametrize("damage", ["truncate_index", "corrupt_data"])
+@pytest.mark.parametrize("damage", ["truncate_index", pytest.param("corrupt_data", marks=pytest.mark.slow)])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_and_says_so(
     records_dir, two_checkpoints, damage
 ):
@@ -181,6 +181,7 @@ def test_a_corrupted_record_stops_training_naming_the_shard(records_dir, tmp_pat
     assert str(caught.value).startswith(shard)
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_leaves_nothing_half_written(records_dir, tmp_path, monkeypatch):
     import keras
 
