@@ -317,15 +317,17 @@ def rdf_content(
         "attachments": [{"source": export_lib.CONFIG_FILE}],
         "inputs": [{
             "id": INPUT_ID,
-            "description": f"transmitted-light z-stack, uint16; y, x = {geometry.input_size} + {geometry.phase}n",
+            "description": f"raw uint16 transmitted-light z-stack; y, x = {geometry.input_size} + {geometry.phase}n",
             "axes": [
                 {"type": "batch"},
-                {"type": "space", "id": "y", "size": size},
-                {"type": "space", "id": "x", "size": size},
+                {"type": "space", "id": "y", "size": dict(size)},  # Copies: no YAML anchors.
+                {"type": "space", "id": "x", "size": dict(size)},
                 {"type": "space", "id": "z", "size": num_z},
             ],
             "test_tensor": {"source": TEST_INPUT_FILE},
-            "data": {"type": "uint16"},
+            # `data` describes what the network receives, after the preprocessing:
+            # bioimageio casts to data.type at the end (uint16 here would floor [0, 1] to 0).
+            "data": {"type": "float32", "range": [0.0, 1.0]},
             "preprocessing": [
                 {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
                 {"id": "scale_linear", "kwargs": {"gain": 1.0 / 65535.0, "offset": 0.0}},
@@ -454,7 +456,8 @@ def export_package(
             file.write(_readme(config, geometry, channels, statistics, stack.shape[-1], where, model_readme,
                                crop_scores, license_id))
         config_lib.save_config(config, os.path.join(temporary, export_lib.CONFIG_FILE))
-        title = name or f"In Silico Labeling {config.name} " + " ".join(channel.lower() for channel in channels)
+        listed = " ".join(channel.lower() for channel in channels) if len(channels) <= 4 else f"{len(channels)} channels"
+        title = name or f"In Silico Labeling {config.name} {listed}"
         title = re.sub(r"[^A-Za-z0-9_+\- ()]", "-", title)[:128]
         description = (f"Predicts {', '.join(channels)} (per-pixel median, mean, std of a 256-bin distribution) from "
                        f"a {config.channels.input_channel.lower()} z-stack; In Silico Labeling (Christiansen et al. 2018).")
