@@ -9,7 +9,7 @@
       saved_model.zip          tensorflow_saved_model_bundle weights
       test_input.npy           uint16 [1, H, W, Z] z-stack (a crop of a real
                                well with `sample_well`, else synthetic)
-      test_output_<id>.npy     float32 [1, H - 2 border, W - 2 border] per output
+      test_output_prediction.npy  float32 [1, H - 2 border, W - 2 border, C]
       cover.png                input | prediction | truth (when known)
       README.md                model, tensors, training data, licence, scores,
                                citation
@@ -21,11 +21,15 @@ test input's slice count). Preprocessing in the rdf: `ensure_dtype float32`
 and `scale_linear gain = 1 / 65535` (the type's maximum, the normalisation
 `isl convert` and `isl predict` apply to 16-bit images). The z mapping (network
 z value f reads slice `round((Z - 1) * f)`) and the presence masks run
-inside the graph. Outputs, one per exported target channel and statistic,
-`<channel>_<statistic>` in lower case (`dapi_confocal_median` first, the mean
-and standard deviation as extra outputs): axes `batch, y, x`, size `input -
-2 * border` (offset -242: the border is already cropped by the network's valid
-convolutions, so tools must not crop again). Inside the graph the output is
+inside the graph. Output `prediction`: axes `batch, y, x, channel`, one
+channel per exported target channel and statistic, `<channel>_<statistic>` in
+lower case (`dapi_confocal_median`, then its mean and standard deviation as
+extra channels, then the next target), size `input - 2 * border` (offset
+-242: the border is already cropped by the network's valid convolutions, so
+tools must not crop again). One tensor, not one per channel: bioimageio.core
+0.11's TF2 adapter pairs a SavedModel's outputs with the rdf's by the order
+of the restored output dict, which is random per process (measured: three
+loads, three orders), so several output tensors would be mixed up. Inside the graph the output is
 stitched with the exact plan of `isl predict --border=valid`
 (`isl.infer.image_graph`), so any valid input gives the patch-wise result
 (for models whose output block does not divide `phase`, e.g. 24-px
@@ -63,6 +67,7 @@ from isl.model import geometry as geometry_lib
 
 WEIGHTS_FILE = "saved_model.zip"
 TEST_INPUT_FILE = "test_input.npy"
+TEST_OUTPUT_FILE = "test_output_prediction.npy"
 COVER_FILE = "cover.png"
 README_FILE = "README.md"
 RDF_FILE = "rdf.yaml"
@@ -217,8 +222,9 @@ def _readme(
         "- **Preprocessing** (in rdf.yaml): cast to float32, multiply by 1/65535 (the uint16 maximum; scale 8-bit",
         "  images by 1/255 instead, i.e. convert them to the same [0, 1] values). The z mapping and the presence",
         "  masks run inside the SavedModel.",
-        f"- **Outputs**, one per channel and statistic (`<channel>_median`; `_mean` and `_std` as extras), axes",
-        f"  `batch, y, x`, float32 in [0, 1], {2 * border} px smaller than the input per axis: output pixel (i, j)",
+        f"- **Output `prediction`**, axes `batch, y, x, channel`: one channel per target and statistic",
+        f"  (`<target>_median`, then `_mean` and `_std` as extras), float32 in [0, 1], {2 * border} px smaller",
+        f"  than the input per axis: output pixel (i, j)",
         f"  shows input pixel (i + {border}, j + {border}). The border is already cropped (size offset "
         f"-{2 * border}), so",
         "  tools must not crop a halo. Inside the graph the output is stitched with the exact plan of",
@@ -276,7 +282,7 @@ def _summary_errors(summary: Any, limit: int = 3) -> str:
 def rdf_content(
     config: config_lib.ExperimentConfig,
     geometry: geometry_lib.Geometry,
-    output_ids: Sequence[str],
+    channel_names: Sequence[str],
     num_z: int,
     name: str,
     license_id: str,
@@ -289,19 +295,18 @@ def rdf_content(
 
     border = geometry.border
     size = {"min": geometry.input_size, "step": geometry.phase}
-    outputs = []
-    for output_id in output_ids:
-        outputs.append({
-            "id": output_id,
-            "description": f"{output_id.rsplit('_', 1)[1]} of the predicted distribution, [0, 1]",
-            "axes": [
-                {"type": "batch"},
-                {"type": "space", "id": "y", "size": {"tensor_id": INPUT_ID, "axis_id": "y", "offset": -2 * border}},
-                {"type": "space", "id": "x", "size": {"tensor_id": INPUT_ID, "axis_id": "x", "offset": -2 * border}},
-            ],
-            "test_tensor": {"source": f"test_output_{output_id}.npy"},
-            "data": {"type": "float32", "range": [0.0, 1.0]},
-        })
+    outputs = [{
+        "id": export_lib.BIOIMAGEIO_OUTPUT,
+        "description": "per channel: median, mean, std of the predicted 256-bin distribution, in [0, 1]",
+        "axes": [
+            {"type": "batch"},
+            {"type": "space", "id": "y", "size": {"tensor_id": INPUT_ID, "axis_id": "y", "offset": -2 * border}},
+            {"type": "space", "id": "x", "size": {"tensor_id": INPUT_ID, "axis_id": "x", "offset": -2 * border}},
+            {"type": "channel", "channel_names": list(channel_names)},
+        ],
+        "test_tensor": {"source": TEST_OUTPUT_FILE},
+        "data": {"type": "float32", "range": [0.0, 1.0]},
+    }]
     return {
         "type": "model",
         "format_version": v0_5.ModelDescr.implemented_format_version,
@@ -438,20 +443,20 @@ def export_package(
             _zip_directory(saved_model_dir, os.path.join(temporary, WEIGHTS_FILE))
         finally:
             shutil.rmtree(saved_model_dir, ignore_errors=True)
-        output_ids = sorted(outputs)  # The order in which the TF adapter returns them.
+        prediction = outputs[export_lib.BIOIMAGEIO_OUTPUT]  # [1, h, w, channels * statistics]
+        names = [export_lib.bioimageio_id(export_lib.output_name(c, s)) for c in channels for s in statistics]
         np.save(os.path.join(temporary, TEST_INPUT_FILE), stack)
-        for output_id in output_ids:
-            np.save(os.path.join(temporary, f"test_output_{output_id}.npy"), outputs[output_id].astype(np.float32))
-        first = export_lib.bioimageio_id(export_lib.output_name(channels[0], "median"))
+        np.save(os.path.join(temporary, TEST_OUTPUT_FILE), prediction.astype(np.float32))
+        median = {channel: prediction[0, ..., names.index(export_lib.bioimageio_id(export_lib.output_name(channel, "median")))]
+                  for channel in channels}
         all_targets = config.channels.output_target_channels
         truth_first = None if truth is None else truth[..., all_targets.index(channels[0])]
         imageio.imwrite(os.path.join(temporary, COVER_FILE),
-                        cover_image(stack, outputs[first][0], truth_first, geometry.border))
+                        cover_image(stack, median[channels[0]], truth_first, geometry.border))
         crop_scores = {}
         if truth is not None:
             for channel in channels:
-                median = outputs[export_lib.bioimageio_id(export_lib.output_name(channel, "median"))][0]
-                crop_scores[channel] = _pearson(median, truth[..., all_targets.index(channel)])
+                crop_scores[channel] = _pearson(median[channel], truth[..., all_targets.index(channel)])
         with open(os.path.join(temporary, README_FILE), "w", encoding="utf-8") as file:
             file.write(_readme(config, geometry, channels, statistics, stack.shape[-1], where, model_readme,
                                crop_scores, license_id))
@@ -461,7 +466,7 @@ def export_package(
         title = re.sub(r"[^A-Za-z0-9_+\- ()]", "-", title)[:128]
         description = (f"Predicts {', '.join(channels)} (per-pixel median, mean, std of a 256-bin distribution) from "
                        f"a {config.channels.input_channel.lower()} z-stack; In Silico Labeling (Christiansen et al. 2018).")
-        content = rdf_content(config, geometry, output_ids, stack.shape[-1], title, license_id, authors,
+        content = rdf_content(config, geometry, names, stack.shape[-1], title, license_id, authors,
                               description[:1000])
         _write_yaml(content, os.path.join(temporary, RDF_FILE))
         validated = validate_package(os.path.join(temporary, RDF_FILE))
@@ -473,7 +478,7 @@ def export_package(
     return PackageResult(
         package_dir=package_dir,
         zip_path=zip_path,
-        outputs=tuple(output_ids),
+        outputs=tuple(names),
         test_input_shape=tuple(stack.shape),
         validation=str(validated.validation_summary.status),
         test=test_status,

@@ -48,15 +48,16 @@ def test_package_is_valid_and_bioimageio_core_reproduces_its_test_outputs(packag
     from bioimageio.spec import load_description
 
     assert package.validation in ("passed", "valid-format") and package.test == "passed"
-    # Trained heads only (trained_channels.json), median first per channel, mean and std as extras.
-    assert package.outputs == tuple(sorted(
-        f"{channel}_{statistic}" for channel in ("dapi_confocal", "map2_confocal") for statistic in ("median", "mean", "std")))
+    # Trained heads only (trained_channels.json): median, mean, std per channel along one channel axis.
+    assert package.outputs == tuple(
+        f"{channel}_{statistic}" for channel in ("dapi_confocal", "map2_confocal") for statistic in ("median", "mean", "std"))
     files = _listing(package.package_dir)
-    for name in ("rdf.yaml", "saved_model.zip", "test_input.npy", "cover.png", "README.md", "config.json"):
+    for name in ("rdf.yaml", "saved_model.zip", "test_input.npy", "test_output_prediction.npy", "cover.png",
+                 "README.md", "config.json"):
         assert name in files
     assert np.load(os.path.join(package.package_dir, "test_input.npy")).shape == (1, TEST_SIZE, TEST_SIZE, 26)
-    output = np.load(os.path.join(package.package_dir, "test_output_dapi_confocal_median.npy"))
-    assert output.shape == (1, TEST_SIZE - 34, TEST_SIZE - 34) and output.dtype == np.float32
+    output = np.load(os.path.join(package.package_dir, "test_output_prediction.npy"))
+    assert output.shape == (1, TEST_SIZE - 34, TEST_SIZE - 34, 6) and output.dtype == np.float32
     rdf = open(os.path.join(package.package_dir, "rdf.yaml")).read()
     for fragment in ("format_version: 0.5", "tensorflow_saved_model_bundle", "step: 4", "min: 42", "offset: -34",
                      "scale_linear", "CC-BY-4.0", "10.1016/j.cell.2018.03.040"):
@@ -75,7 +76,7 @@ def test_package_is_valid_and_bioimageio_core_reproduces_its_test_outputs(packag
 def test_a_package_whose_test_does_not_reproduce_is_refused(package, tmp_path):
     copy = tmp_path / "broken"
     shutil.copytree(package.package_dir, copy)
-    path = copy / "test_output_dapi_confocal_median.npy"
+    path = copy / "test_output_prediction.npy"
     np.save(path, np.load(path) + 0.25)
     with pytest.raises(errors.InputError, match="does not reproduce the test outputs"):
         bioimageio_lib.test_package(str(copy / "rdf.yaml"))
@@ -89,8 +90,7 @@ def test_failing_test_leaves_no_folder_and_no_zip(model_dir, tmp_path, monkeypat
     monkeypatch.setattr(bioimageio_lib, "test_package", failing_test)
     monkeypatch.setattr(export, "export_keras_model", _fake_export)
     monkeypatch.setattr(bioimageio_lib, "run_endpoint", lambda directory, stack: {
-        f"{channel}_{statistic}": np.full((1, 12, 12), 0.5, np.float32)
-        for channel in ("dapi_confocal", "map2_confocal") for statistic in ("median", "mean", "std")})
+        export.BIOIMAGEIO_OUTPUT: np.full((1, 12, 12, 6), 0.5, np.float32)})
     with pytest.raises(errors.InputError, match="does not reproduce"):
         bioimageio_lib.export_package(model_dir, str(tmp_path / "pkg"), test_size=TEST_SIZE)
     assert _listing(tmp_path) == []
