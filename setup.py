@@ -25,7 +25,12 @@ setuptools.setup(
         "psutil>=5.9",
     ],
     extras_require={
-        "test": ["pytest>=7.4"],
+        # The default test run includes the bioimage.io checks (they install cleanly next to TF 2.21 and numpy 2).
+        "test": ["pytest>=7.4", "bioimageio.core>=0.11,<0.12", "bioimageio.spec>=0.5.12,<0.6", "pydantic>=2.7,<2.13"],
+        # `isl export --format=bioimageio`: validation and test_model of the package. bioimageio.spec 0.5.12
+        # cannot serialize file fields with pydantic 2.14 ("'index_key' is expected to be an integer or a
+        # string, got 'SerializationInfo(...)'"); 2.12.5 works.
+        "bioimageio": ["bioimageio.core>=0.11,<0.12", "bioimageio.spec>=0.5.12,<0.6", "pydantic>=2.7,<2.13"],
         # `isl tune --tuner=bayesian`: Keras Tuner's Bayesian oracle needs both.
         "bayesian": ["scipy>=1.10", "scikit-learn>=1.3"],
         # `isl convert` / `isl predict` on OME-Zarr, CZI, LIF and ND2 files (isl.io.images).

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-SUMMARY = "Export a trained model as a TensorFlow SavedModel with serving signatures."
+SUMMARY = "Export a trained model as a TensorFlow SavedModel or a bioimage.io model package."
 DESCRIPTION = """
 Export a trained model (a model directory written by `isl train`) as a
 TensorFlow SavedModel that runs without `isl`: behind TF Serving, from
@@ -15,17 +16,32 @@ the paper model; the output is `side - 2*border` per side):
   serving_default   z_stack [batch, height, width, num_source_z] uint16
   serving_float32   z_stack [batch, height, width, num_source_z] float32 in [0, 1]
   logits            network_input [batch, height, width, 2*num_z_values] float32
+  predict_image     z_stack [batch, height, width, num_source_z] uint16 of ANY
+                    height and width -> full-size statistics [batch, height,
+                    width]: tiled and stitched inside the graph with the exact
+                    plan of `isl predict --tile_size=<--tile_size>`
 Scaling (1/65535), the z mapping of training (round((n-1)*z), any n up to
 256) and the presence masks happen inside the graph. Outputs per target
 channel: <CHANNEL>_<statistic> [batch, h, w], and <CHANNEL>_distribution
 [batch, h, w, 256] with --with_distributions. A wrong size fails with a
 message naming the valid sizes.
 
-Also writes model.keras (native Keras archive, for fine-tuning), config.json
-and export.json (the signature documentation) into --export_dir.
+Only the target channels whose heads were trained are exported (the model
+directory's trained_channels.json, as `isl predict` reads it); --all_heads
+exports every head. Also writes model.keras (native Keras archive, for
+fine-tuning), config.json and export.json (the signature documentation).
 
-Example:
+--format=bioimageio writes a bioimage.io model package (rdf.yaml, spec 0.5)
+to --export_dir and a zip beside it (<export_dir>.zip), for deepImageJ,
+ilastik, BioEngine and bioimageio.core: SavedModel weights, test tensors made
+by the model (from --sample_well, else synthetic), a cover image and a README.
+bioimageio.spec validates it and bioimageio.core's test_model must reproduce
+the test outputs before the folder appears. Needs pip install 'isl[bioimageio]'.
+
+Examples:
   isl export --model_dir=models/tiny --export_dir=exports/tiny --statistics=median,mean,std
+  isl export --format=bioimageio --model_dir=checkpoints/condition_b_sample \
+      --export_dir=exports/condition_b_bioimageio --sample_well=WELL
 """
 IMPLEMENTED = True
 
@@ -45,6 +61,30 @@ def define_flags(flag_values: Any) -> None:
         flag_values=flag_values,
     )
     flags.DEFINE_bool("keras_archive", True, "Also write model.keras beside the SavedModel.", flag_values=flag_values)
+    flags.DEFINE_enum("format", "savedmodel", ["savedmodel", "bioimageio"],
+                      "savedmodel: a TF SavedModel folder; bioimageio: a bioimage.io model package folder and zip.",
+                      flag_values=flag_values)
+    flags.DEFINE_bool("all_heads", False,
+                      "Export every target head, also those trained_channels.json lists as untrained.",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("tile_size", 0,
+                         "predict_image's largest tile side in input pixels (250 + 16k for the paper model); "
+                         "0: the largest that fits 2 GB.", flag_values=flag_values)
+    flags.DEFINE_string("sample_well", None,
+                        "bioimageio: a well folder whose crop becomes the test input and cover (its stains, when "
+                        "present, the cover's truth); default a synthetic stack.", flag_values=flag_values)
+    flags.DEFINE_list("sample_origin", [], "bioimageio: row,column of the test crop in --sample_well (default centre).",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("test_size", 0, "bioimageio: test input side (250 + 16k); 0: 250 + 16*8.",
+                         flag_values=flag_values)
+    flags.DEFINE_string("license", "CC-BY-4.0", "bioimageio: SPDX licence of the weights (that of the training data).",
+                        flag_values=flag_values)
+    flags.DEFINE_list("authors", ["isl"], "bioimageio: author names.", flag_values=flag_values)
+    flags.DEFINE_string("name", None, "bioimageio: model name (default from the config and channels).",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("bioimageio_test", True,
+                      "bioimageio: run bioimageio.core's test_model before accepting the package.",
+                      flag_values=flag_values)
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
@@ -56,16 +96,24 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     for name in ("model_dir", "export_dir"):
         if not flag_values[name].value:
             raise errors.InputError(f"--{name} is required.")
+    if flag_values["tile_size"].value < 0 or flag_values["test_size"].value < 0:
+        raise errors.InputError("--tile_size and --test_size must be >= 0.")
     print(f"Exporting {flag_values.model_dir} ...", flush=True)
+    if flag_values.format == "bioimageio":
+        return _run_bioimageio(flag_values)
     result = export.export_model(
         flag_values.model_dir,
         flag_values.export_dir,
         statistics=flag_values.statistics,
         with_distributions=flag_values.with_distributions,
         keras_archive=flag_values.keras_archive,
+        all_heads=flag_values.all_heads,
+        tile_size=flag_values.tile_size or None,
     )
     print(f"SavedModel: {result.export_dir}  (signatures: {', '.join(result.signatures)})")
+    print(f"Channels: {', '.join(result.channels)}")
     print(f"Valid input sides: {result.input_size} + {result.phase}k; output side = input - {2 * result.border}")
+    print(f"predict_image: any size, tiles of {result.tile_size} px (isl predict --tile_size={result.tile_size})")
     if result.keras_path:
         print(f"Keras archive: {result.keras_path}")
     return {
@@ -76,4 +124,38 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         "input_size": result.input_size,
         "phase": result.phase,
         "border": result.border,
+        "channels": list(result.channels),
+        "tile_size": result.tile_size,
     }
+
+
+def _run_bioimageio(flag_values: Any) -> dict[str, Any]:
+    from isl import errors
+    from isl.infer import bioimageio
+
+    origin = None
+    if flag_values.sample_origin:
+        try:
+            row, column = (int(value) for value in flag_values.sample_origin)
+        except ValueError:
+            raise errors.InputError(f"--sample_origin must be row,column; got {','.join(flag_values.sample_origin)}.") from None
+        origin = (row, column)
+    if flag_values.with_distributions:
+        raise errors.InputError("--with_distributions is not available with --format=bioimageio.")
+    result = bioimageio.export_package(
+        flag_values.model_dir,
+        flag_values.export_dir,
+        statistics=flag_values.statistics,
+        all_heads=flag_values.all_heads,
+        sample_well=flag_values.sample_well,
+        sample_origin=origin,
+        test_size=flag_values.test_size,
+        name=flag_values.name,
+        license_id=flag_values.license,
+        authors=flag_values.authors,
+        run_test=flag_values.bioimageio_test,
+    )
+    print(f"bioimage.io package: {result.package_dir}  (zip: {result.zip_path})")
+    print(f"Outputs: {', '.join(result.outputs)}; test input {list(result.test_input_shape)} [batch, y, x, z]")
+    print(f"bioimageio.spec validation: {result.validation}; bioimageio.core test_model: {result.test}")
+    return dataclasses.asdict(result)

@@ -67,6 +67,7 @@ LOGITS_SIGNATURE = "logits"
 PREDICT_IMAGE = "predict_image"
 # The endpoint bioimage.io tools call (keras.layers.TFSMLayer's default).
 BIOIMAGEIO_ENDPOINT = "serve"
+BIOIMAGEIO_OUTPUT = "prediction"
 SIGNATURES = (SERVING_DEFAULT, SERVING_FLOAT32, LOGITS_SIGNATURE, PREDICT_IMAGE)
 # The automatic predict_image tile side is planned for this much memory.
 IMAGE_TILE_BUDGET_BYTES = 2e9
@@ -298,11 +299,21 @@ class ServingFunctions:
     def bioimageio_outputs(self, z_stack: Any) -> dict[str, Any]:
         """The bioimage.io endpoint: float32 `[batch, H, W, n]` in [0, 1], H and W valid.
 
-        Returns `[batch, H - 2 border, W - 2 border]` per output, keyed by
-        lower-case tensor ids (`bioimageio_id`), computed with the exact plan.
+        Returns one tensor, `prediction` `[batch, H - 2 border, W - 2 border,
+        channels * statistics]` (channel-major, `image_output_names`),
+        computed with the exact plan. One tensor because bioimageio.core's
+        TF2 adapter matches a SavedModel's outputs by the restored dict's
+        order, which is random per process.
         """
+        import tensorflow as tf
+
         z_stack = self.check_stack(z_stack)
-        return {bioimageio_id(name): value for name, value in self.image_outputs(z_stack, "valid").items()}
+        outputs = self.image_outputs(z_stack, "valid")
+        return {BIOIMAGEIO_OUTPUT: tf.stack([outputs[name] for name in self.image_output_names()], axis=-1)}
+
+    def image_output_names(self) -> tuple[str, ...]:
+        """`<CHANNEL>_<statistic>`, channel-major: the order of the bioimage.io channel axis."""
+        return tuple(output_name(c, s) for c in self.target_channels for s in self.statistics)
 
 
 def parse_statistics(names: Sequence[str]) -> tuple[str, ...]:
