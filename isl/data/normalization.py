@@ -124,8 +124,8 @@ def check_statistics(stack: np.ndarray, where: str, name: str) -> str | None:
     expected = f"the paper's data has mean {PAPER_MEAN} and std about {PAPER_SPREAD}"
     if name == NONE:
         advice = (
-            "normalise it with --normalization=paper (or percentile) in isl convert; a model "
-            "records the choice and isl predict applies it"
+            "pass --normalization=paper (or percentile) to isl convert, which records it for training and "
+            "prediction, or to isl predict when the model was trained on normalised data (the shipped checkpoint)"
         )
     else:
         advice = "check the transmitted-light files (a mostly empty or saturated field?)"
