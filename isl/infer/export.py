@@ -398,6 +398,11 @@ def export_model(
         raise errors.InputError(f"{model_dir}: model directory not found.")
     trained = saving.read_trained_channels(model_dir)
     model, config = saving.load_model_dir(model_dir)
+    if config.model.architecture == "unet_regression":
+        raise errors.InputError(
+            f"{model_dir}: a U-Net regression baseline (model.architecture=unet_regression) cannot be exported; "
+            "isl export serves the paper's 256-bin heads. Predict it with isl predict --model_dir."
+        )
     channels = export_channels(config, trained, all_heads, model_dir)
     return export_keras_model(model, config, export_dir, statistics, with_distributions, keras_archive,
                               trained_channels=trained, channels=channels, tile_size=tile_size)

@@ -81,3 +81,16 @@ def test_prediction_without_target_statistics_is_refused():
     model = builder.build_model(config, None)
     with pytest.raises(errors.InputError, match="regression_target_mean"):
         regression.predict_image(model, np.zeros((13, 40, 40), np.float32), config)
+
+
+def test_export_refuses_the_regression_baseline(tmp_path):
+    from isl.infer import export
+    from isl.model import saving
+
+    config = _config("model.output_size=32", "model.unet_filters=4", "model.unet_levels=2",
+                     "model.regression_target_mean=[0.1,0.1,0.1,0.1]", "model.regression_target_std=[1,1,1,1]")
+    model_dir = str(tmp_path / "model")
+    saving.save_model_dir(builder.build_model(config, None), config, model_dir)
+    with pytest.raises(errors.InputError, match="cannot be exported"):
+        export.export_model(model_dir, str(tmp_path / "exported"))
+    assert not (tmp_path / "exported").exists()
