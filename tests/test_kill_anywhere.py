@@ -99,22 +99,28 @@ def _tree(path: str) -> dict[str, str]:
     return digests
 
 
-def _check_report(report: str, expected_step: int) -> None:
-    """The resumed run restored `expected_step` and exactly that checkpoint's optimizer state."""
+def _slot_sums(model_dir: str, step: int) -> list[float]:
+    """Sorted sums of |value| of the Adam slots stored in checkpoint `step` (read before a run rotates it away)."""
     import numpy as np
     import tensorflow as tf
 
-    with open(report) as handle:
-        restored = json.load(handle)
-    assert restored["prefix"].endswith(f"ckpt-{expected_step}") and restored["step"] == expected_step
-    reader = tf.train.load_checkpoint(restored["prefix"])
-    saved = sorted(
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints", f"ckpt-{step}"))
+    return sorted(
         float(np.abs(reader.get_tensor(name)).sum())
         for name, shape in reader.get_variable_to_shape_map().items()
         if name.startswith("optimizer/_variables/") and len(shape) > 0
     )
-    assert len(saved) == len(restored["slot_sums"]) > 0
-    np.testing.assert_allclose(restored["slot_sums"], saved, rtol=1e-6)
+
+
+def _check_report(report: str, expected_step: int, expected_sums: list[float]) -> None:
+    """The resumed run restored `expected_step` and exactly that checkpoint's optimizer state."""
+    import numpy as np
+
+    with open(report) as handle:
+        restored = json.load(handle)
+    assert restored["prefix"].endswith(f"ckpt-{expected_step}") and restored["step"] == expected_step
+    assert len(expected_sums) == len(restored["slot_sums"]) > 0
+    np.testing.assert_allclose(restored["slot_sums"], expected_sums, rtol=1e-6)
 
 
 def test_train_killed_anywhere_resumes_from_the_newest_complete_checkpoint(tmp_path):
@@ -134,10 +140,11 @@ def test_train_killed_anywhere_resumes_from_the_newest_complete_checkpoint(tmp_p
 
     # 2. Killed while model.weights.h5 is half-written (1st write of the resumed run, step 6).
     report = str(tmp_path / "report.json")
+    expected = _slot_sums(model_dir, 4)
     run = Run(tmp_path, arguments, hook="weights_write:1", report=report)
     run.kill_at_hook()
     assert re.search(r"Resuming .* from step 4 ", run.output())
-    _check_report(report, 4)
+    _check_report(report, 4, expected)
     assert not glob.glob(os.path.join(model_dir, "checkpoints", "*_temp"))  # Partial files removed.
     import h5py
 
@@ -148,21 +155,23 @@ def test_train_killed_anywhere_resumes_from_the_newest_complete_checkpoint(tmp_p
     generator = random.Random(17)
     for _ in range(3):
         newest = _checkpoint_steps(model_dir)[-1]
+        expected = _slot_sums(model_dir, newest)
         os.remove(report) if os.path.exists(report) else None
         run = Run(tmp_path, arguments, report=report)
         killed = run.kill_after(generator.uniform(8.0, 30.0))
         if os.path.exists(report):  # The run got as far as restoring.
-            _check_report(report, newest)
+            _check_report(report, newest, expected)
             assert f"from step {newest} " in run.output()
         if not killed:
             break
 
     # 4. The last start finishes the run.
     newest = _checkpoint_steps(model_dir)[-1]
+    expected = _slot_sums(model_dir, newest)
     run = Run(tmp_path, arguments, report=report)
     assert run.wait() == 0, run.output()
     if newest < steps:
-        _check_report(report, newest)
+        _check_report(report, newest, expected)
         assert f"(resumed from step {newest})" in run.output()
     assert _checkpoint_steps(model_dir)[-1] == steps
     assert not [name for name in os.listdir(model_dir) if name.startswith(".tmp-")]
