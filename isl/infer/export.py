@@ -363,7 +363,9 @@ def image_tile_size(config: config_lib.ExperimentConfig, num_heads: int, tile_si
 
     geometry = geometry_lib.geometry(config.model)
     if tile_size:
-        return tiling.valid_tile_size(geometry, tile_size)
+        from isl.infer import image_graph
+
+        return tiling.valid_tile_size(geometry, tile_size, image_graph.GRAPH_PLAN)
     return predict_lib.auto_tile_size(geometry, config.model, num_heads, IMAGE_TILE_BUDGET_BYTES)
 
 

@@ -29,12 +29,19 @@ from typing import Any
 from isl.infer import tiling
 from isl.model import geometry as geometry_lib
 
+# The graph tiles with blocks of the model's output size (`tiling`'s "output"
+# plan). For the paper's 8-px models that is `isl predict`'s plan. For models
+# whose output exceeds the phase and is not a multiple of it (24 px), `isl
+# predict` defaults to 16-px blocks (one run per tile); both are exact
+# patch-wise references, and they differ slightly (BUILD_NOTES, issue 13).
+GRAPH_PLAN = "output"
+
 
 def _class_firsts(geometry: geometry_lib.Geometry) -> tuple[int, ...]:
     """First block start (a multiple of `out`) of each class of `tiling.block_classes`."""
     out, phase = geometry.output_size, geometry.phase
     firsts = []
-    for residue in tiling.block_classes(geometry):
+    for residue in tiling.block_classes(geometry, GRAPH_PLAN):
         firsts.append(next(m * out for m in range(phase) if (m * out) % phase == residue))
     return tuple(firsts)
 
@@ -49,7 +56,7 @@ def max_blocks_per_run(geometry: geometry_lib.Geometry, tile_size: int | None) -
 
 
 def axis_plan(length: Any, geometry: geometry_lib.Geometry, tile_size: int | None) -> dict[str, Any]:
-    """`tiling.plan_axis(length, geometry, tile_size)` as int32 TF tensors.
+    """`tiling.plan_axis(length, geometry, tile_size, plan=GRAPH_PLAN)` as int32 TF tensors.
 
     Args:
         length: scalar int32 tensor, the output length (>= 1).

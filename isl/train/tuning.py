@@ -397,10 +397,11 @@ def run_search(
     except RuntimeError as error:  # Keras Tuner: too many consecutive failed trials.
         _raise_trial_error(search_tuner, tuner_dir, str(error).splitlines()[0])
         raise
+    if role == "worker":
+        # A worker's oracle is a client of the chief's (no trial table); the chief judges the search.
+        return SearchResult(role=role, tuner_dir=tuner_dir)
     if not any(trial.status == "COMPLETED" for trial in search_tuner.oracle.trials.values()):
         _raise_trial_error(search_tuner, tuner_dir, "every trial failed")
-    if role == "worker":
-        return SearchResult(role=role, tuner_dir=tuner_dir)
     return _summarise(search_tuner.oracle, hypermodel, tuner_dir, role, objective_spec, tuner)
 
 

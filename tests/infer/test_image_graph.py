@@ -27,7 +27,7 @@ def test_in_graph_plan_equals_the_python_planner(geometry):
     tiles = (None, geometry.input_size, geometry.input_size + geometry.phase, geometry.input_size + 5 * geometry.phase)
     for tile_size in tiles:
         for length in list(range(1, 70, 3)) + [250, 767, 1024]:
-            expected = tiling.plan_axis(length, geometry, tile_size)
+            expected = tiling.plan_axis(length, geometry, tile_size, plan=image_graph.GRAPH_PLAN)
             actual = image_graph.axis_plan(tf.constant(length), geometry, tile_size)
             assert [run.start for run in expected.runs] == actual["starts"].numpy().tolist(), (tile_size, length)
             assert int(actual["run_input_length"]) == expected.run_input_length
