@@ -417,20 +417,10 @@ def export_package(
     _require_bioimageio()
     import imageio.v3 as imageio
 
-    from isl.model import saving
-
     statistics = export_lib.parse_statistics(statistics)
     if "median" not in statistics:
         raise errors.InputError("A bioimage.io package needs the median among --statistics (its primary output).")
-    if not os.path.isdir(model_dir):
-        raise errors.InputError(f"{model_dir}: model directory not found.")
-    trained = saving.read_trained_channels(model_dir)
-    model, config = saving.load_model_dir(model_dir)
-    if config.model.architecture == "unet_regression":
-        raise errors.InputError(
-            f"{model_dir}: a U-Net regression baseline (model.architecture=unet_regression) cannot be exported; "
-            "isl export serves the paper's 256-bin heads. Predict it with isl predict --model_dir."
-        )
+    model, config, trained = export_lib.load_exportable(model_dir)
     channels = export_lib.export_channels(config, trained, all_heads, model_dir)
     geometry = geometry_lib.geometry(config.model)
     size = test_input_size(geometry, test_size or geometry.input_size + 8 * geometry.phase)

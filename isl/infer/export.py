@@ -369,6 +369,26 @@ def image_tile_size(config: config_lib.ExperimentConfig, num_heads: int, tile_si
     return predict_lib.auto_tile_size(geometry, config.model, num_heads, IMAGE_TILE_BUDGET_BYTES)
 
 
+def load_exportable(model_dir: str) -> tuple[Any, config_lib.ExperimentConfig, tuple[str, ...] | None]:
+    """(model, config, trained channels) of a model directory that `isl export` can serve.
+
+    Raises:
+        InputError: for a missing directory or a U-Net regression baseline.
+    """
+    from isl.model import saving
+
+    if not os.path.isdir(model_dir):
+        raise errors.InputError(f"{model_dir}: model directory not found.")
+    trained = saving.read_trained_channels(model_dir)
+    model, config = saving.load_model_dir(model_dir)
+    if config.model.architecture == "unet_regression":
+        raise errors.InputError(
+            f"{model_dir}: a U-Net regression baseline (model.architecture=unet_regression) cannot be exported; "
+            "isl export serves the paper's 256-bin heads. Predict it with isl predict --model_dir."
+        )
+    return model, config, trained
+
+
 def export_model(
     model_dir: str,
     export_dir: str,
@@ -391,20 +411,10 @@ def export_model(
         InputError: when `model_dir` holds no model or no trained target
             head, or for a bad statistic.
     """
-    from isl.model import saving
-
     statistics = parse_statistics(statistics)
     if not statistics and not with_distributions:
         raise errors.InputError("Nothing to export: give --statistics or --with_distributions.")
-    if not os.path.isdir(model_dir):
-        raise errors.InputError(f"{model_dir}: model directory not found.")
-    trained = saving.read_trained_channels(model_dir)
-    model, config = saving.load_model_dir(model_dir)
-    if config.model.architecture == "unet_regression":
-        raise errors.InputError(
-            f"{model_dir}: a U-Net regression baseline (model.architecture=unet_regression) cannot be exported; "
-            "isl export serves the paper's 256-bin heads. Predict it with isl predict --model_dir."
-        )
+    model, config, trained = load_exportable(model_dir)
     channels = export_channels(config, trained, all_heads, model_dir)
     return export_keras_model(model, config, export_dir, statistics, with_distributions, keras_archive,
                               trained_channels=trained, channels=channels, tile_size=tile_size)
