@@ -8,10 +8,13 @@ backward, Adam update) is modelled as
 with constants fitted to `isl benchmark model` runs of the paper model in
 bfloat16 with the speed options (BUILD_NOTES.md, "Issue 12"): 4.7 GB at 8-px
 outputs and batch 16, 6.2 GB at 24 px and batch 16, 11.0 GB at 120 px and
-batch 4. The per-input-pixel activations scale with `model.base_depth` and
-are 1.6x larger in float32; the per-logit bytes cover the float32 logits,
-their softmax and gradients, which dominate wide outputs. It is an estimate
-(within about 15% of those measurements) for sizing batches, not a bound.
+batch 4; and to two float32 runs of the paper preset (35 heads): 18.9 GiB at
+56-px outputs and batch 11, 16.2 GiB at 120 px and batch 3. The
+per-input-pixel activations scale with `model.base_depth`; in float32 (which
+also runs without the fused kernels) they are 3.1x larger and each logit
+costs 31.4 bytes instead of 17.7 (the logits, their softmax and gradients
+dominate wide outputs). It is an estimate (within about 15% of those
+measurements) for sizing batches, not a bound.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from isl.model import geometry as geometry_lib
 
 BASE_BYTES = 1.63e9
 BYTES_PER_INPUT_PIXEL_BFLOAT16 = 2.93e3
-FLOAT32_ACTIVATION_FACTOR = 1.6
+FLOAT32_ACTIVATION_FACTOR = 3.1
 BYTES_PER_LOGIT = 17.7
+BYTES_PER_LOGIT_FLOAT32 = 31.4
 PAPER_BASE_DEPTH = 400
 
 
@@ -31,10 +35,12 @@ def training_step_bytes(config: config_lib.ExperimentConfig, batch_size: int | N
     batch_size = config.train.batch_size if batch_size is None else batch_size
     geometry = geometry_lib.geometry(config.model)
     per_input = BYTES_PER_INPUT_PIXEL_BFLOAT16 * max(config.model.base_depth / PAPER_BASE_DEPTH, 0.01)
+    per_logit = BYTES_PER_LOGIT
     if not config.train.mixed_precision:
         per_input *= FLOAT32_ACTIVATION_FACTOR
+        per_logit = BYTES_PER_LOGIT_FLOAT32
     logits = geometry.output_size**2 * config.channels.num_heads * config.model.num_classes
-    return BASE_BYTES + batch_size * (geometry.input_size**2 * per_input + logits * BYTES_PER_LOGIT)
+    return BASE_BYTES + batch_size * (geometry.input_size**2 * per_input + logits * per_logit)
 
 
 def largest_batch(config: config_lib.ExperimentConfig, budget_bytes: float, limit: int | None = None) -> int:

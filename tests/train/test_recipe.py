@@ -137,3 +137,11 @@ def test_footprint_matches_the_measurements_it_was_fitted_to():
     assert measured(8, 16) == pytest.approx(4.7, rel=0.15)
     assert measured(24, 16) == pytest.approx(6.2, rel=0.15)
     assert measured(120, 4) == pytest.approx(11.0, rel=0.15)
+
+    def measured_float32(output_size: int, batch: int) -> float:
+        config = config_lib.resolve_config("paper", overrides=[f"model.output_size={output_size}"])
+        return footprint.training_step_bytes(config, batch) / 2**30
+
+    # isl benchmark model --output_sizes=56,120 --precision=float32 (GiB).
+    assert measured_float32(56, 11) == pytest.approx(18.9, rel=0.15)
+    assert measured_float32(120, 3) == pytest.approx(16.2, rel=0.15)
