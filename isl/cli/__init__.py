@@ -7,6 +7,4 @@ Each command module defines:
 * `define_flags(flag_values)`: its absl flags, on a private `FlagValues`;
 * `run(flag_values, positional) -> dict`: does the work, prints progress
   and returns the result (paths written and figures) that `--json` prints.
-
-A command that a later issue completes sets `IMPLEMENTED = False`.
 """

@@ -31,7 +31,6 @@ OUTPUT_DIR to start afresh.
 Example:
   isl demo --output_dir=isl_demo
 """
-IMPLEMENTED = True
 
 
 def define_flags(flag_values: Any) -> None:

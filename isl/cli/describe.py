@@ -23,7 +23,6 @@ overrides) at one input size and prints:
 Example:
   isl describe --preset=paper --input_size=266 --json
 """
-IMPLEMENTED = True
 
 _PARTS = (
     ("projection", ("projection",)),

@@ -212,9 +212,6 @@ def run_command(argv: Sequence[str]) -> int:
     except flags.Error as error:
         print(f"isl {name}: {error}\nRun 'isl {name} --help' for usage.", file=sys.stderr)
         return EXIT_USAGE
-    if not getattr(module, "IMPLEMENTED", True):
-        print(f"isl {name}: not implemented yet.", file=sys.stderr)
-        return EXIT_USAGE
     hint = getattr(module, "stopped_hint", None)
     grace = getattr(module, "SIGTERM_GRACE_SECONDS", None)
 

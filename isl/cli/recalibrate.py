@@ -26,7 +26,6 @@ atomically; its checkpoints are left as they are).
 Example:
   isl recalibrate --model_dir=models/condb --data_dir=records --batches=100 --output_dir=models/condb_recalibrated
 """
-IMPLEMENTED = True
 
 
 def define_flags(flag_values: Any) -> None:

@@ -56,7 +56,6 @@ TensorBoard scalars and image panels and logs/training.csv.
 Example:
   isl train --data_dir=records --model_dir=runs/b --preset=tiny --steps=2000
 """
-IMPLEMENTED = True
 
 
 def define_flags(flag_values: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -49,7 +48,8 @@ def test_help_into_a_closed_pipe_ends_quietly():
     assert finished.stdout.strip() in ("0", "141")
 
 
-def test_sigterm_in_a_command_exits_143_keeps_finished_outputs_and_removes_half_written_ones(tmp_path, monkeypatch, capsys):
+def test_sigterm_in_a_command_exits_143_keeps_finished_outputs_and_removes_half_written_ones(tmp_path, monkeypatch,
+                                                                                             capsys):
     import os
     import signal
     import types

@@ -40,7 +40,8 @@ def test_predict_writes_lab_named_images_panels_and_calibration(model_dir, tmp_p
     wellmaker.random_well(well_dir, height=44, width=37)
     # A predicted image beside the inputs is never read as an input.
     images.write_image(
-        os.path.join(well_dir, wellmaker.file_name(filenames.MAXPROJECT, "DAPI_CONFOCAL").replace(".png", ",kind-PREDICTED.png")),
+        os.path.join(well_dir,
+                     wellmaker.file_name(filenames.MAXPROJECT, "DAPI_CONFOCAL").replace(".png", ",kind-PREDICTED.png")),
         np.zeros((44, 37), np.uint16),
     )
     output_dir = str(tmp_path / "out")
@@ -117,11 +118,13 @@ def test_missing_model_and_unknown_channel_exit_2(model_dir, tmp_path, capsys):
     well_dir = str(tmp_path / "well")
     wellmaker.random_well(well_dir, height=20, width=20)
     code, _, err = _run(
-        ["predict", f"--model_dir={tmp_path / 'nothing'}", f"--input_dir={well_dir}", f"--output_dir={tmp_path}"], capsys
+        ["predict", f"--model_dir={tmp_path / 'nothing'}", f"--input_dir={well_dir}",
+         f"--output_dir={tmp_path}"], capsys
     )
     assert code == 2 and "not a model directory" in err
     code, _, err = _run(
-        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path}", "--channels=GFP"],
+        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path}",
+         "--channels=GFP"],
         capsys,
     )
     assert code == 2 and "GFP" in err
@@ -132,7 +135,8 @@ def test_region_predicts_the_whole_well_pixels_and_other_channels_are_ignored(mo
     wellmaker.random_well(well_dir, height=40, width=36)
     # Ground truth for a channel the model does not have.
     images.write_image(
-        os.path.join(well_dir, wellmaker.file_name(filenames.MAXPROJECT, "GFAP_CONFOCAL")), np.zeros((40, 36), np.uint16)
+        os.path.join(well_dir, wellmaker.file_name(filenames.MAXPROJECT, "GFAP_CONFOCAL")),
+        np.zeros((40, 36), np.uint16)
     )
     common = [f"--model_dir={model_dir}", f"--input_dir={well_dir}", "--channels=DAPI_CONFOCAL", "--nopanels",
               "--nosave_calibration", "--noprogress", "--format=tiff"]
