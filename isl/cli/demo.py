@@ -33,6 +33,10 @@ Example:
 """
 
 
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("output_dir",)
+
+
 def define_flags(flag_values: Any) -> None:
     from absl import flags
 

@@ -24,6 +24,10 @@ released code's window [121, 121 + 128k)), or r0:r1,c0:c1 in image pixels.
 """
 
 
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("output_dir",)
+
+
 def define_flags(flag_values: Any) -> None:
     from absl import flags
 

@@ -45,6 +45,10 @@ Examples:
 """
 
 
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("export_dir",)
+
+
 def define_flags(flag_values: Any) -> None:
     from absl import flags
 

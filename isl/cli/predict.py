@@ -22,7 +22,7 @@ channel and statistic in the lab's naming (kind-PREDICTED, statistic-MEDIAN,
 input_error_panel.png and calibration TIFFs for `isl evaluate`; and
 prediction.json.
 
-  isl predict --model_dir=checkpoints/paper --input_dir=data/well_A4 --output_dir=predictions
+  isl predict --model_dir=checkpoints/condition_b_sample --input_dir=well_A4 --output_dir=predictions
 
 SIGTERM stops it after the running tile and exits with code 143: finished
 wells stay (each with its prediction.json); the well in progress may hold
@@ -43,6 +43,10 @@ in 94% of pixels, mean difference 0.07 of 255 levels, at most 8).
 # After SIGTERM, a watcher ends the command this long after the signal if the
 # main thread is still inside one native call (a tile run, a training step).
 SIGTERM_GRACE_SECONDS = 5.0
+
+
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("output_dir",)
 
 
 def define_flags(flag_values: Any) -> None:

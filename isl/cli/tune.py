@@ -34,6 +34,10 @@ Example:
 SIGTERM_GRACE_SECONDS = 10.0
 
 
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("tuner_dir",)
+
+
 def define_flags(flag_values: Any) -> None:
     from absl import flags
 
