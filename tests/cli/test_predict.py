@@ -66,9 +66,12 @@ def test_predict_writes_lab_named_images_panels_and_calibration(model_dir, tmp_p
     assert len(glob.glob(os.path.join(well_dir_out, "*kind-PREDICTED.png"))) == 2 * 4
     assert set(well["calibration_files"]) == {"DAPI_CONFOCAL", "MAP2_CONFOCAL"}
     target_panel = panels.decode_png_rgb16(open(os.path.join(well_dir_out, "target_error_panel.png"), "rb").read())
-    assert target_panel.shape == (2 * (44 + 8), 3 * (37 + 8), 3)
+    # 2 rows x 3 columns of bordered 44 x 37 tiles, labelled: column names above, channel names on the left.
+    expected = panels.labelled(np.zeros((2 * (44 + 8), 3 * (37 + 8), 3)), ["DAPI_CONFOCAL", "MAP2_CONFOCAL"],
+                               panels.column_names())
+    assert target_panel.shape == expected.shape and target_panel.shape[0] > 2 * (44 + 8)
     input_panel = panels.decode_png_rgb16(open(os.path.join(well_dir_out, "input_error_panel.png"), "rb").read())
-    assert input_panel.shape == (26 * (44 + 8), 3 * (37 + 8), 3)
+    assert input_panel.shape[0] == 26 * (44 + 8) + target_panel.shape[0] - 2 * (44 + 8)
     record = json.load(open(os.path.join(well_dir_out, "prediction.json")))
     assert record["region"] == {"row_offset": 0, "column_offset": 0, "height": 44, "width": 37}
 
