@@ -23,7 +23,7 @@ Each benchmark prints its figures and the command line that reproduces them;
 compare ratios measured in the same run.
 
 Example:
-  isl benchmark data --data_dir=../shared/data/condition_b_sample --json
+  isl benchmark data --data_dir=condition_b_sample --json
 """
 
 # Benchmark name -> module with `run(flag_values) -> dict`.

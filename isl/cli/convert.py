@@ -49,8 +49,8 @@ Atomic: everything is checked before writing, and on any failure nothing is
 left in OUTPUT_DIR. Bad input exits with code 2 and a message naming the file.
 
 Examples:
-  isl convert --input_dir=../shared/data/condition_b_sample --output_dir=records --num_shards=1
-  isl convert --input_dir=../shared/data/condition_b_sample --output_dir=records \
+  isl convert --input_dir=condition_b_sample --output_dir=records --num_shards=1
+  isl convert --input_dir=condition_b_sample --output_dir=records \
       --region=0:736,0:768 --eval_region=768:1024,0:768
 """
 
