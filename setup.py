@@ -1,15 +1,22 @@
 """Installs the `isl` package and its `isl` command."""
 
+import pathlib
+import re
+
 import setuptools
+
+# One version source: `__version__` in isl/__init__.py (read as text, so installing imports nothing).
+_INIT = (pathlib.Path(__file__).parent / "isl" / "__init__.py").read_text(encoding="utf-8")
+VERSION = re.search(r'^__version__ = "([^"]+)"$', _INIT, re.MULTILINE).group(1)
 
 setuptools.setup(
     name="isl",
-    version="0.1.0",
+    version=VERSION,
     description=(
         "In Silico Labeling (Christiansen et al., Cell 2018) on TensorFlow 2 / Keras 3: "
         "predict fluorescence images, with per-pixel uncertainty, from transmitted-light z-stacks."
     ),
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(pathlib.Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=setuptools.find_packages(include=["isl", "isl.*"]),
@@ -26,7 +33,11 @@ setuptools.setup(
     ],
     extras_require={
         # The default test run includes the bioimage.io checks (they install cleanly next to TF 2.21 and numpy 2).
-        "test": ["pytest>=7.4", "bioimageio.core>=0.11,<0.12", "bioimageio.spec>=0.5.12,<0.6", "pydantic>=2.7,<2.13"],
+        # ruff: the linter .ci/run runs before the tests (settings in pyproject.toml).
+        "test": [
+            "pytest>=7.4", "ruff>=0.6",
+            "bioimageio.core>=0.11,<0.12", "bioimageio.spec>=0.5.12,<0.6", "pydantic>=2.7,<2.13",
+        ],
         # `isl export --format=bioimageio`: validation and test_model of the package. bioimageio.spec 0.5.12
         # cannot serialize file fields with pydantic 2.14 ("'index_key' is expected to be an integer or a
         # string, got 'SerializationInfo(...)'"); 2.12.5 works.

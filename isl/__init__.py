@@ -2,7 +2,8 @@
 
 A deep network takes a transmitted-light z-stack of unlabeled cells and
 predicts fluorescence images, each pixel a distribution over 256 intensity
-bins. See README.md for the commands and BUILD_NOTES.md for design notes.
+bins. README.md is the front door, `isl COMMAND --help` documents each command,
+BUILD_NOTES.md holds the design notes and docs/MEASUREMENTS.md the measured figures.
 """
 
 __version__ = "0.1.0"

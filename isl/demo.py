@@ -130,19 +130,34 @@ def pipeline_step(state: DemoState) -> dict:
     if state.results.get("convert", {}).get("num_examples", {}).get("eval"):
         eval_batches = sum(1 for _ in pipeline.build_dataset(state.records_dir, config, split="eval", repeat=False))
     rate = patches / max(seconds, 1e-9)
+    labelled = labelled_targets(labels.numpy(), config.channels)
     state.log(
         f"[3] training pipeline ({config.name} preset): crop {layout.crop_size} -> 4 patches of {layout.patch_size} "
-        f"(stride {layout.patch_stride}, pad {layout.pad}); inputs {tuple(inputs.shape)}, labels {tuple(labels.shape)} "
-        f"({config.channels.num_heads} heads: {config.channels.num_z_values} z + "
-        f"{', '.join(config.channels.output_target_channels)}); {rate:.0f} patches/s; "
-        f"eval pipeline: {eval_batches} batch(es) per pass"
+        f"(stride {layout.patch_stride}, pad {layout.pad}), {rate:.0f} patches/s; eval pipeline: {eval_batches} "
+        f"batch(es) per pass.\n"
+        f"    This data has {state.num_z} phase-contrast z slices and labels {', '.join(labelled) or 'none'}. "
+        f"Inputs {tuple(inputs.shape)}: the slices mapped onto the network's {config.channels.num_z_values} "
+        f"z values, value and presence mask each. Labels {tuple(labels.shape)}: value and mask for each of the "
+        f"model's {config.channels.num_heads} heads ({config.channels.num_z_values} reconstructing the input z values, "
+        f"{config.channels.num_target_heads} fluorescence channels); the "
+        f"{config.channels.num_target_heads - len(labelled)} channels this data does not label are masked out."
     )
     return {
+        "labelled_targets": labelled,
         "input_shape": list(inputs.shape),
         "label_shape": list(labels.shape),
         "patches_per_second": round(rate, 1),
         "eval_batches": eval_batches,
     }
+
+
+def labelled_targets(labels, channels: config_lib.ChannelConfig) -> list[str]:
+    """The target channels a batch of labels `[B, O, O, num_heads, 2]` (value, mask) holds anywhere."""
+    import numpy as np
+
+    masks = np.asarray(labels)[..., channels.num_input_heads :, 1]
+    present = masks.reshape(-1, masks.shape[-1]).any(axis=0)
+    return [channel for channel, here in zip(channels.output_target_channels, present) if here]
 
 
 def _held_out_wells(state: DemoState) -> list[str]:

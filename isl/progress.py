@@ -18,11 +18,19 @@ class Progress:
     terminal (logs, CI) it prints a plain status line every `log_interval`
     seconds instead, so long runs still show life.
 
+    The rate and the ETA leave out the first update: the first step of a
+    training run or the first tile of a prediction carries the graph tracing
+    and compilation (a minute against half a second per step), and an ETA
+    from it read hours. Until a second update is timed the line shows the
+    elapsed time instead of an ETA.
+
     Args:
         total: the number of steps, or None when unknown.
         label: what is being done.
         stream: where to write (stderr by default).
         enabled: False makes every call a no-op.
+        exclude_first: True (default) times the rate from the first update
+            on; False from the start, counting the first update too.
     """
 
     def __init__(
@@ -33,7 +41,7 @@ class Progress:
         enabled: bool = True,
         min_interval: float = 0.1,
         log_interval: float = 10.0,
-        exclude_first: bool = False,
+        exclude_first: bool = True,
     ) -> None:
         self.total = total
         self.label = label
@@ -45,8 +53,6 @@ class Progress:
         self._last_draw = 0.0
         self._interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self._min_interval = min_interval if self._interactive else log_interval
-        # With exclude_first, the rate leaves out the first update (e.g. a
-        # run that includes graph tracing) once later steps have a time.
         self._exclude_first = exclude_first
         self._first: tuple[int, float] | None = None
 
@@ -68,17 +74,30 @@ class Progress:
         if self.enabled:
             self._draw(time.monotonic(), final=True)
 
+    def rate(self, now: float) -> tuple[float, bool]:
+        """Steps per second, and whether it is timed well enough for an ETA.
+
+        With `exclude_first`, timed from the first update once a later one
+        exists (before that, over the first update, and not for an ETA).
+        """
+        elapsed = max(now - self._start, 1e-9)
+        if not self._exclude_first:
+            return self.count / elapsed, self.count > 0
+        if self._first is not None and self.count > self._first[0] and now > self._first[1]:
+            return (self.count - self._first[0]) / (now - self._first[1]), True
+        return self.count / elapsed, False
+
     def _draw(self, now: float, final: bool) -> None:
         elapsed = max(now - self._start, 1e-9)
-        rate = self.count / elapsed
-        if self._first is not None and self.count > self._first[0] and now > self._first[1]:
-            rate = (self.count - self._first[0]) / (now - self._first[1])
+        rate, timed = self.rate(now)
         if self.total:
             fraction = min(self.count / self.total, 1.0)
             filled = int(round(24 * fraction))
             bar = "[" + "#" * filled + "." * (24 - filled) + "]"
-            remaining = (self.total - self.count) / rate if rate > 0 else float("inf")
-            eta = f" eta {remaining:.0f}s" if not final and remaining != float("inf") else f" {elapsed:.1f}s"
+            if not final and timed and rate > 0:
+                eta = f" eta {_duration((self.total - self.count) / rate)}"
+            else:
+                eta = f" {elapsed:.1f}s"
             counters = f"{bar} {self.count}/{self.total}"
         else:
             eta = f" {elapsed:.1f}s"
@@ -97,3 +116,13 @@ class Progress:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _duration(seconds: float) -> str:
+    """`42s`, `12m05s` or `3h07m`."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -67,7 +67,7 @@ def test_checkpoint_predicts_the_held_out_region(sample_dir, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     [well_dir] = [entry.path for entry in os.scandir(output) if entry.is_dir()]
     pearson = {}
-    for channel, minimum in MINIMUM_PEARSON.items():
+    for channel in MINIMUM_PEARSON:
         [name] = [n for n in os.listdir(well_dir) if f"channel-{channel}" in n and "MEDIAN" in n.upper()]
         predicted = images.read_image(os.path.join(well_dir, name)).astype(np.float64)
         assert predicted.shape == truth[channel].shape == (256, 256)

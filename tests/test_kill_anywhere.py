@@ -83,7 +83,8 @@ class Run:
 def _checkpoint_steps(model_dir: str) -> list[int]:
     from isl.train import resilience
 
-    return sorted(int(p.rsplit("-", 1)[1]) for p in resilience.checkpoint_candidates(os.path.join(model_dir, "checkpoints")))
+    candidates = resilience.checkpoint_candidates(os.path.join(model_dir, "checkpoints"))
+    return sorted(int(p.rsplit("-", 1)[1]) for p in candidates)
 
 
 def _tree(path: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ Each command module defines:
 * `DESCRIPTION`: the long help printed by `isl COMMAND --help`;
 * `define_flags(flag_values)`: its absl flags, on a private `FlagValues`;
 * `run(flag_values, positional) -> dict`: does the work, prints progress
-  and returns the result (paths written and figures) that `--json` prints.
-
-A command that a later issue completes sets `IMPLEMENTED = False`.
+  and returns the result (paths written and figures) that `--json` prints;
+* `OUTPUT_FLAGS` (optional): the flags naming folders it writes; a folder
+  this run created is removed if the command fails while it is still empty.
 """

@@ -23,9 +23,8 @@ Each benchmark prints its figures and the command line that reproduces them;
 compare ratios measured in the same run.
 
 Example:
-  isl benchmark data --data_dir=../shared/data/condition_b_sample --json
+  isl benchmark data --data_dir=condition_b_sample --json
 """
-IMPLEMENTED = True
 
 # Benchmark name -> module with `run(flag_values) -> dict`.
 BENCHMARKS: dict[str, str] = {
@@ -49,8 +48,8 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_integer("batch_size", None, "Batch size (default: the preset's).", flag_values=flag_values)
     flags.DEFINE_integer("steps", None, "Steps (batches) per timing repeat (default: per benchmark).",
                          flag_values=flag_values)
-    flags.DEFINE_string("precision", "float32", "Compute precision: float32 or bfloat16 (model: comma-separated list; predict: one, and with "
-                        "--model_dir as trained unless given).",
+    flags.DEFINE_string("precision", "float32", "Compute precision: float32 or bfloat16 (model: comma-separated list; "
+                        "predict: one, and with --model_dir as trained unless given).",
                         flag_values=flag_values)
     flags.DEFINE_string("output_sizes", "", "model: measure training throughput (labelled output pixels per "
                         "second and per CPU-second) at these output sizes, e.g. 8,24,56,120,248.",

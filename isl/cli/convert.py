@@ -49,11 +49,14 @@ Atomic: everything is checked before writing, and on any failure nothing is
 left in OUTPUT_DIR. Bad input exits with code 2 and a message naming the file.
 
 Examples:
-  isl convert --input_dir=../shared/data/condition_b_sample --output_dir=records --num_shards=1
-  isl convert --input_dir=../shared/data/condition_b_sample --output_dir=records \
+  isl convert --input_dir=condition_b_sample --output_dir=records --num_shards=1
+  isl convert --input_dir=condition_b_sample --output_dir=records \
       --region=0:736,0:768 --eval_region=768:1024,0:768
 """
-IMPLEMENTED = True
+
+
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("output_dir",)
 
 
 def define_flags(flag_values: Any) -> None:
@@ -129,15 +132,16 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         print(f"skipped {len(result.skipped) - 10} more files (listed in dataset.json)", file=sys.stderr)
     print(
         f"Converted {len({well['name'] for well in description['wells']})} well(s) into "
-        f"{result.num_examples['train']} train and {result.num_examples['eval']} eval example(s); z counts {description['z_counts']}, "
-        f"image sizes {description['image_sizes']}, targets {', '.join(description['channels']['target_channels']) or 'none'}."
+        f"{result.num_examples['train']} train and {result.num_examples['eval']} eval example(s); "
+        f"z counts {description['z_counts']}, image sizes {description['image_sizes']}, "
+        f"targets {', '.join(description['channels']['target_channels']) or 'none'}."
     )
     for split in ("train", "eval"):
         if result.shards[split]:
             print(f"{split}: {len(result.shards[split])} shard(s) in {result.output_dir}")
     if flag_values["eval_region"].value:
-        print(f"Held out rows,columns {flag_values['eval_region'].value} of every well for evaluation"
-              + (f"; training examples cropped to {flag_values['region'].value}." if flag_values["region"].value else "."))
+        cropped = f"; training examples cropped to {flag_values['region'].value}" if flag_values["region"].value else ""
+        print(f"Held out rows,columns {flag_values['eval_region'].value} of every well for evaluation{cropped}.")
     elif not result.num_examples["eval"]:
         print("No well was held out for evaluation (fewer wells than --eval_every, or --eval_every=0); "
               "use --eval_wells to name some.")

@@ -18,7 +18,6 @@ steps). The numbers are also written beside the figure as CSV.
 Example:
   isl curves --model_dir=runs/paper --model_dir=runs/unet --name=ISL --name=U-Net --output=curves.png
 """
-IMPLEMENTED = True
 
 
 def define_flags(flag_values: Any) -> None:

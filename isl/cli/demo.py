@@ -31,7 +31,10 @@ OUTPUT_DIR to start afresh.
 Example:
   isl demo --output_dir=isl_demo
 """
-IMPLEMENTED = True
+
+
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("output_dir",)
 
 
 def define_flags(flag_values: Any) -> None:

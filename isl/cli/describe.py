@@ -11,7 +11,7 @@ Print a model's per-module geometry, parameter counts and FLOPs.
 Builds the network of a preset (plus an optional JSON config and --set
 overrides) at one input size and prints:
 
-* the per-module table, as Appendix B of isl_reference.md: name, input
+* the per-module table of the paper's network description: name, input
   side, input depth, expansion kernel and stride, kind, expansion depth De,
   reduction depth Dr, expansion output depth, output side, output depth;
 * trainable parameters by part (projection, down blocks, lower towers, up
@@ -23,7 +23,6 @@ overrides) at one input size and prints:
 Example:
   isl describe --preset=paper --input_size=266 --json
 """
-IMPLEMENTED = True
 
 _PARTS = (
     ("projection", ("projection",)),

@@ -22,18 +22,25 @@ prints a condition x label table of Pearson r.
 --region: all (default), interior (no reflected context), original (the
 released code's window [121, 121 + 128k)), or r0:r1,c0:c1 in image pixels.
 """
-IMPLEMENTED = True
+
+
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("output_dir",)
 
 
 def define_flags(flag_values: Any) -> None:
     from absl import flags
 
-    flags.DEFINE_string("predictions_dir", None, "Output folder of `isl predict` (or one well's folder in it).", flag_values=flag_values)
-    flags.DEFINE_multi_string("truth_dir", [], "Folder(s) holding the truth wells; repeat for several.", flag_values=flag_values)
-    flags.DEFINE_string("region", "all", "all, interior, original, or r0:r1,c0:c1 (image pixels).", flag_values=flag_values)
+    flags.DEFINE_string("predictions_dir", None, "Output folder of `isl predict` (or one well's folder in it).",
+                        flag_values=flag_values)
+    flags.DEFINE_multi_string("truth_dir", [], "Folder(s) holding the truth wells; repeat for several.",
+                              flag_values=flag_values)
+    flags.DEFINE_string("region", "all", "all, interior, original, or r0:r1,c0:c1 (image pixels).",
+                        flag_values=flag_values)
     flags.DEFINE_string("statistic", "median", "Which predicted statistic to score: median (the paper's), mean, "
                         "or another one isl predict wrote.", flag_values=flag_values)
-    flags.DEFINE_string("output_dir", None, "Where to write the metrics and figures (default: --predictions_dir).", flag_values=flag_values)
+    flags.DEFINE_string("output_dir", None, "Where to write the metrics and figures (default: --predictions_dir).",
+                        flag_values=flag_values)
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:

@@ -43,14 +43,18 @@ Examples:
   isl export --format=bioimageio --model_dir=checkpoints/condition_b_sample \
       --export_dir=exports/condition_b_bioimageio --sample_well=WELL
 """
-IMPLEMENTED = True
+
+
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("export_dir",)
 
 
 def define_flags(flag_values: Any) -> None:
     from absl import flags
 
     flags.DEFINE_string("model_dir", None, "Model directory (config.json + model.weights.h5).", flag_values=flag_values)
-    flags.DEFINE_string("export_dir", None, "Output directory of the SavedModel (replaced if it exists).", flag_values=flag_values)
+    flags.DEFINE_string("export_dir", None, "Output directory of the SavedModel (replaced if it exists).",
+                        flag_values=flag_values)
     flags.DEFINE_list(
         "statistics", ["median", "mean", "std"],
         "Per-pixel statistics to return: mode, median, mean, std, p_nonzero, entropy.",
@@ -138,7 +142,8 @@ def _run_bioimageio(flag_values: Any) -> dict[str, Any]:
         try:
             row, column = (int(value) for value in flag_values.sample_origin)
         except ValueError:
-            raise errors.InputError(f"--sample_origin must be row,column; got {','.join(flag_values.sample_origin)}.") from None
+            raise errors.InputError(f"--sample_origin must be row,column; got "
+                                    f"{','.join(flag_values.sample_origin)}.") from None
         origin = (row, column)
     if flag_values.with_distributions:
         raise errors.InputError("--with_distributions is not available with --format=bioimageio.")

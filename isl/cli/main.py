@@ -18,6 +18,7 @@ import errno
 import importlib
 import json
 import os
+import shutil
 import signal
 import sys
 import textwrap
@@ -212,9 +213,6 @@ def run_command(argv: Sequence[str]) -> int:
     except flags.Error as error:
         print(f"isl {name}: {error}\nRun 'isl {name} --help' for usage.", file=sys.stderr)
         return EXIT_USAGE
-    if not getattr(module, "IMPLEMENTED", True):
-        print(f"isl {name}: not implemented yet.", file=sys.stderr)
-        return EXIT_USAGE
     hint = getattr(module, "stopped_hint", None)
     grace = getattr(module, "SIGTERM_GRACE_SECONDS", None)
 
@@ -222,7 +220,7 @@ def run_command(argv: Sequence[str]) -> int:
         return f"isl {name}: stopped by SIGTERM." + (f" {hint(flag_values)}" if hint else "")
 
     try:
-        with _sigterm_raises(grace, stopped_message):
+        with _sigterm_raises(grace, stopped_message), _removed_if_empty_on_failure(_new_outputs(module, flag_values)):
             _import_tensorflow_quietly()
             result = module.run(flag_values, positional)
     except errors.InputError as error:
@@ -252,6 +250,48 @@ def run_command(argv: Sequence[str]) -> int:
     if isinstance(result, dict) and result.get("interrupted"):
         return EXIT_TERMINATED
     return EXIT_OK
+
+
+def _new_outputs(module: Any, flag_values: Any) -> list[str]:
+    """The folders a command may create that do not exist yet, for its `OUTPUT_FLAGS`.
+
+    For each output flag, the outermost missing folder of its path (`runs`
+    for `--model_dir=runs/b` when `runs` is missing); paths with a scheme
+    (`gs://...`) are left alone.
+    """
+    created = []
+    for name in getattr(module, "OUTPUT_FLAGS", ()):
+        value = flag_values[name].value
+        if not value or "://" in value:
+            continue
+        path = os.path.abspath(value)
+        outermost = None
+        while not os.path.lexists(path):
+            outermost = path
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        if outermost is not None:
+            created.append(outermost)
+    return created
+
+
+@contextlib.contextmanager
+def _removed_if_empty_on_failure(paths: Sequence[str]) -> Iterator[None]:
+    """A command that fails leaves no empty output folder behind.
+
+    Folders in `paths` (made by this run) are removed when the command ends
+    with an exception and they hold no file: what it finished (a predicted
+    well, a tuning trial) stays.
+    """
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            if os.path.isdir(path) and not any(files for _, _, files in os.walk(path)):
+                shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _disk_full(error: BaseException) -> bool:

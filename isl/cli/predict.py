@@ -22,7 +22,7 @@ channel and statistic in the lab's naming (kind-PREDICTED, statistic-MEDIAN,
 input_error_panel.png and calibration TIFFs for `isl evaluate`; and
 prediction.json.
 
-  isl predict --model_dir=checkpoints/paper --input_dir=data/well_A4 --output_dir=predictions
+  isl predict --model_dir=checkpoints/condition_b_sample --input_dir=well_A4 --output_dir=predictions
 
 SIGTERM stops it after the running tile and exits with code 143: finished
 wells stay (each with its prediction.json); the well in progress may hold
@@ -40,17 +40,22 @@ line saying so. --phases=1 runs one pass per tile for 8-px models too: about
 never trained (measured on the real sample with trained weights: medians equal
 in 94% of pixels, mean difference 0.07 of 255 levels, at most 8).
 """
-IMPLEMENTED = True
 # After SIGTERM, a watcher ends the command this long after the signal if the
 # main thread is still inside one native call (a tile run, a training step).
 SIGTERM_GRACE_SECONDS = 5.0
 
 
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("output_dir",)
+
+
 def define_flags(flag_values: Any) -> None:
     from absl import flags
 
-    flags.DEFINE_string("model_dir", None, "Model directory from `isl train` (config.json + model.weights.h5).", flag_values=flag_values)
-    flags.DEFINE_string("saved_model", None, "Exported SavedModel directory from `isl export` (uses its 'logits' signature).", flag_values=flag_values)
+    flags.DEFINE_string("model_dir", None, "Model directory from `isl train` (config.json + model.weights.h5).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("saved_model", None, "Exported SavedModel directory from `isl export` (uses its 'logits' "
+                        "signature).", flag_values=flag_values)
     flags.DEFINE_multi_string("input_dir", [], "Folder of one well; repeat for several wells.", flag_values=flag_values)
     flags.DEFINE_string("output_dir", None, "Where to write; one sub-folder per well.", flag_values=flag_values)
     flags.DEFINE_list(
@@ -59,17 +64,24 @@ def define_flags(flag_values: Any) -> None:
         "quantiles q01..q99 (e.g. q05,q95 for a 90% band).",
         flag_values=flag_values,
     )
-    flags.DEFINE_list("channels", [], "Target channels to predict (default: those the model was trained on, per its trained_channels.json; else all of its target channels).", flag_values=flag_values)
-    flags.DEFINE_enum("border", "reflect", ["reflect", "valid", "original"], "Output geometry (see above).", flag_values=flag_values)
-    flags.DEFINE_integer("tile_size", 0, "Largest tile side in input pixels (250 + 16k for the paper model, 266 + 16k for 24-px models; a smaller "
-                         "value is an error naming the valid sizes); 0 chooses it from the measured memory per pixel and the "
-                         "available RAM.", flag_values=flag_values)
+    flags.DEFINE_list("channels", [], "Target channels to predict (default: those the model was trained on, per its "
+                      "trained_channels.json; else all of its target channels).", flag_values=flag_values)
+    flags.DEFINE_enum("border", "reflect", ["reflect", "valid", "original"], "Output geometry (see above).",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("tile_size", 0, "Largest tile side in input pixels (250 + 16k for the paper model, 266 + 16k "
+                         "for 24-px models; a smaller value is an error naming the valid sizes); 0 chooses it from "
+                         "the measured memory per pixel and the available RAM.", flag_values=flag_values)
     flags.DEFINE_integer("batch_size", 1, "Tiles per network call.", flag_values=flag_values)
-    flags.DEFINE_enum("format", "png", ["png", "tiff"], "Image format of the predictions (16-bit either way).", flag_values=flag_values)
-    flags.DEFINE_bool("panels", True, "Write the error panels when the well holds ground truth.", flag_values=flag_values)
-    flags.DEFINE_bool("simplify_panels", True, "3-column panels (median, truth, error) as the original's default; --nosimplify_panels gives 12 columns.", flag_values=flag_values)
-    flags.DEFINE_bool("save_calibration", True, "With ground truth, write per-pixel calibration TIFFs (probability of the true bin, CDF below it) for `isl evaluate`.", flag_values=flag_values)
-    flags.DEFINE_enum("precision", "", ["", "float32", "bfloat16"], "Compute precision; '' runs as trained. bfloat16 needs --model_dir.", flag_values=flag_values)
+    flags.DEFINE_enum("format", "png", ["png", "tiff"], "Image format of the predictions (16-bit either way).",
+                      flag_values=flag_values)
+    flags.DEFINE_bool("panels", True, "Write the error panels when the well holds ground truth.",
+                      flag_values=flag_values)
+    flags.DEFINE_bool("simplify_panels", True, "3-column panels (median, truth, error) as the original's default; "
+                      "--nosimplify_panels gives 12 columns.", flag_values=flag_values)
+    flags.DEFINE_bool("save_calibration", True, "With ground truth, write per-pixel calibration TIFFs (probability of "
+                      "the true bin, CDF below it) for `isl evaluate`.", flag_values=flag_values)
+    flags.DEFINE_enum("precision", "", ["", "float32", "bfloat16"], "Compute precision; '' runs as trained. bfloat16 "
+                      "needs --model_dir.", flag_values=flag_values)
     flags.DEFINE_enum("normalization", None, ["none", "paper", "percentile"],
                       "Transmitted-light normalisation of the inputs (default: the model's data.normalization, "
                       "recorded from its training data); e.g. paper for raw microscope data with a model trained "

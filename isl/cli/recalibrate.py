@@ -26,7 +26,10 @@ atomically; its checkpoints are left as they are).
 Example:
   isl recalibrate --model_dir=models/condb --data_dir=records --batches=100 --output_dir=models/condb_recalibrated
 """
-IMPLEMENTED = True
+
+
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("output_dir",)
 
 
 def define_flags(flag_values: Any) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 SUMMARY = "Train a model on TFRecords (tf.distribute strategies, resumable)."
@@ -56,7 +59,10 @@ TensorBoard scalars and image panels and logs/training.csv.
 Example:
   isl train --data_dir=records --model_dir=runs/b --preset=tiny --steps=2000
 """
-IMPLEMENTED = True
+
+
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("model_dir",)
 
 
 def define_flags(flag_values: Any) -> None:
@@ -118,6 +124,39 @@ def stopped_hint(flag_values: Any) -> str:
             f"{os.path.join(model_dir, 'checkpoints')}. Run the same command to start or resume.")
 
 
+@contextlib.contextmanager
+def _no_trace_of_a_failed_start(model_dir: str, strategy: str) -> Iterator[None]:
+    """A run that fails before its first checkpoint leaves MODEL_DIR as it found it.
+
+    Training writes config.json, trained_channels.json and logs/ before the
+    first step; without a checkpoint they only mislead (a folder that looks
+    like a model but holds no weights). When the run raises and
+    MODEL_DIR/checkpoints holds no complete checkpoint, the entries this run
+    added are removed (isl.cli.main then removes the folder if it made it).
+    With a checkpoint everything stays, so the same command resumes.
+    Multi-worker runs share MODEL_DIR between processes and are left alone.
+    """
+    from isl.train import resilience, trainer
+
+    if "://" in model_dir or strategy.startswith("multi_worker"):
+        yield
+        return
+    before = set(os.listdir(model_dir)) if os.path.isdir(model_dir) else set()
+    try:
+        yield
+    except BaseException:
+        if os.path.isdir(model_dir) and not resilience.checkpoint_candidates(
+                os.path.join(model_dir, trainer.CHECKPOINT_DIR)):
+            for name in set(os.listdir(model_dir)) - before:
+                path = os.path.join(model_dir, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
+        raise
+
+
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     from isl import errors
 
@@ -138,18 +177,19 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    result = trainer.train(
-        config,
-        data_dir=flag_values["data_dir"].value,
-        model_dir=flag_values["model_dir"].value,
-        total_steps=flag_values["steps"].value,
-        strategy=strategy,
-        restore_from=flag_values["restore_from"].value,
-        restore_heads=flag_values["restore_heads"].value,
-        freeze_core=flag_values["freeze_core"].value,
-        show_progress=flag_values["progress"].value,
-        log=log,
-    )
+    with _no_trace_of_a_failed_start(flag_values["model_dir"].value, flag_values["strategy"].value):
+        result = trainer.train(
+            config,
+            data_dir=flag_values["data_dir"].value,
+            model_dir=flag_values["model_dir"].value,
+            total_steps=flag_values["steps"].value,
+            strategy=strategy,
+            restore_from=flag_values["restore_from"].value,
+            restore_heads=flag_values["restore_heads"].value,
+            freeze_core=flag_values["freeze_core"].value,
+            show_progress=flag_values["progress"].value,
+            log=log,
+        )
     model_dir = result.model_dir
     paths = {
         "model_dir": model_dir,

@@ -13,9 +13,9 @@ around --preset; see `isl.model.hypermodel`). Each trial trains on the train
 shards of --data_dir for --steps_per_trial steps and is scored on the eval
 shards. Running the same command again resumes the search (finished trials
 are kept). SIGTERM stops it within a training step or two and exits with code 143:
-finished trials stay, and the running one starts again on resume. At the end it prints a table of the trials and writes, in
---tuner_dir: best_config.json (for `isl train --config=...`), trials.csv and
-trials.png.
+finished trials stay, and the running one starts again on resume. At the end it
+prints a table of the trials and writes, in --tuner_dir: best_config.json (for
+`isl train --config=...`), trials.csv and trials.png.
 
 --search_space is JSON over the defaults, e.g.
   '{"base_depth": [200, 400], "learning_rate": {"min": 1e-5, "max": 1e-3, "sampling": "log"},
@@ -29,10 +29,13 @@ workers, all with KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT of the chief.
 Example:
   isl tune --data_dir=data/tfrecords --tuner_dir=tuning/tiny --preset=tiny --max_trials=20 --steps_per_trial=500
 """
-IMPLEMENTED = True
 # After SIGTERM, a watcher ends the command this long after the signal if the
 # main thread is still inside one native call (a tile run, a training step).
 SIGTERM_GRACE_SECONDS = 10.0
+
+
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ("tuner_dir",)
 
 
 def define_flags(flag_values: Any) -> None:
@@ -43,13 +46,18 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_string("preset", "paper", "Preset the search varies.", flag_values=flag_values)
     flags.DEFINE_string("config", None, "JSON config layered over the preset.", flag_values=flag_values)
     flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable).", flag_values=flag_values)
-    flags.DEFINE_enum("tuner", "random", ["random", "bayesian", "hyperband"], "Search algorithm.", flag_values=flag_values)
-    flags.DEFINE_integer("max_trials", 10, "Trials in total (resumed ones count; not hyperband).", flag_values=flag_values)
+    flags.DEFINE_enum("tuner", "random", ["random", "bayesian", "hyperband"], "Search algorithm.",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("max_trials", 10, "Trials in total (resumed ones count; not hyperband).",
+                         flag_values=flag_values)
     flags.DEFINE_integer("steps_per_trial", 200, "Training steps of a full-length trial.", flag_values=flag_values)
-    flags.DEFINE_integer("eval_steps", None, "Eval batches per score (default: train.eval_batches).", flag_values=flag_values)
-    flags.DEFINE_string("search_space", None, "JSON (or @FILE) overriding the default search space.", flag_values=flag_values)
+    flags.DEFINE_integer("eval_steps", None, "Eval batches per score (default: train.eval_batches).",
+                         flag_values=flag_values)
+    flags.DEFINE_string("search_space", None, "JSON (or @FILE) overriding the default search space.",
+                        flag_values=flag_values)
     flags.DEFINE_string("objective", "val_loss", "Metric to optimise: NAME or NAME:min|max.", flag_values=flag_values)
-    flags.DEFINE_string("strategy", "default", "tf.distribute strategy of each trial: default or mirrored.", flag_values=flag_values)
+    flags.DEFINE_string("strategy", "default", "tf.distribute strategy of each trial: default or mirrored.",
+                        flag_values=flag_values)
 
 
 def _read_search_space(text: str | None) -> dict[str, Any] | None:
@@ -104,7 +112,8 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         from isl.train import strategy as strategy_lib
 
         strategy = strategy_lib.make_strategy(flag_values.strategy)
-    print(f"Searching ({flag_values.tuner}, {role}) from preset {base.name}; results in {flag_values.tuner_dir}", flush=True)
+    print(f"Searching ({flag_values.tuner}, {role}) from preset {base.name}; results in {flag_values.tuner_dir}",
+          flush=True)
     progress = _trial_progress(flag_values.max_trials if flag_values.tuner != "hyperband" else None)
     result = tuning.run_search(
         base,

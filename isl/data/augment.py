@@ -110,7 +110,8 @@ def corrupt(
 
     def on_values(per_z: tf.Tensor, fill: float) -> tf.Tensor:
         """`[batch, 1, 1, z]` -> `[batch, 1, 1, 2z]` with `fill` on the mask channels."""
-        return tf.reshape(tf.stack([per_z, tf.fill(tf.shape(per_z), fill)], axis=-1), tf.stack([shape[0], 1, 1, 2 * num_z]))
+        interleaved = tf.stack([per_z, tf.fill(tf.shape(per_z), fill)], axis=-1)
+        return tf.reshape(interleaved, tf.stack([shape[0], 1, 1, 2 * num_z]))
 
     result = inputs
     if multiplier_std:

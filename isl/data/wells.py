@@ -160,7 +160,9 @@ def _well_name(key: filenames.ImageKey, directory: str) -> str:
     return "_".join(parts) if parts else os.path.basename(os.path.abspath(directory))
 
 
-def _scan_lab_folder(directory: str, file_names: list[str], channels: config_lib.ChannelConfig, skipped: list[tuple[str, str]]) -> list[tuple[str, dict[str, str], list[ImageEntry]]]:
+def _scan_lab_folder(
+    directory: str, file_names: list[str], channels: config_lib.ChannelConfig, skipped: list[tuple[str, str]]
+) -> list[tuple[str, dict[str, str], list[ImageEntry]]]:
     """Groups a folder's lab-named images into wells."""
     groups: dict[tuple, list[tuple[filenames.ImageKey, str]]] = collections.OrderedDict()
     synthetic_names = {synthetic.name for synthetic in channels.synthetic_channels}
@@ -194,7 +196,7 @@ def _scan_lab_folder(directory: str, file_names: list[str], channels: config_lib
             continue
         groups.setdefault(key.well_identity, []).append((key, path))
     wells = []
-    for identity, members in groups.items():
+    for members in groups.values():
         key = members[0][0]
         metadata = {"lab": key.lab, "condition": key.condition, "well": key.well, "date": key.date}
         entries = [ImageEntry(path, item.channel, item.z) for item, path in members]
@@ -243,7 +245,8 @@ def _classify(
         )
     if len(inputs) > 1:
         described = "; ".join(
-            f"{channel}: {len(group)} file(s), e.g. {os.path.basename(group[0].path)}" for channel, group in sorted(inputs.items())
+            f"{channel}: {len(group)} file(s), e.g. {os.path.basename(group[0].path)}"
+            for channel, group in sorted(inputs.items())
         )
         raise errors.InputError(
             f"well {name} in {directory}: transmitted light of more than one modality ({described}). "
@@ -306,7 +309,8 @@ def _check_headers(well: WellSource) -> None:
     for entry in well.inputs:
         input_depths[infos[entry.path].bit_depth].append(entry.path)
     if len(input_depths) > 1:
-        details = "; ".join(f"{depth}-bit: {_listing(sorted(set(paths)))}" for depth, paths in sorted(input_depths.items()))
+        details = "; ".join(
+            f"{depth}-bit: {_listing(sorted(set(paths)))}" for depth, paths in sorted(input_depths.items()))
         raise errors.InputError(
             f"well {well.name} in {well.directory}: mixed bit depths in the {well.modality} z-stack ({details}). "
             "Every slice of a stack must have the same bit depth."
@@ -314,7 +318,8 @@ def _check_headers(well: WellSource) -> None:
     for entry in well.inputs + well.targets:
         if entry.channel_index >= infos[entry.path].num_channels:
             raise errors.InputError(
-                f"{entry.path}: has {infos[entry.path].num_channels} channel(s); channel {entry.channel_index} requested."
+                f"{entry.path}: has {infos[entry.path].num_channels} channel(s); channel {entry.channel_index} "
+                "requested."
             )
     input_maxima = {_max_value(entry, infos[entry.path]) for entry in well.inputs}
     if len(input_maxima) > 1:
@@ -455,7 +460,8 @@ def normalize_raw(raw: RawWell, normalization: str) -> tuple[RawWell, str | None
     """
     stack = np.moveaxis(raw.inputs, -1, 0).astype(np.float32) / np.float32(raw.input_max_value)
     stack = normalization_lib.normalize_stack(stack, normalization)
-    warning = normalization_lib.check_statistics(stack, f"well {raw.source.name} ({raw.source.directory})", normalization)
+    warning = normalization_lib.check_statistics(stack, f"well {raw.source.name} ({raw.source.directory})",
+                                                 normalization)
     if normalization == normalization_lib.NONE:
         return raw, warning
     inputs = np.ascontiguousarray(np.moveaxis(normalization_lib.to_uint16(stack), 0, -1))
@@ -486,7 +492,8 @@ def read_well(
     scan = scan_wells([directory], channels, ignore_unknown=ignore_unknown)
     if len(scan.wells) != 1:
         raise errors.InputError(
-            f"{directory}: holds {len(scan.wells)} wells ({', '.join(well.name for well in scan.wells[:_MAX_LISTED])}); "
+            f"{directory}: holds {len(scan.wells)} wells "
+            f"({', '.join(well.name for well in scan.wells[:_MAX_LISTED])}); "
             "pass the folder of one well."
         )
     source = scan.wells[0]
@@ -504,5 +511,6 @@ def read_well(
     metadata.update(modality=source.modality, source_files=source.source_files, directory=source.directory,
                     normalization=normalization, warnings=[warning] if warning else [])
     if ignore_unknown:
-        metadata["ignored_files"] = [path for path, reason in scan.skipped if reason.endswith("not a channel of the model")]
+        metadata["ignored_files"] = [
+            path for path, reason in scan.skipped if reason.endswith("not a channel of the model")]
     return Well(name=source.name, inputs=np.ascontiguousarray(inputs), targets=targets, metadata=metadata)

@@ -39,7 +39,8 @@ def read_scalars(model_dir: str, tag: str = "loss", split: str = "train") -> tup
     directory = os.path.join(model_dir, "logs", split)
     files = sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*")))
     if not files:
-        raise errors.InputError(f"{directory}: no TensorBoard event files (is {model_dir} a model directory of `isl train`?).")
+        raise errors.InputError(f"{directory}: no TensorBoard event files "
+                                f"(is {model_dir} a model directory of `isl train`?).")
     points: dict[int, float] = {}
     for path in files:
         for record in tf.data.TFRecordDataset(path):

@@ -20,6 +20,10 @@ where correct.
 Files are 16-bit RGB PNGs (value * 65535). The original swapped channels to
 BGR only because OpenCV writes BGR, so its files on disk are RGB, as here.
 Panels above 2**22 pixels are downscaled bilinearly, as in the original.
+
+Beyond the original, a panel given its row names is labelled: a strip above
+names each column (`column_names`) and a strip on the left names each row's
+channel, white on black (`labelled`).
 """
 
 from __future__ import annotations
@@ -131,11 +135,20 @@ def error_row(
     return tiles
 
 
+def column_names(simplified: bool = True) -> list[str]:
+    """What each column of `error_row` shows, in order."""
+    if simplified:
+        return ["median", "truth", "median - truth"]
+    return ([*FULL_STATISTICS, "truth"] + [f"{name} + truth" for name in ERROR_STATISTICS_FULL]
+            + [f"{name} - truth" for name in ERROR_STATISTICS_FULL] + ["mask"])
+
+
 def error_panel(
     statistics: Mapping[str, np.ndarray],
     truth: np.ndarray,
     masks: np.ndarray | None = None,
     simplified: bool = True,
+    row_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """A whole panel, one row per channel.
 
@@ -143,17 +156,74 @@ def error_panel(
         statistics: name -> `[h, w, num_rows]`.
         truth: `[h, w, num_rows]`.
         masks: `[h, w, num_rows]` or None.
+        row_names: the channel of each row; given, the panel is `labelled`
+            with them and the column names (None: the original's bare grid).
 
     Returns:
-        `[num_rows * (h + 8), num_columns * (w + 8), 3]` float32 in [0, 1],
-        downscaled when above 2**22 pixels.
+        `[num_rows * (h + 8), num_columns * (w + 8), 3]` float32 in [0, 1]
+        (plus the label strips), downscaled when above 2**22 pixels.
     """
     rows = []
     for index in range(truth.shape[-1]):
         row_statistics = {name: value[..., index] for name, value in statistics.items()}
         row_mask = None if masks is None else masks[..., index]
         rows.append(error_row(row_statistics, truth[..., index], row_mask, simplified))
-    return limit_size(assemble(rows))
+    panel = assemble(rows)
+    if row_names is not None:
+        if len(row_names) != len(rows):
+            raise ValueError(f"{len(row_names)} row names for {len(rows)} panel rows.")
+        panel = labelled(panel, row_names, column_names(simplified))
+    return limit_size(panel)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or without FreeType: the small bitmap font.
+        return ImageFont.load_default()
+
+
+def _text_strip(texts: Sequence[str], widths: Sequence[int], height: int, size: int) -> np.ndarray:
+    """White texts on black, side by side, each centred in its width: `[height, sum(widths)]` in [0, 1]."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("L", (int(sum(widths)), height), 0)
+    draw = ImageDraw.Draw(strip)
+    font = _font(size)
+    left = 0
+    for text, width in zip(texts, widths):
+        box = draw.textbbox((0, 0), text, font=font)
+        x = left + max(0, (width - (box[2] - box[0])) // 2) - box[0]
+        y = (height - (box[3] - box[1])) // 2 - box[1]
+        draw.text((x, y), text, fill=255, font=font)
+        left += width
+    return np.asarray(strip, np.float32) / 255.0
+
+
+def labelled(panel: np.ndarray, row_names: Sequence[str], columns: Sequence[str]) -> np.ndarray:
+    """The panel `[H, W, 3]` with its column names above and its row names on the left.
+
+    Rows and columns are equal divisions of the panel (bordered tiles). The
+    text is sized to the tiles (at least 12 px) and written white on black.
+    """
+    height, width = panel.shape[:2]
+    tile_height, tile_width = height // len(row_names), width // len(columns)
+    size = max(12, min(tile_height, tile_width) // 12)
+    strip_height = 2 * size
+    font = _font(size)
+    name_width = max(font.getbbox(name)[2] for name in row_names) + size
+    header = _text_strip(columns, [tile_width] * len(columns), strip_height, size)
+    # Row names: one strip per row, written horizontally, then stacked.
+    side = np.concatenate(
+        [_text_strip([name], [name_width], tile_height, size) for name in row_names], axis=0)
+    side = np.pad(side, ((0, height - side.shape[0]), (0, 0)))
+    labelled_panel = np.zeros((strip_height + height, name_width + width, 3), np.float32)
+    labelled_panel[strip_height:, name_width:] = panel
+    labelled_panel[:strip_height, name_width : name_width + header.shape[1]] = header[..., np.newaxis]
+    labelled_panel[strip_height:, :name_width] = side[..., np.newaxis]
+    return labelled_panel
 
 
 def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:

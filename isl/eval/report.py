@@ -2,9 +2,10 @@
 
 One row per target channel: [median prediction] [truth] [subtractive error
 (orange false positive, blue false negative, §5.3)] [predicted-vs-true 2-D
-histogram, log counts, with the identity line] and the row's Pearson r and
-interval coverage written under it. An 8-bit RGB PNG drawn with NumPy and
-Pillow (no plotting library needed).
+histogram, log counts, with the identity line and ticks on both axes] and the
+row's Pearson r and interval coverage written under it. The images show the
+scored region only, at its own aspect ratio. An 8-bit RGB PNG drawn with NumPy
+and Pillow (no plotting library needed).
 """
 
 from __future__ import annotations
@@ -16,25 +17,45 @@ import numpy as np
 
 from isl.eval import panels as panels_lib
 
-TILE = 256
+TILE = 256  # Height of the image tiles; side of the histogram's plot area.
+MAX_WIDTH = 2 * TILE  # Widest image tile (a wide region is scaled down to it).
 CAPTION = 34
 GAP = 6
+AXIS_LEFT = 34  # Room for the histogram's y tick labels and title.
+AXIS_BOTTOM = 26  # Room for its x tick labels and title.
+TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _fit(image: np.ndarray, size: int = TILE) -> np.ndarray:
-    """`[h, w, 3]` in [0, 1] resized to fit a size x size tile (letterboxed)."""
-    height, width = image.shape[:2]
-    scale = size / max(height, width)
-    new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
-    resized = panels_lib.resize_bilinear(image.astype(np.float32), new_height, new_width)
-    tile = np.zeros((size, size, 3), np.float32)
-    top, left = (size - new_height) // 2, (size - new_width) // 2
-    tile[top : top + new_height, left : left + new_width] = resized
-    return tile
+def region_box(row: Mapping[str, object]) -> tuple[slice, slice]:
+    """The rows and columns of the scored region of one report row.
+
+    `row["mask"]` (`[h, w]`, true where scored) when given; else the bounding
+    box of the pixels where the prediction or the truth is non-zero (callers
+    zero everything outside the region); else the whole image.
+    """
+    prediction = np.asarray(row["prediction"])
+    if row.get("mask") is not None:
+        selected = np.asarray(row["mask"], bool)
+    else:
+        selected = (prediction != 0) | (np.asarray(row["truth"]) != 0)
+    if not selected.any():
+        return slice(0, prediction.shape[0]), slice(0, prediction.shape[1])
+    rows, columns = np.flatnonzero(selected.any(axis=1)), np.flatnonzero(selected.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
+
+
+def tile_shape(height: int, width: int) -> tuple[int, int]:
+    """The tile an image of `height` x `width` is drawn in: its own aspect, TILE high, at most MAX_WIDTH wide."""
+    scale = min(TILE / height, MAX_WIDTH / width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return panels_lib.resize_bilinear(image.astype(np.float32), *shape)
 
 
 def histogram_image(counts: np.ndarray, size: int = TILE) -> np.ndarray:
-    """A log-count 2-D histogram as an RGB tile; x = truth, y = prediction (up).
+    """A log-count 2-D histogram as a `[size, size, 3]` tile; x = truth, y = prediction (up).
 
     Args:
         counts: `[bins, bins]`, rows prediction bins, columns truth bins.
@@ -50,7 +71,23 @@ def histogram_image(counts: np.ndarray, size: int = TILE) -> np.ndarray:
     image[bins - 1 - diagonal, diagonal] = (0.6, 0.6, 0.6)
     repeat = max(1, size // bins)
     image = np.repeat(np.repeat(image, repeat, axis=0), repeat, axis=1)
-    return _fit(image, size)
+    return _resize(image, (size, size))
+
+
+def draw_axes(draw, left: int, top: int, size: int = TILE) -> None:
+    """Frame, ticks and tick labels (intensity 0..1) of a histogram drawn at (left, top)."""
+    black = (0, 0, 0)
+    draw.rectangle([left - 1, top - 1, left + size, top + size], outline=black)
+    for value in TICKS:
+        x = left + round(value * (size - 1))
+        y = top + size - 1 - round(value * (size - 1))
+        label = f"{value:g}"
+        draw.line([x, top + size, x, top + size + 4], fill=black)
+        draw.text((x - 3 * len(label), top + size + 5), label, fill=black)
+        draw.line([left - 5, y, left - 1, y], fill=black)
+        draw.text((left - 7 - 6 * len(label), y - 5), label, fill=black)
+    draw.text((left + size // 2 - 12, top + size + 15), "truth", fill=black)
+    draw.text((left - AXIS_LEFT + 1, top - 12), "prediction", fill=black)
 
 
 def report_figure(
@@ -61,42 +98,49 @@ def report_figure(
 
     Args:
         rows: one mapping per channel with "channel", "prediction" `[h, w]`,
-            "truth" `[h, w]`, "histogram" `[bins, bins]`, and "caption" text.
+            "truth" `[h, w]`, "histogram" `[bins, bins]`, "caption" text and
+            optionally "mask" `[h, w]` (the scored pixels; see `region_box`).
         title: a line above the figure.
 
     Returns:
         `[H, W, 3]` uint8.
     """
-    from PIL import Image
-    from PIL import ImageDraw
+    from PIL import Image, ImageDraw
 
-    columns = 4
-    width = columns * (TILE + GAP) + GAP
+    boxes = [region_box(row) for row in rows]
+    shapes = [tile_shape(box[0].stop - box[0].start, box[1].stop - box[1].start) for box in boxes]
+    image_width = max((shape[1] for shape in shapes), default=TILE)
+    row_height = max(TILE, max((shape[0] for shape in shapes), default=TILE)) + AXIS_BOTTOM
+    lefts = [GAP + column * (image_width + GAP) for column in range(3)]
+    histogram_left = lefts[-1] + image_width + GAP + AXIS_LEFT
+    width = histogram_left + TILE + GAP
     header = 24 + CAPTION
-    height = header + len(rows) * (TILE + CAPTION + GAP) + GAP
+    height = header + len(rows) * (row_height + CAPTION + GAP) + GAP
     canvas = np.ones((height, width, 3), np.float32)
-    labels = ("median prediction", "truth", "prediction - truth", "2-D histogram: x truth, y prediction")
-    for index, row in enumerate(rows):
-        top = header + index * (TILE + CAPTION + GAP)
-        prediction = np.asarray(row["prediction"], np.float32)
-        truth = np.asarray(row["truth"], np.float32)
+    for index, (row, box, shape) in enumerate(zip(rows, boxes, shapes)):
+        top = header + index * (row_height + CAPTION + GAP)
+        prediction = np.asarray(row["prediction"], np.float32)[box]
+        truth = np.asarray(row["truth"], np.float32)[box]
         tiles = [
-            _fit(panels_lib.grey(prediction)),
-            _fit(panels_lib.grey(truth)),
-            _fit(panels_lib.subtractive_error(prediction, truth)),
-            histogram_image(np.asarray(row["histogram"])),
+            panels_lib.grey(prediction),
+            panels_lib.grey(truth),
+            panels_lib.subtractive_error(prediction, truth),
         ]
-        for column, tile in enumerate(tiles):
-            left = GAP + column * (TILE + GAP)
-            canvas[top : top + TILE, left : left + TILE] = tile
+        for left, tile in zip(lefts, tiles):
+            canvas[top : top + shape[0], left : left + shape[1]] = _resize(tile, shape)
+        canvas[top : top + TILE, histogram_left : histogram_left + TILE] = histogram_image(
+            np.asarray(row["histogram"]))
     image = Image.fromarray(np.round(np.clip(canvas, 0, 1) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     draw.text((GAP, 4), title, fill=(0, 0, 0))
-    for column, label in enumerate(labels):
-        draw.text((GAP + column * (TILE + GAP), 24 + 10), label, fill=(0, 0, 0))
+    labels = ("median prediction", "truth", "prediction - truth")
+    for left, label in zip(lefts, labels):
+        draw.text((left, 24 + 10), label, fill=(0, 0, 0))
+    draw.text((histogram_left - AXIS_LEFT, 24 + 10), "2-D histogram (log counts)", fill=(0, 0, 0))
     for index, row in enumerate(rows):
-        top = header + index * (TILE + CAPTION + GAP) + TILE + 2
-        draw.text((GAP, top), f"{row['channel']}: {row['caption']}", fill=(0, 0, 0))
+        top = header + index * (row_height + CAPTION + GAP)
+        draw_axes(draw, histogram_left, top)
+        draw.text((GAP, top + row_height + 2), f"{row['channel']}: {row['caption']}", fill=(0, 0, 0))
     return np.asarray(image)
 
 

@@ -135,12 +135,14 @@ def sample_stack(
     well = wells_lib.read_well(sample_well, config.channels)
     num_z, height, width = well.inputs.shape
     if height < size or width < size:
-        raise errors.InputError(f"{sample_well}: the well ({height} x {width}) is smaller than the test input ({size} px).")
+        raise errors.InputError(f"{sample_well}: the well ({height} x {width}) is smaller than the test input "
+                                f"({size} px).")
     if origin is None:
         origin = ((height - size) // 2, (width - size) // 2)
     row, column = origin
     if not (0 <= row <= height - size and 0 <= column <= width - size):
-        raise errors.InputError(f"{sample_well}: a {size}-px test input at {origin} does not fit the {height} x {width} well.")
+        raise errors.InputError(f"{sample_well}: a {size}-px test input at {origin} does not fit the {height} x "
+                                f"{width} well.")
     crop = well.inputs[:, row : row + size, column : column + size]
     stack = np.round(np.clip(crop, 0, 1) * 65535).astype(np.uint16)
     values, masks = assemble.target_stack(well.targets, config.channels, shape=(height, width))
@@ -222,9 +224,9 @@ def _readme(
         "- **Preprocessing** (in rdf.yaml): cast to float32, multiply by 1/65535 (the uint16 maximum; scale 8-bit",
         "  images by 1/255 instead, i.e. convert them to the same [0, 1] values). The z mapping and the presence",
         "  masks run inside the SavedModel.",
-        f"- **Output `prediction`**, axes `batch, y, x, channel`: one channel per target and statistic",
+        "- **Output `prediction`**, axes `batch, y, x, channel`: one channel per target and statistic",
         f"  (`<target>_median`, then `_mean` and `_std` as extras), float32 in [0, 1], {2 * border} px smaller",
-        f"  than the input per axis: output pixel (i, j)",
+        "  than the input per axis: output pixel (i, j)",
         f"  shows input pixel (i + {border}, j + {border}). The border is already cropped (size offset "
         f"-{2 * border}), so",
         "  tools must not crop a halo. Inside the graph the output is stitched with the exact plan of",
@@ -442,7 +444,8 @@ def export_package(
         names = [export_lib.bioimageio_id(export_lib.output_name(c, s)) for c in channels for s in statistics]
         np.save(os.path.join(temporary, TEST_INPUT_FILE), stack)
         np.save(os.path.join(temporary, TEST_OUTPUT_FILE), prediction.astype(np.float32))
-        median = {channel: prediction[0, ..., names.index(export_lib.bioimageio_id(export_lib.output_name(channel, "median")))]
+        median = {channel: prediction[0, ..., names.index(
+                      export_lib.bioimageio_id(export_lib.output_name(channel, "median")))]
                   for channel in channels}
         all_targets = config.channels.output_target_channels
         truth_first = None if truth is None else truth[..., all_targets.index(channels[0])]
@@ -456,11 +459,13 @@ def export_package(
             file.write(_readme(config, geometry, channels, statistics, stack.shape[-1], where, model_readme,
                                crop_scores, license_id))
         config_lib.save_config(config, os.path.join(temporary, export_lib.CONFIG_FILE))
-        listed = " ".join(channel.lower() for channel in channels) if len(channels) <= 4 else f"{len(channels)} channels"
+        listed = (" ".join(channel.lower() for channel in channels) if len(channels) <= 4
+                  else f"{len(channels)} channels")
         title = name or f"In Silico Labeling {config.name} {listed}"
         title = re.sub(r"[^A-Za-z0-9_+\- ()]", "-", title)[:128]
         description = (f"Predicts {', '.join(channels)} (per-pixel median, mean, std of a 256-bin distribution) from "
-                       f"a {config.channels.input_channel.lower()} z-stack; In Silico Labeling (Christiansen et al. 2018).")
+                       f"a {config.channels.input_channel.lower()} z-stack; In Silico Labeling "
+                       "(Christiansen et al. 2018).")
         content = rdf_content(config, geometry, names, stack.shape[-1], title, license_id, authors,
                               description[:1000])
         _write_yaml(content, os.path.join(temporary, RDF_FILE))

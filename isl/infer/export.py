@@ -160,7 +160,8 @@ class ServingFunctions:
         # network is traced once however many signatures there are.
         self.logits_function = tf.function(
             self.logits,
-            input_signature=[tf.TensorSpec([None, None, None, channels.num_input_features], tf.float32, name="network_input")],
+            input_signature=[tf.TensorSpec([None, None, None, channels.num_input_features], tf.float32,
+                                           name="network_input")],
         )
         self.outputs_function = tf.function(
             self.outputs, input_signature=[tf.TensorSpec(STACK_SHAPE, tf.float32, name="z_stack")]

@@ -8,9 +8,10 @@ element-wise function of `x`. `inference_model` rebuilds a built Keras model
 with each such pair replaced by one `FoldedNormActivation` layer, so the
 full-resolution element-wise passes (normalise, then activate) are not paid
 twice: one multiply-add feeding ReLU and tanh, no batch-norm kernel (with
-`fused=True` one XLA-compiled loop; measured slower, see `inference_model`). Convolutions keep the model's dtype policy (bfloat16
-stays bfloat16, which oneDNN runs on AMX where the CPU has it); the affine
-map and the activations are computed in float32 and rounded once.
+`fused=True` one XLA-compiled loop; measured slower, see `inference_model`).
+Convolutions keep the model's dtype policy (bfloat16 stays bfloat16, which
+oneDNN runs on AMX where the CPU has it); the affine map and the activations
+are computed in float32 and rounded once.
 
 Outputs equal the original graph's up to float rounding (float32: ~1e-6;
 bfloat16: one rounding less than the unfused graph; tested).

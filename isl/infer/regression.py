@@ -53,7 +53,8 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
     padded_width = -(-(width + 2 * PAD) // factor) * factor
     top, left = PAD, PAD
     bottom, right = padded_height - height - top, padded_width - width - left
-    padded = np.pad(stack, ((0, 0), (top, bottom), (left, right)), mode="reflect" if min(height, width) > PAD else "edge")
+    mode = "reflect" if min(height, width) > PAD else "edge"
+    padded = np.pad(stack, ((0, 0), (top, bottom), (left, right)), mode=mode)
     inputs = assemble.network_input(padded, config.channels.num_z_values)[np.newaxis]
     outputs = np.asarray(model(inputs, training=False))[0, top : top + height, left : left + width]
     return unet_regression.destandardize(outputs, config.model)

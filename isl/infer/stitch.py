@@ -57,7 +57,8 @@ class Stitcher:
         self._image = np.full(grid + self.trailing_shape, fill_value, dtype=dtype)
         self._written = np.zeros(grid, dtype=bool)
 
-    def add(self, row_run: tiling.AxisRun, column_run: tiling.AxisRun, dense: np.ndarray, compact: bool = False) -> None:
+    def add(self, row_run: tiling.AxisRun, column_run: tiling.AxisRun, dense: np.ndarray,
+            compact: bool = False) -> None:
         """Copies the blocks `row_run x column_run` owns from its output.
 
         Args:

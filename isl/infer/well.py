@@ -517,10 +517,12 @@ def _write_panels(
     target_statistics = {name: prediction.statistics[name][..., target_rows] for name in panel_statistics}
     panel = panels_lib.error_panel(
         target_statistics, target_values[rows, columns][..., target_rows], target_masks[rows, columns][..., target_rows],
-        simplified,
+        simplified, row_names=list(truth_channels),
     )
     written = {"target": panels_lib.write_panel(os.path.join(well_dir, TARGET_PANEL), panel)}
     input_statistics = {name: prediction.statistics[name][..., num_targets:] for name in panel_statistics}
-    panel = panels_lib.error_panel(input_statistics, network_values[rows, columns], None, simplified)
+    num_z = network_values.shape[-1]  # One row per z value of the network (its input heads).
+    panel = panels_lib.error_panel(input_statistics, network_values[rows, columns], None, simplified,
+                                   row_names=[f"z {index + 1}/{num_z}" for index in range(num_z)])
     written["input"] = panels_lib.write_panel(os.path.join(well_dir, INPUT_PANEL), panel)
     return {key: os.path.basename(path) for key, path in written.items()}

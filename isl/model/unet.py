@@ -34,7 +34,8 @@ from isl.model import blocks
 EMBEDDING_LAYER = "embedding"
 
 
-def _conv_unit(features: keras.KerasTensor, filters: int, settings: blocks.BlockSettings, name: str) -> keras.KerasTensor:
+def _conv_unit(features: keras.KerasTensor, filters: int, settings: blocks.BlockSettings,
+               name: str) -> keras.KerasTensor:
     """3x3 'same' convolution -> batch norm -> ReLU, `[b, n, n, *]` -> `[b, n, n, filters]`."""
     features = keras.layers.Conv2D(
         filters, 3, padding="same", use_bias=False, **settings.layer_kwargs(f"{name}_conv")

@@ -27,7 +27,8 @@ import numpy as np
 
 def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     """Every batch-norm layer of `model`, nested models included."""
-    return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = model._flatten_layers(include_self=False)
+    return [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def recalibrate_batch_norm(

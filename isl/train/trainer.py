@@ -21,7 +21,7 @@ per head) is computed on `train.eval_batches` batches of the eval split.
 Determinism (what `train.seed` gives). The seed fixes the initial weights
 (`keras.utils.set_random_seed`), the data pipeline's shuffling and
 augmentation seeds, and thus the sequence of batches of an uninterrupted run
-on one device with `data.deterministic`-style pipelines. It does not make
+on one device with a deterministic pipeline (`build_dataset(deterministic=True)`). It does not make
 floating-point reductions bit-exact (oneDNN and multi-threaded kernels
 reorder sums), and a resumed run seeds its data pipeline with
 `seed + resumed step`, so it does not replay the batches it already saw:

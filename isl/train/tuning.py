@@ -453,7 +453,8 @@ def _summarise(
     atomic.write_bytes(plot_path, trials_plot_png(trials, minimize=objective.direction == "min"))
     best_trials = oracle.get_best_trials(1)
     if not best_trials or best_trials[0].score is None:
-        return SearchResult(role=role, tuner_dir=tuner_dir, trials_csv_path=csv_path, plot_path=plot_path, trials=trials)
+        return SearchResult(role=role, tuner_dir=tuner_dir, trials_csv_path=csv_path, plot_path=plot_path,
+                            trials=trials)
     best = best_trials[0]
     best_values = {name: best.hyperparameters.values[name] for name in hypermodel.space}
     best_config = hypermodel.config_from_values(best_values)
@@ -511,16 +512,19 @@ def trials_table(trials: Sequence[TrialSummary], names: Sequence[str] | None = N
     varying = [name for name in names if len({json.dumps(t.values.get(name)) for t in trials}) > 1]
     header = ["trial", "status", "score", *varying]
     rows = [
-        [t.trial_id, t.status, "" if t.score is None else f"{t.score:.5f}", *(_format_value(t.values.get(n)) for n in varying)]
+        [t.trial_id, t.status, "" if t.score is None else f"{t.score:.5f}",
+         *(_format_value(t.values.get(n)) for n in varying)]
         for t in trials
     ]
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *rows]]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+             for line in [header, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
 
-def trials_plot_png(trials: Sequence[TrialSummary], minimize: bool = True, width: int = 480, height: int = 300) -> bytes:
+def trials_plot_png(trials: Sequence[TrialSummary], minimize: bool = True, width: int = 480,
+                    height: int = 300) -> bytes:
     """A PNG plot: objective per trial (blue dots) and best so far (red line).
 
     x: trial order; y: objective, scaled to the plotted range (no text, to

@@ -23,7 +23,8 @@ def test_converts_wells_into_shards_and_dataset_json(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["num_examples"] == {"train": 2, "eval": 1}
     assert sorted(os.listdir(output)) == [
-        "dataset.json", "eval-00000-of-00001.tfrecord", "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+        "dataset.json", "eval-00000-of-00001.tfrecord",
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
     description = json.loads((output / "dataset.json").read_text())
     assert description["image_sizes"] == {"20x24": 3} and description["channels"]["target_channels"] == [
         "DAPI_CONFOCAL", "MAP2_CONFOCAL"]
@@ -63,7 +64,6 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, c
 
 
 def test_region_split_holds_out_a_rectangle_of_each_well(tmp_path, capsys):
-    import numpy as np
     import tensorflow as tf
 
     from isl.data import schema
@@ -77,7 +77,8 @@ def test_region_split_holds_out_a_rectangle_of_each_well(tmp_path, capsys):
     assert summary["num_examples"] == {"train": 1, "eval": 1}
     description = json.loads((output / "dataset.json").read_text())
     by_split = {well["split"]: well for well in description["wells"]}
-    assert (by_split["train"]["height"], by_split["train"]["width"], by_split["train"]["region"]) == (28, 24, "0:28,0:24")
+    train = by_split["train"]
+    assert (train["height"], train["width"], train["region"]) == (28, 24, "0:28,0:24")
     assert (by_split["eval"]["height"], by_split["eval"]["width"], by_split["eval"]["region"]) == (10, 24, "30:40,0:24")
     heights = []
     for split in ("train", "eval"):
@@ -96,7 +97,8 @@ def test_region_split_holds_out_a_rectangle_of_each_well(tmp_path, capsys):
 def test_bad_regions_exit_2_and_write_nothing(tmp_path, capsys, flags, problem):
     wellmaker.random_well(str(tmp_path / "in"), num_z=2, height=40, width=24)
     output = tmp_path / "out"
-    code = main.run_command(["convert", f"--input_dir={tmp_path / 'in'}", f"--output_dir={output}", "--noprogress"] + flags)
+    code = main.run_command(["convert", f"--input_dir={tmp_path / 'in'}", f"--output_dir={output}",
+                             "--noprogress"] + flags)
     error = capsys.readouterr().err
     assert code == 2 and problem in error and "Traceback" not in error
     assert not output.exists()

@@ -19,6 +19,12 @@ def test_demo_runs_every_step_end_to_end(tmp_path, capsys):
     assert summary["pipeline"]["input_shape"] == [16, 42, 42, 52]
     assert summary["pipeline"]["label_shape"] == [16, 8, 8, 35, 2]
     assert summary["pipeline"]["patches_per_second"] > 0
+    # It describes what the data has (13 slices, 3 stains and their sum), not only the model's 35 heads.
+    assert summary["pipeline"]["labelled_targets"] == ["DAPI_CONFOCAL", "NFH_CONFOCAL", "MAP2_CONFOCAL",
+                                                       "NEURITE_CONFOCAL"]
+    described = "\n".join(lines)
+    assert "This data has 13 phase-contrast z slices and labels DAPI_CONFOCAL, NFH_CONFOCAL" in described
+    assert "the 5 channels this data does not label are masked out" in described
     assert os.path.isfile(output / "records" / "dataset.json")
     assert len(os.listdir(output / "raw" / "well-A1")) == 16
     assert any(str(output) in line for line in lines[:-1])
@@ -31,3 +37,15 @@ def test_demo_runs_every_step_end_to_end(tmp_path, capsys):
     assert any("kind-PREDICTED" in name and "statistic-MEDIAN" in name for name in predicted)
     assert os.path.isfile(summary["evaluate"]["metrics_json"])
     assert set(summary["evaluate"]["pearson_r"]) >= {"DAPI_CONFOCAL", "MAP2_CONFOCAL", "NFH_CONFOCAL"}
+
+
+def test_labelled_targets_are_the_channels_whose_mask_is_set_somewhere():
+    import numpy as np
+
+    from isl import demo
+    from isl import presets
+
+    channels = presets.get_preset("tiny").channels
+    labels = np.zeros((2, 8, 8, channels.num_heads, 2), np.float32)
+    labels[1, 3, 4, channels.num_input_heads + 1, 1] = 1.0  # One labelled pixel of the second target.
+    assert demo.labelled_targets(labels, channels) == [channels.output_target_channels[1]]

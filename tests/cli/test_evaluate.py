@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 
 from isl import presets
@@ -39,7 +38,8 @@ def test_evaluate_writes_metrics_and_a_report_with_calibration(predicted, tmp_pa
     well_dir, output_dir, _ = predicted
     report_dir = str(tmp_path / "report")
     code = main.run_command(
-        ["evaluate", f"--predictions_dir={output_dir}", f"--truth_dir={well_dir}", f"--output_dir={report_dir}", "--json"]
+        ["evaluate", f"--predictions_dir={output_dir}", f"--truth_dir={well_dir}", f"--output_dir={report_dir}",
+         "--json"]
     )
     out = capsys.readouterr().out
     assert code == 0
@@ -63,7 +63,8 @@ def test_a_perfect_median_scores_pearson_one_and_zero_error(predicted, tmp_path,
     (well_folder,) = [os.path.join(copy, name) for name in os.listdir(copy)]
     record = json.load(open(os.path.join(well_folder, "prediction.json")))
     images.write_image(os.path.join(well_folder, record["files"]["DAPI_CONFOCAL"]["median"]), targets["DAPI_CONFOCAL"])
-    code = main.run_command(["evaluate", f"--predictions_dir={copy}", f"--truth_dir={well_dir}", "--region=8:30,4:30", "--json"])
+    code = main.run_command(["evaluate", f"--predictions_dir={copy}", f"--truth_dir={well_dir}", "--region=8:30,4:30",
+                             "--json"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0
     (dapi,) = [row for row in summary["rows"] if row["channel"] == "DAPI_CONFOCAL"]
@@ -75,7 +76,8 @@ def test_evaluate_without_predictions_or_with_a_bad_region_exits_2(predicted, tm
     well_dir, output_dir, _ = predicted
     assert main.run_command(["evaluate", f"--predictions_dir={tmp_path}", f"--truth_dir={well_dir}"]) == 2
     assert "prediction.json" in capsys.readouterr().err
-    assert main.run_command(["evaluate", f"--predictions_dir={output_dir}", f"--truth_dir={well_dir}", "--region=top"]) == 2
+    assert main.run_command(["evaluate", f"--predictions_dir={output_dir}", f"--truth_dir={well_dir}",
+                             "--region=top"]) == 2
     assert "--region" in capsys.readouterr().err
 
 
@@ -96,5 +98,6 @@ def test_evaluate_scores_the_chosen_statistic_and_names_a_missing_one(predicted,
     assert code == 0
     (dapi,) = summary["rows"]
     assert dapi["statistic"] == "mean" and dapi["pearson_r"] == pytest.approx(1.0, abs=1e-9)
-    assert main.run_command(["evaluate", f"--predictions_dir={copy}", f"--truth_dir={well_dir}", "--statistic=q10"]) == 2
+    assert main.run_command(["evaluate", f"--predictions_dir={copy}", f"--truth_dir={well_dir}",
+                             "--statistic=q10"]) == 2
     assert "no 'q10' prediction for DAPI_CONFOCAL" in capsys.readouterr().err

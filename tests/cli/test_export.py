@@ -65,7 +65,8 @@ def test_export_then_predict_from_the_saved_model_matches_the_model_dir(model_di
         )
         assert code == 0, err
         files = sorted(glob.glob(os.path.join(output_dir, "**", "*.png"), recursive=True))
-        predictions[source.split("=")[0]] = {os.path.relpath(path, output_dir): images.to_float(images.read_image(path)) for path in files}
+        predictions[source.split("=")[0]] = {
+            os.path.relpath(path, output_dir): images.to_float(images.read_image(path)) for path in files}
     from_model, from_export = predictions["--model_dir"], predictions["--saved_model"]
     assert from_model and set(from_model) == set(from_export)
     for name, image in from_model.items():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import sys
 
@@ -49,7 +49,8 @@ def test_help_into_a_closed_pipe_ends_quietly():
     assert finished.stdout.strip() in ("0", "141")
 
 
-def test_sigterm_in_a_command_exits_143_keeps_finished_outputs_and_removes_half_written_ones(tmp_path, monkeypatch, capsys):
+def test_sigterm_in_a_command_exits_143_keeps_finished_outputs_and_removes_half_written_ones(tmp_path, monkeypatch,
+                                                                                             capsys):
     import os
     import signal
     import types
@@ -100,3 +101,65 @@ def test_the_sigterm_watcher_ends_a_command_stuck_in_native_code_after_its_grace
         assert exits == expected
         exits.clear()
     assert "isl x: stopped" in capsys.readouterr().err
+
+
+def test_a_failed_command_removes_the_empty_output_folders_it_made_and_keeps_finished_files(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import types
+
+    from isl import errors
+
+    command = types.ModuleType("fake_isl_writer")
+    command.SUMMARY = command.DESCRIPTION = "Makes its output folder, maybe writes a file, then fails."
+    command.OUTPUT_FLAGS = ("output_dir",)
+
+    def define_flags(flag_values):
+        from absl import flags
+
+        flags.DEFINE_string("output_dir", None, "Output.", flag_values=flag_values)
+        flags.DEFINE_bool("write", False, "Write a file first.", flag_values=flag_values)
+
+    def run(flag_values, positional):
+        os.makedirs(os.path.join(flag_values.output_dir, "well_A1"))
+        if flag_values.write:
+            open(os.path.join(flag_values.output_dir, "well_A1", "done.png"), "w").close()
+        raise errors.InputError("bad well")
+
+    command.define_flags, command.run = define_flags, run
+    monkeypatch.setitem(sys.modules, "fake_isl_writer", command)
+    monkeypatch.setitem(main.COMMANDS, "fake", "fake_isl_writer")
+    assert main.run_command(["fake", f"--output_dir={tmp_path}/new/out"]) == 2
+    assert "bad well" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # new/out/well_A1 and the new/ above it are gone.
+    assert main.run_command(["fake", f"--output_dir={tmp_path}/out", "--write"]) == 2
+    assert os.listdir(tmp_path / "out" / "well_A1") == ["done.png"]
+    (tmp_path / "kept").mkdir()
+    assert main.run_command(["fake", f"--output_dir={tmp_path}/kept"]) == 2
+    assert (tmp_path / "kept").is_dir()  # It was there before the command.
+
+
+def test_help_cites_only_what_the_repository_holds(capsys):
+    import importlib
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    texts = [main._top_level_help()]
+    for name, module_name in main.COMMANDS.items():
+        module = importlib.import_module(module_name)
+        texts.append(main._command_help(name, module, main.make_flag_values(module)))
+    text = "\n".join(texts)
+    assert "isl_reference" not in text and "../shared" not in text  # Nor this project's own data folder.
+    # Repository paths named in help (checkpoints, docs, data/README.md, isl/...) exist.
+    cited = set(re.findall(r"(?<![\w./-])((?:checkpoints|docs|isl)/[\w./-]*\w|data/README\.md)", text))
+    assert "checkpoints/condition_b_sample" in cited
+    missing = sorted(path for path in cited if not (root / path).exists())
+    assert not missing, missing
+
+
+def test_command_help_into_head_ends_quietly():
+    command = f"{sys.executable} -m isl predict --help | head -1; echo ${{PIPESTATUS[0]}}"
+    finished = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in finished.stderr and "BrokenPipeError" not in finished.stderr, finished.stderr
+    first, status = finished.stdout.strip().splitlines()
+    assert first == "usage: isl predict [--flag=value ...]" and status in ("0", "141")

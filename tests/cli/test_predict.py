@@ -40,7 +40,8 @@ def test_predict_writes_lab_named_images_panels_and_calibration(model_dir, tmp_p
     wellmaker.random_well(well_dir, height=44, width=37)
     # A predicted image beside the inputs is never read as an input.
     images.write_image(
-        os.path.join(well_dir, wellmaker.file_name(filenames.MAXPROJECT, "DAPI_CONFOCAL").replace(".png", ",kind-PREDICTED.png")),
+        os.path.join(well_dir,
+                     wellmaker.file_name(filenames.MAXPROJECT, "DAPI_CONFOCAL").replace(".png", ",kind-PREDICTED.png")),
         np.zeros((44, 37), np.uint16),
     )
     output_dir = str(tmp_path / "out")
@@ -65,9 +66,12 @@ def test_predict_writes_lab_named_images_panels_and_calibration(model_dir, tmp_p
     assert len(glob.glob(os.path.join(well_dir_out, "*kind-PREDICTED.png"))) == 2 * 4
     assert set(well["calibration_files"]) == {"DAPI_CONFOCAL", "MAP2_CONFOCAL"}
     target_panel = panels.decode_png_rgb16(open(os.path.join(well_dir_out, "target_error_panel.png"), "rb").read())
-    assert target_panel.shape == (2 * (44 + 8), 3 * (37 + 8), 3)
+    # 2 rows x 3 columns of bordered 44 x 37 tiles, labelled: column names above, channel names on the left.
+    expected = panels.labelled(np.zeros((2 * (44 + 8), 3 * (37 + 8), 3)), ["DAPI_CONFOCAL", "MAP2_CONFOCAL"],
+                               panels.column_names())
+    assert target_panel.shape == expected.shape and target_panel.shape[0] > 2 * (44 + 8)
     input_panel = panels.decode_png_rgb16(open(os.path.join(well_dir_out, "input_error_panel.png"), "rb").read())
-    assert input_panel.shape == (26 * (44 + 8), 3 * (37 + 8), 3)
+    assert input_panel.shape[0] == 26 * (44 + 8) + target_panel.shape[0] - 2 * (44 + 8)
     record = json.load(open(os.path.join(well_dir_out, "prediction.json")))
     assert record["region"] == {"row_offset": 0, "column_offset": 0, "height": 44, "width": 37}
 
@@ -117,11 +121,13 @@ def test_missing_model_and_unknown_channel_exit_2(model_dir, tmp_path, capsys):
     well_dir = str(tmp_path / "well")
     wellmaker.random_well(well_dir, height=20, width=20)
     code, _, err = _run(
-        ["predict", f"--model_dir={tmp_path / 'nothing'}", f"--input_dir={well_dir}", f"--output_dir={tmp_path}"], capsys
+        ["predict", f"--model_dir={tmp_path / 'nothing'}", f"--input_dir={well_dir}",
+         f"--output_dir={tmp_path}"], capsys
     )
     assert code == 2 and "not a model directory" in err
     code, _, err = _run(
-        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path}", "--channels=GFP"],
+        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path}",
+         "--channels=GFP"],
         capsys,
     )
     assert code == 2 and "GFP" in err
@@ -132,7 +138,8 @@ def test_region_predicts_the_whole_well_pixels_and_other_channels_are_ignored(mo
     wellmaker.random_well(well_dir, height=40, width=36)
     # Ground truth for a channel the model does not have.
     images.write_image(
-        os.path.join(well_dir, wellmaker.file_name(filenames.MAXPROJECT, "GFAP_CONFOCAL")), np.zeros((40, 36), np.uint16)
+        os.path.join(well_dir, wellmaker.file_name(filenames.MAXPROJECT, "GFAP_CONFOCAL")),
+        np.zeros((40, 36), np.uint16)
     )
     common = [f"--model_dir={model_dir}", f"--input_dir={well_dir}", "--channels=DAPI_CONFOCAL", "--nopanels",
               "--nosave_calibration", "--noprogress", "--format=tiff"]

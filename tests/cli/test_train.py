@@ -50,3 +50,18 @@ def test_missing_and_bad_flags_exit_2(tmp_path, capsys):
     assert main.run_command(["train", *arguments, "--preset=nope"]) == 2
     assert "Unknown preset" in capsys.readouterr().err
     assert main.run_command(["train", *arguments, "--steps=lots"]) == 2
+
+
+def test_a_failed_run_leaves_no_model_folder_and_keeps_what_was_there(tmp_path, capsys):
+    # No train shards: training fails after writing config.json and trained_channels.json.
+    records = tmp_path / "records"
+    records.mkdir()
+    arguments = [f"--data_dir={records}", "--steps=1", "--preset=tiny", "--noprogress"]
+    assert main.run_command(["train", *arguments, f"--model_dir={tmp_path}/runs/b"]) == 2
+    assert "train shards" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["records"]  # Neither runs/b nor runs.
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    assert main.run_command(["train", *arguments, f"--model_dir={existing}"]) == 2
+    assert sorted(path.name for path in existing.iterdir()) == ["notes.txt"]

@@ -11,7 +11,8 @@ from isl.data import augment
 def test_rot90_matches_numpy_for_every_k_and_rank():
     batch = np.arange(2 * 4 * 4 * 3 * 2, dtype=np.float32).reshape(2, 4, 4, 3, 2)
     for k in range(4):
-        assert np.array_equal(augment.rot90(tf.constant(batch), tf.constant(k)).numpy(), np.rot90(batch, k, axes=(1, 2)))
+        assert np.array_equal(augment.rot90(tf.constant(batch), tf.constant(k)).numpy(),
+                              np.rot90(batch, k, axes=(1, 2)))
         assert np.array_equal(augment.rot90(tf.constant(batch[..., 0, 0]), tf.constant(k)).numpy(),
                               np.rot90(batch[..., 0, 0], k, axes=(1, 2)))
 
@@ -19,7 +20,8 @@ def test_rot90_matches_numpy_for_every_k_and_rank():
 def test_flip_reverses_columns_of_every_tensor_together():
     image = np.arange(12).reshape(3, 4)
     flipped = augment.flip_left_right([tf.constant(image), tf.constant(image[..., None])], tf.constant(True))
-    assert np.array_equal(flipped[0].numpy(), image[:, ::-1]) and np.array_equal(flipped[1].numpy()[..., 0], image[:, ::-1])
+    assert np.array_equal(flipped[0].numpy(), image[:, ::-1]) and np.array_equal(flipped[1].numpy()[..., 0],
+                                                                                 image[:, ::-1])
     kept = augment.flip_left_right([tf.constant(image)], tf.constant(False))
     assert np.array_equal(kept[0].numpy(), image)
 

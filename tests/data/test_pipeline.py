@@ -9,7 +9,6 @@ import os
 import numpy as np
 import pytest
 
-from isl import config as config_lib
 from isl import errors
 from isl import presets
 from isl.data import assemble
@@ -46,7 +45,8 @@ def round_trip(tmp_path_factory):
 
 def test_patch_layout_follows_the_geometry():
     paper = pipeline.patch_layout(presets.get_preset("paper"))
-    assert (paper.crop_size, paper.patch_size, paper.patch_stride, paper.output_size, paper.pad) == (520, 250, 256, 8, 121)
+    assert (paper.crop_size, paper.patch_size, paper.patch_stride, paper.output_size, paper.pad) == (
+        520, 250, 256, 8, 121)
     tiny = pipeline.patch_layout(TINY)
     assert (tiny.crop_size, tiny.patch_size, tiny.output_size, tiny.pad) == (100, 42, 8, 17)
     larger = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, output_size=24))
@@ -193,4 +193,5 @@ def test_evaluation_accepts_images_smaller_than_the_crop_and_masks_the_padding(t
     # Rows 130:160 give 30 labelled rows; the crops' rows beyond them carry no weight.
     assert 0 < weights.mean() < 1
     with pytest.raises(errors.InputError, match="smaller than the"):
-        pipeline.build_dataset(str(records), dataclasses.replace(large_crop, data=dataclasses.replace(large_crop.data, crop_size=130)))
+        too_large = dataclasses.replace(large_crop, data=dataclasses.replace(large_crop.data, crop_size=130))
+        pipeline.build_dataset(str(records), too_large)

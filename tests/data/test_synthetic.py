@@ -14,7 +14,7 @@ from isl.io import filenames
 
 def test_writes_learnable_wells_in_the_lab_naming_deterministically(tmp_path):
     first = synthetic.write_synthetic_dataset(str(tmp_path / "a"), num_wells=2, size=(96, 80), num_z=13, seed=7)
-    second = synthetic.write_synthetic_dataset(str(tmp_path / "b"), num_wells=2, size=(96, 80), num_z=13, seed=7)
+    synthetic.write_synthetic_dataset(str(tmp_path / "b"), num_wells=2, size=(96, 80), num_z=13, seed=7)
     assert [os.path.basename(path) for path in first] == ["well-A1", "well-A2"]
     names = sorted(os.listdir(first[0]))
     assert len(names) == 16 and all(filenames.parse(name).lab == "SYNTHETIC" for name in names)

@@ -31,7 +31,8 @@ def test_reads_values_divided_by_the_type_maximum(tmp_path):
     stack, targets = wellmaker.random_well(str(tmp_path / "w"), num_z=3)
     well = wells.read_well(str(tmp_path / "w"), CHANNELS)
     assert np.array_equal(well.inputs, stack.astype(np.float32) / np.float32(65535))
-    assert np.array_equal(well.targets["MAP2_CONFOCAL"], targets["MAP2_CONFOCAL"].astype(np.float32) / np.float32(65535))
+    assert np.array_equal(well.targets["MAP2_CONFOCAL"],
+                          targets["MAP2_CONFOCAL"].astype(np.float32) / np.float32(65535))
 
 
 def test_nested_names_and_predicted_files_and_many_wells_per_folder(tmp_path):
@@ -164,7 +165,8 @@ def _break_unmapped_channels(directory):
     stack = np.zeros((3, 2, 16, 16), np.uint16)  # C, Z, Y, X
     tifffile.imwrite(os.path.join(directory, "fov.ome.tif"), stack,
                      metadata={"axes": "CZYX", "Channel": {"Name": ["Phase", "Hoechst", "GFP"]}})
-    _write_manifest(directory, [("fov.ome.tif", "PHASE_CONTRAST", "", "Phase"), ("fov.ome.tif", "DAPI_CONFOCAL", "", 1)])
+    _write_manifest(directory,
+                    [("fov.ome.tif", "PHASE_CONTRAST", "", "Phase"), ("fov.ome.tif", "DAPI_CONFOCAL", "", 1)])
     return "fov.ome.tif: has 3 channels (Phase, Hoechst, GFP) but"
 
 

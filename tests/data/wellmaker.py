@@ -36,7 +36,8 @@ def write_well(
     return directory
 
 
-def random_well(directory: str, num_z: int = 13, height: int = 40, width: int = 48, seed: int = 0, **kwargs) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def random_well(directory: str, num_z: int = 13, height: int = 40, width: int = 48, seed: int = 0,
+                **kwargs) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A well of random 16-bit noise with DAPI and MAP2 targets; returns the arrays written."""
     rng = np.random.default_rng(seed)
     stack = rng.integers(0, 65536, (num_z, height, width), dtype=np.uint16)

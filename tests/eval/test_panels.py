@@ -53,3 +53,25 @@ def test_large_panels_are_downscaled_and_files_are_16_bit_rgb(tmp_path):
     data = open(path, "rb").read()
     assert data[24:26] == bytes([16, 2])  # IHDR bit depth 16, colour type RGB.
     np.testing.assert_array_equal(panels.decode_png_rgb16(data), panels.to_uint16(small))
+
+
+def test_a_panel_given_row_names_labels_each_channel_row_and_each_column():
+    statistics = _statistics(40, 60, 2)
+    truth = statistics["median"][..., ::-1]
+    bare = panels.error_panel(statistics, truth, None, simplified=True)
+    named = panels.error_panel(statistics, truth, None, simplified=True, row_names=["DAPI_CONFOCAL", "MAP2_CONFOCAL"])
+    top = named.shape[0] - bare.shape[0]
+    left = named.shape[1] - bare.shape[1]
+    assert top > 0 and left > 0
+    np.testing.assert_array_equal(named[top:, left:], bare)  # The grid itself is the original's.
+    tile_height, tile_width = 40 + 8, 60 + 8
+    for column in range(3):  # White text over every column...
+        assert named[:top, left + column * tile_width : left + (column + 1) * tile_width].max() > 0.9
+    for row in range(2):  # ...and left of every row.
+        assert named[top + row * tile_height : top + (row + 1) * tile_height, :left].max() > 0.9
+    other = panels.error_panel(statistics, truth, None, simplified=True, row_names=["NFH_CONFOCAL", "CELLMASK"])
+    assert not np.array_equal(other[top:, :left], named[top:, :left])  # The names are drawn, not a fixed strip.
+    assert panels.column_names() == ["median", "truth", "median - truth"]
+    assert len(panels.column_names(simplified=False)) == 12
+    with pytest.raises(ValueError, match="2 panel rows"):
+        panels.error_panel(statistics, truth, None, row_names=["DAPI_CONFOCAL"])

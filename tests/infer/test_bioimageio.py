@@ -50,7 +50,8 @@ def test_package_is_valid_and_bioimageio_core_reproduces_its_test_outputs(packag
     assert package.validation in ("passed", "valid-format") and package.test == "passed"
     # Trained heads only (trained_channels.json): median, mean, std per channel along one channel axis.
     assert package.outputs == tuple(
-        f"{channel}_{statistic}" for channel in ("dapi_confocal", "map2_confocal") for statistic in ("median", "mean", "std"))
+        f"{channel}_{statistic}"
+        for channel in ("dapi_confocal", "map2_confocal") for statistic in ("median", "mean", "std"))
     files = _listing(package.package_dir)
     for name in ("rdf.yaml", "saved_model.zip", "test_input.npy", "test_output_prediction.npy", "cover.png",
                  "README.md", "config.json"):

@@ -56,7 +56,8 @@ def test_a_damaged_config_exits_2_naming_it(model_dir, tmp_path, capsys, content
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("victim", ["saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001"])
+@pytest.mark.parametrize("victim",
+                         ["saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001"])
 def test_a_damaged_saved_model_exits_2_naming_it(model_dir, tmp_path, capsys, victim):
     export_dir = str(tmp_path / "export")
     assert main.run_command(["export", f"--model_dir={model_dir}", f"--export_dir={export_dir}",

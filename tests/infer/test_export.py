@@ -48,7 +48,8 @@ def _random_stack(shape, dtype=np.uint16, seed=0):
 
 def _expected(model, config, stack_float):
     """What isl predict computes per tile: network input -> softmax -> statistics."""
-    inputs = np.stack([assemble.network_input(np.moveaxis(tile, -1, 0), config.channels.num_z_values) for tile in stack_float])
+    inputs = np.stack([
+        assemble.network_input(np.moveaxis(tile, -1, 0), config.channels.num_z_values) for tile in stack_float])
     logits = model(inputs, training=False)
     first_target = config.channels.num_input_heads
     probabilities = tf.nn.softmax(logits[:, :, :, first_target:], axis=-1)
@@ -137,7 +138,8 @@ def test_invalid_size_or_z_count_fails_with_a_clear_message(loaded, shape):
 
 def test_wrong_rank_or_dtype_is_refused(loaded):
     for shape in ((42, 42, 13), (1, 1, 42, 42, 13)):
-        with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError), match=r"rank|shape|\[\?,\?,\?,\?\]"):
+        with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError),
+                           match=r"rank|shape|\[\?,\?,\?,\?\]"):
             loaded.signatures[export.SERVING_DEFAULT](z_stack=tf.zeros(shape, tf.uint16))
     with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError)):
         loaded.signatures[export.SERVING_DEFAULT](z_stack=tf.zeros((1, 42, 42, 13), tf.float32))
@@ -154,7 +156,8 @@ def test_predict_image_equals_isl_predict_on_a_multi_tile_image(tiny_export, loa
     outputs = signature(z_stack=tf.constant(stack))
     channels = config.channels.output_target_channels
     assert set(outputs) == {f"{channel}_{name}" for channel in channels for name in STATISTICS}
-    network = predict_lib.Network.from_keras(model, [config.channels.num_input_heads + 1, config.channels.num_input_heads + 3])
+    network = predict_lib.Network.from_keras(model,
+                                             [config.channels.num_input_heads + 1, config.channels.num_input_heads + 3])
     for item in range(2):
         expected = predict_lib.predict_image(
             network, np.moveaxis(stack[item], -1, 0).astype(np.float32) / np.float32(65535), geometry,

@@ -33,7 +33,8 @@ def _check_well(directory):
     well = wells.read_well(directory, config_lib.ChannelConfig())
     np.testing.assert_array_equal(well.inputs, STACK[0].astype(np.float32) / np.float32(65535))
     # A fluorescence z-stack with an empty z is max-projected.
-    np.testing.assert_array_equal(well.targets["DAPI_CONFOCAL"], STACK[1].max(axis=0).astype(np.float32) / np.float32(65535))
+    np.testing.assert_array_equal(well.targets["DAPI_CONFOCAL"],
+                                  STACK[1].max(axis=0).astype(np.float32) / np.float32(65535))
 
 
 def test_ome_zarr(tmp_path):

@@ -71,11 +71,13 @@ def test_passthrough_sizes(kernel, stride, transpose, size, expected):
 def test_passthrough_values():
     values = np.arange(36, dtype=np.float32).reshape(1, 6, 6, 1)
     settings = blocks.BlockSettings()
-    _, down = _apply(lambda x: blocks.passthrough(x, kernel_size=4, stride=2, transpose=False, settings=settings, name="d"), values)
+    _, down = _apply(lambda x: blocks.passthrough(x, kernel_size=4, stride=2, transpose=False, settings=settings,
+                                                  name="d"), values)
     # Crop 1 -> rows/cols 1..4, then 2x2 average: mean of [[7, 8], [13, 14]] = 10.5.
     assert down[0, 0, 0, 0] == pytest.approx(10.5)
     small = np.arange(4, dtype=np.float32).reshape(1, 2, 2, 1)
-    _, up = _apply(lambda x: blocks.passthrough(x, kernel_size=4, stride=2, transpose=True, settings=settings, name="u"), small)
+    _, up = _apply(lambda x: blocks.passthrough(x, kernel_size=4, stride=2, transpose=True, settings=settings,
+                                                name="u"), small)
     np.testing.assert_array_equal(up[0, :, 0, 0], [0, 0, 0, 2, 2, 2])
     np.testing.assert_array_equal(up[0, 0, :, 0], [0, 0, 0, 1, 1, 1])
 

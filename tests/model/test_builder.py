@@ -77,7 +77,8 @@ def test_paper_model_shapes_and_names(paper_model_and_records):
         model.get_layer(name)
     # The GitHub issue #1 shape: 12x12x218 at downscale_4_3's expansion.
     assert model.get_layer("downscale_4_3_expand_rv2_conv").output.shape[1:] == (12, 12, 218)
-    conv_layers = [layer for layer in model.layers if layer.name.endswith("_conv") and not layer.name.startswith("head_")]
+    conv_layers = [
+        layer for layer in model.layers if layer.name.endswith("_conv") and not layer.name.startswith("head_")]
     assert len(conv_layers) + 1 == 209  # + the projection (§1.6).
 
 
@@ -97,7 +98,8 @@ def test_fovea_model_sizes():
         channels=dataclasses.replace(config.channels, num_z_values=13),
     )
     small_model = builder.build_model(small)
-    small_heads = _count(w for layer in small_model.layers if layer.name.startswith("head_") for w in layer.trainable_weights)
+    small_heads = _count(
+        w for layer in small_model.layers if layer.name.startswith("head_") for w in layer.trainable_weights)
     assert round((_count(small_model.trainable_weights) - small_heads) / 1e6, 2) == 1.34
     output = small_model(np.zeros((1, 110, 110, 26), np.float32), training=False)
     assert output.shape == (1, 8, 8, 13 + 9, 256)

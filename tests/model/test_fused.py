@@ -81,7 +81,8 @@ def test_fused_layers_values_and_gradients():
                 tape.watch([values, extra])
                 result = layer(values) if isinstance(layer, isl_layers.DualActivation) else layer([values, extra])
                 weighted = tf.reduce_sum(result * tf.range(result.shape[-1], dtype=tf.float32))
-            outputs.append([result.numpy()] + [g.numpy() if g is not None else 0 for g in tape.gradient(weighted, [values, extra])])
+            gradients = tape.gradient(weighted, [values, extra])
+            outputs.append([result.numpy()] + [g.numpy() if g is not None else 0 for g in gradients])
         for plain, fused in zip(*outputs):
             np.testing.assert_allclose(fused, plain, rtol=1e-6, atol=1e-6)
 

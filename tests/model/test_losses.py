@@ -67,7 +67,8 @@ def test_mean_over_nonzero_weight_pixels_and_ln256():
 
 
 def test_total_is_half_input_mean_half_target_mean_over_all_heads():
-    channels = config_lib.ChannelConfig(num_z_values=2, target_channels=("DAPI_CONFOCAL", "MAP2_CONFOCAL"), synthetic_channels=())
+    channels = config_lib.ChannelConfig(num_z_values=2, target_channels=("DAPI_CONFOCAL", "MAP2_CONFOCAL"),
+                                        synthetic_channels=())
     loss = losses.ISLLoss(channels)
     logits = np.zeros((1, 1, 1, 4, NUM_CLASSES), np.float32)
     masks = np.array([1, 0, 1, 0], np.float32).reshape(1, 1, 1, 4)  # one present head per group

@@ -36,7 +36,8 @@ def test_unet_takes_the_concordance_patches_and_gives_the_same_logit_shape(tiny_
     labels = np.zeros((2, geometry.output_size, geometry.output_size, config.channels.num_heads, 2), np.float32)
     labels[..., 0] = rng.integers(0, 256, labels.shape[:-1])
     labels[..., 1] = 1.0
-    inputs = rng.random((2, geometry.input_size, geometry.input_size, config.channels.num_input_features), dtype=np.float32)
+    inputs = rng.random((2, geometry.input_size, geometry.input_size, config.channels.num_input_features),
+                        dtype=np.float32)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=losses.ISLLoss(config.channels))
     before = model.evaluate(inputs, labels, verbose=0)
     model.fit(inputs, labels, epochs=5, verbose=0)
@@ -49,7 +50,8 @@ def test_unet_reads_only_its_context(tiny_config):
     geometry = geometry_lib.geometry(config.model)
     model = builder.build_model(config, input_size=geometry.input_size)
     rng = np.random.default_rng(1)
-    inputs = rng.random((1, geometry.input_size, geometry.input_size, config.channels.num_input_features), dtype=np.float32)
+    inputs = rng.random((1, geometry.input_size, geometry.input_size, config.channels.num_input_features),
+                        dtype=np.float32)
     changed = inputs.copy()
     trim = geometry.border - config.model.unet_context
     changed[:, :trim] = 0.0

@@ -33,7 +33,8 @@ def relabel_wells(source: str, destination: str) -> None:
             if key.channel == "NFH_CONFOCAL":
                 continue
             renamed = dataclasses.replace(key, channel=RENAME.get(key.channel, key.channel))
-            shutil.copy(os.path.join(source, well, name), os.path.join(destination, well, filenames.format_name(renamed)))
+            shutil.copy(os.path.join(source, well, name),
+                        os.path.join(destination, well, filenames.format_name(renamed)))
 
 
 def test_condition_b_model_learns_dic_and_cellmask(trained_model_dir, records_dir, tmp_path, capsys):

@@ -139,7 +139,7 @@ def test_two_workers_on_localhost_train_together(records_dir, tmp_path):
             if process.poll() is None:
                 process.kill()
                 process.communicate()
-    for process, (stdout, stderr) in zip(processes, outputs):
+    for process, (_, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-3000:]
     chief, other = (json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs)
     assert chief["final_step"] == 4 and chief["num_replicas"] == 2
@@ -196,7 +196,7 @@ def test_sigterm_and_sigkill_then_the_same_command_resumes(records_dir, tmp_path
             process.kill()
 
     finish = subprocess.run(
-        command[:-3] + ["--steps=%d" % (killed_after + 3), "--json", "--noprogress"],
+        command[:-3] + [f"--steps={killed_after + 3}", "--json", "--noprogress"],
         capture_output=True, text=True, timeout=300, cwd=REPOSITORY_ROOT, env=_environment(),
     )
     assert finish.returncode == 0, finish.stderr[-3000:]

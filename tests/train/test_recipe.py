@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from isl import config as config_lib
 from isl import errors
-from isl import presets
 from isl.data import augment
 from isl.train import dense_eval
 from isl.train import trainer

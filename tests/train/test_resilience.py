@@ -24,7 +24,8 @@ def _digest(path: str) -> str:
 
 
 def _checkpoint_steps(model_dir: str) -> list[int]:
-    return sorted(int(p.rsplit("-", 1)[1]) for p in resilience.checkpoint_candidates(os.path.join(model_dir, "checkpoints")))
+    candidates = resilience.checkpoint_candidates(os.path.join(model_dir, "checkpoints"))
+    return sorted(int(p.rsplit("-", 1)[1]) for p in candidates)
 
 
 def _nan_at(batch_index: int):

@@ -1,4 +1,7 @@
-"""`trained_channels.json`: predict writes only the heads that saw labels (isl_reference.md §4: untrained heads keep their initial weights)."""
+"""`trained_channels.json`: predict writes only the heads that saw labels.
+
+Untrained heads keep their initial weights (isl_reference.md §4).
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import os
 import signal
 
@@ -150,7 +149,8 @@ def test_a_head_with_no_labels_gets_exactly_zero_gradient_and_does_not_move():
     by_path = {variable.path: gradient for variable, gradient in zip(model.trainable_variables, gradients)}
     for variable in head_variables:
         assert np.all(by_path[variable.path].numpy() == 0.0), variable.path
-    present = next(layer for layer in model.layers if layer.name.startswith("head_MAXPROJECT_DAPI_CONFOCAL") and layer.name.endswith("_conv"))
+    present = next(layer for layer in model.layers
+                   if layer.name.startswith("head_MAXPROJECT_DAPI_CONFOCAL") and layer.name.endswith("_conv"))
     assert np.abs(by_path[present.kernel.path].numpy()).max() > 0
     # One faithful Adam step leaves the unlabeled head exactly where it was.
     before = [variable.numpy().copy() for variable in head_variables]

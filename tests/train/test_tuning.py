@@ -147,7 +147,8 @@ def test_distributed_search_with_a_chief_and_workers(tfrecords, tmp_path, num_wo
         f"--max_trials={num_workers}", "--steps_per_trial=2", "--eval_steps=1", "--json",
     ]
     environment = dict(
-        os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(_free_port()),
+        os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+        KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(_free_port()),
         PYTHONPATH=REPOSITORY_ROOT,
     )
     processes = {}
@@ -162,7 +163,7 @@ def test_distributed_search_with_a_chief_and_workers(tfrecords, tmp_path, num_wo
             time.sleep(2)  # Let the chief open its port first.
     deadline = time.monotonic() + 240
     try:
-        for tuner_id, (process, _) in processes.items():
+        for process, _ in processes.values():
             process.wait(timeout=max(1, deadline - time.monotonic()))
     finally:
         for process, log in processes.values():

@@ -56,7 +56,8 @@ def test_a_search_whose_every_trial_failed_raises_the_first_trials_error(records
         failures.append(1)
         raise ValueError(f"compile failure number {len(failures)}")
 
-    with pytest.raises(errors.RunFailed, match=r"every trial failed; the first failed trial's error: compile failure number 1 "):
+    with pytest.raises(errors.RunFailed,
+                       match=r"every trial failed; the first failed trial's error: compile failure number 1 "):
         tuning.run_search(tuning_helpers.small_config(), records, str(tmp_path / "search"), max_trials=1,
                           steps_per_trial=1, compile_fn=broken_compile)
     assert len(failures) == 1
@@ -70,4 +71,5 @@ def test_the_cli_exits_1_with_one_line_when_a_run_failed(records_without_eval, t
     code = main.run_command(["tune", f"--data_dir={records_without_eval}", f"--tuner_dir={tmp_path / 's'}"])
     err = capsys.readouterr().err
     assert code == 1
-    assert err.strip().splitlines()[-1] == "isl tune: error: search: every trial failed; the first failed trial's error: boom"
+    assert err.strip().splitlines()[-1] == (
+        "isl tune: error: search: every trial failed; the first failed trial's error: boom")
