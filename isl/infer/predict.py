@@ -41,28 +41,17 @@ from isl import errors
 from isl.infer import stitch as stitch_lib
 from isl.infer import tiling
 from isl.model import geometry as geometry_lib
+from isl.model import statistic_names
 
-BORDER_MODES = ("reflect", "valid", "original")
-# The released infer.py's block: infer_size 16 output blocks of 8 px (§5.1).
-ORIGINAL_BLOCKS_PER_SIDE = 16
-# Quantile statistics beyond the paper's six: "q05" .. "q95" (percent).
-QUANTILE_PREFIX = "q"
+# The border modes and their windows are owned by `isl.model.geometry`.
+BORDER_MODES = geometry_lib.BORDER_MODES
+ORIGINAL_BLOCKS_PER_SIDE = geometry_lib.ORIGINAL_BLOCKS_PER_SIDE
+OutputRegion = geometry_lib.OutputRegion
+output_region = geometry_lib.output_region
+# Statistic names (the paper's six and quantiles "qNN") are owned by `isl.model.statistics`.
+QUANTILE_PREFIX = statistic_names.QUANTILE_PREFIX
+quantile_name = statistic_names.quantile_name
 CALIBRATION_KEYS = ("true_bin_probability", "cdf_below_true")
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputRegion:
-    """Where the output lies in the image.
-
-    Attributes:
-        row_offset, column_offset: image coordinates of output pixel (0, 0).
-        height, width: output size in pixels.
-    """
-
-    row_offset: int
-    column_offset: int
-    height: int
-    width: int
 
 
 @dataclasses.dataclass
@@ -83,32 +72,6 @@ class Prediction:
     region: OutputRegion
     calibration: dict[str, np.ndarray] | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def output_region(image_shape: tuple[int, int], geometry: geometry_lib.Geometry, border_mode: str) -> OutputRegion:
-    """The output region of an image of `image_shape` = (height, width).
-
-    Raises:
-        InputError: for an unknown mode, or an image too small for `valid`
-            or `original`.
-    """
-    height, width = image_shape
-    if border_mode == "reflect":
-        return OutputRegion(0, 0, height, width)
-    if border_mode == "valid":
-        block = geometry.output_size
-        sizes = [block * ((side - 2 * geometry.border) // block) for side in (height, width)]
-    elif border_mode == "original":
-        block = geometry.output_size * ORIGINAL_BLOCKS_PER_SIDE
-        sizes = [block * ((side - geometry.input_size) // block) for side in (height, width)]
-    else:
-        raise errors.InputError(f"Unknown border mode {border_mode!r}; use one of {', '.join(BORDER_MODES)}.")
-    if min(sizes) < 1:
-        raise errors.InputError(
-            f"An image of {height} x {width} px is too small for --border={border_mode}: the model needs "
-            f"{geometry.input_size} px of input per side (border {geometry.border}); use --border=reflect."
-        )
-    return OutputRegion(geometry.border, geometry.border, sizes[0], sizes[1])
 
 
 def window_region(
@@ -178,29 +141,13 @@ def padded_stack(
 
 
 def parse_statistics(names: Sequence[str]) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """Splits statistic names into the paper's six and quantiles ("q05" -> 0.05).
+    """Splits statistic names into the paper's six and quantiles ("q05" -> 0.05)
+    (`isl.model.statistics.parse_statistic_names`).
 
     Raises:
         InputError: for an unknown name.
     """
-    known, quantiles = [], []
-    for name in names:
-        from isl.model import statistics as statistics_lib
-
-        if name in statistics_lib.STATISTICS:
-            known.append(name)
-        elif name.startswith(QUANTILE_PREFIX) and name[1:].isdigit() and 0 < int(name[1:]) < 100:
-            quantiles.append(int(name[1:]) / 100)
-        else:
-            raise errors.InputError(
-                f"Unknown statistic {name!r}. Known: {', '.join(statistics_lib.STATISTICS)}, "
-                "and quantiles q01 .. q99."
-            )
-    return tuple(known), tuple(quantiles)
-
-
-def quantile_name(quantile: float) -> str:
-    return f"{QUANTILE_PREFIX}{round(quantile * 100):02d}"
+    return statistic_names.parse_statistic_names(names)
 
 
 class Network:
