@@ -133,6 +133,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     # The strategy first: multi-worker and TPU runtimes must start before
     # any other TensorFlow work.
     strategy = strategy_lib.make_strategy(flag_values["strategy"].value)
+    from isl.io import model_dir as model_dir_lib
     from isl.train import trainer
 
     def log(message: str) -> None:
@@ -151,13 +152,14 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         log=log,
     )
     model_dir = result.model_dir
+    layout = model_dir_lib.ModelDir(model_dir)
     paths = {
         "model_dir": model_dir,
-        "config": os.path.join(model_dir, trainer.CONFIG_FILE),
-        "weights": os.path.join(model_dir, trainer.WEIGHTS_FILE),
-        "checkpoints": os.path.join(model_dir, trainer.CHECKPOINT_DIR),
-        "logs": os.path.join(model_dir, trainer.LOG_DIR),
-        "csv": os.path.join(model_dir, trainer.LOG_DIR, "training.csv"),
+        "config": layout.config,
+        "weights": layout.weights,
+        "checkpoints": layout.checkpoints,
+        "logs": layout.logs,
+        "csv": layout.training_csv,
     }
     losses = result.losses
     eval_losses = result.eval_losses

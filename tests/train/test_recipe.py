@@ -79,7 +79,7 @@ def test_rotate_examples_rotates_each_example_by_its_own_k():
 
 def test_pearson_of_predictions_pools_pixels_and_skips_absent_channels():
     truth = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
-    image = dense_eval.EvalImage("w", np.zeros((1, 4, 4), np.float32), {"A": (truth, np.ones((4, 4), bool))})
+    image = dense_eval.SplitImage("w", np.zeros((1, 4, 4), np.float32), {"A": (truth, np.ones((4, 4), bool))})
     prediction = {"median": np.stack([truth * 2 + 1, truth[::-1]], axis=-1), "mean": np.stack([-truth, truth], -1)}
     figures = dense_eval.pearson_of_predictions([image], [prediction], ("A", "B"))
     assert figures["pearson_median_A"] == pytest.approx(1.0)
