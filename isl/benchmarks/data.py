@@ -30,6 +30,7 @@ from typing import Any
 
 from isl import config as config_lib
 from isl import errors
+from isl import presets
 from isl.data import schema
 
 # Batch of the model-cost measurement (see `run`).
@@ -105,7 +106,7 @@ def run(flag_values: Any) -> dict[str, Any]:
     from isl.data import synthetic
 
     preset = flag_values["preset"].value
-    config = config_lib.resolve_config(preset)
+    config = presets.resolve_config(preset)
     batch_size = flag_values["batch_size"].value or config.train.batch_size
     steps = flag_values["steps"].value or 20
     repeats = max(1, flag_values["repeats"].value)

@@ -253,10 +253,10 @@ def run(flag_values: Any) -> dict[str, Any]:
     the environment variable ISL_BENCHMARK_MODEL_VARIANTS (e.g.
     "float32,bfloat16_xla").
     """
-    from isl import config as config_lib
+    from isl import presets
     from isl import errors
 
-    config = config_lib.resolve_config(flag_values["preset"].value)
+    config = presets.resolve_config(flag_values["preset"].value)
     batch_size = flag_values["batch_size"].value or config.train.batch_size
     repeats = max(1, flag_values["repeats"].value or 3)
     output_sizes_text = flag_values["output_sizes"].value if "output_sizes" in flag_values else ""

@@ -144,12 +144,12 @@ def describe(config: Any, input_size: int | None = None) -> dict[str, Any]:
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
-    from isl import config as config_lib
+    from isl import presets
     from isl import errors
 
     if positional:
         raise errors.InputError(f"isl describe takes no positional arguments. Received: {positional}")
-    config = config_lib.resolve_config(flag_values["preset"].value, flag_values["config"].value, flag_values["set"].value)
+    config = presets.resolve_config(flag_values["preset"].value, flag_values["config"].value, flag_values["set"].value)
     try:
         result = describe(config, flag_values["input_size"].value)
     except ValueError as error:

@@ -93,9 +93,10 @@ def define_flags(flag_values: Any) -> None:
 def resolve(flag_values: Any) -> Any:
     """The experiment config: preset -> --config -> --set -> explicit flags."""
     from isl import config as config_lib
+    from isl import presets
 
-    config = config_lib.resolve_config(flag_values["preset"].value, flag_values["config"].value,
-                                       list(flag_values["set"].value or []), recipe=flag_values["recipe"].value)
+    config = presets.resolve_config(flag_values["preset"].value, flag_values["config"].value,
+                                    list(flag_values["set"].value or []), recipe=flag_values["recipe"].value)
     from isl.data import pipeline
 
     pipeline.patch_layout(config)  # An output size off the 8 + 16k grid fails here, before anything is written.

@@ -11,13 +11,14 @@ import pytest
 
 from isl import config as config_lib
 from isl import errors
+from isl import presets
 from isl.model import builder
 from isl.model import geometry
 from isl.model import unet_regression
 
 
 def _config(*overrides: str) -> config_lib.ExperimentConfig:
-    return config_lib.resolve_config("condition_b", recipe="unet_regression", overrides=list(overrides))
+    return presets.resolve_config("condition_b", recipe="unet_regression", overrides=list(overrides))
 
 
 def test_recipe_builds_the_described_baseline():
