@@ -87,13 +87,13 @@ def benchmark_config(config: Any, batch_size: int, repeats: int, log=print) -> d
     import numpy as np
     import tensorflow as tf
 
-    from isl.cli import describe as describe_lib
     from isl.model import builder
     from isl.model import geometry
     from isl.model import losses
+    from isl.model import summary as summary_lib
 
     geo = geometry.geometry(config.model)
-    flops_per_patch = describe_lib.describe(config, geo.input_size)["flops_per_patch"]["total"]
+    flops_per_patch = summary_lib.summarize(config, geo.input_size)["flops_per_patch"]["total"]
     model = builder.build_model(config, input_size=geo.input_size)
     loss = losses.ISLLoss(config.channels)
     optimizer = keras.optimizers.Adam(config.train.learning_rate)
