@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 from isl import progress as progress_lib
+from isl.benchmarks.options import BenchmarkOptions
 
 MATMUL_SIZE = 4096
 
@@ -243,8 +244,8 @@ def output_size_table(
     return rows
 
 
-def run(flag_values: Any) -> dict[str, Any]:
-    """Entry point of `isl benchmark model` (flags: --preset, --batch_size, --repeats, --output_sizes).
+def run(options: BenchmarkOptions) -> dict[str, Any]:
+    """Entry point of `isl benchmark model` (options: preset, batch_size, repeats, output_sizes, memory_budget_gb).
 
     With --output_sizes (e.g. "8,24,56,120,248") it measures the training
     throughput table of `output_size_table` instead of the variants.
@@ -256,16 +257,16 @@ def run(flag_values: Any) -> dict[str, Any]:
     from isl import presets
     from isl import errors
 
-    config = presets.resolve_config(flag_values["preset"].value)
-    batch_size = flag_values["batch_size"].value or config.train.batch_size
-    repeats = max(1, flag_values["repeats"].value or 3)
-    output_sizes_text = flag_values["output_sizes"].value if "output_sizes" in flag_values else ""
+    config = presets.resolve_config(options.preset)
+    batch_size = options.batch_size or config.train.batch_size
+    repeats = max(1, options.repeats or 3)
+    output_sizes_text = options.output_sizes
     if output_sizes_text:
         try:
             output_sizes = [int(item) for item in output_sizes_text.split(",") if item.strip()]
         except ValueError:
             raise errors.InputError(f"--output_sizes must be integers like 8,24,56. Received: {output_sizes_text!r}")
-        budget = flag_values["memory_budget_gb"].value * 1e9
+        budget = options.memory_budget_gb * 1e9
         print(f"isl benchmark model: preset {config.name}, output sizes {output_sizes}, variants "
               f"{', '.join(OUTPUT_SIZE_VARIANTS)}, batch <= {config.train.batch_size} within "
               f"{budget / 1e9:.0f} GB (modelled), {repeats} repeats, {os.cpu_count()} CPUs "
