@@ -421,50 +421,93 @@ def predict_image(
     if stack.ndim != 3:
         raise errors.InputError(f"A source stack must be [num_source_z, height, width]; got shape {stack.shape}.")
     known, quantiles = parse_statistics(statistics)
-    region = output_region(stack.shape[1:], geometry, border_mode)
+    region, wanted, plan = plan_image(stack.shape[1:], geometry, border_mode, tile_size, plan_name, window)
+    if run_function is None:
+        if not isinstance(network, Network):
+            network = Network.from_logits(network, head_indices)
+        run_function = make_run_function(network, known, quantiles, with_truth=truth is not None)
+    true_bins = truth_masks = None
+    if truth is not None:
+        true_bins, truth_masks = _output_truth(truth, region, plan)
+    start = time.perf_counter()
+    images = run_tiles(
+        plan,
+        padded_stack(np.asarray(stack, dtype=np.float32), region, plan),
+        network_input_fn or _default_network_input(num_z_values),
+        run_function,
+        true_bins,
+        batch_size,
+        progress,
+    )
+    seconds = time.perf_counter() - start
+    images = _crop(images, region, wanted)
+    calibration = None
+    if truth is not None:
+        calibration = _calibration(images, _crop({"masks": truth_masks}, region, wanted)["masks"])
+    ordered = _ordered(images, list(known) + [quantile_name(q) for q in quantiles])
+    return Prediction(ordered, tuple(channel_names), wanted, calibration, _plan_info(plan, plan_name, seconds))
+
+
+def plan_image(
+    image_shape: tuple[int, int],
+    geometry: geometry_lib.Geometry,
+    border_mode: str,
+    tile_size: int | None,
+    plan_name: str,
+    window: tuple[int, int, int, int] | None,
+) -> tuple[OutputRegion, OutputRegion, tiling.TilePlan]:
+    """The region to compute, the region wanted (a window of it, or the same) and the tile plan."""
+    region = output_region(image_shape, geometry, border_mode)
     wanted = region
     if window is not None:
         region, wanted = window_region(region, window, geometry, plan_name)
     if tile_size is not None:
         tile_size = tiling.valid_tile_size(geometry, tile_size, plan_name)
-    plan = tiling.plan_tiles((region.height, region.width), geometry, tile_size, plan_name)
-    padded = padded_stack(np.asarray(stack, dtype=np.float32), region, plan)
-    network_input_fn = network_input_fn or _default_network_input(num_z_values)
-    if run_function is None:
-        if not isinstance(network, Network):
-            network = Network.from_logits(network, head_indices)
-        run_function = make_run_function(network, known, quantiles, with_truth=truth is not None)
-    keep_rows = keep_indices(plan.rows, geometry)
-    keep_columns = keep_indices(plan.columns, geometry)
-    true_bins = truth_masks = None
-    if truth is not None:
-        true_bins, truth_masks = _output_truth(truth, region, plan)
-    start = time.perf_counter()
+    return region, wanted, tiling.plan_tiles((region.height, region.width), geometry, tile_size, plan_name)
+
+
+def run_tiles(
+    plan: tiling.TilePlan,
+    padded: np.ndarray,
+    network_input_fn: Callable[[np.ndarray], np.ndarray],
+    run_function: Callable[..., dict[str, Any]],
+    true_bins: np.ndarray | None = None,
+    batch_size: int = 1,
+    progress: Any = None,
+) -> dict[str, np.ndarray]:
+    """Runs every tile of `plan` in batches and stitches the kept pixels.
+
+    Args:
+        padded: `padded_stack(...)`, `[num_source_z, rows, columns]`.
+        true_bins: from `_output_truth`, or None (no calibration).
+
+    Returns:
+        name -> `[region height, region width, ...]` for every result of `run_function`.
+    """
+    keep_rows = keep_indices(plan.rows, plan.geometry)
+    keep_columns = keep_indices(plan.columns, plan.geometry)
     stitchers: dict[str, stitch_lib.Stitcher] = {}
     runs = list(plan.runs())
     run_rows, run_columns = plan.run_input_shape
     out_rows, out_columns = plan.run_output_shape
-    for first in range(0, len(runs), max(1, batch_size)):
-        batch_runs = runs[first : first + max(1, batch_size)]
+    step = max(1, batch_size)
+    for first in range(0, len(runs), step):
+        batch_runs = runs[first : first + step]
         inputs = np.stack(
             [
                 network_input_fn(padded[:, row.start : row.start + run_rows, column.start : column.start + run_columns])
                 for row, column in batch_runs
             ]
         ).astype(np.float32, copy=False)
+        arguments = [inputs, keep_rows, keep_columns]
         if true_bins is not None:
-            bins = np.stack(
-                [
-                    true_bins[row.start : row.start + out_rows, column.start : column.start + out_columns][
-                        np.ix_(keep_rows, keep_columns)
-                    ]
-                    for row, column in batch_runs
+            arguments.append(np.stack([
+                true_bins[row.start : row.start + out_rows, column.start : column.start + out_columns][
+                    np.ix_(keep_rows, keep_columns)
                 ]
-            )
-            results = run_function(inputs, keep_rows, keep_columns, bins)
-        else:
-            results = run_function(inputs, keep_rows, keep_columns)
-        for name, value in results.items():
+                for row, column in batch_runs
+            ]))
+        for name, value in run_function(*arguments).items():
             value = np.asarray(value)
             if name not in stitchers:
                 stitchers[name] = stitch_lib.Stitcher(plan, value.shape[3:])
@@ -472,35 +515,46 @@ def predict_image(
                 stitchers[name].add(row, column, value[index], compact=True)
         if progress is not None:
             progress.update(len(batch_runs))
-    seconds = time.perf_counter() - start
-    images = {name: stitcher.result() for name, stitcher in stitchers.items()}
-    if wanted != region:  # A window: crop the grid-aligned prediction.
-        rows = slice(wanted.row_offset - region.row_offset, wanted.row_offset - region.row_offset + wanted.height)
-        columns = slice(
-            wanted.column_offset - region.column_offset, wanted.column_offset - region.column_offset + wanted.width
-        )
-        images = {name: image[rows, columns] for name, image in images.items()}
-        if truth_masks is not None:
-            truth_masks = truth_masks[rows, columns]
-    calibration = None
-    if truth is not None:
-        calibration = {key: images.pop(key) for key in CALIBRATION_KEYS}
-        for value in calibration.values():
-            value[~truth_masks] = np.nan
-    order = list(known) + [quantile_name(q) for q in quantiles]
-    order += sorted(name for name in images if name not in order)  # Custom run functions.
-    ordered = {name: images[name] for name in order}
-    info = {
+    return {name: stitcher.result() for name, stitcher in stitchers.items()}
+
+
+def _crop(images: dict[str, np.ndarray], region: OutputRegion, wanted: OutputRegion) -> dict[str, np.ndarray]:
+    """The `wanted` window of images computed over `region` (the same images when they are equal)."""
+    if wanted == region:
+        return images
+    rows = slice(wanted.row_offset - region.row_offset, wanted.row_offset - region.row_offset + wanted.height)
+    columns = slice(
+        wanted.column_offset - region.column_offset, wanted.column_offset - region.column_offset + wanted.width
+    )
+    return {name: image[rows, columns] for name, image in images.items()}
+
+
+def _calibration(images: dict[str, np.ndarray], truth_masks: np.ndarray) -> dict[str, np.ndarray]:
+    """Takes the `CALIBRATION_KEYS` out of `images`, NaN where the truth is missing."""
+    calibration = {key: images.pop(key) for key in CALIBRATION_KEYS}
+    for value in calibration.values():
+        value[~truth_masks] = np.nan
+    return calibration
+
+
+def _ordered(images: dict[str, np.ndarray], order: list[str]) -> dict[str, np.ndarray]:
+    """`images` in the requested statistics' order, then any others (custom run functions) sorted."""
+    order = order + sorted(name for name in images if name not in order)
+    return {name: images[name] for name in order}
+
+
+def _plan_info(plan: tiling.TilePlan, plan_name: str, seconds: float) -> dict[str, Any]:
+    """The plan and timing figures of `Prediction.info`."""
+    return {
         "tile_size": plan.run_input_shape,
         "num_runs": plan.num_runs,
-        "phase_classes": len(tiling.block_classes(geometry, plan_name)),
+        "phase_classes": len(tiling.block_classes(plan.geometry, plan_name)),
         "plan": plan_name,
         "block": plan.rows.block,
-        "exact": tiling.is_exact(geometry, plan_name),
+        "exact": tiling.is_exact(plan.geometry, plan_name),
         "computed_input_pixels": plan.computed_input_pixels,
         "seconds": seconds,
     }
-    return Prediction(ordered, tuple(channel_names), wanted, calibration, info)
 
 
 def _output_truth(
