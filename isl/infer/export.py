@@ -318,7 +318,7 @@ class ServingFunctions:
 
 
 def parse_statistics(names: Sequence[str]) -> tuple[str, ...]:
-    """The paper's statistic names an export serves (`isl.model.statistics.parse_statistic_names`;
+    """The paper's statistic names an export serves (`isl.model.statistic_names.parse_statistic_names`;
     no quantiles: the serving graph computes the six distribution statistics).
 
     Raises:

@@ -48,7 +48,7 @@ BORDER_MODES = geometry_lib.BORDER_MODES
 ORIGINAL_BLOCKS_PER_SIDE = geometry_lib.ORIGINAL_BLOCKS_PER_SIDE
 OutputRegion = geometry_lib.OutputRegion
 output_region = geometry_lib.output_region
-# Statistic names (the paper's six and quantiles "qNN") are owned by `isl.model.statistics`.
+# Statistic names (the paper's six and quantiles "qNN") are owned by `isl.model.statistic_names`.
 QUANTILE_PREFIX = statistic_names.QUANTILE_PREFIX
 quantile_name = statistic_names.quantile_name
 CALIBRATION_KEYS = ("true_bin_probability", "cdf_below_true")
@@ -142,7 +142,7 @@ def padded_stack(
 
 def parse_statistics(names: Sequence[str]) -> tuple[tuple[str, ...], tuple[float, ...]]:
     """Splits statistic names into the paper's six and quantiles ("q05" -> 0.05)
-    (`isl.model.statistics.parse_statistic_names`).
+    (`isl.model.statistic_names.parse_statistic_names`).
 
     Raises:
         InputError: for an unknown name.
@@ -429,16 +429,10 @@ def predict_image(
     true_bins = truth_masks = None
     if truth is not None:
         true_bins, truth_masks = _output_truth(truth, region, plan)
+    padded = padded_stack(np.asarray(stack, dtype=np.float32), region, plan)
+    network_input_fn = network_input_fn or _default_network_input(num_z_values)
     start = time.perf_counter()
-    images = run_tiles(
-        plan,
-        padded_stack(np.asarray(stack, dtype=np.float32), region, plan),
-        network_input_fn or _default_network_input(num_z_values),
-        run_function,
-        true_bins,
-        batch_size,
-        progress,
-    )
+    images = run_tiles(plan, padded, network_input_fn, run_function, true_bins, batch_size, progress)
     seconds = time.perf_counter() - start
     images = _crop(images, region, wanted)
     calibration = None
