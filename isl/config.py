@@ -2,7 +2,7 @@
 
 Every size, depth and vocabulary the project uses comes from an
 `ExperimentConfig`. Configurations layer in a fixed order (see
-`resolve_config`): a named preset from `isl.presets`, then an optional
+`isl.presets.resolve_config`): a named preset from `isl.presets`, then an optional
 training recipe (`isl.presets.RECIPES`), then a JSON file, then
 `key=value` overrides with dotted keys such as `model.base_depth=200`.
 
@@ -550,22 +550,3 @@ def save_config(config: ExperimentConfig, path: str | os.PathLike[str]) -> None:
     from isl.io import atomic  # Local import: keeps this module dependency-free.
 
     atomic.write_text(path, config.to_json() + "\n")
-
-
-def resolve_config(
-    preset: str | None = None,
-    config_path: str | None = None,
-    overrides: list[str] | None = None,
-    recipe: str | None = None,
-) -> ExperimentConfig:
-    """Layers a preset, a recipe, then a JSON config file, then `key=value` overrides."""
-    from isl import presets
-
-    config = presets.get_preset(preset or "paper")
-    if recipe:
-        config = presets.apply_recipe(config, recipe)
-    if config_path:
-        config = load_config(config_path, base=config)
-    if overrides:
-        config = apply_overrides(config, list(overrides))
-    return config

@@ -163,3 +163,24 @@ def get_preset(name: str) -> config_lib.ExperimentConfig:
         raise errors.InputError(
             f"Unknown preset {name!r}. Known presets: {', '.join(sorted(PRESETS))}"
         ) from None
+
+
+def resolve_config(
+    preset: str | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    recipe: str | None = None,
+) -> config_lib.ExperimentConfig:
+    """Layers a preset, a recipe, then a JSON config file, then `key=value` overrides.
+
+    Here, not in `isl.config`, so that the presets (built from the config
+    classes) never import back into `isl.config`.
+    """
+    config = get_preset(preset or "paper")
+    if recipe:
+        config = apply_recipe(config, recipe)
+    if config_path:
+        config = config_lib.load_config(config_path, base=config)
+    if overrides:
+        config = config_lib.apply_overrides(config, list(overrides))
+    return config

@@ -40,7 +40,7 @@ def test_user_channel_is_added_without_code():
 def test_layering_preset_then_file_then_overrides(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model": {"base_depth": 100}, "train": {"batch_size": 8}}))
-    config = config_lib.resolve_config("tiny", str(path), ["train.batch_size=4"])
+    config = presets.resolve_config("tiny", str(path), ["train.batch_size=4"])
     assert config.name == "tiny"
     assert config.model.base_depth == 100
     assert config.train.batch_size == 4

@@ -125,9 +125,9 @@ def _check_report(report: str, expected_step: int, expected_sums: list[float]) -
 
 
 def test_train_killed_anywhere_resumes_from_the_newest_complete_checkpoint(tmp_path):
-    from isl import config as config_lib
+    from isl import presets
 
-    records = write_records(str(tmp_path), 3, 0, config_lib.resolve_config("tiny").channels)
+    records = write_records(str(tmp_path), 3, 0, presets.resolve_config("tiny").channels)
     model_dir = str(tmp_path / "model")
     steps = 60
     arguments = ["train", f"--data_dir={records}", f"--model_dir={model_dir}", "--preset=tiny", f"--steps={steps}",
@@ -212,12 +212,12 @@ def test_tune_killed_keeps_its_finished_trials(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """An (untrained) tiny model directory and one synthetic well."""
-    from isl import config as config_lib
+    from isl import presets
     from isl.data import synthetic
     from isl.model import builder, saving
 
     root = tmp_path_factory.mktemp("kill_outputs")
-    config = config_lib.resolve_config("tiny")
+    config = presets.resolve_config("tiny")
     model_dir = str(root / "model")
     saving.save_model_dir(builder.build_model(config), config, model_dir)
     wells = str(root / "wells")

@@ -30,6 +30,8 @@ from typing import Any
 
 from isl import config as config_lib
 from isl import errors
+from isl import presets
+from isl.benchmarks.options import BenchmarkOptions
 from isl.data import schema
 
 # Batch of the model-cost measurement (see `run`).
@@ -100,16 +102,16 @@ def _model_cost(config: config_lib.ExperimentConfig, inputs: Any, labels: Any, s
     return patches / (time.perf_counter() - start), patches / max(_cpu_seconds() - start_cpu, 1e-9)
 
 
-def run(flag_values: Any) -> dict[str, Any]:
-    """Runs the data benchmark with the `isl benchmark` flags; prints and returns the figures."""
+def run(options: BenchmarkOptions) -> dict[str, Any]:
+    """Runs the data benchmark; prints and returns the figures."""
     from isl.data import synthetic
 
-    preset = flag_values["preset"].value
-    config = config_lib.resolve_config(preset)
-    batch_size = flag_values["batch_size"].value or config.train.batch_size
-    steps = flag_values["steps"].value or 20
-    repeats = max(1, flag_values["repeats"].value)
-    source = flag_values["data_dir"].value or flag_values["sample_dir"].value
+    preset = options.preset
+    config = presets.resolve_config(preset)
+    batch_size = options.batch_size or config.train.batch_size
+    steps = options.steps or 20
+    repeats = max(1, options.repeats)
+    source = options.data_dir or options.sample_dir
     results: dict[str, Any] = {"preset": preset, "batch_size": batch_size, "steps": steps, "repeats": repeats}
     with tempfile.TemporaryDirectory(prefix="isl-benchmark-data-") as scratch:
         if source and os.path.isfile(os.path.join(source, schema.DATASET_JSON)):
@@ -120,7 +122,7 @@ def run(flag_values: Any) -> dict[str, Any]:
                 image_dir = source
                 results["data"] = f"image folder {os.path.abspath(source)}"
             else:
-                size = flag_values["image_size"].value
+                size = options.image_size
                 shape = (size, size) if size else (1024, 768)
                 image_dir = os.path.join(scratch, "raw")
                 synthetic.write_synthetic_dataset(image_dir, num_wells=1, size=shape, num_z=13, seed=0)
@@ -144,7 +146,7 @@ def run(flag_values: Any) -> dict[str, Any]:
             f"{results['patches_per_cpu_second']:.1f} patches per CPU-second (robust to other load)",
             flush=True,
         )
-        model_steps = flag_values["model_steps"].value if "model_steps" in flag_values else 0
+        model_steps = options.model_steps
         if model_steps:
             from isl.data import pipeline
 

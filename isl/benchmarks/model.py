@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 from isl import progress as progress_lib
+from isl.benchmarks.options import BenchmarkOptions
 
 MATMUL_SIZE = 4096
 
@@ -87,13 +88,13 @@ def benchmark_config(config: Any, batch_size: int, repeats: int, log=print) -> d
     import numpy as np
     import tensorflow as tf
 
-    from isl.cli import describe as describe_lib
     from isl.model import builder
     from isl.model import geometry
     from isl.model import losses
+    from isl.model import summary as summary_lib
 
     geo = geometry.geometry(config.model)
-    flops_per_patch = describe_lib.describe(config, geo.input_size)["flops_per_patch"]["total"]
+    flops_per_patch = summary_lib.summarize(config, geo.input_size)["flops_per_patch"]["total"]
     model = builder.build_model(config, input_size=geo.input_size)
     loss = losses.ISLLoss(config.channels)
     optimizer = keras.optimizers.Adam(config.train.learning_rate)
@@ -243,8 +244,8 @@ def output_size_table(
     return rows
 
 
-def run(flag_values: Any) -> dict[str, Any]:
-    """Entry point of `isl benchmark model` (flags: --preset, --batch_size, --repeats, --output_sizes).
+def run(options: BenchmarkOptions) -> dict[str, Any]:
+    """Entry point of `isl benchmark model` (options: preset, batch_size, repeats, output_sizes, memory_budget_gb).
 
     With --output_sizes (e.g. "8,24,56,120,248") it measures the training
     throughput table of `output_size_table` instead of the variants.
@@ -253,19 +254,19 @@ def run(flag_values: Any) -> dict[str, Any]:
     the environment variable ISL_BENCHMARK_MODEL_VARIANTS (e.g.
     "float32,bfloat16_xla").
     """
-    from isl import config as config_lib
+    from isl import presets
     from isl import errors
 
-    config = config_lib.resolve_config(flag_values["preset"].value)
-    batch_size = flag_values["batch_size"].value or config.train.batch_size
-    repeats = max(1, flag_values["repeats"].value or 3)
-    output_sizes_text = flag_values["output_sizes"].value if "output_sizes" in flag_values else ""
+    config = presets.resolve_config(options.preset)
+    batch_size = options.batch_size or config.train.batch_size
+    repeats = max(1, options.repeats or 3)
+    output_sizes_text = options.output_sizes
     if output_sizes_text:
         try:
             output_sizes = [int(item) for item in output_sizes_text.split(",") if item.strip()]
         except ValueError:
             raise errors.InputError(f"--output_sizes must be integers like 8,24,56. Received: {output_sizes_text!r}")
-        budget = flag_values["memory_budget_gb"].value * 1e9
+        budget = options.memory_budget_gb * 1e9
         print(f"isl benchmark model: preset {config.name}, output sizes {output_sizes}, variants "
               f"{', '.join(OUTPUT_SIZE_VARIANTS)}, batch <= {config.train.batch_size} within "
               f"{budget / 1e9:.0f} GB (modelled), {repeats} repeats, {os.cpu_count()} CPUs "

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from isl.benchmarks.options import BenchmarkOptions
+
 TARGETS = ("DAPI_CONFOCAL", "MAP2_CONFOCAL", "NFH_CONFOCAL", "NEURITE_CONFOCAL")
 NUM_SOURCE_Z = 13
 DEFAULT_SIZE = 1024
@@ -165,26 +167,24 @@ def _compare(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
     }
 
 
-def run(flag_values: Any) -> dict[str, Any]:
+def run(options: BenchmarkOptions) -> dict[str, Any]:
+    """Entry point of `isl benchmark predict` (options: plans, image_size, model_dir or preset, precision,
+    sample_dir, repeats, tile_size)."""
     from isl import errors
 
-    def flag(name: str, default: Any = None) -> Any:
-        return flag_values[name].value if name in flag_values and flag_values[name].value is not None else default
-
-    plans = [name.strip() for name in str(flag("plans", "old,new")).split(",") if name.strip()]
+    plans = [name.strip() for name in options.plans.split(",") if name.strip()]
     unknown = [name for name in plans if name not in PLANS]
     if unknown or not plans:
         raise errors.InputError(f"--plans: unknown {', '.join(unknown) or 'nothing'}; use {', '.join(PLANS)}.")
-    size = flag("image_size") or DEFAULT_SIZE
-    model_dir = flag("model_dir")
-    given = "precision" in flag_values and flag_values["precision"].present
-    precision = flag("precision", "float32") if (given or not model_dir) else ""  # A model dir: as trained.
+    size = options.image_size or DEFAULT_SIZE
+    model_dir = options.model_dir
+    precision = options.precision if (options.precision_given or not model_dir) else ""  # A model dir: as trained.
     if precision not in ("", "float32", "bfloat16"):
         raise errors.InputError(f"--precision: use float32 or bfloat16 for the predict benchmark. Received: {precision}")
-    repeats = max(0, flag("repeats", 1))
+    repeats = max(0, options.repeats)
     base = {
-        "model_dir": model_dir, "preset": flag("preset", "paper"), "precision": precision,
-        "sample_dir": flag("sample_dir"), "size": size, "repeats": repeats, "tile_size": flag("tile_size", 0),
+        "model_dir": model_dir, "preset": options.preset, "precision": precision,
+        "sample_dir": options.sample_dir, "size": size, "repeats": repeats, "tile_size": options.tile_size,
     }
     command = f"isl benchmark predict --plans={','.join(plans)} --image_size={size} --repeats={repeats}"
     command += f" --model_dir={model_dir}" if model_dir else f" --preset={base['preset']}"

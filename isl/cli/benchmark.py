@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any
 
@@ -26,7 +27,7 @@ Example:
   isl benchmark data --data_dir=condition_b_sample --json
 """
 
-# Benchmark name -> module with `run(flag_values) -> dict`.
+# Benchmark name -> module with `run(options: BenchmarkOptions) -> dict`.
 BENCHMARKS: dict[str, str] = {
     "data": "isl.benchmarks.data",
     "model": "isl.benchmarks.model",
@@ -79,4 +80,18 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         if error.name == BENCHMARKS[name]:
             raise errors.InputError(f"benchmark {name!r} is not implemented yet.") from None
         raise
-    return module.run(flag_values)
+    return module.run(options_from_flags(flag_values))
+
+
+def options_from_flags(flag_values: Any) -> Any:
+    """The `isl.benchmarks.options.BenchmarkOptions` the flags describe."""
+    from isl.benchmarks.options import BenchmarkOptions
+
+    names = [field.name for field in dataclasses.fields(BenchmarkOptions) if field.name != "precision_given"]
+    values = {name: flag_values[name].value for name in names if name in flag_values}
+    values = {name: value for name, value in values.items() if value is not None or name in _OPTIONAL}
+    return BenchmarkOptions(**values, precision_given="precision" in flag_values and flag_values["precision"].present)
+
+
+# Options whose None means "per benchmark" (the others fall back to the dataclass default).
+_OPTIONAL = ("data_dir", "sample_dir", "image_size", "batch_size", "steps", "model_dir")

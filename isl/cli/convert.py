@@ -86,7 +86,7 @@ def define_flags(flag_values: Any) -> None:
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
-    from isl import config as config_lib
+    from isl import presets
     from isl import errors
     from isl import progress as progress_lib
     from isl.data import convert as convert_lib
@@ -99,7 +99,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         raise errors.InputError("--input_dir is required (repeat it for several folders).")
     if not output_dir:
         raise errors.InputError("--output_dir is required.")
-    config = config_lib.resolve_config(
+    config = presets.resolve_config(
         flag_values["preset"].value, flag_values["config"].value, list(flag_values["set"].value or [])
     )
     bar = progress_lib.Progress(None, "convert", enabled=flag_values["progress"].value)

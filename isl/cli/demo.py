@@ -61,7 +61,7 @@ def define_flags(flag_values: Any) -> None:
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
-    from isl import config as config_lib
+    from isl import presets
     from isl import demo
     from isl import errors
 
@@ -70,7 +70,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     for name in ("num_wells", "image_size", "num_z", "batches", "train_steps"):
         if flag_values[name].value < 1:
             raise errors.InputError(f"--{name} must be >= 1. Received: {flag_values[name].value}")
-    config = config_lib.resolve_config(
+    config = presets.resolve_config(
         flag_values["preset"].value, flag_values["config"].value, list(flag_values["set"].value or [])
     )
     results = demo.run_demo(

@@ -97,22 +97,15 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
 
     if positional:
         raise errors.InputError(f"Unexpected arguments: {' '.join(positional)}")
-    for name in ("model_dir", "export_dir"):
-        if not flag_values[name].value:
-            raise errors.InputError(f"--{name} is required.")
-    if flag_values["tile_size"].value < 0 or flag_values["test_size"].value < 0:
-        raise errors.InputError("--tile_size and --test_size must be >= 0.")
-    print(f"Exporting {flag_values.model_dir} ...", flush=True)
-    if flag_values.format == "bioimageio":
-        return _run_bioimageio(flag_values)
+    common = _common_arguments(flag_values)
+    print(f"Exporting {common['model_dir']} ...", flush=True)
+    if flag_values["format"].value == "bioimageio":
+        return _run_bioimageio(flag_values, common)
     result = export.export_model(
-        flag_values.model_dir,
-        flag_values.export_dir,
-        statistics=flag_values.statistics,
-        with_distributions=flag_values.with_distributions,
-        keras_archive=flag_values.keras_archive,
-        all_heads=flag_values.all_heads,
-        tile_size=flag_values.tile_size or None,
+        **common,
+        with_distributions=flag_values["with_distributions"].value,
+        keras_archive=flag_values["keras_archive"].value,
+        tile_size=flag_values["tile_size"].value or None,
     )
     print(f"SavedModel: {result.export_dir}  (signatures: {', '.join(result.signatures)})")
     print(f"Channels: {', '.join(result.channels)}")
@@ -133,32 +126,50 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     }
 
 
-def _run_bioimageio(flag_values: Any) -> dict[str, Any]:
+def _common_arguments(flag_values: Any) -> dict[str, Any]:
+    """The checked flags both formats take: model_dir, export_dir, statistics, all_heads.
+
+    Raises:
+        InputError: for a missing directory or a negative size.
+    """
+    from isl import errors
+
+    for name in ("model_dir", "export_dir"):
+        if not flag_values[name].value:
+            raise errors.InputError(f"--{name} is required.")
+    if flag_values["tile_size"].value < 0 or flag_values["test_size"].value < 0:
+        raise errors.InputError("--tile_size and --test_size must be >= 0.")
+    return {name: flag_values[name].value for name in ("model_dir", "export_dir", "statistics", "all_heads")}
+
+
+def _run_bioimageio(flag_values: Any, common: dict[str, Any]) -> dict[str, Any]:
     from isl import errors
     from isl.infer import bioimageio
 
     origin = None
-    if flag_values.sample_origin:
+    sample_origin = flag_values["sample_origin"].value
+    if sample_origin:
         try:
-            row, column = (int(value) for value in flag_values.sample_origin)
+            row, column = (int(value) for value in sample_origin)
         except ValueError:
-            raise errors.InputError(f"--sample_origin must be row,column; got "
-                                    f"{','.join(flag_values.sample_origin)}.") from None
+            raise errors.InputError(
+                f"--sample_origin must be row,column; got {','.join(sample_origin)}."
+            ) from None
         origin = (row, column)
-    if flag_values.with_distributions:
+    if flag_values["with_distributions"].value:
         raise errors.InputError("--with_distributions is not available with --format=bioimageio.")
     result = bioimageio.export_package(
-        flag_values.model_dir,
-        flag_values.export_dir,
-        statistics=flag_values.statistics,
-        all_heads=flag_values.all_heads,
-        sample_well=flag_values.sample_well,
+        common["model_dir"],
+        common["export_dir"],
+        statistics=common["statistics"],
+        all_heads=common["all_heads"],
+        sample_well=flag_values["sample_well"].value,
         sample_origin=origin,
-        test_size=flag_values.test_size,
-        name=flag_values.name,
-        license_id=flag_values.license,
-        authors=flag_values.authors,
-        run_test=flag_values.bioimageio_test,
+        test_size=flag_values["test_size"].value,
+        name=flag_values["name"].value,
+        license_id=flag_values["license"].value,
+        authors=flag_values["authors"].value,
+        run_test=flag_values["bioimageio_test"].value,
     )
     print(f"bioimage.io package: {result.package_dir}  (zip: {result.zip_path})")
     print(f"Outputs: {', '.join(result.outputs)}; test input {list(result.test_input_shape)} [batch, y, x, z]")

@@ -50,6 +50,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     from isl import progress as progress_lib
     from isl.data import pipeline
     from isl.io import atomic
+    from isl.io import model_dir as model_dir_lib
     from isl.model import saving
     from isl.train import recalibrate as recalibrate_lib
 
@@ -75,10 +76,10 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     bar.close()
     os.makedirs(output_dir, exist_ok=True)
     saving.save_model_dir(model, config, output_dir)
-    trained_channels = os.path.join(model_dir, saving.TRAINED_CHANNELS_FILE)
+    trained_channels = model_dir_lib.ModelDir(model_dir).trained_channels
     if os.path.isfile(trained_channels) and os.path.abspath(output_dir) != os.path.abspath(model_dir):
         with open(trained_channels) as file:
-            atomic.write_text(os.path.join(output_dir, saving.TRAINED_CHANNELS_FILE), file.read())
+            atomic.write_text(model_dir_lib.ModelDir(output_dir).trained_channels, file.read())
     record = {
         "source_model_dir": os.path.abspath(model_dir),
         "data_dir": os.path.abspath(flag_values["data_dir"].value),

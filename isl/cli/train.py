@@ -99,9 +99,10 @@ def define_flags(flag_values: Any) -> None:
 def resolve(flag_values: Any) -> Any:
     """The experiment config: preset -> --config -> --set -> explicit flags."""
     from isl import config as config_lib
+    from isl import presets
 
-    config = config_lib.resolve_config(flag_values["preset"].value, flag_values["config"].value,
-                                       list(flag_values["set"].value or []), recipe=flag_values["recipe"].value)
+    config = presets.resolve_config(flag_values["preset"].value, flag_values["config"].value,
+                                    list(flag_values["set"].value or []), recipe=flag_values["recipe"].value)
     from isl.data import pipeline
 
     pipeline.patch_layout(config)  # An output size off the 8 + 16k grid fails here, before anything is written.
@@ -172,6 +173,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     # The strategy first: multi-worker and TPU runtimes must start before
     # any other TensorFlow work.
     strategy = strategy_lib.make_strategy(flag_values["strategy"].value)
+    from isl.io import model_dir as model_dir_lib
     from isl.train import trainer
 
     def log(message: str) -> None:
@@ -191,13 +193,14 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             log=log,
         )
     model_dir = result.model_dir
+    layout = model_dir_lib.ModelDir(model_dir)
     paths = {
         "model_dir": model_dir,
-        "config": os.path.join(model_dir, trainer.CONFIG_FILE),
-        "weights": os.path.join(model_dir, trainer.WEIGHTS_FILE),
-        "checkpoints": os.path.join(model_dir, trainer.CHECKPOINT_DIR),
-        "logs": os.path.join(model_dir, trainer.LOG_DIR),
-        "csv": os.path.join(model_dir, trainer.LOG_DIR, "training.csv"),
+        "config": layout.config,
+        "weights": layout.weights,
+        "checkpoints": layout.checkpoints,
+        "logs": layout.logs,
+        "csv": layout.training_csv,
     }
     losses = result.losses
     eval_losses = result.eval_losses

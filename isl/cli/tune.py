@@ -93,7 +93,7 @@ def stopped_hint(flag_values: Any) -> str:
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     import os
 
-    from isl import config as config_lib
+    from isl import presets
     from isl import errors
     from isl.train import tuning
 
@@ -105,7 +105,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     role = tuning.role_from_environment()
     if role != "chief" and not os.path.isdir(flag_values.data_dir):
         raise errors.InputError(f"--data_dir {flag_values.data_dir}: no such directory.")
-    base = config_lib.resolve_config(flag_values.preset, flag_values.config, flag_values.set)
+    base = presets.resolve_config(flag_values.preset, flag_values.config, flag_values.set)
     space = _read_search_space(flag_values.search_space)
     strategy = None
     if flag_values.strategy != "default":

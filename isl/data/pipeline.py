@@ -39,6 +39,7 @@ import json
 import os
 import random
 import struct
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -104,19 +105,24 @@ def patch_layout(config: config_lib.ExperimentConfig) -> PatchLayout:
     )
 
 
-def eval_crop_offsets(height: int, width: int, layout: PatchLayout) -> list[tuple[int, int]]:
+def eval_crop_offsets(height: Any, width: Any, layout: PatchLayout) -> tf.Tensor:
     """Evaluation crops: a centred grid of non-overlapping crops, in padded coordinates.
 
     The padded image is `height + 2 * pad` by `width + 2 * pad`; it holds
-    max(1, padded // crop) crops along each axis, centred.
+    max(1, padded // crop) crops along each axis, centred. `height` and
+    `width` are ints or int32 scalar tensors (inside the pipeline's graph).
+
+    Returns:
+        int32 `[num_crops, 2]` (row, column) offsets, row-major.
     """
-    offsets_per_axis = []
+    axes = []
     for size in (height, width):
-        padded = size + 2 * layout.pad
-        count = max(1, padded // layout.crop_size)
-        start = max(0, (padded - count * layout.crop_size) // 2)
-        offsets_per_axis.append([start + index * layout.crop_size for index in range(count)])
-    return [(row, column) for row in offsets_per_axis[0] for column in offsets_per_axis[1]]
+        padded = tf.cast(size, tf.int32) + 2 * layout.pad
+        count = tf.maximum(1, padded // layout.crop_size)
+        start = tf.maximum(0, (padded - count * layout.crop_size) // 2)
+        axes.append(start + tf.range(count) * layout.crop_size)
+    rows, columns = tf.meshgrid(axes[0], axes[1], indexing="ij")
+    return tf.stack([tf.reshape(rows, [-1]), tf.reshape(columns, [-1])], axis=1)
 
 
 def read_description(data_dir: str) -> dict | None:
@@ -532,19 +538,9 @@ def build_dataset(
         dataset = dataset.batch(batch_size, drop_remainder=True)
     else:
 
-        def eval_offsets(decoded: dict) -> tf.Tensor:
-            axes = []
-            for size in (decoded["height"], decoded["width"]):
-                padded = size + 2 * layout.pad
-                count = tf.maximum(1, padded // layout.crop_size)
-                start = tf.maximum(0, (padded - count * layout.crop_size) // 2)
-                axes.append(start + tf.range(count) * layout.crop_size)
-            rows, columns = tf.meshgrid(axes[0], axes[1], indexing="ij")
-            return tf.stack([tf.reshape(rows, [-1]), tf.reshape(columns, [-1])], axis=1)
-
         def crops_of_example(serialized: tf.Tensor) -> tf.data.Dataset:
             decoded = decoder.decode(serialized)
-            offsets = tf.data.Dataset.from_tensor_slices(eval_offsets(decoded))
+            offsets = tf.data.Dataset.from_tensor_slices(eval_crop_offsets(decoded["height"], decoded["width"], layout))
             return offsets.map(lambda offset: maker.patches(decoded, offset[0], offset[1], tf.constant(False)))
 
         dataset = dataset.flat_map(crops_of_example).unbatch()

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from isl import errors
+from isl.io import model_dir as model_dir_lib
 
 # Line colours, one per run (colour-blind friendly: blue, orange, green, purple, grey).
 COLOURS = ((0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (120, 120, 120))
@@ -36,7 +37,7 @@ def read_scalars(model_dir: str, tag: str = "loss", split: str = "train") -> tup
     """
     import tensorflow as tf
 
-    directory = os.path.join(model_dir, "logs", split)
+    directory = model_dir_lib.ModelDir(model_dir).log_split(split)
     files = sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*")))
     if not files:
         raise errors.InputError(f"{directory}: no TensorBoard event files "

@@ -14,9 +14,13 @@ summarised as a condition x channel table of Pearson r (the paper's layout:
 the mean over the wells of a condition).
 
 Regions (image coordinates): "all" (everything predicted), "interior" (the
-pixels whose 250-px context lies inside the image: no reflected pixels),
-"original" (the released code's window [121, 121 + 128k), §5.1), or
-"r0:r1,c0:c1".
+window `isl predict --border=valid` predicts: whole output blocks whose
+input patches lie inside the image, no reflected pixels), "original" (the
+released code's window, `--border=original`), or "r0:r1,c0:c1". The interior
+and original windows depend on the model's patch geometry, which
+`prediction.json` records (`isl.model.geometry.output_region` is their one
+owner); for a record without it, the geometry is computed from the model's
+`config.json`.
 """
 
 from __future__ import annotations
@@ -38,8 +42,12 @@ from isl.eval import calibration as calibration_lib
 from isl.eval import metrics as metrics_lib
 from isl.eval import report as report_lib
 from isl.io import atomic
+from isl.io import model_dir as model_dir_lib
+from isl.io import prediction_file
+from isl.model import geometry as geometry_lib
 
-PREDICTION_FILE = "prediction.json"
+PREDICTION_FILE = prediction_file.PREDICTION_FILE
+BORDER_REGIONS = {"interior": "valid", "original": "original"}
 METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
 CSV_COLUMNS = (
@@ -56,29 +64,54 @@ def find_predictions(predictions_dir: str) -> list[str]:
     """
     if not os.path.isdir(predictions_dir):
         raise errors.InputError(f"{predictions_dir}: not a folder.")
-    if os.path.isfile(os.path.join(predictions_dir, PREDICTION_FILE)):
+    if prediction_file.exists(predictions_dir):
         return [predictions_dir]
     found = sorted(
         os.path.join(predictions_dir, name)
         for name in os.listdir(predictions_dir)
-        if os.path.isfile(os.path.join(predictions_dir, name, PREDICTION_FILE))
+        if prediction_file.exists(os.path.join(predictions_dir, name))
     )
     if not found:
         raise errors.InputError(f"{predictions_dir}: no {PREDICTION_FILE} here or in its sub-folders; run `isl predict` first.")
     return found
 
 
-def _load_summary(well_dir: str) -> dict[str, Any]:
-    path = os.path.join(well_dir, PREDICTION_FILE)
+def prediction_geometry(summary: dict[str, Any], well_dir: str) -> geometry_lib.PatchSizes:
+    """The patch geometry of the model that made a prediction.
+
+    From `prediction.json`'s `geometry`; for a record written before it was
+    recorded, computed from the `config.json` of the model it names.
+
+    Raises:
+        InputError: when the model had no border (the regression U-Net), or
+            neither the record nor the model's config gives the geometry.
+    """
+    if "geometry" in summary:
+        if summary["geometry"] is None:
+            raise errors.InputError(
+                f"{prediction_file.path(well_dir)}: the model predicts whole images without a border, so the "
+                "interior and original regions do not apply; use --region=all or r0:r1,c0:c1."
+            )
+        try:
+            return geometry_lib.PatchGeometry.from_record(summary["geometry"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise errors.InputError(f"{prediction_file.path(well_dir)}: malformed geometry ({error}).") from None
+    config_path = model_dir_lib.ModelDir(str(summary.get("model", ""))).config
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise errors.InputError(f"{path}: cannot read ({error}).") from None
+        config = config_lib.load_config(config_path)
+        return geometry_lib.geometry(config.model)
+    except (OSError, ValueError, errors.InputError) as error:
+        raise errors.InputError(
+            f"{prediction_file.path(well_dir)} records no model geometry, and its model's {config_path} cannot give "
+            f"it ({error}). Predict again with this version of `isl predict`, or use --region=all or r0:r1,c0:c1."
+        ) from None
 
 
 def region_mask(
-    spec: str, image_shape: tuple[int, int], prediction_region: dict[str, int], border: int = 121, input_size: int = 250
+    spec: str,
+    image_shape: tuple[int, int],
+    prediction_region: dict[str, int],
+    geometry: geometry_lib.PatchSizes | None = None,
 ) -> np.ndarray:
     """Boolean `[height, width]` over the prediction's output pixels.
 
@@ -87,18 +120,27 @@ def region_mask(
             `isl.data.convert.parse_region`; an empty end means the edge).
         image_shape: the input image's (height, width).
         prediction_region: `row_offset`, `column_offset`, `height`, `width`.
-        border, input_size: the network's border and patch size.
+        geometry: the model's patch geometry (`prediction_geometry`); needed
+            for "interior" (`output_region(..., "valid")`) and "original"
+            (`output_region(..., "original")`).
     """
     rows = np.arange(prediction_region["height"]) + prediction_region["row_offset"]
     columns = np.arange(prediction_region["width"]) + prediction_region["column_offset"]
     height, width = image_shape
     if spec == "all":
         ranges = ((0, height), (0, width))
-    elif spec == "interior":
-        ranges = ((border, height - border), (border, width - border))
-    elif spec == "original":
-        block = 128
-        ranges = tuple((border, border + block * ((side - input_size) // block)) for side in (height, width))
+    elif spec in BORDER_REGIONS:
+        if geometry is None:
+            raise ValueError(f"region {spec!r} needs the model's geometry.")
+        try:
+            window = geometry_lib.output_region(image_shape, geometry, BORDER_REGIONS[spec])
+        except errors.InputError:
+            raise errors.InputError(
+                f"--region={spec}: an image of {height} x {width} px has no {spec} window for this model "
+                f"(input {geometry.input_size} px, border {geometry.border}); use --region=all."
+            ) from None
+        ranges = ((window.row_offset, window.row_offset + window.height),
+                  (window.column_offset, window.column_offset + window.width))
     else:
         try:
             parsed = convert_lib.parse_region(spec, "--region")
@@ -162,7 +204,7 @@ def evaluate_well(
     """
     from isl.data import assemble
 
-    summary = _load_summary(well_dir)
+    summary = prediction_file.read_summary(well_dir)
     channel_values = summary.get("channel_config")
     channels = config_lib.config_from_dict({"channels": channel_values}).channels if channel_values else config_lib.ChannelConfig()
     well = _truth_well(summary, truth_dirs, channels)
@@ -176,7 +218,8 @@ def evaluate_well(
     predicted_region = summary["region"]
     rows_slice = slice(predicted_region["row_offset"], predicted_region["row_offset"] + predicted_region["height"])
     columns_slice = slice(predicted_region["column_offset"], predicted_region["column_offset"] + predicted_region["width"])
-    selection = region_mask(region, image_shape, predicted_region)
+    geometry = prediction_geometry(summary, well_dir) if region in BORDER_REGIONS else None
+    selection = region_mask(region, image_shape, predicted_region, geometry)
     results, figure_rows = [], []
     for channel, files in summary["files"].items():
         index = channels.output_target_channels.index(channel)

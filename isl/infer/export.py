@@ -59,6 +59,7 @@ from typing import Any
 from isl import config as config_lib
 from isl import errors
 from isl.io import atomic
+from isl.io import model_dir as model_dir_lib
 from isl.model import geometry as geometry_lib
 
 SERVING_DEFAULT = "serving_default"
@@ -75,7 +76,7 @@ DEFAULT_STATISTICS = ("median", "mean", "std")
 # Source stacks up to this many z slices are mapped inside the graph.
 MAX_SOURCE_Z = 256
 KERAS_ARCHIVE = "model.keras"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = model_dir_lib.CONFIG_FILE  # An export carries its config under the model directory's name.
 EXPORT_INFO_FILE = "export.json"
 UINT16_MAX = 65535.0
 # [batch, height, width, num_source_z]
@@ -318,16 +319,15 @@ class ServingFunctions:
 
 
 def parse_statistics(names: Sequence[str]) -> tuple[str, ...]:
-    """Validates statistic names against `isl.model.statistics.STATISTICS`."""
-    from isl.model import statistics as statistics_lib
+    """The paper's statistic names an export serves (`isl.model.statistic_names.parse_statistic_names`;
+    no quantiles: the serving graph computes the six distribution statistics).
 
-    names = tuple(name.strip() for name in names if name.strip())
-    unknown = [name for name in names if name not in statistics_lib.STATISTICS]
-    if unknown:
-        raise errors.InputError(
-            f"Unknown statistic(s) {', '.join(unknown)}. Known: {', '.join(statistics_lib.STATISTICS)}."
-        )
-    return tuple(dict.fromkeys(names))
+    Raises:
+        InputError: for an unknown name or a quantile.
+    """
+    from isl.model import statistic_names
+
+    return statistic_names.parse_statistic_names(names, quantiles=False)[0]
 
 
 def export_channels(

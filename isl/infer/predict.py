@@ -41,28 +41,17 @@ from isl import errors
 from isl.infer import stitch as stitch_lib
 from isl.infer import tiling
 from isl.model import geometry as geometry_lib
+from isl.model import statistic_names
 
-BORDER_MODES = ("reflect", "valid", "original")
-# The released infer.py's block: infer_size 16 output blocks of 8 px (§5.1).
-ORIGINAL_BLOCKS_PER_SIDE = 16
-# Quantile statistics beyond the paper's six: "q05" .. "q95" (percent).
-QUANTILE_PREFIX = "q"
+# The border modes and their windows are owned by `isl.model.geometry`.
+BORDER_MODES = geometry_lib.BORDER_MODES
+ORIGINAL_BLOCKS_PER_SIDE = geometry_lib.ORIGINAL_BLOCKS_PER_SIDE
+OutputRegion = geometry_lib.OutputRegion
+output_region = geometry_lib.output_region
+# Statistic names (the paper's six and quantiles "qNN") are owned by `isl.model.statistic_names`.
+QUANTILE_PREFIX = statistic_names.QUANTILE_PREFIX
+quantile_name = statistic_names.quantile_name
 CALIBRATION_KEYS = ("true_bin_probability", "cdf_below_true")
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputRegion:
-    """Where the output lies in the image.
-
-    Attributes:
-        row_offset, column_offset: image coordinates of output pixel (0, 0).
-        height, width: output size in pixels.
-    """
-
-    row_offset: int
-    column_offset: int
-    height: int
-    width: int
 
 
 @dataclasses.dataclass
@@ -83,32 +72,6 @@ class Prediction:
     region: OutputRegion
     calibration: dict[str, np.ndarray] | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def output_region(image_shape: tuple[int, int], geometry: geometry_lib.Geometry, border_mode: str) -> OutputRegion:
-    """The output region of an image of `image_shape` = (height, width).
-
-    Raises:
-        InputError: for an unknown mode, or an image too small for `valid`
-            or `original`.
-    """
-    height, width = image_shape
-    if border_mode == "reflect":
-        return OutputRegion(0, 0, height, width)
-    if border_mode == "valid":
-        block = geometry.output_size
-        sizes = [block * ((side - 2 * geometry.border) // block) for side in (height, width)]
-    elif border_mode == "original":
-        block = geometry.output_size * ORIGINAL_BLOCKS_PER_SIDE
-        sizes = [block * ((side - geometry.input_size) // block) for side in (height, width)]
-    else:
-        raise errors.InputError(f"Unknown border mode {border_mode!r}; use one of {', '.join(BORDER_MODES)}.")
-    if min(sizes) < 1:
-        raise errors.InputError(
-            f"An image of {height} x {width} px is too small for --border={border_mode}: the model needs "
-            f"{geometry.input_size} px of input per side (border {geometry.border}); use --border=reflect."
-        )
-    return OutputRegion(geometry.border, geometry.border, sizes[0], sizes[1])
 
 
 def window_region(
@@ -178,29 +141,13 @@ def padded_stack(
 
 
 def parse_statistics(names: Sequence[str]) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """Splits statistic names into the paper's six and quantiles ("q05" -> 0.05).
+    """Splits statistic names into the paper's six and quantiles ("q05" -> 0.05)
+    (`isl.model.statistic_names.parse_statistic_names`).
 
     Raises:
         InputError: for an unknown name.
     """
-    known, quantiles = [], []
-    for name in names:
-        from isl.model import statistics as statistics_lib
-
-        if name in statistics_lib.STATISTICS:
-            known.append(name)
-        elif name.startswith(QUANTILE_PREFIX) and name[1:].isdigit() and 0 < int(name[1:]) < 100:
-            quantiles.append(int(name[1:]) / 100)
-        else:
-            raise errors.InputError(
-                f"Unknown statistic {name!r}. Known: {', '.join(statistics_lib.STATISTICS)}, "
-                "and quantiles q01 .. q99."
-            )
-    return tuple(known), tuple(quantiles)
-
-
-def quantile_name(quantile: float) -> str:
-    return f"{QUANTILE_PREFIX}{round(quantile * 100):02d}"
+    return statistic_names.parse_statistic_names(names)
 
 
 class Network:
@@ -474,50 +421,87 @@ def predict_image(
     if stack.ndim != 3:
         raise errors.InputError(f"A source stack must be [num_source_z, height, width]; got shape {stack.shape}.")
     known, quantiles = parse_statistics(statistics)
-    region = output_region(stack.shape[1:], geometry, border_mode)
+    region, wanted, plan = plan_image(stack.shape[1:], geometry, border_mode, tile_size, plan_name, window)
+    if run_function is None:
+        if not isinstance(network, Network):
+            network = Network.from_logits(network, head_indices)
+        run_function = make_run_function(network, known, quantiles, with_truth=truth is not None)
+    true_bins = truth_masks = None
+    if truth is not None:
+        true_bins, truth_masks = _output_truth(truth, region, plan)
+    padded = padded_stack(np.asarray(stack, dtype=np.float32), region, plan)
+    network_input_fn = network_input_fn or _default_network_input(num_z_values)
+    start = time.perf_counter()
+    images = run_tiles(plan, padded, network_input_fn, run_function, true_bins, batch_size, progress)
+    seconds = time.perf_counter() - start
+    images = _crop(images, region, wanted)
+    calibration = None
+    if truth is not None:
+        calibration = _calibration(images, _crop({"masks": truth_masks}, region, wanted)["masks"])
+    ordered = _ordered(images, list(known) + [quantile_name(q) for q in quantiles])
+    return Prediction(ordered, tuple(channel_names), wanted, calibration, _plan_info(plan, plan_name, seconds))
+
+
+def plan_image(
+    image_shape: tuple[int, int],
+    geometry: geometry_lib.Geometry,
+    border_mode: str,
+    tile_size: int | None,
+    plan_name: str,
+    window: tuple[int, int, int, int] | None,
+) -> tuple[OutputRegion, OutputRegion, tiling.TilePlan]:
+    """The region to compute, the region wanted (a window of it, or the same) and the tile plan."""
+    region = output_region(image_shape, geometry, border_mode)
     wanted = region
     if window is not None:
         region, wanted = window_region(region, window, geometry, plan_name)
     if tile_size is not None:
         tile_size = tiling.valid_tile_size(geometry, tile_size, plan_name)
-    plan = tiling.plan_tiles((region.height, region.width), geometry, tile_size, plan_name)
-    padded = padded_stack(np.asarray(stack, dtype=np.float32), region, plan)
-    network_input_fn = network_input_fn or _default_network_input(num_z_values)
-    if run_function is None:
-        if not isinstance(network, Network):
-            network = Network.from_logits(network, head_indices)
-        run_function = make_run_function(network, known, quantiles, with_truth=truth is not None)
-    keep_rows = keep_indices(plan.rows, geometry)
-    keep_columns = keep_indices(plan.columns, geometry)
-    true_bins = truth_masks = None
-    if truth is not None:
-        true_bins, truth_masks = _output_truth(truth, region, plan)
-    start = time.perf_counter()
+    return region, wanted, tiling.plan_tiles((region.height, region.width), geometry, tile_size, plan_name)
+
+
+def run_tiles(
+    plan: tiling.TilePlan,
+    padded: np.ndarray,
+    network_input_fn: Callable[[np.ndarray], np.ndarray],
+    run_function: Callable[..., dict[str, Any]],
+    true_bins: np.ndarray | None = None,
+    batch_size: int = 1,
+    progress: Any = None,
+) -> dict[str, np.ndarray]:
+    """Runs every tile of `plan` in batches and stitches the kept pixels.
+
+    Args:
+        padded: `padded_stack(...)`, `[num_source_z, rows, columns]`.
+        true_bins: from `_output_truth`, or None (no calibration).
+
+    Returns:
+        name -> `[region height, region width, ...]` for every result of `run_function`.
+    """
+    keep_rows = keep_indices(plan.rows, plan.geometry)
+    keep_columns = keep_indices(plan.columns, plan.geometry)
     stitchers: dict[str, stitch_lib.Stitcher] = {}
     runs = list(plan.runs())
     run_rows, run_columns = plan.run_input_shape
     out_rows, out_columns = plan.run_output_shape
-    for first in range(0, len(runs), max(1, batch_size)):
-        batch_runs = runs[first : first + max(1, batch_size)]
+    step = max(1, batch_size)
+    for first in range(0, len(runs), step):
+        batch_runs = runs[first : first + step]
         inputs = np.stack(
             [
                 network_input_fn(padded[:, row.start : row.start + run_rows, column.start : column.start + run_columns])
                 for row, column in batch_runs
             ]
         ).astype(np.float32, copy=False)
+        arguments = [inputs, keep_rows, keep_columns]
         if true_bins is not None:
-            bins = np.stack(
-                [
-                    true_bins[row.start : row.start + out_rows, column.start : column.start + out_columns][
-                        np.ix_(keep_rows, keep_columns)
-                    ]
-                    for row, column in batch_runs
+            arguments.append(np.stack([
+                true_bins[row.start : row.start + out_rows, column.start : column.start + out_columns][
+                    np.ix_(keep_rows, keep_columns)
                 ]
-            )
-            results = run_function(inputs, keep_rows, keep_columns, bins)
-        else:
-            results = run_function(inputs, keep_rows, keep_columns)
-        for name, value in results.items():
+                for row, column in batch_runs
+            ]))
+        for name, value in run_function(*arguments).items():
             value = np.asarray(value)
             if name not in stitchers:
                 stitchers[name] = stitch_lib.Stitcher(plan, value.shape[3:])
@@ -525,35 +509,46 @@ def predict_image(
                 stitchers[name].add(row, column, value[index], compact=True)
         if progress is not None:
             progress.update(len(batch_runs))
-    seconds = time.perf_counter() - start
-    images = {name: stitcher.result() for name, stitcher in stitchers.items()}
-    if wanted != region:  # A window: crop the grid-aligned prediction.
-        rows = slice(wanted.row_offset - region.row_offset, wanted.row_offset - region.row_offset + wanted.height)
-        columns = slice(
-            wanted.column_offset - region.column_offset, wanted.column_offset - region.column_offset + wanted.width
-        )
-        images = {name: image[rows, columns] for name, image in images.items()}
-        if truth_masks is not None:
-            truth_masks = truth_masks[rows, columns]
-    calibration = None
-    if truth is not None:
-        calibration = {key: images.pop(key) for key in CALIBRATION_KEYS}
-        for value in calibration.values():
-            value[~truth_masks] = np.nan
-    order = list(known) + [quantile_name(q) for q in quantiles]
-    order += sorted(name for name in images if name not in order)  # Custom run functions.
-    ordered = {name: images[name] for name in order}
-    info = {
+    return {name: stitcher.result() for name, stitcher in stitchers.items()}
+
+
+def _crop(images: dict[str, np.ndarray], region: OutputRegion, wanted: OutputRegion) -> dict[str, np.ndarray]:
+    """The `wanted` window of images computed over `region` (the same images when they are equal)."""
+    if wanted == region:
+        return images
+    rows = slice(wanted.row_offset - region.row_offset, wanted.row_offset - region.row_offset + wanted.height)
+    columns = slice(
+        wanted.column_offset - region.column_offset, wanted.column_offset - region.column_offset + wanted.width
+    )
+    return {name: image[rows, columns] for name, image in images.items()}
+
+
+def _calibration(images: dict[str, np.ndarray], truth_masks: np.ndarray) -> dict[str, np.ndarray]:
+    """Takes the `CALIBRATION_KEYS` out of `images`, NaN where the truth is missing."""
+    calibration = {key: images.pop(key) for key in CALIBRATION_KEYS}
+    for value in calibration.values():
+        value[~truth_masks] = np.nan
+    return calibration
+
+
+def _ordered(images: dict[str, np.ndarray], order: list[str]) -> dict[str, np.ndarray]:
+    """`images` in the requested statistics' order, then any others (custom run functions) sorted."""
+    order = order + sorted(name for name in images if name not in order)
+    return {name: images[name] for name in order}
+
+
+def _plan_info(plan: tiling.TilePlan, plan_name: str, seconds: float) -> dict[str, Any]:
+    """The plan and timing figures of `Prediction.info`."""
+    return {
         "tile_size": plan.run_input_shape,
         "num_runs": plan.num_runs,
-        "phase_classes": len(tiling.block_classes(geometry, plan_name)),
+        "phase_classes": len(tiling.block_classes(plan.geometry, plan_name)),
         "plan": plan_name,
         "block": plan.rows.block,
-        "exact": tiling.is_exact(geometry, plan_name),
+        "exact": tiling.is_exact(plan.geometry, plan_name),
         "computed_input_pixels": plan.computed_input_pixels,
         "seconds": seconds,
     }
-    return Prediction(ordered, tuple(channel_names), wanted, calibration, info)
 
 
 def _output_truth(

@@ -10,8 +10,6 @@ cropped back, mapped from standardized values to intensities and clipped to
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -21,7 +19,8 @@ import numpy as np
 
 from isl import config as config_lib
 from isl import errors
-from isl.io import atomic
+from isl.io import prediction_file
+from isl.model import geometry as geometry_lib
 from isl.model import unet_regression
 
 # Reflected context on each side of the image, in pixels.
@@ -76,54 +75,26 @@ def predict_well(
         channels: the target channels to write.
         image_format: "png" or "tiff" (16-bit either way).
     """
-    from isl.data import wells as wells_lib
     from isl.infer import well as well_lib
 
     if predictor.model is None:
         raise errors.InputError(f"{predictor.source}: the U-Net regression is predicted from its model directory "
                                 "(--model_dir), not from an exported SavedModel.")
     config = predictor.config
-    well = wells_lib.read_well(
-        input_dir, config.channels, ignore_unknown=True, normalization=config.data.normalization
-    )
-    well_lib.check_z(well, config)
+    well = well_lib.read_checked_well(config, input_dir)
     start = time.perf_counter()
     values = predict_image(predictor.model, well.inputs, config)
     seconds = time.perf_counter() - start
-    all_channels = config.channels.output_target_channels
+    columns = [config.channels.output_target_channels.index(channel) for channel in channels]
     well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
     os.makedirs(well_dir, exist_ok=True)
-    extension = ".png" if image_format == "png" else ".tif"
-    files: dict[str, dict[str, str]] = {}
-    for channel in channels:
-        files[channel] = {}
-        for name in STATISTICS:
-            file_name = well_lib.output_name(well.metadata, channel, name, extension)
-            well_lib._write_statistic(os.path.join(well_dir, file_name), values[..., all_channels.index(channel)])
-            files[channel][name] = file_name
+    images = {name: values[..., columns] for name in STATISTICS}
+    files = well_lib.write_statistics(well_dir, well.metadata, channels, STATISTICS, images, image_format)
     height, width = well.inputs.shape[1:]
-    summary = {
-        "well": well.name,
-        "input_dir": os.path.abspath(input_dir),
-        "metadata": {key: well.metadata.get(key, "") for key in ("lab", "condition", "well", "date")},
-        "model": os.path.abspath(predictor.source),
-        "model_name": config.name,
-        "architecture": config.model.architecture,
-        "channel_config": dataclasses.asdict(config.channels),
-        "channels": list(channels),
-        "statistics": list(STATISTICS),
-        "border": "reflect",
-        "region": {"row_offset": 0, "column_offset": 0, "height": int(height), "width": int(width)},
-        "image_shape": [int(height), int(width)],
-        "num_source_z": int(well.inputs.shape[0]),
-        "format": image_format,
-        "files": files,
-        "truth_channels": [],
-        "calibration_files": {},
-        "panels": {},
-        "num_runs": 1,
-        "seconds": round(seconds, 3),
-    }
-    atomic.write_text(os.path.join(well_dir, well_lib.PREDICTION_FILE), json.dumps(summary, indent=2) + "\n")
+    summary = well_lib.prediction_summary(
+        predictor, well, input_dir, channels, STATISTICS, "reflect", geometry_lib.OutputRegion(0, 0, height, width),
+        image_format, files, geometry=None, num_runs=1, seconds=round(seconds, 3),
+    )
+    prediction_file.write_summary(well_dir, summary)
     summary["well_dir"] = well_dir
     return summary

@@ -21,11 +21,8 @@ writes into `OUTPUT_DIR/<well name>/`:
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,10 +33,13 @@ from isl import config as config_lib
 from isl import errors
 from isl.infer import predict as predict_lib
 from isl.io import atomic
+from isl.io import model_dir as model_dir_lib
+from isl.io import prediction_file
 from isl.model import geometry as geometry_lib
 from isl.model import saving as saving_lib
+from isl.model import statistic_names
 
-PREDICTION_FILE = "prediction.json"
+PREDICTION_FILE = prediction_file.PREDICTION_FILE
 TARGET_PANEL = "target_error_panel.png"
 INPUT_PANEL = "input_error_panel.png"
 IMAGE_FORMATS = ("png", "tiff")
@@ -132,8 +132,8 @@ def load_predictor(
 
 
 def _load_model_dir(model_dir: str, precision: str) -> Predictor:
-    config_path = os.path.join(model_dir, "config.json")
-    weights_path = os.path.join(model_dir, "model.weights.h5")
+    layout = model_dir_lib.ModelDir(model_dir)
+    config_path, weights_path = layout.config, layout.weights
     for path in (config_path, weights_path):
         if not os.path.isfile(path):
             raise errors.InputError(f"{model_dir}: not a model directory ({os.path.basename(path)} is missing).")
@@ -267,8 +267,8 @@ def predict_well(predictor: Predictor, input_dir: str, output_dir: str, **option
     was. Arguments and result: see `_predict_well_files`.
     """
     os.makedirs(output_dir, exist_ok=True)
-    _remove_dead_staging(output_dir)
-    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=output_dir)
+    atomic.remove_dead_staging(output_dir, STAGING_PREFIX)
+    staging = atomic.staging_directory(output_dir, STAGING_PREFIX)
     try:
         summary = _predict_well_files(predictor, input_dir, staging, **options)
         final = os.path.join(output_dir, os.path.basename(summary["well_dir"]))
@@ -282,19 +282,55 @@ def predict_well(predictor: Predictor, input_dir: str, output_dir: str, **option
 STAGING_PREFIX = ".tmp-predict-"
 
 
-def _remove_dead_staging(output_dir: str) -> None:
-    """Removes staging folders of predict runs that were killed (their process is gone)."""
-    for path in glob.glob(os.path.join(glob.escape(output_dir), STAGING_PREFIX + "*")):
-        pid = os.path.basename(path)[len(STAGING_PREFIX):].split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-                continue  # Still running.
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        shutil.rmtree(path, ignore_errors=True)
+@dataclasses.dataclass
+class WellPlan:
+    """What to predict for one well, and the truth to compare with.
+
+    Attributes:
+        well: the read well (`isl.data.wells.Well`).
+        channels: the target channels to predict and write.
+        written: the statistic names written per channel (the paper's, then quantiles "qNN").
+        computed: the paper's statistics the run computes (`written` plus the panels').
+        quantiles: the quantiles the run computes, in (0, 1).
+        head_indices: the heads run: the chosen targets, then the input heads when there are panels.
+        target_values, target_masks: `[height, width, len(channels)]` truth of the chosen targets.
+        network_values: `[height, width, num_z_values]` z-mapped input (the input heads' truth) or None.
+        with_panels: write the error panels (`panels` asked and truth present).
+        with_truth: the run also returns the calibration maps.
+        panel_statistics: the statistics the panels show.
+        plan_name: `isl.infer.tiling.PLANS` name.
+        window: (row0, row1, column0, column1) in image pixels, or None.
+    """
+
+    well: Any
+    channels: tuple[str, ...]
+    written: tuple[str, ...]
+    computed: tuple[str, ...]
+    quantiles: tuple[float, ...]
+    head_indices: tuple[int, ...]
+    target_values: np.ndarray
+    target_masks: np.ndarray
+    network_values: np.ndarray | None
+    with_panels: bool
+    with_truth: bool
+    panel_statistics: tuple[str, ...]
+    plan_name: str
+    window: tuple[int, int, int, int] | None
+
+    @property
+    def truth_channels(self) -> list[str]:
+        """The chosen channels with any labelled pixel."""
+        return [channel for index, channel in enumerate(self.channels) if self.target_masks[..., index].any()]
+
+    def truth(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(values, masks) `[height, width, len(head_indices)]` for the run, or None without truth."""
+        if not self.with_truth:
+            return None
+        if not self.with_panels:
+            return self.target_values, self.target_masks
+        values = np.concatenate([self.target_values, self.network_values], axis=-1)
+        masks = np.concatenate([self.target_masks, np.ones_like(self.network_values)], axis=-1)
+        return values, masks
 
 
 def _predict_well_files(
@@ -316,6 +352,9 @@ def _predict_well_files(
     window: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """Predicts one well and writes its files into `output_dir/<well name>/`.
+
+    Four steps: read the well, plan (channels, heads, truth), run the
+    network over the image, write the images, panels and `prediction.json`.
 
     Args:
         predictor: from `load_predictor`.
@@ -342,144 +381,249 @@ def _predict_well_files(
         The contents of `prediction.json` (paths relative to the well folder)
         plus `well_dir`.
     """
-    from isl.data import assemble
-    from isl.data import wells as wells_lib
-    from isl.eval import panels as panels_lib
-    from isl.progress import Progress
-
     if image_format not in IMAGE_FORMATS:
         raise errors.InputError(f"Unknown --format {image_format!r}; use png or tiff.")
-    config = predictor.config
-    channel_config = config.channels
-    chosen = choose_channels(config, channels, predictor.trained_channels)
-    if config.model.architecture == "unet_regression":
+    chosen = choose_channels(predictor.config, channels, predictor.trained_channels)
+    if predictor.config.model.architecture == "unet_regression":
         from isl.infer import regression
 
         return regression.predict_well(predictor, input_dir, output_dir, chosen, image_format)
-    known, quantiles = predict_lib.parse_statistics(statistics)
     if phases not in (0, 1):
         raise errors.InputError(f"--phases must be 0 (exact) or 1 (one run per tile). Received: {phases}")
-    plan_name = "one" if phases == 1 else "exact"
-    well = wells_lib.read_well(
-        input_dir, channel_config, ignore_unknown=True, normalization=config.data.normalization
+    well = read_checked_well(predictor.config, input_dir)
+    plan = plan_well(predictor.config, well, chosen, statistics, panels, simplified_panels, save_calibration,
+                     "one" if phases == 1 else "exact", window)
+    prediction, seconds = run_well(predictor, plan, border_mode, tile_size, batch_size, memory_budget_bytes,
+                                   progress_enabled)
+    well_dir = os.path.join(output_dir, _safe_name(well.name))
+    os.makedirs(well_dir, exist_ok=True)
+    files = write_statistics(well_dir, well.metadata, plan.channels, plan.written, prediction.statistics, image_format)
+    calibration_files = _write_calibration(well_dir, plan, prediction) if save_calibration else {}
+    panel_files = _write_panels(well_dir, plan, prediction, simplified_panels) if plan.with_panels else {}
+    summary = prediction_summary(
+        predictor, well, input_dir, plan.channels, plan.written, border_mode, prediction.region, image_format,
+        files, predictor.geometry,
+        truth_channels=plan.truth_channels,
+        calibration_files=calibration_files,
+        panels=panel_files,
+        tile_size=list(prediction.info["tile_size"]),
+        num_runs=prediction.info["num_runs"],
+        plan=prediction.info["plan"],
+        exact=prediction.info["exact"],
+        ignored_files=list(well.metadata.get("ignored_files", [])),
+        seconds=round(seconds, 3),
     )
-    check_z(well, config)
-    height, width = well.inputs.shape[1:]
-    pixel_window = None
-    if window is not None:
-        from isl.data import convert
+    prediction_file.write_summary(well_dir, summary)
+    summary["well_dir"] = well_dir
+    return summary
 
-        (row0, row1), (column0, column1) = convert._resolve_region(
-            window, height, width, "--region", well.metadata.get("directory", well.name)
-        )
-        pixel_window = (row0, row1, column0, column1)
-    target_values, target_masks = assemble.target_stack(well.targets, channel_config, shape=(height, width))
+
+def read_checked_well(config: config_lib.ExperimentConfig, input_dir: str) -> Any:
+    """Reads a well with the model's channels and normalisation; rejects too many z slices (`check_z`)."""
+    from isl.data import wells as wells_lib
+
+    well = wells_lib.read_well(input_dir, config.channels, ignore_unknown=True, normalization=config.data.normalization)
+    check_z(well, config)
+    return well
+
+
+def plan_well(
+    config: config_lib.ExperimentConfig,
+    well: Any,
+    chosen: Sequence[str],
+    statistics: Sequence[str],
+    panels: bool,
+    simplified_panels: bool,
+    save_calibration: bool,
+    plan_name: str,
+    window: tuple[tuple[int, int], tuple[int, int]] | None,
+) -> WellPlan:
+    """Which heads and statistics to run for a well, and with what truth (`WellPlan`)."""
+    from isl.data import assemble
+    from isl.eval import panels as panels_lib
+
+    known, quantiles = statistic_names.parse_statistic_names(statistics)
+    channel_config = config.channels
+    height, width = well.inputs.shape[1:]
     all_targets = channel_config.output_target_channels
+    target_values, target_masks = assemble.target_stack(well.targets, channel_config, shape=(height, width))
     target_columns = [all_targets.index(channel) for channel in chosen]
-    target_values = target_values[..., target_columns]
-    target_masks = target_masks[..., target_columns]
+    target_values, target_masks = target_values[..., target_columns], target_masks[..., target_columns]
     has_truth = bool(target_masks.any())
     with_panels = panels and has_truth
-    with_truth = has_truth and (save_calibration or with_panels)
-    # Heads: the chosen targets, then (for the input panel) the input heads.
     head_indices = [channel_config.num_input_heads + all_targets.index(channel) for channel in chosen]
-    truth_values, truth_masks = target_values, target_masks
+    panel_statistics = panels_lib.SIMPLIFIED_STATISTICS if simplified_panels else panels_lib.FULL_STATISTICS
+    computed, network_values = list(known), None
     if with_panels:
         head_indices += list(range(channel_config.num_input_heads))
         network_values = assemble.network_input(well.inputs, channel_config.num_z_values)[..., 0::2]
-        truth_values = np.concatenate([target_values, network_values], axis=-1)
-        truth_masks = np.concatenate([target_masks, np.ones_like(network_values)], axis=-1)
-    computed = list(known)
-    panel_statistics = panels_lib.SIMPLIFIED_STATISTICS if simplified_panels else panels_lib.FULL_STATISTICS
-    if with_panels:
         computed += [name for name in panel_statistics if name not in computed]
+    return WellPlan(
+        well=well,
+        channels=tuple(chosen),
+        written=tuple(known) + tuple(statistic_names.quantile_name(q) for q in quantiles),
+        computed=tuple(computed),
+        quantiles=tuple(quantiles),
+        head_indices=tuple(head_indices),
+        target_values=target_values,
+        target_masks=target_masks,
+        network_values=network_values,
+        with_panels=with_panels,
+        with_truth=has_truth and (save_calibration or with_panels),
+        panel_statistics=tuple(panel_statistics),
+        plan_name=plan_name,
+        window=_pixel_window(well, window),
+    )
+
+
+def _pixel_window(
+    well: Any, window: tuple[tuple[int, int], tuple[int, int]] | None
+) -> tuple[int, int, int, int] | None:
+    """A `--region` window with its open ends resolved: (row0, row1, column0, column1), or None."""
+    if window is None:
+        return None
+    from isl.data import convert
+
+    height, width = well.inputs.shape[1:]
+    (row0, row1), (column0, column1) = convert._resolve_region(
+        window, height, width, "--region", well.metadata.get("directory", well.name)
+    )
+    return row0, row1, column0, column1
+
+
+def run_well(
+    predictor: Predictor,
+    plan: WellPlan,
+    border_mode: str,
+    tile_size: int | None,
+    batch_size: int,
+    memory_budget_bytes: float | None,
+    progress_enabled: bool,
+) -> tuple[predict_lib.Prediction, float]:
+    """Runs the network over the well as planned; returns the prediction and the seconds it took."""
+    from isl.progress import Progress
+
+    well, geometry = plan.well, predictor.geometry
     if tile_size is None:
         tile_size = predict_lib.auto_tile_size(
-            predictor.geometry, config.model, len(head_indices), memory_budget_bytes, plan_name,
+            geometry, predictor.config.model, len(plan.head_indices), memory_budget_bytes, plan.plan_name,
             predictor.compute_dtype,
         )
-    run_function = predictor.run_function(tuple(head_indices), tuple(computed), tuple(quantiles), with_truth)
-    region = predict_lib.output_region((height, width), predictor.geometry, border_mode)
-    if pixel_window is not None:
-        region, _ = predict_lib.window_region(region, pixel_window, predictor.geometry, plan_name)
-    plan_runs = _count_runs(predictor.geometry, region, tile_size, plan_name)
-    progress = Progress(plan_runs, label=f"predict {well.name}", enabled=progress_enabled, exclude_first=True)
+    run_function = predictor.run_function(plan.head_indices, plan.computed, plan.quantiles, plan.with_truth)
+    region = predict_lib.output_region(well.inputs.shape[1:], geometry, border_mode)
+    if plan.window is not None:
+        region, _ = predict_lib.window_region(region, plan.window, geometry, plan.plan_name)
+    progress = Progress(_count_runs(geometry, region, tile_size, plan.plan_name), label=f"predict {well.name}",
+                        enabled=progress_enabled, exclude_first=True)
     start = time.perf_counter()
     prediction = predict_lib.predict_image(
         None,
         well.inputs,
-        predictor.geometry,
-        channel_config.num_z_values,
-        channel_names=chosen,
-        statistics=list(computed) + [predict_lib.quantile_name(q) for q in quantiles],
+        geometry,
+        predictor.config.channels.num_z_values,
+        channel_names=plan.channels,
+        statistics=list(plan.computed) + [statistic_names.quantile_name(q) for q in plan.quantiles],
         border_mode=border_mode,
         tile_size=tile_size,
         batch_size=batch_size,
-        truth=(truth_values, truth_masks) if with_truth else None,
+        truth=plan.truth(),
         run_function=run_function,
         progress=progress,
-        plan_name=plan_name,
-        window=pixel_window,
+        plan_name=plan.plan_name,
+        window=plan.window,
     )
     progress.close()
-    region = prediction.region
-    seconds = time.perf_counter() - start
+    return prediction, time.perf_counter() - start
 
-    well_dir = os.path.join(output_dir, _safe_name(well.name))
-    os.makedirs(well_dir, exist_ok=True)
+
+def write_statistics(
+    well_dir: str,
+    metadata: dict[str, Any],
+    channels: Sequence[str],
+    statistics: Sequence[str],
+    images: dict[str, np.ndarray],
+    image_format: str,
+) -> dict[str, dict[str, str]]:
+    """One 16-bit image per channel and statistic, in the lab's naming (`output_name`).
+
+    Args:
+        images: statistic -> `[height, width, len(channels)]` in [0, 1].
+
+    Returns:
+        channel -> statistic -> file name.
+    """
     extension = ".png" if image_format == "png" else ".tif"
     files: dict[str, dict[str, str]] = {}
-    written_statistics = list(known) + [predict_lib.quantile_name(q) for q in quantiles]
-    for index, channel in enumerate(chosen):
+    for index, channel in enumerate(channels):
         files[channel] = {}
-        for name in written_statistics:
-            file_name = output_name(well.metadata, channel, name, extension)
-            _write_statistic(os.path.join(well_dir, file_name), prediction.statistics[name][..., index])
+        for name in statistics:
+            file_name = output_name(metadata, channel, name, extension)
+            _write_statistic(os.path.join(well_dir, file_name), images[name][..., index])
             files[channel][name] = file_name
-    calibration_files: dict[str, dict[str, str]] = {}
-    truth_channels = [channel for index, channel in enumerate(chosen) if target_masks[..., index].any()]
-    if with_truth and save_calibration:
-        for index, channel in enumerate(chosen):
-            if channel not in truth_channels:
-                continue
-            calibration_files[channel] = {}
-            for key, statistic in CALIBRATION_STATISTICS.items():
-                file_name = output_name(well.metadata, channel, statistic, ".tif")
-                _write_float_tiff(os.path.join(well_dir, file_name), prediction.calibration[key][..., index])
-                calibration_files[channel][key] = file_name
-    panel_files = {}
-    if with_panels:
-        panel_files = _write_panels(
-            well_dir, prediction, region, chosen, truth_channels, target_values, target_masks, network_values,
-            panel_statistics, simplified_panels,
-        )
+    return files
+
+
+def _write_calibration(well_dir: str, plan: WellPlan, prediction: predict_lib.Prediction) -> dict[str, dict[str, str]]:
+    """The two float32 calibration TIFFs per channel with truth; returns channel -> key -> file name."""
+    if not plan.with_truth:
+        return {}
+    files: dict[str, dict[str, str]] = {}
+    truth_channels = plan.truth_channels
+    for index, channel in enumerate(plan.channels):
+        if channel not in truth_channels:
+            continue
+        files[channel] = {}
+        for key, statistic in CALIBRATION_STATISTICS.items():
+            file_name = output_name(plan.well.metadata, channel, statistic, ".tif")
+            _write_float_tiff(os.path.join(well_dir, file_name), prediction.calibration[key][..., index])
+            files[channel][key] = file_name
+    return files
+
+
+def prediction_summary(
+    predictor: Predictor,
+    well: Any,
+    input_dir: str,
+    channels: Sequence[str],
+    statistics: Sequence[str],
+    border_mode: str,
+    region: geometry_lib.OutputRegion,
+    image_format: str,
+    files: dict[str, dict[str, str]],
+    geometry: geometry_lib.PatchSizes | None,
+    **details: Any,
+) -> dict[str, Any]:
+    """The contents of `prediction.json` (`isl.io.prediction_file`) for a predicted well.
+
+    Args:
+        geometry: the model's patch geometry, recorded so `isl evaluate`
+            can place the interior and original regions; None for a model
+            without a border (the regression U-Net).
+        details: further keys (plan figures, panels, calibration files, timing).
+    """
+    height, width = well.inputs.shape[1:]
     summary = {
         "well": well.name,
         "input_dir": os.path.abspath(input_dir),
         "metadata": {key: well.metadata.get(key, "") for key in ("lab", "condition", "well", "date")},
         "model": os.path.abspath(predictor.source),
-        "model_name": config.name,
-        "channel_config": dataclasses.asdict(config.channels),
-        "channels": list(chosen),
-        "statistics": written_statistics,
+        "model_name": predictor.config.name,
+        "architecture": predictor.config.model.architecture,
+        "channel_config": dataclasses.asdict(predictor.config.channels),
+        "channels": list(channels),
+        "statistics": list(statistics),
         "border": border_mode,
         "region": dataclasses.asdict(region),
+        "geometry": None if geometry is None else dataclasses.asdict(geometry_lib.PatchGeometry.of(geometry)),
         "image_shape": [int(height), int(width)],
         "num_source_z": int(well.inputs.shape[0]),
         "format": image_format,
         "files": files,
-        "truth_channels": truth_channels,
-        "calibration_files": calibration_files,
-        "panels": panel_files,
-        "tile_size": list(prediction.info["tile_size"]),
-        "num_runs": prediction.info["num_runs"],
-        "plan": prediction.info["plan"],
-        "exact": prediction.info["exact"],
-        "ignored_files": list(well.metadata.get("ignored_files", [])),
-        "seconds": round(seconds, 3),
+        "truth_channels": [],
+        "calibration_files": {},
+        "panels": {},
     }
-    atomic.write_text(os.path.join(well_dir, PREDICTION_FILE), json.dumps(summary, indent=2) + "\n")
-    summary["well_dir"] = well_dir
+    summary.update(details)
     return summary
 
 
@@ -497,32 +641,25 @@ def _safe_name(name: str) -> str:
 
 
 def _write_panels(
-    well_dir: str,
-    prediction: predict_lib.Prediction,
-    region: predict_lib.OutputRegion,
-    chosen: Sequence[str],
-    truth_channels: Sequence[str],
-    target_values: np.ndarray,
-    target_masks: np.ndarray,
-    network_values: np.ndarray,
-    panel_statistics: Sequence[str],
-    simplified: bool,
+    well_dir: str, plan: WellPlan, prediction: predict_lib.Prediction, simplified: bool
 ) -> dict[str, str]:
+    """The target and input error panels (`isl.eval.panels`); returns "target"/"input" -> file name."""
     from isl.eval import panels as panels_lib
 
+    region = prediction.region
     rows = slice(region.row_offset, region.row_offset + region.height)
     columns = slice(region.column_offset, region.column_offset + region.width)
-    num_targets = len(chosen)
-    target_rows = [chosen.index(channel) for channel in truth_channels]
-    target_statistics = {name: prediction.statistics[name][..., target_rows] for name in panel_statistics}
+    num_targets = len(plan.channels)
+    target_rows = [plan.channels.index(channel) for channel in plan.truth_channels]
+    target_statistics = {name: prediction.statistics[name][..., target_rows] for name in plan.panel_statistics}
     panel = panels_lib.error_panel(
-        target_statistics, target_values[rows, columns][..., target_rows], target_masks[rows, columns][..., target_rows],
-        simplified, row_names=list(truth_channels),
+        target_statistics, plan.target_values[rows, columns][..., target_rows],
+        plan.target_masks[rows, columns][..., target_rows], simplified, row_names=list(plan.truth_channels),
     )
     written = {"target": panels_lib.write_panel(os.path.join(well_dir, TARGET_PANEL), panel)}
-    input_statistics = {name: prediction.statistics[name][..., num_targets:] for name in panel_statistics}
-    num_z = network_values.shape[-1]  # One row per z value of the network (its input heads).
-    panel = panels_lib.error_panel(input_statistics, network_values[rows, columns], None, simplified,
+    input_statistics = {name: prediction.statistics[name][..., num_targets:] for name in plan.panel_statistics}
+    num_z = plan.network_values.shape[-1]  # One row per z value of the network (its input heads).
+    panel = panels_lib.error_panel(input_statistics, plan.network_values[rows, columns], None, simplified,
                                    row_names=[f"z {index + 1}/{num_z}" for index in range(num_z)])
     written["input"] = panels_lib.write_panel(os.path.join(well_dir, INPUT_PANEL), panel)
     return {key: os.path.basename(path) for key, path in written.items()}

@@ -33,20 +33,8 @@ def _as_created(path: str, directory: bool = False) -> None:
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Writes `data` to `path` through a temporary file and a rename."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    remove_leftovers(path)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
-    try:
-        _as_created(temporary)
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
-        raise
+    with temporary_path(path) as temporary, open(temporary, "wb") as stream:
+        stream.write(data)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -114,13 +102,51 @@ def remove_leftovers(path: str | os.PathLike[str]) -> list[str]:
     removed = []
     for pattern in patterns:
         for leftover in glob.glob(os.path.join(glob.escape(directory), pattern)):
-            if os.path.isdir(leftover) and not os.path.islink(leftover):
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(leftover)
+            _remove(leftover)
             removed.append(leftover)
     return removed
+
+
+def _remove(path: str) -> None:
+    """Removes a file, link or folder tree; no error when it is gone."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def staging_directory(directory: str, prefix: str) -> str:
+    """A new private folder `PREFIX<pid>-XXXXXXXX` inside `directory`, for work that
+    `install_directory` moves out piece by piece; `remove_dead_staging` cleans up after kills."""
+    os.makedirs(directory, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=directory)
+
+
+def remove_dead_staging(directory: str, prefix: str) -> list[str]:
+    """Removes the `staging_directory` folders of processes that are gone (killed).
+
+    Folders of running processes (and of other users' processes) stay.
+    Returns the removed paths.
+    """
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + "*")):
+        pid = os.path.basename(path)[len(prefix):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+            continue
+        _remove(path)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # Another user's process.
+    return True
 
 
 def replace_directory(temporary: str, path: str, overwrite: bool = True) -> None:
@@ -140,13 +166,18 @@ def replace_directory(temporary: str, path: str, overwrite: bool = True) -> None
         os.replace(temporary, path)
 
 
-def install_directory(source: str, path: str | os.PathLike[str]) -> None:
-    """Moves the finished folder `source` (same file system) to `path`, replacing an old one."""
-    path = os.path.abspath(os.fspath(path))
+def _sibling_directory(path: str) -> str:
+    """An empty temporary folder `.tmp-NAME-XXXXXXXX` beside `path` (after removing a killed writer's leftovers)."""
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     remove_leftovers(path)
-    temporary = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    return tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+
+
+def install_directory(source: str, path: str | os.PathLike[str]) -> None:
+    """Moves the finished folder `source` (same file system) to `path`, replacing an old one."""
+    path = os.path.abspath(os.fspath(path))
+    temporary = _sibling_directory(path)
     try:
         os.replace(source, temporary)  # Onto the empty folder: allowed.
         replace_directory(temporary, path)
@@ -164,10 +195,7 @@ def output_directory(path: str | os.PathLike[str], overwrite: bool = True) -> It
     removed and `path` is left untouched.
     """
     path = os.path.abspath(os.fspath(path))
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    remove_leftovers(path)
-    temporary = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    temporary = _sibling_directory(path)
     try:
         _as_created(temporary, directory=True)
         yield temporary

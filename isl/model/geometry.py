@@ -28,8 +28,11 @@ in-scale modules, then s up blocks. Each tower takes a centre crop of the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from isl import config as config_lib
+from isl import errors
 
 # Centre crop applied after each concordance transposed-convolution module.
 UP_BLOCK_CROP = 2
@@ -75,6 +78,93 @@ class Geometry:
     phase: int
     merge_size: int
     towers: tuple[TowerGeometry, ...]
+
+
+class PatchSizes(Protocol):
+    """What the output region of an image depends on: a `Geometry`, or a
+    `PatchGeometry` read back from `prediction.json`."""
+
+    input_size: int
+    output_size: int
+    border: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchGeometry:
+    """The patch sizes of a Geometry, as `prediction.json` records them.
+
+    Attributes: as `Geometry`'s of the same names.
+    """
+
+    input_size: int
+    output_size: int
+    border: int
+    phase: int
+
+    @classmethod
+    def of(cls, geometry: PatchSizes) -> PatchGeometry:
+        return cls(int(geometry.input_size), int(geometry.output_size), int(geometry.border), int(geometry.phase))
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> PatchGeometry:
+        """From `dataclasses.asdict(PatchGeometry)`; raises KeyError, TypeError or ValueError when malformed."""
+        return cls(*(int(record[field.name]) for field in dataclasses.fields(cls)))
+
+
+# The border modes of `isl predict` (`output_region`).
+BORDER_MODES = ("reflect", "valid", "original")
+# The released infer.py's block: infer_size 16 output blocks of 8 px (isl_reference.md §5.1).
+ORIGINAL_BLOCKS_PER_SIDE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputRegion:
+    """Where a prediction lies in its image.
+
+    Attributes:
+        row_offset, column_offset: image coordinates of output pixel (0, 0).
+        height, width: output size in pixels.
+    """
+
+    row_offset: int
+    column_offset: int
+    height: int
+    width: int
+
+
+def output_region(image_shape: tuple[int, int], geometry: PatchSizes, border_mode: str) -> OutputRegion:
+    """The output region of an image of `image_shape` = (height, width).
+
+    The one owner of the border modes' windows (`isl predict --border`, and
+    `isl evaluate --region=interior|original`):
+
+    * "reflect": the whole image;
+    * "valid": `[border, border + out * floor((side - 2 * border) / out))`,
+      the whole output blocks whose patches lie inside the image;
+    * "original": `[border, border + 16 out * floor((side - input) / (16 out)))`,
+      the released `infer.py`'s window.
+
+    Raises:
+        InputError: for an unknown mode, or an image too small for `valid`
+            or `original`.
+    """
+    height, width = image_shape
+    if border_mode == "reflect":
+        return OutputRegion(0, 0, height, width)
+    if border_mode == "valid":
+        block = geometry.output_size
+        sizes = [block * ((side - 2 * geometry.border) // block) for side in (height, width)]
+    elif border_mode == "original":
+        block = geometry.output_size * ORIGINAL_BLOCKS_PER_SIDE
+        sizes = [block * ((side - geometry.input_size) // block) for side in (height, width)]
+    else:
+        raise errors.InputError(f"Unknown border mode {border_mode!r}; use one of {', '.join(BORDER_MODES)}.")
+    if min(sizes) < 1:
+        raise errors.InputError(
+            f"An image of {height} x {width} px is too small for --border={border_mode}: the model needs "
+            f"{geometry.input_size} px of input per side (border {geometry.border}); use --border=reflect."
+        )
+    return OutputRegion(geometry.border, geometry.border, sizes[0], sizes[1])
 
 
 def _lower_module_count(model: config_lib.ModelConfig, scale: int) -> int:

@@ -24,13 +24,15 @@ import numpy as np
 from isl import config as config_lib
 from isl import errors
 from isl.io import atomic
+from isl.io import model_dir as model_dir_lib
 from isl.model import builder
 from isl.model import heads as heads_lib
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.weights.h5"
+# The layout's names are owned by `isl.io.model_dir`.
+CONFIG_FILE = model_dir_lib.CONFIG_FILE
+WEIGHTS_FILE = model_dir_lib.WEIGHTS_FILE
 # Which target heads saw labels in training (written by `isl train`; optional).
-TRAINED_CHANNELS_FILE = "trained_channels.json"
+TRAINED_CHANNELS_FILE = model_dir_lib.TRAINED_CHANNELS_FILE
 
 
 def save_model_dir(model: keras.Model, config: config_lib.ExperimentConfig, directory: str | os.PathLike[str]) -> dict[str, str]:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from keras import ops
 
-STATISTICS = ("mode", "median", "mean", "std", "p_nonzero", "entropy")
+from isl.model.statistic_names import STATISTICS  # The names are owned there (keras-free).
 
 # Added inside the logarithm of the entropy, as the released code.
 ENTROPY_EPSILON = 1e-7

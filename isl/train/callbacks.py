@@ -35,6 +35,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from isl.io import model_dir as model_dir_lib
+
 
 def sanitize_name(head_name: str) -> str:
     """A head name usable as a metric name and TensorBoard tag (`/` -> `_`)."""
@@ -299,7 +301,7 @@ class TrainingLog(keras.callbacks.Callback):
         super().__init__()
         self.log_dir = log_dir
         self.every_steps = max(1, every_steps)
-        self.csv_path = os.path.join(log_dir, "training.csv")
+        self.csv_path = os.path.join(log_dir, model_dir_lib.TRAINING_CSV)
         self._writers: dict[str, Any] = {}
         self._start_time = time.monotonic()
         self._last_step: int | None = None

@@ -35,13 +35,14 @@ import numpy as np
 from isl import config as config_lib
 from isl import errors
 from isl.eval import metrics
+from isl.io import model_dir as model_dir_lib
 from isl.model import geometry as geometry_lib
 
 STATISTICS = ("median", "mean")
 # Memory for one tile of the dense evaluation, while training holds its own.
 TILE_MEMORY_BYTES = 1.5e9
-BEST_WEIGHTS_FILE = "best.weights.h5"
-BEST_INFO_FILE = "best.json"
+BEST_WEIGHTS_FILE = model_dir_lib.BEST_WEIGHTS_FILE
+BEST_INFO_FILE = model_dir_lib.BEST_INFO_FILE
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -53,8 +54,8 @@ def _read_json(path: str) -> dict[str, Any] | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalImage:
-    """One eval well, decoded.
+class SplitImage:
+    """One well of a converted split (eval or train), decoded.
 
     Attributes:
         name: the well name.
@@ -69,9 +70,9 @@ class EvalImage:
     targets: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def load_eval_images(
+def load_split_images(
     data_dir: str, config: config_lib.ExperimentConfig, max_images: int = 16, split: str = "eval"
-) -> list[EvalImage]:
+) -> list[SplitImage]:
     """A split's wells as numpy arrays (at most `max_images`).
 
     Raises:
@@ -99,7 +100,7 @@ def load_eval_images(
             if all(source in real for source in synthetic.sources):
                 mean = sum(real[source][0] for source in synthetic.sources) / len(synthetic.sources)
                 real[synthetic.name] = (mean, np.ones(values.shape[:2], bool))
-        images.append(EvalImage(decoded["name"].numpy().decode(), stack, real))
+        images.append(SplitImage(decoded["name"].numpy().decode(), stack, real))
     return images
 
 
@@ -113,7 +114,7 @@ def target_statistics(
     Raises:
         InputError: when the folder has no training shards.
     """
-    images = load_eval_images(data_dir, config, max_images=max_images, split="train")
+    images = load_split_images(data_dir, config, max_images=max_images, split="train")
     means, stds = [], []
     for channel in config.channels.output_target_channels:
         values = [image.targets[channel][0][image.targets[channel][1]] for image in images if channel in image.targets]
@@ -128,7 +129,7 @@ def target_statistics(
 
 
 def pearson_of_predictions(
-    images: list[EvalImage], predictions: list[dict[str, np.ndarray]], channels: tuple[str, ...]
+    images: list[SplitImage], predictions: list[dict[str, np.ndarray]], channels: tuple[str, ...]
 ) -> dict[str, float]:
     """Pearson r per statistic and channel over all images' labelled pixels.
 
@@ -169,7 +170,7 @@ class DensePearson(keras.callbacks.Callback):
 
     Args:
         config: the experiment config (geometry, vocabulary, precision).
-        images: from `load_eval_images`.
+        images: from `load_split_images`.
         keep_best: keep a copy of the weights with the best mean median r.
         log: receives one line per evaluation.
         best_dir: with `keep_best`, where the best weights are written
@@ -184,7 +185,7 @@ class DensePearson(keras.callbacks.Callback):
     def __init__(
         self,
         config: config_lib.ExperimentConfig,
-        images: list[EvalImage],
+        images: list[SplitImage],
         keep_best: bool = False,
         log: Callable[[str], None] | None = None,
         best_dir: str | None = None,

@@ -49,6 +49,7 @@ from isl import config as config_lib
 from isl import errors
 from isl.data import normalization as normalization_lib
 from isl.io import atomic
+from isl.io import model_dir as model_dir_lib
 from isl.model import geometry as geometry_lib
 from isl.model import losses as losses_lib
 from isl.model import saving
@@ -58,11 +59,12 @@ from isl.train import resilience
 from isl.train import strategy as strategy_lib
 from isl.train import transfer as transfer_lib
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.weights.h5"
-CHECKPOINT_DIR = "checkpoints"
-LOG_DIR = "logs"
-SUMMARY_FILE = "summary.json"
+# The model directory's names (owned by `isl.io.model_dir`).
+CONFIG_FILE = model_dir_lib.CONFIG_FILE
+WEIGHTS_FILE = model_dir_lib.WEIGHTS_FILE
+CHECKPOINT_DIR = model_dir_lib.CHECKPOINT_DIR
+LOG_DIR = model_dir_lib.LOG_DIR
+SUMMARY_FILE = model_dir_lib.SUMMARY_FILE
 
 # Momentum settings of the released code's MOMENTUM option (§1.11).
 MOMENTUM = 0.875
@@ -705,7 +707,7 @@ def _dense_pearson_callback(
     from isl.train import dense_eval
 
     try:
-        images = dense_eval.load_eval_images(data_dir, config)
+        images = dense_eval.load_split_images(data_dir, config)
     except errors.InputError as error:
         log(f"No whole-image evaluation ({error}).")
         return None

@@ -29,9 +29,8 @@ import keras
 
 from isl import config as config_lib
 from isl import errors
+from isl.io import model_dir as model_dir_lib
 
-WEIGHTS_FILE = "model.weights.h5"
-CONFIG_FILE = "config.json"
 HEAD_PREFIX = "head_"
 LOGITS_LAYER = "logits"
 PROJECTION_MARKER = "projection"
@@ -143,12 +142,12 @@ def load_source_model(
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        directory, weights_path = path, os.path.join(path, WEIGHTS_FILE)
+        directory, weights_path = path, model_dir_lib.ModelDir(path).weights
     elif os.path.isfile(path):
         directory, weights_path = os.path.dirname(os.path.abspath(path)), path
     else:
         raise errors.InputError(f"--restore_from {path}: no such model directory or weights file.")
-    config_path = os.path.join(directory, CONFIG_FILE)
+    config_path = model_dir_lib.ModelDir(directory).config
     if not os.path.isfile(config_path):
         raise errors.InputError(
             f"--restore_from {path}: {config_path} is missing; the source's config is needed "

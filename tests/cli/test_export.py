@@ -79,6 +79,7 @@ def test_export_then_predict_from_the_saved_model_matches_the_model_dir(model_di
         (["--export_dir=OUT"], "--model_dir is required"),
         (["--model_dir=/no/such/model", "--export_dir=OUT"], "not found"),
         (["--model_dir=MODEL", "--export_dir=OUT", "--statistics=median,bogus"], "Unknown statistic"),
+        (["--model_dir=MODEL", "--export_dir=OUT", "--statistics=median,q05"], "quantiles qNN are not available"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(model_dir, tmp_path, capsys, arguments, message):

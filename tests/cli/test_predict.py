@@ -74,6 +74,8 @@ def test_predict_writes_lab_named_images_panels_and_calibration(model_dir, tmp_p
     assert input_panel.shape[0] == 26 * (44 + 8) + target_panel.shape[0] - 2 * (44 + 8)
     record = json.load(open(os.path.join(well_dir_out, "prediction.json")))
     assert record["region"] == {"row_offset": 0, "column_offset": 0, "height": 44, "width": 37}
+    # The tiny preset's patch geometry, for isl evaluate's interior and original regions.
+    assert record["geometry"] == {"input_size": 42, "output_size": 8, "border": 17, "phase": 4}
 
 
 def test_valid_border_and_tiff_format(model_dir, tmp_path, capsys):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from isl import config as config_lib
+from isl import presets
 from isl import errors
 from isl.cli import main
 from isl.data import normalization
@@ -104,10 +105,10 @@ def test_convert_records_the_normalisation_and_label_bit_depth_and_warns(tmp_pat
     label = example["targets"].numpy()[..., 0] / example["target_max_values"].numpy()[0]
     assert label.max() == 1.0 and abs(label[0, 0] - 1000 / 4095) < 1e-6
     # A config naming another normalisation than the records' is refused.
-    config = config_lib.resolve_config("tiny", overrides=["data.normalization=percentile"])
+    config = presets.resolve_config("tiny", overrides=["data.normalization=percentile"])
     with pytest.raises(errors.InputError, match="converted with --normalization=paper"):
         normalization.config_for_dataset(config, str(tmp_path / "paper"))
-    adopted = normalization.config_for_dataset(config_lib.resolve_config("tiny"), str(tmp_path / "paper"))
+    adopted = normalization.config_for_dataset(presets.resolve_config("tiny"), str(tmp_path / "paper"))
     assert adopted.data.normalization == "paper"
 
 

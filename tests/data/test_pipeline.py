@@ -69,7 +69,7 @@ def _eval_batch(records, stack, targets):
     """Reference patches and labels for the eval crop, from numpy."""
     layout = pipeline.patch_layout(TINY)
     height, width = stack.shape[1:]
-    (offset_y, offset_x), = pipeline.eval_crop_offsets(height, width, layout)
+    (offset_y, offset_x), = pipeline.eval_crop_offsets(height, width, layout).numpy().tolist()
     pad = layout.pad
 
     def padded_crop(image):
@@ -195,3 +195,16 @@ def test_evaluation_accepts_images_smaller_than_the_crop_and_masks_the_padding(t
     with pytest.raises(errors.InputError, match="smaller than the"):
         too_large = dataclasses.replace(large_crop, data=dataclasses.replace(large_crop.data, crop_size=130))
         pipeline.build_dataset(str(records), too_large)
+
+
+def test_eval_crops_are_a_centred_grid_of_whole_crops_in_eager_and_graph_mode():
+    import tensorflow as tf
+
+    layout = dataclasses.replace(pipeline.patch_layout(TINY), crop_size=10, pad=2)
+    # 27 + 4 = 31 padded rows: 3 crops from 0 (31 - 30 = 1 left, start 0); 40 + 4 = 44 columns: 4 crops from 2.
+    expected = [[row, column] for row in (0, 10, 20) for column in (2, 12, 22, 32)]
+    assert pipeline.eval_crop_offsets(27, 40, layout).numpy().tolist() == expected
+    graph = tf.function(lambda h, w: pipeline.eval_crop_offsets(h, w, layout))
+    assert graph(tf.constant(27), tf.constant(40)).numpy().tolist() == expected
+    # Smaller than one crop: one crop at 0.
+    assert pipeline.eval_crop_offsets(3, 3, layout).numpy().tolist() == [[0, 0]]

@@ -11,13 +11,14 @@ import pytest
 
 from isl import config as config_lib
 from isl import errors
+from isl import presets
 from isl.model import builder
 from isl.model import geometry
 from isl.model import unet_regression
 
 
 def _config(*overrides: str) -> config_lib.ExperimentConfig:
-    return config_lib.resolve_config("condition_b", recipe="unet_regression", overrides=list(overrides))
+    return presets.resolve_config("condition_b", recipe="unet_regression", overrides=list(overrides))
 
 
 def test_recipe_builds_the_described_baseline():
@@ -68,6 +69,7 @@ def test_trains_predicts_and_is_written_like_the_paper_model(tmp_path):
     assert set(summary["files"]["DAPI_CONFOCAL"]) == {"median", "mean"}
     written = json.load(open(os.path.join(summary["well_dir"], "prediction.json")))
     assert written["architecture"] == "unet_regression" and written["image_shape"] == [160, 160]
+    assert written["geometry"] is None and written["region"]["height"] == 160  # No border: interior does not apply.
     import imageio.v3 as imageio
 
     image = imageio.imread(os.path.join(summary["well_dir"], summary["files"]["MAP2_CONFOCAL"]["median"]))

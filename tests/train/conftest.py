@@ -7,6 +7,7 @@ import os
 import pytest
 
 from isl import config as config_lib
+from isl import presets
 
 # Small, fast settings over the `tiny` preset: global batch 8, evaluation
 # every 5 steps on 1 batch, a checkpoint every 2 steps.
@@ -23,7 +24,7 @@ FAST_OVERRIDES = (
 
 def fast_config(*overrides: str) -> config_lib.ExperimentConfig:
     """The tiny preset with FAST_OVERRIDES, then `overrides`."""
-    return config_lib.resolve_config("tiny", overrides=list(FAST_OVERRIDES) + list(overrides))
+    return presets.resolve_config("tiny", overrides=list(FAST_OVERRIDES) + list(overrides))
 
 
 def write_records(directory: str, num_wells: int, seed: int, channels: config_lib.ChannelConfig) -> str:

@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 
-from isl import config as config_lib
+from isl import presets
 from isl.cli import main
 from isl.io import filenames
 from isl.model import builder
@@ -42,7 +42,7 @@ def test_condition_b_model_learns_dic_and_cellmask(trained_model_dir, records_di
 
     # A condition-B model: the trained tiny network in B's vocabulary.
     trained_dir, _, _ = trained_model_dir
-    b_config = config_lib.resolve_config("tiny", overrides=list(FAST_OVERRIDES) + list(CONDITION_B))
+    b_config = presets.resolve_config("tiny", overrides=list(FAST_OVERRIDES) + list(CONDITION_B))
     b_model = builder.build_model(b_config)
     transfer.restore_from(b_model, trained_dir)
     b_dir = str(tmp_path / "condition_b")
@@ -51,7 +51,7 @@ def test_condition_b_model_learns_dic_and_cellmask(trained_model_dir, records_di
     # Condition E data: DIC with DAPI and CELLMASK labels.
     wells = os.path.join(os.path.dirname(records_dir), "wells")
     relabel_wells(wells, str(tmp_path / "e_wells"))
-    e_config = config_lib.resolve_config("tiny", overrides=list(CONDITION_E))
+    e_config = presets.resolve_config("tiny", overrides=list(CONDITION_E))
     convert.convert([str(tmp_path / "e_wells")], str(tmp_path / "e_records"), e_config.channels, eval_every=3)
 
     e_dir = str(tmp_path / "condition_e")

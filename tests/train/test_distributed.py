@@ -242,12 +242,12 @@ def test_paper_model_sigterm_exits_within_seconds(tmp_path):
     checkpoint (minutes on CPU: 121 s at batch 2 here, ~16 min at the
     paper's batch 16), which looked like a hang. Peak RSS about 3.5 GB.
     """
-    from isl import config as config_lib
+    from isl import presets
     from isl.data import convert, synthetic
 
     wells_dir, records = str(tmp_path / "wells"), str(tmp_path / "records")
     synthetic.write_synthetic_dataset(wells_dir, num_wells=2, size=300, num_z=13, seed=0)
-    convert.convert([wells_dir], records, config_lib.resolve_config("paper").channels, eval_every=2)
+    convert.convert([wells_dir], records, presets.resolve_config("paper").channels, eval_every=2)
     model_dir = str(tmp_path / "model")
     command = [
         sys.executable, "-m", "isl", "train", f"--data_dir={records}", f"--model_dir={model_dir}", "--preset=paper",

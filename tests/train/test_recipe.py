@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from isl import config as config_lib
 from isl import errors
+from isl import presets
 from isl.data import augment
 from isl.train import dense_eval
 from isl.train import trainer
@@ -19,8 +20,8 @@ from tests.train.conftest import fast_config
 
 
 def test_cpu_recipe_sets_only_named_options_and_leaves_the_faithful_default_alone():
-    faithful = config_lib.resolve_config("condition_b")
-    recipe = config_lib.resolve_config("condition_b", recipe="cpu")
+    faithful = presets.resolve_config("condition_b")
+    recipe = presets.resolve_config("condition_b", recipe="cpu")
     assert faithful.recipe == "" and recipe.recipe == "cpu"
     assert faithful.train.lr_schedule == "constant" and faithful.model.output_size == 8
     assert not faithful.data.rotate_per_example and faithful.train.recalibrate_batches == 0
@@ -29,17 +30,17 @@ def test_cpu_recipe_sets_only_named_options_and_leaves_the_faithful_default_alon
     # The channels (vocabulary) come from the preset, untouched.
     assert recipe.channels == faithful.channels
     # --set still wins over the recipe.
-    overridden = config_lib.resolve_config("condition_b", overrides=["train.batch_size=2"], recipe="cpu")
+    overridden = presets.resolve_config("condition_b", overrides=["train.batch_size=2"], recipe="cpu")
     assert overridden.train.batch_size == 2
 
 
 def test_unknown_recipe_and_invalid_output_size_name_the_option():
     with pytest.raises(errors.InputError, match="Unknown recipe 'gpu'.*cpu"):
-        config_lib.resolve_config("paper", recipe="gpu")
+        presets.resolve_config("paper", recipe="gpu")
     with pytest.raises(errors.InputError, match="train.lr_schedule"):
-        config_lib.resolve_config("paper", overrides=["train.lr_schedule=linear"])
+        presets.resolve_config("paper", overrides=["train.lr_schedule=linear"])
     with pytest.raises(errors.InputError, match="keep_best needs train.eval_pearson"):
-        config_lib.resolve_config("paper", overrides=["train.eval_pearson=false", "train.keep_best=true"])
+        presets.resolve_config("paper", overrides=["train.eval_pearson=false", "train.keep_best=true"])
 
 
 def test_train_rejects_an_output_size_off_the_grid_before_training(tmp_path):
@@ -78,7 +79,7 @@ def test_rotate_examples_rotates_each_example_by_its_own_k():
 
 def test_pearson_of_predictions_pools_pixels_and_skips_absent_channels():
     truth = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
-    image = dense_eval.EvalImage("w", np.zeros((1, 4, 4), np.float32), {"A": (truth, np.ones((4, 4), bool))})
+    image = dense_eval.SplitImage("w", np.zeros((1, 4, 4), np.float32), {"A": (truth, np.ones((4, 4), bool))})
     prediction = {"median": np.stack([truth * 2 + 1, truth[::-1]], axis=-1), "mean": np.stack([-truth, truth], -1)}
     figures = dense_eval.pearson_of_predictions([image], [prediction], ("A", "B"))
     assert figures["pearson_median_A"] == pytest.approx(1.0)
@@ -116,7 +117,7 @@ def test_training_logs_whole_image_pearson_keeps_the_best_and_recalibrates(tmp_p
 def test_a_batch_that_cannot_fit_is_refused_before_training(tmp_path, records_dir):
     from isl.model import footprint
 
-    config = config_lib.resolve_config("condition_b", recipe="cpu", overrides=["train.batch_size=64"])
+    config = presets.resolve_config("condition_b", recipe="cpu", overrides=["train.batch_size=64"])
     assert footprint.training_step_bytes(config) > 40e9
     assert 4 < footprint.largest_batch(config, 20e9) < 10
     with pytest.raises(errors.InputError, match=r"train.batch_size=64: .*largest per-device batch that fits is"):
@@ -128,7 +129,7 @@ def test_footprint_matches_the_measurements_it_was_fitted_to():
     from isl.model import footprint
 
     def measured(output_size: int, batch: int) -> float:
-        config = config_lib.resolve_config(
+        config = presets.resolve_config(
             "condition_b", overrides=[f"model.output_size={output_size}", "train.mixed_precision=bfloat16"]
         )
         return footprint.training_step_bytes(config, batch) / 1e9
@@ -138,7 +139,7 @@ def test_footprint_matches_the_measurements_it_was_fitted_to():
     assert measured(120, 4) == pytest.approx(11.0, rel=0.15)
 
     def measured_float32(output_size: int, batch: int) -> float:
-        config = config_lib.resolve_config("paper", overrides=[f"model.output_size={output_size}"])
+        config = presets.resolve_config("paper", overrides=[f"model.output_size={output_size}"])
         return footprint.training_step_bytes(config, batch) / 2**30
 
     # isl benchmark model --output_sizes=56,120 --precision=float32 (GiB).

@@ -14,7 +14,7 @@ import keras
 import keras_tuner
 import pytest
 
-from isl import config as config_lib
+from isl import presets
 from isl import errors
 from isl.cli import main
 from isl.model import hypermodel
@@ -69,7 +69,7 @@ def test_interrupted_search_resumes_and_writes_the_best_config(tfrecords, tmp_pa
     assert counter.trainings == 1  # Only the interrupted trial ran again.
     assert [trial.status for trial in result.trials] == ["COMPLETED", "COMPLETED"]
     assert result.best_score == min(trial.score for trial in result.trials)
-    best = config_lib.resolve_config("paper", result.best_config_path)  # As `isl train --config` reads it.
+    best = presets.resolve_config("paper", result.best_config_path)  # As `isl train --config` reads it.
     expected = hypermodel.ISLHyperModel(base).config_from_values(result.best_values)
     assert best.model == expected.model and best.train == expected.train
     assert "best" in os.path.basename(result.best_config_path)

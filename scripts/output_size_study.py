@@ -1,6 +1,6 @@
 """Loss vs. wall time: the paper's 8x8 training output against a larger output.
 
-    python -m isl.train.output_size_study --data_dir=RECORDS --work_dir=DIR \
+    python scripts/output_size_study.py --data_dir=RECORDS --work_dir=DIR \
         [--preset=tiny] [--steps=300] [--eval_every=25] [--output_sizes=8,24]
 
 Trains one model per output size (same preset, seed, global batch and
@@ -15,6 +15,9 @@ The larger output (`model.output_size = 8 + 16k`, an option beyond the
 paper) supervises (output / 8)^2 times more pixels per patch for a smaller
 growth of the input and of the compute, because neighbouring output pixels
 share most of their receptive field.
+
+A study script, outside the package (it reads its own flags); its measured
+table is in BUILD_NOTES.md ("Larger output patches, measured").
 """
 
 from __future__ import annotations
@@ -44,13 +47,14 @@ def run_study(data_dir: str, work_dir: str, preset: str, overrides: list[str], s
     import numpy as np
 
     from isl import config as config_lib
+    from isl import presets
     from isl.data import pipeline
     from isl.model import builder
     from isl.model import losses
     from isl.train import callbacks as callbacks_lib
     from isl.train import trainer
 
-    base = config_lib.resolve_config(preset, overrides=list(overrides))
+    base = presets.resolve_config(preset, overrides=list(overrides))
     reference = config_lib.apply_overrides(base, ["model.output_size=8"])
     eval_set = [
         (np.asarray(inputs), np.asarray(labels))
