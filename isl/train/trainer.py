@@ -304,6 +304,21 @@ class ReplicaScaledLoss(keras.losses.Loss):
         return losses_lib.total_loss(head_losses, self.loss.num_input_heads)
 
 
+def compile_for_training(model: keras.Model, config: config_lib.ExperimentConfig) -> None:
+    """Compiles a tuning trial as `isl train` does: `make_optimizer` and `ISLLoss` (§2, §4).
+
+    The compile function `isl tune` injects into `ISLHyperModel`. The loss is
+    wrapped in `ReplicaScaledLoss`, so a trial under `--strategy=mirrored`
+    takes the one-device step of the global batch (on one replica the
+    wrapper returns the loss unchanged).
+    """
+    model.compile(
+        optimizer=make_optimizer(config.train),
+        loss=ReplicaScaledLoss(losses_lib.ISLLoss(config.channels)),
+        jit_compile=False,
+    )
+
+
 def _build_metrics_without_data(
     model: keras.Model, strategy: tf.distribute.Strategy, config: config_lib.ExperimentConfig, input_size: int
 ) -> None:
