@@ -111,10 +111,10 @@ def convert_step(state: DemoState) -> dict:
 
 def pipeline_step(state: DemoState) -> dict:
     """Pulls batches through the training pipeline; reports shapes and patches per second."""
-    from isl.data import pipeline
+    from isl.data import parser, pipeline
 
     config = state.config
-    layout = pipeline.patch_layout(config)
+    layout = parser.patch_layout(config)
     dataset = pipeline.build_dataset(state.records_dir, config, split="train", seed=state.seed)
     iterator = iter(dataset)
     inputs, labels = next(iterator)  # Warm-up: tracing and the first crops.

@@ -103,9 +103,9 @@ def resolve(flag_values: Any) -> Any:
 
     config = presets.resolve_config(flag_values["preset"].value, flag_values["config"].value,
                                     list(flag_values["set"].value or []), recipe=flag_values["recipe"].value)
-    from isl.data import pipeline
+    from isl.data import parser
 
-    pipeline.patch_layout(config)  # An output size off the 8 + 16k grid fails here, before anything is written.
+    parser.patch_layout(config)  # An output size off the 8 + 16k grid fails here, before anything is written.
     explicit = []
     if flag_values["mixed_precision"].value is not None:
         explicit.append(f"train.mixed_precision={flag_values['mixed_precision'].value}")

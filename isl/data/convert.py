@@ -25,7 +25,7 @@ import datetime
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -182,6 +182,11 @@ def convert(
 ) -> ConvertResult:
     """Converts image folders into `{train,eval}-xxxxx-of-yyyyy.tfrecord` and `dataset.json`.
 
+    The data flow: check the arguments, plan (scan the wells, resolve the
+    regions, split the wells, count the shards; nothing is written yet), then
+    write the shards and `dataset.json` into a temporary folder that becomes
+    `output_dir` only when everything succeeded.
+
     Args:
         input_dirs: folders of wells (lab naming or manifests), searched recursively.
         output_dir: the dataset folder to create.
@@ -207,6 +212,47 @@ def convert(
     Raises:
         InputError: for bad input (nothing is written then).
     """
+    output_dir = _check_arguments(input_dirs, output_dir, num_shards, num_eval_shards, overwrite, normalization)
+    plan = _plan(
+        input_dirs, output_dir, channels, num_shards=num_shards, num_eval_shards=num_eval_shards,
+        eval_every=eval_every, eval_wells=eval_wells, region=region, eval_region=eval_region,
+    )
+    return _write_dataset(plan, channels, input_dirs, normalization, progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What `convert` will write, decided before any file is opened.
+
+    Attributes:
+        output_dir: the absolute dataset folder.
+        by_split: split -> the wells written to it, in shard-assignment order.
+        regions: well name -> split -> the rectangle it is cropped to (None: whole image).
+        shard_counts: split -> number of shards (0: the split is empty).
+        skipped: (path, reason) of files the scan did not use.
+    """
+
+    output_dir: str
+    by_split: dict[str, list[wells_lib.WellSource]]
+    regions: dict[str, dict[str, Region | None]]
+    shard_counts: dict[str, int]
+    skipped: list[tuple[str, str]]
+
+
+def _check_arguments(
+    input_dirs: list[str],
+    output_dir: str,
+    num_shards: int,
+    num_eval_shards: int | None,
+    overwrite: bool,
+    normalization: str,
+) -> str:
+    """Checks the arguments that need no image; returns the absolute `output_dir`.
+
+    Raises:
+        InputError: for a bad count or normalisation, an occupied `output_dir`,
+            or an input folder inside the output folder.
+    """
     normalization_lib.check_name(normalization)
     if num_shards < 1:
         raise errors.InputError(f"--num_shards must be >= 1. Received: {num_shards}")
@@ -221,92 +267,144 @@ def convert(
         absolute = os.path.abspath(input_dir)
         if absolute == output_dir or absolute.startswith(output_dir + os.sep):
             raise errors.InputError(f"{input_dir}: the input folder lies inside the output folder {output_dir}.")
+    return output_dir
 
+
+def _plan(
+    input_dirs: list[str],
+    output_dir: str,
+    channels: config_lib.ChannelConfig,
+    num_shards: int,
+    num_eval_shards: int | None,
+    eval_every: int,
+    eval_wells: list[str] | None,
+    region: str | None,
+    eval_region: str | None,
+) -> _Plan:
+    """Scans the wells and decides every well's split, rectangle and shard count.
+
+    Raises:
+        InputError: for bad regions, an unknown held-out well, or no training well.
+    """
     train_region = parse_region(region, "--region") if region else None
     held_out_region = parse_region(eval_region, "--eval_region") if eval_region else None
     if held_out_region is not None and eval_wells:
         raise errors.InputError("--eval_region and --eval_wells exclude each other: hold out a region or wells.")
-
     scan = wells_lib.scan_wells(list(input_dirs), channels)
-    regions: dict[str, dict[str, Region | None]] = {}
-    for well in scan.wells:
-        train_rectangle = (
-            _resolve_region(train_region, well.height, well.width, "--region", well.name) if train_region else None
-        )
-        eval_rectangle = (
-            _resolve_region(held_out_region, well.height, well.width, "--eval_region", well.name)
-            if held_out_region else None
-        )
-        if eval_rectangle is not None:
-            full = ((0, well.height), (0, well.width))
-            if _overlap(train_rectangle or full, eval_rectangle):
-                raise errors.InputError(
-                    f"{well.name}: --eval_region {_region_text(eval_rectangle)} overlaps the training region "
-                    f"{_region_text(train_rectangle or full)}; pass a --region that leaves it out."
-                )
-        regions[well.name] = {"train": train_rectangle, "eval": eval_rectangle}
-    names = [well.name for well in scan.wells]
-    aliases = {
-        well.name: {well.metadata.get("well", ""), os.path.basename(os.path.abspath(well.directory))} - {""}
-        for well in scan.wells
-    }
+    regions = {well.name: _well_regions(well, train_region, held_out_region) for well in scan.wells}
     if held_out_region is not None:
         by_split = {"train": list(scan.wells), "eval": list(scan.wells)}
     else:
-        assignment = split_wells(names, eval_every, eval_wells, aliases)
-        by_split = {split: [well for well in scan.wells if assignment[well.name] == split] for split in schema.SPLITS}
+        by_split = _split_by_well(scan.wells, eval_every, eval_wells)
     if not by_split["train"]:
         raise errors.InputError(
-            f"Every well ({len(names)}) was held out for evaluation; none is left for training. "
+            f"Every well ({len(scan.wells)}) was held out for evaluation; none is left for training. "
             "Use a larger --eval_every or fewer --eval_wells."
         )
-    shard_counts = {"train": num_shards}
-    if by_split["eval"]:
-        shard_counts["eval"] = num_eval_shards or max(1, math.ceil(num_shards / 8))
-    else:
-        shard_counts["eval"] = 0
+    shard_counts = {
+        "train": num_shards,
+        "eval": (num_eval_shards or max(1, math.ceil(num_shards / 8))) if by_split["eval"] else 0,
+    }
+    return _Plan(output_dir, by_split, regions, shard_counts, scan.skipped)
 
-    import tensorflow as tf  # After the checks: bad input fails fast.
 
-    total = len(by_split["train"]) + len(by_split["eval"])
-    done = 0
-    well_records = []
-    warnings: list[str] = []
+def _well_regions(
+    well: wells_lib.WellSource, train_region: Region | None, held_out_region: Region | None
+) -> dict[str, Region | None]:
+    """The well's training and evaluation rectangles, resolved against its size.
+
+    Raises:
+        InputError: when a rectangle leaves the image or the two overlap.
+    """
+    train_rectangle = (
+        _resolve_region(train_region, well.height, well.width, "--region", well.name) if train_region else None
+    )
+    eval_rectangle = (
+        _resolve_region(held_out_region, well.height, well.width, "--eval_region", well.name)
+        if held_out_region else None
+    )
+    if eval_rectangle is not None:
+        full = ((0, well.height), (0, well.width))
+        if _overlap(train_rectangle or full, eval_rectangle):
+            raise errors.InputError(
+                f"{well.name}: --eval_region {_region_text(eval_rectangle)} overlaps the training region "
+                f"{_region_text(train_rectangle or full)}; pass a --region that leaves it out."
+            )
+    return {"train": train_rectangle, "eval": eval_rectangle}
+
+
+def _split_by_well(
+    wells: list[wells_lib.WellSource], eval_every: int, eval_wells: list[str] | None
+) -> dict[str, list[wells_lib.WellSource]]:
+    """Split -> wells, holding out every N-th well or the named ones (`split_wells`)."""
+    names = [well.name for well in wells]
+    aliases = {
+        well.name: {well.metadata.get("well", ""), os.path.basename(os.path.abspath(well.directory))} - {""}
+        for well in wells
+    }
+    assignment = split_wells(names, eval_every, eval_wells, aliases)
+    return {split: [well for well in wells if assignment[well.name] == split] for split in schema.SPLITS}
+
+
+def _write_dataset(
+    plan: _Plan,
+    channels: config_lib.ChannelConfig,
+    input_dirs: list[str],
+    normalization: str,
+    progress: Callable[[int, int, str], None] | None,
+) -> ConvertResult:
+    """Writes the planned shards and `dataset.json`; `plan.output_dir` appears only on success.
+
+    Wells are loaded one at a time (peak memory: one well and its Example).
+    """
+    import tensorflow as tf  # After the checks and the scan: bad input fails fast.
+
     shards: dict[str, list[str]] = {split: [] for split in schema.SPLITS}
-    with atomic.output_directory(output_dir, overwrite=True) as temporary:
-        for split in schema.SPLITS:
-            count = shard_counts[split]
-            members = by_split[split]
-            for shard_index in range(count):
-                file_name = schema.shard_name(split, shard_index, count)
-                shards[split].append(os.path.join(output_dir, file_name))
-                with tf.io.TFRecordWriter(os.path.join(temporary, file_name)) as writer:
-                    for well in members[shard_index::count]:
-                        rectangle = regions[well.name][split]
-                        raw, warning = wells_lib.normalize_raw(wells_lib.load_raw_well(well), normalization)
-                        if warning and warning not in warnings:
-                            warnings.append(warning)
-                        raw = _crop(raw, rectangle)
-                        writer.write(tfrecords.encode_well(raw))
-                        del raw
-                        well_records.append(_well_record(well, split, file_name, rectangle))
-                        done += 1
-                        if progress:
-                            progress(done, total, well.name)
-        description = _describe(well_records, shards, by_split, channels, scan.skipped, input_dirs)
+    well_records: list[dict] = []
+    warnings: list[str] = []
+    total = sum(len(members) for members in plan.by_split.values())
+    with atomic.output_directory(plan.output_dir, overwrite=True) as temporary:
+        for split, file_name, members in _shard_assignments(plan):
+            shards[split].append(os.path.join(plan.output_dir, file_name))
+            with tf.io.TFRecordWriter(os.path.join(temporary, file_name)) as writer:
+                for well in members:
+                    rectangle = plan.regions[well.name][split]
+                    writer.write(_encode_well(well, rectangle, normalization, warnings))
+                    well_records.append(_well_record(well, split, file_name, rectangle))
+                    if progress:
+                        progress(len(well_records), total, well.name)
+        description = _describe(well_records, shards, plan.by_split, channels, plan.skipped, input_dirs)
         description["normalization"] = normalization
         description["warnings"] = warnings
         atomic.write_text(os.path.join(temporary, schema.DATASET_JSON), json.dumps(description, indent=2) + "\n")
         _make_readable(temporary)
     return ConvertResult(
-        output_dir=output_dir,
-        dataset_json=os.path.join(output_dir, schema.DATASET_JSON),
+        output_dir=plan.output_dir,
+        dataset_json=os.path.join(plan.output_dir, schema.DATASET_JSON),
         shards=shards,
-        num_examples={split: len(by_split[split]) for split in schema.SPLITS},
-        skipped=scan.skipped,
+        num_examples={split: len(plan.by_split[split]) for split in schema.SPLITS},
+        skipped=plan.skipped,
         description=description,
         warnings=warnings,
     )
+
+
+def _shard_assignments(plan: _Plan) -> Iterator[tuple[str, str, list[wells_lib.WellSource]]]:
+    """(split, shard file name, its wells): well i of a split goes to shard i mod count."""
+    for split in schema.SPLITS:
+        count = plan.shard_counts[split]
+        for shard_index in range(count):
+            yield split, schema.shard_name(split, shard_index, count), plan.by_split[split][shard_index::count]
+
+
+def _encode_well(
+    well: wells_lib.WellSource, rectangle: Region | None, normalization: str, warnings: list[str]
+) -> bytes:
+    """One well loaded, normalised, cropped to `rectangle` and serialized; new warnings go to `warnings`."""
+    raw, warning = wells_lib.normalize_raw(wells_lib.load_raw_well(well), normalization)
+    if warning and warning not in warnings:
+        warnings.append(warning)
+    return tfrecords.encode_well(_crop(raw, rectangle))
 
 
 def _make_readable(directory: str) -> None:

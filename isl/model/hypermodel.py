@@ -16,9 +16,13 @@ the paper's 4x4 up kernel, §1.4): `invalid_reason` names the problem, the
 tuning oracles (`isl.train.tuning`) skip such samples, and `build` raises
 `keras_tuner.errors.FailedTrialError` for any that still arrive.
 
+Compiling is injected: the HyperModel builds, and `compile_fn(model, config)`
+compiles (`isl tune` passes `isl.train.trainer.compile_for_training`), so
+this module never imports the trainer (`isl.model` sits below `isl.train`).
+
 Example:
 
-    hypermodel = ISLHyperModel(presets.get_preset("tiny"))
+    hypermodel = ISLHyperModel(presets.get_preset("tiny"), compile_fn=trainer.compile_for_training)
     hp = keras_tuner.HyperParameters()
     hp.Fixed("base_depth", 32)
     model = hypermodel.build(hp)        # compiled tiny model, base_depth 32
@@ -302,22 +306,21 @@ class ISLHyperModel(keras_tuner.HyperModel):
             and every hyperparameter default comes from it.
         space: the search space (`search_space(...)`); default: the default
             space around `base_config`.
-        compile_model: compile the built model with the trainer's optimizer
-            and loss (what a tuner needs); False returns it uncompiled.
-        compile_fn: `compile_fn(model, config)` used instead of the trainer's.
+        compile_fn: `compile_fn(model, config)` compiles each built model with
+            the sampled config (a tuner needs a compiled model; `isl tune`
+            passes `isl.train.trainer.compile_for_training`); None returns
+            the model uncompiled.
     """
 
     def __init__(
         self,
         base_config: config_lib.ExperimentConfig,
         space: Mapping[str, Dimension] | None = None,
-        compile_model: bool = True,
         compile_fn: Callable[[Any, config_lib.ExperimentConfig], None] | None = None,
     ) -> None:
         super().__init__(name=f"isl_{base_config.name}")
         self.base_config = base_config
         self.space = dict(space if space is not None else default_search_space(base_config))
-        self.compile_model = compile_model
         self.compile_fn = compile_fn
         self._base_input_size = geometry_lib.geometry(base_config.model).input_size
 
@@ -405,7 +408,7 @@ class ISLHyperModel(keras_tuner.HyperModel):
     # -- keras_tuner.HyperModel ---------------------------------------------
 
     def build(self, hp: keras_tuner.HyperParameters) -> Any:
-        """Builds (and by default compiles) the network for `hp`'s values.
+        """Builds the network for `hp`'s values, compiled by `compile_fn` when given.
 
         The model takes `[batch, input, input, 2 * num_z_values]` at the
         training input size of the sampled geometry.
@@ -418,23 +421,6 @@ class ISLHyperModel(keras_tuner.HyperModel):
             model = builder.build_model(config, input_size=input_size)
         except ValueError as error:  # E.g. a kernel the blocks do not implement.
             raise keras_tuner.errors.FailedTrialError(f"Cannot build {config.model}: {error}") from None
-        if self.compile_model:
-            (self.compile_fn or compile_for_training)(model, config)
+        if self.compile_fn is not None:
+            self.compile_fn(model, config)
         return model
-
-
-def compile_for_training(model: Any, config: config_lib.ExperimentConfig) -> None:
-    """Compiles as `isl train` does: the trainer's optimizer and `ISLLoss` (§2, §4).
-
-    The loss is wrapped in the trainer's `ReplicaScaledLoss`, so a trial under
-    `--strategy=mirrored` takes the one-device step of the global batch (on
-    one replica the wrapper returns the loss unchanged).
-    """
-    from isl.model import losses
-    from isl.train import trainer
-
-    model.compile(
-        optimizer=trainer.make_optimizer(config.train),
-        loss=trainer.ReplicaScaledLoss(losses.ISLLoss(config.channels)),
-        jit_compile=False,
-    )

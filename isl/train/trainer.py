@@ -306,6 +306,21 @@ class ReplicaScaledLoss(keras.losses.Loss):
         return losses_lib.total_loss(head_losses, self.loss.num_input_heads)
 
 
+def compile_for_training(model: keras.Model, config: config_lib.ExperimentConfig) -> None:
+    """Compiles a tuning trial as `isl train` does: `make_optimizer` and `ISLLoss` (§2, §4).
+
+    The compile function `isl tune` injects into `ISLHyperModel`. The loss is
+    wrapped in `ReplicaScaledLoss`, so a trial under `--strategy=mirrored`
+    takes the one-device step of the global batch (on one replica the
+    wrapper returns the loss unchanged).
+    """
+    model.compile(
+        optimizer=make_optimizer(config.train),
+        loss=ReplicaScaledLoss(losses_lib.ISLLoss(config.channels)),
+        jit_compile=False,
+    )
+
+
 def _build_metrics_without_data(
     model: keras.Model, strategy: tf.distribute.Strategy, config: config_lib.ExperimentConfig, input_size: int
 ) -> None:
@@ -426,6 +441,11 @@ def train(
 ) -> TrainResult:
     """Trains (or resumes training of) a model to `total_steps` global steps.
 
+    The steps, in order: plan the run (check the arguments, resolve the
+    config, find a checkpoint to resume), prepare the model directory, build
+    the model (restored, compiled), then fit with the checkpointing
+    callbacks, finish the inference weights and write the summary.
+
     Args:
         config: the fully resolved experiment config.
         data_dir: TFRecords written by `isl convert` (train and eval shards).
@@ -446,195 +466,300 @@ def train(
     Returns:
         A `TrainResult`.
     """
+    run = _plan_run(config, data_dir, model_dir, total_steps, strategy, log, build_model_fn, dataset_fn)
+    _prepare_model_dir(run, restore_from if restore_heads and not run.resume_path else None)
+    state = _build_model(run, restore_from, restore_heads, freeze_core)
+    if state.resumed_from_step >= total_steps:
+        return _already_finished(run, state)
+    if state.resume_path:
+        run.log(f"Resuming {run.model_dir} from step {state.resumed_from_step} ({state.resume_path}).")
+    saver = _CheckpointSaver(run, state)
+    train_data, eval_data = _datasets(run, state.resumed_from_step)
+    callbacks = _fit_callbacks(run, state, saver, eval_data is not None, show_progress, extra_callbacks)
+    fit_seconds, fit_cpu_seconds = _fit(run, state, saver, callbacks, train_data, eval_data)
+    final_step, best_step, recalibration = _finish(run, state, saver, callbacks)
+    return _write_result(
+        run, state, callbacks, final_step, fit_seconds, fit_cpu_seconds, best_step, recalibration
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What `train` works with once its arguments are checked.
+
+    Attributes:
+        config: the config as written to config.json (dataset normalisation,
+            regression target statistics and schedule length filled in).
+        data_dir, model_dir: absolute `model_dir`; `data_dir` as given.
+        total_steps: the global step to reach.
+        strategy: the distribution strategy; `chief`: whether this process writes files.
+        log: the status-line sink.
+        build_model_fn, dataset_fn: the model builder and the data pipeline.
+        start_time: `time.monotonic()` when `train` was called.
+        resume_path: the newest checkpoint found in `model_dir`, or None.
+    """
+
+    config: config_lib.ExperimentConfig
+    data_dir: str
+    model_dir: str
+    total_steps: int
+    strategy: tf.distribute.Strategy
+    chief: bool
+    log: Callable[[str], None]
+    build_model_fn: Callable[..., keras.Model]
+    dataset_fn: Callable[..., tf.data.Dataset]
+    start_time: float
+    resume_path: str | None
+
+    @property
+    def regression(self) -> bool:
+        return self.config.model.architecture == "unet_regression"
+
+
+@dataclasses.dataclass
+class _ModelState:
+    """The built model and what building it did.
+
+    Attributes:
+        model, optimizer, checkpoint: the compiled model, its optimizer and
+            the `tf.train.Checkpoint` of both.
+        resume_path: the checkpoint actually restored (an older one when the
+            newest was damaged), or None for a fresh run.
+        resumed_from_step: the global step restored (0 when fresh).
+        transfer: the transfer-learning report of `restore_from`, or None.
+        frozen: the layers `freeze_core` made untrainable.
+    """
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    checkpoint: tf.train.Checkpoint
+    resume_path: str | None
+    resumed_from_step: int
+    transfer: transfer_lib.TransferReport | None
+    frozen: list[str]
+
+
+def _plan_run(
+    config: config_lib.ExperimentConfig,
+    data_dir: str,
+    model_dir: str,
+    total_steps: int,
+    strategy: tf.distribute.Strategy | None,
+    log: Callable[[str], None] | None,
+    build_model_fn: Callable[..., keras.Model] | None,
+    dataset_fn: Callable[..., tf.data.Dataset] | None,
+) -> _Run:
+    """Checks the arguments, resolves the config and finds the checkpoint to resume; writes nothing.
+
+    Raises:
+        InputError: for bad steps or folders, a batch that does not fit the
+            replicas or the memory, or a resumed run with another configuration.
+    """
     if total_steps < 1:
         raise errors.InputError(f"--steps must be >= 1. Received: {total_steps}")
+    start_time = time.monotonic()
     log = log or logger.info
     strategy = strategy or tf.distribute.get_strategy()
-    build_model_fn = build_model_fn or _default_build_model
-    dataset_fn = dataset_fn or _default_dataset
-    chief = strategy_lib.is_chief(strategy)
-    start_time = time.monotonic()
     model_dir = os.path.abspath(os.fspath(model_dir))
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise errors.InputError(f"--model_dir {model_dir} exists and is not a directory.")
     if not os.path.isdir(data_dir):
         raise errors.InputError(f"--data_dir {data_dir}: no such directory.")
-    # The records' normalisation goes into config.json, so predict applies it.
-    config = normalization_lib.config_for_dataset(config, data_dir)
-    regression = config.model.architecture == "unet_regression"
-    if regression and not config.model.regression_target_mean:
-        config = _with_target_statistics(config, data_dir, model_dir, log)
-    if config.train.lr_schedule != "constant" and not config.train.schedule_steps:
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, schedule_steps=total_steps))
-    train_config = config.train
-    strategy_lib.per_replica_batch_size(strategy, train_config.batch_size)
+    config = _resolve_for_data(config, data_dir, model_dir, total_steps, log)
+    strategy_lib.per_replica_batch_size(strategy, config.train.batch_size)
     _check_memory(config, strategy)
     resume_path = latest_checkpoint(model_dir)
     if resume_path:
         _check_resume_config(config, model_dir)
-    if chief:
-        os.makedirs(model_dir, exist_ok=True)
-        resilience.remove_partial_checkpoints(os.path.join(model_dir, CHECKPOINT_DIR))
-        config_lib.save_config(config, os.path.join(model_dir, CONFIG_FILE))
-        _record_trained_channels(model_dir, data_dir, config, restore_from if restore_heads and not resume_path else None)
-
-    keras.utils.set_random_seed(train_config.seed)
-    input_size = geometry_lib.geometry(config.model).input_size
-    head_names = config.channels.head_names
-    report: transfer_lib.TransferReport | None = None
-    frozen: list[str] = []
-    with strategy.scope():
-        model = build_model_fn(config, input_size)
-        if restore_from and not resume_path:
-            report = transfer_lib.restore_from(model, restore_from, restore_heads=restore_heads)
-            log(report.summary())
-        elif restore_from:
-            log(f"Resuming from {resume_path}; --restore_from {restore_from} is not applied again.")
-        if freeze_core:
-            frozen = transfer_lib.freeze_core(model)
-            log(f"Froze {len(frozen)} core layers; the projection and the heads train.")
-        if strategy.num_replicas_in_sync > 1 and train_config.sync_batch_norm:
-            _set_synchronized_batch_norm(model)
-        optimizer = make_optimizer(train_config, total_steps)
-        model.compile(
-            optimizer=optimizer,
-            loss=ReplicaScaledLoss(_loss(config)),
-            metrics=[] if regression else [callbacks_lib.PerHeadLosses(head_names)],
-            jit_compile=bool(train_config.jit_compile),
-        )
-        optimizer.build(model.trainable_variables)
-        _build_metrics_without_data(model, strategy, config, input_size)
-        _fix_multi_worker_output_reduction(model, strategy)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-        if resume_path:
-            resume_path = resilience.restore_newest(checkpoint, os.path.join(model_dir, CHECKPOINT_DIR), log)
-    resumed_from_step = callbacks_lib.global_step(model) if resume_path else 0
-
-    if resumed_from_step >= total_steps:
-        summary = _read_summary(model_dir)
-        log(
-            f"{model_dir} already finished: step {resumed_from_step} >= --steps={total_steps}. "
-            "Nothing to do (raise --steps to train further)."
-        )
-        return TrainResult(
-            model_dir=model_dir,
-            final_step=resumed_from_step,
-            resumed_from_step=resumed_from_step,
-            already_finished=True,
-            losses=summary.get("losses", {}),
-            eval_losses=summary.get("eval_losses", {}),
-            wall_seconds=time.monotonic() - start_time,
-        )
-    if resume_path:
-        log(f"Resuming {model_dir} from step {resumed_from_step} ({resume_path}).")
-
-    # Checkpoints: the chief writes MODEL_DIR/checkpoints; other workers must
-    # take part in the save but write to a private directory, removed at the end.
-    checkpoint_dir = os.path.join(model_dir, CHECKPOINT_DIR)
-    if not chief:
-        checkpoint_dir = os.path.join(model_dir, f".tmp-{strategy_lib.worker_id(strategy)}-checkpoints")
-    manager = tf.train.CheckpointManager(
-        checkpoint, checkpoint_dir, max_to_keep=max(1, train_config.keep_checkpoints)
+    return _Run(
+        config=config,
+        data_dir=data_dir,
+        model_dir=model_dir,
+        total_steps=total_steps,
+        strategy=strategy,
+        chief=strategy_lib.is_chief(strategy),
+        log=log,
+        build_model_fn=build_model_fn or _default_build_model,
+        dataset_fn=dataset_fn or _default_dataset,
+        start_time=start_time,
+        resume_path=resume_path,
     )
 
-    last_good = {"step": resumed_from_step, "path": resume_path}
-    non_finite = callbacks_lib.NonFiniteLoss()
 
-    def save(step: int) -> None:
-        if non_finite.step is not None:
+def _resolve_for_data(
+    config: config_lib.ExperimentConfig, data_dir: str, model_dir: str, total_steps: int, log: Callable[[str], None]
+) -> config_lib.ExperimentConfig:
+    """The config with what the data and the run length decide filled in.
+
+    The records' normalisation (it goes into config.json, so predict applies
+    it), the regression targets' statistics, and the schedule length of a
+    non-constant learning rate (`total_steps` unless set).
+    """
+    config = normalization_lib.config_for_dataset(config, data_dir)
+    if config.model.architecture == "unet_regression" and not config.model.regression_target_mean:
+        config = _with_target_statistics(config, data_dir, model_dir, log)
+    if config.train.lr_schedule != "constant" and not config.train.schedule_steps:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, schedule_steps=total_steps))
+    return config
+
+
+def _prepare_model_dir(run: _Run, restored_from: str | None) -> None:
+    """The chief creates `model_dir`, drops partial checkpoints, writes config.json and trained_channels.json.
+
+    Args:
+        restored_from: the model whose trained heads are kept (`restore_from`
+            of a fresh run with `restore_heads`), or None.
+    """
+    if not run.chief:
+        return
+    os.makedirs(run.model_dir, exist_ok=True)
+    resilience.remove_partial_checkpoints(os.path.join(run.model_dir, CHECKPOINT_DIR))
+    config_lib.save_config(run.config, os.path.join(run.model_dir, CONFIG_FILE))
+    _record_trained_channels(run.model_dir, run.data_dir, run.config, restored_from)
+
+
+def _build_model(run: _Run, restore_from: str | None, restore_heads: bool, freeze_core: bool) -> _ModelState:
+    """Seeds, builds and compiles the model under the strategy, then restores the newest checkpoint.
+
+    A fresh run starts from `restore_from` when given; a resumed run ignores it.
+    """
+    keras.utils.set_random_seed(run.config.train.seed)
+    input_size = geometry_lib.geometry(run.config.model).input_size
+    resume_path = run.resume_path
+    with run.strategy.scope():
+        model = run.build_model_fn(run.config, input_size)
+        transfer, frozen = _initial_weights(run, model, restore_from, restore_heads, freeze_core)
+        optimizer = _compile(run, model, input_size)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        if resume_path:
+            resume_path = resilience.restore_newest(checkpoint, os.path.join(run.model_dir, CHECKPOINT_DIR), run.log)
+    resumed_from_step = callbacks_lib.global_step(model) if resume_path else 0
+    return _ModelState(model, optimizer, checkpoint, resume_path, resumed_from_step, transfer, frozen)
+
+
+def _initial_weights(
+    run: _Run, model: keras.Model, restore_from: str | None, restore_heads: bool, freeze_core: bool
+) -> tuple[transfer_lib.TransferReport | None, list[str]]:
+    """Transfer learning before training: restore `restore_from` (fresh runs only), freeze the core.
+
+    Returns:
+        (the transfer report or None, the names of the frozen layers).
+    """
+    report = None
+    if restore_from and not run.resume_path:
+        report = transfer_lib.restore_from(model, restore_from, restore_heads=restore_heads)
+        run.log(report.summary())
+    elif restore_from:
+        run.log(f"Resuming from {run.resume_path}; --restore_from {restore_from} is not applied again.")
+    frozen: list[str] = []
+    if freeze_core:
+        frozen = transfer_lib.freeze_core(model)
+        run.log(f"Froze {len(frozen)} core layers; the projection and the heads train.")
+    return report, frozen
+
+
+def _compile(run: _Run, model: keras.Model, input_size: int) -> keras.optimizers.Optimizer:
+    """Compiles with the optimizer, `ReplicaScaledLoss` and per-head metrics, and builds their state.
+
+    Called under the strategy's scope. Batch norm is synchronised across
+    replicas with `train.sync_batch_norm`; the optimizer slots, the loss and
+    the metrics are built before `fit` so a checkpoint can restore them.
+    """
+    config, strategy = run.config, run.strategy
+    if strategy.num_replicas_in_sync > 1 and config.train.sync_batch_norm:
+        _set_synchronized_batch_norm(model)
+    optimizer = make_optimizer(config.train, run.total_steps)
+    model.compile(
+        optimizer=optimizer,
+        loss=ReplicaScaledLoss(_loss(config)),
+        metrics=[] if run.regression else [callbacks_lib.PerHeadLosses(config.channels.head_names)],
+        jit_compile=bool(config.train.jit_compile),
+    )
+    optimizer.build(model.trainable_variables)
+    _build_metrics_without_data(model, strategy, config, input_size)
+    _fix_multi_worker_output_reduction(model, strategy)
+    return optimizer
+
+
+def _already_finished(run: _Run, state: _ModelState) -> TrainResult:
+    """The result of a run that had already reached `total_steps`: its last summary, nothing trained."""
+    summary = _read_summary(run.model_dir)
+    run.log(
+        f"{run.model_dir} already finished: step {state.resumed_from_step} >= --steps={run.total_steps}. "
+        "Nothing to do (raise --steps to train further)."
+    )
+    return TrainResult(
+        model_dir=run.model_dir,
+        final_step=state.resumed_from_step,
+        resumed_from_step=state.resumed_from_step,
+        already_finished=True,
+        losses=summary.get("losses", {}),
+        eval_losses=summary.get("eval_losses", {}),
+        wall_seconds=time.monotonic() - run.start_time,
+    )
+
+
+class _CheckpointSaver:
+    """Saves the training state at a step; the chief also refreshes the model dir's inference weights.
+
+    The chief writes `MODEL_DIR/checkpoints`; other workers must take part in
+    the save but write to a private directory, removed at the end. A step
+    whose loss was NaN/Inf (`non_finite`) is never saved. A full disk removes
+    the partial files and raises.
+
+    Attributes:
+        directory: where this process writes checkpoints.
+        non_finite: the callback that stops training on a NaN/Inf loss.
+        last_good: {"step", "path"} of the newest good checkpoint (read by
+            `resilience.naming_damaged_shards` when a shard turns out damaged).
+    """
+
+    def __init__(self, run: _Run, state: _ModelState) -> None:
+        self.run = run
+        self.model = state.model
+        self.directory = os.path.join(run.model_dir, CHECKPOINT_DIR)
+        if not run.chief:
+            self.directory = os.path.join(run.model_dir, f".tmp-{strategy_lib.worker_id(run.strategy)}-checkpoints")
+        self.manager = tf.train.CheckpointManager(
+            state.checkpoint, self.directory, max_to_keep=max(1, run.config.train.keep_checkpoints)
+        )
+        self.non_finite = callbacks_lib.NonFiniteLoss()
+        self.last_good: dict[str, Any] = {"step": state.resumed_from_step, "path": state.resume_path}
+
+    def save(self, step: int) -> None:
+        """Saves the state of `step` (see the class docstring).
+
+        Raises:
+            InputError: when the disk is full.
+        """
+        run = self.run
+        if self.non_finite.step is not None:
             return  # Never save the weights a NaN/Inf step produced.
         try:
-            path = manager.save(checkpoint_number=step)
-            if chief:
-                saving.save_model_dir(model, config, model_dir)
+            path = self.manager.save(checkpoint_number=step)
+            if run.chief:
+                saving.save_model_dir(self.model, run.config, run.model_dir)
         except (OSError, tf.errors.OpError) as error:
             if not resilience.disk_full(error):
                 raise
-            resilience.remove_partial_checkpoints(checkpoint_dir)
-            newest = latest_checkpoint(model_dir) if chief else last_good["path"]
+            resilience.remove_partial_checkpoints(self.directory)
+            newest = latest_checkpoint(run.model_dir) if run.chief else self.last_good["path"]
             raise errors.InputError(
-                f"{model_dir}: no space left on device while saving step {step}; the partial files were removed "
-                f"and the newest complete checkpoint is {newest or 'none'}. "
+                f"{run.model_dir}: no space left on device while saving step {step}; the partial files were "
+                f"removed and the newest complete checkpoint is {newest or 'none'}. "
                 "Free some space and run the same command to resume."
             ) from None
-        last_good.update(step=step, path=path)
+        self.last_good.update(step=step, path=path)
 
-    # Data: the global batch is split over replicas through InputContext.
-    data_seed = train_config.seed + resumed_from_step
+    def refuse_non_finite(self) -> None:
+        """Raises when training stopped on a NaN/Inf loss, naming what was kept.
 
-    def make_dataset(split: str, seed: int, deterministic: bool) -> Any:
-        if strategy.num_replicas_in_sync == 1 and not isinstance(
-            strategy, tf.distribute.MultiWorkerMirroredStrategy
-        ):
-            return dataset_fn(data_dir, config, split=split, seed=seed, deterministic=deterministic)
-        return strategy.distribute_datasets_from_function(
-            lambda context: dataset_fn(
-                data_dir, config, split=split, input_context=context, seed=seed, deterministic=deterministic
-            )
-        )
-
-    train_data = make_dataset("train", data_seed, False)
-    eval_data = None
-    try:
-        eval_data = make_dataset("eval", train_config.seed, True)
-    except errors.InputError as error:
-        log(f"No evaluation data ({error}); training without evaluation.")
-
-    log_dir = os.path.join(model_dir, LOG_DIR)
-    termination = callbacks_lib.TerminationSignal()
-    checkpointer = callbacks_lib.PeriodicCheckpoint(
-        save,
-        every_steps=train_config.checkpoint_every_steps,
-        every_minutes=train_config.checkpoint_every_minutes,
-        termination=termination,
-    )
-    training_log = callbacks_lib.TrainingLog(log_dir, every_steps=min(10, train_config.eval_every_steps))
-    fit_callbacks: list[keras.callbacks.Callback] = [non_finite, callbacks_lib.StopAtStep(total_steps), checkpointer]
-    dense_pearson = None
-    if chief and eval_data is not None and train_config.eval_pearson:
-        dense_pearson = _dense_pearson_callback(
-            data_dir, config, model_dir, log,
-            lambda: dataset_fn(data_dir, config, split="train", seed=train_config.seed + 104729, deterministic=False),
-        )
-        if dense_pearson is not None:
-            fit_callbacks.append(dense_pearson)  # Before TrainingLog: it adds to the epoch logs.
-    if chief:
-        fit_callbacks.append(training_log)
-        if eval_data is not None and not regression:
-            panel_batch = _panel_batch(dataset_fn, data_dir, config)
-            if panel_batch is not None:
-                fit_callbacks.append(
-                    callbacks_lib.ImagePanels(
-                        log_dir, panel_batch, head_names, first_target_head=config.channels.num_input_heads
-                    )
-                )
-        progress = Progress(total_steps - resumed_from_step, label="train", enabled=show_progress)
-        fit_callbacks.append(callbacks_lib.ProgressCallback(progress, resumed_from_step, total_steps))
-    fit_callbacks += list(extra_callbacks or [])
-
-    steps_per_epoch = max(1, min(train_config.eval_every_steps, total_steps))
-    remaining = total_steps - resumed_from_step
-    epochs = math.ceil(remaining / steps_per_epoch)
-    fit_start = time.monotonic()
-    fit_cpu_start = time.process_time()
-    with termination, resilience.naming_damaged_shards(data_dir, last_good):
-        try:
-            model.fit(
-                train_data,
-                epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                validation_data=eval_data,
-                validation_steps=train_config.eval_batches if eval_data is not None else None,
-                callbacks=fit_callbacks,
-                shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.
-                verbose=0,
-            )
-        except callbacks_lib.TrainingInterrupted:
-            # Saved already; skip the epoch's evaluation, close bars and logs.
-            for callback in fit_callbacks:
-                if isinstance(callback, (callbacks_lib.ProgressCallback, callbacks_lib.TrainingLog)):
-                    callback.on_train_end()
-    if non_finite.step is not None:
+        Raises:
+            InputError: after a non-finite loss.
+        """
+        non_finite, last_good = self.non_finite, self.last_good
+        if non_finite.step is None:
+            return
         kept = (f"the last good checkpoint is {last_good['path']} (step {last_good['step']}) and {WEIGHTS_FILE} "
                 "was not overwritten" if last_good["path"] else "no checkpoint had been saved yet")
         raise errors.InputError(
@@ -642,57 +767,237 @@ def train(
             f"step was saved: {kept}. Check the data for NaN/Inf values or lower train.learning_rate, then run "
             "the same command to resume."
         )
-    fit_seconds = time.monotonic() - fit_start
-    fit_cpu_seconds = time.process_time() - fit_cpu_start
-    final_step = callbacks_lib.global_step(model)
-    checkpointer.save_now(final_step)
-    if not chief:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    best_step, recalibration = None, None
-    if not checkpointer.interrupted:
-        # The checkpoint above keeps the training state for a later resume;
-        # what follows changes only the inference weights of the model dir.
-        best_step, recalibration = _finish_inference_weights(
-            model, config, model_dir, data_dir, dataset_fn, dense_pearson, log
-        )
-        if chief and (best_step is not None or recalibration is not None):
-            saving.save_model_dir(model, config, model_dir)
-            if dense_pearson is not None:
-                final_figures = dense_pearson.evaluate()
-                dense_pearson.history.append({"step": final_step, "final_weights": 1.0, **final_figures})
-                log("Whole-image Pearson r of the written weights (median / mean): " + ", ".join(
-                    f"{name} {final_figures.get(f'pearson_median_{name}', float('nan')):.3f} / "
-                    f"{final_figures.get(f'pearson_mean_{name}', float('nan')):.3f}" for name in dense_pearson.channels))
-    labelled_pixels = (final_step - resumed_from_step) * train_config.batch_size * geometry_lib.geometry(
-        config.model
-    ).output_size ** 2
 
-    losses, eval_losses = _split_logs(training_log.last_logs)
-    if not chief:
-        losses, eval_losses = {}, {}
+
+def _datasets(run: _Run, resumed_from_step: int) -> tuple[Any, Any]:
+    """(training data, evaluation data or None), split over the replicas.
+
+    The training pipeline is seeded with `seed + resumed step`; without eval
+    shards, training goes on without evaluation.
+    """
+    seed = run.config.train.seed
+    train_data = _distributed_dataset(run, "train", seed + resumed_from_step, deterministic=False)
+    eval_data = None
+    try:
+        eval_data = _distributed_dataset(run, "eval", seed, deterministic=True)
+    except errors.InputError as error:
+        run.log(f"No evaluation data ({error}); training without evaluation.")
+    return train_data, eval_data
+
+
+def _distributed_dataset(run: _Run, split: str, seed: int, deterministic: bool) -> Any:
+    """One split's pipeline; under several replicas or workers, the global batch split through InputContext."""
+    strategy = run.strategy
+    if strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return run.dataset_fn(run.data_dir, run.config, split=split, seed=seed, deterministic=deterministic)
+    return strategy.distribute_datasets_from_function(
+        lambda context: run.dataset_fn(
+            run.data_dir, run.config, split=split, input_context=context, seed=seed, deterministic=deterministic
+        )
+    )
+
+
+@dataclasses.dataclass
+class _Callbacks:
+    """The callbacks of `fit`, in order (`all`), and those read after it.
+
+    Attributes:
+        in_order: every callback, in the order Keras calls them.
+        termination: catches SIGTERM during `fit`.
+        checkpointer: saves periodically, on SIGTERM and at the end.
+        training_log: TensorBoard scalars and the last logs.
+        dense_pearson: the whole-image Pearson callback (chief, with eval data), or None.
+    """
+
+    in_order: list[keras.callbacks.Callback]
+    termination: callbacks_lib.TerminationSignal
+    checkpointer: callbacks_lib.PeriodicCheckpoint
+    training_log: callbacks_lib.TrainingLog
+    dense_pearson: Any
+
+
+def _fit_callbacks(
+    run: _Run,
+    state: _ModelState,
+    saver: _CheckpointSaver,
+    has_eval_data: bool,
+    show_progress: bool,
+    extra_callbacks: list[keras.callbacks.Callback] | None,
+) -> _Callbacks:
+    """NaN/Inf stop, step limit and checkpoints for every process; Pearson, logs, panels and progress for the chief."""
+    train_config = run.config.train
+    log_dir = os.path.join(run.model_dir, LOG_DIR)
+    termination = callbacks_lib.TerminationSignal()
+    checkpointer = callbacks_lib.PeriodicCheckpoint(
+        saver.save,
+        every_steps=train_config.checkpoint_every_steps,
+        every_minutes=train_config.checkpoint_every_minutes,
+        termination=termination,
+    )
+    training_log = callbacks_lib.TrainingLog(log_dir, every_steps=min(10, train_config.eval_every_steps))
+    fit_callbacks: list[keras.callbacks.Callback] = [
+        saver.non_finite, callbacks_lib.StopAtStep(run.total_steps), checkpointer
+    ]
+    dense_pearson = None
+    if run.chief and has_eval_data and train_config.eval_pearson:
+        dense_pearson = _dense_pearson_callback(
+            run.data_dir, run.config, run.model_dir, run.log,
+            lambda: run.dataset_fn(
+                run.data_dir, run.config, split="train", seed=train_config.seed + 104729, deterministic=False
+            ),
+        )
+        if dense_pearson is not None:
+            fit_callbacks.append(dense_pearson)  # Before TrainingLog: it adds to the epoch logs.
+    if run.chief:
+        fit_callbacks += _chief_callbacks(run, state, training_log, log_dir, has_eval_data, show_progress)
+    fit_callbacks += list(extra_callbacks or [])
+    return _Callbacks(fit_callbacks, termination, checkpointer, training_log, dense_pearson)
+
+
+def _chief_callbacks(
+    run: _Run,
+    state: _ModelState,
+    training_log: callbacks_lib.TrainingLog,
+    log_dir: str,
+    has_eval_data: bool,
+    show_progress: bool,
+) -> list[keras.callbacks.Callback]:
+    """The training log, the image panels (classification models with eval data) and the progress bar."""
+    chief_callbacks: list[keras.callbacks.Callback] = [training_log]
+    if has_eval_data and not run.regression:
+        panel_batch = _panel_batch(run.dataset_fn, run.data_dir, run.config)
+        if panel_batch is not None:
+            chief_callbacks.append(
+                callbacks_lib.ImagePanels(
+                    log_dir, panel_batch, run.config.channels.head_names,
+                    first_target_head=run.config.channels.num_input_heads,
+                )
+            )
+    progress = Progress(run.total_steps - state.resumed_from_step, label="train", enabled=show_progress)
+    chief_callbacks.append(callbacks_lib.ProgressCallback(progress, state.resumed_from_step, run.total_steps))
+    return chief_callbacks
+
+
+def _fit(
+    run: _Run, state: _ModelState, saver: _CheckpointSaver, callbacks: _Callbacks, train_data: Any, eval_data: Any
+) -> tuple[float, float]:
+    """Runs Keras `fit` from the resumed step to `total_steps`, one epoch per `train.eval_every_steps`.
+
+    A SIGTERM ends it early (its checkpoint is saved already); a damaged
+    shard is named with the last good checkpoint.
+
+    Returns:
+        (wall seconds, CPU seconds of this process) spent in `fit`.
+
+    Raises:
+        InputError: when the loss became NaN/Inf.
+    """
+    train_config = run.config.train
+    steps_per_epoch = max(1, min(train_config.eval_every_steps, run.total_steps))
+    remaining = run.total_steps - state.resumed_from_step
+    epochs = math.ceil(remaining / steps_per_epoch)
+    fit_start = time.monotonic()
+    fit_cpu_start = time.process_time()
+    with callbacks.termination, resilience.naming_damaged_shards(run.data_dir, saver.last_good):
+        try:
+            state.model.fit(
+                train_data,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                validation_data=eval_data,
+                validation_steps=train_config.eval_batches if eval_data is not None else None,
+                callbacks=callbacks.in_order,
+                shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a tf.data.
+                verbose=0,
+            )
+        except callbacks_lib.TrainingInterrupted:
+            # Saved already; skip the epoch's evaluation, close bars and logs.
+            for callback in callbacks.in_order:
+                if isinstance(callback, (callbacks_lib.ProgressCallback, callbacks_lib.TrainingLog)):
+                    callback.on_train_end()
+    saver.refuse_non_finite()
+    return time.monotonic() - fit_start, time.process_time() - fit_cpu_start
+
+
+def _finish(
+    run: _Run, state: _ModelState, saver: _CheckpointSaver, callbacks: _Callbacks
+) -> tuple[int, int | None, dict[str, float] | None]:
+    """Saves the final checkpoint, then (unless interrupted) keeps the best weights and recalibrates.
+
+    The checkpoint keeps the training state for a later resume; what follows
+    changes only the inference weights of the model dir.
+
+    Returns:
+        (the final global step, the step whose weights were kept or None,
+        the recalibration report or None).
+    """
+    final_step = callbacks_lib.global_step(state.model)
+    callbacks.checkpointer.save_now(final_step)
+    if not run.chief:
+        shutil.rmtree(saver.directory, ignore_errors=True)
+    if callbacks.checkpointer.interrupted:
+        return final_step, None, None
+    dense_pearson = callbacks.dense_pearson
+    best_step, recalibration = _finish_inference_weights(
+        state.model, run.config, run.model_dir, run.data_dir, run.dataset_fn, dense_pearson, run.log
+    )
+    if run.chief and (best_step is not None or recalibration is not None):
+        saving.save_model_dir(state.model, run.config, run.model_dir)
+        if dense_pearson is not None:
+            _log_final_pearson(dense_pearson, final_step, run.log)
+    return final_step, best_step, recalibration
+
+
+def _log_final_pearson(dense_pearson: Any, final_step: int, log: Callable[[str], None]) -> None:
+    """Evaluates the written weights' whole-image Pearson r, records it in the history and logs it."""
+    final_figures = dense_pearson.evaluate()
+    dense_pearson.history.append({"step": final_step, "final_weights": 1.0, **final_figures})
+    log("Whole-image Pearson r of the written weights (median / mean): " + ", ".join(
+        f"{name} {final_figures.get(f'pearson_median_{name}', float('nan')):.3f} / "
+        f"{final_figures.get(f'pearson_mean_{name}', float('nan')):.3f}" for name in dense_pearson.channels))
+
+
+def _write_result(
+    run: _Run,
+    state: _ModelState,
+    callbacks: _Callbacks,
+    final_step: int,
+    fit_seconds: float,
+    fit_cpu_seconds: float,
+    best_step: int | None,
+    recalibration: dict[str, float] | None,
+) -> TrainResult:
+    """The `TrainResult`; the chief writes it to `logs/summary.json`."""
+    trained_steps = final_step - state.resumed_from_step
+    output_size = geometry_lib.geometry(run.config.model).output_size
+    labelled_pixels = trained_steps * run.config.train.batch_size * output_size**2
+    losses, eval_losses = _split_logs(callbacks.training_log.last_logs) if run.chief else ({}, {})
+    dense_pearson = callbacks.dense_pearson
+    interrupted = callbacks.checkpointer.interrupted
     result = TrainResult(
-        model_dir=model_dir,
+        model_dir=run.model_dir,
         final_step=final_step,
-        resumed_from_step=resumed_from_step,
-        interrupted=checkpointer.interrupted,
+        resumed_from_step=state.resumed_from_step,
+        interrupted=interrupted,
         losses=losses,
         eval_losses=eval_losses,
-        wall_seconds=time.monotonic() - start_time,
-        steps_per_second=(final_step - resumed_from_step) / fit_seconds if fit_seconds > 0 else 0.0,
-        transfer=report.to_dict() if report else None,
-        frozen_layers=frozen,
+        wall_seconds=time.monotonic() - run.start_time,
+        steps_per_second=trained_steps / fit_seconds if fit_seconds > 0 else 0.0,
+        transfer=state.transfer.to_dict() if state.transfer else None,
+        frozen_layers=state.frozen,
         labelled_pixels_per_second=labelled_pixels / fit_seconds if fit_seconds > 0 else 0.0,
         labelled_pixels_per_cpu_second=labelled_pixels / fit_cpu_seconds if fit_cpu_seconds > 0 else 0.0,
         pearson=dict(dense_pearson.history[-1]) if dense_pearson is not None and dense_pearson.history else {},
         best_step=best_step,
         recalibration=recalibration,
     )
-    if chief:
+    if run.chief:
         atomic.write_text(
-            os.path.join(log_dir, SUMMARY_FILE), json.dumps(result.to_dict(), indent=2, default=float) + "\n"
+            os.path.join(run.model_dir, LOG_DIR, SUMMARY_FILE),
+            json.dumps(result.to_dict(), indent=2, default=float) + "\n",
         )
-    if checkpointer.interrupted:
-        log(f"Stopped by signal at step {final_step}; checkpoint saved. Run the same command to resume.")
+    if interrupted:
+        run.log(f"Stopped by signal at step {final_step}; checkpoint saved. Run the same command to resume.")
     return result
 
 

@@ -43,6 +43,7 @@ from isl import config as config_lib
 from isl import errors
 from isl.io import atomic
 from isl.model import hypermodel as hypermodel_lib
+from isl.train import trainer as trainer_lib
 
 TUNERS = ("random", "bayesian", "hyperband")
 PROJECT_NAME = "search"
@@ -334,7 +335,8 @@ def run_search(
         strategy: a tf.distribute.Strategy each trial runs under, or None.
         callbacks: extra Keras callbacks for every trial's fit.
         verbose: Keras fit verbosity.
-        compile_fn: replaces the trainer's compile step (tests).
+        compile_fn: compiles each trial's model; default
+            `isl.train.trainer.compile_for_training` (tests inject others).
 
     Returns:
         A SearchResult; files are written by standalone and chief processes.
@@ -349,7 +351,9 @@ def run_search(
         raise errors.InputError("--max_trials and --steps_per_trial must be >= 1.")
     role = role_from_environment()
     space = hypermodel_lib.search_space(base_config, search_space)
-    hypermodel = hypermodel_lib.ISLHyperModel(base_config, space, compile_fn=compile_fn)
+    hypermodel = hypermodel_lib.ISLHyperModel(
+        base_config, space, compile_fn=compile_fn or trainer_lib.compile_for_training
+    )
     default_values = {name: dimension.default for name, dimension in space.items()}
     reason = hypermodel.invalid_reason(default_values)
     if reason is not None:

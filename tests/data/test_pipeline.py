@@ -13,6 +13,7 @@ from isl import errors
 from isl import presets
 from isl.data import assemble
 from isl.data import convert
+from isl.data import parser
 from isl.data import pipeline
 from isl.io import images
 from tests.data import wellmaker
@@ -43,33 +44,11 @@ def round_trip(tmp_path_factory):
     return records, stack, targets
 
 
-def test_patch_layout_follows_the_geometry():
-    paper = pipeline.patch_layout(presets.get_preset("paper"))
-    assert (paper.crop_size, paper.patch_size, paper.patch_stride, paper.output_size, paper.pad) == (
-        520, 250, 256, 8, 121)
-    tiny = pipeline.patch_layout(TINY)
-    assert (tiny.crop_size, tiny.patch_size, tiny.output_size, tiny.pad) == (100, 42, 8, 17)
-    larger = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, output_size=24))
-    layout = pipeline.patch_layout(larger)
-    assert layout.output_size == 24 and layout.patch_size == 58 and layout.crop_size == 58 + 58
-    unpadded = dataclasses.replace(TINY, data=dataclasses.replace(TINY.data, pad_border=False))
-    assert pipeline.patch_layout(unpadded).pad == 0
-
-
-def test_selection_table_matches_the_python_z_mapping():
-    table = pipeline.selection_table(30, 26)
-    for count in (1, 13, 26, 30):
-        values = np.arange(1, 31, dtype=np.float32)
-        mapped = np.concatenate([values, [1.0]]) @ table[count]
-        expected = [values[index] for index in assemble.z_slice_indices(count, 26)]
-        assert mapped[0::2].tolist() == expected and mapped[1::2].tolist() == [1.0] * 26
-
-
 def _eval_batch(records, stack, targets):
     """Reference patches and labels for the eval crop, from numpy."""
-    layout = pipeline.patch_layout(TINY)
+    layout = parser.patch_layout(TINY)
     height, width = stack.shape[1:]
-    (offset_y, offset_x), = pipeline.eval_crop_offsets(height, width, layout).numpy().tolist()
+    (offset_y, offset_x), = parser.eval_crop_offsets(height, width, layout).numpy().tolist()
     pad = layout.pad
 
     def padded_crop(image):
@@ -141,7 +120,7 @@ def test_flip_and_rotation_move_inputs_targets_and_masks_together(tmp_path):
     stack = rng.integers(0, 65536, (13, 90, 100), dtype=np.uint16)
     wellmaker.write_well(str(tmp_path / "wells" / "w"), stack, {"DAPI_CONFOCAL": stack[0]})
     records = _records(tmp_path, str(tmp_path / "wells"))
-    layout = pipeline.patch_layout(TINY)
+    layout = parser.patch_layout(TINY)
     border, out = layout.border, layout.output_size
     dapi = TINY.channels.head_names.index("MAXPROJECT/DAPI_CONFOCAL")
     for inputs, labels in pipeline.build_dataset(records, TINY, seed=1, batch_size=16).take(4):
@@ -203,8 +182,8 @@ def test_eval_crops_are_a_centred_grid_of_whole_crops_in_eager_and_graph_mode():
     layout = dataclasses.replace(pipeline.patch_layout(TINY), crop_size=10, pad=2)
     # 27 + 4 = 31 padded rows: 3 crops from 0 (31 - 30 = 1 left, start 0); 40 + 4 = 44 columns: 4 crops from 2.
     expected = [[row, column] for row in (0, 10, 20) for column in (2, 12, 22, 32)]
-    assert pipeline.eval_crop_offsets(27, 40, layout).numpy().tolist() == expected
-    graph = tf.function(lambda h, w: pipeline.eval_crop_offsets(h, w, layout))
+    assert parser.eval_crop_offsets(27, 40, layout).numpy().tolist() == expected
+    graph = tf.function(lambda h, w: parser.eval_crop_offsets(h, w, layout))
     assert graph(tf.constant(27), tf.constant(40)).numpy().tolist() == expected
     # Smaller than one crop: one crop at 0.
-    assert pipeline.eval_crop_offsets(3, 3, layout).numpy().tolist() == [[0, 0]]
+    assert parser.eval_crop_offsets(3, 3, layout).numpy().tolist() == [[0, 0]]

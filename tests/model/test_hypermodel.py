@@ -52,7 +52,7 @@ def test_search_space_names_and_defaults_are_the_paper_values():
 
 def test_defaults_build_exactly_the_paper_preset():
     paper = presets.get_preset("paper")
-    model_builder = hypermodel.ISLHyperModel(paper, compile_model=False)
+    model_builder = hypermodel.ISLHyperModel(paper)
     hp = keras_tuner.HyperParameters()
 
     model = model_builder.build(hp)
@@ -65,7 +65,7 @@ def test_defaults_build_exactly_the_paper_preset():
 
 def test_fixed_override_changes_only_that_value():
     tiny = presets.get_preset("tiny")
-    model_builder = hypermodel.ISLHyperModel(tiny, compile_model=False)
+    model_builder = hypermodel.ISLHyperModel(tiny)
     hp = keras_tuner.HyperParameters()
     hp.Fixed("base_depth", 12)
     hp.Fixed("learning_rate", 3e-3)
@@ -75,13 +75,16 @@ def test_fixed_override_changes_only_that_value():
     config = model_builder.config_for(hp)
     assert config.model == dataclasses.replace(tiny.model, base_depth=12)
     assert config.train.learning_rate == 3e-3
+    assert not model.compiled  # No compile function given: the hypermodel only builds.
     reference = builder.build_model(config, input_size=geometry.geometry(config.model).input_size)
     assert _weight_shapes(model) == _weight_shapes(reference)
     assert model.count_params() < builder.build_model(tiny).count_params()
 
 
 def test_compiled_model_uses_the_sampled_learning_rate():
-    model_builder = hypermodel.ISLHyperModel(presets.get_preset("tiny"))
+    from isl.train import trainer
+
+    model_builder = hypermodel.ISLHyperModel(presets.get_preset("tiny"), compile_fn=trainer.compile_for_training)
     hp = keras_tuner.HyperParameters()
     hp.Fixed("learning_rate", 2e-3)
 
@@ -94,7 +97,7 @@ def test_compiled_model_uses_the_sampled_learning_rate():
 def test_invalid_geometry_is_rejected_cleanly():
     tiny = presets.get_preset("tiny")
     space = hypermodel.search_space(tiny, {"up_kernel": [2, 4]})
-    model_builder = hypermodel.ISLHyperModel(tiny, space, compile_model=False)
+    model_builder = hypermodel.ISLHyperModel(tiny, space)
     hp = keras_tuner.HyperParameters()
     hp.Fixed("up_kernel", 2)
 
@@ -136,3 +139,21 @@ def test_a_larger_network_input_grows_the_training_crop_by_the_same_amount():
     growth = geometry.geometry(config.model).input_size - geometry.geometry(tiny.model).input_size
     assert growth > 0
     assert config.data.crop_size == tiny.data.crop_size + growth
+
+
+def test_the_model_package_never_imports_the_training_package():
+    """`isl.model` sits below `isl.train`: the hypermodel gets its compile function injected."""
+    import ast
+    import pathlib
+
+    package = pathlib.Path(hypermodel.__file__).parent
+    upward = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            upward += [f"{path.name}: {name}" for name in names if name == "isl.train" or name.startswith("isl.train.")]
+    assert upward == []
