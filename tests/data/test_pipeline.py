@@ -179,7 +179,7 @@ def test_evaluation_accepts_images_smaller_than_the_crop_and_masks_the_padding(t
 def test_eval_crops_are_a_centred_grid_of_whole_crops_in_eager_and_graph_mode():
     import tensorflow as tf
 
-    layout = dataclasses.replace(pipeline.patch_layout(TINY), crop_size=10, pad=2)
+    layout = dataclasses.replace(parser.patch_layout(TINY), crop_size=10, pad=2)
     # 27 + 4 = 31 padded rows: 3 crops from 0 (31 - 30 = 1 left, start 0); 40 + 4 = 44 columns: 4 crops from 2.
     expected = [[row, column] for row in (0, 10, 20) for column in (2, 12, 22, 32)]
     assert parser.eval_crop_offsets(27, 40, layout).numpy().tolist() == expected
