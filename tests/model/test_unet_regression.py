@@ -96,3 +96,14 @@ def test_export_refuses_the_regression_baseline(tmp_path):
     with pytest.raises(errors.InputError, match="cannot be exported"):
         export.export_model(model_dir, str(tmp_path / "exported"))
     assert not (tmp_path / "exported").exists()
+
+
+def test_the_unet_recipe_trains_on_a_512_px_image():
+    # A user's 512 x 512 field must fit the recipe's crop (the U-Net has no border, so no padding helps).
+    from isl import presets
+    from isl.data import parser
+
+    config = presets.resolve_config("condition_b", recipe="unet_regression")
+    layout = parser.patch_layout(config)
+    assert layout.pad == 0 and layout.crop_size <= 512
+    assert max(offset for offsets in layout.patch_offsets for offset in offsets) + layout.patch_size <= layout.crop_size
