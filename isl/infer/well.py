@@ -410,7 +410,6 @@ def _predict_well_files(
         num_runs=prediction.info["num_runs"],
         plan=prediction.info["plan"],
         exact=prediction.info["exact"],
-        ignored_files=list(well.metadata.get("ignored_files", [])),
         seconds=round(seconds, 3),
     )
     prediction_file.write_summary(well_dir, summary)
@@ -622,6 +621,7 @@ def prediction_summary(
         "truth_channels": [],
         "calibration_files": {},
         "panels": {},
+        "ignored_files": list(well.metadata.get("ignored_files", [])),
     }
     summary.update(details)
     return summary

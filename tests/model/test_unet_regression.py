@@ -70,6 +70,7 @@ def test_trains_predicts_and_is_written_like_the_paper_model(tmp_path):
     written = json.load(open(os.path.join(summary["well_dir"], "prediction.json")))
     assert written["architecture"] == "unet_regression" and written["image_shape"] == [160, 160]
     assert written["geometry"] is None and written["region"]["height"] == 160  # No border: interior does not apply.
+    assert written["ignored_files"] == []  # isl predict's CLI reads it for every architecture.
     import imageio.v3 as imageio
 
     image = imageio.imread(os.path.join(summary["well_dir"], summary["files"]["MAP2_CONFOCAL"]["median"]))
