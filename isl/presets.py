@@ -75,7 +75,9 @@ _FOVEA = config_lib.ExperimentConfig(
 )
 
 
-def _condition(name: str, modalities: tuple[str, ...], labels: tuple[str, ...], num_z: int = 26) -> config_lib.ExperimentConfig:
+def _condition(
+    name: str, modalities: tuple[str, ...], labels: tuple[str, ...], num_z: int = 26
+) -> config_lib.ExperimentConfig:
     channels = config_lib.ChannelConfig(
         input_modalities=modalities, target_channels=labels, num_z_values=num_z
     )

@@ -203,7 +203,9 @@ def output_size_table(
             raise errors.InputError(f"--output_sizes: {error}") from None
         for variant in OUTPUT_SIZE_VARIANTS:
             precision = VARIANTS[variant][0]
-            variant_config = dataclasses.replace(sized, train=dataclasses.replace(sized.train, mixed_precision=precision))
+            variant_config = dataclasses.replace(
+                sized, train=dataclasses.replace(sized.train, mixed_precision=precision)
+            )
             batch = footprint.largest_batch(variant_config, memory_budget_bytes)
             row: dict[str, Any] = {"output_size": output_size, "input_size": geo.input_size, "variant": variant,
                                    "batch_size": batch}
@@ -264,8 +266,10 @@ def run(options: BenchmarkOptions) -> dict[str, Any]:
     if output_sizes_text:
         try:
             output_sizes = [int(item) for item in output_sizes_text.split(",") if item.strip()]
-        except ValueError:
-            raise errors.InputError(f"--output_sizes must be integers like 8,24,56. Received: {output_sizes_text!r}")
+        except ValueError as error:
+            raise errors.InputError(
+                f"--output_sizes must be integers like 8,24,56. Received: {output_sizes_text!r}"
+            ) from error
         budget = options.memory_budget_gb * 1e9
         print(f"isl benchmark model: preset {config.name}, output sizes {output_sizes}, variants "
               f"{', '.join(OUTPUT_SIZE_VARIANTS)}, batch <= {config.train.batch_size} within "

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 import resource
 import time
 from typing import Any
@@ -180,7 +179,9 @@ def run(options: BenchmarkOptions) -> dict[str, Any]:
     model_dir = options.model_dir
     precision = options.precision if (options.precision_given or not model_dir) else ""  # A model dir: as trained.
     if precision not in ("", "float32", "bfloat16"):
-        raise errors.InputError(f"--precision: use float32 or bfloat16 for the predict benchmark. Received: {precision}")
+        raise errors.InputError(
+            f"--precision: use float32 or bfloat16 for the predict benchmark. Received: {precision}"
+        )
     repeats = max(0, options.repeats)
     base = {
         "model_dir": model_dir, "preset": options.preset, "precision": precision,
@@ -203,7 +204,8 @@ def run(options: BenchmarkOptions) -> dict[str, Any]:
         medians[name] = entry.pop("median")
         results[name] = entry
         print(
-            f"[{name}] {size}x{size}x{NUM_SOURCE_Z} -> {len(entry['channels'])} channels, median: {entry['seconds']:.1f} s "
+            f"[{name}] {size}x{size}x{NUM_SOURCE_Z} -> {len(entry['channels'])} channels, "
+            f"median: {entry['seconds']:.1f} s "
             f"(CPU {entry['cpu_seconds']:.1f} s; first call with tracing {entry['first_call_seconds']:.1f} s), "
             f"{entry['output_pixels_per_second']:.0f} output px/s, {entry['tile_runs']} runs of "
             f"{entry['tile_size'][0]} px, peak RSS {entry['peak_rss_gb']:.2f} GB"

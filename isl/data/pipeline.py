@@ -138,7 +138,10 @@ def check_shard(path: str) -> int:
                 if _masked_crc32c(header[:8]) != length_crc:
                     problem = f"corrupted record length at byte {position}"
                 elif position + 16 + length > size:
-                    problem = f"truncated: record {count} at byte {position} needs {16 + length} bytes, {size - position} left"
+                    problem = (
+                        f"truncated: record {count} at byte {position} needs {16 + length} bytes, "
+                        f"{size - position} left"
+                    )
             if problem:
                 raise errors.InputError(
                     f"{path}: damaged TFRecord shard ({problem}). Run 'isl convert' again to rewrite the dataset."
@@ -149,7 +152,13 @@ def check_shard(path: str) -> int:
     return count
 
 
-def _check_description(description: dict | None, data_dir: str, split: str, config: config_lib.ExperimentConfig, layout: parser_lib.PatchLayout) -> None:
+def _check_description(
+    description: dict | None,
+    data_dir: str,
+    split: str,
+    config: config_lib.ExperimentConfig,
+    layout: parser_lib.PatchLayout,
+) -> None:
     if not description:
         return
     modalities = set(description.get("channels", {}).get("input_modalities", []))
@@ -174,7 +183,9 @@ def _check_description(description: dict | None, data_dir: str, split: str, conf
         )
 
 
-def check_dataset(data_dir: str, config: config_lib.ExperimentConfig, splits: tuple[str, ...] = ("train", "eval")) -> None:
+def check_dataset(
+    data_dir: str, config: config_lib.ExperimentConfig, splits: tuple[str, ...] = ("train", "eval")
+) -> None:
     """Checks, without reading any example, that `build_dataset` can serve `splits`.
 
     Non-empty, structurally whole shards of each split (`check_shard`), a

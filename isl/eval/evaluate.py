@@ -72,7 +72,9 @@ def find_predictions(predictions_dir: str) -> list[str]:
         if prediction_file.exists(os.path.join(predictions_dir, name))
     )
     if not found:
-        raise errors.InputError(f"{predictions_dir}: no {PREDICTION_FILE} here or in its sub-folders; run `isl predict` first.")
+        raise errors.InputError(
+            f"{predictions_dir}: no {PREDICTION_FILE} here or in its sub-folders; run `isl predict` first."
+        )
     return found
 
 
@@ -148,7 +150,10 @@ def region_mask(
             raise errors.InputError(f"{error} Or all, interior, original.") from None
         ranges = tuple((start, side if end == -1 else end) for (start, end), side in zip(parsed, (height, width)))
     (row_start, row_end), (column_start, column_end) = ranges
-    mask = ((rows >= row_start) & (rows < row_end))[:, None] & ((columns >= column_start) & (columns < column_end))[None, :]
+    mask = (
+        ((rows >= row_start) & (rows < row_end))[:, None]
+        & ((columns >= column_start) & (columns < column_end))[None, :]
+    )
     if not mask.any():
         raise errors.InputError(f"--region {spec!r} does not overlap the predicted pixels.")
     return mask
@@ -206,7 +211,11 @@ def evaluate_well(
 
     summary = prediction_file.read_summary(well_dir)
     channel_values = summary.get("channel_config")
-    channels = config_lib.config_from_dict({"channels": channel_values}).channels if channel_values else config_lib.ChannelConfig()
+    channels = (
+        config_lib.config_from_dict({"channels": channel_values}).channels
+        if channel_values
+        else config_lib.ChannelConfig()
+    )
     well = _truth_well(summary, truth_dirs, channels)
     image_shape = tuple(summary["image_shape"])
     if tuple(well.inputs.shape[1:]) != image_shape:
@@ -217,7 +226,9 @@ def evaluate_well(
     values, masks = assemble.target_stack(well.targets, channels, shape=image_shape)
     predicted_region = summary["region"]
     rows_slice = slice(predicted_region["row_offset"], predicted_region["row_offset"] + predicted_region["height"])
-    columns_slice = slice(predicted_region["column_offset"], predicted_region["column_offset"] + predicted_region["width"])
+    columns_slice = slice(
+        predicted_region["column_offset"], predicted_region["column_offset"] + predicted_region["width"]
+    )
     geometry = prediction_geometry(summary, well_dir) if region in BORDER_REGIONS else None
     selection = region_mask(region, image_shape, predicted_region, geometry)
     results, figure_rows = [], []
@@ -248,7 +259,12 @@ def evaluate_well(
             row.update({f"calibration_{key}" if key == "num_pixels" else key: value
                         for key, value in calibration_lib.calibration_metrics(probability, below, mask).items()})
         else:
-            row.update({key: math.nan for key in ("nll_nats", "normalized_nll", "coverage_50", "coverage_90", "pit_max_deviation")})
+            row.update(
+                {
+                    key: math.nan
+                    for key in ("nll_nats", "normalized_nll", "coverage_50", "coverage_90", "pit_max_deviation")
+                }
+            )
         results.append(row)
         caption = f"r = {row['pearson_r']:.3f}, SSIM {row['ssim']:.3f}"
         if not math.isnan(row.get("coverage_90", math.nan)):
@@ -271,7 +287,9 @@ def condition_table(rows: Sequence[dict[str, Any]], metric: str = "pearson_r") -
     for row in rows:
         table.setdefault(row["condition"], {}).setdefault(row["channel"], []).append(row[metric])
     return {
-        condition: {channel: float(np.nanmean(values)) if values else math.nan for channel, values in by_channel.items()}
+        condition: {
+            channel: float(np.nanmean(values)) if values else math.nan for channel, values in by_channel.items()
+        }
         for condition, by_channel in table.items()
     }
 
@@ -280,10 +298,17 @@ def format_table(table: dict[str, dict[str, float]], metric: str = "pearson_r") 
     """The condition x channel table as aligned text."""
     channels = sorted({channel for by_channel in table.values() for channel in by_channel})
     width = max([len("condition")] + [len(condition) for condition in table]) + 2
-    lines = [f"{metric} by condition (rows) and label (columns)", "condition".ljust(width) + "".join(c[:16].rjust(18) for c in channels)]
+    lines = [
+        f"{metric} by condition (rows) and label (columns)",
+        "condition".ljust(width) + "".join(c[:16].rjust(18) for c in channels),
+    ]
     for condition, by_channel in sorted(table.items()):
         cells = "".join(
-            (f"{by_channel[channel]:.3f}" if channel in by_channel and not math.isnan(by_channel[channel]) else "-").rjust(18)
+            (
+                f"{by_channel[channel]:.3f}"
+                if channel in by_channel and not math.isnan(by_channel[channel])
+                else "-"
+            ).rjust(18)
             for channel in channels
         )
         lines.append(condition.ljust(width) + cells)
@@ -317,7 +342,9 @@ def evaluate(
             path = os.path.join(output_dir, f"report_{name}.png")
             figures.append(report_lib.write_figure(path, figure))
     if not rows:
-        raise errors.InputError(f"{predictions_dir}: none of the predicted channels has ground truth in {', '.join(truth_dirs)}.")
+        raise errors.InputError(
+            f"{predictions_dir}: none of the predicted channels has ground truth in {', '.join(truth_dirs)}."
+        )
     table = condition_table(rows)
     text = format_table(table)
     metrics_json = os.path.join(output_dir, METRICS_JSON)

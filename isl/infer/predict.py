@@ -653,7 +653,9 @@ RUNTIME_BYTES = 0.8e9
 MAX_AUTO_BUDGET_BYTES = 4e9
 
 
-def memory_per_pixel(model_config: Any, num_heads: int, num_classes: int, dtype: str = "float32") -> tuple[float, float]:
+def memory_per_pixel(
+    model_config: Any, num_heads: int, num_classes: int, dtype: str = "float32"
+) -> tuple[float, float]:
     """Modelled bytes per run input pixel and per run output pixel.
 
     Input pixels: the measured peak per input pixel (`MEASURED_BYTES_PER_INPUT_PIXEL`,

@@ -79,7 +79,13 @@ class Predictor:
         """"bfloat16" or "float32" (model directories; SavedModels count as float32)."""
         return "bfloat16" if self.model is not None and self.config.train.mixed_precision == "bfloat16" else "float32"
 
-    def run_function(self, head_indices: tuple[int, ...], statistics: tuple[str, ...], quantiles: tuple[float, ...], with_truth: bool):
+    def run_function(
+        self,
+        head_indices: tuple[int, ...],
+        statistics: tuple[str, ...],
+        quantiles: tuple[float, ...],
+        with_truth: bool,
+    ):
         """A cached `make_run_function` for these heads (one trace per set)."""
         key = (head_indices, statistics, quantiles, with_truth)
         if key not in self._run_functions:

@@ -35,7 +35,9 @@ WEIGHTS_FILE = model_dir_lib.WEIGHTS_FILE
 TRAINED_CHANNELS_FILE = model_dir_lib.TRAINED_CHANNELS_FILE
 
 
-def save_model_dir(model: keras.Model, config: config_lib.ExperimentConfig, directory: str | os.PathLike[str]) -> dict[str, str]:
+def save_model_dir(
+    model: keras.Model, config: config_lib.ExperimentConfig, directory: str | os.PathLike[str]
+) -> dict[str, str]:
     """Writes `config.json` and `model.weights.h5` into `directory`.
 
     Only the network's weights are written (no optimizer state). Each file is
@@ -62,7 +64,9 @@ def save_model_dir(model: keras.Model, config: config_lib.ExperimentConfig, dire
     return {"config": config_path, "weights": weights_path}
 
 
-def load_model_dir(directory: str | os.PathLike[str], input_size: int | None = None) -> tuple[keras.Model, config_lib.ExperimentConfig]:
+def load_model_dir(
+    directory: str | os.PathLike[str], input_size: int | None = None
+) -> tuple[keras.Model, config_lib.ExperimentConfig]:
     """Rebuilds the model described by `directory/config.json` and loads its weights.
 
     Args:
@@ -234,7 +238,9 @@ def tf1_variable_names(model: keras.Model, config: config_lib.ExperimentConfig) 
     return names
 
 
-def load_tf1_checkpoint(model: keras.Model, config: config_lib.ExperimentConfig, checkpoint_path: str) -> dict[str, Any]:
+def load_tf1_checkpoint(
+    model: keras.Model, config: config_lib.ExperimentConfig, checkpoint_path: str
+) -> dict[str, Any]:
     """Copies the released TF1 checkpoint's variables into `model`.
 
     Args:
