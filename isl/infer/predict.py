@@ -163,7 +163,10 @@ class Network:
     `logits` signature) computes all its heads on every pixel, then gathers.
 
     Attributes:
-        num_heads: heads it returns (None if unknown).
+        logits_fn: `inputs -> [batch, height, width, heads, classes]` logits, or None.
+        head_indices: the heads to return, in this order (None: all).
+        embedding_fn, heads_fn: the core (`inputs -> embedding`) and the heads
+            (`embedding -> logits`) of a split model, or None.
     """
 
     def __init__(
