@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -137,7 +136,9 @@ def _no_trace_of_a_failed_start(model_dir: str, strategy: str) -> Iterator[None]
     With a checkpoint everything stays, so the same command resumes.
     Multi-worker runs share MODEL_DIR between processes and are left alone.
     """
-    from isl.train import resilience, trainer
+    from isl.io import atomic
+    from isl.io import model_dir as model_dir_lib
+    from isl.train import resilience
 
     if "://" in model_dir or strategy.startswith("multi_worker"):
         yield
@@ -147,14 +148,10 @@ def _no_trace_of_a_failed_start(model_dir: str, strategy: str) -> Iterator[None]
         yield
     except BaseException:
         if os.path.isdir(model_dir) and not resilience.checkpoint_candidates(
-                os.path.join(model_dir, trainer.CHECKPOINT_DIR)):
+                model_dir_lib.ModelDir(model_dir).checkpoints):
             for name in set(os.listdir(model_dir)) - before:
-                path = os.path.join(model_dir, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.remove(path)
+                with contextlib.suppress(OSError):  # The original error is the one to report.
+                    atomic.remove_path(os.path.join(model_dir, name))
         raise
 
 

@@ -102,12 +102,12 @@ def remove_leftovers(path: str | os.PathLike[str]) -> list[str]:
     removed = []
     for pattern in patterns:
         for leftover in glob.glob(os.path.join(glob.escape(directory), pattern)):
-            _remove(leftover)
+            remove_path(leftover)
             removed.append(leftover)
     return removed
 
 
-def _remove(path: str) -> None:
+def remove_path(path: str) -> None:
     """Removes a file, link or folder tree; no error when it is gone."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -134,7 +134,7 @@ def remove_dead_staging(directory: str, prefix: str) -> list[str]:
         pid = os.path.basename(path)[len(prefix):].split("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
             continue
-        _remove(path)
+        remove_path(path)
         removed.append(path)
     return removed
 
