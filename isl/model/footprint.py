@@ -8,11 +8,13 @@ backward, Adam update) is modelled as
 with constants fitted to `isl benchmark model` runs of the paper model in
 bfloat16 with the speed options (BUILD_NOTES.md, "Issue 12"): 4.7 GB at 8-px
 outputs and batch 16, 6.2 GB at 24 px and batch 16, 11.0 GB at 120 px and
-batch 4; and to two float32 runs of the paper preset (35 heads): 18.9 GiB at
-56-px outputs and batch 11, 16.2 GiB at 120 px and batch 3. The
+batch 4; and, by least squares on the relative error, to five float32 runs:
+the paper preset (35 heads) at 56-px outputs and batch 11 (18.9 GiB) and
+120 px, batch 3 (16.2 GiB); condition_b (30 heads) at 8 px, batch 16 (7.8
+GiB), 24 px, batch 13 (10.1 GiB) and 248 px, batch 1 (22.8 GiB). The
 per-input-pixel activations scale with `model.base_depth`; in float32 (which
-also runs without the fused kernels) they are 3.1x larger and each logit
-costs 31.4 bytes instead of 17.7 (the logits, their softmax and gradients
+also runs without the fused kernels) they are 2.3x larger and each logit
+costs 39.0 bytes instead of 17.7 (the logits, their softmax and gradients
 dominate wide outputs). It is an estimate (within about 15% of those
 measurements) for sizing batches, not a bound.
 """
@@ -24,9 +26,9 @@ from isl.model import geometry as geometry_lib
 
 BASE_BYTES = 1.63e9
 BYTES_PER_INPUT_PIXEL_BFLOAT16 = 2.93e3
-FLOAT32_ACTIVATION_FACTOR = 3.1
+FLOAT32_ACTIVATION_FACTOR = 2.3
 BYTES_PER_LOGIT = 17.7
-BYTES_PER_LOGIT_FLOAT32 = 31.4
+BYTES_PER_LOGIT_FLOAT32 = 39.0
 PAPER_BASE_DEPTH = 400
 
 

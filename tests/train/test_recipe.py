@@ -137,6 +137,8 @@ def test_footprint_matches_the_measurements_it_was_fitted_to():
     assert measured(8, 16) == pytest.approx(4.7, rel=0.15)
     assert measured(24, 16) == pytest.approx(6.2, rel=0.15)
     assert measured(120, 4) == pytest.approx(11.0, rel=0.15)
+    # isl benchmark model --preset=condition_b --output_sizes=248 (GiB, the fused options).
+    assert measured(248, 1) * 1e9 / 2**30 == pytest.approx(10.3, rel=0.15)
 
     def measured_float32(output_size: int, batch: int) -> float:
         config = presets.resolve_config("paper", overrides=[f"model.output_size={output_size}"])
@@ -145,3 +147,14 @@ def test_footprint_matches_the_measurements_it_was_fitted_to():
     # isl benchmark model --output_sizes=56,120 --precision=float32 (GiB).
     assert measured_float32(56, 11) == pytest.approx(18.9, rel=0.15)
     assert measured_float32(120, 3) == pytest.approx(16.2, rel=0.15)
+
+    def measured_float32_condition_b(output_size: int, batch: int) -> float:
+        config = presets.resolve_config(
+            "condition_b", overrides=[f"model.output_size={output_size}", "train.mixed_precision="]
+        )
+        return footprint.training_step_bytes(config, batch) / 2**30
+
+    # isl benchmark model --preset=condition_b --output_sizes=8,24,248 --precision=float32 (GiB).
+    assert measured_float32_condition_b(8, 16) == pytest.approx(7.8, rel=0.15)
+    assert measured_float32_condition_b(24, 13) == pytest.approx(10.1, rel=0.15)
+    assert measured_float32_condition_b(248, 1) == pytest.approx(22.8, rel=0.15)
