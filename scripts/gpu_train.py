@@ -6,24 +6,28 @@ but no TensorFlow, and nothing can be installed there from the network. Keras 3 
 networks `isl train` would build, from a well packed by `scripts/gpu_pack.py`, and writes Keras weight files
 that `scripts/gpu_import.py` turns into model folders for `isl predict` / `isl evaluate` (TensorFlow side).
 
-What it reproduces of `isl train`, per model (`--recipe`, default `cpu` for the paper network and
-`unet_regression` for the baseline, on the `condition_b` preset):
+What it reproduces of `isl train`, per arm (`--arm NAME=RECIPE,...`: the `condition_b` preset as it is, or with
+the `cpu` or `unet_regression` recipe, plus overrides):
   * the data rules of `isl.data.parser`: a uniformly random crop of the zero-padded well, left-right flip
-    with p = 0.5, 2 x 2 patches at the layout's stride, a random multiple of 90 degrees per patch; input
-    values over their type's maximum, mapped to the network's z values with value/mask pairs
-    (`isl.data.assemble.network_input`); labels as `Parser.finish_batch` builds them (input heads from the
-    patch centre, target heads with their masks, the synthetic NEURITE channel as the mean of its sources);
+    with p = 0.5, 2 x 2 patches at the layout's stride, a random multiple of 90 degrees per patch
+    (`data.rotate_per_example`) or per batch (the paper); input values over their type's maximum, mapped to
+    the network's z values with value/mask pairs (`isl.data.assemble.network_input`); labels as
+    `Parser.finish_batch` builds them (input heads from the patch centre, target heads with their masks, the
+    synthetic NEURITE channel as the mean of its sources); intensity jitter (`data.corrupt_*`) is refused;
   * the loss (`ISLLoss`, or the regression's MSE on standardized targets with the training split's
     per-channel mean / std, as `dense_eval.target_statistics` computes them);
-  * Adam (beta 0.9 / 0.999, epsilon 1e-8), linear warmup then cosine decay to the last step, bfloat16.
+  * Adam (beta 0.9 / 0.999, epsilon 1e-8) at a constant rate (the paper) or with linear warmup and cosine
+    decay to the last step (`train.lr_schedule`), the arm's batch-norm momentum, bfloat16.
 Differences: batches are sampled on the GPU inside the jitted step (the same distribution, a different
 random stream); the number of steps follows from the wall-clock budget (measured after compilation);
 no in-training evaluation (scored afterwards with `isl evaluate` on the CPU machine).
 
 Usage (on the GPU machine, from the repository root, with keras on the path):
   KERAS_BACKEND=jax python scripts/gpu_train.py --well=.gpu/train_well.npz --out=$OUT --budget_s=480
-Writes to --out: paper.weights.h5.partNN and unet.weights.h5.partNN (split below 15 MiB, the device's file
-limit), paper.config.json, unet.config.json and train_log.json (steps, losses, timings).
+Writes to --out, per arm NAME (default arms: paper, the `cpu` recipe at batch 8, and unet):
+NAME.weights.h5.partNN (split below 15 MiB, the device's file limit) and NAME.config.json; then
+train_log.json (steps, losses, timings) and predict_benchmark.json. The device returns at most 8 files: two
+arms fit (the paper network's weights are 3 parts); for an ablation of more arms, run it in several calls.
 """
 
 from __future__ import annotations
@@ -105,6 +109,9 @@ def make_sampler(config, x, y):
     layout = patch_layout(config)
     size, out, border = layout.patch_size, layout.output_size, layout.border
     crop, offsets = layout.crop_size, layout.patch_offsets
+    data = config.data
+    if data.corrupt_offset_std or data.corrupt_multiplier_std or data.corrupt_noise_std:
+        raise ValueError("data.corrupt_* (intensity jitter) is not implemented here; isl train has it")
     if config.train.batch_size % 4:
         raise ValueError("batch_size must be a multiple of 4 (2 x 2 patches per crop)")
     crops = config.train.batch_size // 4
@@ -136,10 +143,11 @@ def make_sampler(config, x, y):
         flip = jax.random.bernoulli(key_flip) if config.data.flip else jnp.asarray(False)
         return cut_crop(top, left, flip)
 
-    def rotate(key, patch, label):
-        k = jax.random.randint(key, (), 0, 4)
+    def rotate(k, patch, label, first_spatial_axis=0):
+        """Rotates inputs and labels by k * 90 degrees in their two spatial axes."""
+        axes = (first_spatial_axis, first_spatial_axis + 1)
         branches = [
-            (lambda pair, turns=turns: (jnp.rot90(pair[0], turns, axes=(0, 1)), jnp.rot90(pair[1], turns, axes=(0, 1))))
+            (lambda pair, turns=turns: tuple(jnp.rot90(part, turns, axes=axes) for part in pair))
             for turns in range(4)
         ]
         return jax.lax.switch(k, branches, (patch, label))
@@ -150,7 +158,12 @@ def make_sampler(config, x, y):
         patches = patches.reshape((-1,) + patches.shape[2:])
         labels = labels.reshape((-1,) + labels.shape[2:])
         if config.data.rotate:
-            patches, labels = jax.vmap(rotate)(jax.random.split(key_rotations, patches.shape[0]), patches, labels)
+            count = patches.shape[0] if config.data.rotate_per_example else 1
+            turns = jax.random.randint(key_rotations, (count,), 0, 4)
+            if config.data.rotate_per_example:
+                patches, labels = jax.vmap(rotate)(turns, patches, labels)
+            else:  # the paper's quirk: one rotation for the whole batch
+                patches, labels = rotate(turns[0], patches, labels, first_spatial_axis=1)
         return patches, labels
 
     sample.cut_crop = cut_crop  # for the equivalence check against isl.data.parser
@@ -158,8 +171,11 @@ def make_sampler(config, x, y):
 
 
 def learning_rate(step: int, total: int, train_config) -> float:
-    """Linear warmup from 0, then a half cosine to `final_learning_rate_fraction` at `total` (as `isl train`)."""
+    """The learning rate of `isl train`: constant (the paper), or linear warmup from 0 then a half cosine to
+    `final_learning_rate_fraction` at `total`."""
     peak = train_config.learning_rate
+    if train_config.lr_schedule == "constant":
+        return peak
     warmup = min(train_config.warmup_steps, max(total - 1, 0))
     if step < warmup:
         return peak * step / warmup
@@ -258,7 +274,7 @@ class Run:
             self.history.append((self.steps, round(elapsed, 2), round(loss, 5)))
             if self.steps % 1000 < 100:
                 log(f"{self.name}: step {self.steps}/{total}, loss {loss:.4f}, {elapsed:.0f} s")
-            if elapsed > seconds * 1.08:
+            if elapsed > seconds * 1.08 and self.steps < total:
                 log(f"{self.name}: stopped at step {self.steps} (over the time budget)")
                 break
         self.train_seconds = time.time() - started
@@ -339,37 +355,50 @@ def predict_benchmark(run: Run, out_dir: str, repeats: int = 5) -> dict:
     return result
 
 
+DEFAULT_ARMS = ("paper=cpu,train.batch_size=8", "unet=unet_regression")
+
+
+def arm_config(spec: str, common: list[str]):
+    """`NAME=RECIPE[,key=value,...]` -> (name, config); the regression's target statistics are filled in later."""
+    from isl import presets
+
+    name, _, rest = spec.partition("=")
+    recipe, *overrides = rest.split(",")
+    if not name or recipe not in ("faithful", "cpu", "unet_regression"):
+        raise SystemExit(f"--arm {spec!r}: expected NAME=RECIPE[,key=value,...], RECIPE faithful, cpu or "
+                         "unet_regression")
+    config = presets.resolve_config(
+        "condition_b", recipe=None if recipe == "faithful" else recipe, overrides=[*common, *overrides]
+    )
+    return name, config
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--well", required=True, help="the .npz written by scripts/gpu_pack.py")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--budget_s", type=float, default=420.0, help="wall-clock seconds for the whole script")
-    parser.add_argument("--paper_batch", type=int, default=8, help="paper network batch (multiple of 4)")
-    parser.add_argument("--set", action="append", default=[], help="key=value override for both models")
-    parser.add_argument("--paper_set", action="append", default=[], help="key=value override for the paper network")
-    parser.add_argument("--models", default="paper,unet", help="which of paper,unet to train")
+    parser.add_argument(
+        "--arm", action="append", default=[],
+        help="NAME=RECIPE[,key=value,...]: one model to train, RECIPE one of faithful (the condition_b preset as "
+        "it is), cpu, unet_regression, then config overrides; repeatable, each arm gets an equal share of the "
+        f"time (default: {' '.join(DEFAULT_ARMS)})",
+    )
+    parser.add_argument("--set", action="append", default=[], help="key=value override for every arm")
     args = parser.parse_args()
     import jax
     import keras
 
-    from isl import presets
-
     log(f"JAX {jax.__version__}, Keras {keras.__version__} ({keras.backend.backend()}), devices {jax.devices()}")
     os.makedirs(args.out, exist_ok=True)
     deadline = START + args.budget_s
-    configs = {
-        "paper": presets.resolve_config(
-            "condition_b", recipe="cpu", overrides=[f"train.batch_size={args.paper_batch}", *args.set, *args.paper_set]
-        ),
-        "unet": presets.resolve_config("condition_b", recipe="unet_regression", overrides=list(args.set)),
-    }
     runs = {}
-    for name in args.models.split(","):
-        config = configs[name]
+    for spec in args.arm or DEFAULT_ARMS:
+        name, config = arm_config(spec, args.set)
         x, y = well_planes(args.well, config)
         if config.model.architecture == "unet_regression":
             means, stds = target_statistics(y)
-            log(f"unet: target mean {np.round(means, 4).tolist()}, std {np.round(stds, 4).tolist()}")
+            log(f"{name}: target mean {np.round(means, 4).tolist()}, std {np.round(stds, 4).tolist()}")
             model_config = dataclasses.replace(config.model, regression_target_mean=means, regression_target_std=stds)
             config = dataclasses.replace(config, model=model_config)
         log(f"{name}: planes {x.shape} / {y.shape}; building")
@@ -389,13 +418,16 @@ def main() -> int:
             "ms_per_step": round(run.per_step * 1000, 2),
             "batch_size": run.config.train.batch_size,
             "output_size": run.config.model.output_size,
+            "architecture": run.config.model.architecture,
+            "learning_rate": [run.config.train.lr_schedule, run.config.train.learning_rate],
             "history": run.history,
             "files": [os.path.basename(path) for path in files],
         }
         with open(os.path.join(args.out, "train_log.json"), "w") as handle:
             json.dump({"device": str(jax.devices()[0]), "runs": summary}, handle, indent=1)
-    if "paper" in runs and time.time() < deadline + 60:
-        predict_benchmark(runs["paper"], args.out)
+    paper_runs = [run for run in runs.values() if run.config.model.architecture == "concordance"]
+    if paper_runs and time.time() < deadline + 60:
+        predict_benchmark(paper_runs[0], args.out)
     for name, entry in summary.items():
         last = entry["history"][-1][2] if entry["history"] else float("nan")
         log(f"{name}: {entry['steps']} steps of batch {entry['batch_size']} in {entry['train_seconds']} s "
