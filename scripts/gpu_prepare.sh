@@ -10,6 +10,7 @@ RECORDS=${1:-/work/runs/records}
 for folder in /.gpu/ /.whl/; do
   grep -qxF "$folder" .git/info/exclude 2>/dev/null || echo "$folder" >> .git/info/exclude
 done
+rm -rf .whl  # one version of each wheel: two stop the install on the device
 mkdir -p .gpu .whl
 python scripts/gpu_pack.py "$RECORDS" .gpu/train_well.npz
 KERAS_VERSION=$(python -c "import keras; print(keras.__version__)")
