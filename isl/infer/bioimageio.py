@@ -63,6 +63,7 @@ from isl import config as config_lib
 from isl import errors
 from isl.infer import export as export_lib
 from isl.io import atomic
+from isl.io import model_dir as model_dir_lib
 from isl.model import geometry as geometry_lib
 
 WEIGHTS_FILE = "saved_model.zip"
@@ -321,7 +322,7 @@ def rdf_content(
         "covers": [{"source": COVER_FILE}],
         "tags": ["in-silico-labeling", "label-free-prediction", "fluorescence", "transmitted-light", "2d",
                  "tensorflow", "uncertainty"],
-        "attachments": [{"source": export_lib.CONFIG_FILE}],
+        "attachments": [{"source": model_dir_lib.CONFIG_FILE}],
         "inputs": [{
             "id": INPUT_ID,
             "description": f"raw uint16 transmitted-light z-stack; y, x = {geometry.input_size} + {geometry.phase}n",
@@ -458,7 +459,7 @@ def export_package(
         with open(os.path.join(temporary, README_FILE), "w", encoding="utf-8") as file:
             file.write(_readme(config, geometry, channels, statistics, stack.shape[-1], where, model_readme,
                                crop_scores, license_id))
-        config_lib.save_config(config, os.path.join(temporary, export_lib.CONFIG_FILE))
+        config_lib.save_config(config, os.path.join(temporary, model_dir_lib.CONFIG_FILE))
         listed = (" ".join(channel.lower() for channel in channels) if len(channels) <= 4
                   else f"{len(channels)} channels")
         title = name or f"In Silico Labeling {config.name} {listed}"

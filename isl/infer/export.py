@@ -76,7 +76,6 @@ DEFAULT_STATISTICS = ("median", "mean", "std")
 # Source stacks up to this many z slices are mapped inside the graph.
 MAX_SOURCE_Z = 256
 KERAS_ARCHIVE = "model.keras"
-CONFIG_FILE = model_dir_lib.CONFIG_FILE  # An export carries its config under the model directory's name.
 EXPORT_INFO_FILE = "export.json"
 UINT16_MAX = 65535.0
 # [batch, height, width, num_source_z]
@@ -512,11 +511,10 @@ def export_keras_model(
         if keras_archive:
             keras_path = os.path.join(export_dir, KERAS_ARCHIVE)
             model.save(os.path.join(temporary, KERAS_ARCHIVE))
-        config_lib.save_config(config, os.path.join(temporary, CONFIG_FILE))
+        layout = model_dir_lib.ModelDir(temporary)  # An export carries config.json and trained_channels.json too.
+        config_lib.save_config(config, layout.config)
         if trained_channels is not None:
-            from isl.model import saving
-
-            atomic.write_text(os.path.join(temporary, saving.TRAINED_CHANNELS_FILE),
+            atomic.write_text(layout.trained_channels,
                               json.dumps({"target_channels": list(trained_channels)}, indent=2) + "\n")
         atomic.write_text(os.path.join(temporary, EXPORT_INFO_FILE), json.dumps(info, indent=2) + "\n")
     return ExportResult(

@@ -167,7 +167,7 @@ def _load_saved_model(path: str, precision: str) -> Predictor:
 
     if precision == "bfloat16":
         raise errors.InputError("--precision=bfloat16 needs --model_dir; a SavedModel runs as exported.")
-    config_path = os.path.join(path, export_lib.CONFIG_FILE)
+    config_path = os.path.join(path, model_dir_lib.CONFIG_FILE)
     if not os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isfile(config_path):
         raise errors.InputError(f"{path}: not an exported model (saved_model.pb and config.json expected).")
     config = config_lib.load_config(config_path)

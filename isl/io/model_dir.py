@@ -7,6 +7,7 @@
       checkpoints/             resumable training state (tf.train.Checkpoint)
         best.weights.h5        the best whole-image weights so far (train.keep_best)
         best.json              their step and figures
+      .tmp-WORKER-checkpoints/ a non-chief worker's private checkpoints during a multi-worker run
       logs/                    TensorBoard events (train/, eval/), training.csv, summary.json
 
 `isl train` writes it, `isl predict`, `isl export`, `isl recalibrate`, `isl
@@ -60,6 +61,13 @@ class ModelDir:
     @property
     def checkpoints(self) -> str:
         return os.path.join(self.root, CHECKPOINT_DIR)
+
+    def worker_checkpoints(self, worker: str) -> str:
+        """The private checkpoint folder of a non-chief worker (`strategy.worker_id`), removed at the end of a run.
+
+        Its name starts with `.tmp-`, so a killed worker's leftover reads as temporary.
+        """
+        return os.path.join(self.root, f".tmp-{worker}-checkpoints")
 
     @property
     def best_weights(self) -> str:

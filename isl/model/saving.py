@@ -28,12 +28,6 @@ from isl.io import model_dir as model_dir_lib
 from isl.model import builder
 from isl.model import heads as heads_lib
 
-# The layout's names are owned by `isl.io.model_dir`.
-CONFIG_FILE = model_dir_lib.CONFIG_FILE
-WEIGHTS_FILE = model_dir_lib.WEIGHTS_FILE
-# Which target heads saw labels in training (written by `isl train`; optional).
-TRAINED_CHANNELS_FILE = model_dir_lib.TRAINED_CHANNELS_FILE
-
 
 def save_model_dir(
     model: keras.Model, config: config_lib.ExperimentConfig, directory: str | os.PathLike[str]
@@ -50,8 +44,8 @@ def save_model_dir(
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    weights_path = os.path.join(directory, WEIGHTS_FILE)
-    config_path = os.path.join(directory, CONFIG_FILE)
+    layout = model_dir_lib.ModelDir(directory)
+    weights_path, config_path = layout.weights, layout.config
     # A compiled model's weights file also holds the optimizer's slots (Adam:
     # 2x the weights). An uncompiled functional wrapper around the same layers
     # saves the network alone, under the same keys; the optimizer state lives
@@ -84,20 +78,20 @@ def load_model_dir(
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise errors.InputError(f"{directory}: model directory not found.")
-    config_path = os.path.join(directory, CONFIG_FILE)
-    weights_path = os.path.join(directory, WEIGHTS_FILE)
+    layout = model_dir_lib.ModelDir(directory)
+    config_path, weights_path = layout.config, layout.weights
     missing = [path for path in (config_path, weights_path) if not os.path.isfile(path)]
     if missing:
         raise errors.InputError(
             f"{directory}: not a model directory, missing {', '.join(os.path.basename(p) for p in missing)} "
-            f"(expected {CONFIG_FILE} and {WEIGHTS_FILE})."
+            f"(expected {model_dir_lib.CONFIG_FILE} and {model_dir_lib.WEIGHTS_FILE})."
         )
     try:
         config = config_lib.load_config(config_path)
     except errors.InputError as error:
         raise errors.InputError(
-            f"{error} The model directory's {CONFIG_FILE} is damaged: copy it again from where the model came "
-            "from (`isl train` writes it)."
+            f"{error} The model directory's {model_dir_lib.CONFIG_FILE} is damaged: copy it again from where the "
+            "model came from (`isl train` writes it)."
         ) from None
     try:
         model = builder.build_model(config, input_size=input_size)
@@ -147,7 +141,7 @@ def read_trained_channels(directory: str | os.PathLike[str]) -> tuple[str, ...] 
     """The target channels whose heads were trained, from `trained_channels.json`; None when unknown."""
     import json
 
-    path = os.path.join(os.fspath(directory), TRAINED_CHANNELS_FILE)
+    path = model_dir_lib.ModelDir(directory).trained_channels
     if not os.path.isfile(path):
         return None
     try:
@@ -176,7 +170,7 @@ def write_trained_channels(
         if all(source in present for source in synthetic.sources)
     }
     ordered = tuple(channel for channel in channels.output_target_channels if channel in trained)
-    path = os.path.join(os.fspath(directory), TRAINED_CHANNELS_FILE)
+    path = model_dir_lib.ModelDir(directory).trained_channels
     atomic.write_text(path, json.dumps({"target_channels": list(ordered), "last_data_dir": os.path.abspath(data_dir)},
                                        indent=2) + "\n")
     return ordered

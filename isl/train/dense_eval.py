@@ -41,8 +41,6 @@ from isl.model import geometry as geometry_lib
 STATISTICS = ("median", "mean")
 # Memory for one tile of the dense evaluation, while training holds its own.
 TILE_MEMORY_BYTES = 1.5e9
-BEST_WEIGHTS_FILE = model_dir_lib.BEST_WEIGHTS_FILE
-BEST_INFO_FILE = model_dir_lib.BEST_INFO_FILE
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -215,8 +213,8 @@ class DensePearson(keras.callbacks.Callback):
         self.history: list[dict[str, float]] = []
         self.best_dir = best_dir
         if keep_best and best_dir:
-            info = _read_json(os.path.join(best_dir, BEST_INFO_FILE))
-            if info and os.path.isfile(os.path.join(best_dir, BEST_WEIGHTS_FILE)):
+            info = _read_json(os.path.join(best_dir, model_dir_lib.BEST_INFO_FILE))
+            if info and os.path.isfile(os.path.join(best_dir, model_dir_lib.BEST_WEIGHTS_FILE)):
                 self.best_value, self.best_step = float(info["pearson_median"]), int(info["step"])
 
     def _store_best(self, step: int, value: float, figures: dict[str, float]) -> None:
@@ -227,12 +225,12 @@ class DensePearson(keras.callbacks.Callback):
         from isl.io import atomic
 
         os.makedirs(self.best_dir, exist_ok=True)
-        path = os.path.join(self.best_dir, BEST_WEIGHTS_FILE)
+        path = os.path.join(self.best_dir, model_dir_lib.BEST_WEIGHTS_FILE)
         temporary = path + ".partial.weights.h5"
         self.model.save_weights(temporary)
         os.replace(temporary, path)
         atomic.write_text(
-            os.path.join(self.best_dir, BEST_INFO_FILE),
+            os.path.join(self.best_dir, model_dir_lib.BEST_INFO_FILE),
             json.dumps({"step": step, "pearson_median": value, **figures}, indent=2) + "\n",
         )
 
@@ -241,7 +239,7 @@ class DensePearson(keras.callbacks.Callback):
         if self.best_step is None:
             return None
         if self.best_dir:
-            model.load_weights(os.path.join(self.best_dir, BEST_WEIGHTS_FILE))
+            model.load_weights(os.path.join(self.best_dir, model_dir_lib.BEST_WEIGHTS_FILE))
         elif self.best_weights is not None:
             model.set_weights(self.best_weights)
         return self.best_step

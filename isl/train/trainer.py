@@ -59,13 +59,6 @@ from isl.train import resilience
 from isl.train import strategy as strategy_lib
 from isl.train import transfer as transfer_lib
 
-# The model directory's names (owned by `isl.io.model_dir`).
-CONFIG_FILE = model_dir_lib.CONFIG_FILE
-WEIGHTS_FILE = model_dir_lib.WEIGHTS_FILE
-CHECKPOINT_DIR = model_dir_lib.CHECKPOINT_DIR
-LOG_DIR = model_dir_lib.LOG_DIR
-SUMMARY_FILE = model_dir_lib.SUMMARY_FILE
-
 # Momentum settings of the released code's MOMENTUM option (§1.11).
 MOMENTUM = 0.875
 MOMENTUM_DECAY_STEPS = 4096
@@ -163,7 +156,7 @@ def make_optimizer(train_config: config_lib.TrainConfig, total_steps: int | None
 
 def latest_checkpoint(model_dir: str) -> str | None:
     """The newest complete checkpoint in `model_dir` (it may still be damaged), or None."""
-    candidates = resilience.checkpoint_candidates(os.path.join(model_dir, CHECKPOINT_DIR))
+    candidates = resilience.checkpoint_candidates(model_dir_lib.ModelDir(model_dir).checkpoints)
     return candidates[0] if candidates else None
 
 
@@ -187,7 +180,7 @@ def _with_target_statistics(
     """
     from isl.train import dense_eval
 
-    saved_path = os.path.join(model_dir, CONFIG_FILE)
+    saved_path = model_dir_lib.ModelDir(model_dir).config
     if latest_checkpoint(model_dir) and os.path.isfile(saved_path):
         saved = config_lib.load_config(saved_path)
         if saved.model.regression_target_mean:
@@ -237,7 +230,7 @@ def _check_memory(config: config_lib.ExperimentConfig, strategy: tf.distribute.S
 
 def _check_resume_config(config: config_lib.ExperimentConfig, model_dir: str) -> None:
     """A resumed run must keep the vocabulary and the architecture."""
-    path = os.path.join(model_dir, CONFIG_FILE)
+    path = model_dir_lib.ModelDir(model_dir).config
     if not os.path.isfile(path):
         return
     try:
@@ -392,7 +385,7 @@ def _default_dataset(data_dir: str, config: config_lib.ExperimentConfig, **kwarg
 
 
 def _read_summary(model_dir: str) -> dict[str, Any]:
-    path = os.path.join(model_dir, LOG_DIR, SUMMARY_FILE)
+    path = model_dir_lib.ModelDir(model_dir).summary
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -613,8 +606,9 @@ def _prepare_model_dir(run: _Run, restored_from: str | None) -> None:
     if not run.chief:
         return
     os.makedirs(run.model_dir, exist_ok=True)
-    resilience.remove_partial_checkpoints(os.path.join(run.model_dir, CHECKPOINT_DIR))
-    config_lib.save_config(run.config, os.path.join(run.model_dir, CONFIG_FILE))
+    layout = model_dir_lib.ModelDir(run.model_dir)
+    resilience.remove_partial_checkpoints(layout.checkpoints)
+    config_lib.save_config(run.config, layout.config)
     _record_trained_channels(run.model_dir, run.data_dir, run.config, restored_from)
 
 
@@ -632,7 +626,8 @@ def _build_model(run: _Run, restore_from: str | None, restore_heads: bool, freez
         optimizer = _compile(run, model, input_size)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         if resume_path:
-            resume_path = resilience.restore_newest(checkpoint, os.path.join(run.model_dir, CHECKPOINT_DIR), run.log)
+            checkpoints = model_dir_lib.ModelDir(run.model_dir).checkpoints
+            resume_path = resilience.restore_newest(checkpoint, checkpoints, run.log)
     resumed_from_step = callbacks_lib.global_step(model) if resume_path else 0
     return _ModelState(model, optimizer, checkpoint, resume_path, resumed_from_step, transfer, frozen)
 
@@ -717,9 +712,10 @@ class _CheckpointSaver:
     def __init__(self, run: _Run, state: _ModelState) -> None:
         self.run = run
         self.model = state.model
-        self.directory = os.path.join(run.model_dir, CHECKPOINT_DIR)
-        if not run.chief:
-            self.directory = os.path.join(run.model_dir, f".tmp-{strategy_lib.worker_id(run.strategy)}-checkpoints")
+        layout = model_dir_lib.ModelDir(run.model_dir)
+        self.directory = (
+            layout.checkpoints if run.chief else layout.worker_checkpoints(strategy_lib.worker_id(run.strategy))
+        )
         self.manager = tf.train.CheckpointManager(
             state.checkpoint, self.directory, max_to_keep=max(1, run.config.train.keep_checkpoints)
         )
@@ -760,8 +756,9 @@ class _CheckpointSaver:
         non_finite, last_good = self.non_finite, self.last_good
         if non_finite.step is None:
             return
-        kept = (f"the last good checkpoint is {last_good['path']} (step {last_good['step']}) and {WEIGHTS_FILE} "
-                "was not overwritten" if last_good["path"] else "no checkpoint had been saved yet")
+        kept = (f"the last good checkpoint is {last_good['path']} (step {last_good['step']}) and "
+                f"{model_dir_lib.WEIGHTS_FILE} was not overwritten" if last_good["path"]
+                else "no checkpoint had been saved yet")
         raise errors.InputError(
             f"Training stopped: the loss became {non_finite.value} at step {non_finite.step}; nothing from that "
             f"step was saved: {kept}. Check the data for NaN/Inf values or lower train.learning_rate, then run "
@@ -826,7 +823,7 @@ def _fit_callbacks(
 ) -> _Callbacks:
     """NaN/Inf stop, step limit and checkpoints for every process; Pearson, logs, panels and progress for the chief."""
     train_config = run.config.train
-    log_dir = os.path.join(run.model_dir, LOG_DIR)
+    log_dir = model_dir_lib.ModelDir(run.model_dir).logs
     termination = callbacks_lib.TerminationSignal()
     checkpointer = callbacks_lib.PeriodicCheckpoint(
         saver.save,
@@ -993,7 +990,7 @@ def _write_result(
     )
     if run.chief:
         atomic.write_text(
-            os.path.join(run.model_dir, LOG_DIR, SUMMARY_FILE),
+            model_dir_lib.ModelDir(run.model_dir).summary,
             json.dumps(result.to_dict(), indent=2, default=float) + "\n",
         )
     if interrupted:
@@ -1018,7 +1015,7 @@ def _dense_pearson_callback(
         return None
     if not images:
         return None
-    best_dir = os.path.join(model_dir, CHECKPOINT_DIR) if config.train.keep_best else None
+    best_dir = model_dir_lib.ModelDir(model_dir).checkpoints if config.train.keep_best else None
     return dense_eval.DensePearson(
         config, images, keep_best=config.train.keep_best, log=log, best_dir=best_dir,
         recalibration_batches=recalibration_batches,

@@ -13,6 +13,7 @@ from isl.cli import main
 from isl.data import synthetic
 from isl.infer import export
 from isl.io import images
+from isl.io import model_dir as model_dir_lib
 from isl.model import builder
 from isl.model import saving
 from tests.train import tuning_helpers
@@ -52,7 +53,7 @@ def test_export_then_predict_from_the_saved_model_matches_the_model_dir(model_di
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["signatures"] == list(export.SIGNATURES)
     assert summary["outputs"] == ["DAPI_CONFOCAL_median", "DAPI_CONFOCAL_mean", "DAPI_CONFOCAL_std"]
-    for name in ("saved_model.pb", export.KERAS_ARCHIVE, export.CONFIG_FILE, export.EXPORT_INFO_FILE):
+    for name in ("saved_model.pb", export.KERAS_ARCHIVE, model_dir_lib.CONFIG_FILE, export.EXPORT_INFO_FILE):
         assert os.path.exists(os.path.join(export_dir, name)), name
 
     predictions = {}

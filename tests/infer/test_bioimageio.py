@@ -14,6 +14,7 @@ from isl import errors
 from isl import presets
 from isl.infer import bioimageio as bioimageio_lib
 from isl.infer import export
+from isl.io.model_dir import ModelDir
 from isl.model import builder
 from isl.model import saving
 
@@ -28,7 +29,7 @@ def model_dir(tmp_path_factory):
     config = presets.get_preset("tiny")
     directory = str(tmp_path_factory.mktemp("bioimageio_model") / "model")
     saving.save_model_dir(builder.build_model(config), config, directory)
-    with open(os.path.join(directory, saving.TRAINED_CHANNELS_FILE), "w") as file:
+    with open(ModelDir(directory).trained_channels, "w") as file:
         json.dump({"target_channels": ["DAPI_CONFOCAL", "MAP2_CONFOCAL"]}, file)
     return directory
 
@@ -107,7 +108,7 @@ def _fake_export(model, config, export_dir, *args, **kwargs):
 def test_untrained_heads_are_refused_in_both_formats(model_dir, tmp_path):
     untrained = str(tmp_path / "untrained")
     shutil.copytree(model_dir, untrained)
-    with open(os.path.join(untrained, saving.TRAINED_CHANNELS_FILE), "w") as file:
+    with open(ModelDir(untrained).trained_channels, "w") as file:
         json.dump({"target_channels": []}, file)
     with pytest.raises(errors.InputError, match="no trained target heads"):
         bioimageio_lib.export_package(untrained, str(tmp_path / "pkg"), test_size=TEST_SIZE)
@@ -121,7 +122,7 @@ def test_cli_untrained_heads_exit_2_with_one_line(model_dir, tmp_path, capsys):
 
     untrained = str(tmp_path / "untrained")
     shutil.copytree(model_dir, untrained)
-    with open(os.path.join(untrained, saving.TRAINED_CHANNELS_FILE), "w") as file:
+    with open(ModelDir(untrained).trained_channels, "w") as file:
         json.dump({"target_channels": ["NOT_A_CHANNEL"]}, file)
     code = main.run_command(["export", "--format=bioimageio", f"--model_dir={untrained}",
                              f"--export_dir={tmp_path / 'pkg'}"])

@@ -9,6 +9,7 @@ import pytest
 
 from isl import presets
 from isl.cli import main
+from isl.io.model_dir import ModelDir
 from isl.model import builder
 from isl.model import saving
 
@@ -31,7 +32,7 @@ def _predict(tmp_path, capsys, *model_flags):
 def test_a_damaged_weights_file_exits_2_naming_it(model_dir, tmp_path, capsys, damage):
     copy = str(tmp_path / "model")
     shutil.copytree(model_dir, copy)
-    weights = os.path.join(copy, saving.WEIGHTS_FILE)
+    weights = ModelDir(copy).weights
     with open(weights, "r+b") as handle:
         if damage == "truncate":
             handle.truncate(os.path.getsize(weights) // 2)
@@ -47,7 +48,7 @@ def test_a_damaged_weights_file_exits_2_naming_it(model_dir, tmp_path, capsys, d
 def test_a_damaged_config_exits_2_naming_it(model_dir, tmp_path, capsys, content):
     copy = str(tmp_path / "model")
     shutil.copytree(model_dir, copy)
-    config_path = os.path.join(copy, saving.CONFIG_FILE)
+    config_path = ModelDir(copy).config
     with open(config_path, "wb") as handle:
         handle.write(content)
     code, err = _predict(tmp_path, capsys, f"--model_dir={copy}")

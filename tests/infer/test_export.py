@@ -16,6 +16,7 @@ from isl import presets
 from isl.data import assemble
 from isl.infer import export
 from isl.infer import predict as predict_lib
+from isl.io.model_dir import ModelDir
 from isl.model import geometry as geometry_lib
 from isl.model import builder
 from isl.model import statistics
@@ -111,7 +112,7 @@ def test_signatures_names_dtypes_and_shapes(tiny_export, loaded):
     info = json.loads(open(os.path.join(export_dir, export.EXPORT_INFO_FILE)).read())
     assert info["input_size"] == 42 and info["phase"] == 4 and info["border"] == 17
     assert os.path.exists(os.path.join(export_dir, export.KERAS_ARCHIVE))
-    assert os.path.exists(os.path.join(export_dir, export.CONFIG_FILE))
+    assert os.path.exists(ModelDir(export_dir).config)
     assert not [name for name in os.listdir(os.path.dirname(export_dir)) if name.startswith(".tmp")]
 
 

@@ -50,7 +50,7 @@ def test_search_space_names_and_defaults_are_the_paper_values():
     assert (space["upper_tower_modules"].min_value, space["upper_tower_modules"].max_value) == (7, 21)
 
 
-def test_defaults_build_exactly_the_paper_preset():
+def test_defaults_build_exactly_the_paper_preset(paper_model_and_records):
     paper = presets.get_preset("paper")
     model_builder = hypermodel.ISLHyperModel(paper)
     hp = keras_tuner.HyperParameters()
@@ -58,7 +58,7 @@ def test_defaults_build_exactly_the_paper_preset():
     model = model_builder.build(hp)
 
     assert model_builder.config_for(hp) == paper
-    reference = builder.build_model(paper, input_size=250)
+    reference, _ = paper_model_and_records  # The paper preset at 250 px, built once per session.
     assert _weight_shapes(model) == _weight_shapes(reference)
     assert model.count_params() == reference.count_params()
 

@@ -11,6 +11,7 @@ import pytest
 
 from isl import errors
 from isl import presets
+from isl.io.model_dir import ModelDir
 from isl.model import builder
 from isl.model import saving
 
@@ -110,7 +111,7 @@ def test_model_dir_weights_leave_out_the_optimizer_state(tmp_path):
     model.fit(inputs, labels, epochs=1, verbose=0)
     saving.save_model_dir(model, config, tmp_path / "compiled")
     saving.save_model_dir(builder.build_model(config, input_size=42), config, tmp_path / "plain")
-    sizes = [os.path.getsize(tmp_path / name / saving.WEIGHTS_FILE) for name in ("compiled", "plain")]
+    sizes = [os.path.getsize(ModelDir(tmp_path / name).weights) for name in ("compiled", "plain")]
     assert abs(sizes[0] - sizes[1]) < 0.05 * sizes[1]  # No Adam slots (they would double it).
     loaded, _ = saving.load_model_dir(tmp_path / "compiled", input_size=42)
     np.testing.assert_array_equal(np.asarray(loaded(inputs)), np.asarray(model(inputs)))

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from isl import errors
+from isl.io.model_dir import ModelDir
 from isl.train import resilience
 from isl.train import trainer
 from tests.train.conftest import fast_config
@@ -63,7 +64,7 @@ def test_a_nan_batch_stops_training_naming_the_step_and_keeps_the_last_good_chec
             assert np.isfinite(value).all(), name
     import h5py
 
-    with h5py.File(os.path.join(model_dir, trainer.WEIGHTS_FILE)) as handle:
+    with h5py.File(ModelDir(model_dir).weights) as handle:
         values = []
         handle.visititems(lambda _, item: values.append(item[()]) if isinstance(item, h5py.Dataset) else None)
     assert values and all(np.isfinite(value).all() for value in values if np.asarray(value).dtype.kind == "f")
@@ -188,7 +189,7 @@ def test_a_full_disk_while_saving_leaves_nothing_half_written(records_dir, tmp_p
 
     model_dir = str(tmp_path / "model")
     trainer.train(fast_config(), records_dir, model_dir, 2, show_progress=False, log=lambda _: None)
-    weights = os.path.join(model_dir, trainer.WEIGHTS_FILE)
+    weights = ModelDir(model_dir).weights
     before = _digest(weights)
     original = keras.Model.save_weights
 
@@ -219,4 +220,4 @@ def test_a_full_disk_inside_the_checkpoint_writer_removes_its_partial_files(reco
     with pytest.raises(errors.InputError, match=r"no space left on device while saving step 2.*checkpoint is none"):
         trainer.train(fast_config(), records_dir, model_dir, 4, show_progress=False, log=lambda _: None)
     assert os.listdir(os.path.join(model_dir, "checkpoints")) == []
-    assert not os.path.exists(os.path.join(model_dir, trainer.WEIGHTS_FILE))
+    assert not os.path.exists(ModelDir(model_dir).weights)

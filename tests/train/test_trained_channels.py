@@ -9,12 +9,13 @@ import json
 import os
 
 from isl.infer import well as well_lib
+from isl.io.model_dir import ModelDir
 from isl.model import saving
 
 
 def test_training_records_the_labelled_channels_and_predict_defaults_to_them(trained_model_dir, tmp_path):
     model_dir = trained_model_dir[0]
-    recorded = json.loads(open(os.path.join(model_dir, saving.TRAINED_CHANNELS_FILE)).read())
+    recorded = json.loads(open(ModelDir(model_dir).trained_channels).read())
     # The tiny preset has the paper's 9 target heads; the synthetic wells label DAPI, MAP2 and NFH (+ NEURITE).
     assert recorded["target_channels"] == ["DAPI_CONFOCAL", "NFH_CONFOCAL", "MAP2_CONFOCAL", "NEURITE_CONFOCAL"]
     predictor = well_lib.load_predictor(model_dir=model_dir)
@@ -28,7 +29,7 @@ def test_training_records_the_labelled_channels_and_predict_defaults_to_them(tra
     # The record survives a second training run on other data (union).
     other = tmp_path / "model"
     os.makedirs(other)
-    with open(other / saving.TRAINED_CHANNELS_FILE, "w") as file:
+    with open(ModelDir(other).trained_channels, "w") as file:
         json.dump({"target_channels": ["CELLMASK_CONFOCAL"]}, file)
     union = saving.write_trained_channels(str(other), predictor.config.channels, {"DAPI_CONFOCAL"}, "data")
     assert union == ("DAPI_CONFOCAL", "CELLMASK_CONFOCAL")
