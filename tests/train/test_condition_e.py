@@ -9,6 +9,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 
 from isl import presets
 from isl.cli import main
@@ -37,6 +38,9 @@ def relabel_wells(source: str, destination: str) -> None:
                         os.path.join(destination, well, filenames.format_name(renamed)))
 
 
+# About 60 s (a training run to start from, then the transfer run). Slow: tests/train/test_transfer.py covers the
+# transfer mechanics and tests/test_presets.py's condition E flow the new modality in the default run.
+@pytest.mark.slow
 def test_condition_b_model_learns_dic_and_cellmask(trained_model_dir, records_dir, tmp_path, capsys):
     from isl.data import convert
 
