@@ -72,31 +72,23 @@ def well_planes(path: str, config) -> tuple[np.ndarray, np.ndarray]:
     x = np.zeros((height + 2 * pad, width + 2 * pad, 2 * config.channels.num_z_values), np.float32)
     x[pad : pad + height, pad : pad + width] = assemble.network_input(stack, config.channels.num_z_values, valid)
     channels = config.channels
-    per_channel = {
-        name: (targets[..., index].astype(np.float32) / scales[1 + index], valid)
-        for index, name in enumerate(channels.target_channels)
-    }
-    for synthetic in channels.active_synthetic_channels:
-        sources = [per_channel[source] for source in synthetic.sources]
-        value = sum(source[0] for source in sources) / float(len(sources))
-        product = np.prod([source[1] for source in sources], axis=0)
-        per_channel[synthetic.name] = (value, product ** (1.0 / len(sources)))
-    names = channels.output_target_channels
-    y = np.zeros((height + 2 * pad, width + 2 * pad, len(names), 2), np.float32)
-    for index, name in enumerate(names):
-        y[pad : pad + height, pad : pad + width, index, 0] = per_channel[name][0]
-        y[pad : pad + height, pad : pad + width, index, 1] = per_channel[name][1]
+    values, masks = assemble.target_stack(
+        {name: targets[..., index].astype(np.float32) / scales[1 + index]
+         for index, name in enumerate(channels.target_channels)},
+        channels,
+        mask=valid,
+    )
+    y = np.zeros((height + 2 * pad, width + 2 * pad, values.shape[-1], 2), np.float32)
+    y[pad : pad + height, pad : pad + width, :, 0] = values
+    y[pad : pad + height, pad : pad + width, :, 1] = masks
     return x, y
 
 
 def target_statistics(y: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per target head, mean and std of the labelled values (as `dense_eval.target_statistics`)."""
-    means, stds = [], []
-    for index in range(y.shape[2]):
-        values = y[..., index, 0][y[..., index, 1] > 0].astype(np.float64)
-        means.append(float(values.mean()))
-        stds.append(float(max(values.std(), 1e-6)))
-    return tuple(means), tuple(stds)
+    """Per target head, mean and std of the labelled values (`dense_eval.pooled_statistics`, as `isl train`)."""
+    from isl.train import dense_eval
+
+    return dense_eval.pooled_statistics([[y[..., index, 0][y[..., index, 1] > 0]] for index in range(y.shape[2])])
 
 
 def make_sampler(config, x, y):

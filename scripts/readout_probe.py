@@ -15,7 +15,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import time
 
@@ -24,26 +23,15 @@ import numpy as np
 TILE_OUTPUT = 264  # tiles of 264-px outputs (input 506 for the paper network): modest memory
 
 
-def load_field(folder: str, targets: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """`[z, rows, columns]` transmitted light and `[rows, columns]` targets by name, each in [0, 1]."""
-    import imageio.v3 as iio
+def load_field(folder: str, targets: list[str], channels) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`[z, rows, columns]` transmitted light and `[rows, columns]` targets by name, in [0, 1] (`wells.read_well`)."""
+    from isl.data import wells
 
-    def depth(path: str) -> int:
-        return int(path.split("z_depth-")[1].split(",")[0])
-
-    slices = sorted(glob.glob(os.path.join(folder, "*z_depth-*")), key=depth)
-    if not slices:
-        raise SystemExit(f"{folder}: no z_depth-N images")
-    stack = [iio.imread(path) for path in slices]
-    stack = np.stack([image.astype(np.float32) / np.iinfo(image.dtype).max for image in stack])
-    values = {}
-    for target in targets:
-        paths = glob.glob(os.path.join(folder, f"*channel-{target},*"))
-        if not paths:
-            raise SystemExit(f"{folder}: no {target} image")
-        image = iio.imread(paths[0])
-        values[target] = image.astype(np.float32) / np.iinfo(image.dtype).max
-    return stack, values
+    well = wells.read_well(folder, channels, ignore_unknown=True)
+    missing = [name for name in targets if name not in well.targets]
+    if missing:
+        raise SystemExit(f"{folder}: no {', '.join(missing)} image")
+    return well.inputs, {name: well.targets[name] for name in targets}
 
 
 def embed(core, stack: np.ndarray, border: int, num_z_values: int) -> np.ndarray:
@@ -105,10 +93,10 @@ def main() -> int:
     border = patch_layout(config_of(args.model_dir)).border
     model, config = saving.load_model_dir(args.model_dir, TILE_OUTPUT + 2 * border)
     core = builder.core_model(model)
-    stack, target = load_field(args.train_dir, targets)
+    stack, target = load_field(args.train_dir, targets, config.channels)
     embedding = embed(core, stack, border, config.channels.num_z_values)
     if args.eval_dir:
-        eval_stack, eval_target = load_field(args.eval_dir, targets)
+        eval_stack, eval_target = load_field(args.eval_dir, targets, config.channels)
         eval_embedding = embed(core, eval_stack, border, config.channels.num_z_values)
     else:
         if not args.split_row:

@@ -113,9 +113,21 @@ def target_statistics(
         InputError: when the folder has no training shards.
     """
     images = load_split_images(data_dir, config, max_images=max_images, split="train")
+    return pooled_statistics([
+        [image.targets[channel][0][image.targets[channel][1]] for image in images if channel in image.targets]
+        for channel in config.channels.output_target_channels
+    ])
+
+
+def pooled_statistics(labelled_values: list[list[np.ndarray]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per channel, mean and standard deviation (at least 1e-6) of its labelled values pooled over images.
+
+    Args:
+        labelled_values: per channel, the labelled pixel values of each image (any shapes); a channel with
+            no images gets mean 0 and std 1.
+    """
     means, stds = [], []
-    for channel in config.channels.output_target_channels:
-        values = [image.targets[channel][0][image.targets[channel][1]] for image in images if channel in image.targets]
+    for values in labelled_values:
         if not values:
             means.append(0.0)
             stds.append(1.0)
