@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "isl.cli.evaluate",
     "tune": "isl.cli.tune",
     "export": "isl.cli.export",
+    "readout": "isl.cli.readout",
     "recalibrate": "isl.cli.recalibrate",
     "curves": "isl.cli.curves",
     "describe": "isl.cli.describe",

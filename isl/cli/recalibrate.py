@@ -63,6 +63,11 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         raise errors.InputError(f"--batches must be >= 1. Received: {flag_values['batches'].value}")
     model_dir = flag_values["model_dir"].value
     output_dir = flag_values["output_dir"].value or model_dir
+    if os.path.isfile(model_dir_lib.ModelDir(output_dir).readout):
+        raise errors.InputError(
+            f"{output_dir}: holds a read-out ({model_dir_lib.READOUT_FILE}) fitted to the current batch-norm "
+            "statistics; recalibrate into another --output_dir and fit the read-out again with isl readout."
+        )
     # In the precision it was trained with (mixed-precision batch norm
     # computes its statistics in float32), fed the training patches.
     model, config = saving.load_model_dir(model_dir)

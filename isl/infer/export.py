@@ -373,12 +373,18 @@ def load_exportable(model_dir: str) -> tuple[Any, config_lib.ExperimentConfig, t
     """(model, config, trained channels) of a model directory that `isl export` can serve.
 
     Raises:
-        InputError: for a missing directory or a U-Net regression baseline.
+        InputError: for a missing directory, a U-Net regression baseline or
+            a folder with a read-out (`isl readout`).
     """
     from isl.model import saving
 
     if not os.path.isdir(model_dir):
         raise errors.InputError(f"{model_dir}: model directory not found.")
+    if os.path.isfile(model_dir_lib.ModelDir(model_dir).readout):
+        raise errors.InputError(
+            f"{model_dir}: holds a ridge read-out ({model_dir_lib.READOUT_FILE}), which isl export does not carry "
+            "(the export would serve the network's own heads). Predict it with isl predict --model_dir."
+        )
     trained = saving.read_trained_channels(model_dir)
     model, config = saving.load_model_dir(model_dir)
     if config.model.architecture == "unet_regression":

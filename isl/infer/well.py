@@ -62,6 +62,9 @@ class Predictor:
         inference_graph: run model directories through
             `isl.infer.graph.inference_model` (batch norm folded into the
             activation; same outputs up to float rounding).
+        readout: the model directory's ridge read-out (`readout.json`, from
+            `isl readout`), or None; when set, `predict_well` writes the
+            read-out's predictions instead of the heads'.
     """
 
     config: config_lib.ExperimentConfig
@@ -71,6 +74,8 @@ class Predictor:
     signature: Any = None
     trained_channels: tuple[str, ...] | None = None
     inference_graph: bool = True
+    readout: Any = None
+    readout_embedder: Any = None
     _run_functions: dict = dataclasses.field(default_factory=dict)
     _inference_model: Any = None
 
@@ -156,8 +161,13 @@ def _load_model_dir(model_dir: str, precision: str) -> Predictor:
             raise errors.InputError(f"{weights_path}: cannot load the weights ({error}).") from None
     else:
         model, config = saving_lib.load_model_dir(model_dir, input_size=None)
+    readout = None
+    if os.path.isfile(layout.readout):
+        from isl.model import readout as readout_lib
+
+        readout = readout_lib.load(layout.readout)
     return Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=model_dir, model=model,
-                     trained_channels=saving_lib.read_trained_channels(model_dir))
+                     trained_channels=saving_lib.read_trained_channels(model_dir), readout=readout)
 
 
 def _load_saved_model(path: str, precision: str) -> Predictor:
@@ -389,6 +399,10 @@ def _predict_well_files(
     """
     if image_format not in IMAGE_FORMATS:
         raise errors.InputError(f"Unknown --format {image_format!r}; use png or tiff.")
+    if predictor.readout is not None:
+        from isl.infer import readout as readout_infer
+
+        return readout_infer.predict_well(predictor, input_dir, output_dir, channels, image_format, progress_enabled)
     chosen = choose_channels(predictor.config, channels, predictor.trained_channels)
     if predictor.config.model.architecture == "unet_regression":
         from isl.infer import regression

@@ -1,0 +1,90 @@
+"""`isl predict` for a model directory with a ridge read-out (`readout.json`, from `isl readout`).
+
+The frozen core runs over the whole well in tiles (`isl.model.readout.Embedder`,
+reflect-padded by the network's border, so the output keeps the input's height
+and width) and the read-out maps the embedding to one value per pixel and
+target channel. It is written as both the median and the mean statistic (as
+for the U-Net regression), so `isl evaluate` scores it like the paper's model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from isl import errors
+from isl import progress as progress_lib
+from isl.infer import regression
+from isl.io import prediction_file
+from isl.model import geometry as geometry_lib
+from isl.model import readout as readout_lib
+
+STATISTICS = regression.STATISTICS
+
+
+def choose_channels(readout: readout_lib.Readout, requested: Sequence[str] | None) -> tuple[str, ...]:
+    """The requested channels (default: all the read-out's). Raises InputError for one it does not predict."""
+    if not requested:
+        return readout.targets
+    unknown = [channel for channel in requested if channel not in readout.targets]
+    if unknown:
+        raise errors.InputError(f"The read-out does not predict {', '.join(unknown)}; it predicts "
+                                f"{', '.join(readout.targets)}.")
+    return tuple(requested)
+
+
+def embedder_of(predictor: Any) -> readout_lib.Embedder:
+    """The predictor's tiled core runner (built once)."""
+    if predictor.readout_embedder is None:
+        predictor.readout_embedder = readout_lib.Embedder(predictor.model, predictor.config)
+    return predictor.readout_embedder
+
+
+def predict_well(
+    predictor: Any,
+    input_dir: str,
+    output_dir: str,
+    channels: Sequence[str] | None,
+    image_format: str = "png",
+    progress_enabled: bool = True,
+) -> dict[str, Any]:
+    """Predicts one well with the read-out; writes median and mean files and prediction.json.
+
+    Args:
+        predictor: from `isl.infer.well.load_predictor`, with `readout` set.
+        input_dir: the folder of one well.
+        output_dir: parent folder of the per-well output folders.
+        channels: the read-out's target channels to write (default: all).
+        image_format: "png" or "tiff" (16-bit either way).
+        progress_enabled: show a progress line (tiles) on stderr.
+    """
+    from isl.infer import well as well_lib
+
+    if predictor.model is None or predictor.readout is None:
+        raise errors.InputError(f"{predictor.source}: a read-out is predicted from its model directory (--model_dir).")
+    readout = predictor.readout
+    chosen = choose_channels(readout, channels)
+    well = well_lib.read_checked_well(predictor.config, input_dir)
+    embedder = embedder_of(predictor)
+    height, width = well.inputs.shape[1:]
+    start = time.perf_counter()
+    with progress_lib.Progress(embedder.num_tiles((height, width)), f"predict {well.name}",
+                               enabled=progress_enabled) as bar:
+        embedding = embedder(well.inputs, lambda: bar.update(1))
+    values = readout.predict(embedding)
+    seconds = time.perf_counter() - start
+    columns = [readout.targets.index(channel) for channel in chosen]
+    well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
+    os.makedirs(well_dir, exist_ok=True)
+    images = {name: values[..., columns] for name in STATISTICS}
+    files = well_lib.write_statistics(well_dir, well.metadata, chosen, STATISTICS, images, image_format)
+    summary = well_lib.prediction_summary(
+        predictor, well, input_dir, chosen, STATISTICS, "reflect", geometry_lib.OutputRegion(0, 0, height, width),
+        image_format, files, geometry=None, num_runs=embedder.num_tiles((height, width)), seconds=round(seconds, 3),
+        exact=True, readout=True,
+    )
+    prediction_file.write_summary(well_dir, summary)
+    summary["well_dir"] = well_dir
+    return summary

@@ -1,0 +1,155 @@
+"""Fitting a ridge read-out of a frozen core on whole wells (`isl readout`; model: `isl.model.readout`).
+
+The normal equations of the standardized ridge problem are accumulated in
+float64, well by well and in chunks of pixels, so memory stays at one
+well's features whatever the number of wells:
+
+    n, sum x [F], X'X [F, F], X'Y [F, T], sum y [T], sum y^2 [T]
+    Z = (X - mean) / scale             (standardized features)
+    weights = (Z'Z + penalty I)^-1 Z'(Y - mean y)       [F, T]
+
+The intercept is the targets' mean (not penalized).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from isl import config as config_lib
+from isl import errors
+from isl.model import readout as readout_lib
+
+# Pixels per float64 product when accumulating (about 170 MB of features at F = 320).
+CHUNK_PIXELS = 65536
+
+
+class NormalEquations:
+    """Running sums for a ridge regression with T targets on F features."""
+
+    def __init__(self, num_features: int, num_targets: int) -> None:
+        self.count = 0
+        self.feature_sum = np.zeros(num_features)
+        self.gram = np.zeros((num_features, num_features))
+        self.cross = np.zeros((num_features, num_targets))
+        self.target_sum = np.zeros(num_targets)
+        self.target_square_sum = np.zeros(num_targets)
+
+    def add(self, features: np.ndarray, targets: np.ndarray) -> None:
+        """Adds `[N, F]` features and `[N, T]` targets (rows are pixels)."""
+        for start in range(0, len(features), CHUNK_PIXELS):
+            x = features[start : start + CHUNK_PIXELS].astype(np.float64)
+            y = targets[start : start + CHUNK_PIXELS].astype(np.float64)
+            self.count += len(x)
+            self.feature_sum += x.sum(0)
+            self.gram += x.T @ x
+            self.cross += x.T @ y
+            self.target_sum += y.sum(0)
+            self.target_square_sum += (y * y).sum(0)
+
+    def solve(self, penalty: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(feature mean [F], feature scale [F], weights [F, T], intercept [T], training R^2 [T])."""
+        if self.count < 2:
+            raise errors.InputError("A read-out needs at least two labelled pixels.")
+        n = self.count
+        mean = self.feature_sum / n
+        target_mean = self.target_sum / n
+        covariance = self.gram / n - np.outer(mean, mean)
+        scale = np.sqrt(np.maximum(np.diag(covariance), 0.0))
+        scale[scale < 1e-6] = 1.0  # A constant feature: centered to 0, its weight stays 0.
+        gram = n * covariance / np.outer(scale, scale)
+        cross = (self.cross - n * np.outer(mean, target_mean)) / scale[:, np.newaxis]
+        weights = np.linalg.solve(gram + penalty * np.eye(len(gram)), cross)
+        total = self.target_square_sum - n * target_mean**2
+        residual = total - 2 * np.sum(weights * cross, axis=0) + np.sum(weights * (gram @ weights), axis=0)
+        r_squared = np.where(total > 0, 1.0 - residual / np.where(total > 0, total, 1.0), 0.0)
+        return mean, scale, weights, target_mean, r_squared
+
+
+def _target_matrix(well: Any, targets: Sequence[str], directory: str) -> np.ndarray:
+    """`[H * W, T]` targets of one well; raises InputError naming the folder when one is missing."""
+    missing = [name for name in targets if name not in well.targets]
+    if missing:
+        have = ", ".join(sorted(well.targets)) or "no target images"
+        raise errors.InputError(f"{directory}: no {', '.join(missing)} image to fit the read-out on (it has {have}).")
+    return np.stack([well.targets[name] for name in targets], axis=-1).reshape(-1, len(targets))
+
+
+def fit(
+    model: Any,
+    config: config_lib.ExperimentConfig,
+    train_dirs: Sequence[str],
+    targets: Sequence[str],
+    radii: Sequence[int] = readout_lib.DEFAULT_RADII,
+    penalty: float = readout_lib.DEFAULT_PENALTY,
+    eval_dirs: Sequence[str] = (),
+    progress: Callable[[str, int], Callable[[], None]] | None = None,
+) -> readout_lib.Readout:
+    """Fits a read-out on `train_dirs` (each the folder of one well) and scores it on `eval_dirs`.
+
+    Args:
+        model: the trained network (frozen; any input size).
+        config: its config (channels, z values, normalization).
+        train_dirs: well folders with the transmitted-light stack and every target.
+        targets: target channel names, in output order.
+        radii: box-mean radii of the context features.
+        penalty: ridge penalty (on standardized features).
+        eval_dirs: well folders to score (Pearson r per target), optional.
+        progress: `progress(label, total_tiles)` returns a callback called once per tile.
+
+    Returns:
+        The `Readout`; its `record` holds the wells, pixel count, training
+        R^2, evaluation Pearson r and seconds.
+
+    Raises:
+        InputError: for a missing target image, a bad well folder, or a
+            network without a core embedding.
+    """
+    from isl.eval import metrics
+    from isl.infer import well as well_lib
+
+    if not train_dirs:
+        raise errors.InputError("Give at least one training well folder (--train_dirs).")
+    if not targets:
+        raise errors.InputError("Give at least one target channel (--targets).")
+    if penalty <= 0:
+        raise errors.InputError(f"--penalty must be > 0. Received: {penalty}")
+    radii = readout_lib.check_radii(radii)
+    known = config.channels.target_channels
+    unknown = [name for name in targets if name not in known]
+    if unknown:
+        raise errors.InputError(f"Unknown target channel {', '.join(unknown)}; the model's channels are "
+                                f"{', '.join(known)}.")
+    start = time.perf_counter()
+    embedder = readout_lib.Embedder(model, config)
+    wells = [(directory, well_lib.read_checked_well(config, directory)) for directory in train_dirs]
+    # Every training well is checked before the first (slow) embedding.
+    matrices = [_target_matrix(well, targets, directory) for directory, well in wells]
+    equations = NormalEquations(embedder.embedding_size * (1 + len(radii)), len(targets))
+    for (_, well), target_matrix in zip(wells, matrices):
+        tick = progress(f"embed {well.name}", embedder.num_tiles(well.inputs.shape[1:])) if progress else None
+        embedding = embedder(well.inputs, tick)
+        equations.add(readout_lib.features(embedding, radii), target_matrix)
+    mean, scale, weights, intercept, r_squared = equations.solve(penalty)
+    fitted = readout_lib.Readout(tuple(targets), radii, mean, scale, weights, intercept, float(penalty))
+    scores: dict[str, dict[str, float]] = {}
+    for directory in eval_dirs:
+        well = well_lib.read_checked_well(config, directory)
+        truth = _target_matrix(well, targets, directory)
+        tick = progress(f"score {well.name}", embedder.num_tiles(well.inputs.shape[1:])) if progress else None
+        prediction = fitted.predict(embedder(well.inputs, tick)).reshape(-1, len(targets))
+        scores[directory] = {name: round(metrics.pearson(prediction[:, index], truth[:, index]), 4)
+                             for index, name in enumerate(targets)}
+    record = {
+        "train_dirs": list(train_dirs),
+        "pixels": int(equations.count),
+        "train_r_squared": {name: round(float(value), 4) for name, value in zip(targets, r_squared)},
+        "eval_pearson_r": scores,
+        "embedding_size": embedder.embedding_size,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    return dataclasses.replace(fitted, record=record)

@@ -1,0 +1,105 @@
+"""`isl readout` end to end on a tiny model: fit, predict with the new folder, refuse bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from isl import presets
+from isl.cli import main
+from isl.data import wells
+from isl.io import images
+from isl.io import model_dir as model_dir_lib
+from isl.model import builder
+from isl.model import readout as readout_lib
+from isl.model import saving
+from tests.train.test_readout import structured_well
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("model"))
+    config = presets.get_preset("tiny")
+    saving.save_model_dir(builder.build_model(config), config, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plate")
+    for seed, name in ((1, "a"), (2, "b")):
+        structured_well(str(root / name), seed)
+    return root
+
+
+def _run(arguments, capsys):
+    code = main.run_command(arguments)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_fit_then_predict_with_the_readout_folder(model_dir, plate, tmp_path, capsys):
+    output = str(tmp_path / "readout_model")
+    code, out, _ = _run(["readout", f"--model_dir={model_dir}", f"--train_dir={plate / 'a'}",
+                         f"--eval_dir={plate / 'b'}", "--radii=1,2", "--noprogress", f"--output_dir={output}",
+                         "--json"], capsys)
+    assert code == 0, out
+    summary = json.loads(out.strip().splitlines()[-1])
+    # Default targets: the model's channels present in the first training well.
+    assert summary["targets"] == ["DAPI_CONFOCAL", "MAP2_CONFOCAL"]
+    assert summary["eval_pearson_r"][str(plate / "b")]["DAPI_CONFOCAL"] > 0.8
+    assert "Pearson r" in out and "isl predict --model_dir=" in out
+    layout = model_dir_lib.ModelDir(output)
+    assert sorted(os.listdir(output)) == sorted(["config.json", "model.weights.h5", "readout.json"])
+    assert open(layout.weights, "rb").read() == open(model_dir_lib.ModelDir(model_dir).weights, "rb").read()
+
+    predictions = str(tmp_path / "predictions")
+    code, out, _ = _run(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
+                         f"--output_dir={predictions}", "--channels=MAP2_CONFOCAL", "--noprogress", "--json"], capsys)
+    assert code == 0, out
+    (well,) = json.loads(out.strip().splitlines()[-1])["wells"]
+    assert set(well["files"]) == {"MAP2_CONFOCAL"} and set(well["files"]["MAP2_CONFOCAL"]) == {"median", "mean"}
+    record = json.load(open(os.path.join(well["well_dir"], "prediction.json")))
+    assert record["readout"] is True and record["geometry"] is None
+    written = images.to_float(images.read_image(os.path.join(well["well_dir"], well["files"]["MAP2_CONFOCAL"]["median"])))
+    # The same values as the read-out applied to the embedding in memory (16-bit rounding apart).
+    model, config = saving.load_model_dir(output, input_size=None)
+    stack = wells.read_well(str(plate / "b"), config.channels, ignore_unknown=True).inputs
+    readout = readout_lib.load(layout.readout)
+    expected = readout.predict(readout_lib.Embedder(model, config)(stack))[..., 1]
+    np.testing.assert_allclose(written, expected, atol=1e-4)
+
+    code, out, err = _run(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
+                           f"--output_dir={predictions}", "--channels=NFH_CONFOCAL", "--noprogress"], capsys)
+    assert code == 2 and "does not predict NFH_CONFOCAL" in err
+    code, _, err = _run(["export", f"--model_dir={output}", f"--export_dir={tmp_path / 'exported'}"], capsys)
+    assert code == 2 and "read-out" in err and not (tmp_path / "exported").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--targets=NFH_CONFOCAL"], "no NFH_CONFOCAL image"),
+        (["--radii=2,1"], "--radii must be distinct positive integers"),
+        (["--radii=a"], "--radii must be integers"),
+        (["--penalty=0"], "--penalty must be > 0"),
+    ],
+)
+def test_bad_input_fails_cleanly_and_writes_nothing(model_dir, plate, tmp_path, capsys, flags, message):
+    output = tmp_path / "out"
+    code, _, err = _run(["readout", f"--model_dir={model_dir}", f"--train_dir={plate / 'a'}", f"--output_dir={output}",
+                         "--noprogress", *flags], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not output.exists()
+
+
+def test_an_existing_folder_that_is_not_a_readout_is_never_replaced(model_dir, plate, tmp_path, capsys):
+    code, _, err = _run(["readout", f"--model_dir={model_dir}", f"--train_dir={plate / 'a'}",
+                         f"--output_dir={plate}", "--noprogress"], capsys)
+    assert code == 2 and "is not a read-out folder" in err and sorted(os.listdir(plate)) == ["a", "b"]
+    code, _, err = _run(["readout", f"--model_dir={model_dir}", f"--train_dir={plate / 'a'}",
+                         f"--output_dir={model_dir}", "--noprogress"], capsys)
+    assert code == 2 and "not --model_dir" in err

@@ -1,0 +1,99 @@
+"""The ridge read-out's model: box means, the linear map, the file, and the tiled core runner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from isl import errors
+from isl.model import readout as readout_lib
+
+
+def _readout(embedding_size=3, radii=(1, 2), targets=("DAPI_CONFOCAL", "MAP2_CONFOCAL"), seed=0):
+    rng = np.random.default_rng(seed)
+    features = embedding_size * (1 + len(radii))
+    return readout_lib.Readout(
+        targets=targets, radii=radii, feature_mean=rng.normal(size=features),
+        feature_scale=rng.uniform(0.5, 2.0, size=features), weights=rng.normal(size=(features, len(targets))) * 0.1,
+        intercept=np.array([0.4, 0.6])[: len(targets)], penalty=3.0, record={"pixels": 12},
+    )
+
+
+def test_box_mean_is_the_reflect_padded_window_mean():
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(9, 11, 2)).astype(np.float32)
+    radius = 2
+    padded = np.pad(images, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
+    expected = np.zeros_like(images)
+    for row in range(9):
+        for column in range(11):
+            expected[row, column] = padded[row : row + 2 * radius + 1, column : column + 2 * radius + 1].mean((0, 1))
+    np.testing.assert_allclose(readout_lib.box_mean(images, radius), expected, atol=1e-6)
+
+
+def test_predict_equals_standardized_features_times_weights():
+    readout = _readout()
+    embedding = np.random.default_rng(2).normal(size=(10, 7, 3)).astype(np.float32)
+    features = readout_lib.features(embedding, readout.radii)
+    assert features.shape == (70, 9)
+    expected = readout.intercept + ((features - readout.feature_mean) / readout.feature_scale) @ readout.weights
+    predicted = readout.predict(embedding)
+    assert predicted.shape == (10, 7, 2) and predicted.dtype == np.float32
+    np.testing.assert_allclose(predicted.reshape(-1, 2), np.clip(expected, 0, 1), atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
+        readout.predict(embedding[..., :2])
+
+
+def test_the_file_round_trips_and_a_damaged_one_names_itself(tmp_path):
+    readout = _readout()
+    path = str(tmp_path / "readout.json")
+    readout_lib.save(readout, path)
+    loaded = readout_lib.load(path)
+    assert loaded.targets == readout.targets and loaded.radii == readout.radii and loaded.record == {"pixels": 12}
+    np.testing.assert_array_equal(loaded.weights, readout.weights)
+    np.testing.assert_array_equal(loaded.feature_scale, readout.feature_scale)
+    data = json.load(open(path))
+    data["weights"] = data["weights"][:-1]
+    with open(path, "w") as file:
+        json.dump(data, file)
+    with pytest.raises(errors.InputError, match=r"readout\.json: not a valid read-out"):
+        readout_lib.load(path)
+
+
+@pytest.mark.parametrize("radii", [(0, 2), (4, 2), (2, 2)])
+def test_radii_must_be_distinct_positive_and_increasing(radii):
+    with pytest.raises(errors.InputError, match="--radii"):
+        readout_lib.check_radii(radii)
+
+
+def test_tiles_join_without_seams(tiny_config, tiny_model, monkeypatch):
+    """Tiles start on multiples of the shift period: a tiled embedding equals one run over the whole image."""
+    from isl.data import assemble
+
+    stack = np.random.default_rng(3).uniform(size=(5, 37, 45)).astype(np.float32)
+    monkeypatch.setattr(readout_lib, "TILE_OUTPUT", 16)
+    tiled = readout_lib.Embedder(tiny_model, tiny_config)
+    assert tiled.stride % 4 == 0 and tiled.num_tiles((37, 45)) > 4
+    ticks = []
+    embedding = tiled(stack, lambda: ticks.append(1))
+    assert embedding.shape == (37, 45, tiled.embedding_size) and len(ticks) == tiled.num_tiles((37, 45))
+    monkeypatch.setattr(readout_lib, "TILE_OUTPUT", 64)
+    whole = readout_lib.Embedder(tiny_model, tiny_config)
+    assert whole.num_tiles((37, 45)) == 1
+    np.testing.assert_allclose(embedding, whole(stack), atol=1e-4)
+    # And both equal the core run on the reflect-padded image directly.
+    border = whole.border
+    padded = np.pad(stack, ((0, 0), (border, border + 64 - 37), (border, border + 64 - 45)), mode="reflect")
+    direct = np.asarray(whole.core(assemble.network_input(padded, tiny_config.channels.num_z_values)[None]))[0]
+    np.testing.assert_allclose(embedding, direct[:37, :45], atol=1e-4)
+
+
+def test_the_regression_unet_has_no_core_to_read_out():
+    from isl import config as config_lib
+    from isl import presets
+
+    config = config_lib.apply_overrides(presets.get_preset("tiny"), ["model.architecture=unet_regression"])
+    with pytest.raises(errors.InputError, match="U-Net regression"):
+        readout_lib.Embedder(None, config)
