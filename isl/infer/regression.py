@@ -93,7 +93,7 @@ def predict_well(
     height, width = well.inputs.shape[1:]
     summary = well_lib.prediction_summary(
         predictor, well, input_dir, channels, STATISTICS, "reflect", geometry_lib.OutputRegion(0, 0, height, width),
-        image_format, files, geometry=None, num_runs=1, seconds=round(seconds, 3),
+        image_format, files, geometry=None, num_runs=1, exact=True, seconds=round(seconds, 3),
     )
     prediction_file.write_summary(well_dir, summary)
     summary["well_dir"] = well_dir

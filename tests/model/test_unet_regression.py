@@ -47,8 +47,8 @@ def test_loss_is_the_masked_mse_of_standardized_targets():
     assert float(loss(labels, predictions)) == pytest.approx(2.0 / 3.0, rel=1e-6)
 
 
-def test_trains_predicts_and_is_written_like_the_paper_model(tmp_path):
-    from isl.infer import well
+def test_trains_predicts_and_is_written_like_the_paper_model(tmp_path, capsys):
+    from isl.cli import main
     from isl.train import trainer
     from tests.train.conftest import write_records
 
@@ -63,14 +63,18 @@ def test_trains_predicts_and_is_written_like_the_paper_model(tmp_path):
     saved = config_lib.load_config(os.path.join(model_dir, "config.json"))
     assert len(saved.model.regression_target_mean) == 4 and all(std > 0 for std in saved.model.regression_target_std)
     assert "pearson_median_DAPI_CONFOCAL" in result.pearson and result.best_step in (4, 8)
-    predictor = well.load_predictor(model_dir=model_dir)
     well_dir = sorted(glob.glob(str(tmp_path / "wells" / "*")))[-1]
-    summary = well.predict_well(predictor, well_dir, str(tmp_path / "predictions"))
+    # Through the command line: its summary line reads prediction.json's keys for every architecture.
+    code = main.run_command(["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}",
+                             f"--output_dir={tmp_path / 'predictions'}", "--noprogress", "--json"])
+    output = capsys.readouterr().out
+    assert code == 0 and "160 x 160 px" in output
+    (summary,) = json.loads(output.strip().splitlines()[-1])["wells"]
     assert set(summary["files"]["DAPI_CONFOCAL"]) == {"median", "mean"}
     written = json.load(open(os.path.join(summary["well_dir"], "prediction.json")))
     assert written["architecture"] == "unet_regression" and written["image_shape"] == [160, 160]
     assert written["geometry"] is None and written["region"]["height"] == 160  # No border: interior does not apply.
-    assert written["ignored_files"] == []  # isl predict's CLI reads it for every architecture.
+    assert written["ignored_files"] == [] and written["exact"] is True
     import imageio.v3 as imageio
 
     image = imageio.imread(os.path.join(summary["well_dir"], summary["files"]["MAP2_CONFOCAL"]["median"]))
