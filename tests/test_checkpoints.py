@@ -25,7 +25,7 @@ CROP = (slice(768, 1024), slice(256, 512))
 MINIMUM_PEARSON = {"DAPI_CONFOCAL": 0.6, "MAP2_CONFOCAL": 0.6, "NFH_CONFOCAL": 0.45, "NEURITE_CONFOCAL": 0.55}
 
 
-def _crop_well(sample_dir, output_dir) -> dict[str, np.ndarray]:
+def _crop_well(sample_dir, output_dir, crop=CROP) -> dict[str, np.ndarray]:
     from isl.io import images
 
     os.makedirs(output_dir)
@@ -33,7 +33,7 @@ def _crop_well(sample_dir, output_dir) -> dict[str, np.ndarray]:
     for name in sorted(os.listdir(sample_dir)):
         if not name.endswith(".png"):
             continue
-        plane = images.read_image(os.path.join(sample_dir, name))[CROP]
+        plane = images.read_image(os.path.join(sample_dir, name))[crop]
         images.write_image(os.path.join(output_dir, name), np.ascontiguousarray(plane))
         if "MAXPROJECT" in name:
             channel = name.split("channel-")[1].split(",")[0]
@@ -74,3 +74,25 @@ def test_checkpoint_predicts_the_held_out_region(sample_dir, tmp_path, capsys):
         pearson[channel] = float(np.corrcoef(predicted.ravel(), truth[channel].ravel())[0, 1])
     print(pearson)
     assert all(pearson[channel] >= minimum for channel, minimum in MINIMUM_PEARSON.items()), pearson
+
+
+@pytest.mark.slow
+def test_a_readout_of_the_checkpoint_beats_its_heads_on_nuclei_and_dendrites(sample_dir, tmp_path, capsys):
+    """`isl readout` at full size: fitted on rows 0:768 (about 2 minutes), scored on the held-out crop."""
+    if not CHECKPOINT.is_dir():
+        pytest.skip("checkpoints/condition_b_sample is not present")
+    from isl.cli import main
+
+    train, held_out = tmp_path / "train", tmp_path / "held_out"
+    _crop_well(sample_dir, str(train), (slice(0, 768), slice(None)))
+    _crop_well(sample_dir, str(held_out))
+    code = main.run_command(["readout", f"--model_dir={CHECKPOINT}", f"--train_dir={train}",
+                             f"--eval_dir={held_out}", f"--output_dir={tmp_path / 'readout'}", "--noprogress",
+                             "--json"])
+    output = capsys.readouterr()
+    assert code == 0, output.err
+    scores = json.loads(output.out.strip().splitlines()[-1])["eval_pearson_r"][str(held_out)]
+    print(scores)
+    # The checkpoint's own heads on this crop: 0.720 / 0.694 / 0.575 (MINIMUM_PEARSON's comment); the read-out
+    # measured 0.763 / 0.733 / 0.559 (on the whole held-out rows it is ahead on NFH too: BUILD_NOTES.md).
+    assert scores["DAPI_CONFOCAL"] > 0.74 and scores["MAP2_CONFOCAL"] > 0.71 and scores["NFH_CONFOCAL"] > 0.53, scores
