@@ -64,7 +64,8 @@ def test_fit_then_predict_with_the_readout_folder(model_dir, plate, tmp_path, ca
     assert set(well["files"]) == {"MAP2_CONFOCAL"} and set(well["files"]["MAP2_CONFOCAL"]) == {"median", "mean"}
     record = json.load(open(os.path.join(well["well_dir"], "prediction.json")))
     assert record["readout"] is True and record["geometry"] is None
-    written = images.to_float(images.read_image(os.path.join(well["well_dir"], well["files"]["MAP2_CONFOCAL"]["median"])))
+    median_file = os.path.join(well["well_dir"], well["files"]["MAP2_CONFOCAL"]["median"])
+    written = images.to_float(images.read_image(median_file))
     # The same values as the read-out applied to the embedding in memory (16-bit rounding apart).
     model, config = saving.load_model_dir(output, input_size=None)
     stack = wells.read_well(str(plate / "b"), config.channels, ignore_unknown=True).inputs
