@@ -2,9 +2,10 @@
 
 The frozen core runs over the whole well in tiles (`isl.model.readout.Embedder`,
 reflect-padded by the network's border, so the output keeps the input's height
-and width) and the read-out maps the embedding to one value per pixel and
-target channel. It is written as both the median and the mean statistic (as
-for the U-Net regression), so `isl evaluate` scores it like the paper's model.
+and width) and the read-out maps the embedding to a fitted normal distribution per pixel
+and target channel (`isl.model.readout`): its median, mean, std and quantiles
+are written as the paper model's statistics are, so `isl evaluate` scores it
+like the paper's model.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from isl import errors
 from isl import progress as progress_lib
-from isl.infer import regression
 from isl.io import prediction_file
 from isl.model import geometry as geometry_lib
 from isl.model import readout as readout_lib
-
-STATISTICS = regression.STATISTICS
 
 
 def choose_channels(readout: readout_lib.Readout, requested: Sequence[str] | None) -> tuple[str, ...]:
@@ -47,16 +47,18 @@ def predict_well(
     input_dir: str,
     output_dir: str,
     channels: Sequence[str] | None,
+    statistics: Sequence[str] = ("median",),
     image_format: str = "png",
     progress_enabled: bool = True,
 ) -> dict[str, Any]:
-    """Predicts one well with the read-out; writes median and mean files and prediction.json.
+    """Predicts one well with the read-out; writes one image per channel and statistic, and prediction.json.
 
     Args:
         predictor: from `isl.infer.well.load_predictor`, with `readout` set.
         input_dir: the folder of one well.
         output_dir: parent folder of the per-well output folders.
         channels: the read-out's target channels to write (default: all).
+        statistics: median, mean, std and quantiles qNN (`readout.statistic_images`).
         image_format: "png" or "tiff" (16-bit either way).
         progress_enabled: show a progress line (tiles) on stderr.
     """
@@ -66,6 +68,8 @@ def predict_well(
         raise errors.InputError(f"{predictor.source}: a read-out is predicted from its model directory (--model_dir).")
     readout = predictor.readout
     chosen = choose_channels(readout, channels)
+    names = tuple(dict.fromkeys(name.strip() for name in statistics if name.strip())) or ("median",)
+    readout_lib.statistic_images(np.zeros((1, 1, 1), np.float32), np.ones((1, 1, 1), np.float32), names)  # Checks.
     well = well_lib.read_checked_well(predictor.config, input_dir)
     embedder = embedder_of(predictor)
     height, width = well.inputs.shape[1:]
@@ -73,15 +77,16 @@ def predict_well(
     with progress_lib.Progress(embedder.num_tiles((height, width)), f"predict {well.name}",
                                enabled=progress_enabled) as bar:
         embedding = embedder(well.inputs, lambda: bar.update(1))
-    values = readout.predict(embedding)
+    value, spread = readout.predict_distribution(embedding)
+    computed = readout_lib.statistic_images(value, spread, names)
     seconds = time.perf_counter() - start
     columns = [readout.targets.index(channel) for channel in chosen]
     well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
     os.makedirs(well_dir, exist_ok=True)
-    images = {name: values[..., columns] for name in STATISTICS}
-    files = well_lib.write_statistics(well_dir, well.metadata, chosen, STATISTICS, images, image_format)
+    images = {name: image[..., columns] for name, image in computed.items()}
+    files = well_lib.write_statistics(well_dir, well.metadata, chosen, names, images, image_format)
     summary = well_lib.prediction_summary(
-        predictor, well, input_dir, chosen, STATISTICS, "reflect", geometry_lib.OutputRegion(0, 0, height, width),
+        predictor, well, input_dir, chosen, names, "reflect", geometry_lib.OutputRegion(0, 0, height, width),
         image_format, files, geometry=None, num_runs=embedder.num_tiles((height, width)), seconds=round(seconds, 3),
         exact=True, readout=True,
     )

@@ -402,7 +402,8 @@ def _predict_well_files(
     if predictor.readout is not None:
         from isl.infer import readout as readout_infer
 
-        return readout_infer.predict_well(predictor, input_dir, output_dir, channels, image_format, progress_enabled)
+        return readout_infer.predict_well(predictor, input_dir, output_dir, channels, statistics, image_format,
+                                          progress_enabled)
     chosen = choose_channels(predictor.config, channels, predictor.trained_channels)
     if predictor.config.model.architecture == "unet_regression":
         from isl.infer import regression

@@ -15,8 +15,14 @@ so memory does not grow with the number of wells. Prediction applies the map
 through linearity: a box mean commutes with a map across channels, so each
 part costs one `[E, T]` product and T box means instead of E.
 
-The prediction is one value per pixel and channel (a point prediction, as the
-U-Net regression makes), not a distribution over intensity bins.
+Uncertainty: a second ridge regression on the same features predicts the log of
+the squared residual (heteroscedastic: where the fit is unsure, it says so), so
+every pixel gets a normal distribution N(value, spread^2) clipped to [0, 1]:
+
+    spread = exp((spread_intercept + ((x - mean) / scale) @ spread_weights + LOG_SQUARE_OFFSET) / 2)
+
+Its median is the fitted value (clipped), its quantiles `clip(value + spread * z_p, 0, 1)`.
+It is a fitted Gaussian, not the network's 256-bin distribution.
 
 File: `readout.json` in the model directory (`isl.io.model_dir.READOUT_FILE`),
 next to the frozen network's `config.json` and `model.weights.h5`.
@@ -40,6 +46,10 @@ DEFAULT_RADII = (1, 2, 4, 8)
 DEFAULT_PENALTY = 100.0
 # Requested output side of one embedding tile (input 506 px for the paper network): modest memory.
 TILE_OUTPUT = 264
+# E[log chi^2_1] = -1.2704: log r^2 of a normal residual underestimates log sigma^2 by this much on average.
+LOG_SQUARE_OFFSET = 1.2704
+# Statistics a read-out writes (besides quantiles qNN).
+STATISTICS = ("median", "mean", "std")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +64,8 @@ class Readout:
         weights: `[F, T]` ridge weights on standardized features.
         intercept: `[T]` training mean of each target.
         penalty: the ridge penalty the weights were fitted with.
+        spread_weights: `[F, T]` ridge weights of the log squared residual.
+        spread_intercept: `[T]` its intercept.
         record: what the fit saw and scored (wells, pixels, Pearson r, seconds).
     """
 
@@ -64,6 +76,8 @@ class Readout:
     weights: np.ndarray
     intercept: np.ndarray
     penalty: float
+    spread_weights: np.ndarray
+    spread_intercept: np.ndarray
     record: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -71,20 +85,31 @@ class Readout:
         """E: channels of the core embedding the read-out takes."""
         return self.weights.shape[0] // (1 + len(self.radii))
 
-    def predict(self, embedding: np.ndarray) -> np.ndarray:
-        """`[H, W, E]` core embedding -> `[H, W, T]` float32 target values in [0, 1]."""
+    def _linear(self, embedding: np.ndarray, weights: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+        """`[H, W, E]` -> `[H, W, T]`: intercept + standardized features @ weights, through linearity."""
         if embedding.ndim != 3 or embedding.shape[-1] != self.embedding_size:
             raise ValueError(f"The read-out takes [H, W, {self.embedding_size}] embeddings; got {embedding.shape}.")
         size = self.embedding_size
         # Standardization folded into the weights: x @ (w / s) + (b - (m / s) @ w).
-        scaled = self.weights / self.feature_scale[:, np.newaxis]
-        bias = self.intercept - (self.feature_mean / self.feature_scale) @ self.weights
+        scaled = (weights / self.feature_scale[:, np.newaxis]).astype(np.float32)
+        bias = (intercept - (self.feature_mean / self.feature_scale) @ weights).astype(np.float32)
         flat = embedding.reshape(-1, size).astype(np.float32)
-        result = (flat @ scaled[:size].astype(np.float32)).reshape(embedding.shape[:2] + (-1,))
+        result = (flat @ scaled[:size]).reshape(embedding.shape[:2] + (-1,))
         for part, radius in enumerate(self.radii, start=1):
-            mapped = (flat @ scaled[part * size : (part + 1) * size].astype(np.float32))
+            mapped = flat @ scaled[part * size : (part + 1) * size]
             result += box_mean(mapped.reshape(embedding.shape[:2] + (-1,)), radius)
-        return np.clip(result + bias.astype(np.float32), 0.0, 1.0)
+        return result + bias
+
+    def predict(self, embedding: np.ndarray) -> np.ndarray:
+        """`[H, W, E]` core embedding -> `[H, W, T]` float32 target values in [0, 1]."""
+        return np.clip(self._linear(embedding, self.weights, self.intercept), 0.0, 1.0)
+
+    def predict_distribution(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`[H, W, E]` -> (value, spread), each `[H, W, T]` float32: the unclipped centre and standard deviation."""
+        value = self._linear(embedding, self.weights, self.intercept)
+        log_square = self._linear(embedding, self.spread_weights, self.spread_intercept)
+        spread = np.exp(0.5 * (np.clip(log_square, -30.0, 10.0) + LOG_SQUARE_OFFSET)).astype(np.float32)
+        return value, spread
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +121,8 @@ class Readout:
             "feature_mean": self.feature_mean.tolist(),
             "feature_scale": self.feature_scale.tolist(),
             "weights": self.weights.tolist(),
+            "spread_intercept": self.spread_intercept.tolist(),
+            "spread_weights": self.spread_weights.tolist(),
             "record": self.record,
         }
 
@@ -110,15 +137,20 @@ class Readout:
         mean = np.asarray(data["feature_mean"], np.float64)
         scale = np.asarray(data["feature_scale"], np.float64)
         intercept = np.asarray(data["intercept"], np.float64)
+        spread_weights = np.asarray(data["spread_weights"], np.float64)
+        spread_intercept = np.asarray(data["spread_intercept"], np.float64)
         if not targets or weights.shape != (mean.size, len(targets)) or scale.shape != mean.shape:
             raise ValueError(f"weights {weights.shape}, feature_mean {mean.shape}, feature_scale {scale.shape} "
                              f"do not fit {len(targets)} targets")
+        if spread_weights.shape != weights.shape or spread_intercept.shape != intercept.shape:
+            raise ValueError(f"spread_weights {spread_weights.shape} do not match weights {weights.shape}")
         if intercept.shape != (len(targets),) or mean.size % (1 + len(radii)) or np.any(scale <= 0):
             raise ValueError("intercept, radii or feature_scale do not fit the weights")
-        if not np.all(np.isfinite(weights)) or not np.all(np.isfinite(mean)):
+        if not all(np.all(np.isfinite(array)) for array in (weights, mean, scale, spread_weights, spread_intercept)):
             raise ValueError("non-finite weights")
         record = dict(data.get("record", {}))
-        return cls(targets, radii, mean, scale, weights, intercept, float(data["penalty"]), record)
+        return cls(targets, radii, mean, scale, weights, intercept, float(data["penalty"]), spread_weights,
+                   spread_intercept, record)
 
 
 def save(readout: Readout, path: str) -> None:
@@ -226,3 +258,53 @@ class Embedder:
                 if progress is not None:
                     progress()
         return result[:height, :width]
+
+
+def statistic_images(
+    value: np.ndarray, spread: np.ndarray, statistics: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Per-pixel statistics of N(value, spread^2) clipped to [0, 1].
+
+    Args:
+        value, spread: `[H, W, T]` from `Readout.predict_distribution`.
+        statistics: names among `STATISTICS` and quantiles "qNN"
+            (`isl.model.statistic_names`).
+
+    Returns:
+        name -> `[H, W, T]` float32 in [0, 1] ("std" in intensity units).
+
+    Raises:
+        InputError: for a statistic a fitted normal distribution does not give.
+    """
+    from statistics import NormalDist
+
+    from isl.model import statistic_names
+
+    known, quantiles = statistic_names.parse_statistic_names(statistics)
+    unsupported = [name for name in known if name not in STATISTICS]
+    if unsupported:
+        raise errors.InputError(
+            f"A read-out predicts a normal distribution per pixel: it gives {', '.join(STATISTICS)} and quantiles "
+            f"qNN, not {', '.join(unsupported)}."
+        )
+    images = {}
+    for name in statistics:
+        name = name.strip()
+        if name in ("median", "mean"):
+            images[name] = np.clip(value, 0.0, 1.0)
+        elif name == "std":
+            images[name] = np.minimum(spread, 1.0)
+        elif name:
+            z = NormalDist().inv_cdf(int(name[len(statistic_names.QUANTILE_PREFIX):]) / 100)
+            images[name] = np.clip(value + np.float32(z) * spread, 0.0, 1.0)
+    return images
+
+
+def interval_coverage(value: np.ndarray, spread: np.ndarray, truth: np.ndarray, level: float) -> float:
+    """The fraction of `truth` inside the central `level` interval of N(value, spread^2) (clipped to [0, 1])."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    low = np.clip(value - z * spread, 0.0, 1.0)
+    high = np.clip(value + z * spread, 0.0, 1.0)
+    return float(np.mean((truth >= low) & (truth <= high)))

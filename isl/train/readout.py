@@ -8,7 +8,10 @@ well's features whatever the number of wells:
     Z = (X - mean) / scale             (standardized features)
     weights = (Z'Z + penalty I)^-1 Z'(Y - mean y)       [F, T]
 
-The intercept is the targets' mean (not penalized).
+The intercept is the targets' mean (not penalized). The spread model (the log
+of the squared residual, `isl.model.readout`) is fitted the same way on a
+random subsample of the training pixels (at most `SPREAD_PIXELS_PER_WELL` per
+well), after the value model.
 """
 
 from __future__ import annotations
@@ -26,6 +29,12 @@ from isl.model import readout as readout_lib
 
 # Pixels per float64 product when accumulating (about 170 MB of features at F = 320).
 CHUNK_PIXELS = 65536
+# Training pixels per well kept for the spread model's fit.
+SPREAD_PIXELS_PER_WELL = 65536
+# Added to the squared residual before the log (an 8-bit step is 1/255; (0.5/255)^2 ~ 4e-6).
+SQUARE_FLOOR = 4e-6
+# Central intervals whose coverage of the truth an evaluation well reports (calibration).
+COVERAGE_LEVELS = (0.5, 0.9)
 
 
 class NormalEquations:
@@ -130,25 +139,53 @@ def fit(
     # Every training well is checked before the first (slow) embedding.
     matrices = [_target_matrix(well, targets, directory) for directory, well in wells]
     equations = NormalEquations(embedder.embedding_size * (1 + len(radii)), len(targets))
+    random = np.random.default_rng(0)
+    kept_features, kept_targets = [], []
     for (_, well), target_matrix in zip(wells, matrices):
         tick = progress(f"embed {well.name}", embedder.num_tiles(well.inputs.shape[1:])) if progress else None
-        embedding = embedder(well.inputs, tick)
-        equations.add(readout_lib.features(embedding, radii), target_matrix)
+        features = readout_lib.features(embedder(well.inputs, tick), radii)
+        equations.add(features, target_matrix)
+        keep = random.choice(len(features), min(len(features), SPREAD_PIXELS_PER_WELL), replace=False)
+        kept_features.append(features[keep])
+        kept_targets.append(target_matrix[keep])
+        del features
     mean, scale, weights, intercept, r_squared = equations.solve(penalty)
-    fitted = readout_lib.Readout(tuple(targets), radii, mean, scale, weights, intercept, float(penalty))
+    # The spread: ridge of log(residual^2) on the same standardized features, over the kept pixels.
+    kept = np.concatenate(kept_features)
+    standardized = ((kept - mean) / scale).astype(np.float32)
+    residual = np.concatenate(kept_targets) - (intercept + standardized @ weights)
+    spread_equations = NormalEquations(kept.shape[1], len(targets))
+    spread_equations.add(kept, np.log(residual**2 + SQUARE_FLOOR).astype(np.float32))
+    del kept, standardized
+    subsample_mean, subsample_scale, subsample_weights, subsample_intercept, _ = spread_equations.solve(penalty)
+    # The same affine map, written on the value model's standardization (x - mean) / scale.
+    spread_weights = subsample_weights * (scale / subsample_scale)[:, np.newaxis]
+    spread_intercept = subsample_intercept + ((mean - subsample_mean) / subsample_scale) @ subsample_weights
+    fitted = readout_lib.Readout(tuple(targets), radii, mean, scale, weights, intercept, float(penalty),
+                                 spread_weights, spread_intercept)
     scores: dict[str, dict[str, float]] = {}
+    coverage: dict[str, dict[str, list[float]]] = {}
     for directory in eval_dirs:
         well = well_lib.read_checked_well(config, directory)
         truth = _target_matrix(well, targets, directory)
         tick = progress(f"score {well.name}", embedder.num_tiles(well.inputs.shape[1:])) if progress else None
-        prediction = fitted.predict(embedder(well.inputs, tick)).reshape(-1, len(targets))
+        value, spread = fitted.predict_distribution(embedder(well.inputs, tick))
+        value, spread = value.reshape(-1, len(targets)), spread.reshape(-1, len(targets))
+        prediction = np.clip(value, 0.0, 1.0)
         scores[directory] = {name: round(metrics.pearson(prediction[:, index], truth[:, index]), 4)
                              for index, name in enumerate(targets)}
+        coverage[directory] = {
+            name: [round(readout_lib.interval_coverage(value[:, index], spread[:, index], truth[:, index], level), 3)
+                   for level in COVERAGE_LEVELS]
+            for index, name in enumerate(targets)
+        }
     record = {
         "train_dirs": list(train_dirs),
         "pixels": int(equations.count),
         "train_r_squared": {name: round(float(value), 4) for name, value in zip(targets, r_squared)},
         "eval_pearson_r": scores,
+        "eval_interval_coverage": coverage,
+        "coverage_levels": list(COVERAGE_LEVELS),
         "embedding_size": embedder.embedding_size,
         "seconds": round(time.perf_counter() - start, 1),
     }

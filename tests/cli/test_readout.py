@@ -51,17 +51,21 @@ def test_fit_then_predict_with_the_readout_folder(model_dir, plate, tmp_path, ca
     # Default targets: the model's channels present in the first training well.
     assert summary["targets"] == ["DAPI_CONFOCAL", "MAP2_CONFOCAL"]
     assert summary["eval_pearson_r"][str(plate / "b")]["DAPI_CONFOCAL"] > 0.8
-    assert "Pearson r" in out and "isl predict --model_dir=" in out
+    assert "Pearson r" in out and "the 90% interval" in out and "isl predict --model_dir=" in out
     layout = model_dir_lib.ModelDir(output)
     assert sorted(os.listdir(output)) == sorted(["config.json", "model.weights.h5", "readout.json"])
     assert open(layout.weights, "rb").read() == open(model_dir_lib.ModelDir(model_dir).weights, "rb").read()
 
     predictions = str(tmp_path / "predictions")
     code, out, _ = _run(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
-                         f"--output_dir={predictions}", "--channels=MAP2_CONFOCAL", "--noprogress", "--json"], capsys)
+                         f"--output_dir={predictions}", "--channels=MAP2_CONFOCAL", "--statistics=median,std,q05,q95",
+                         "--noprogress", "--json"], capsys)
     assert code == 0, out
     (well,) = json.loads(out.strip().splitlines()[-1])["wells"]
-    assert set(well["files"]) == {"MAP2_CONFOCAL"} and set(well["files"]["MAP2_CONFOCAL"]) == {"median", "mean"}
+    files = well["files"]["MAP2_CONFOCAL"]
+    assert set(well["files"]) == {"MAP2_CONFOCAL"} and set(files) == {"median", "std", "q05", "q95"}
+    band = [images.to_float(images.read_image(os.path.join(well["well_dir"], files[name]))) for name in ("q05", "q95")]
+    assert np.all(band[0] <= band[1]) and np.mean(band[1] - band[0]) > 0.001
     record = json.load(open(os.path.join(well["well_dir"], "prediction.json")))
     assert record["readout"] is True and record["geometry"] is None
     median_file = os.path.join(well["well_dir"], well["files"]["MAP2_CONFOCAL"]["median"])
@@ -76,6 +80,9 @@ def test_fit_then_predict_with_the_readout_folder(model_dir, plate, tmp_path, ca
     code, out, err = _run(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
                            f"--output_dir={predictions}", "--channels=NFH_CONFOCAL", "--noprogress"], capsys)
     assert code == 2 and "does not predict NFH_CONFOCAL" in err
+    code, out, err = _run(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
+                           f"--output_dir={predictions}", "--statistics=entropy", "--noprogress"], capsys)
+    assert code == 2 and "not entropy" in err
     code, _, err = _run(["export", f"--model_dir={output}", f"--export_dir={tmp_path / 'exported'}"], capsys)
     assert code == 2 and "read-out" in err and not (tmp_path / "exported").exists()
 

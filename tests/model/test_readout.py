@@ -17,7 +17,9 @@ def _readout(embedding_size=3, radii=(1, 2), targets=("DAPI_CONFOCAL", "MAP2_CON
     return readout_lib.Readout(
         targets=targets, radii=radii, feature_mean=rng.normal(size=features),
         feature_scale=rng.uniform(0.5, 2.0, size=features), weights=rng.normal(size=(features, len(targets))) * 0.1,
-        intercept=np.array([0.4, 0.6])[: len(targets)], penalty=3.0, record={"pixels": 12},
+        intercept=np.array([0.4, 0.6])[: len(targets)], penalty=3.0,
+        spread_weights=rng.normal(size=(features, len(targets))) * 0.1, spread_intercept=np.array([-6.0, -5.0]),
+        record={"pixels": 12},
     )
 
 
@@ -44,6 +46,34 @@ def test_predict_equals_standardized_features_times_weights():
     np.testing.assert_allclose(predicted.reshape(-1, 2), np.clip(expected, 0, 1), atol=1e-5)
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
         readout.predict(embedding[..., :2])
+    value, spread = readout.predict_distribution(embedding)
+    np.testing.assert_allclose(np.clip(value, 0, 1), predicted, atol=1e-6)
+    log_square = readout.spread_intercept + ((features - readout.feature_mean) / readout.feature_scale) @ (
+        readout.spread_weights)
+    np.testing.assert_allclose(spread.reshape(-1, 2), np.exp((log_square + readout_lib.LOG_SQUARE_OFFSET) / 2),
+                               rtol=1e-4)
+
+
+def test_statistics_of_the_clipped_normal_distribution():
+    value = np.array([[[0.5, 0.98, -0.2]]], np.float32)
+    spread = np.array([[[0.1, 0.1, 0.05]]], np.float32)
+    images = readout_lib.statistic_images(value, spread, ["median", "std", "q05", "q95", "mean"])
+    assert list(images) == ["median", "std", "q05", "q95", "mean"]
+    np.testing.assert_allclose(images["median"][0, 0], [0.5, 0.98, 0.0])
+    np.testing.assert_allclose(images["q05"][0, 0], [0.5 - 0.1644854, 0.98 - 0.1644854, 0.0], atol=1e-6)
+    np.testing.assert_allclose(images["q95"][0, 0], [0.5 + 0.1644854, 1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(images["std"][0, 0], [0.1, 0.1, 0.05])
+    with pytest.raises(errors.InputError, match="not entropy"):
+        readout_lib.statistic_images(value, spread, ["median", "entropy"])
+
+
+def test_interval_coverage_of_a_calibrated_normal_is_its_level():
+    rng = np.random.default_rng(4)
+    value, spread = np.full(200_000, 0.5), rng.uniform(0.01, 0.1, 200_000)
+    truth = value + spread * rng.normal(size=200_000)
+    assert abs(readout_lib.interval_coverage(value, spread, truth, 0.5) - 0.5) < 0.01
+    assert abs(readout_lib.interval_coverage(value, spread, truth, 0.9) - 0.9) < 0.01
+    assert readout_lib.interval_coverage(value, spread / 4, truth, 0.9) < 0.5
 
 
 def test_the_file_round_trips_and_a_damaged_one_names_itself(tmp_path):
@@ -54,6 +84,8 @@ def test_the_file_round_trips_and_a_damaged_one_names_itself(tmp_path):
     assert loaded.targets == readout.targets and loaded.radii == readout.radii and loaded.record == {"pixels": 12}
     np.testing.assert_array_equal(loaded.weights, readout.weights)
     np.testing.assert_array_equal(loaded.feature_scale, readout.feature_scale)
+    np.testing.assert_array_equal(loaded.spread_weights, readout.spread_weights)
+    np.testing.assert_array_equal(loaded.spread_intercept, readout.spread_intercept)
     data = json.load(open(path))
     data["weights"] = data["weights"][:-1]
     with open(path, "w") as file:

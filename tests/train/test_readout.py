@@ -61,6 +61,9 @@ def test_a_fit_learns_the_targets_and_scores_an_unseen_well(tiny, tmp_path):
     scores = fitted.record["eval_pearson_r"][str(tmp_path / "c")]
     assert scores["DAPI_CONFOCAL"] > 0.8 and scores["MAP2_CONFOCAL"] > 0.7, scores
     assert all(value > 0.6 for value in fitted.record["train_r_squared"].values())
+    # The fitted spread is calibrated roughly: the 90% interval holds most of the truth, the 50% one about half.
+    half, ninety = fitted.record["eval_interval_coverage"][str(tmp_path / "c")]["DAPI_CONFOCAL"]
+    assert 0.3 < half < 0.75 and 0.75 < ninety <= 1.0 and fitted.record["coverage_levels"] == [0.5, 0.9]
     assert any(label.startswith("embed") for label in labels) and any(label.startswith("score") for label in labels)
 
 
