@@ -15,8 +15,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from isl import errors
 from isl import progress as progress_lib
 from isl.io import prediction_file
@@ -50,6 +48,8 @@ def predict_well(
     statistics: Sequence[str] = ("median",),
     image_format: str = "png",
     progress_enabled: bool = True,
+    border_mode: str = "reflect",
+    window: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """Predicts one well with the read-out; writes one image per channel and statistic, and prediction.json.
 
@@ -61,6 +61,7 @@ def predict_well(
         statistics: median, mean, std and quantiles qNN (`readout.statistic_images`).
         image_format: "png" or "tiff" (16-bit either way).
         progress_enabled: show a progress line (tiles) on stderr.
+        border_mode, window: only "reflect" and None (whole wells); others raise InputError.
     """
     from isl.infer import well as well_lib
 
@@ -69,7 +70,12 @@ def predict_well(
     readout = predictor.readout
     chosen = choose_channels(readout, channels)
     names = tuple(dict.fromkeys(name.strip() for name in statistics if name.strip())) or ("median",)
-    readout_lib.statistic_images(np.zeros((1, 1, 1), np.float32), np.ones((1, 1, 1), np.float32), names)  # Checks.
+    readout_lib.check_statistics(names)
+    if border_mode != "reflect" or window is not None:
+        raise errors.InputError(
+            f"{predictor.source}: a read-out predicts whole wells with reflected borders; --border=valid/original "
+            "and --region apply to the network's own heads."
+        )
     well = well_lib.read_checked_well(predictor.config, input_dir)
     embedder = embedder_of(predictor)
     height, width = well.inputs.shape[1:]

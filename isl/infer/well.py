@@ -403,7 +403,7 @@ def _predict_well_files(
         from isl.infer import readout as readout_infer
 
         return readout_infer.predict_well(predictor, input_dir, output_dir, channels, statistics, image_format,
-                                          progress_enabled)
+                                          progress_enabled, border_mode, window)
     chosen = choose_channels(predictor.config, channels, predictor.trained_channels)
     if predictor.config.model.architecture == "unet_regression":
         from isl.infer import regression

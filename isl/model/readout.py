@@ -260,6 +260,19 @@ class Embedder:
         return result[:height, :width]
 
 
+def check_statistics(statistics: Sequence[str]) -> None:
+    """Raises InputError for a name that is not among `STATISTICS` or a quantile qNN."""
+    from isl.model import statistic_names
+
+    known, _ = statistic_names.parse_statistic_names(statistics)
+    unsupported = [name for name in known if name not in STATISTICS]
+    if unsupported:
+        raise errors.InputError(
+            f"A read-out predicts a normal distribution per pixel: it gives {', '.join(STATISTICS)} and quantiles "
+            f"qNN, not {', '.join(unsupported)}."
+        )
+
+
 def statistic_images(
     value: np.ndarray, spread: np.ndarray, statistics: Sequence[str]
 ) -> dict[str, np.ndarray]:
@@ -280,13 +293,7 @@ def statistic_images(
 
     from isl.model import statistic_names
 
-    known, quantiles = statistic_names.parse_statistic_names(statistics)
-    unsupported = [name for name in known if name not in STATISTICS]
-    if unsupported:
-        raise errors.InputError(
-            f"A read-out predicts a normal distribution per pixel: it gives {', '.join(STATISTICS)} and quantiles "
-            f"qNN, not {', '.join(unsupported)}."
-        )
+    check_statistics(statistics)
     images = {}
     for name in statistics:
         name = name.strip()

@@ -83,6 +83,9 @@ def test_fit_then_predict_with_the_readout_folder(model_dir, plate, tmp_path, ca
     code, out, err = _run(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
                            f"--output_dir={predictions}", "--statistics=entropy", "--noprogress"], capsys)
     assert code == 2 and "not entropy" in err
+    code, out, err = _run(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
+                           f"--output_dir={predictions}", "--region=0:20,0:20", "--noprogress"], capsys)
+    assert code == 2 and "whole wells" in err
     code, _, err = _run(["export", f"--model_dir={output}", f"--export_dir={tmp_path / 'exported'}"], capsys)
     assert code == 2 and "read-out" in err and not (tmp_path / "exported").exists()
 
