@@ -38,7 +38,8 @@ def test_unet_takes_the_concordance_patches_and_gives_the_same_logit_shape(tiny_
     labels[..., 1] = 1.0
     inputs = rng.random((2, geometry.input_size, geometry.input_size, config.channels.num_input_features),
                         dtype=np.float32)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=losses.ISLLoss(config.channels))
+    # Eagerly: tracing the train and test steps would cost more than these few small steps.
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=losses.ISLLoss(config.channels), run_eagerly=True)
     before = model.evaluate(inputs, labels, verbose=0)
     model.fit(inputs, labels, epochs=5, verbose=0)
     assert model.evaluate(inputs, labels, verbose=0) < before

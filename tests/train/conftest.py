@@ -22,9 +22,21 @@ FAST_OVERRIDES = (
 )
 
 
+# A smaller network for the tests of training mechanics (checkpoints, resume, signals, faults, logs): 2 z values
+# and one scale of 3 modules instead of the tiny preset's 26 z values and 3 scales; the 9 target heads stay (the
+# synthetic wells label 3 of them and their sum). The records hold 13 z slices, of which the network reads 2.
+# Tracing the train step dominates a short run: this network's run costs about 2.5x less CPU time.
+SMALL_NETWORK = ("channels.num_z_values=2", "model.num_scales=1", "model.lower_modules_scale_0=3")
+
+
 def fast_config(*overrides: str) -> config_lib.ExperimentConfig:
     """The tiny preset with FAST_OVERRIDES, then `overrides`."""
     return presets.resolve_config("tiny", overrides=list(FAST_OVERRIDES) + list(overrides))
+
+
+def small_config(*overrides: str) -> config_lib.ExperimentConfig:
+    """`fast_config` with the SMALL_NETWORK, then `overrides`."""
+    return fast_config(*SMALL_NETWORK, *overrides)
 
 
 def write_records(directory: str, num_wells: int, seed: int, channels: config_lib.ChannelConfig) -> str:
@@ -46,7 +58,7 @@ def records_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory, records_dir):
-    """A tiny model trained 10 steps (shared by the tests that need one).
+    """A small-network model (`small_config`) trained 10 steps (shared by the tests that need one).
 
     Returns `(model_dir, TrainResult, losses_before_after)`, where the last
     item holds the training-mode loss of one fixed batch before and after.
@@ -58,7 +70,7 @@ def trained_model_dir(tmp_path_factory, records_dir):
     from isl.model import losses
     from isl.train import trainer
 
-    config = fast_config("train.learning_rate=0.003")
+    config = small_config("train.learning_rate=0.003")
     batch = next(iter(pipeline.build_dataset(records_dir, config, split="train", seed=7, deterministic=True)))
     inputs, labels = np.asarray(batch[0]), np.asarray(batch[1])
     loss = losses.ISLLoss(config.channels)

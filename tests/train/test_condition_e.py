@@ -18,6 +18,7 @@ from isl.model import builder
 from isl.model import saving
 from isl.train import transfer
 from tests.train.conftest import FAST_OVERRIDES
+from tests.train.conftest import SMALL_NETWORK
 
 CONDITION_B = ("channels.input_modalities=PHASE_CONTRAST",
                "channels.target_channels=DAPI_CONFOCAL,MAP2_CONFOCAL,NFH_CONFOCAL")
@@ -44,9 +45,9 @@ def relabel_wells(source: str, destination: str) -> None:
 def test_condition_b_model_learns_dic_and_cellmask(trained_model_dir, records_dir, tmp_path, capsys):
     from isl.data import convert
 
-    # A condition-B model: the trained tiny network in B's vocabulary.
+    # A condition-B model: the trained small network in B's vocabulary.
     trained_dir, _, _ = trained_model_dir
-    b_config = presets.resolve_config("tiny", overrides=list(FAST_OVERRIDES) + list(CONDITION_B))
+    b_config = presets.resolve_config("tiny", overrides=list(FAST_OVERRIDES + SMALL_NETWORK + CONDITION_B))
     b_model = builder.build_model(b_config)
     transfer.restore_from(b_model, trained_dir)
     b_dir = str(tmp_path / "condition_b")
@@ -60,7 +61,7 @@ def test_condition_b_model_learns_dic_and_cellmask(trained_model_dir, records_di
 
     e_dir = str(tmp_path / "condition_e")
     arguments = ["train", f"--data_dir={tmp_path / 'e_records'}", f"--model_dir={e_dir}", "--preset=tiny",
-                 *[f"--set={item}" for item in FAST_OVERRIDES + CONDITION_E],
+                 *[f"--set={item}" for item in FAST_OVERRIDES + SMALL_NETWORK + CONDITION_E],
                  f"--restore_from={b_dir}", "--freeze_core", "--steps=4", "--json", "--noprogress"]
     assert main.run_command(arguments) == 0
     captured = capsys.readouterr()

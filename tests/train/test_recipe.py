@@ -16,7 +16,7 @@ from isl import presets
 from isl.data import augment
 from isl.train import dense_eval
 from isl.train import trainer
-from tests.train.conftest import fast_config
+from tests.train.conftest import small_config
 
 
 def test_cpu_recipe_sets_only_named_options_and_leaves_the_faithful_default_alone():
@@ -89,7 +89,7 @@ def test_pearson_of_predictions_pools_pixels_and_skips_absent_channels():
 
 
 def test_training_logs_whole_image_pearson_keeps_the_best_and_recalibrates(tmp_path, records_dir):
-    config = fast_config(
+    config = small_config(
         "train.lr_schedule=cosine", "train.warmup_steps=2", "train.keep_best=true",
         "train.recalibrate_batches=2", "train.eval_recalibrate_batches=2", "data.rotate_per_example=true",
     )

@@ -17,6 +17,7 @@ from isl.io.model_dir import ModelDir
 from isl.train import resilience
 from isl.train import trainer
 from tests.train.conftest import fast_config
+from tests.train.conftest import small_config
 
 
 def _digest(path: str) -> str:
@@ -48,7 +49,7 @@ def _nan_at(batch_index: int):
 
 
 def test_a_nan_batch_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(records_dir, tmp_path):
-    config = fast_config("train.eval_every_steps=100")  # A checkpoint every 2 steps, no evaluation.
+    config = small_config("train.eval_every_steps=100")  # A checkpoint every 2 steps, no evaluation.
     model_dir = str(tmp_path / "model")
     logs = []
     # Batch index 4 is step 5: checkpoints 2 and 4 are good, nothing after.
@@ -113,7 +114,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one_and_says_so(
             restored["step"] = int(self.model.optimizer.iterations.numpy())
             restored["slots"] = {v.path: v.numpy() for v in self.model.optimizer.variables}
 
-    result = trainer.train(fast_config("train.learning_rate=0.003"), records_dir, model_dir, 12,
+    result = trainer.train(small_config("train.learning_rate=0.003"), records_dir, model_dir, 12,
                            show_progress=False, log=logs.append, extra_callbacks=[RecordOptimizer()])
     text = "\n".join(logs)
     assert "ckpt-10 is damaged" in text and "falling back to the previous one" in text
@@ -132,7 +133,7 @@ def test_every_checkpoint_damaged_exits_with_what_to_do(records_dir, two_checkpo
         with open(path, "wb") as handle:
             handle.write(b"garbage")
     with pytest.raises(errors.InputError, match=r"every checkpoint is damaged.*delete it to train again"):
-        trainer.train(fast_config(), records_dir, two_checkpoints, 12, show_progress=False, log=lambda _: None)
+        trainer.train(small_config(), records_dir, two_checkpoints, 12, show_progress=False, log=lambda _: None)
 
 
 def test_leftovers_of_a_killed_save_are_removed_and_never_restored(tmp_path):
@@ -179,7 +180,7 @@ def test_a_truncated_shard_is_named_before_training_starts(records_dir, tmp_path
 def test_a_corrupted_record_stops_training_naming_the_shard(records_dir, tmp_path):
     copy, shard = _damage_shard(records_dir, tmp_path, "corrupt")
     with pytest.raises(errors.InputError, match=r"damaged TFRecord shard \(.*corrupted record") as caught:
-        trainer.train(fast_config(), copy, str(tmp_path / "model"), 4, show_progress=False, log=lambda _: None)
+        trainer.train(small_config(), copy, str(tmp_path / "model"), 4, show_progress=False, log=lambda _: None)
     assert str(caught.value).startswith(shard)
 
 
@@ -218,6 +219,6 @@ def test_a_full_disk_inside_the_checkpoint_writer_removes_its_partial_files(reco
 
     monkeypatch.setattr(gen_io_ops, "merge_v2_checkpoints", full_disk)
     with pytest.raises(errors.InputError, match=r"no space left on device while saving step 2.*checkpoint is none"):
-        trainer.train(fast_config(), records_dir, model_dir, 4, show_progress=False, log=lambda _: None)
+        trainer.train(small_config(), records_dir, model_dir, 4, show_progress=False, log=lambda _: None)
     assert os.listdir(os.path.join(model_dir, "checkpoints")) == []
     assert not os.path.exists(ModelDir(model_dir).weights)

@@ -19,6 +19,7 @@ from isl.model import losses
 from isl.train import callbacks as callbacks_lib
 from isl.train import trainer
 from tests.train.conftest import fast_config
+from tests.train.conftest import small_config
 
 
 def _event_tags(directory: str) -> set[str]:
@@ -39,7 +40,7 @@ def test_a_few_steps_reduce_the_loss(trained_model_dir):
 def test_model_dir_holds_config_weights_checkpoints_and_logs(trained_model_dir):
     model_dir, result, _ = trained_model_dir
     saved = config_lib.load_config(os.path.join(model_dir, "config.json"))
-    assert saved == fast_config("train.learning_rate=0.003")
+    assert saved == small_config("train.learning_rate=0.003")
     assert os.path.isfile(os.path.join(model_dir, "model.weights.h5"))
     # keep_checkpoints=2 of the saves at steps 2, 4, ..., 10.
     indexes = sorted(glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")))
@@ -69,7 +70,7 @@ def test_model_dir_holds_config_weights_checkpoints_and_logs(trained_model_dir):
 
 
 def test_sigterm_saves_then_same_command_resumes_then_finished_run_does_nothing(records_dir, tmp_path):
-    config = fast_config("train.checkpoint_every_steps=100")
+    config = small_config("train.checkpoint_every_steps=100")
     model_dir = str(tmp_path / "model")
     seen: dict[str, object] = {}
 
@@ -124,7 +125,7 @@ def test_sigterm_saves_then_same_command_resumes_then_finished_run_does_nothing(
 
 def test_resume_with_a_different_vocabulary_is_refused(trained_model_dir, records_dir):
     model_dir, _, _ = trained_model_dir
-    config = fast_config("train.learning_rate=0.003", "channels.num_z_values=13")
+    config = small_config("train.learning_rate=0.003", "channels.num_z_values=13")
     with pytest.raises(errors.InputError, match="different 'channels'"):
         trainer.train(config, records_dir, model_dir, 20, show_progress=False)
 
