@@ -9,13 +9,13 @@ import os
 import numpy as np
 import pytest
 
-from isl.cli import main
 from isl.data import synthetic
 from isl.infer import export
 from isl.io import images
 from isl.io import model_dir as model_dir_lib
 from isl.model import builder
 from isl.model import saving
+from tests.cli.conftest import run_isl
 from tests.train import tuning_helpers
 
 # One 16-bit step: predictions are written as 16-bit images.
@@ -40,15 +40,9 @@ def well_dir(tmp_path_factory):
     return well
 
 
-def _run(arguments, capsys):
-    code = main.run_command(arguments)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_export_then_predict_from_the_saved_model_matches_the_model_dir(model_dir, well_dir, tmp_path, capsys):
     export_dir = str(tmp_path / "export")
-    code, out, err = _run(["export", f"--model_dir={model_dir}", f"--export_dir={export_dir}", "--json"], capsys)
+    code, out, err = run_isl(["export", f"--model_dir={model_dir}", f"--export_dir={export_dir}", "--json"], capsys)
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["signatures"] == list(export.SIGNATURES)
@@ -59,7 +53,7 @@ def test_export_then_predict_from_the_saved_model_matches_the_model_dir(model_di
     predictions = {}
     for source in (f"--model_dir={model_dir}", f"--saved_model={export_dir}"):
         output_dir = str(tmp_path / source.split("=")[0].strip("-"))
-        code, _, err = _run(
+        code, _, err = run_isl(
             ["predict", source, f"--input_dir={well_dir}", f"--output_dir={output_dir}", "--statistics=median,mean",
              "--noprogress", "--nopanels"],
             capsys,
@@ -85,7 +79,7 @@ def test_export_then_predict_from_the_saved_model_matches_the_model_dir(model_di
 )
 def test_bad_arguments_exit_2_with_a_message(model_dir, tmp_path, capsys, arguments, message):
     arguments = [argument.replace("MODEL", model_dir).replace("OUT", str(tmp_path / "out")) for argument in arguments]
-    code, _, err = _run(["export", *arguments], capsys)
+    code, _, err = run_isl(["export", *arguments], capsys)
     assert code == 2
     assert message in err
     assert not os.path.exists(tmp_path / "out")

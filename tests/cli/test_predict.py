@@ -7,35 +7,17 @@ import json
 import os
 
 import numpy as np
-import pytest
 
-from isl import presets
-from isl.cli import main
 from isl.eval import panels
 from isl.io import filenames
 from isl.io import images
-from isl.model import builder
-from isl.model import saving
+from tests.cli.conftest import run_isl
 from tests.data import wellmaker
 
 CHANNELS = "--channels=DAPI_CONFOCAL,MAP2_CONFOCAL"
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("model"))
-    config = presets.get_preset("tiny")
-    saving.save_model_dir(builder.build_model(config), config, directory)
-    return directory
-
-
-def _run(arguments, capsys):
-    code = main.run_command(arguments)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_predict_writes_lab_named_images_panels_and_calibration(model_dir, tmp_path, capsys):
+def test_predict_writes_lab_named_images_panels_and_calibration(tiny_model_dir, tmp_path, capsys):
     well_dir = str(tmp_path / "well")
     wellmaker.random_well(well_dir, height=44, width=37)
     # A predicted image beside the inputs is never read as an input.
@@ -45,8 +27,8 @@ def test_predict_writes_lab_named_images_panels_and_calibration(model_dir, tmp_p
         np.zeros((44, 37), np.uint16),
     )
     output_dir = str(tmp_path / "out")
-    code, out, _ = _run(
-        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={output_dir}",
+    code, out, _ = run_isl(
+        ["predict", f"--model_dir={tiny_model_dir}", f"--input_dir={well_dir}", f"--output_dir={output_dir}",
          "--statistics=median,mean,q05,q95", CHANNELS, "--noprogress", "--json"],
         capsys,
     )
@@ -78,12 +60,12 @@ def test_predict_writes_lab_named_images_panels_and_calibration(model_dir, tmp_p
     assert record["geometry"] == {"input_size": 42, "output_size": 8, "border": 17, "phase": 4}
 
 
-def test_valid_border_and_tiff_format(model_dir, tmp_path, capsys):
+def test_valid_border_and_tiff_format(tiny_model_dir, tmp_path, capsys):
     well_dir = str(tmp_path / "well")
     wellmaker.random_well(well_dir, height=60, width=52)
     output_dir = str(tmp_path / "out")
-    code, out, _ = _run(
-        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={output_dir}",
+    code, out, _ = run_isl(
+        ["predict", f"--model_dir={tiny_model_dir}", f"--input_dir={well_dir}", f"--output_dir={output_dir}",
          "--border=valid", "--format=tiff", "--channels=DAPI_CONFOCAL", "--nopanels", "--nosave_calibration",
          "--noprogress"],
         capsys,
@@ -95,47 +77,49 @@ def test_valid_border_and_tiff_format(model_dir, tmp_path, capsys):
     assert not glob.glob(os.path.join(output_dir, "*", "*.png"))
 
 
-def test_a_well_with_more_z_slices_than_the_model_takes_exits_2(model_dir, tmp_path, capsys):
+def test_a_well_with_more_z_slices_than_the_model_takes_exits_2(tiny_model_dir, tmp_path, capsys):
     well_dir = str(tmp_path / "well")
     wellmaker.random_well(well_dir, num_z=27, height=20, width=20)
-    code, _, err = _run(
-        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path / 'out'}"], capsys
+    code, _, err = run_isl(
+        ["predict", f"--model_dir={tiny_model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path / 'out'}"],
+        capsys,
     )
     assert code == 2
     assert "27 z slices" in err and "26 z values" in err and "Traceback" not in err
 
 
-def test_an_unreadable_image_exits_2_naming_the_file(model_dir, tmp_path, capsys):
+def test_an_unreadable_image_exits_2_naming_the_file(tiny_model_dir, tmp_path, capsys):
     well_dir = str(tmp_path / "well")
     wellmaker.random_well(well_dir, height=20, width=20)
     broken = os.path.join(well_dir, wellmaker.file_name(3, "PHASE_CONTRAST"))
     with open(broken, "wb") as handle:
         handle.write(b"not a png")
-    code, _, err = _run(
-        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path / 'out'}"], capsys
+    code, _, err = run_isl(
+        ["predict", f"--model_dir={tiny_model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path / 'out'}"],
+        capsys,
     )
     assert code == 2
     assert "z_depth-3" in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "out" / "TESTLAB_COND_1_2020-02-03_B2" / "prediction.json")
 
 
-def test_missing_model_and_unknown_channel_exit_2(model_dir, tmp_path, capsys):
+def test_missing_model_and_unknown_channel_exit_2(tiny_model_dir, tmp_path, capsys):
     well_dir = str(tmp_path / "well")
     wellmaker.random_well(well_dir, height=20, width=20)
-    code, _, err = _run(
+    code, _, err = run_isl(
         ["predict", f"--model_dir={tmp_path / 'nothing'}", f"--input_dir={well_dir}",
          f"--output_dir={tmp_path}"], capsys
     )
     assert code == 2 and "not a model directory" in err
-    code, _, err = _run(
-        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path}",
+    code, _, err = run_isl(
+        ["predict", f"--model_dir={tiny_model_dir}", f"--input_dir={well_dir}", f"--output_dir={tmp_path}",
          "--channels=GFP"],
         capsys,
     )
     assert code == 2 and "GFP" in err
 
 
-def test_region_predicts_the_whole_well_pixels_and_other_channels_are_ignored(model_dir, tmp_path, capsys):
+def test_region_predicts_the_whole_well_pixels_and_other_channels_are_ignored(tiny_model_dir, tmp_path, capsys):
     well_dir = str(tmp_path / "well")
     wellmaker.random_well(well_dir, height=40, width=36)
     # Ground truth for a channel the model does not have.
@@ -143,13 +127,13 @@ def test_region_predicts_the_whole_well_pixels_and_other_channels_are_ignored(mo
         os.path.join(well_dir, wellmaker.file_name(filenames.MAXPROJECT, "GFAP_CONFOCAL")),
         np.zeros((40, 36), np.uint16)
     )
-    common = [f"--model_dir={model_dir}", f"--input_dir={well_dir}", "--channels=DAPI_CONFOCAL", "--nopanels",
+    common = [f"--model_dir={tiny_model_dir}", f"--input_dir={well_dir}", "--channels=DAPI_CONFOCAL", "--nopanels",
               "--nosave_calibration", "--noprogress", "--format=tiff"]
-    code, out, err = _run(["predict", *common, f"--output_dir={tmp_path / 'whole'}"], capsys)
+    code, out, err = run_isl(["predict", *common, f"--output_dir={tmp_path / 'whole'}"], capsys)
     assert code == 0, err
     assert out.count("ignoring 1 file(s) of channels the model does not have") == 1 and "GFAP_CONFOCAL" in out
     assert "--set" not in out + err
-    code, out, err = _run(["predict", *common, f"--output_dir={tmp_path / 'window'}", "--region=13:31,5:"], capsys)
+    code, out, err = run_isl(["predict", *common, f"--output_dir={tmp_path / 'window'}", "--region=13:31,5:"], capsys)
     assert code == 0, err
     (whole,) = glob.glob(str(tmp_path / "whole" / "*" / "*statistic-MEDIAN*.tif"))
     (window,) = glob.glob(str(tmp_path / "window" / "*" / "*statistic-MEDIAN*.tif"))
@@ -158,13 +142,13 @@ def test_region_predicts_the_whole_well_pixels_and_other_channels_are_ignored(mo
     np.testing.assert_array_equal(window_image, images.read_image(whole)[13:31, 5:36])
     record = json.load(open(os.path.join(os.path.dirname(window), "prediction.json")))
     assert record["region"] == {"row_offset": 13, "column_offset": 5, "height": 18, "width": 31}
-    code, _, err = _run(["predict", *common, f"--output_dir={tmp_path / 'bad'}", "--region=30:50,0:10"], capsys)
+    code, _, err = run_isl(["predict", *common, f"--output_dir={tmp_path / 'bad'}", "--region=30:50,0:10"], capsys)
     assert code == 2 and "outside the image" in err and "Traceback" not in err
-    code, _, err = _run(["predict", *common, f"--output_dir={tmp_path / 'bad'}", "--tile_size=20"], capsys)
+    code, _, err = run_isl(["predict", *common, f"--output_dir={tmp_path / 'bad'}", "--tile_size=20"], capsys)
     assert code == 2 and "valid sizes are 42 + 4k: 42, 46" in err
 
 
-def test_sigterm_between_wells_exits_143_and_keeps_the_finished_well(model_dir, tmp_path, capsys, monkeypatch):
+def test_sigterm_between_wells_exits_143_and_keeps_the_finished_well(tiny_model_dir, tmp_path, capsys, monkeypatch):
     import signal
 
     from isl.data import wells as wells_lib
@@ -184,8 +168,8 @@ def test_sigterm_between_wells_exits_143_and_keeps_the_finished_well(model_dir, 
 
     monkeypatch.setattr(wells_lib, "read_well", read_then_stop)
     output_dir = tmp_path / "out"
-    code, out, err = _run(
-        ["predict", f"--model_dir={model_dir}", f"--input_dir={well_dirs[0]}", f"--input_dir={well_dirs[1]}",
+    code, out, err = run_isl(
+        ["predict", f"--model_dir={tiny_model_dir}", f"--input_dir={well_dirs[0]}", f"--input_dir={well_dirs[1]}",
          f"--output_dir={output_dir}", CHANNELS, "--normalization=paper", "--nopanels", "--noprogress"],
         capsys,
     )

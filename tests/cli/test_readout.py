@@ -8,23 +8,13 @@ import os
 import numpy as np
 import pytest
 
-from isl import presets
-from isl.cli import main
 from isl.data import wells
 from isl.io import images
 from isl.io import model_dir as model_dir_lib
-from isl.model import builder
 from isl.model import readout as readout_lib
 from isl.model import saving
+from tests.cli.conftest import run_isl
 from tests.train.test_readout import structured_well
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("model"))
-    config = presets.get_preset("tiny")
-    saving.save_model_dir(builder.build_model(config), config, directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +25,11 @@ def plate(tmp_path_factory):
     return root
 
 
-def _run(arguments, capsys):
-    code = main.run_command(arguments)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_fit_then_predict_with_the_readout_folder(model_dir, plate, tmp_path, capsys):
+def test_fit_then_predict_with_the_readout_folder(tiny_model_dir, plate, tmp_path, capsys):
     output = str(tmp_path / "readout_model")
-    code, out, _ = _run(["readout", f"--model_dir={model_dir}", f"--train_dir={plate / 'a'}",
-                         f"--eval_dir={plate / 'b'}", "--radii=1,2", "--noprogress", f"--output_dir={output}",
-                         "--json"], capsys)
+    code, out, _ = run_isl(["readout", f"--model_dir={tiny_model_dir}", f"--train_dir={plate / 'a'}",
+                            f"--eval_dir={plate / 'b'}", "--radii=1,2", "--noprogress", f"--output_dir={output}",
+                            "--json"], capsys)
     assert code == 0, out
     summary = json.loads(out.strip().splitlines()[-1])
     # Default targets: the model's channels present in the first training well.
@@ -54,12 +38,12 @@ def test_fit_then_predict_with_the_readout_folder(model_dir, plate, tmp_path, ca
     assert "Pearson r" in out and "the 90% interval" in out and "isl predict --model_dir=" in out
     layout = model_dir_lib.ModelDir(output)
     assert sorted(os.listdir(output)) == sorted(["config.json", "model.weights.h5", "readout.json"])
-    assert open(layout.weights, "rb").read() == open(model_dir_lib.ModelDir(model_dir).weights, "rb").read()
+    assert open(layout.weights, "rb").read() == open(model_dir_lib.ModelDir(tiny_model_dir).weights, "rb").read()
 
     predictions = str(tmp_path / "predictions")
-    code, out, _ = _run(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
-                         f"--output_dir={predictions}", "--channels=MAP2_CONFOCAL", "--statistics=median,std,q05,q95",
-                         "--noprogress", "--json"], capsys)
+    code, out, _ = run_isl(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
+                            f"--output_dir={predictions}", "--channels=MAP2_CONFOCAL",
+                            "--statistics=median,std,q05,q95", "--noprogress", "--json"], capsys)
     assert code == 0, out
     (well,) = json.loads(out.strip().splitlines()[-1])["wells"]
     files = well["files"]["MAP2_CONFOCAL"]
@@ -77,16 +61,16 @@ def test_fit_then_predict_with_the_readout_folder(model_dir, plate, tmp_path, ca
     expected = readout.predict(readout_lib.Embedder(model, config)(stack))[..., 1]
     np.testing.assert_allclose(written, expected, atol=1e-4)
 
-    code, out, err = _run(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
-                           f"--output_dir={predictions}", "--channels=NFH_CONFOCAL", "--noprogress"], capsys)
+    code, out, err = run_isl(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
+                              f"--output_dir={predictions}", "--channels=NFH_CONFOCAL", "--noprogress"], capsys)
     assert code == 2 and "does not predict NFH_CONFOCAL" in err
-    code, out, err = _run(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
-                           f"--output_dir={predictions}", "--statistics=entropy", "--noprogress"], capsys)
+    code, out, err = run_isl(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
+                              f"--output_dir={predictions}", "--statistics=entropy", "--noprogress"], capsys)
     assert code == 2 and "not entropy" in err
-    code, out, err = _run(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
-                           f"--output_dir={predictions}", "--region=0:20,0:20", "--noprogress"], capsys)
+    code, out, err = run_isl(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
+                              f"--output_dir={predictions}", "--region=0:20,0:20", "--noprogress"], capsys)
     assert code == 2 and "whole wells" in err
-    code, _, err = _run(["export", f"--model_dir={output}", f"--export_dir={tmp_path / 'exported'}"], capsys)
+    code, _, err = run_isl(["export", f"--model_dir={output}", f"--export_dir={tmp_path / 'exported'}"], capsys)
     assert code == 2 and "read-out" in err and not (tmp_path / "exported").exists()
 
 
@@ -99,18 +83,18 @@ def test_fit_then_predict_with_the_readout_folder(model_dir, plate, tmp_path, ca
         (["--penalty=0"], "--penalty must be > 0"),
     ],
 )
-def test_bad_input_fails_cleanly_and_writes_nothing(model_dir, plate, tmp_path, capsys, flags, message):
+def test_bad_input_fails_cleanly_and_writes_nothing(tiny_model_dir, plate, tmp_path, capsys, flags, message):
     output = tmp_path / "out"
-    code, _, err = _run(["readout", f"--model_dir={model_dir}", f"--train_dir={plate / 'a'}", f"--output_dir={output}",
-                         "--noprogress", *flags], capsys)
+    code, _, err = run_isl(["readout", f"--model_dir={tiny_model_dir}", f"--train_dir={plate / 'a'}",
+                            f"--output_dir={output}", "--noprogress", *flags], capsys)
     assert code == 2 and message in err and "Traceback" not in err
     assert not output.exists()
 
 
-def test_an_existing_folder_that_is_not_a_readout_is_never_replaced(model_dir, plate, tmp_path, capsys):
-    code, _, err = _run(["readout", f"--model_dir={model_dir}", f"--train_dir={plate / 'a'}",
-                         f"--output_dir={plate}", "--noprogress"], capsys)
+def test_an_existing_folder_that_is_not_a_readout_is_never_replaced(tiny_model_dir, plate, tmp_path, capsys):
+    code, _, err = run_isl(["readout", f"--model_dir={tiny_model_dir}", f"--train_dir={plate / 'a'}",
+                            f"--output_dir={plate}", "--noprogress"], capsys)
     assert code == 2 and "is not a read-out folder" in err and sorted(os.listdir(plate)) == ["a", "b"]
-    code, _, err = _run(["readout", f"--model_dir={model_dir}", f"--train_dir={plate / 'a'}",
-                         f"--output_dir={model_dir}", "--noprogress"], capsys)
+    code, _, err = run_isl(["readout", f"--model_dir={tiny_model_dir}", f"--train_dir={plate / 'a'}",
+                            f"--output_dir={tiny_model_dir}", "--noprogress"], capsys)
     assert code == 2 and "not --model_dir" in err
