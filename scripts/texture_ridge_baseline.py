@@ -56,13 +56,14 @@ def texture_features(stack: np.ndarray) -> np.ndarray:
 
 
 def ridge_pearson(train_x, train_y, eval_x, eval_y, penalty: float) -> list[float]:
+    from isl.eval import metrics
     from isl.train import readout as fit_lib
 
     equations = fit_lib.NormalEquations(train_x.shape[1], train_y.shape[1])
     equations.add(train_x, train_y)
     mean, scale, weights, intercept, _ = equations.solve(penalty)
     prediction = np.clip(intercept + ((eval_x - mean) / scale) @ weights, 0, 1)
-    return [float(np.corrcoef(prediction[:, index], eval_y[:, index])[0, 1]) for index in range(train_y.shape[1])]
+    return [metrics.pearson(prediction[:, index], eval_y[:, index]) for index in range(train_y.shape[1])]
 
 
 def main() -> int:

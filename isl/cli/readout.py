@@ -82,7 +82,6 @@ def _check_output_dir(output_dir: str, model_dir: str) -> None:
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     from isl import errors
     from isl import progress as progress_lib
-    from isl.data import wells as wells_lib
     from isl.io import atomic
     from isl.io import model_dir as model_dir_lib
     from isl.model import readout as readout_lib
@@ -110,13 +109,6 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     if missing:
         raise errors.InputError(f"{model_dir}: not a model directory ({', '.join(missing)} missing).")
     model, config = saving.load_model_dir(model_dir, input_size=None)
-    targets = list(flag_values["targets"].value)
-    if not targets:
-        first = wells_lib.read_well(train_dirs[0], config.channels, ignore_unknown=True)
-        targets = [name for name in config.channels.target_channels if name in first.targets]
-        if not targets:
-            raise errors.InputError(f"{train_dirs[0]}: no target images of the model's channels "
-                                    f"({', '.join(config.channels.target_channels)}) to fit the read-out on.")
     enabled = flag_values["progress"].value
     bars: list[progress_lib.Progress] = []
 
@@ -127,8 +119,8 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         return lambda: bars[0].update(1)
 
     try:
-        fitted = fit_lib.fit(model, config, train_dirs, targets, radii, flag_values["penalty"].value, eval_dirs,
-                             progress=progress)
+        fitted = fit_lib.fit(model, config, train_dirs, flag_values["targets"].value, radii,
+                             flag_values["penalty"].value, eval_dirs, progress=progress)
     finally:
         for bar in bars:
             bar.close()
@@ -141,7 +133,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     record = fitted.record
     print(f"Read-out fitted on {len(train_dirs)} well(s), {record['pixels']:,} pixels, {len(fitted.radii)} context "
           f"radii, penalty {fitted.penalty:g}, in {record['seconds']:.0f} s.")
-    for name in targets:
+    for name in fitted.targets:
         line = f"  {name:<18} training R^2 {record['train_r_squared'][name]:.3f}"
         for directory, scores in record["eval_pearson_r"].items():
             inside = record["eval_interval_coverage"][directory][name]
@@ -151,4 +143,4 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         print(line)
     print(f"Model: {os.path.abspath(output_dir)} (config.json, model.weights.h5, readout.json)")
     print(f"Predict with: isl predict --model_dir={output_dir} --input_dir=WELL --output_dir=PREDICTIONS")
-    return {"output_dir": os.path.abspath(output_dir), "targets": targets, **record}
+    return {"output_dir": os.path.abspath(output_dir), "targets": list(fitted.targets), **record}

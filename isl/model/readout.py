@@ -106,8 +106,10 @@ class Readout:
 
     def predict_distribution(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`[H, W, E]` -> (value, spread), each `[H, W, T]` float32: the unclipped centre and standard deviation."""
-        value = self._linear(embedding, self.weights, self.intercept)
-        log_square = self._linear(embedding, self.spread_weights, self.spread_intercept)
+        # One pass over the embedding for both maps: [F, 2T] weights.
+        both = self._linear(embedding, np.concatenate([self.weights, self.spread_weights], axis=1),
+                            np.concatenate([self.intercept, self.spread_intercept]))
+        value, log_square = np.split(both, 2, axis=-1)
         spread = np.exp(0.5 * (np.clip(log_square, -30.0, 10.0) + LOG_SQUARE_OFFSET)).astype(np.float32)
         return value, spread
 
@@ -216,15 +218,10 @@ class Embedder:
             raise errors.InputError(
                 "A read-out needs a network with a core embedding and 256-bin heads; the U-Net regression has none."
             )
-        output_size = TILE_OUTPUT
-        while True:
-            try:
-                tile = geometry_lib.geometry(config.model, output_size)
-                break
-            except ValueError:
-                output_size -= 1
-                if output_size < 1:
-                    raise errors.InputError("No tile size fits this network's geometry.") from None
+        # The largest valid output side <= TILE_OUTPUT: the smallest one plus whole shift periods.
+        smallest = geometry_lib.reference_geometry(config.model)
+        periods = max(0, (TILE_OUTPUT - smallest.output_size) // smallest.phase)
+        tile = geometry_lib.geometry(config.model, smallest.output_size + smallest.phase * periods)
         self.border = tile.border
         self.input_size = tile.input_size
         self.output_size = tile.output_size

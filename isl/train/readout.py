@@ -104,7 +104,8 @@ def fit(
         model: the trained network (frozen; any input size).
         config: its config (channels, z values, normalization).
         train_dirs: well folders with the transmitted-light stack and every target.
-        targets: target channel names, in output order.
+        targets: target channel names, in output order; empty: the model's
+            target channels found in the first training well.
         radii: box-mean radii of the context features.
         penalty: ridge penalty (on standardized features).
         eval_dirs: well folders to score (Pearson r per target), optional.
@@ -122,9 +123,7 @@ def fit(
     from isl.infer import well as well_lib
 
     if not train_dirs:
-        raise errors.InputError("Give at least one training well folder (--train_dirs).")
-    if not targets:
-        raise errors.InputError("Give at least one target channel (--targets).")
+        raise errors.InputError("Give at least one training well folder (--train_dir).")
     if penalty <= 0:
         raise errors.InputError(f"--penalty must be > 0. Received: {penalty}")
     radii = readout_lib.check_radii(radii)
@@ -134,10 +133,15 @@ def fit(
         raise errors.InputError(f"Unknown target channel {', '.join(unknown)}; the model's channels are "
                                 f"{', '.join(known)}.")
     start = time.perf_counter()
-    embedder = readout_lib.Embedder(model, config)
     wells = [(directory, well_lib.read_checked_well(config, directory)) for directory in train_dirs]
+    if not targets:
+        targets = [name for name in known if name in wells[0][1].targets]
+        if not targets:
+            raise errors.InputError(f"{train_dirs[0]}: no target images of the model's channels "
+                                    f"({', '.join(known)}) to fit the read-out on.")
     # Every training well is checked before the first (slow) embedding.
     matrices = [_target_matrix(well, targets, directory) for directory, well in wells]
+    embedder = readout_lib.Embedder(model, config)
     equations = NormalEquations(embedder.embedding_size * (1 + len(radii)), len(targets))
     random = np.random.default_rng(0)
     kept_features, kept_targets = [], []
