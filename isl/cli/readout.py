@@ -101,7 +101,6 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         radii = [int(value) for value in flag_values["radii"].value]
     except ValueError:
         raise errors.InputError(f"--radii must be integers. Received: {','.join(flag_values['radii'].value)}") from None
-    radii = readout_lib.check_radii(radii)
     model_dir, output_dir = flag_values["model_dir"].value, flag_values["output_dir"].value
     _check_output_dir(output_dir, model_dir)
     source = model_dir_lib.ModelDir(model_dir)
