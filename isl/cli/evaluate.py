@@ -10,12 +10,27 @@ Score predictions against ground truth (Pearson r, calibration, panels).
 
 For every well that `isl predict` wrote under --predictions_dir and its
 truth well under --truth_dir: per target channel, Pearson r of the median
-against the truth (the paper's metric), MAE, RMSE, PSNR, SSIM, and the
-calibration of the predicted distributions (negative log-likelihood per
-pixel; fraction of true values inside the predicted 50% and 90% intervals,
-from the randomized PIT). Writes metrics.json, metrics.csv and
-report_<well>.png (images beside a predicted-vs-true 2-D histogram), and
-prints a condition x label table of Pearson r.
+against the truth (the paper's metric), MAE, RMSE, PSNR, SSIM, and, for
+models that predict a distribution per pixel (the 256-bin heads, a U-Net
+with those heads, a read-out), proper scores of that distribution:
+
+  information gain  bits per pixel over the training data's histogram of
+                    intensities: mean log2 p(truth) - log2 p_marginal(truth);
+                    0 = no better than the histogram, higher is better
+                    (needs the histogram that isl calibrate stores in the
+                    model folder; without it the gain is not reported)
+  log score         -log2 p(truth), bits per pixel (lower is better); NLL in nats
+  CRPS              the squared distance between the predicted and the true
+                    cumulative distribution, in intensity units 0..1
+                    (a point forecast's absolute error; lower is better)
+  coverage          the fraction of true values inside the central 50% and
+                    90% intervals (honest: 0.50 and 0.90), and the PIT
+                    histogram (flat when calibrated), from the randomized PIT
+
+All on the 256 intensity levels, so the routes compare. Writes metrics.json,
+metrics.csv and report_<well>.png (images beside a predicted-vs-true 2-D
+histogram and the PIT histogram), and prints a condition x label table of
+Pearson r. A regression U-Net (one value per pixel) gets the image scores only.
 
   isl evaluate --predictions_dir=predictions --truth_dir=data/well_A4
 
@@ -63,7 +78,11 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         if row.get("coverage_50") is not None and row["coverage_50"] == row["coverage_50"]:
             coverage = (
                 f"  NLL {row['nll_nats']:.3f} nats  coverage 50% {row['coverage_50']:.3f}  90% {row['coverage_90']:.3f}"
+                f"  CRPS {row['crps']:.4f}"
             )
+            gain = row.get("information_gain_bits")
+            coverage += (f"  gain {gain:.3f} bit" if gain == gain else "  gain n/a (no marginal)")
+            coverage += {True: "", False: "  (uncalibrated)", None: "  (no calibration.json)"}[row.get("calibrated")]
         print(
             f"{row['well']}  {row['channel']:<18} r {row['pearson_r']:.4f}  MAE {row['mae']:.4f}  "
             f"RMSE {row['rmse']:.4f}  PSNR {row['psnr_db']:.2f} dB  SSIM {row['ssim']:.4f}{coverage}"

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "export": "isl.cli.export",
     "readout": "isl.cli.readout",
     "recalibrate": "isl.cli.recalibrate",
+    "calibrate": "isl.cli.calibrate",
     "curves": "isl.cli.curves",
     "describe": "isl.cli.describe",
     "benchmark": "isl.cli.benchmark",

@@ -80,6 +80,9 @@ def define_flags(flag_values: Any) -> None:
                       "--nosimplify_panels gives 12 columns.", flag_values=flag_values)
     flags.DEFINE_bool("save_calibration", True, "With ground truth, write per-pixel calibration TIFFs (probability of "
                       "the true bin, CDF below it) for `isl evaluate`.", flag_values=flag_values)
+    flags.DEFINE_bool("calibration", True, "Apply the model folder's calibration.json (isl calibrate: a temperature "
+                      "or spread scale per channel); --nocalibration predicts as trained. A folder without one "
+                      "predicts uncalibrated and says so.", flag_values=flag_values)
     flags.DEFINE_enum("precision", "", ["", "float32", "bfloat16"], "Compute precision; '' runs as trained. bfloat16 "
                       "needs --model_dir.", flag_values=flag_values)
     flags.DEFINE_enum("normalization", None, ["none", "paper", "percentile"],
@@ -111,6 +114,24 @@ def stopped_hint(flag_values: Any) -> str:
             "prediction.json); the well in progress is not. Run the command again for the rest.")
 
 
+def calibration_note(predictor: Any) -> str:
+    """One line: whether the predicted distributions are calibrated (isl calibrate), and how."""
+    calibration = predictor.calibration
+    if calibration is None:
+        if predictor.config.model.architecture == "unet_regression" and predictor.readout is None:
+            return "Uncalibrated: a U-Net regression predicts one value per pixel, no distribution."
+        return ("Uncalibrated: the model folder has no calibration.json (isl calibrate fits one on a validation "
+                "split); its distributions are as trained.")
+    if not predictor.apply_calibration:
+        return "Uncalibrated (--nocalibration): the model folder's calibration.json is not applied."
+    if predictor.calibration_in_graph:
+        return "Calibrated: the export applies its calibration inside the graph."
+    name = "temperature" if calibration.route == "heads" else "spread scale"
+    values = ", ".join(f"{channel} {value:.3f}" for channel, parameters in calibration.channels.items()
+                       for value in parameters.values())
+    return f"Calibrated (calibration.json, {name} per channel): {values}."
+
+
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     from isl import errors
     from isl.infer import well as well_lib
@@ -132,8 +153,9 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         window = convert.parse_region(flag_values["region"].value, "--region")
     predictor = well_lib.load_predictor(
         flag_values["model_dir"].value, flag_values["saved_model"].value, flag_values["precision"].value,
-        inference_graph=flag_values["inference_graph"].value,
+        inference_graph=flag_values["inference_graph"].value, apply_calibration=flag_values["calibration"].value,
     )
+    print(calibration_note(predictor))
     if flag_values["normalization"].value is not None:
         import dataclasses
 

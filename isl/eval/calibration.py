@@ -21,6 +21,28 @@ From them:
   honest intervals give 0.50 and 0.90. The randomization splits the true
   bin's mass as a continuous predictive distribution would, so the interval
   coverage is not inflated by the 8-bit discretization.
+
+Proper scores (strictly proper: only the true distribution minimises them in
+expectation; Gneiting and Raftery 2007):
+
+* **Log score** `-log2 p` in bits per pixel (the NLL in another unit).
+* **Information gain** over a marginal `m` (the training data's histogram of
+  8-bit intensities per channel, 256 bins): `mean(log2 p - log2 m[t])` bits
+  per pixel, the score proposed for virtual staining in "A Proper Scoring Rule
+  for Virtual Staining" (arXiv 2602.23305). 0 means the input told the model
+  nothing beyond the intensity histogram; positive is better. Predicting the
+  marginal itself scores exactly 0.
+* **CRPS** (continuous ranked probability score, Matheson and Winkler 1976;
+  Hersbach 2000) in intensity units ([0, 1] = 0..255 levels), for the
+  step CDF `C_k = P(bin <= k)` of the bins `v_k = k / 255`:
+  `CRPS = sum_{k=0}^{254} (C_k - 1[k >= t])^2 / 255`, the integral of the
+  squared difference between the predicted CDF and the truth's step. For a
+  point forecast it is the absolute error; lower is better.
+
+Every route is scored on the same 256 bins: a route that predicts a normal
+distribution N(mu, sigma^2) clipped to [0, 1] (the read-out) is discretised
+with the bins' edges at `(k +- 0.5) / 255` (`gaussian_bin_statistics`), so
+its log score and information gain are comparable with the heads'.
 """
 
 from __future__ import annotations
@@ -33,6 +55,9 @@ PROBABILITY_FLOOR = 1e-7
 PIT_BINS = 10
 PIT_SEED = 0
 INTERVALS = (0.5, 0.9)
+# Add-one smoothing of the marginal histogram: a level never seen in training
+# keeps a finite log probability (documented with the information gain).
+MARGINAL_PSEUDO_COUNT = 1.0
 
 
 def pit(true_bin_probability: np.ndarray, cdf_below_true: np.ndarray, seed: int = PIT_SEED) -> np.ndarray:
@@ -48,18 +73,28 @@ def calibration_metrics(
     cdf_below_true: np.ndarray,
     mask: np.ndarray | None = None,
     num_classes: int = 256,
+    crps: np.ndarray | None = None,
+    true_bins: np.ndarray | None = None,
+    marginal: np.ndarray | None = None,
 ) -> dict[str, float | list[float]]:
-    """NLL, interval coverage and the PIT histogram over the (masked) pixels.
+    """Proper scores, interval coverage and the PIT histogram over the (masked) pixels.
 
     Args:
         true_bin_probability: `p` per pixel, any shape, NaN where unknown.
         cdf_below_true: `F` per pixel, the same shape.
         mask: optional boolean selection of pixels.
         num_classes: bins of the distribution (for `normalized_nll`).
+        crps: optional CRPS per pixel (same shape), averaged into `crps`.
+        true_bins: the true bins `t` per pixel (same shape, int), needed with
+            `marginal`.
+        marginal: optional `[num_classes]` marginal probabilities (sum 1) for
+            the information gain.
 
     Returns:
-        `nll_nats`, `normalized_nll`, `coverage_50`, `coverage_90`,
-        `pit_histogram` (fractions in 10 equal bins; 0.1 each if calibrated),
+        `nll_nats`, `normalized_nll`, `log_score_bits`, `crps` (NaN without
+        `crps`), `information_gain_bits` and `marginal_log_score_bits` (NaN
+        without `marginal`), `coverage_50`, `coverage_90`, `pit_histogram`
+        (fractions in 10 equal bins; 0.1 each if calibrated),
         `pit_max_deviation` (largest |fraction - 0.1|), `num_pixels`.
     """
     probability = np.asarray(true_bin_probability, dtype=np.float64)
@@ -76,6 +111,10 @@ def calibration_metrics(
         return {
             "nll_nats": nan,
             "normalized_nll": nan,
+            "log_score_bits": nan,
+            "crps": nan,
+            "information_gain_bits": nan,
+            "marginal_log_score_bits": nan,
             "coverage_50": nan,
             "coverage_90": nan,
             "pit_histogram": [nan] * PIT_BINS,
@@ -87,7 +126,19 @@ def calibration_metrics(
     result: dict[str, float | list[float]] = {
         "nll_nats": float(nll.mean()),
         "normalized_nll": float(nll.mean() / math.log(num_classes)),
+        "log_score_bits": float(nll.mean() / math.log(2)),
+        "crps": math.nan,
+        "information_gain_bits": math.nan,
+        "marginal_log_score_bits": math.nan,
     }
+    if crps is not None:
+        result["crps"] = float(np.asarray(crps, dtype=np.float64)[keep].mean())
+    if marginal is not None:
+        if true_bins is None:
+            raise ValueError("The information gain needs the true bins with the marginal.")
+        marginal_bits = -np.log2(np.asarray(marginal, dtype=np.float64)[np.asarray(true_bins)[keep].astype(np.int64)])
+        result["marginal_log_score_bits"] = float(marginal_bits.mean())
+        result["information_gain_bits"] = float(marginal_bits.mean() - nll.mean() / math.log(2))
     for interval in INTERVALS:
         low, high = 0.5 - interval / 2, 0.5 + interval / 2
         result[f"coverage_{round(interval * 100)}"] = float(((values >= low) & (values <= high)).mean())
@@ -98,6 +149,12 @@ def calibration_metrics(
     return result
 
 
+def true_bins(true_values: np.ndarray, num_classes: int = 256) -> np.ndarray:
+    """The 8-bit bin of each true value in [0, 1]: `round(255 * value)`, int64 (NaN -> 0)."""
+    scaled = np.round(np.nan_to_num(np.asarray(true_values, dtype=np.float64)) * (num_classes - 1))
+    return np.clip(scaled, 0, num_classes - 1).astype(np.int64)
+
+
 def bin_statistics(probabilities: np.ndarray, true_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """NumPy reference of what `isl predict` stores: (p, F) at the true bins.
 
@@ -106,8 +163,72 @@ def bin_statistics(probabilities: np.ndarray, true_values: np.ndarray) -> tuple[
         true_values: `[...]` in [0, 1].
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    bins = np.clip(np.round(np.asarray(true_values) * (probabilities.shape[-1] - 1)), 0, probabilities.shape[-1] - 1)
-    bins = bins.astype(np.int64)[..., np.newaxis]
+    bins = true_bins(true_values, probabilities.shape[-1])[..., np.newaxis]
     probability = np.take_along_axis(probabilities, bins, axis=-1)[..., 0]
     below = np.take_along_axis(np.cumsum(probabilities, axis=-1), bins, axis=-1)[..., 0] - probability
     return probability, below
+
+
+def discrete_crps(probabilities: np.ndarray, true_values: np.ndarray) -> np.ndarray:
+    """CRPS of 256-bin distributions (module docstring), intensity units; `[..., C]`, `[...]` -> `[...]`."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    num_classes = probabilities.shape[-1]
+    cumulative = np.cumsum(probabilities, axis=-1)[..., :-1]
+    step = np.arange(num_classes - 1) >= true_bins(true_values, num_classes)[..., np.newaxis]
+    return ((cumulative - step) ** 2).sum(axis=-1) / (num_classes - 1)
+
+
+def gaussian_bin_probabilities(mean: np.ndarray, std: np.ndarray, num_classes: int = 256) -> np.ndarray:
+    """N(mean, std^2) clipped to [0, 1], as probabilities of the 8-bit bins: `[...]` -> `[..., C]`.
+
+    Bin k holds `[(k - 0.5) / 255, (k + 0.5) / 255)`; the tails below 0 and
+    above 1 fall into the first and last bin (the clipping).
+    """
+    from scipy.special import ndtr
+
+    top = num_classes - 1
+    edges = (np.arange(num_classes - 1) + 0.5) / top  # Upper edges of bins 0..C-2.
+    mean = np.asarray(mean, dtype=np.float64)[..., np.newaxis]
+    std = np.maximum(np.asarray(std, dtype=np.float64), 1e-6)[..., np.newaxis]
+    cumulative = ndtr((edges - mean) / std)
+    ones = np.ones(cumulative.shape[:-1] + (1,))
+    cumulative = np.concatenate([cumulative, ones], axis=-1)
+    return np.diff(cumulative, axis=-1, prepend=0.0)
+
+
+def gaussian_bin_statistics(
+    mean: np.ndarray, std: np.ndarray, true_values: np.ndarray, num_classes: int = 256, chunk: int = 16384
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p, F, CRPS) at the true bins of `gaussian_bin_probabilities`; float32, the inputs' shape.
+
+    NaN where `true_values` is NaN. Computed `chunk` pixels at a time (a
+    `[chunk, C]` array), so a whole well needs little memory.
+    """
+    mean, std, truth = (np.asarray(array, dtype=np.float64) for array in (mean, std, true_values))
+    shape = truth.shape
+    mean, std, truth = (np.broadcast_to(array, shape).reshape(-1) for array in (mean, std, truth))
+    results = [np.full(truth.size, np.nan, np.float32) for _ in range(3)]
+    known = np.flatnonzero(np.isfinite(truth))
+    for first in range(0, known.size, chunk):
+        index = known[first : first + chunk]
+        probabilities = gaussian_bin_probabilities(mean[index], std[index], num_classes)
+        probability, below = bin_statistics(probabilities, truth[index])
+        results[0][index] = probability
+        results[1][index] = below
+        results[2][index] = discrete_crps(probabilities, truth[index])
+    return tuple(result.reshape(shape) for result in results)
+
+
+def marginal_histogram(
+    true_values: np.ndarray, num_classes: int = 256, pseudo_count: float = MARGINAL_PSEUDO_COUNT
+) -> tuple[np.ndarray, int]:
+    """The marginal distribution of 8-bit levels: (probabilities `[C]` summing to 1, pixels counted).
+
+    Args:
+        true_values: values in [0, 1], any shape; NaN are skipped.
+        pseudo_count: added to every bin's count (add-one smoothing).
+    """
+    values = np.asarray(true_values, dtype=np.float64).reshape(-1)
+    values = values[np.isfinite(values)]
+    counts = np.bincount(true_bins(values, num_classes), minlength=num_classes).astype(np.float64) + pseudo_count
+    return counts / counts.sum(), int(values.size)

@@ -5,9 +5,15 @@ For each predicted well (a folder with `prediction.json`) and its truth well
 
 * Pearson r of the median against the truth (the paper's metric, §6.1),
   MAE, RMSE, PSNR and SSIM (`isl.eval.metrics`);
-* calibration of the predicted distributions from the per-pixel TIFFs that
-  `isl predict` wrote (negative log-likelihood, 50% / 90% interval coverage,
-  PIT histogram; `isl.eval.calibration`);
+* the predicted distributions, from the per-pixel TIFFs that `isl predict`
+  wrote (`isl.eval.calibration`): the proper scores (log score, information
+  gain over the training data's intensity histogram, CRPS), the 50% / 90%
+  interval coverage and the PIT histogram. The histogram (the marginal) is
+  the one `isl calibrate` stored in the model folder, copied into
+  `prediction.json` by `isl predict`; without it the information gain is
+  not reported (NaN) and the row says why (`information_gain_note`). A model
+  without a distribution (the regression U-Net) has no calibration files, so
+  these are NaN too;
 
 over the pixels where the truth exists, inside `region`. Several wells are
 summarised as a condition x channel table of Pearson r (the paper's layout:
@@ -52,7 +58,12 @@ METRICS_JSON = "metrics.json"
 METRICS_CSV = "metrics.csv"
 CSV_COLUMNS = (
     "well", "condition", "channel", "pearson_r", "mae", "rmse", "psnr_db", "ssim",
-    "nll_nats", "normalized_nll", "coverage_50", "coverage_90", "pit_max_deviation", "num_pixels",
+    "nll_nats", "normalized_nll", "log_score_bits", "information_gain_bits", "crps", "coverage_50", "coverage_90",
+    "pit_max_deviation", "calibrated", "num_pixels",
+)
+CALIBRATION_COLUMNS = (
+    "nll_nats", "normalized_nll", "log_score_bits", "information_gain_bits", "marginal_log_score_bits", "crps",
+    "coverage_50", "coverage_90", "pit_max_deviation",
 )
 
 
@@ -252,23 +263,13 @@ def evaluate_well(
             "region": region,
         }
         row.update(metrics_lib.image_metrics(prediction, truth, mask))
-        calibration_files = summary.get("calibration_files", {}).get(channel)
-        if calibration_files:
-            probability = _read_unit(os.path.join(well_dir, calibration_files["true_bin_probability"]))
-            below = _read_unit(os.path.join(well_dir, calibration_files["cdf_below_true"]))
-            row.update({f"calibration_{key}" if key == "num_pixels" else key: value
-                        for key, value in calibration_lib.calibration_metrics(probability, below, mask).items()})
-        else:
-            row.update(
-                {
-                    key: math.nan
-                    for key in ("nll_nats", "normalized_nll", "coverage_50", "coverage_90", "pit_max_deviation")
-                }
-            )
+        row.update(_distribution_scores(well_dir, summary, channel, truth, mask))
         results.append(row)
         caption = f"r = {row['pearson_r']:.3f}, SSIM {row['ssim']:.3f}"
         if not math.isnan(row.get("coverage_90", math.nan)):
             caption += f", 50%/90% coverage {row['coverage_50']:.2f}/{row['coverage_90']:.2f}"
+        if not math.isnan(row.get("information_gain_bits", math.nan)):
+            caption += f", gain {row['information_gain_bits']:.2f} bit"
         figure_rows.append(
             {
                 "channel": channel,
@@ -276,9 +277,39 @@ def evaluate_well(
                 "truth": np.where(mask, truth, 0),
                 "histogram": metrics_lib.histogram_2d(prediction, truth, mask),
                 "caption": caption,
+                "pit_histogram": row.get("pit_histogram"),
             }
         )
     return results, figure_rows
+
+
+def _distribution_scores(
+    well_dir: str, summary: dict[str, Any], channel: str, truth: np.ndarray, mask: np.ndarray
+) -> dict[str, Any]:
+    """The proper scores, coverage and PIT of one channel (NaN where they cannot be computed, with a note)."""
+    calibration = summary.get("calibration")
+    scores: dict[str, Any] = {key: math.nan for key in CALIBRATION_COLUMNS}
+    scores["calibrated"] = None if calibration is None else bool(calibration.get("applied"))
+    files = summary.get("calibration_files", {}).get(channel)
+    if not files:
+        scores["information_gain_note"] = (
+            "the prediction has no calibration files (no truth when predicted, --nosave_calibration, or a model "
+            "without a distribution)")
+        return scores
+    probability = _read_unit(os.path.join(well_dir, files["true_bin_probability"]))
+    below = _read_unit(os.path.join(well_dir, files["cdf_below_true"]))
+    crps = _read_unit(os.path.join(well_dir, files["crps"])) if "crps" in files else None
+    marginal = (calibration or {}).get("marginal", {}).get(channel)
+    if marginal is None:
+        scores["information_gain_note"] = (
+            "no marginal histogram: the model folder has no calibration.json with this channel "
+            "(isl calibrate --train_region stores it)")
+    scores.update(
+        {f"calibration_{key}" if key == "num_pixels" else key: value
+         for key, value in calibration_lib.calibration_metrics(
+             probability, below, mask, crps=crps, true_bins=calibration_lib.true_bins(truth),
+             marginal=None if marginal is None else np.asarray(marginal, np.float64)).items()})
+    return scores
 
 
 def condition_table(rows: Sequence[dict[str, Any]], metric: str = "pearson_r") -> dict[str, dict[str, float]]:

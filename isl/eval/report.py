@@ -2,8 +2,12 @@
 
 One row per target channel: [median prediction] [truth] [subtractive error
 (orange false positive, blue false negative, §5.3)] [predicted-vs-true 2-D
-histogram, log counts, with the identity line and ticks on both axes] and the
-row's Pearson r and interval coverage written under it. The images show the
+histogram, log counts, with the identity line and ticks on both axes]
+[PIT histogram of the predicted distributions, when `isl predict` wrote the
+calibration files: 10 bars of the fraction of pixels, a dashed line at 0.1
+for a calibrated model; a peak at the right means the truth lies above the
+prediction, a U shape an overconfident one] and the row's Pearson r,
+interval coverage and information gain written under it. The images show the
 scored region only, at its own aspect ratio. An 8-bit RGB PNG drawn with NumPy
 and Pillow (no plotting library needed).
 """
@@ -24,6 +28,8 @@ GAP = 6
 AXIS_LEFT = 34  # Room for the histogram's y tick labels and title.
 AXIS_BOTTOM = 26  # Room for its x tick labels and title.
 TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)
+PIT_WIDTH = 200  # Plot area of the PIT histogram.
+PIT_TOP = 0.5  # Its y axis runs from 0 to this fraction (or the tallest bar).
 
 
 def region_box(row: Mapping[str, object]) -> tuple[slice, slice]:
@@ -90,6 +96,41 @@ def draw_axes(draw, left: int, top: int, size: int = TILE) -> None:
     draw.text((left - AXIS_LEFT + 1, top - 12), "prediction", fill=black)
 
 
+def draw_pit(draw, histogram: Sequence[float], left: int, top: int, width: int = PIT_WIDTH,
+             height: int = TILE) -> None:
+    """A PIT histogram at (left, top): bars, the dashed calibrated level, axes and a legend."""
+    black, bar, level = (0, 0, 0), (70, 110, 170), (200, 60, 40)
+    values = [float(value) for value in histogram]
+    top_value = max(PIT_TOP, max(values) * 1.05)
+
+    def y_of(value: float) -> int:
+        return top + height - 1 - round(value / top_value * (height - 1))
+
+    step = width / len(values)
+    for index, value in enumerate(values):
+        draw.rectangle([left + round(index * step) + 1, y_of(value), left + round((index + 1) * step) - 1,
+                        top + height - 1], fill=bar)
+    uniform = 1.0 / len(values)
+    for x in range(left, left + width, 8):
+        draw.line([x, y_of(uniform), min(x + 4, left + width - 1), y_of(uniform)], fill=level, width=2)
+    draw.rectangle([left - 1, top - 1, left + width, top + height], outline=black)
+    for value in (0.0, 0.5, 1.0):
+        x = left + round(value * (width - 1))
+        draw.line([x, top + height, x, top + height + 4], fill=black)
+        draw.text((x - 3 * len(f"{value:g}"), top + height + 5), f"{value:g}", fill=black)
+    for value in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5):
+        if value <= top_value:
+            y = y_of(value)
+            draw.line([left - 5, y, left - 1, y], fill=black)
+            draw.text((left - 7 - 6 * len(f"{value:g}"), y - 5), f"{value:g}", fill=black)
+    draw.text((left + width // 2 - 40, top + height + 15), "PIT of the truth", fill=black)
+    # Legend, inside the plot's top right.
+    draw.rectangle([left + width - 96, top + 4, left + width - 86, top + 12], fill=bar)
+    draw.text((left + width - 82, top + 3), "pixels", fill=black)
+    draw.line([left + width - 96, top + 22, left + width - 86, top + 22], fill=level, width=2)
+    draw.text((left + width - 82, top + 16), "calibrated", fill=black)
+
+
 def report_figure(
     rows: Sequence[Mapping[str, object]],
     title: str = "",
@@ -99,7 +140,9 @@ def report_figure(
     Args:
         rows: one mapping per channel with "channel", "prediction" `[h, w]`,
             "truth" `[h, w]`, "histogram" `[bins, bins]`, "caption" text and
-            optionally "mask" `[h, w]` (the scored pixels; see `region_box`).
+            optionally "mask" `[h, w]` (the scored pixels; see `region_box`)
+            and "pit_histogram" (10 fractions; the PIT column is drawn when a
+            row has a finite one).
         title: a line above the figure.
 
     Returns:
@@ -114,6 +157,10 @@ def report_figure(
     lefts = [GAP + column * (image_width + GAP) for column in range(3)]
     histogram_left = lefts[-1] + image_width + GAP + AXIS_LEFT
     width = histogram_left + TILE + GAP
+    pits = [_finite_pit(row.get("pit_histogram")) for row in rows]
+    pit_left = width + AXIS_LEFT
+    if any(pit is not None for pit in pits):
+        width = pit_left + PIT_WIDTH + GAP
     header = 24 + CAPTION
     height = header + len(rows) * (row_height + CAPTION + GAP) + GAP
     canvas = np.ones((height, width, 3), np.float32)
@@ -137,11 +184,23 @@ def report_figure(
     for left, label in zip(lefts, labels):
         draw.text((left, 24 + 10), label, fill=(0, 0, 0))
     draw.text((histogram_left - AXIS_LEFT, 24 + 10), "2-D histogram (log counts)", fill=(0, 0, 0))
+    if any(pit is not None for pit in pits):
+        draw.text((pit_left - AXIS_LEFT, 24 + 10), "calibration: fraction of pixels", fill=(0, 0, 0))
     for index, row in enumerate(rows):
         top = header + index * (row_height + CAPTION + GAP)
         draw_axes(draw, histogram_left, top)
+        if pits[index] is not None:
+            draw_pit(draw, pits[index], pit_left, top)
         draw.text((GAP, top + row_height + 2), f"{row['channel']}: {row['caption']}", fill=(0, 0, 0))
     return np.asarray(image)
+
+
+def _finite_pit(histogram: object) -> list[float] | None:
+    """The PIT fractions when all are finite numbers, else None."""
+    if histogram is None:
+        return None
+    values = [float(value) if value is not None else float("nan") for value in histogram]  # type: ignore[union-attr]
+    return values if values and all(np.isfinite(values)) else None
 
 
 def write_figure(path: str | os.PathLike[str], figure: np.ndarray) -> str:

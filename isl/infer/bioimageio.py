@@ -423,6 +423,8 @@ def export_package(
     statistics = export_lib.parse_statistics(statistics)
     if "median" not in statistics:
         raise errors.InputError("A bioimage.io package needs the median among --statistics (its primary output).")
+    from isl.io import calibration_file
+
     model, config, trained = export_lib.load_exportable(model_dir)
     channels = export_lib.export_channels(config, trained, all_heads, model_dir)
     geometry = geometry_lib.geometry(config.model)
@@ -436,7 +438,8 @@ def export_package(
         saved_model_dir = tempfile.mkdtemp(prefix=".saved_model-", dir=os.path.dirname(package_dir))
         try:
             export_lib.export_keras_model(model, config, saved_model_dir, statistics, keras_archive=False,
-                                          trained_channels=trained, channels=channels, bioimageio_endpoint=True)
+                                          trained_channels=trained, channels=channels, bioimageio_endpoint=True,
+                                          calibration=calibration_file.read(model_dir))
             outputs = run_endpoint(saved_model_dir, stack)
             _zip_directory(saved_model_dir, os.path.join(temporary, WEIGHTS_FILE))
         finally:

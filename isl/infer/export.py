@@ -124,6 +124,9 @@ class ServingFunctions:
         channels: the target channels to serve (default: all of the model's).
         tile_size: the largest run input side of `predict_image` (a valid
             size, `input_size + phase * k`); None: one run per phase class.
+        calibration: the model directory's `isl.io.calibration_file.Calibration`
+            or None: each target head's logits are divided by its temperature in
+            every signature (the `logits` one included).
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class ServingFunctions:
         with_distributions: bool = False,
         channels: Sequence[str] | None = None,
         tile_size: int | None = None,
+        calibration: Any = None,
     ) -> None:
         import tensorflow as tf
 
@@ -155,6 +159,14 @@ class ServingFunctions:
                     f"The model does not predict {channel}; its target channels are {', '.join(available)}.")
         self.target_head_indices = tuple(channels.num_input_heads + available.index(c) for c in self.target_channels)
         self.tile_size = tile_size
+        self.temperatures = None
+        self._inverse_temperatures = None
+        if calibration is not None and calibration.route == "heads":
+            self.temperatures = tuple(calibration.temperature(channel) for channel in self.target_channels)
+            inverse = [1.0] * channels.num_heads
+            for channel in available:
+                inverse[channels.num_input_heads + available.index(channel)] = 1.0 / calibration.temperature(channel)
+            self._inverse_temperatures = tf.constant(inverse, tf.float32)[:, tf.newaxis]
         self._image_functions: dict[str, Any] = {}
         # One traced graph each, shared by the signatures that call them: the
         # network is traced once however many signatures there are.
@@ -228,7 +240,10 @@ class ServingFunctions:
     def logits(self, network_input: Any) -> dict[str, Any]:
         import tensorflow as tf
 
-        return {"logits": tf.cast(self.model(network_input, training=False), tf.float32)}
+        logits = tf.cast(self.model(network_input, training=False), tf.float32)
+        if self._inverse_temperatures is not None:  # isl calibrate's temperatures.
+            logits = logits * self._inverse_temperatures
+        return {"logits": logits}
 
     def outputs(self, z_stack: Any) -> dict[str, Any]:
         """`[batch, H, W, n]` float32 in [0, 1] -> the signature outputs."""
@@ -280,7 +295,7 @@ class ServingFunctions:
 
         if border_mode not in self._image_functions:
             network = predict_lib.Network.from_keras(self.model, self.target_head_indices)
-            run_function = predict_lib.make_run_function(network, self.statistics)
+            run_function = predict_lib.make_run_function(network, self.statistics, temperatures=self.temperatures)
             self._image_functions[border_mode] = image_graph.whole_image_function(
                 run_function, self.network_input, self.geometry, self.statistics,
                 len(self.target_channels), self.tile_size, border_mode)
@@ -420,10 +435,13 @@ def export_model(
     statistics = parse_statistics(statistics)
     if not statistics and not with_distributions:
         raise errors.InputError("Nothing to export: give --statistics or --with_distributions.")
+    from isl.io import calibration_file
+
     model, config, trained = load_exportable(model_dir)
     channels = export_channels(config, trained, all_heads, model_dir)
     return export_keras_model(model, config, export_dir, statistics, with_distributions, keras_archive,
-                              trained_channels=trained, channels=channels, tile_size=tile_size)
+                              trained_channels=trained, channels=channels, tile_size=tile_size,
+                              calibration=calibration_file.read(model_dir))
 
 
 def export_keras_model(
@@ -437,6 +455,7 @@ def export_keras_model(
     channels: Sequence[str] | None = None,
     tile_size: int | None = None,
     bioimageio_endpoint: bool = False,
+    calibration: Any = None,
 ) -> ExportResult:
     """Exports a built Keras model (dynamic spatial size); see `export_model`.
 
@@ -445,13 +464,15 @@ def export_keras_model(
     to the trained heads too. `channels`: the target channels the z-stack
     signatures return (default all). `bioimageio_endpoint` adds the
     `serve` endpoint of a bioimage.io package (`bioimageio_outputs`).
+    `calibration` (`isl.io.calibration_file`, from `isl calibrate`) is applied
+    inside every signature and written beside the SavedModel.
     """
     import keras
     import tensorflow as tf
 
     channels = export_channels(config, None) if channels is None else tuple(channels)
     tile_size = image_tile_size(config, len(channels), tile_size)
-    functions = ServingFunctions(model, config, statistics, with_distributions, channels, tile_size)
+    functions = ServingFunctions(model, config, statistics, with_distributions, channels, tile_size, calibration)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
@@ -523,6 +544,10 @@ def export_keras_model(
             atomic.write_text(layout.trained_channels,
                               json.dumps({"target_channels": list(trained_channels)}, indent=2) + "\n")
         atomic.write_text(os.path.join(temporary, EXPORT_INFO_FILE), json.dumps(info, indent=2) + "\n")
+        if calibration is not None:  # Applied inside the graph; isl predict --saved_model reads the marginal.
+            from isl.io import calibration_file
+
+            calibration_file.write(temporary, calibration)
     return ExportResult(
         export_dir=export_dir,
         keras_path=keras_path,

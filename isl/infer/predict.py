@@ -21,10 +21,15 @@ Coordinates. The source stack is `[num_source_z, height, width]`. An
 
 Calibration. When the truth is given, each run also returns, per pixel and
 target channel, the predicted probability of the true 8-bit bin
-`round(255 * truth)` and the predicted cumulative probability strictly below
-it. `isl evaluate` turns them into the negative log-likelihood and the
-randomized probability integral transform (PIT), whose uniformity is the
-calibration check (`isl.eval.calibration`).
+`round(255 * truth)`, the predicted cumulative probability strictly below
+it and the CRPS. `isl evaluate` turns them into the log score, the
+information gain, the CRPS and the randomized probability integral transform
+(PIT), whose uniformity is the calibration check (`isl.eval.calibration`).
+
+Temperature. A model calibrated with `isl calibrate` divides each target
+head's logits by its fitted temperature before the softmax
+(`make_run_function(temperatures=...)`); every statistic is then computed
+from the calibrated distribution.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ output_region = geometry_lib.output_region
 # Statistic names (the paper's six and quantiles "qNN") are owned by `isl.model.statistic_names`.
 QUANTILE_PREFIX = statistic_names.QUANTILE_PREFIX
 quantile_name = statistic_names.quantile_name
-CALIBRATION_KEYS = ("true_bin_probability", "cdf_below_true")
+CALIBRATION_KEYS = ("true_bin_probability", "cdf_below_true", "crps")
 
 
 @dataclasses.dataclass
@@ -283,6 +288,8 @@ def make_run_function(
     with_truth: bool = False,
     with_distributions: bool = False,
     jit_compile: bool = False,
+    temperatures: Sequence[float] | None = None,
+    with_log_probabilities: bool = False,
 ) -> Callable[..., dict[str, Any]]:
     """A `tf.function` from a batch of run inputs to kept-pixel statistics.
 
@@ -302,6 +309,12 @@ def make_run_function(
             `[batch, rows, columns, heads, classes]` (tests; large).
         jit_compile: XLA-compile the whole run (inference only; an
             experiment of `isl benchmark predict --plans=new_xla`).
+        temperatures: one per returned head (the network's head order), or
+            None: each head's logits are divided by its temperature before
+            the softmax (`isl calibrate`; 1 leaves a head as trained).
+        with_log_probabilities: also return "log_probabilities", the
+            log-softmax `[batch, rows, columns, heads, classes]` (what
+            `isl calibrate` fits the temperatures on; large).
 
     Returns:
         A function returning name -> `[batch, rows, columns, heads]` float32.
@@ -313,9 +326,15 @@ def make_run_function(
     others = tuple(name for name in statistics if name != "median")
     searched = ((0.5,) if "median" in statistics else ()) + tuple(quantiles)
 
+    inverse_temperatures = None
+    if temperatures is not None:
+        inverse_temperatures = tf.constant([1.0 / float(value) for value in temperatures], tf.float32)[:, tf.newaxis]
+
     def compute(inputs: Any, keep_rows: Any, keep_columns: Any, true_bins: Any = None) -> dict[str, Any]:
-        logits = network(inputs, keep_rows, keep_columns)
-        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        logits = tf.cast(network(inputs, keep_rows, keep_columns), tf.float32)
+        if inverse_temperatures is not None:
+            logits = logits * inverse_temperatures
+        probabilities = tf.nn.softmax(logits, axis=-1)
         scale = float(probabilities.shape[-1] - 1)
         results = {}
         if others:
@@ -330,12 +349,22 @@ def make_run_function(
         results = {name: tf.cast(value, tf.float32) for name, value in results.items()}
         if with_distributions:
             results["distribution"] = probabilities
+        if with_log_probabilities:
+            results["log_probabilities"] = tf.nn.log_softmax(logits, axis=-1)
         if true_bins is not None:
             bins = tf.cast(true_bins, tf.int32)
             results["true_bin_probability"] = tf.gather(probabilities, bins[..., tf.newaxis], batch_dims=4)[..., 0]
-            classes = tf.range(probabilities.shape[-1], dtype=tf.int32)
+            num_classes = int(probabilities.shape[-1])
+            classes = tf.range(num_classes, dtype=tf.int32)
             below = tf.cast(classes < bins[..., tf.newaxis], tf.float32)
             results["cdf_below_true"] = tf.reduce_sum(probabilities * below, axis=-1)
+            # CRPS (isl.eval.calibration): sum over k < C - 1 of (C_k - [k >= t])^2 / (C - 1);
+            # the cumulative sums as one matmul with an upper-triangular matrix.
+            upper = tf.constant(np.triu(np.ones((num_classes, num_classes), np.float32)))
+            flat = tf.reshape(probabilities, [-1, num_classes])
+            cumulative = tf.reshape(tf.matmul(flat, upper), tf.shape(probabilities))
+            difference = (cumulative - (1.0 - below))[..., :-1]
+            results["crps"] = tf.reduce_sum(difference * difference, axis=-1) / float(num_classes - 1)
         return results
 
     if with_truth:

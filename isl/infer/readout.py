@@ -15,6 +15,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from isl import config as config_lib
 from isl import errors
 from isl import progress as progress_lib
 from isl.io import prediction_file
@@ -50,8 +53,14 @@ def predict_well(
     progress_enabled: bool = True,
     border_mode: str = "reflect",
     window: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    save_calibration: bool = True,
 ) -> dict[str, Any]:
     """Predicts one well with the read-out; writes one image per channel and statistic, and prediction.json.
+
+    With the truth in the well, also the calibration TIFFs of the heads
+    (`isl.infer.well.CALIBRATION_STATISTICS`) from each pixel's normal
+    distribution on the 256 bins (`calibration_maps`), so `isl evaluate`
+    scores both routes alike.
 
     Args:
         predictor: from `isl.infer.well.load_predictor`, with `readout` set.
@@ -62,6 +71,7 @@ def predict_well(
         image_format: "png" or "tiff" (16-bit either way).
         progress_enabled: show a progress line (tiles) on stderr.
         border_mode, window: only "reflect" and None (whole wells); others raise InputError.
+        save_calibration: write the calibration TIFFs when the well holds truth.
     """
     from isl.infer import well as well_lib
 
@@ -84,6 +94,9 @@ def predict_well(
                                enabled=progress_enabled) as bar:
         embedding = embedder(well.inputs, lambda: bar.update(1))
     value, spread = readout.predict_distribution(embedding)
+    calibration = predictor.applied_calibration
+    if calibration is not None:  # isl calibrate's spread scales (isl.io.calibration_file).
+        spread = spread * np.array([calibration.spread_scale(channel) for channel in readout.targets], np.float32)
     computed = readout_lib.statistic_images(value, spread, names)
     seconds = time.perf_counter() - start
     columns = [readout.targets.index(channel) for channel in chosen]
@@ -91,11 +104,49 @@ def predict_well(
     os.makedirs(well_dir, exist_ok=True)
     images = {name: image[..., columns] for name, image in computed.items()}
     files = well_lib.write_statistics(well_dir, well.metadata, chosen, names, images, image_format)
+    truth_channels, calibration_files = [], {}
+    if save_calibration:
+        truth_channels, maps = calibration_maps(predictor.config, well, chosen, value[..., columns],
+                                                spread[..., columns])
+        calibration_files = well_lib.write_calibration_maps(well_dir, well.metadata, chosen, truth_channels, maps)
     summary = well_lib.prediction_summary(
         predictor, well, input_dir, chosen, names, "reflect", geometry_lib.OutputRegion(0, 0, height, width),
         image_format, files, geometry=None, num_runs=embedder.num_tiles((height, width)), seconds=round(seconds, 3),
-        exact=True, readout=True,
+        exact=True, readout=True, truth_channels=truth_channels, calibration_files=calibration_files,
     )
     prediction_file.write_summary(well_dir, summary)
     summary["well_dir"] = well_dir
     return summary
+
+
+def calibration_maps(
+    config: config_lib.ExperimentConfig, well: Any, channels: Sequence[str], value: np.ndarray, spread: np.ndarray
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The channels with truth and their calibration maps of N(value, spread^2) clipped to [0, 1].
+
+    Args:
+        value, spread: `[H, W, len(channels)]`, the read-out's centre and spread.
+
+    Returns:
+        (channels with any labelled pixel, key -> `[H, W, len(channels)]` float32,
+        NaN where the truth is missing), keys as `isl.infer.well.CALIBRATION_STATISTICS`.
+    """
+    from isl.data import assemble
+    from isl.eval import calibration as calibration_lib
+
+    values, masks = assemble.target_stack(well.targets, config.channels, shape=value.shape[:2])
+    targets = config.channels.output_target_channels
+    keys = ("true_bin_probability", "cdf_below_true", "crps")
+    maps = {key: np.full(value.shape, np.nan, np.float32) for key in keys}
+    truth_channels = []
+    for index, channel in enumerate(channels):
+        column = targets.index(channel)
+        known = masks[..., column] > 0
+        if not known.any():
+            continue
+        truth_channels.append(channel)
+        truth = np.where(known, values[..., column], np.nan)
+        for key, image in zip(keys, calibration_lib.gaussian_bin_statistics(value[..., index], spread[..., index],
+                                                                            truth)):
+            maps[key][..., index] = image
+    return truth_channels, maps

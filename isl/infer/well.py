@@ -11,11 +11,19 @@ writes into `OUTPUT_DIR/<well name>/`:
 * when the well holds ground truth for a predicted channel:
   `target_error_panel.png` and `input_error_panel.png` (§5.2-§5.3; the
   input panel compares the 26 autoencoding heads with the z-mapped input),
-  and two float32 TIFFs per channel for calibration,
-  `statistic-TRUE_BIN_PROBABILITY` and `statistic-CDF_BELOW_TRUE`
-  (`isl.eval.calibration`);
+  and three float32 TIFFs per channel for calibration,
+  `statistic-TRUE_BIN_PROBABILITY`, `statistic-CDF_BELOW_TRUE` and
+  `statistic-CRPS` (`isl.eval.calibration`);
 * `prediction.json`: what was predicted, from what, where the output lies in
-  the image (`region`), and every file written. `isl evaluate` reads it.
+  the image (`region`), every file written, and the model's calibration
+  (`calibration`: applied or not, the temperatures or spread scales, and the
+  marginal histogram the information gain needs; None for an uncalibrated
+  model). `isl evaluate` reads it.
+
+A model directory with `calibration.json` (`isl calibrate`) is predicted
+calibrated: each target head's logits are divided by its temperature before
+the softmax (`isl.infer.predict.make_run_function`), or a read-out's spread is
+multiplied by its scale. `apply_calibration=False` predicts as trained.
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ PREDICTION_FILE = prediction_file.PREDICTION_FILE
 TARGET_PANEL = "target_error_panel.png"
 INPUT_PANEL = "input_error_panel.png"
 IMAGE_FORMATS = ("png", "tiff")
-CALIBRATION_STATISTICS = {"true_bin_probability": "TRUE_BIN_PROBABILITY", "cdf_below_true": "CDF_BELOW_TRUE"}
+CALIBRATION_STATISTICS = {"true_bin_probability": "TRUE_BIN_PROBABILITY", "cdf_below_true": "CDF_BELOW_TRUE",
+                          "crps": "CRPS"}
 PRECISIONS = ("", "float32", "bfloat16")
 
 
@@ -65,6 +74,11 @@ class Predictor:
         readout: the model directory's ridge read-out (`readout.json`, from
             `isl readout`), or None; when set, `predict_well` writes the
             read-out's predictions instead of the heads'.
+        calibration: the model's `calibration.json` (`isl.io.calibration_file`), or None.
+        apply_calibration: apply it (temperatures / spread scales) when predicting.
+        calibration_in_graph: the temperatures are already inside the
+            SavedModel's logits (`isl export` of a calibrated model), so they
+            are not applied again.
     """
 
     config: config_lib.ExperimentConfig
@@ -76,6 +90,9 @@ class Predictor:
     inference_graph: bool = True
     readout: Any = None
     readout_embedder: Any = None
+    calibration: Any = None
+    apply_calibration: bool = True
+    calibration_in_graph: bool = False
     _run_functions: dict = dataclasses.field(default_factory=dict)
     _inference_model: Any = None
 
@@ -90,9 +107,10 @@ class Predictor:
         statistics: tuple[str, ...],
         quantiles: tuple[float, ...],
         with_truth: bool,
+        temperatures: tuple[float, ...] | None = None,
     ):
         """A cached `make_run_function` for these heads (one trace per set)."""
-        key = (head_indices, statistics, quantiles, with_truth)
+        key = (head_indices, statistics, quantiles, with_truth, temperatures)
         if key not in self._run_functions:
             if self.model is not None:
                 model = self.model
@@ -109,13 +127,49 @@ class Predictor:
                     lambda inputs: signature(network_input=inputs)["logits"], head_indices
                 )
             self._run_functions[key] = predict_lib.make_run_function(
-                network, statistics, quantiles, with_truth=with_truth
+                network, statistics, quantiles, with_truth=with_truth, temperatures=temperatures
             )
         return self._run_functions[key]
 
+    @property
+    def applied_calibration(self) -> Any:
+        """The calibration to apply now (applied and not already in the graph), or None."""
+        if self.calibration is None or not self.apply_calibration or self.calibration_in_graph:
+            return None
+        return self.calibration
+
+    def head_temperatures(self, head_indices: Sequence[int]) -> tuple[float, ...] | None:
+        """Per head, its calibrated temperature (target heads) or 1; None when nothing is applied."""
+        calibration = self.applied_calibration
+        if calibration is None or calibration.route != "heads":
+            return None
+        channels = self.config.channels
+        targets = channels.output_target_channels
+        values = []
+        for index in head_indices:
+            position = index - channels.num_input_heads
+            values.append(calibration.temperature(targets[position]) if 0 <= position < len(targets) else 1.0)
+        return tuple(values)
+
+    def calibration_record(self) -> dict[str, Any] | None:
+        """What `prediction.json` records of the calibration (None: the model has none)."""
+        if self.calibration is None:
+            return None
+        return {
+            "applied": bool(self.apply_calibration or self.calibration_in_graph),
+            "route": self.calibration.route,
+            "channels": self.calibration.channels,
+            "marginal": self.calibration.marginal,
+            "marginal_source": self.calibration.marginal_source,
+        }
+
 
 def load_predictor(
-    model_dir: str | None = None, saved_model: str | None = None, precision: str = "", inference_graph: bool = True
+    model_dir: str | None = None,
+    saved_model: str | None = None,
+    precision: str = "",
+    inference_graph: bool = True,
+    apply_calibration: bool = True,
 ) -> Predictor:
     """Opens a model directory or an exported SavedModel.
 
@@ -127,6 +181,7 @@ def load_predictor(
             directories only: bfloat16 compute, float32 logits).
         inference_graph: fold batch norm into the activations (model
             directories; `isl.infer.graph`).
+        apply_calibration: apply the folder's `calibration.json` when present.
 
     Raises:
         InputError: when neither or both are given, or the folder is not a model.
@@ -135,11 +190,26 @@ def load_predictor(
         raise errors.InputError("Give exactly one of --model_dir and --saved_model.")
     if precision not in PRECISIONS:
         raise errors.InputError(f"Unknown precision {precision!r}; use float32 or bfloat16.")
+    from isl.io import calibration_file
+
     if model_dir:
         predictor = _load_model_dir(model_dir, precision)
         predictor.inference_graph = inference_graph
-        return predictor
-    return _load_saved_model(saved_model, precision)
+    else:
+        predictor = _load_saved_model(saved_model, precision)
+        predictor.calibration_in_graph = True
+    predictor.calibration = calibration_file.read(model_dir or saved_model)
+    predictor.apply_calibration = apply_calibration
+    if predictor.calibration is not None and predictor.calibration_in_graph and not apply_calibration:
+        raise errors.InputError(f"{saved_model}: the export carries its calibration inside the graph; "
+                                "predict from the model directory to predict uncalibrated.")
+    if predictor.calibration is not None:
+        expected = "readout" if predictor.readout is not None else "heads"
+        if predictor.calibration.route != expected:
+            raise errors.InputError(
+                f"{calibration_file.path(model_dir or saved_model)}: calibrated for the {predictor.calibration.route} "
+                f"route, but this folder predicts with its {expected}; run isl calibrate again.")
+    return predictor
 
 
 def _load_model_dir(model_dir: str, precision: str) -> Predictor:
@@ -403,7 +473,7 @@ def _predict_well_files(
         from isl.infer import readout as readout_infer
 
         return readout_infer.predict_well(predictor, input_dir, output_dir, channels, statistics, image_format,
-                                          progress_enabled, border_mode, window)
+                                          progress_enabled, border_mode, window, save_calibration)
     chosen = choose_channels(predictor.config, channels, predictor.trained_channels)
     if predictor.config.model.architecture == "unet_regression":
         from isl.infer import regression
@@ -529,7 +599,8 @@ def run_well(
             geometry, predictor.config.model, len(plan.head_indices), memory_budget_bytes, plan.plan_name,
             predictor.compute_dtype,
         )
-    run_function = predictor.run_function(plan.head_indices, plan.computed, plan.quantiles, plan.with_truth)
+    run_function = predictor.run_function(plan.head_indices, plan.computed, plan.quantiles, plan.with_truth,
+                                          predictor.head_temperatures(plan.head_indices))
     region = predict_lib.output_region(well.inputs.shape[1:], geometry, border_mode)
     if plan.window is not None:
         region, _ = predict_lib.window_region(region, plan.window, geometry, plan.plan_name)
@@ -584,18 +655,36 @@ def write_statistics(
 
 
 def _write_calibration(well_dir: str, plan: WellPlan, prediction: predict_lib.Prediction) -> dict[str, dict[str, str]]:
-    """The two float32 calibration TIFFs per channel with truth; returns channel -> key -> file name."""
+    """The float32 calibration TIFFs per channel with truth; returns channel -> key -> file name."""
     if not plan.with_truth:
         return {}
+    return write_calibration_maps(well_dir, plan.well.metadata, plan.channels, plan.truth_channels,
+                                  prediction.calibration)
+
+
+def write_calibration_maps(
+    well_dir: str,
+    metadata: dict[str, Any],
+    channels: Sequence[str],
+    truth_channels: Sequence[str],
+    maps: dict[str, np.ndarray],
+) -> dict[str, dict[str, str]]:
+    """One float32 TIFF per `CALIBRATION_STATISTICS` key and channel with truth.
+
+    Args:
+        maps: key -> `[height, width, len(channels)]` (NaN where the truth is missing).
+
+    Returns:
+        channel -> key -> file name.
+    """
     files: dict[str, dict[str, str]] = {}
-    truth_channels = plan.truth_channels
-    for index, channel in enumerate(plan.channels):
+    for index, channel in enumerate(channels):
         if channel not in truth_channels:
             continue
         files[channel] = {}
         for key, statistic in CALIBRATION_STATISTICS.items():
-            file_name = output_name(plan.well.metadata, channel, statistic, ".tif")
-            _write_float_tiff(os.path.join(well_dir, file_name), prediction.calibration[key][..., index])
+            file_name = output_name(metadata, channel, statistic, ".tif")
+            _write_float_tiff(os.path.join(well_dir, file_name), maps[key][..., index])
             files[channel][key] = file_name
     return files
 
@@ -643,6 +732,7 @@ def prediction_summary(
         "calibration_files": {},
         "panels": {},
         "ignored_files": list(well.metadata.get("ignored_files", [])),
+        "calibration": predictor.calibration_record(),
     }
     summary.update(details)
     return summary

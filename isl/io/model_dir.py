@@ -5,6 +5,7 @@
       model.weights.h5         the newest (or, with train.keep_best, the best) inference weights
       trained_channels.json    the target heads that saw labels in training (optional)
       readout.json             a ridge read-out of the frozen core (`isl readout`; optional)
+      calibration.json         temperatures / spread scales and the marginal histogram (`isl calibrate`; optional)
       checkpoints/             resumable training state (tf.train.Checkpoint)
         best.weights.h5        the best whole-image weights so far (train.keep_best)
         best.json              their step and figures
@@ -27,6 +28,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 TRAINED_CHANNELS_FILE = "trained_channels.json"
 READOUT_FILE = "readout.json"
+CALIBRATION_FILE = "calibration.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_WEIGHTS_FILE = "best.weights.h5"
 BEST_INFO_FILE = "best.json"
@@ -63,6 +65,10 @@ class ModelDir:
     @property
     def readout(self) -> str:
         return os.path.join(self.root, READOUT_FILE)
+
+    @property
+    def calibration(self) -> str:
+        return os.path.join(self.root, CALIBRATION_FILE)
 
     @property
     def checkpoints(self) -> str:

@@ -45,3 +45,86 @@ def test_masked_and_nan_pixels_are_ignored_and_empty_input_gives_nan():
     assert result["nll_nats"] == pytest.approx(-np.log(0.5))
     empty = calibration.calibration_metrics(p, below, mask=np.zeros(3, bool))
     assert empty["num_pixels"] == 0 and np.isnan(empty["coverage_50"])
+
+
+def _scores(probabilities, bins, marginal=None):
+    p, below = calibration.bin_statistics(probabilities, bins / 255)
+    crps = calibration.discrete_crps(probabilities, bins / 255)
+    return calibration.calibration_metrics(p, below, crps=crps, true_bins=bins, marginal=marginal)
+
+
+def test_a_perfect_forecaster_has_zero_log_score_zero_crps_and_gains_the_marginals_surprise():
+    rng = np.random.default_rng(2)
+    bins = rng.integers(0, 256, 3000)
+    marginal, _ = calibration.marginal_histogram(bins / 255)
+    perfect = np.eye(256)[bins]
+    result = _scores(perfect, bins, marginal)
+    assert result["log_score_bits"] == pytest.approx(0.0, abs=1e-6)
+    assert result["crps"] == pytest.approx(0.0, abs=1e-12)
+    expected = float(np.mean(-np.log2(marginal[bins])))
+    assert result["information_gain_bits"] == pytest.approx(expected) and expected > 7
+
+
+def test_predicting_the_marginal_gains_exactly_zero_bits():
+    rng = np.random.default_rng(3)
+    marginal, _ = calibration.marginal_histogram(rng.beta(2, 8, 50000))
+    bins = rng.choice(256, 4000, p=marginal)
+    result = _scores(np.tile(marginal, (4000, 1)), bins, marginal)
+    assert result["information_gain_bits"] == pytest.approx(0.0, abs=1e-9)
+    assert result["coverage_90"] == pytest.approx(0.9, abs=0.02)  # The marginal is calibrated, just uninformative.
+
+
+def test_crps_of_a_point_forecast_is_the_absolute_error():
+    bins = np.array([10, 200, 128])
+    forecast = np.eye(256)[[30, 190, 128]]
+    np.testing.assert_allclose(calibration.discrete_crps(forecast, bins / 255), np.array([20, 10, 0]) / 255)
+
+
+def test_too_narrow_too_wide_and_biased_forecasts_lose_gain_and_show_in_coverage_and_pit():
+    rng = np.random.default_rng(4)
+    count = 6000
+    centres = rng.uniform(60, 195, count)
+    truth = np.clip(np.round(rng.normal(centres, 12.0)), 0, 255).astype(int)
+    marginal, _ = calibration.marginal_histogram(truth / 255)
+
+    def gaussian(centre, spread):
+        return calibration.gaussian_bin_probabilities(centre / 255, np.full(count, spread / 255))
+
+    honest = _scores(gaussian(centres, 12.0), truth, marginal)
+    narrow = _scores(gaussian(centres, 4.0), truth, marginal)
+    wide = _scores(gaussian(centres, 36.0), truth, marginal)
+    biased = _scores(gaussian(centres - 15.0, 12.0), truth, marginal)  # Predicts too dark: truth above.
+    assert honest["coverage_50"] == pytest.approx(0.5, abs=0.03)
+    assert honest["coverage_90"] == pytest.approx(0.9, abs=0.02)
+    assert narrow["coverage_90"] < 0.5 and wide["coverage_50"] > 0.85
+    assert biased["pit_histogram"][-1] > 0.2 and biased["pit_histogram"][0] < 0.05
+    for other in (narrow, wide, biased):
+        assert other["information_gain_bits"] < honest["information_gain_bits"]
+        assert other["log_score_bits"] > honest["log_score_bits"]
+    assert biased["crps"] > honest["crps"] and wide["crps"] > honest["crps"]
+    assert honest["information_gain_bits"] > 0
+
+
+def test_the_discretised_gaussian_sums_to_one_and_matches_its_bin_statistics():
+    mean = np.array([0.5, -0.2, 1.3, 5 / 255])
+    std = np.array([0.05, 0.1, 0.1, 0.0005])
+    probabilities = calibration.gaussian_bin_probabilities(mean, std)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-12)
+    assert probabilities[1, 0] > 0.97 and probabilities[2, -1] > 0.99  # Clipped tails fall into the edge bins.
+    assert probabilities[3, 5] > 0.99  # Bin 5 holds [4.5, 5.5) / 255.
+    truth = np.array([0.5, 0.0, np.nan, 6 / 255])
+    p, below, crps = calibration.gaussian_bin_statistics(mean, std, truth, chunk=2)
+    reference_p, reference_below = calibration.bin_statistics(probabilities, np.nan_to_num(truth))
+    keep = np.isfinite(truth)
+    np.testing.assert_allclose(p[keep], reference_p[keep], atol=1e-6)
+    np.testing.assert_allclose(below[keep], reference_below[keep], atol=1e-6)
+    np.testing.assert_allclose(crps[keep], calibration.discrete_crps(probabilities, np.nan_to_num(truth))[keep],
+                               atol=1e-6)
+    assert np.isnan(p[2]) and np.isnan(crps[2])
+
+
+def test_the_marginal_histogram_is_add_one_smoothed():
+    histogram, count = calibration.marginal_histogram(np.array([0.0, 0.0, 1.0, np.nan]))
+    assert count == 3 and histogram.shape == (256,)
+    assert histogram[0] == pytest.approx(3 / 259) and histogram[255] == pytest.approx(2 / 259)
+    assert histogram[100] == pytest.approx(1 / 259)

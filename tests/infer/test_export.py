@@ -221,3 +221,26 @@ def test_keras_archive_reloads_for_fine_tuning(tiny_export):
     reloaded = keras.saving.load_model(os.path.join(export_dir, export.KERAS_ARCHIVE), compile=False)
     inputs = np.random.default_rng(1).random((1, 42, 42, 52)).astype(np.float32)
     np.testing.assert_allclose(reloaded(inputs, training=False), model(inputs, training=False), atol=1e-6)
+
+
+def test_a_calibrated_models_signatures_divide_the_target_logits_by_their_temperatures():
+    from isl.io import calibration_file
+
+    config = presets.get_preset("tiny")
+    model = builder.build_model(config)
+    channels = config.channels
+    target = channels.output_target_channels[1]
+    calibration = calibration_file.Calibration(route="heads", channels={target: {"temperature": 4.0}}, marginal={})
+    plain = export.ServingFunctions(model, config, ("mean",), with_distributions=True)
+    calibrated = export.ServingFunctions(model, config, ("mean",), with_distributions=True, calibration=calibration)
+    network_input = tf.constant(np.random.default_rng(0).random((1, 42, 42, channels.num_input_features)),
+                                tf.float32)
+    logits, tempered = (functions.logits(network_input)["logits"].numpy() for functions in (plain, calibrated))
+    head = channels.num_input_heads + 1
+    np.testing.assert_allclose(tempered[..., head, :], logits[..., head, :] / 4.0, rtol=1e-5, atol=1e-6)
+    others = [index for index in range(channels.num_heads) if index != head]
+    np.testing.assert_allclose(tempered[..., others, :], logits[..., others, :], rtol=1e-6)
+    stack = tf.constant(_random_stack((1, 42, 42, 13), np.float32) / 65535)
+    name = export.output_name(target, "distribution")
+    wider, sharper = calibrated.outputs(stack)[name].numpy(), plain.outputs(stack)[name].numpy()
+    assert (wider.max(-1) < sharper.max(-1)).all()  # T = 4 flattens every pixel's distribution.

@@ -142,6 +142,26 @@ def test_calibration_values_match_a_numpy_reference(tiny):
     keep = masks > 0
     np.testing.assert_allclose(got["true_bin_probability"][keep], probability[keep], atol=1e-6)
     np.testing.assert_allclose(got["cdf_below_true"][keep], below[keep], atol=1e-5)
+    crps = calibration.discrete_crps(result.statistics["distribution"], truth)
+    np.testing.assert_allclose(got["crps"][keep], crps[keep], atol=1e-5)
+
+
+def test_temperatures_divide_each_heads_logits_before_the_softmax(tiny):
+    config, model = tiny
+    geometry = geometry_lib.geometry(config.model)
+    network = predict.Network.from_keras(model, _target_heads(config))
+    stack = _stack(13, 16, 24, seed=9)
+    plain = predict.predict_image(network, stack, geometry, config.channels.num_z_values, statistics=(),
+                                  run_function=predict.make_run_function(network, (), with_log_probabilities=True))
+    tempered = predict.predict_image(
+        network, stack, geometry, config.channels.num_z_values, statistics=("mean",),
+        run_function=predict.make_run_function(network, ("mean",), with_distributions=True, temperatures=(2.0, 0.5)))
+    log_probabilities = plain.statistics["log_probabilities"]
+    for head, temperature in enumerate((2.0, 0.5)):
+        scaled = log_probabilities[..., head, :] / temperature
+        expected = np.exp(scaled - scaled.max(-1, keepdims=True))
+        expected /= expected.sum(-1, keepdims=True)
+        np.testing.assert_allclose(tempered.statistics["distribution"][..., head, :], expected, atol=1e-5)
 
 
 def test_grouped_quantiles_equal_the_reference_median_rule():

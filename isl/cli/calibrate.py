@@ -1,0 +1,104 @@
+"""`isl calibrate`: fit honest uncertainty after training (a temperature or spread scale per channel)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+SUMMARY = "Fit each channel's predicted distributions to a validation split (temperature / spread scale)."
+DESCRIPTION = """
+Make the per-pixel uncertainty honest after training (beyond the paper).
+
+Not `isl recalibrate`, which re-estimates the batch-norm statistics of the
+network's weights: this command leaves every weight as it is and fits, per
+target channel, one number on labelled validation pixels:
+
+  * the 256-bin heads: a temperature T, the distribution becoming
+    softmax(logits / T) (T > 1 widens an overconfident distribution);
+  * a read-out (`isl readout`, a normal distribution per pixel): a scale
+    of its spread.
+
+Each minimises the negative log-likelihood of the true 8-bit levels, a
+proper score. It also stores the training data's histogram of 8-bit levels
+per channel (from --train_dir inside --train_region, add-one smoothed), the
+reference of the information gain that `isl evaluate` reports. Everything is
+written to MODEL_DIR/calibration.json; `isl predict` (and so `isl evaluate`)
+and `isl export` apply it from then on (`isl predict --nocalibration`
+predicts as trained).
+
+Fit on a validation split that was not trained on, and report on another
+(the test split): never tune on the rows you report.
+
+  isl calibrate --model_dir=checkpoints/condition_b_sample --data_dir=../shared/data/condition_b_sample \\
+      --region=768:896,0:768 --train_region=0:768,0:768
+
+A split without truth, or with fewer than --min_pixels labelled pixels per
+channel, exits with code 2.
+"""
+
+
+# Folders this command writes (isl.cli.main removes them when a failed run leaves them empty).
+OUTPUT_FLAGS = ()
+
+
+def define_flags(flag_values: Any) -> None:
+    from absl import flags
+
+    from isl.eval import calibrate as calibrate_lib
+
+    flags.DEFINE_string("model_dir", None, "Model directory (from isl train or isl readout); calibration.json is "
+                        "written into it.", flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "Folder of the well holding the validation split, with its real stains.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("region", None, "The validation pixels, r0:r1,c0:c1 in image pixels (ends exclusive; an "
+                        "empty end means the edge).", flag_values=flag_values)
+    flags.DEFINE_multi_string("train_dir", [], "Folder(s) of the training wells, for the marginal histogram "
+                              "(default: --data_dir).", flag_values=flag_values)
+    flags.DEFINE_string("train_region", None, "The training pixels of --train_dir, r0:r1,c0:c1, for the marginal "
+                        "histogram of the information gain (required: the model folder does not record it).",
+                        flag_values=flag_values)
+    flags.DEFINE_list("channels", [], "Target channels to calibrate (default: the read-out's, or the channels "
+                      "the model was trained on).", flag_values=flag_values)
+    flags.DEFINE_integer("min_pixels", calibrate_lib.MIN_PIXELS, "The least labelled validation pixels per channel.",
+                         flag_values=flag_values)
+
+
+def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
+    from isl import errors
+    from isl.eval import calibrate as calibrate_lib
+    from isl.infer import well as well_lib
+    from isl.io import calibration_file
+
+    if positional:
+        raise errors.InputError(f"Unexpected arguments: {' '.join(positional)}")
+    for name in ("model_dir", "data_dir", "region", "train_region"):
+        if not flag_values[name].value:
+            raise errors.InputError(f"--{name} is required.")
+    if flag_values["min_pixels"].value < 1:
+        raise errors.InputError(f"--min_pixels must be >= 1. Received: {flag_values['min_pixels'].value}")
+    model_dir = flag_values["model_dir"].value
+    data_dir = flag_values["data_dir"].value
+    for flag, path in [("data_dir", data_dir)] + [("train_dir", path) for path in flag_values["train_dir"].value]:
+        if not os.path.isdir(path):
+            raise errors.InputError(f"--{flag}={path}: not a folder.")
+    if not os.path.isdir(model_dir):
+        raise errors.InputError(f"--model_dir={model_dir}: not a folder.")
+    predictor = well_lib.load_predictor(model_dir, apply_calibration=False)
+    calibration = calibrate_lib.calibrate(
+        predictor, data_dir, flag_values["region"].value, flag_values["train_dir"].value or [data_dir],
+        flag_values["train_region"].value, flag_values["channels"].value or None, flag_values["min_pixels"].value,
+    )
+    path = calibration_file.write(model_dir, calibration)
+    name = "temperature" if calibration.route == "heads" else "spread_scale"
+    print(f"Calibrated the {calibration.route} on {data_dir} --region={flag_values['region'].value} "
+          f"in {calibration.fitted_on['seconds']:.0f} s (validation figures before -> after):")
+    for channel, parameters in calibration.channels.items():
+        before, after = calibration.scores[channel]["before"], calibration.scores[channel]["after"]
+        print(f"  {channel:<18} {name} {parameters[name]:.3f}   "
+              f"50% interval {before['coverage_50']:.1%} -> {after['coverage_50']:.1%}   "
+              f"90% interval {before['coverage_90']:.1%} -> {after['coverage_90']:.1%}   "
+              f"information gain {before['information_gain_bits']:.3f} -> {after['information_gain_bits']:.3f} bit"
+              f"   CRPS {before['crps']:.4f} -> {after['crps']:.4f}")
+    print(f"Wrote {path}; isl predict applies it from now on (--nocalibration predicts as trained).")
+    return {"calibration": path, "route": calibration.route, "channels": calibration.channels,
+            "scores": calibration.scores}

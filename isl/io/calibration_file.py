@@ -1,0 +1,106 @@
+"""`calibration.json`: the calibration `isl calibrate` stores in a model directory.
+
+The one owner of its contents, reading and writing. Keys:
+
+    format_version   1
+    route            "heads" (256-bin heads: a temperature per channel) or
+                     "readout" (a normal distribution per pixel: a spread scale per channel)
+    channels         {channel: {"temperature": T} or {"spread_scale": s}}
+    marginal         {channel: [256 probabilities]}: the training data's histogram of
+                     8-bit levels (add-one smoothed), the reference of the information gain
+    marginal_source  {"dirs", "region", "num_pixels": {channel: n}, "pseudo_count"}
+    fitted_on        {"dirs", "region", "num_pixels": {channel: n}}: the validation split
+    scores           {channel: {"before": {...}, "after": {...}}}: validation figures
+
+`isl predict` applies it (heads: logits / T before the softmax; read-out:
+spread * s) unless told not to, and copies it into `prediction.json`, where
+`isl evaluate` finds the marginal. A model directory without this file
+predicts as trained, and says it is uncalibrated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+from isl import errors
+from isl.io import atomic
+from isl.io import model_dir as model_dir_lib
+
+FORMAT_VERSION = 1
+ROUTES = ("heads", "readout")
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """A model directory's calibration (module docstring)."""
+
+    route: str
+    channels: dict[str, dict[str, float]]
+    marginal: dict[str, list[float]]
+    marginal_source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fitted_on: dict[str, Any] = dataclasses.field(default_factory=dict)
+    scores: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def temperature(self, channel: str) -> float:
+        """The channel's temperature (1 when it has none)."""
+        return float(self.channels.get(channel, {}).get("temperature", 1.0))
+
+    def spread_scale(self, channel: str) -> float:
+        """The channel's spread scale (1 when it has none)."""
+        return float(self.channels.get(channel, {}).get("spread_scale", 1.0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Calibration:
+        """Raises ValueError for a malformed record."""
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
+        if data.get("route") not in ROUTES:
+            raise ValueError(f"route {data.get('route')!r}, expected one of {', '.join(ROUTES)}")
+        channels = {str(name): {str(key): float(value) for key, value in values.items()}
+                    for name, values in dict(data["channels"]).items()}
+        for name, values in channels.items():
+            for key, value in values.items():
+                if key not in ("temperature", "spread_scale") or not (math.isfinite(value) and value > 0):
+                    raise ValueError(f"{name}: {key} = {value} (a positive temperature or spread_scale expected)")
+        marginal = {str(name): [float(value) for value in values] for name, values in dict(data["marginal"]).items()}
+        for name, values in marginal.items():
+            if not values or min(values) <= 0 or abs(sum(values) - 1.0) > 1e-3:
+                raise ValueError(f"marginal of {name}: positive probabilities summing to 1 expected")
+        return cls(data["route"], channels, marginal, dict(data.get("marginal_source", {})),
+                   dict(data.get("fitted_on", {})), dict(data.get("scores", {})))
+
+
+def path(model_dir: str) -> str:
+    """`model_dir/calibration.json`."""
+    return model_dir_lib.ModelDir(model_dir).calibration
+
+
+def write(model_dir: str, calibration: Calibration) -> str:
+    """Writes the record atomically; returns its path."""
+    target = path(model_dir)
+    atomic.write_text(target, json.dumps(calibration.to_json(), indent=2) + "\n")
+    return target
+
+
+def read(model_dir: str) -> Calibration | None:
+    """The model directory's calibration, or None when it has none.
+
+    Raises:
+        InputError: naming the file when it is not a valid record.
+    """
+    target = path(model_dir)
+    if not os.path.isfile(target):
+        return None
+    try:
+        with open(target) as file:
+            return Calibration.from_json(json.load(file))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise errors.InputError(f"{target}: not a valid calibration record ({error}); run isl calibrate again "
+                                "or remove it.") from None
