@@ -45,7 +45,12 @@ def _crop_well(sample_dir, output_dir, crop=CROP) -> dict[str, np.ndarray]:
 def test_checkpoint_is_documented_and_small():
     if not CHECKPOINT.is_dir():
         pytest.skip("checkpoints/condition_b_sample is not present")
-    assert sorted(os.listdir(CHECKPOINT)) == ["README.md", "config.json", "model.weights.h5"]
+    assert sorted(os.listdir(CHECKPOINT)) == ["README.md", "calibration.json", "config.json", "model.weights.h5"]
+    from isl.io import calibration_file
+
+    calibration = calibration_file.read(str(CHECKPOINT))  # isl calibrate on the validation rows 768:896.
+    assert calibration.route == "heads" and calibration.fitted_on["region"] == "768:896,0:768"
+    assert calibration.marginal_source["region"] == "0:768,0:768"
     assert os.path.getsize(CHECKPOINT / "model.weights.h5") < 40 * 2**20
     config = json.loads((CHECKPOINT / "config.json").read_text())
     assert config["channels"]["target_channels"] == ["DAPI_CONFOCAL", "NFH_CONFOCAL", "MAP2_CONFOCAL"]

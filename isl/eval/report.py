@@ -25,6 +25,8 @@ TILE = 256  # Height of the image tiles; side of the histogram's plot area.
 MAX_WIDTH = 2 * TILE  # Widest image tile (a wide region is scaled down to it).
 CAPTION = 34
 GAP = 6
+COLOUR_BAR = 40  # The strip under the header with each image column's colour bar.
+BAR_HEIGHT = 10
 AXIS_LEFT = 34  # Room for the histogram's y tick labels and title.
 AXIS_BOTTOM = 26  # Room for its x tick labels and title.
 TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -92,8 +94,8 @@ def draw_axes(draw, left: int, top: int, size: int = TILE) -> None:
         draw.text((x - 3 * len(label), top + size + 5), label, fill=black)
         draw.line([left - 5, y, left - 1, y], fill=black)
         draw.text((left - 7 - 6 * len(label), y - 5), label, fill=black)
-    draw.text((left + size // 2 - 12, top + size + 15), "truth", fill=black)
-    draw.text((left - AXIS_LEFT + 1, top - 12), "prediction", fill=black)
+    draw.text((left + size // 2 - 30, top + size + 15), "truth (0-1)", fill=black)
+    draw.text((left - AXIS_LEFT + 1, top - 20), "prediction (0-1)", fill=black)
 
 
 def draw_pit(draw, histogram: Sequence[float], left: int, top: int, width: int = PIT_WIDTH,
@@ -161,7 +163,7 @@ def report_figure(
     pit_left = width + AXIS_LEFT
     if any(pit is not None for pit in pits):
         width = pit_left + PIT_WIDTH + GAP
-    header = 24 + CAPTION
+    header = 24 + CAPTION + COLOUR_BAR
     height = header + len(rows) * (row_height + CAPTION + GAP) + GAP
     canvas = np.ones((height, width, 3), np.float32)
     for index, (row, box, shape) in enumerate(zip(rows, boxes, shapes)):
@@ -177,12 +179,28 @@ def report_figure(
             canvas[top : top + shape[0], left : left + shape[1]] = _resize(tile, shape)
         canvas[top : top + TILE, histogram_left : histogram_left + TILE] = histogram_image(
             np.asarray(row["histogram"]))
+    bar_top = 24 + CAPTION - 4
+    bar_width = min(image_width, 200)
+    ramp = np.linspace(0.0, 1.0, bar_width, dtype=np.float32)[None, :].repeat(BAR_HEIGHT, axis=0)
+    for left in lefts[:2]:
+        canvas[bar_top : bar_top + BAR_HEIGHT, left : left + bar_width] = panels_lib.grey(ramp)
+    signed = np.linspace(-1.0, 1.0, bar_width, dtype=np.float32)[None, :].repeat(BAR_HEIGHT, axis=0)
+    canvas[bar_top : bar_top + BAR_HEIGHT, lefts[2] : lefts[2] + bar_width] = panels_lib.subtractive_error(
+        np.maximum(signed, 0), np.maximum(-signed, 0))
     image = Image.fromarray(np.round(np.clip(canvas, 0, 1) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     draw.text((GAP, 4), title, fill=(0, 0, 0))
     labels = ("median prediction", "truth", "prediction - truth")
     for left, label in zip(lefts, labels):
         draw.text((left, 24 + 10), label, fill=(0, 0, 0))
+    bar_top, bar_width = 24 + CAPTION - 4, min(image_width, 200)
+    bar_labels = (("0", "1", "intensity (1 = level 255)"),) * 2 + (("-1", "+1", "blue: truth brighter, "
+                                                                    "orange: prediction brighter"),)
+    for left, (low, high, unit) in zip(lefts, bar_labels):
+        draw.rectangle([left - 1, bar_top - 1, left + bar_width, bar_top + BAR_HEIGHT], outline=(0, 0, 0))
+        draw.text((left, bar_top + BAR_HEIGHT + 2), low, fill=(0, 0, 0))
+        draw.text((left + bar_width - 6 * len(high), bar_top + BAR_HEIGHT + 2), high, fill=(0, 0, 0))
+        draw.text((left, bar_top + BAR_HEIGHT + 14), unit, fill=(0, 0, 0))
     draw.text((histogram_left - AXIS_LEFT, 24 + 10), "2-D histogram (log counts)", fill=(0, 0, 0))
     if any(pit is not None for pit in pits):
         draw.text((pit_left - AXIS_LEFT, 24 + 10), "calibration: fraction of pixels", fill=(0, 0, 0))

@@ -23,7 +23,8 @@ def test_a_region_is_drawn_at_its_own_shape_not_inside_the_whole_image():
     for row in (_row(prediction, prediction, mask), _row(prediction, prediction, mask, give_mask=True)):
         assert report.region_box(row) == (slice(96, 128), slice(0, 96))
         figure = report.report_figure([row], title="strip")
-        grey_rows, grey_columns = np.nonzero(np.all(figure == 128, axis=-1))
+        header = 24 + report.CAPTION + report.COLOUR_BAR  # Above: titles and the colour bars (a grey ramp).
+        grey_rows, grey_columns = np.nonzero(np.all(figure[header:] == 128, axis=-1))
         # Two grey tiles (prediction, truth) of the strip's shape, 1:3, with no black around them.
         assert report.tile_shape(32, 96) == (171, 512)
         assert grey_rows.max() - grey_rows.min() + 1 == 171
@@ -47,3 +48,16 @@ def test_histograms_have_ticks_and_labels_on_both_axes():
     # Tick labels: dark text under the x axis and left of the y axis.
     assert (pixels[top + size + 6 : top + size + 14, left : left + size] < 128).any()
     assert (pixels[top : top + size, : left - 6] < 128).any()
+
+
+def test_image_columns_have_colour_bars_and_a_pit_histogram_column_is_drawn_when_given():
+    prediction = np.random.default_rng(0).random((40, 60)).astype(np.float32)
+    mask = np.ones((40, 60), bool)
+    plain = report.report_figure([_row(prediction, prediction, mask)])
+    pit = [0.3, 0.1, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.1, 0.2]
+    with_pit = report.report_figure([{**_row(prediction, prediction, mask), "pit_histogram": pit}])
+    assert with_pit.shape[1] == plain.shape[1] + report.AXIS_LEFT + report.PIT_WIDTH + report.GAP
+    bar = plain[24 + report.CAPTION - 4 + report.BAR_HEIGHT // 2, report.GAP : report.GAP + 100]
+    assert bar[0].max() < 10 and bar[-1].min() > 100 and np.all(np.diff(bar[:, 0].astype(int)) >= 0)  # 0 -> 1 ramp.
+    nan_pit = report.report_figure([{**_row(prediction, prediction, mask), "pit_histogram": [float("nan")] * 10}])
+    assert nan_pit.shape == plain.shape  # A prediction without calibration files gets no PIT column.
