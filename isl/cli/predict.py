@@ -76,6 +76,8 @@ def define_flags(flag_values: Any) -> None:
                       flag_values=flag_values)
     flags.DEFINE_bool("panels", True, "Write the error panels when the well holds ground truth.",
                       flag_values=flag_values)
+    flags.DEFINE_enum("panel_bits", "16", ["16", "8"], "Error panels as the original's 16-bit RGB PNGs, or 8-bit "
+                      "PNGs of at most 2^21 pixels, small enough to mail.", flag_values=flag_values)
     flags.DEFINE_bool("simplify_panels", True, "3-column panels (median, truth, error) as the original's default; "
                       "--nosimplify_panels gives 12 columns.", flag_values=flag_values)
     flags.DEFINE_bool("save_calibration", True, "With ground truth, write per-pixel calibration TIFFs (probability of "
@@ -177,6 +179,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             image_format=flag_values["format"].value,
             panels=flag_values["panels"].value,
             simplified_panels=flag_values["simplify_panels"].value,
+            panel_bits=int(flag_values["panel_bits"].value),
             save_calibration=flag_values["save_calibration"].value,
             batch_size=flag_values["batch_size"].value,
             progress_enabled=flag_values["progress"].value,

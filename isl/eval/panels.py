@@ -20,6 +20,9 @@ where correct.
 Files are 16-bit RGB PNGs (value * 65535). The original swapped channels to
 BGR only because OpenCV writes BGR, so its files on disk are RGB, as here.
 Panels above 2**22 pixels are downscaled bilinearly, as in the original.
+Beyond the original, `bits=8` writes 8-bit RGB PNGs downscaled to at most
+`MAX_MAIL_PIXELS` (2**21) pixels, small enough to mail (`isl predict
+--panel_bits=8`).
 
 Beyond the original, a panel given its row names is labelled: a strip above
 names each column (`column_names`) and a strip on the left names each row's
@@ -47,6 +50,8 @@ TARGET_BLUE = (0.0, 0.5, 1.0)
 
 BORDER_PIXELS = 4
 MAX_PANEL_PIXELS = 2**22
+MAX_MAIL_PIXELS = 2**21
+PANEL_BITS = (16, 8)
 
 SIMPLIFIED_STATISTICS = ("median",)
 FULL_STATISTICS = ("mode", "median", "mean", "std")
@@ -297,10 +302,23 @@ def decode_png_rgb16(data: bytes) -> np.ndarray:
     return raw[:, 1:].copy().view(">u2").reshape(height, width, 3).astype(np.uint16)
 
 
-def write_panel(path: str | os.PathLike[str], panel: np.ndarray) -> str:
-    """Writes `[h, w, 3]` in [0, 1] as a 16-bit RGB PNG, atomically; returns the path."""
+def write_panel(path: str | os.PathLike[str], panel: np.ndarray, bits: int = 16) -> str:
+    """Writes `[h, w, 3]` in [0, 1] as a 16-bit RGB PNG (or 8-bit, at most `MAX_MAIL_PIXELS`), atomically."""
     from isl.io import atomic
 
     path = os.fspath(path)
-    atomic.write_bytes(path, encode_png_rgb16(to_uint16(panel)))
+    if bits == 16:
+        atomic.write_bytes(path, encode_png_rgb16(to_uint16(panel)))
+        return path
+    if bits != 8:
+        raise ValueError(f"Panel bits must be 16 or 8. Received: {bits}")
+    import io
+
+    from PIL import Image
+
+    small = limit_size(np.asarray(panel, np.float32), MAX_MAIL_PIXELS)
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(small, 0.0, 1.0) * 255).astype(np.uint8)).save(buffer, format="PNG",
+                                                                                    optimize=True)
+    atomic.write_bytes(path, buffer.getvalue())
     return path

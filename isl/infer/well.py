@@ -432,6 +432,7 @@ def _predict_well_files(
     simplified_panels: bool = True,
     save_calibration: bool = True,
     batch_size: int = 1,
+    panel_bits: int = 16,
     memory_budget_bytes: float | None = None,
     progress_enabled: bool = True,
     phases: int = 0,
@@ -453,6 +454,8 @@ def _predict_well_files(
         image_format: "png" or "tiff" (16-bit either way).
         panels: write the error panels when the well holds ground truth.
         simplified_panels: 3-column panels (the original's default) or 12.
+        panel_bits: 16 (the original's 16-bit RGB PNGs) or 8 (8-bit, at most
+            `isl.eval.panels.MAX_MAIL_PIXELS` pixels: small enough to mail).
         save_calibration: write the calibration TIFFs when there is truth.
         batch_size: runs per network call.
         memory_budget_bytes: for the automatic tile size.
@@ -490,7 +493,8 @@ def _predict_well_files(
     os.makedirs(well_dir, exist_ok=True)
     files = write_statistics(well_dir, well.metadata, plan.channels, plan.written, prediction.statistics, image_format)
     calibration_files = _write_calibration(well_dir, plan, prediction) if save_calibration else {}
-    panel_files = _write_panels(well_dir, plan, prediction, simplified_panels) if plan.with_panels else {}
+    panel_files = (_write_panels(well_dir, plan, prediction, simplified_panels, panel_bits) if plan.with_panels
+                   else {})
     summary = prediction_summary(
         predictor, well, input_dir, plan.channels, plan.written, border_mode, prediction.region, image_format,
         files, predictor.geometry,
@@ -752,7 +756,7 @@ def _safe_name(name: str) -> str:
 
 
 def _write_panels(
-    well_dir: str, plan: WellPlan, prediction: predict_lib.Prediction, simplified: bool
+    well_dir: str, plan: WellPlan, prediction: predict_lib.Prediction, simplified: bool, bits: int = 16
 ) -> dict[str, str]:
     """The target and input error panels (`isl.eval.panels`); returns "target"/"input" -> file name."""
     from isl.eval import panels as panels_lib
@@ -767,10 +771,10 @@ def _write_panels(
         target_statistics, plan.target_values[rows, columns][..., target_rows],
         plan.target_masks[rows, columns][..., target_rows], simplified, row_names=list(plan.truth_channels),
     )
-    written = {"target": panels_lib.write_panel(os.path.join(well_dir, TARGET_PANEL), panel)}
+    written = {"target": panels_lib.write_panel(os.path.join(well_dir, TARGET_PANEL), panel, bits)}
     input_statistics = {name: prediction.statistics[name][..., num_targets:] for name in plan.panel_statistics}
     num_z = plan.network_values.shape[-1]  # One row per z value of the network (its input heads).
     panel = panels_lib.error_panel(input_statistics, plan.network_values[rows, columns], None, simplified,
                                    row_names=[f"z {index + 1}/{num_z}" for index in range(num_z)])
-    written["input"] = panels_lib.write_panel(os.path.join(well_dir, INPUT_PANEL), panel)
+    written["input"] = panels_lib.write_panel(os.path.join(well_dir, INPUT_PANEL), panel, bits)
     return {key: os.path.basename(path) for key, path in written.items()}

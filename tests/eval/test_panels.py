@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,18 @@ def test_a_panel_given_row_names_labels_each_channel_row_and_each_column():
     assert len(panels.column_names(simplified=False)) == 12
     with pytest.raises(ValueError, match="2 panel rows"):
         panels.error_panel(statistics, truth, None, row_names=["DAPI_CONFOCAL"])
+
+
+def test_eight_bit_panels_are_downscaled_to_mail_size_and_far_smaller(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    panel = np.clip(rng.normal(0.3, 0.1, (1800, 1400, 3)), 0, 1).astype(np.float32)  # 2.5 M pixels.
+    sixteen = panels.write_panel(tmp_path / "16.png", panel)
+    eight = panels.write_panel(tmp_path / "8.png", panel, bits=8)
+    image = Image.open(eight)
+    assert image.mode == "RGB" and image.size[0] * image.size[1] <= panels.MAX_MAIL_PIXELS
+    assert abs(image.size[0] / image.size[1] - 1400 / 1800) < 0.01
+    assert os.path.getsize(eight) < os.path.getsize(sixteen) / 2
+    with pytest.raises(ValueError, match="16 or 8"):
+        panels.write_panel(tmp_path / "bad.png", panel, bits=12)
