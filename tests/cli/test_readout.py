@@ -98,3 +98,38 @@ def test_an_existing_folder_that_is_not_a_readout_is_never_replaced(tiny_model_d
     code, _, err = run_isl(["readout", f"--model_dir={tiny_model_dir}", f"--train_dir={plate / 'a'}",
                             f"--output_dir={tiny_model_dir}", "--noprogress"], capsys)
     assert code == 2 and "not --model_dir" in err
+
+
+def test_a_readout_is_calibrated_with_a_spread_scale_and_writes_calibration_maps(tiny_model_dir, plate, tmp_path,
+                                                                                 capsys):
+    from isl.io import calibration_file
+
+    output = str(tmp_path / "readout_model")
+    code, out, _ = run_isl(["readout", f"--model_dir={tiny_model_dir}", f"--train_dir={plate / 'a'}", "--radii=1",
+                            "--targets=DAPI_CONFOCAL", "--noprogress", f"--output_dir={output}"], capsys)
+    assert code == 0, out
+    code, out, _ = run_isl(["calibrate", f"--model_dir={output}", f"--data_dir={plate / 'b'}", "--region=0:40,0:44",
+                            f"--train_dir={plate / 'a'}", "--train_region=0:40,0:44", "--min_pixels=1000"], capsys)
+    assert code == 0, out
+    record = calibration_file.read(output)
+    assert record.route == "readout" and set(record.channels) == {"DAPI_CONFOCAL"}
+    scale = record.channels["DAPI_CONFOCAL"]["spread_scale"]
+    before, after = (record.scores["DAPI_CONFOCAL"][key] for key in ("before", "after"))
+    assert after["nll_nats"] <= before["nll_nats"] + 1e-9 and scale != 1.0
+    runs = {}
+    for name, flags in (("calibrated", []), ("raw", ["--nocalibration"])):
+        predictions = str(tmp_path / name)
+        code, out, _ = run_isl(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}", "--noprogress",
+                                f"--output_dir={predictions}", "--statistics=median,std", "--json", *flags], capsys)
+        assert code == 0, out
+        (well,) = json.loads(out.strip().splitlines()[-1])["wells"]
+        assert set(well["calibration_files"]["DAPI_CONFOCAL"]) == {"true_bin_probability", "cdf_below_true", "crps"}
+        runs[name] = images.to_float(images.read_image(os.path.join(well["well_dir"],
+                                                                    well["files"]["DAPI_CONFOCAL"]["std"])))
+    unclipped = runs["raw"] < 0.5
+    np.testing.assert_allclose(runs["calibrated"][unclipped], runs["raw"][unclipped] * scale, atol=2e-4)
+    code, out, _ = run_isl(["evaluate", f"--predictions_dir={tmp_path / 'calibrated'}", f"--truth_dir={plate / 'b'}",
+                            "--json"], capsys)
+    row = json.loads(out.strip().splitlines()[-1])["rows"][0]
+    assert row["calibrated"] is True
+    assert row["information_gain_bits"] == pytest.approx(after["information_gain_bits"], abs=2e-3)
