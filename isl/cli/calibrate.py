@@ -29,7 +29,7 @@ predicts as trained).
 Fit on a validation split that was not trained on, and report on another
 (the test split): never tune on the rows you report.
 
-  isl calibrate --model_dir=checkpoints/condition_b_sample --data_dir=../shared/data/condition_b_sample \\
+  isl calibrate --model_dir=checkpoints/condition_b_sample --data_dir=sample_well \\
       --region=768:896,0:768 --train_region=0:768,0:768
 
 A split without truth, or with fewer than --min_pixels labelled pixels per

@@ -1,12 +1,12 @@
-"""`isl evaluate`: Score predictions against ground truth (Pearson r, calibration, panels)."""
+"""`isl evaluate`: Score predictions against ground truth (Pearson r, proper scores, calibration)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-SUMMARY = "Score predictions against ground truth (Pearson r, calibration, panels)."
+SUMMARY = "Score predictions against ground truth (Pearson r, SSIM, information gain, CRPS, coverage)."
 DESCRIPTION = """
-Score predictions against ground truth (Pearson r, calibration, panels).
+Score predictions against ground truth (Pearson r, proper scores, calibration).
 
 For every well that `isl predict` wrote under --predictions_dir and its
 truth well under --truth_dir: per target channel, Pearson r of the median

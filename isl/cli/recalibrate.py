@@ -19,6 +19,10 @@ every batch-norm layer's moving mean and variance to the average of the
 batch statistics over --batches training batches of --data_dir (the same
 pipeline and augmentation as training). The weights are not changed.
 
+Not `isl calibrate`, which leaves the weights alone and fits the predicted
+uncertainty (a temperature per channel) on a validation split; after
+recalibrating, run `isl calibrate` again.
+
 Writes config.json, model.weights.h5 and recalibration.json into
 --output_dir (default: --model_dir, whose weights file is then replaced
 atomically; its checkpoints are left as they are).
