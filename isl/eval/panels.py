@@ -25,8 +25,9 @@ Beyond the original, `bits=8` writes 8-bit RGB PNGs downscaled to at most
 --panel_bits=8`).
 
 Beyond the original, a panel given its row names is labelled: a strip above
-names each column (`column_names`) and a strip on the left names each row's
-channel, white on black (`labelled`).
+names each column (`column_names`), a strip on the left names each row's
+channel, white on black, and a strip below gives each column's colour bar
+with its unit (`labelled`, `colour_bars`).
 """
 
 from __future__ import annotations
@@ -207,8 +208,58 @@ def _text_strip(texts: Sequence[str], widths: Sequence[int], height: int, size: 
     return np.asarray(strip, np.float32) / 255.0
 
 
+def colour_bars(columns: Sequence[str], tile_width: int, size: int) -> np.ndarray:
+    """Under each column, its colour scale and unit: `[4 * size, len(columns) * tile_width, 3]` in [0, 1].
+
+    Images (statistics, truth): a grey ramp, 0 to 1 = 8-bit level 255. Subtractive
+    errors: blue (truth brighter) through black to orange (prediction brighter),
+    -1 to +1. Additive errors: the two colours and their grey sum. The mask:
+    white = labelled.
+    """
+    from PIL import Image, ImageDraw
+
+    height = 5 * size
+    footer = np.zeros((height, len(columns) * tile_width, 3), np.float32)
+    margin = max(2, tile_width // 12)
+    bar_width = max(1, tile_width - 2 * margin)
+    ramp = np.linspace(0.0, 1.0, bar_width, dtype=np.float32)
+    texts = []
+    for index, name in enumerate(columns):
+        left = index * tile_width + margin
+        bar = footer[size // 2 : size // 2 + size, left : left + bar_width]
+        if name.endswith("- truth"):
+            signed = 2 * ramp - 1
+            bar[:] = subtractive_error(np.maximum(signed, 0), np.maximum(-signed, 0))[np.newaxis]
+            texts.append((left, ("-1", "+1"), "blue < 0 < orange"))
+        elif name.endswith("+ truth"):
+            third = bar_width // 3
+            bar[:, :third] = PREDICTION_ORANGE
+            bar[:, third : 2 * third] = TARGET_BLUE
+            bar[:, 2 * third :] = 0.5
+            texts.append((left, ("pred.", "truth", "both"), ""))
+        elif name == "mask":
+            bar[:] = 1.0
+            texts.append((left, (), "white: labelled"))
+        else:
+            bar[:] = grey(ramp)[np.newaxis]
+            texts.append((left, ("0", "1"), "1 = level 255"))
+    image = Image.fromarray(np.round(footer * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    font = _font(size)
+    white = (255, 255, 255)
+    for left, ticks, unit in texts:
+        # Tick labels spread under the bar (first at its left end, last at its right end); the unit below them.
+        for position, tick in enumerate(ticks):
+            width = draw.textbbox((0, 0), tick, font=font)[2]
+            x = left + round((bar_width - width) * position / max(1, len(ticks) - 1))
+            draw.text((x, size // 2 + size + size // 4), tick, fill=white, font=font)
+        if unit:
+            draw.text((left, size // 2 + 2 * size + size // 2), unit, fill=white, font=font)
+    return np.asarray(image, np.float32) / 255.0
+
+
 def labelled(panel: np.ndarray, row_names: Sequence[str], columns: Sequence[str]) -> np.ndarray:
-    """The panel `[H, W, 3]` with its column names above and its row names on the left.
+    """The panel `[H, W, 3]` with its column names above, its row names on the left and colour bars below.
 
     Rows and columns are equal divisions of the panel (bordered tiles). The
     text is sized to the tiles (at least 12 px) and written white on black.
@@ -224,10 +275,12 @@ def labelled(panel: np.ndarray, row_names: Sequence[str], columns: Sequence[str]
     side = np.concatenate(
         [_text_strip([name], [name_width], tile_height, size) for name in row_names], axis=0)
     side = np.pad(side, ((0, height - side.shape[0]), (0, 0)))
-    labelled_panel = np.zeros((strip_height + height, name_width + width, 3), np.float32)
-    labelled_panel[strip_height:, name_width:] = panel
+    footer = colour_bars(columns, tile_width, size)
+    labelled_panel = np.zeros((strip_height + height + footer.shape[0], name_width + width, 3), np.float32)
+    labelled_panel[strip_height : strip_height + height, name_width:] = panel
     labelled_panel[:strip_height, name_width : name_width + header.shape[1]] = header[..., np.newaxis]
-    labelled_panel[strip_height:, :name_width] = side[..., np.newaxis]
+    labelled_panel[strip_height : strip_height + height, :name_width] = side[..., np.newaxis]
+    labelled_panel[strip_height + height :, name_width : name_width + footer.shape[1]] = footer
     return labelled_panel
 
 

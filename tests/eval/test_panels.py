@@ -62,17 +62,18 @@ def test_a_panel_given_row_names_labels_each_channel_row_and_each_column():
     truth = statistics["median"][..., ::-1]
     bare = panels.error_panel(statistics, truth, None, simplified=True)
     named = panels.error_panel(statistics, truth, None, simplified=True, row_names=["DAPI_CONFOCAL", "MAP2_CONFOCAL"])
-    top = named.shape[0] - bare.shape[0]
+    size = 12  # The label size for 40 x 60 tiles: top strip 2 * size, colour bars 5 * size below.
+    top, bottom = 2 * size, named.shape[0] - 5 * size
     left = named.shape[1] - bare.shape[1]
-    assert top > 0 and left > 0
-    np.testing.assert_array_equal(named[top:, left:], bare)  # The grid itself is the original's.
+    assert bottom - top == bare.shape[0] and left > 0
+    np.testing.assert_array_equal(named[top:bottom, left:], bare)  # The grid itself is the original's.
     tile_height, tile_width = 40 + 8, 60 + 8
     for column in range(3):  # White text over every column...
         assert named[:top, left + column * tile_width : left + (column + 1) * tile_width].max() > 0.9
     for row in range(2):  # ...and left of every row.
         assert named[top + row * tile_height : top + (row + 1) * tile_height, :left].max() > 0.9
     other = panels.error_panel(statistics, truth, None, simplified=True, row_names=["NFH_CONFOCAL", "CELLMASK"])
-    assert not np.array_equal(other[top:, :left], named[top:, :left])  # The names are drawn, not a fixed strip.
+    assert not np.array_equal(other[top:bottom, :left], named[top:bottom, :left])  # Names drawn, not a fixed strip.
     assert panels.column_names() == ["median", "truth", "median - truth"]
     assert len(panels.column_names(simplified=False)) == 12
     with pytest.raises(ValueError, match="2 panel rows"):
@@ -92,3 +93,16 @@ def test_eight_bit_panels_are_downscaled_to_mail_size_and_far_smaller(tmp_path):
     assert os.path.getsize(eight) < os.path.getsize(sixteen) / 2
     with pytest.raises(ValueError, match="16 or 8"):
         panels.write_panel(tmp_path / "bad.png", panel, bits=12)
+
+
+def test_labelled_panels_carry_a_colour_bar_under_each_column():
+    panel = np.zeros((2 * 60, 3 * 80, 3), np.float32)
+    result = panels.labelled(panel, ["DAPI", "MAP2"], panels.column_names())
+    size = max(12, min(60, 80) // 12)
+    footer = result[-5 * size :]
+    assert result.shape[0] == 2 * size + 120 + 5 * size
+    bar_row = footer[size // 2 + size // 2, result.shape[1] - 3 * 80 :]
+    grey_bar = bar_row[: 80 - 1]
+    assert grey_bar[:, 0].max() > 0.9 and np.allclose(grey_bar[:, 0], grey_bar[:, 2])  # A grey ramp to white.
+    error_bar = bar_row[2 * 80 :]
+    assert error_bar[:, 2].max() > 0.9 and error_bar[:, 0].max() > 0.9  # Blue and orange ends.
