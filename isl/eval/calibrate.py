@@ -334,6 +334,7 @@ def calibrate(
         marginal_source={"dirs": list(train_dirs), "region": train_region,
                          "num_pixels": marginal_counts, "pseudo_count": calibration_lib.MARGINAL_PSEUDO_COUNT},
         fitted_on={"dir": data_dir, "region": region, "num_pixels": counts,
+                   "model_fingerprint": calibration_file.fingerprint(predictor.source),
                    "fit_pixels": {channel: int(len(collected[channel][-1])) for channel in chosen},
                    "seconds": round(time.perf_counter() - start, 1)},
         scores=scores,

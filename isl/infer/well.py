@@ -203,7 +203,9 @@ def load_predictor(
     if predictor.calibration is not None and predictor.calibration_in_graph and not apply_calibration:
         raise errors.InputError(f"{saved_model}: the export carries its calibration inside the graph; "
                                 "predict from the model directory to predict uncalibrated.")
-    if predictor.calibration is not None:
+    if predictor.calibration is not None and model_dir and apply_calibration:
+        calibration_file.check_fresh(model_dir, predictor.calibration)
+    if predictor.calibration is not None and apply_calibration:
         expected = "readout" if predictor.readout is not None else "heads"
         if predictor.calibration.route != expected:
             raise errors.InputError(

@@ -9,13 +9,16 @@ The one owner of its contents, reading and writing. Keys:
     marginal         {channel: [256 probabilities]}: the training data's histogram of
                      8-bit levels (add-one smoothed), the reference of the information gain
     marginal_source  {"dirs", "region", "num_pixels": {channel: n}, "pseudo_count"}
-    fitted_on        {"dirs", "region", "num_pixels": {channel: n}}: the validation split
+    fitted_on        {"dir", "region", "num_pixels": {channel: n}, "model_fingerprint"}: the validation
+                     split, and the SHA-256 of the weights (and readout.json) it was fitted to
     scores           {channel: {"before": {...}, "after": {...}}}: validation figures
 
 `isl predict` applies it (heads: logits / T before the softmax; read-out:
 spread * s) unless told not to, and copies it into `prediction.json`, where
 `isl evaluate` finds the marginal. A model directory without this file
-predicts as trained, and says it is uncalibrated.
+predicts as trained, and says it is uncalibrated. A record whose fingerprint
+no longer matches the folder's weights (trained or recalibrated since) is
+refused (`check_fresh`) rather than applied to other weights.
 """
 
 from __future__ import annotations
@@ -75,6 +78,33 @@ class Calibration:
                 raise ValueError(f"marginal of {name}: positive probabilities summing to 1 expected")
         return cls(data["route"], channels, marginal, dict(data.get("marginal_source", {})),
                    dict(data.get("fitted_on", {})), dict(data.get("scores", {})))
+
+
+def fingerprint(model_dir: str) -> str:
+    """SHA-256 of the folder's weights file, and of its readout.json when it has one (hex)."""
+    import hashlib
+
+    layout = model_dir_lib.ModelDir(model_dir)
+    digest = hashlib.sha256()
+    for name in (layout.weights, layout.readout):
+        if os.path.isfile(name):
+            with open(name, "rb") as file:
+                for block in iter(lambda: file.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def check_fresh(model_dir: str, calibration: Calibration) -> None:
+    """Raises InputError when the calibration was fitted to other weights than the folder's.
+
+    A record without a fingerprint (written by hand) is trusted.
+    """
+    recorded = calibration.fitted_on.get("model_fingerprint")
+    if recorded and recorded != fingerprint(model_dir):
+        raise errors.InputError(
+            f"{path(model_dir)} was fitted to other weights than the folder's {model_dir_lib.WEIGHTS_FILE} (or "
+            f"{model_dir_lib.READOUT_FILE}): the model was trained, recalibrated or refitted since. Run isl calibrate "
+            "again, or predict with --nocalibration.")
 
 
 def path(model_dir: str) -> str:

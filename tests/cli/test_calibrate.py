@@ -69,6 +69,17 @@ def test_calibrate_then_predict_and_evaluate_report_the_calibrated_scores(model_
     summary = json.load(open(os.path.join(uncalibrated, os.listdir(uncalibrated)[0], "prediction.json")))
     assert summary["calibration"]["applied"] is False and "DAPI_CONFOCAL" in summary["calibration"]["marginal"]
 
+    # New weights in the folder (trained or recalibrated since): the old calibration is refused, not applied.
+    from isl import presets
+    from isl.model import builder
+    from isl.model import saving
+
+    config = presets.get_preset("tiny")
+    saving.save_model_dir(builder.build_model(config), config, model_copy)
+    code, _, err = run_isl(["predict", f"--model_dir={model_copy}", f"--input_dir={well}", CHANNELS,
+                            f"--output_dir={tmp_path / 'stale'}", "--nopanels", "--noprogress"], capsys)
+    assert code == 2 and "was fitted to other weights" in err and "isl calibrate" in err
+
 
 def test_a_model_folder_without_calibration_predicts_and_says_it_is_uncalibrated(tiny_model_dir, well, tmp_path,
                                                                                   capsys):
