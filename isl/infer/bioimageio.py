@@ -439,7 +439,7 @@ def export_package(
         try:
             export_lib.export_keras_model(model, config, saved_model_dir, statistics, keras_archive=False,
                                           trained_channels=trained, channels=channels, bioimageio_endpoint=True,
-                                          calibration=calibration_file.read(model_dir))
+                                          calibration=calibration_file.read_fresh(model_dir))
             outputs = run_endpoint(saved_model_dir, stack)
             _zip_directory(saved_model_dir, os.path.join(temporary, WEIGHTS_FILE))
         finally:

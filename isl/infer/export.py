@@ -166,7 +166,7 @@ class ServingFunctions:
             inverse = [1.0] * channels.num_heads
             for channel in available:
                 inverse[channels.num_input_heads + available.index(channel)] = 1.0 / calibration.temperature(channel)
-            self._inverse_temperatures = tf.constant(inverse, tf.float32)[:, tf.newaxis]
+            self._inverse_temperatures = [[value] for value in inverse]  # [heads, 1]; a constant in each trace.
         self._image_functions: dict[str, Any] = {}
         # One traced graph each, shared by the signatures that call them: the
         # network is traced once however many signatures there are.
@@ -242,7 +242,7 @@ class ServingFunctions:
 
         logits = tf.cast(self.model(network_input, training=False), tf.float32)
         if self._inverse_temperatures is not None:  # isl calibrate's temperatures.
-            logits = logits * self._inverse_temperatures
+            logits = logits * tf.constant(self._inverse_temperatures, tf.float32)
         return {"logits": logits}
 
     def outputs(self, z_stack: Any) -> dict[str, Any]:
@@ -441,7 +441,7 @@ def export_model(
     channels = export_channels(config, trained, all_heads, model_dir)
     return export_keras_model(model, config, export_dir, statistics, with_distributions, keras_archive,
                               trained_channels=trained, channels=channels, tile_size=tile_size,
-                              calibration=calibration_file.read(model_dir))
+                              calibration=calibration_file.read_fresh(model_dir))
 
 
 def export_keras_model(

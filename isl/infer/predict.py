@@ -326,14 +326,14 @@ def make_run_function(
     others = tuple(name for name in statistics if name != "median")
     searched = ((0.5,) if "median" in statistics else ()) + tuple(quantiles)
 
-    inverse_temperatures = None
+    inverse_temperatures = None  # NumPy, so each trace embeds it as a constant (no captured tensor).
     if temperatures is not None:
-        inverse_temperatures = tf.constant([1.0 / float(value) for value in temperatures], tf.float32)[:, tf.newaxis]
+        inverse_temperatures = np.array([1.0 / float(value) for value in temperatures], np.float32)[:, np.newaxis]
 
     def compute(inputs: Any, keep_rows: Any, keep_columns: Any, true_bins: Any = None) -> dict[str, Any]:
         logits = tf.cast(network(inputs, keep_rows, keep_columns), tf.float32)
         if inverse_temperatures is not None:
-            logits = logits * inverse_temperatures
+            logits = logits * tf.constant(inverse_temperatures)
         probabilities = tf.nn.softmax(logits, axis=-1)
         scale = float(probabilities.shape[-1] - 1)
         results = {}

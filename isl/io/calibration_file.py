@@ -134,3 +134,11 @@ def read(model_dir: str) -> Calibration | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise errors.InputError(f"{target}: not a valid calibration record ({error}); run isl calibrate again "
                                 "or remove it.") from None
+
+
+def read_fresh(model_dir: str) -> Calibration | None:
+    """`read`, then `check_fresh` (for what applies the calibration: predict, export)."""
+    calibration = read(model_dir)
+    if calibration is not None:
+        check_fresh(model_dir, calibration)
+    return calibration

@@ -106,3 +106,36 @@ def test_a_split_without_truth_or_with_too_few_pixels_exits_2_and_writes_nothing
                            capsys)
     assert code == 2 and "--train_region is required" in err
     assert not os.path.exists(calibration_file.path(model_copy))
+
+
+@pytest.mark.slow  # About 30-50 s (an export and three predictions); the in-graph division is also tested fast.
+def test_an_export_of_a_calibrated_model_applies_the_temperatures_in_its_graph(model_copy, well, tmp_path, capsys):
+    from isl.io import images
+
+    code, out, _ = run_isl(["calibrate", f"--model_dir={model_copy}", f"--data_dir={well}", "--region=32:64,0:48",
+                            "--train_region=0:32,0:48", "--min_pixels=500", CHANNELS], capsys)
+    assert code == 0, out
+    export_dir = str(tmp_path / "export")
+    code, _, err = run_isl(["export", f"--model_dir={model_copy}", f"--export_dir={export_dir}",
+                            "--statistics=median", "--nokeras_archive", "--all_heads"], capsys)
+    assert code == 0, err
+    assert calibration_file.read(export_dir).channels == calibration_file.read(model_copy).channels
+    first_lines, medians = {}, {}
+    for name, source in (("export", f"--saved_model={export_dir}"), ("model", f"--model_dir={model_copy}")):
+        code, out, err = run_isl(["predict", source, f"--input_dir={well}", CHANNELS,
+                                  f"--output_dir={tmp_path / name}", "--nopanels", "--noprogress", "--json"], capsys)
+        assert code == 0, err
+        (record,) = json.loads(out.strip().splitlines()[-1])["wells"]
+        first_lines[name] = out.splitlines()[0]
+        medians[name] = images.read_image(os.path.join(record["well_dir"], record["files"]["MAP2_CONFOCAL"]["median"]))
+    assert first_lines["export"] == "Calibrated: the export applies its calibration inside the graph."
+    assert first_lines["model"].startswith("Calibrated (calibration.json")
+    # The same calibrated medians from the export's graph as from the model folder (float rounding apart),
+    assert np.mean(medians["export"] == medians["model"]) > 0.99
+    # and not the uncalibrated ones.
+    code, out, _ = run_isl(["predict", f"--model_dir={model_copy}", f"--input_dir={well}", CHANNELS, "--json",
+                            f"--output_dir={tmp_path / 'raw'}", "--nopanels", "--noprogress", "--nocalibration"],
+                           capsys)
+    (record,) = json.loads(out.strip().splitlines()[-1])["wells"]
+    raw = images.read_image(os.path.join(record["well_dir"], record["files"]["MAP2_CONFOCAL"]["median"]))
+    assert np.mean(raw != medians["model"]) > 0.05
