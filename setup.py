@@ -30,6 +30,9 @@ setuptools.setup(
         "tifffile>=2023.7",
         "absl-py>=1.4",
         "psutil>=5.9",
+        # The normal CDF (scipy.special.ndtr) of the read-out's per-pixel distributions: calibration TIFFs,
+        # proper scores and isl calibrate's spread scale.
+        "scipy>=1.10",
     ],
     extras_require={
         # The default test run includes the bioimage.io checks (they install cleanly next to TF 2.21 and numpy 2).
