@@ -52,6 +52,8 @@ OUTPUT_FLAGS = ("output_dir",)
 def define_flags(flag_values: Any) -> None:
     from absl import flags
 
+    from isl.cli import data_flags
+
     flags.DEFINE_string("model_dir", None, "Model directory from `isl train` (config.json + model.weights.h5).",
                         flag_values=flag_values)
     flags.DEFINE_string("saved_model", None, "Exported SavedModel directory from `isl export` (uses its 'logits' "
@@ -74,6 +76,10 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_integer("batch_size", 1, "Tiles per network call.", flag_values=flag_values)
     flags.DEFINE_enum("format", "png", ["png", "tiff"], "Image format of the predictions (16-bit either way).",
                       flag_values=flag_values)
+    flags.DEFINE_enum("names", "lab", ["lab", "short"], "Output file names: lab (the paper's file-name grammar, "
+                      "about 150 characters, e.g. lab-...,channel-DAPI_CONFOCAL,...,kind-PREDICTED.png) or short "
+                      "(DAPI_CONFOCAL_MEDIAN.png); prediction.json lists the files either way.",
+                      flag_values=flag_values)
     flags.DEFINE_bool("panels", True, "Write the error panels when the well holds ground truth.",
                       flag_values=flag_values)
     flags.DEFINE_bool("simplify_panels", True, "3-column panels (median, truth, error) as the original's default; "
@@ -82,10 +88,7 @@ def define_flags(flag_values: Any) -> None:
                       "the true bin, CDF below it) for `isl evaluate`.", flag_values=flag_values)
     flags.DEFINE_enum("precision", "", ["", "float32", "bfloat16"], "Compute precision; '' runs as trained. bfloat16 "
                       "needs --model_dir.", flag_values=flag_values)
-    flags.DEFINE_enum("normalization", None, ["none", "paper", "percentile"],
-                      "Transmitted-light normalisation of the inputs (default: the model's data.normalization, "
-                      "recorded from its training data); e.g. paper for raw microscope data with a model trained "
-                      "on the paper's images.", flag_values=flag_values)
+    data_flags.define(flag_values, ("normalization", "channel_map", "set"))
     flags.DEFINE_bool("progress", True, "Show a progress line on stderr.", flag_values=flag_values)
     flags.DEFINE_integer(
         "phases", 0,
@@ -93,11 +96,9 @@ def define_flags(flag_values: Any) -> None:
         "8 + 16k, k >= 1, e.g. 24 px; four runs per tile for 8-px models). 1: one run per tile for any model; "
         "for 8-px models an approximation (see README).", flag_values=flag_values,
     )
-    flags.DEFINE_string(
-        "region", None,
+    data_flags.define(flag_values, ("region",), region_help=(
         "Predict only this window r0:r1,c0:c1 (image pixels, ends exclusive; an empty end means the edge), "
-        "reading context from the well around it.", flag_values=flag_values,
-    )
+        "reading context from the well around it; every model kind."))
     flags.DEFINE_bool(
         "inference_graph", True,
         "Fold batch norm into the activations for prediction (same outputs up to float rounding; --model_dir only).",
@@ -111,8 +112,67 @@ def stopped_hint(flag_values: Any) -> str:
             "prediction.json); the well in progress is not. Run the command again for the rest.")
 
 
+# Flags a kind of model cannot honour: name -> (the value that changes nothing, why). Given another value,
+# `isl predict` exits 2 with the reason instead of ignoring it.
+_NO_BORDER = "it keeps the input's height and width (no border, no tiles of the 256-bin heads)"
+UNSUPPORTED: dict[str, dict[str, tuple[Any, str]]] = {
+    "readout": {
+        "tile_size": (0, "a read-out embeds in its own fixed tiles"),
+        "batch_size": (1, "a read-out embeds one tile per call"),
+        "phases": (0, "a read-out's embedding is always exact"),
+        "precision": ("", "a read-out runs its core as trained"),
+        "inference_graph": (True, "a read-out always folds batch norm into its core"),
+        "simplify_panels": (True, "a read-out has no mode, so only the simplified panel (median, truth, error)"),
+        "save_calibration": (False, "a read-out writes no calibration TIFFs (its 50%/90% coverage is in readout.json "
+                             "and isl evaluate scores its quantile files)"),
+    },
+    "unet_regression": {
+        "tile_size": (0, f"the U-Net regression predicts in one pass; {_NO_BORDER}"),
+        "batch_size": (1, "the U-Net regression predicts in one pass"),
+        "phases": (0, "the U-Net regression predicts in one pass"),
+        "precision": ("", "the U-Net regression runs as trained"),
+        "inference_graph": (True, "the U-Net regression runs its Keras model directly"),
+        "simplify_panels": (True, "the U-Net regression has no distribution, so only the simplified panel"),
+        "save_calibration": (False, "the U-Net regression has no distribution to calibrate"),
+    },
+    "saved_model": {
+        "inference_graph": (True, "a SavedModel runs as exported"),
+    },
+    "heads": {},
+}
+
+
+def model_kind(predictor: Any) -> str:
+    """"readout", "unet_regression", "saved_model" or "heads" (a model directory with 256-bin heads)."""
+    if predictor.readout is not None:
+        return "readout"
+    if predictor.config.model.architecture == "unet_regression":
+        return "unet_regression"
+    if predictor.model is None:
+        return "saved_model"
+    return "heads"
+
+
+def refuse_unsupported(kind: str, flag_values: Any) -> None:
+    """Raises InputError (exit 2) for a flag given with a value this kind of model cannot honour."""
+    from isl import errors
+
+    for name, (neutral, reason) in UNSUPPORTED[kind].items():
+        flag = flag_values[name]
+        if not flag.present:
+            continue
+        if name == "save_calibration" and not flag.value:
+            continue
+        if name != "save_calibration" and flag.value == neutral:
+            continue
+        value = flag.value if not isinstance(flag.value, bool) else ("" if flag.value else "no")
+        shown = f"--{value}{name}" if isinstance(flag.value, bool) else f"--{name}={value}"
+        raise errors.InputError(f"{shown} does not apply to this model ({kind.replace('_', ' ')}): {reason}.")
+
+
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     from isl import errors
+    from isl.cli import data_flags
     from isl.infer import well as well_lib
 
     if positional:
@@ -125,22 +185,14 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         raise errors.InputError("--tile_size must be >= 0 and --batch_size >= 1.")
     if flag_values["phases"].value not in (0, 1):
         raise errors.InputError(f"--phases must be 0 (exact) or 1. Received: {flag_values['phases'].value}")
-    window = None
-    if flag_values["region"].value:
-        from isl.data import convert
-
-        window = convert.parse_region(flag_values["region"].value, "--region")
+    window = data_flags.region(flag_values)
     predictor = well_lib.load_predictor(
         flag_values["model_dir"].value, flag_values["saved_model"].value, flag_values["precision"].value,
         inference_graph=flag_values["inference_graph"].value,
     )
-    if flag_values["normalization"].value is not None:
-        import dataclasses
-
-        config = predictor.config
-        predictor.config = dataclasses.replace(
-            config, data=dataclasses.replace(config.data, normalization=flag_values["normalization"].value)
-        )
+    refuse_unsupported(model_kind(predictor), flag_values)
+    predictor.config = data_flags.model_config(
+        predictor.config, flag_values, flag_values["model_dir"].value or flag_values["saved_model"].value, "predict")
     output_dir = flag_values["output_dir"].value
     wells = []
     for input_dir in flag_values["input_dir"].value:
@@ -160,18 +212,28 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             progress_enabled=flag_values["progress"].value,
             phases=flag_values["phases"].value,
             window=window,
+            names=flag_values["names"].value,
         )
         ignored = summary["ignored_files"]
         if ignored:
             names = ", ".join(os.path.basename(path) for path in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
             print(f"{summary['well']}: ignoring {len(ignored)} file(s) of channels the model does not have ({names}).")
         height, width = summary["region"]["height"], summary["region"]["width"]
+        if summary["exact"]:
+            approximate = ""
+        elif "context_pixels" in summary:
+            approximate = f", window read with {summary['context_pixels']} px of context: approximate"
+        else:
+            approximate = ", --phases=1: approximate"
         print(
             f"{summary['well']}: {len(summary['channels'])} channel(s) x {len(summary['statistics'])} statistic(s), "
-            f"{height} x {width} px in {summary['seconds']:.1f} s ({summary['num_runs']} tile runs"
-            f"{'' if summary['exact'] else ', --phases=1: approximate'})"
+            f"{height} x {width} px in {summary['seconds']:.1f} s ({summary['num_runs']} tile runs{approximate})"
             f" -> {summary['well_dir']}"
         )
+        print(f"{summary['well']}: read {summary['modality'] or 'the stack'} with normalization "
+              f"{summary['normalization']}" + (f", channel map {','.join(summary['channel_map'])}"
+                                               if summary["channel_map"] else "")
+              + ("; panels: " + ", ".join(summary["panels"].values()) if summary["panels"] else ""))
         wells.append(summary)
     print(f"Predictions written under {os.path.abspath(output_dir)}")
     return {

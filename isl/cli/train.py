@@ -22,6 +22,10 @@ no decay, no clipping, global batch 16 of 250-px patches with 8-px outputs,
 batch norm in training mode with moving averages. Those settings were made
 for weeks of training on a cluster.
 
+--recipe=unet_regression trains the peer baseline instead (a U-Net
+regression with MSE on standardized targets, as fnet and CARE train it; one
+pass per image at prediction).
+
 --recipe=cpu trains the same network in hours on a few CPU cores: 120-px
 output patches (batch 4), bfloat16, learning rate 1e-3 with warmup and a
 cosine decay to --steps, a random rotation and flip per patch, whole-image
@@ -72,8 +76,14 @@ def define_flags(flag_values: Any) -> None:
                         flag_values=flag_values)
     flags.DEFINE_string("preset", "paper", "Named preset: paper, tiny, fovea, condition_a..e.",
                         flag_values=flag_values)
-    flags.DEFINE_string("recipe", None, "Training recipe layered over the preset: 'cpu' (see above).",
-                        flag_values=flag_values)
+    from isl import presets
+    from isl.cli import data_flags
+
+    flags.DEFINE_enum("recipe", None, list(presets.RECIPES),
+                      "Training recipe layered over the preset: cpu (the paper network in hours on a few CPU cores: "
+                      "120-px outputs, bfloat16, lr 1e-3 cosine, best-weights keeping) or unet_regression (the "
+                      "fnet/CARE-style peer baseline: a U-Net regression with MSE, one pass per image). See above.",
+                      flag_values=flag_values)
     flags.DEFINE_string("config", None, "JSON config file layered over the preset.", flag_values=flag_values)
     flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable), "
                               "e.g. --set model.output_size=24.", flag_values=flag_values)
@@ -93,6 +103,13 @@ def define_flags(flag_values: Any) -> None:
                          "(default: train.checkpoint_every_steps).", flag_values=flag_values)
     flags.DEFINE_integer("seed", None, "Random seed (default: train.seed).", flag_values=flag_values)
     flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.", flag_values=flag_values)
+    data_flags.define(flag_values, ("normalization", "channel_map"))
+    flag_values["normalization"].help = (
+        "Must match the data: the records carry the normalisation isl convert applied (dataset.json), and it is "
+        "copied into config.json; a different value is an error. Default: dataset.json's.")
+    flag_values["channel_map"].help = (
+        "Must match the data: the channel map isl convert applied (dataset.json) is copied into config.json so "
+        "isl predict reads raw files the same way; a different map is an error. Default: dataset.json's.")
 
 
 def resolve(flag_values: Any) -> Any:
@@ -112,6 +129,12 @@ def resolve(flag_values: Any) -> Any:
         explicit.append(f"train.checkpoint_every_steps={flag_values['checkpoint_every_steps'].value}")
     if flag_values["seed"].value is not None:
         explicit.append(f"train.seed={flag_values['seed'].value}")
+    if flag_values["normalization"].value is not None:
+        explicit.append(f"data.normalization={flag_values['normalization'].value}")
+    if flag_values["channel_map"].value:
+        import json
+
+        explicit.append(f"data.channel_map={json.dumps(list(flag_values['channel_map'].value))}")
     if explicit:
         config = config_lib.apply_overrides(config, explicit)
     return config

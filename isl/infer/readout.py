@@ -50,6 +50,8 @@ def predict_well(
     progress_enabled: bool = True,
     border_mode: str = "reflect",
     window: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    panels: bool = True,
+    file_names: str = "lab",
 ) -> dict[str, Any]:
     """Predicts one well with the read-out; writes one image per channel and statistic, and prediction.json.
 
@@ -61,7 +63,14 @@ def predict_well(
         statistics: median, mean, std and quantiles qNN (`readout.statistic_images`).
         image_format: "png" or "tiff" (16-bit either way).
         progress_enabled: show a progress line (tiles) on stderr.
-        border_mode, window: only "reflect" and None (whole wells); others raise InputError.
+        border_mode: only "reflect" (others raise InputError).
+        window: ((row0, row1), (column0, column1)), -1 = the edge: predict only
+            this window; the core runs on the window plus the network's border
+            and the largest box-mean radius, so the pixels equal the whole
+            well's prediction.
+        file_names: output file names, "lab" or "short" (`isl.infer.well.output_name`).
+        panels: write `target_error_panel.png` (median, truth, error) when
+            the well holds truth for a written channel.
     """
     from isl.infer import well as well_lib
 
@@ -71,30 +80,40 @@ def predict_well(
     chosen = choose_channels(readout, channels)
     names = tuple(dict.fromkeys(name.strip() for name in statistics if name.strip())) or ("median",)
     readout_lib.check_statistics(names)
-    if border_mode != "reflect" or window is not None:
+    if border_mode != "reflect":
         raise errors.InputError(
-            f"{predictor.source}: a read-out predicts whole wells with reflected borders; --border=valid/original "
-            "and --region apply to the network's own heads."
+            f"{predictor.source}: a read-out keeps the input's height and width (reflected borders); "
+            f"--border={border_mode} applies to the network's own heads."
         )
     well = well_lib.read_checked_well(predictor.config, input_dir)
     embedder = embedder_of(predictor)
     height, width = well.inputs.shape[1:]
+    row0, row1, column0, column1 = well_lib._pixel_window(well, window) or (0, height, 0, width)
+    top, bottom, left, right = embedder.crop_for((height, width), (row0, row1, column0, column1), max(readout.radii))
+    crop = well.inputs[:, top:bottom, left:right]
     start = time.perf_counter()
-    with progress_lib.Progress(embedder.num_tiles((height, width)), f"predict {well.name}",
-                               enabled=progress_enabled) as bar:
-        embedding = embedder(well.inputs, lambda: bar.update(1))
+    num_tiles = embedder.num_tiles(crop.shape[1:])
+    with progress_lib.Progress(num_tiles, f"predict {well.name}", enabled=progress_enabled) as bar:
+        embedding = embedder(crop, lambda: bar.update(1))
     value, spread = readout.predict_distribution(embedding)
-    computed = readout_lib.statistic_images(value, spread, names)
+    inside = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
+    value, spread = value[inside], spread[inside]
+    computed = readout_lib.statistic_images(value, spread, tuple(dict.fromkeys(names + ("median",))))
     seconds = time.perf_counter() - start
     columns = [readout.targets.index(channel) for channel in chosen]
     well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
     os.makedirs(well_dir, exist_ok=True)
     images = {name: image[..., columns] for name, image in computed.items()}
-    files = well_lib.write_statistics(well_dir, well.metadata, chosen, names, images, image_format)
+    files = well_lib.write_statistics(well_dir, well.metadata, chosen, names, images, image_format, file_names)
+    region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
+    truth_channels, panel_files = [], {}
+    if panels:
+        truth_channels, panel_files = well_lib.write_target_panel(well_dir, well, predictor.config, chosen,
+                                                                  images["median"], region)
     summary = well_lib.prediction_summary(
-        predictor, well, input_dir, chosen, names, "reflect", geometry_lib.OutputRegion(0, 0, height, width),
-        image_format, files, geometry=None, num_runs=embedder.num_tiles((height, width)), seconds=round(seconds, 3),
-        exact=True, readout=True,
+        predictor, well, input_dir, chosen, names, "reflect", region,
+        image_format, files, geometry=None, num_runs=num_tiles, seconds=round(seconds, 3),
+        exact=True, readout=True, panels=panel_files, truth_channels=truth_channels,
     )
     prediction_file.write_summary(well_dir, summary)
     summary["well_dir"] = well_dir
