@@ -37,20 +37,25 @@ MODEL_SETTABLE = ("data.", "channels.input_modalities")
 
 def define(flag_values: Any, names: tuple[str, ...], region_help: str = REGION_HELP,
            eval_region_help: str = "Score only this window r0:r1,c0:c1 of every evaluation well.") -> None:
-    """Defines the data-contract flags `names` (normalization, channel_map, set, region, eval_region)."""
+    """Defines the data-contract flags `names` (normalization, channel_map, set, region, eval_region).
+
+    They are listed in `isl COMMAND --help` with the calling command's own flags.
+    """
     from absl import flags
+
+    module_name = sys._getframe(1).f_globals["__name__"]
 
     if "normalization" in names:
         flags.DEFINE_enum("normalization", None, ["none", "paper", "percentile"], NORMALIZATION_HELP,
-                          flag_values=flag_values)
+                          flag_values=flag_values, module_name=module_name)
     if "channel_map" in names:
-        flags.DEFINE_list("channel_map", [], CHANNEL_MAP_HELP, flag_values=flag_values)
+        flags.DEFINE_list("channel_map", [], CHANNEL_MAP_HELP, flag_values=flag_values, module_name=module_name)
     if "set" in names:
-        flags.DEFINE_multi_string("set", [], SET_HELP, flag_values=flag_values)
+        flags.DEFINE_multi_string("set", [], SET_HELP, flag_values=flag_values, module_name=module_name)
     if "region" in names:
-        flags.DEFINE_string("region", None, region_help, flag_values=flag_values)
+        flags.DEFINE_string("region", None, region_help, flag_values=flag_values, module_name=module_name)
     if "eval_region" in names:
-        flags.DEFINE_string("eval_region", None, eval_region_help, flag_values=flag_values)
+        flags.DEFINE_string("eval_region", None, eval_region_help, flag_values=flag_values, module_name=module_name)
 
 
 def _value(flag_values: Any, name: str) -> Any:

@@ -161,7 +161,7 @@ def _check_percentile(stack: np.ndarray, where: str) -> str | None:
     shown = ", ".join(f"z {z}: {clipped[z]:.0%} clipped, std {stds[z]:.3g}" for z in off[:4])
     more = f" and {len(off) - 4} more" if len(off) > 4 else ""
     return (
-        f"{where}: after --normalization=percentile (the stack's {PERCENTILE_LOW:g}th..{PERCENTILE_HIGH:g}th "
+        f"{where}: after --normalization=percentile (the stack's 3rd..99.8th "
         f"percentiles -> 0..1, which clips about 3% of a stack's pixels) {len(off)} slice(s) are far from that "
         f"({shown}{more}); expected at most {PERCENTILE_MAX_CLIPPED:.0%} clipped and a std above "
         f"{PERCENTILE_MIN_STD} per slice. To fix: check those slices (dark, saturated, empty or far out of focus?), "
