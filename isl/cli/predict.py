@@ -33,9 +33,22 @@ see a reflected context); --border=valid gives the interior only, every
 pixel from real context; --border=original the released code's window
 [121, 121 + 128k).
 
---region=r0:r1,c0:c1 predicts a window (the same pixels as the whole-well
-prediction). Files of channels the model does not have are ignored, with one
-line saying so. --phases=1 runs one pass per tile for 8-px models too: about
+--region=r0:r1,c0:c1 predicts a window, for every kind of model: the
+network's heads and a read-out give the same pixels as the whole-well
+prediction; the U-Net regression reads its training patch side of context
+around the window (close to, not equal to, the whole field). Files of
+channels the model does not have are ignored, with one line saying so.
+
+The wells are read with the model's recorded data contract (config.json:
+data.normalization, data.channel_map); --normalization, --channel_map and
+--set data.* override it. A transmitted-light stack of another modality
+(BRIGHTFIELD for a PHASE_CONTRAST model) is an error until you map it, e.g.
+--channel_map=BRIGHTFIELD=PHASE_CONTRAST. A flag a kind of model cannot
+honour (--tile_size for a read-out, --border=valid for the U-Net
+regression, ...) exits with code 2 and the reason; nothing is ignored.
+--names=short writes DAPI_CONFOCAL_MEDIAN.png instead of the lab's
+150-character names. TensorFlow's start-up messages are hidden unless
+ISL_TF_LOG=1 (or TF_CPP_MIN_LOG_LEVEL=0/1) is set. --phases=1 runs one pass per tile for 8-px models too: about
 4x faster, but half the pixels per axis come from output positions the model
 never trained (measured on the real sample with trained weights: medians equal
 in 94% of pixels, mean difference 0.07 of 255 levels, at most 8).

@@ -30,7 +30,15 @@ distribution is not used). With --eval_dir it reports how often the truth
 falls inside the 50% and 90% intervals.
 
 Training wells need the transmitted-light stack and the target images, in
-the lab's file naming (see README). Measured on 2 CPU cores from the shipped
+the lab's file naming or a manifest (data/README.md). The wells are read
+as `isl predict` reads them: --normalization (default: the model's
+data.normalization; raw microscope data with the shipped checkpoint need
+paper), --channel_map (e.g. BRIGHTFIELD=PHASE_CONTRAST,HOECHST=DAPI_CONFOCAL
+for a bright-field stack and a Hoechst image) and --set data.*; the values
+used are recorded in OUTPUT_DIR/config.json, so `isl predict` applies them.
+--region fits on a window of every training well and --eval_region scores a
+window of every --eval_dir well (r0:r1,c0:c1); the core reads the context
+around the window, so its pixels get the same features as in the whole well. Measured on 2 CPU cores from the shipped
 checkpoint: a 512 x 512 phase-contrast -> nuclear-stain pair in about a
 minute, reaching Pearson r 0.92 on a second well, with the truth inside the
 predicted 90% interval for 88% of its pixels.

@@ -140,6 +140,32 @@ def resolve(flag_values: Any) -> Any:
     return config
 
 
+# Above this ratio of eval to training loss the summary says what the two figures are.
+LOSS_GAP_RATIO = 3.0
+
+
+def loss_gap_note(config: Any, loss: float | None, eval_loss: float | None) -> str | None:
+    """One paragraph on what a large gap between the training and eval losses means, or None."""
+    if loss is None or eval_loss is None or loss <= 0 or eval_loss < LOSS_GAP_RATIO * loss:
+        return None
+    if config.model.architecture == "unet_regression":
+        what = ("the mean squared error of standardized targets (1.0 = always predicting a channel's training mean, "
+                "with the per-channel training mean / std printed when training started)")
+        differ = ("stain intensities far from the training mean in units of the training std (a channel nearly "
+                  "empty in the training images makes that std small)")
+    else:
+        what = "the 256-bin cross-entropy of the paper's loss, summed over the heads with labels"
+        differ = "images or stains unlike the training ones"
+    return (
+        f"Note: the eval loss is {eval_loss / loss:.0f}x the training loss. Both are {what}. The training figure is "
+        f"the mean over the last {config.train.eval_every_steps} steps with batch norm on each batch's own statistics; "
+        "the eval figure comes from the eval images with batch norm's moving averages as they were before any "
+        f"recalibration (momentum {config.model.batch_norm_momentum:g}: after a short run they still hold much of "
+        f"their starting values). A large gap means {differ}, or moving averages that have not settled; the "
+        "whole-image Pearson r, when printed, is measured on the written weights and says how good they are."
+    )
+
+
 def stopped_hint(flag_values: Any) -> str:
     """Where things stand after SIGTERM outside the training loop (start-up)."""
     model_dir = flag_values["model_dir"].value or "MODEL_DIR"
@@ -263,6 +289,9 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         print(f"Trained to step {result.final_step}{start}: {loss_text}; "
               f"{result.steps_per_second:.2f} steps/s, {result.labelled_pixels_per_second:,.0f} labelled "
               f"output pixels/s ({result.labelled_pixels_per_cpu_second:,.0f} per CPU-second).")
+        note = loss_gap_note(config, losses.get("loss"), eval_losses.get("loss"))
+        if note:
+            print(note)
         if result.pearson:
             channels = sorted(name[len("pearson_median_"):] for name in result.pearson
                               if name.startswith("pearson_median_"))

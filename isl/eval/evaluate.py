@@ -199,7 +199,10 @@ def _truth_well(summary: dict[str, Any], truth_dirs: Sequence[str], channels: co
             f"No truth for the predicted well {summary['well']}: --truth_dir holds "
             f"{', '.join(name for name, _ in candidates) or 'no wells'}."
         )
-    return wells_lib.read_well(matching[0], channels, ignore_unknown=True, channel_map=mapping)
+    # Read as isl predict read it (only the stains are scored; the stack's normalisation only avoids a false warning).
+    normalization = summary.get("normalization", "none")
+    return wells_lib.read_well(matching[0], channels, ignore_unknown=True, channel_map=mapping,
+                               normalization=normalization)
 
 
 def evaluate_well(

@@ -321,3 +321,31 @@ def test_children_started_quietly_print_nothing_on_stderr(capfd):
     process.join()
     print("parent still writes", file=sys.stderr)
     assert capfd.readouterr().err == "parent still writes\n"
+
+
+# 7. The U-Net's summary: statistics only of channels with labels, and what a large loss gap means.
+
+def test_regression_target_statistics_list_only_channels_with_labels(tmp_path, monkeypatch):
+    from isl.train import dense_eval
+    from isl.train import trainer
+
+    config = presets.resolve_config("condition_b", recipe="unet_regression")
+    means = tuple(0.2 if name == "DAPI_CONFOCAL" else 0.0 for name in config.channels.output_target_channels)
+    stds = tuple(0.1 if name == "DAPI_CONFOCAL" else 1.0 for name in config.channels.output_target_channels)
+    monkeypatch.setattr(dense_eval, "target_statistics", lambda data_dir, config: (means, stds))
+    lines = []
+    trainer._with_target_statistics(config, str(tmp_path), str(tmp_path / "model"), lines.append)
+    (line,) = lines
+    assert "DAPI_CONFOCAL 0.2000 / 0.1000" in line and "NFH_CONFOCAL 0.0000" not in line
+    assert "3 channel(s) without labels in the training data, left untrained: NFH_CONFOCAL, MAP2_CONFOCAL" in line
+
+
+def test_a_large_loss_gap_is_explained_and_a_small_one_is_not():
+    from isl.cli import train
+
+    config = presets.resolve_config("condition_b", recipe="unet_regression")
+    note = train.loss_gap_note(config, 0.8439, 21.2514)
+    assert note.startswith("Note: the eval loss is 25x the training loss.")
+    assert "standardized targets" in note and "moving averages" in note
+    assert train.loss_gap_note(config, 0.5031, 0.7917) is None
+    assert "cross-entropy" in train.loss_gap_note(presets.get_preset("tiny"), 0.1, 1.0)
