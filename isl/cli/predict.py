@@ -48,9 +48,11 @@ honour (--tile_size for a read-out, --border=valid for the U-Net
 regression, ...) exits with code 2 and the reason; nothing is ignored.
 --names=short writes DAPI_CONFOCAL_MEDIAN.png instead of the lab's
 150-character names. TensorFlow's start-up messages are hidden unless
-ISL_TF_LOG=1 (or TF_CPP_MIN_LOG_LEVEL=0/1) is set. --phases=1 runs one pass per tile for 8-px models too: about
-4x faster, but half the pixels per axis come from output positions the model
-never trained (measured on the real sample with trained weights: medians equal
+ISL_TF_LOG=1 (or TF_CPP_MIN_LOG_LEVEL=0/1) is set.
+
+--phases=1 runs one pass per tile for 8-px models too: about 4x faster,
+but half the pixels per axis come from output positions the model never
+trained (measured on the real sample with trained weights: medians equal
 in 94% of pixels, mean difference 0.07 of 255 levels, at most 8).
 """
 # After SIGTERM, a watcher ends the command this long after the signal if the
@@ -203,7 +205,13 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         flag_values["model_dir"].value, flag_values["saved_model"].value, flag_values["precision"].value,
         inference_graph=flag_values["inference_graph"].value,
     )
-    refuse_unsupported(model_kind(predictor), flag_values)
+    kind = model_kind(predictor)
+    refuse_unsupported(kind, flag_values)
+    statistics = flag_values["statistics"].value
+    if kind == "unet_regression" and not flag_values["statistics"].present:
+        from isl.infer import regression
+
+        statistics = list(regression.STATISTICS)  # Its one value, as the median and the mean (as before).
     predictor.config = data_flags.model_config(
         predictor.config, flag_values, flag_values["model_dir"].value or flag_values["saved_model"].value, "predict")
     output_dir = flag_values["output_dir"].value
@@ -213,7 +221,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             predictor,
             input_dir,
             output_dir,
-            statistics=flag_values["statistics"].value,
+            statistics=statistics,
             channels=flag_values["channels"].value or None,
             border_mode=flag_values["border"].value,
             tile_size=flag_values["tile_size"].value or None,
