@@ -20,7 +20,7 @@ from typing import Any
 NORMALIZATION_HELP = (
     "Transmitted-light normalisation of the inputs: none (value / max), paper (per slice mean 0.5, std 0.1156), "
     "percentile (3rd..99.8th percentile -> 0..1). Default: the model's data.normalization from its config.json "
-    "(recorded by isl train / isl readout); when it records none, 'none' is assumed and said."
+    "(recorded by isl train / isl readout); when config.json has no such entry, 'none' is assumed and said."
 )
 CHANNEL_MAP_HELP = (
     "FROM=TO[,FROM=TO...]: read files of channel FROM as the model's channel TO, e.g. BRIGHTFIELD=PHASE_CONTRAST "
