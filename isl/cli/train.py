@@ -166,6 +166,40 @@ def loss_gap_note(config: Any, loss: float | None, eval_loss: float | None) -> s
     )
 
 
+def _check_data_contract(flag_values: Any) -> None:
+    """--normalization / --channel_map must say what dataset.json records (the records already carry them).
+
+    Raises:
+        InputError: naming the flag, its value and the recorded one.
+    """
+    import json
+
+    from isl import errors
+    from isl.data import channel_map as channel_map_lib
+    from isl.data import normalization as normalization_lib
+
+    path = os.path.join(flag_values["data_dir"].value, "dataset.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            description = json.load(handle)
+    except (OSError, ValueError):
+        return  # The trainer reports a missing or bad dataset.json itself.
+    given = flag_values["normalization"].value
+    recorded = normalization_lib.from_description(description)
+    if given is not None and given != recorded:
+        raise errors.InputError(
+            f"--normalization={given}: {path} records normalization {recorded} (the records were converted with it); "
+            f"convert again with --normalization={given} or leave the flag out.")
+    pairs = flag_values["channel_map"].value
+    if pairs:
+        wanted = channel_map_lib.to_pairs(channel_map_lib.parse(pairs))
+        recorded_map = tuple(description.get("channel_map", ()) or ())
+        if wanted != recorded_map:
+            raise errors.InputError(
+                f"--channel_map={','.join(pairs)}: {path} records channel_map {','.join(recorded_map) or '(none)'} "
+                "(the records hold the mapped names); convert again with that map or leave the flag out.")
+
+
 def stopped_hint(flag_values: Any) -> str:
     """Where things stand after SIGTERM outside the training loop (start-up)."""
     model_dir = flag_values["model_dir"].value or "MODEL_DIR"
@@ -213,6 +247,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         if flag_values[name].value is None:
             raise errors.InputError(f"--{name} is required.")
     config = resolve(flag_values)
+    _check_data_contract(flag_values)
 
     from isl.train import strategy as strategy_lib
 

@@ -349,3 +349,16 @@ def test_a_large_loss_gap_is_explained_and_a_small_one_is_not():
     assert "standardized targets" in note and "moving averages" in note
     assert train.loss_gap_note(config, 0.5031, 0.7917) is None
     assert "cross-entropy" in train.loss_gap_note(presets.get_preset("tiny"), 0.1, 1.0)
+
+
+def test_train_refuses_a_normalization_or_map_other_than_the_records(bright_field, tmp_path, capsys):
+    records = tmp_path / "records"
+    code, _, err = run_isl(["convert", f"--input_dir={bright_field[0]}", f"--output_dir={records}", "--noprogress",
+                            "--normalization=paper"], capsys)
+    assert code == 0, err
+    for flag, message in (("--normalization=none", "--normalization=none: "),
+                          ("--channel_map=BF=PHASE_CONTRAST", "--channel_map=BF=PHASE_CONTRAST: ")):
+        code, _, err = run_isl(["train", f"--data_dir={records}", f"--model_dir={tmp_path / 'model'}", "--steps=1",
+                                "--preset=tiny", flag, "--noprogress"], capsys)
+        assert code == 2 and message in err and "records" in err, err
+    assert not (tmp_path / "model").exists()
