@@ -177,11 +177,12 @@ class ServingFunctions:
             names += [output_name(c, "distribution") for c in self.target_channels]
         return tuple(names)
 
-    def check_stack(self, z_stack: Any) -> Any:
-        """Asserts a valid `[batch, H, W, n]` size; returns `z_stack`."""
+    def check_stack(self, z_stack: Any, base: int | None = None, phase: int | None = None) -> Any:
+        """Asserts a valid `[batch, H, W, n]` size (`base + phase k`, default the network's); returns `z_stack`."""
         import tensorflow as tf
 
-        base, phase = self.geometry.input_size, self.geometry.phase
+        base = self.geometry.input_size if base is None else base
+        phase = self.geometry.phase if phase is None else phase
         rank = tf.rank(z_stack)
         rank_ok = tf.debugging.Assert(
             tf.equal(rank, 4),

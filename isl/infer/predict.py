@@ -276,6 +276,42 @@ def quantile_indices(probabilities: Any, quantiles: Sequence[float]) -> Any:
     return tf.reshape(stacked, tf.concat([tf.shape(probabilities)[:-1], [len(quantiles)]], axis=0))
 
 
+def logits_statistics(
+    logits: Any, statistics: Sequence[str], quantiles: Sequence[float] = ()
+) -> tuple[dict[str, Any], Any]:
+    """Per-pixel statistics of 256-bin logits: the one place where logits become statistics.
+
+    `isl predict`'s runs and the bioimage.io export both call it, so a change
+    of rule (e.g. a calibration of the logits) applies to both.
+
+    Args:
+        logits: `[..., classes]` (any float type).
+        statistics: names from `isl.model.statistics.STATISTICS`; the median
+            uses `quantile_indices` (q = 0.5).
+        quantiles: extra quantiles in (0, 1), named by `quantile_name`.
+
+    Returns:
+        (name -> `[...]` float32, probabilities `[..., classes]` float32).
+    """
+    import tensorflow as tf
+
+    others = tuple(name for name in statistics if name != "median")
+    searched = ((0.5,) if "median" in statistics else ()) + tuple(quantiles)
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    scale = float(probabilities.shape[-1] - 1)
+    results = {}
+    if others:
+        from isl.model import statistics as statistics_lib
+
+        results = dict(statistics_lib.distribution_statistics(probabilities, others))
+    if searched:
+        indices = quantile_indices(probabilities, searched) / scale
+        names = (["median"] if "median" in statistics else []) + [quantile_name(q) for q in quantiles]
+        for position, name in enumerate(names):
+            results[name] = indices[..., position]
+    return {name: tf.cast(value, tf.float32) for name, value in results.items()}, probabilities
+
+
 def make_run_function(
     network: Network | Callable[[Any], Any],
     statistics: Sequence[str],
@@ -310,24 +346,10 @@ def make_run_function(
 
     if not isinstance(network, Network):
         network = Network.from_logits(network)
-    others = tuple(name for name in statistics if name != "median")
-    searched = ((0.5,) if "median" in statistics else ()) + tuple(quantiles)
 
     def compute(inputs: Any, keep_rows: Any, keep_columns: Any, true_bins: Any = None) -> dict[str, Any]:
         logits = network(inputs, keep_rows, keep_columns)
-        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-        scale = float(probabilities.shape[-1] - 1)
-        results = {}
-        if others:
-            from isl.model import statistics as statistics_lib
-
-            results = dict(statistics_lib.distribution_statistics(probabilities, others))
-        if searched:
-            indices = quantile_indices(probabilities, searched) / scale
-            names = (["median"] if "median" in statistics else []) + [quantile_name(q) for q in quantiles]
-            for position, name in enumerate(names):
-                results[name] = indices[..., position]
-        results = {name: tf.cast(value, tf.float32) for name, value in results.items()}
+        results, probabilities = logits_statistics(logits, statistics, quantiles)
         if with_distributions:
             results["distribution"] = probabilities
         if true_bins is not None:
