@@ -234,7 +234,7 @@ def _training_section(model_dir: str, package_model: graph_lib.PackageModel) -> 
     if os.path.isfile(readme_path):
         text = open(readme_path, encoding="utf-8").read().strip()
         lines += ["The model folder's README:", ""]
-        lines += ["#" + line if line.startswith("#") else line for line in text.splitlines()]
+        lines += ["##" + line if line.startswith("#") else line for line in text.splitlines()]
         lines += [""]
     record = package_model.readout_record
     if record:
@@ -297,7 +297,8 @@ def _readme(
         geometry = (f"{2 * border} px smaller than the input per axis: output pixel (i, j) shows input pixel "
                     f"(i + {border}, j + {border}). The network's valid convolutions have already cropped the "
                     f"border (size offset -{2 * border}), so tools must not crop a halo. The output equals "
-                    "`isl predict --border=valid` (each output block predicted from its own patch).")
+                    "`isl predict --border=valid --precision=float32` (each output block predicted from its own "
+                    "patch).")
     else:
         geometry = ("the input's size: the image is reflection-padded inside the graph, as `isl predict` does for "
                     "whole wells.")

@@ -132,7 +132,10 @@ def load_package_model(
 
     if not os.path.isdir(model_dir):
         raise errors.InputError(f"{model_dir}: model directory not found.")
-    kind = kind_of(model_dir) if os.path.isfile(os.path.join(model_dir, "config.json")) else "distribution"
+    from isl.io import model_dir as model_dir_lib
+
+    has_config = os.path.isfile(model_dir_lib.ModelDir(model_dir).config)
+    kind = kind_of(model_dir) if has_config else "distribution"  # load_predictor names what is missing.
     chosen = choose_statistics(kind, statistics)
     predictor = well_lib.load_predictor(model_dir=model_dir, precision="float32")
     if kind == "readout":
