@@ -186,7 +186,7 @@ def _distribution_model(predictor: Any, channels: tuple[str, ...], statistics: t
         return {OUTPUT_ID: _stack_channels(images, statistics, len(channels))}
 
     return PackageModel("distribution", predictor.config, channels, statistics, geometry.input_size, geometry.phase,
-                        border, tf.function(serve, input_signature=[_input_spec()]), model)
+                        border, tf.function(serve, input_signature=[_input_spec()], autograph=False), model)
 
 
 def _regression_model(predictor: Any, channels: tuple[str, ...], statistics: tuple[str, ...]) -> PackageModel:
@@ -221,7 +221,7 @@ def _regression_model(predictor: Any, channels: tuple[str, ...], statistics: tup
         return {OUTPUT_ID: _stack_channels({name: values for name in statistics}, statistics, len(channels))}
 
     return PackageModel("regression", config, channels, statistics, SAME_SIZE_MIN, SAME_SIZE_STEP, 0,
-                        tf.function(serve, input_signature=[_input_spec()]), model)
+                        tf.function(serve, input_signature=[_input_spec()], autograph=False), model)
 
 
 def _readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
@@ -292,7 +292,8 @@ def _readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
         return {OUTPUT_ID: _stack_channels(images, statistics, count)}
 
     return PackageModel("readout", config, tuple(readout.targets), statistics, SAME_SIZE_MIN, SAME_SIZE_STEP, 0,
-                        tf.function(serve, input_signature=[_input_spec()]), core, dict(readout.record))
+                        tf.function(serve, input_signature=[_input_spec()], autograph=False), core,
+                        dict(readout.record))
 
 
 def write_saved_model(package_model: PackageModel, directory: str) -> None:
