@@ -407,7 +407,9 @@ def rdf_content(
             "description": (f"raw uint16 transmitted-light z-stack; y, x = {package_model.size_min} + "
                             f"{package_model.size_step}n"),
             "axes": [
-                {"type": "batch"},
+                # One image at a time, as deepImageJ, ilastik and napari feed them: bioimageio test then runs 3
+                # sizes, not 3 sizes x batches of 1 and 2. The SavedModel itself takes any batch.
+                {"type": "batch", "size": 1},
                 {"type": "space", "id": "y", "size": dict(size)},  # Copies: no YAML anchors.
                 {"type": "space", "id": "x", "size": dict(size)},
                 {"type": "space", "id": "z", "size": num_z},
@@ -426,7 +428,7 @@ def rdf_content(
             "id": export_lib.BIOIMAGEIO_OUTPUT,
             "description": f"per target channel: {statistics} of the predicted intensity, in [0, 1]",
             "axes": [
-                {"type": "batch"},
+                {"type": "batch", "size": 1},
                 output_axis("y"),
                 output_axis("x"),
                 {"type": "channel", "channel_names": list(package_model.output_names)},
