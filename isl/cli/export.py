@@ -58,8 +58,8 @@ def define_flags(flag_values: Any) -> None:
     from absl import flags
 
     flags.DEFINE_string("model_dir", None, "Model directory (config.json + model.weights.h5).", flag_values=flag_values)
-    flags.DEFINE_string("export_dir", None, "Output directory of the SavedModel (replaced if it exists).",
-                        flag_values=flag_values)
+    flags.DEFINE_string("export_dir", None, "Output directory (a SavedModel replaces an existing one; a "
+                        "bioimageio package refuses it).", flag_values=flag_values)
     flags.DEFINE_list(
         "statistics", [],
         "Per-pixel statistics to return: mode, median, mean, std, p_nonzero, entropy. Default median,mean,std "
