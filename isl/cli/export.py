@@ -33,10 +33,15 @@ fine-tuning), config.json and export.json (the signature documentation).
 
 --format=bioimageio writes a bioimage.io model package (rdf.yaml, spec 0.5)
 to --export_dir and a zip beside it (<export_dir>.zip), for deepImageJ,
-ilastik, BioEngine and bioimageio.core: SavedModel weights, test tensors made
-by the model (from --sample_well, else synthetic), a cover image and a README.
-bioimageio.spec validates it and bioimageio.core's test_model must reproduce
-the test outputs before the folder appears. Needs pip install 'isl[bioimageio]'.
+ilastik, BioEngine and bioimageio.core, from any model folder: a network with
+256-bin heads (median, mean, std by default), a U-Net regression
+(--recipe=unet_regression; median, mean) or an `isl readout` folder (median,
+mean, std of its normal distribution). Float32 SavedModel weights, test and
+sample tensors made by the model (from --sample_well, else synthetic), a
+cover image and a README. The package appears only after the community's
+test, `bioimageio test`, has passed on it in a fresh Python process; its
+warnings are printed. An existing --export_dir or zip is never replaced.
+Needs pip install 'isl[bioimageio]'.
 
 Examples:
   isl export --model_dir=models/tiny --export_dir=exports/tiny --statistics=median,mean,std
@@ -63,11 +68,12 @@ def define_flags(flag_values: Any) -> None:
         "predict --saved_model applies when it reads wells.")
 
     flags.DEFINE_string("model_dir", None, "Model directory (config.json + model.weights.h5).", flag_values=flag_values)
-    flags.DEFINE_string("export_dir", None, "Output directory of the SavedModel (replaced if it exists).",
-                        flag_values=flag_values)
+    flags.DEFINE_string("export_dir", None, "Output directory (a SavedModel replaces an existing one; a "
+                        "bioimageio package refuses it).", flag_values=flag_values)
     flags.DEFINE_list(
-        "statistics", ["median", "mean", "std"],
-        "Per-pixel statistics to return: mode, median, mean, std, p_nonzero, entropy.",
+        "statistics", [],
+        "Per-pixel statistics to return: mode, median, mean, std, p_nonzero, entropy. Default median,mean,std "
+        "(bioimageio: the model kind's own; median,mean for a U-Net regression).",
         flag_values=flag_values,
     )
     flags.DEFINE_bool(
@@ -94,10 +100,12 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_string("license", "CC-BY-4.0", "bioimageio: SPDX licence of the weights (that of the training data).",
                         flag_values=flag_values)
     flags.DEFINE_list("authors", ["isl"], "bioimageio: author names.", flag_values=flag_values)
-    flags.DEFINE_string("name", None, "bioimageio: model name (default from the config and channels).",
-                        flag_values=flag_values)
+    flags.DEFINE_string("name", None, "bioimageio: model name, at most 64 characters (default from the kind, "
+                        "config and channels).", flag_values=flag_values)
+    flags.DEFINE_string("maintainer", None, "bioimageio: GitHub user name of the package's maintainer (bioimageio "
+                        "warns without one and checks the account online).", flag_values=flag_values)
     flags.DEFINE_bool("bioimageio_test", True,
-                      "bioimageio: run bioimageio.core's test_model before accepting the package.",
+                      "bioimageio: run `bioimageio test` in a fresh process before accepting the package.",
                       flag_values=flag_values)
 
 
@@ -112,9 +120,10 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     if flag_values["format"].value == "bioimageio":
         return _run_bioimageio(flag_values, common)
     from isl.cli import data_flags
+    from isl.io import calibration_file
 
     # The data contract (normalisation, channel map, --set data.*) is recorded in the export's config.json.
-    statistics = export.parse_statistics(common["statistics"])
+    statistics = export.parse_statistics(common["statistics"] or list(export.DEFAULT_STATISTICS))
     if not statistics and not flag_values["with_distributions"].value:
         raise errors.InputError("Nothing to export: give --statistics or --with_distributions.")
     model, config, trained = export.load_exportable(common["model_dir"])
@@ -123,6 +132,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         model, config, common["export_dir"], statistics,
         flag_values["with_distributions"].value, flag_values["keras_archive"].value, trained_channels=trained,
         channels=export.export_channels(config, trained, common["all_heads"], common["model_dir"]),
+        calibration=calibration_file.read_fresh(common["model_dir"]),
         tile_size=flag_values["tile_size"].value or None,
     )
     print(f"SavedModel: {result.export_dir}  (signatures: {', '.join(result.signatures)})")
@@ -193,8 +203,12 @@ def _run_bioimageio(flag_values: Any, common: dict[str, Any]) -> dict[str, Any]:
         license_id=flag_values["license"].value,
         authors=flag_values["authors"].value,
         run_test=flag_values["bioimageio_test"].value,
+        log=lambda line: print(line, flush=True),
+        maintainer=flag_values["maintainer"].value,
     )
-    print(f"bioimage.io package: {result.package_dir}  (zip: {result.zip_path})")
+    print(f"bioimage.io package ({result.kind}): {result.package_dir}  (zip: {result.zip_path})")
     print(f"Outputs: {', '.join(result.outputs)}; test input {list(result.test_input_shape)} [batch, y, x, z]")
-    print(f"bioimageio.spec validation: {result.validation}; bioimageio.core test_model: {result.test}")
+    print(f"bioimageio.spec validation: {result.validation}; bioimageio test (fresh process): {result.test}")
+    if result.test == "passed":
+        print("bioimageio test warnings: " + ("; ".join(result.warnings) if result.warnings else "none"))
     return dataclasses.asdict(result)

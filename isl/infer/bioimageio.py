@@ -1,4 +1,4 @@
-"""bioimage.io model packages (rdf.yaml, spec 0.5) of trained `isl` models.
+"""bioimage.io model packages (rdf.yaml, spec 0.5) of trained `isl` model folders.
 
 `export_package(model_dir, package_dir)` writes a folder and a zip beside it
 (`<package_dir>.zip`) that deepImageJ, ilastik, BioEngine and
@@ -9,50 +9,55 @@
       saved_model.zip          tensorflow_saved_model_bundle weights
       test_input.npy           uint16 [1, H, W, Z] z-stack (a crop of a real
                                well with `sample_well`, else synthetic)
-      test_output_prediction.npy  float32 [1, H - 2 border, W - 2 border, C]
+      test_output_prediction.npy  float32 [1, h, w, C]
+      sample_input.tif, sample_output.tif  the same tensors as images
+                               (the rdf's sample tensors, for people)
       cover.png                input | prediction | truth (when known)
-      README.md                model, tensors, training data, licence, scores,
-                               citation
+      README.md                model, tensors, training data and scores,
+                               licence, citation
       config.json              the ExperimentConfig (attachment)
 
-Tensors. Input `z_stack`, axes `batch, y, x, z` (uint16; y and x
-`input_size + phase * n`, i.e. 250 + 16n for the paper model; z fixed to the
-test input's slice count). Preprocessing in the rdf: `ensure_dtype float32`
-and `scale_linear gain = 1 / 65535` (the type's maximum, the normalisation
-`isl convert` and `isl predict` apply to 16-bit images). The z mapping (network
-z value f reads slice `round((Z - 1) * f)`) and the presence masks run
-inside the graph. Output `prediction`: axes `batch, y, x, channel`, one
-channel per exported target channel and statistic, `<channel>_<statistic>` in
-lower case (`dapi_confocal_median`, then its mean and standard deviation as
-extra channels, then the next target), size `input - 2 * border` (offset
--242: the border is already cropped by the network's valid convolutions, so
-tools must not crop again). One tensor, not one per channel: bioimageio.core
-0.11's TF2 adapter pairs a SavedModel's outputs with the rdf's by the order
-of the restored output dict, which is random per process (measured: three
-loads, three orders), so several output tensors would be mixed up. Inside the graph the output is
-stitched with the exact plan of `isl predict --border=valid`
-(`isl.infer.image_graph`), so any valid input gives the patch-wise result
-(for models whose output block does not divide `phase`, e.g. 24-px
-outputs, a last partial block is predicted from a reflected patch).
+Every kind of model folder is packaged (`isl.infer.bioimageio_graph`): the
+paper network or a U-Net core with 256-bin heads, a U-Net regression, and
+an `isl readout` folder. Input `z_stack`, axes `batch, y, x, z` (raw uint16
+in the rdf; preprocessing `ensure_dtype float32` and `scale_linear` by
+1/65535, the normalisation `isl convert` and `isl predict` apply to 16-bit
+images). Output `prediction`, axes `batch, y, x, channel`, one channel per
+target and statistic (`dapi_confocal_median`, then its other statistics,
+then the next target), in [0, 1]. One tensor, not one per channel:
+bioimageio.core 0.11's TF2 adapter pairs a SavedModel's outputs with the
+rdf's by the order of the restored output dict, which is random per process.
 
-Weights: only `tensorflow_saved_model_bundle`. The Keras archive computes
-logits from the network input (52 channels), not the rdf's tensors, and its
-custom layers load only where `isl` is installed, so it is not offered as
-`keras_v3` / `keras_hdf5` weights (the SavedModel is self-contained).
+Test outputs and the check. The test outputs are computed by the graph
+the SavedModel holds, on the test input preprocessed as bioimageio.core
+does it; when this process has not imported TensorFlow yet (the command
+line), with oneDNN switched off, as `bioimageio test` switches it off before
+importing TensorFlow, so the outputs are the ones the test recomputes. Then
+the community's command itself, `python -m bioimageio.core test rdf.yaml`,
+runs in a fresh Python process that never imports `isl`. The package
+appears only when it passes; its warnings are reported. The rdf states the
+reproducibility tolerance (spec 0.5
+`config.bioimageio.reproducibility_tolerance`): the median is the first of
+256 bins whose cumulative probability reaches 0.5, a step function of the
+logits, so another TensorFlow build or kernel can move a pixel by one bin
+(1/255); `MISMATCHED_PER_MILLION` allows a few.
 
-Before the folder appears, the package is validated by `bioimageio.spec`
-and, with `run_test`, `bioimageio.core.test_model` must reproduce the test
-outputs from the test input; otherwise `InputError` names the failure and
-nothing is left behind. Needs the `[bioimageio]` extra.
+Weights: only `tensorflow_saved_model_bundle` (self-contained; the Keras
+archive's custom layers load only where `isl` is installed). Needs the
+`[bioimageio]` extra.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -61,36 +66,56 @@ import numpy as np
 
 from isl import config as config_lib
 from isl import errors
+from isl.infer import bioimageio_graph as graph_lib
 from isl.infer import export as export_lib
 from isl.io import atomic
 from isl.io import model_dir as model_dir_lib
-from isl.model import geometry as geometry_lib
 
 WEIGHTS_FILE = "saved_model.zip"
 TEST_INPUT_FILE = "test_input.npy"
 TEST_OUTPUT_FILE = "test_output_prediction.npy"
+SAMPLE_INPUT_FILE = "sample_input.tif"
+SAMPLE_OUTPUT_FILE = "sample_output.tif"
 COVER_FILE = "cover.png"
 README_FILE = "README.md"
 RDF_FILE = "rdf.yaml"
 INPUT_ID = "z_stack"
+WEIGHT_FORMAT = "tensorflow_saved_model_bundle"
 CITATION = (
     "Christiansen EM, Yang SJ, Ando DM, et al. In Silico Labeling: Predicting Fluorescent Labels in "
     "Unlabeled Images. Cell 173(3):792-803, 2018."
 )
 CITATION_DOI = "10.1016/j.cell.2018.03.040"
 EXTRA_HINT = "pip install 'isl[bioimageio]'"
+MAX_NAME = 64  # bioimageio warns about longer names.
+# The stated reproducibility tolerance (docs/MEASUREMENTS.md § 24): one-bin median flips per million elements.
+MISMATCHED_PER_MILLION = 1000
+RELATIVE_TOLERANCE = 1e-3
+ABSOLUTE_TOLERANCE = 1e-4
+# Seconds each fresh process may take (TensorFlow's import, the SavedModel's load, the runs).
+FRESH_TIMEOUT = 900
+SUCCESS_NOTE = "all elements agree with expected values"
 
 
 @dataclasses.dataclass(frozen=True)
 class PackageResult:
-    """What `export_package` wrote and checked."""
+    """What `export_package` wrote and checked.
+
+    Attributes:
+        test: "passed" (`bioimageio test` in a fresh process) or "not run".
+        warnings: the test's warnings, "location: message" (empty when clean).
+        seconds: wall time of each stage.
+    """
 
     package_dir: str
     zip_path: str
+    kind: str
     outputs: tuple[str, ...]
     test_input_shape: tuple[int, ...]
     validation: str
     test: str
+    warnings: tuple[str, ...] = ()
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _require_bioimageio() -> None:
@@ -103,26 +128,24 @@ def _require_bioimageio() -> None:
         ) from None
 
 
-def test_input_size(geometry: geometry_lib.Geometry, wanted: int) -> int:
-    """The valid input side `input_size + phase * n` nearest below `wanted` (at least input_size)."""
-    return geometry.input_size + geometry.phase * max(0, (wanted - geometry.input_size) // geometry.phase)
-
-
 def sample_stack(
     config: config_lib.ExperimentConfig,
     size: int,
     sample_well: str | None,
     origin: tuple[int, int] | None = None,
     seed: int = 0,
+    border: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """The test input and, when known, the truth of its output region.
+
+    Args:
+        border: the output region is the input's interior `[border, size - border)`.
 
     Returns:
         stack `[1, size, size, Z]` uint16; truth `[size - 2 border, ...,
         num_output_target_channels]` float32 (NaN where missing) or None;
         a sentence saying where the crop comes from.
     """
-    geometry = geometry_lib.geometry(config.model)
     if sample_well is None:
         rng = np.random.default_rng(seed)
         z = config.channels.num_z_values
@@ -133,7 +156,7 @@ def sample_stack(
     from isl.data import assemble
     from isl.data import wells as wells_lib
 
-    well = wells_lib.read_well(sample_well, config.channels)
+    well = wells_lib.read_well(sample_well, config.channels, ignore_unknown=True)
     num_z, height, width = well.inputs.shape
     if height < size or width < size:
         raise errors.InputError(f"{sample_well}: the well ({height} x {width}) is smaller than the test input "
@@ -147,7 +170,6 @@ def sample_stack(
     crop = well.inputs[:, row : row + size, column : column + size]
     stack = np.round(np.clip(crop, 0, 1) * 65535).astype(np.uint16)
     values, masks = assemble.target_stack(well.targets, config.channels, shape=(height, width))
-    border = geometry.border
     inner = (slice(row + border, row + size - border), slice(column + border, column + size - border))
     truth = np.where(masks[inner] > 0, values[inner], np.nan).astype(np.float32)
     truth = None if np.all(np.isnan(truth)) else truth
@@ -188,129 +210,186 @@ def _zip_directory(source: str, zip_path: str) -> None:
                 archive.write(path, os.path.relpath(path, source))
 
 
-def run_endpoint(saved_model_dir: str, stack: np.ndarray) -> dict[str, np.ndarray]:
-    """The package's outputs for a uint16 stack, from the SavedModel's bioimage.io endpoint."""
-    import tensorflow as tf
+def default_name(package_model: graph_lib.PackageModel) -> str:
+    """A name of at most `MAX_NAME` characters from the kind, the config's name and the targets."""
+    base = {"distribution": "In Silico Labeling", "regression": "ISL U-Net regression",
+            "readout": "ISL read-out"}[package_model.kind]
+    stains = " ".join(channel.split("_")[0] for channel in package_model.channels)
+    for candidate in (f"{base} {package_model.config.name} {stains}", f"{base} {stains}",
+                      f"{base} {package_model.config.name} ({len(package_model.channels)} stains)"):
+        candidate = _clean_name(candidate)
+        if len(candidate) <= MAX_NAME:
+            return candidate
+    return _clean_name(base)
 
-    loaded = tf.saved_model.load(saved_model_dir)
-    endpoint = getattr(loaded, export_lib.BIOIMAGEIO_ENDPOINT)
-    outputs = endpoint(tf.constant(stack.astype(np.float32) * np.float32(1 / 65535)))
-    return {name: value.numpy() for name, value in outputs.items()}
+
+def _clean_name(name: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^A-Za-z0-9_+\- ()]", "-", name)).strip()
+
+
+def _training_section(model_dir: str, package_model: graph_lib.PackageModel) -> list[str]:
+    """What the model folder records about its training data and scores (README lines)."""
+    lines: list[str] = []
+    readme_path = os.path.join(model_dir, README_FILE)
+    if os.path.isfile(readme_path):
+        text = open(readme_path, encoding="utf-8").read().strip()
+        lines += ["The model folder's README:", ""]
+        lines += ["##" + line if line.startswith("#") else line for line in text.splitlines()]
+        lines += [""]
+    record = package_model.readout_record
+    if record:
+        wells = ", ".join(os.path.basename(os.path.normpath(path)) for path in record.get("train_dirs", []))
+        lines += [f"Read-out (`isl readout`): a ridge regression fitted in closed form on {record.get('pixels', '?')} "
+                  f"pixels of the well(s) {wells or '?'}, on the frozen core of the network in config.json.", ""]
+        for well, scores in sorted(record.get("eval_pearson_r", {}).items()):
+            figures = ", ".join(f"{name} {value:.3f}" for name, value in scores.items())
+            lines += [f"- Pearson r on held-out well {os.path.basename(os.path.normpath(well))}: {figures}"]
+        for well, coverage in sorted(record.get("eval_interval_coverage", {}).items()):
+            levels = record.get("coverage_levels", [])
+            figures = "; ".join(f"{name} " + ", ".join(f"{100 * share:.0f}% inside the {100 * level:.0f}% interval"
+                                                       for level, share in zip(levels, shares))
+                                for name, shares in coverage.items())
+            lines += [f"- Uncertainty on {os.path.basename(os.path.normpath(well))}: {figures}"]
+        lines += [""]
+    summary_path = model_dir_lib.ModelDir(model_dir).summary
+    if os.path.isfile(summary_path):
+        try:
+            summary = json.load(open(summary_path, encoding="utf-8"))
+        except (OSError, ValueError):
+            summary = {}
+        if summary:
+            losses = summary.get("losses", {})
+            lines += [f"Training (`isl train`, logs/summary.json): {summary.get('final_step', '?')} steps; final "
+                      f"training loss {losses.get('loss', float('nan')):.4f}."]
+            pearson = {key[len("pearson_median_"):]: value for key, value in summary.get("pearson", {}).items()
+                       if key.startswith("pearson_median_")}
+            if pearson:
+                lines += ["Whole-image Pearson r of the median on its evaluation rows: "
+                          + ", ".join(f"{name} {value:.3f}" for name, value in pearson.items()) + "."]
+            lines += [""]
+    if not lines:
+        lines = ["The model folder records no training data or scores (no README.md, logs/summary.json or "
+                 "readout.json). Add a README.md to the model folder before exporting to describe them.", ""]
+    return lines
 
 
 def _readme(
-    config: config_lib.ExperimentConfig,
-    geometry: geometry_lib.Geometry,
-    channels: Sequence[str],
-    statistics: Sequence[str],
+    package_model: graph_lib.PackageModel,
+    model_dir: str,
     num_z: int,
     where: str,
-    model_readme: str | None,
     crop_scores: dict[str, float | None],
     license_id: str,
+    tested: bool,
+    cover_channel: str = "",
 ) -> str:
-    border = geometry.border
+    config = package_model.config
+    border = package_model.border
+    channels, statistics = package_model.channels, package_model.statistics
+    what = {
+        "distribution": "each pixel a 256-bin distribution summarised by " + ", ".join(statistics),
+        "regression": "one value per pixel from a U-Net regression (written as " + ", ".join(statistics) + ")",
+        "readout": "a normal distribution per pixel from a ridge read-out of the network's frozen core ("
+                   + ", ".join(statistics) + ")",
+    }[package_model.kind]
+    size_rule = f"`{package_model.size_min} + {package_model.size_step}n` (n >= 0)"
+    if border:
+        geometry = (f"{2 * border} px smaller than the input per axis: output pixel (i, j) shows input pixel "
+                    f"(i + {border}, j + {border}). The network's valid convolutions have already cropped the "
+                    f"border (size offset -{2 * border}), so tools must not crop a halo. The output equals "
+                    "`isl predict --border=valid --precision=float32` (each output block predicted from its own "
+                    "patch).")
+    else:
+        geometry = ("the input's size: the image is reflection-padded inside the graph, as `isl predict` does for "
+                    "whole wells.")
     lines = [
-        f"# In Silico Labeling: {', '.join(channels)} from {config.channels.input_channel.lower()} z-stacks",
+        f"# {default_name(package_model)}",
         "",
-        "Predicts fluorescence images, each pixel a 256-bin distribution summarised by its median, mean and",
-        "standard deviation, from an unlabelled transmitted-light z-stack (In Silico Labeling, Christiansen et al.,",
-        "Cell 2018), as trained with `isl` (TensorFlow 2 / Keras 3).",
+        f"Predicts fluorescence images of {', '.join(channels)} from an unlabelled transmitted-light "
+        f"({config.channels.input_channel.lower()}) z-stack, {what}: In Silico Labeling (Christiansen et al., "
+        "Cell 2018), trained with `isl` (TensorFlow 2 / Keras 3).",
         "",
         "## Tensors",
         "",
-        f"- **Input `{INPUT_ID}`**, axes `batch, y, x, z`, uint16. y and x must be "
-        f"`{geometry.input_size} + {geometry.phase}n` (n >= 0); z has {num_z} slices (the model maps any 1..256",
-        f"  slices onto its {config.channels.num_z_values} z values: value f reads slice `round((Z - 1) * f)`).",
-        "- **Preprocessing** (in rdf.yaml): cast to float32, multiply by 1/65535 (the uint16 maximum; scale 8-bit",
-        "  images by 1/255 instead, i.e. convert them to the same [0, 1] values). The z mapping and the presence",
-        "  masks run inside the SavedModel.",
-        "- **Output `prediction`**, axes `batch, y, x, channel`: one channel per target and statistic",
-        f"  (`<target>_median`, then `_mean` and `_std` as extras), float32 in [0, 1], {2 * border} px smaller",
-        "  than the input per axis: output pixel (i, j)",
-        f"  shows input pixel (i + {border}, j + {border}). The border is already cropped (size offset "
-        f"-{2 * border}), so",
-        "  tools must not crop a halo. Inside the graph the output is stitched with the exact plan of",
-        "  `isl predict --border=valid`, equal to predicting each 8 x 8 block from its own patch.",
-        f"- Exported statistics: {', '.join(statistics)}; channels: {', '.join(channels)}.",
+        f"- **Input `{INPUT_ID}`**, axes `batch, y, x, z`, uint16. y and x must be {size_rule}; the test input has "
+        f"{num_z} z slices (the model maps any 1..256 slices onto its {config.channels.num_z_values} z values: "
+        "value f reads slice `round((Z - 1) * f)`).",
+        "- **Preprocessing** (in rdf.yaml): cast to float32, multiply by 1/65535 (the uint16 maximum; give 8-bit "
+        "images as uint16 values times 257). The z mapping and the presence masks run inside the SavedModel.",
+        "- **Output `prediction`**, axes `batch, y, x, channel`: one channel per target and statistic "
+        f"(`<target>_{statistics[0]}` first), float32 in [0, 1] (16-bit intensity / 65535), {geometry}",
+        f"- Channels: {', '.join(package_model.output_names)}.",
+        "- Computed in float32 (whatever precision the model trained in).",
         "",
-        "Whole images of any size: the SavedModel inside (`saved_model.zip`) also has a `predict_image`",
-        "signature (uint16 `[batch, height, width, z]` -> full-size statistics, reflection-padded), and `isl predict`",
-        "reads the same model directory.",
+        "## Test and sample tensors",
         "",
-        "## Test tensors",
-        "",
-        f"`test_input.npy` is {where}; the outputs were computed by this SavedModel.",
+        f"`test_input.npy` is {where}; `test_output_prediction.npy` was computed by this SavedModel's graph. "
+        "`sample_input.tif` and `sample_output.tif` hold the same "
+        "tensors as images.",
+        f"`cover.png`: the input's middle z slice | the predicted {cover_channel} median | the real stain (when the "
+        "crop has it), on the output region.",
     ]
     scored = {name: value for name, value in crop_scores.items() if value is not None}
     if scored:
-        lines += ["Pearson r of the median on the test crop (a few thousand pixels; not a benchmark): "
-                  + ", ".join(f"{name} {value:.3f}" for name, value in scored.items()) + "."]
+        lines += ["Pearson r of the median against the real stain on the test crop (a few thousand pixels; not a "
+                  "benchmark): " + ", ".join(f"{name} {value:.3f}" for name, value in scored.items()) + "."]
     lines += [
+        "",
+        "Reproducibility: the median is the first of 256 bins whose cumulative probability reaches 0.5, so float "
+        "rounding that differs between TensorFlow builds moves a few pixels by one bin (1/255). rdf.yaml allows "
+        f"{MISMATCHED_PER_MILLION} mismatched elements per million (config.bioimageio.reproducibility_tolerance).",
         "",
         "## Validation",
         "",
-        "`bioimageio.spec` validated this package and `bioimageio.core`'s `test_model` reproduced the test outputs",
-        "from the test input before `isl export` wrote it. Scores of the model on held-out data, when known, are in",
-        "the last section.",
+        ("`isl export` ran `bioimageio test` (bioimageio.core) on this package in a fresh Python process before "
+         "writing it, and it passed." if tested else
+         "`isl export` validated this package with bioimageio.spec; `bioimageio test` was not run."),
         "",
+        "## Training data and scores",
+        "",
+    ]
+    lines += _training_section(model_dir, package_model)
+    lines += [
         "## Licence",
         "",
-        f"{license_id}. The released In Silico Labeling data (including the Condition B sample) are published",
-        "under Creative Commons Attribution 4.0 International (CC BY 4.0) by the paper's authors; weights",
-        "trained on them carry the same attribution.",
+        f"{license_id}. The released In Silico Labeling data (including the Condition B sample) are published "
+        "under Creative Commons Attribution 4.0 International (CC BY 4.0) by the paper's authors; weights trained "
+        "on them carry the same attribution.",
         "",
         "## Citation",
         "",
         f"{CITATION} doi:{CITATION_DOI}",
         "",
     ]
-    if model_readme:
-        lines += ["## Training data, scores and training (the model directory's README)", ""]
-        lines += ["#" + line if line.startswith("#") else line for line in model_readme.strip().splitlines()]
-        lines += [""]
     return "\n".join(lines)
 
 
-def _summary_errors(summary: Any, limit: int = 3) -> str:
-    """The failed checks of a bioimageio ValidationSummary, in one line."""
-    failed = []
-    for detail in getattr(summary, "details", []):
-        if getattr(detail, "status", "") == "failed":
-            messages = [str(getattr(entry, "msg", entry)) for entry in getattr(detail, "errors", [])]
-            failed.append(f"{detail.name}: {'; '.join(messages)[:400]}")
-    return " | ".join(failed[:limit]) or str(getattr(summary, "status", "failed"))
-
-
 def rdf_content(
-    config: config_lib.ExperimentConfig,
-    geometry: geometry_lib.Geometry,
-    channel_names: Sequence[str],
+    package_model: graph_lib.PackageModel,
     num_z: int,
     name: str,
     license_id: str,
     authors: Sequence[str],
     description: str,
+    maintainer: str | None = None,
 ) -> dict[str, Any]:
-    """The rdf.yaml content (a plain dict, spec 0.5)."""
+    """The rdf.yaml content (a plain dict, spec 0.5); `maintainer`: a GitHub user name."""
     import tensorflow as tf
     from bioimageio.spec.model import v0_5
 
-    border = geometry.border
-    size = {"min": geometry.input_size, "step": geometry.phase}
-    outputs = [{
-        "id": export_lib.BIOIMAGEIO_OUTPUT,
-        "description": "per channel: median, mean, std of the predicted 256-bin distribution, in [0, 1]",
-        "axes": [
-            {"type": "batch"},
-            {"type": "space", "id": "y", "size": {"tensor_id": INPUT_ID, "axis_id": "y", "offset": -2 * border}},
-            {"type": "space", "id": "x", "size": {"tensor_id": INPUT_ID, "axis_id": "x", "offset": -2 * border}},
-            {"type": "channel", "channel_names": list(channel_names)},
-        ],
-        "test_tensor": {"source": TEST_OUTPUT_FILE},
-        "data": {"type": "float32", "range": [0.0, 1.0]},
-    }]
+    border = package_model.border
+    size = {"min": package_model.size_min, "step": package_model.size_step}
+    if border:
+        def output_axis(axis: str) -> dict[str, Any]:
+            return {"type": "space", "id": axis,
+                    "size": {"tensor_id": INPUT_ID, "axis_id": axis, "offset": -2 * border}}
+    else:
+        def output_axis(axis: str) -> dict[str, Any]:
+            return {"type": "space", "id": axis, "size": {"tensor_id": INPUT_ID, "axis_id": axis}}
+    statistics = ", ".join(package_model.statistics)
+    people = {"maintainers": [{"github_user": maintainer}]} if maintainer else {}
     return {
+        **people,
         "type": "model",
         "format_version": v0_5.ModelDescr.implemented_format_version,
         "name": name,
@@ -321,18 +400,22 @@ def rdf_content(
         "documentation": {"source": README_FILE},
         "covers": [{"source": COVER_FILE}],
         "tags": ["in-silico-labeling", "label-free-prediction", "fluorescence", "transmitted-light", "2d",
-                 "tensorflow", "uncertainty"],
+                 "tensorflow"] + (["uncertainty"] if package_model.kind != "regression" else []),
         "attachments": [{"source": model_dir_lib.CONFIG_FILE}],
         "inputs": [{
             "id": INPUT_ID,
-            "description": f"raw uint16 transmitted-light z-stack; y, x = {geometry.input_size} + {geometry.phase}n",
+            "description": (f"raw uint16 transmitted-light z-stack; y, x = {package_model.size_min} + "
+                            f"{package_model.size_step}n"),
             "axes": [
-                {"type": "batch"},
+                # One image at a time, as deepImageJ, ilastik and napari feed them: bioimageio test then runs 3
+                # sizes, not 3 sizes x batches of 1 and 2. The SavedModel itself takes any batch.
+                {"type": "batch", "size": 1},
                 {"type": "space", "id": "y", "size": dict(size)},  # Copies: no YAML anchors.
                 {"type": "space", "id": "x", "size": dict(size)},
                 {"type": "space", "id": "z", "size": num_z},
             ],
             "test_tensor": {"source": TEST_INPUT_FILE},
+            "sample_tensor": {"source": SAMPLE_INPUT_FILE},
             # `data` describes what the network receives, after the preprocessing:
             # bioimageio casts to data.type at the end (uint16 here would floor [0, 1] to 0).
             "data": {"type": "float32", "range": [0.0, 1.0]},
@@ -341,25 +424,72 @@ def rdf_content(
                 {"id": "scale_linear", "kwargs": {"gain": 1.0 / 65535.0, "offset": 0.0}},
             ],
         }],
-        "outputs": outputs,
+        "outputs": [{
+            "id": export_lib.BIOIMAGEIO_OUTPUT,
+            "description": f"per target channel: {statistics} of the predicted intensity, in [0, 1]",
+            "axes": [
+                {"type": "batch", "size": 1},
+                output_axis("y"),
+                output_axis("x"),
+                {"type": "channel", "channel_names": list(package_model.output_names)},
+            ],
+            "test_tensor": {"source": TEST_OUTPUT_FILE},
+            "sample_tensor": {"source": SAMPLE_OUTPUT_FILE},
+            "data": {"type": "float32", "range": [0.0, 1.0]},
+        }],
         "weights": {
-            "tensorflow_saved_model_bundle": {
+            WEIGHT_FORMAT: {
                 "source": WEIGHTS_FILE,
                 "tensorflow_version": tf.__version__.split("-")[0].split("+")[0],
             },
         },
-        "config": {"isl": {
-            "input_size": geometry.input_size, "phase": geometry.phase, "border": border,
-            "output_block": geometry.output_size, "num_z_values": config.channels.num_z_values,
-            "signatures": list(export_lib.SIGNATURES),
-        }},
+        "config": {
+            "bioimageio": {"reproducibility_tolerance": [{
+                "relative_tolerance": RELATIVE_TOLERANCE,
+                "absolute_tolerance": ABSOLUTE_TOLERANCE,
+                "mismatched_elements_per_million": MISMATCHED_PER_MILLION,
+                "output_ids": [export_lib.BIOIMAGEIO_OUTPUT],
+            }]},
+            "isl": {
+                "kind": package_model.kind,
+                "size_min": package_model.size_min, "size_step": package_model.size_step, "border": border,
+                "num_z_values": package_model.config.channels.num_z_values,
+                "signatures": [export_lib.BIOIMAGEIO_ENDPOINT, export_lib.SERVING_DEFAULT],
+                "compute": "float32",
+            },
+        },
     }
+
+
+def _summary_errors(summary: Any, limit: int = 3) -> str:
+    """The failed checks of a bioimageio ValidationSummary (object or JSON dict), in one line."""
+    def field(item: Any, name: str, default: Any = None) -> Any:
+        return item.get(name, default) if isinstance(item, dict) else getattr(item, name, default)
+
+    failed = []
+    for detail in field(summary, "details", []) or []:
+        if field(detail, "status", "") == "failed":
+            messages = [str(field(entry, "msg", entry)) for entry in field(detail, "errors", []) or []]
+            failed.append(f"{field(detail, 'name', '?')}: {'; '.join(messages)[:400]}")
+    return " | ".join(failed[:limit]) or str(field(summary, "status", "failed"))
+
+
+def summary_warnings(summary: dict[str, Any]) -> tuple[str, ...]:
+    """'location: message' for every warning (any severity, info included) of a ValidationSummary JSON."""
+    found = []
+    for detail in summary.get("details", []) or []:
+        for entry in detail.get("warnings", []) or []:
+            if SUCCESS_NOTE in entry.get("msg", ""):
+                continue  # The reproduce test's report of a pass (severity info), not a warning.
+            location = ".".join(str(part) for part in entry.get("loc", []))
+            found.append(f"{location}: {entry.get('msg', '')}".strip())
+    return tuple(dict.fromkeys(found))
 
 
 def validate_package(rdf_path: str) -> Any:
     """`bioimageio.spec` validation (with file checks); raises InputError when invalid."""
-    from bioimageio.spec import load_description
     from bioimageio.spec import InvalidDescr
+    from bioimageio.spec import load_description
 
     description = load_description(rdf_path, perform_io_checks=True)
     if isinstance(description, InvalidDescr) or description.validation_summary.status == "failed":
@@ -368,125 +498,81 @@ def validate_package(rdf_path: str) -> Any:
     return description
 
 
-def test_package(rdf_path: str) -> Any:
-    """`bioimageio.core.test_model`; raises InputError unless the test outputs are reproduced."""
-    from bioimageio.core import test_model
+def _fresh_environment() -> dict[str, str]:
+    """The environment of a fresh check process: this one's, less anything that would put `isl` on its path."""
+    environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return environment
 
-    previous = os.getcwd()
-    scratch = tempfile.mkdtemp(prefix="isl-bioimageio-test-")
+
+def _run_fresh(arguments: list[str], what: str, rdf_path: str) -> subprocess.CompletedProcess:
+    scratch = tempfile.mkdtemp(prefix="isl-bioimageio-")
     try:
-        # The TF adapter unzips the weights into a folder relative to the working directory.
-        os.chdir(scratch)
-        summary = test_model(rdf_path, working_dir=scratch)
+        # -I: isolated (no PYTHONPATH, no user site, not the script's folder): the process never imports isl.
+        # The TF adapter unzips the weights into its working directory, hence a scratch one.
+        return subprocess.run([sys.executable, "-I", *arguments], cwd=scratch, env=_fresh_environment(),
+                              capture_output=True, text=True, timeout=FRESH_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise errors.InputError(f"{rdf_path}: {what} took more than {FRESH_TIMEOUT} s.") from None
     finally:
-        os.chdir(previous)
         shutil.rmtree(scratch, ignore_errors=True)
-    if summary.status != "passed":
-        raise errors.InputError(
-            f"{rdf_path}: bioimageio.core's test_model does not reproduce the test outputs: {_summary_errors(summary)}")
-    return summary
 
 
-def export_package(
-    model_dir: str,
-    package_dir: str,
-    statistics: Sequence[str] = export_lib.DEFAULT_STATISTICS,
-    all_heads: bool = False,
-    sample_well: str | None = None,
-    sample_origin: tuple[int, int] | None = None,
-    test_size: int = 0,
-    name: str | None = None,
-    license_id: str = "CC-BY-4.0",
-    authors: Sequence[str] = ("isl",),
-    run_test: bool = True,
-) -> PackageResult:
-    """Writes the bioimage.io package of `model_dir` to `package_dir` and `package_dir.zip`.
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:400] if lines else "(no output)"
 
-    Args:
-        statistics: per channel; "median" must be among them (the primary output).
-        all_heads: export every target head, not only the trained ones.
-        sample_well: a well folder for the test input, cover and crop scores
-            (its truth, when present); None: a synthetic stack.
-        sample_origin: (row, column) of the test crop; None: the centre.
-        test_size: test input side (made valid); 0: `input_size + 8 phase`.
-        name, license_id, authors: rdf metadata (license: an SPDX id).
-        run_test: run `bioimageio.core.test_model` before accepting.
+
+def test_outputs(package_model: graph_lib.PackageModel, stack: np.ndarray) -> np.ndarray:
+    """The package's output for a uint16 test input `[1, H, W, n]`, preprocessed as bioimageio.core does it
+    (float32, times float32(1/65535)), from the graph the SavedModel holds."""
+    import tensorflow as tf
+
+    inputs = tf.constant(stack.astype(np.float32) * np.float32(1.0 / 65535.0))
+    return package_model.serve(inputs)[export_lib.BIOIMAGEIO_OUTPUT].numpy().astype(np.float32)
+
+
+def community_test(rdf_path: str) -> tuple[dict[str, Any], str]:
+    """`python -m bioimageio.core test RDF` (the `bioimageio test` command) in a fresh process.
+
+    Returns:
+        (the validation summary as JSON, the command's output).
+    """
+    handle, summary_path = tempfile.mkstemp(suffix=".json", prefix="isl-bioimageio-summary-")
+    os.close(handle)
+    try:
+        process = _run_fresh(["-m", "bioimageio.core", "test", os.path.abspath(rdf_path),
+                              "--summary", summary_path], "bioimageio test", rdf_path)
+        try:
+            summary = json.load(open(summary_path, encoding="utf-8"))
+        except (OSError, ValueError):
+            raise errors.InputError(f"{rdf_path}: bioimageio test wrote no summary: "
+                                    f"{_last_line(process.stderr or process.stdout)}") from None
+        return summary, process.stdout + process.stderr
+    finally:
+        os.remove(summary_path)
+
+
+def test_package(rdf_path: str) -> tuple[str, ...]:
+    """Runs `bioimageio test` on a package in a fresh process; returns its warnings.
 
     Raises:
-        InputError: no model, no trained target head, a missing extra, or a
-            package that bioimageio rejects or whose test does not reproduce.
-            Nothing is left behind then.
+        InputError: unless the test passed.
     """
-    _require_bioimageio()
-    import imageio.v3 as imageio
+    summary, _ = community_test(rdf_path)
+    if summary.get("status") != "passed":
+        raise errors.InputError(
+            f"{rdf_path}: bioimageio test failed (the test outputs are not reproduced or the package is invalid): "
+            f"{_summary_errors(summary)}")
+    return summary_warnings(summary)
 
-    statistics = export_lib.parse_statistics(statistics)
-    if "median" not in statistics:
-        raise errors.InputError("A bioimage.io package needs the median among --statistics (its primary output).")
-    from isl.io import calibration_file
 
-    model, config, trained = export_lib.load_exportable(model_dir)
-    channels = export_lib.export_channels(config, trained, all_heads, model_dir)
-    geometry = geometry_lib.geometry(config.model)
-    size = test_input_size(geometry, test_size or geometry.input_size + 8 * geometry.phase)
-    stack, truth, where = sample_stack(config, size, sample_well, sample_origin)
-    readme_path = os.path.join(model_dir, README_FILE)
-    model_readme = open(readme_path, encoding="utf-8").read() if os.path.isfile(readme_path) else None
-    package_dir = os.path.abspath(package_dir)
-    zip_path = package_dir.rstrip(os.sep) + ".zip"
-    with atomic.temporary_path(zip_path) as temporary_zip, atomic.output_directory(package_dir) as temporary:
-        saved_model_dir = tempfile.mkdtemp(prefix=".saved_model-", dir=os.path.dirname(package_dir))
-        try:
-            export_lib.export_keras_model(model, config, saved_model_dir, statistics, keras_archive=False,
-                                          trained_channels=trained, channels=channels, bioimageio_endpoint=True,
-                                          calibration=calibration_file.read_fresh(model_dir))
-            outputs = run_endpoint(saved_model_dir, stack)
-            _zip_directory(saved_model_dir, os.path.join(temporary, WEIGHTS_FILE))
-        finally:
-            shutil.rmtree(saved_model_dir, ignore_errors=True)
-        prediction = outputs[export_lib.BIOIMAGEIO_OUTPUT]  # [1, h, w, channels * statistics]
-        names = [export_lib.bioimageio_id(export_lib.output_name(c, s)) for c in channels for s in statistics]
-        np.save(os.path.join(temporary, TEST_INPUT_FILE), stack)
-        np.save(os.path.join(temporary, TEST_OUTPUT_FILE), prediction.astype(np.float32))
-        median = {channel: prediction[0, ..., names.index(
-                      export_lib.bioimageio_id(export_lib.output_name(channel, "median")))]
-                  for channel in channels}
-        all_targets = config.channels.output_target_channels
-        truth_first = None if truth is None else truth[..., all_targets.index(channels[0])]
-        imageio.imwrite(os.path.join(temporary, COVER_FILE),
-                        cover_image(stack, median[channels[0]], truth_first, geometry.border))
-        crop_scores = {}
-        if truth is not None:
-            for channel in channels:
-                crop_scores[channel] = _pearson(median[channel], truth[..., all_targets.index(channel)])
-        with open(os.path.join(temporary, README_FILE), "w", encoding="utf-8") as file:
-            file.write(_readme(config, geometry, channels, statistics, stack.shape[-1], where, model_readme,
-                               crop_scores, license_id))
-        config_lib.save_config(config, os.path.join(temporary, model_dir_lib.CONFIG_FILE))
-        listed = (" ".join(channel.lower() for channel in channels) if len(channels) <= 4
-                  else f"{len(channels)} channels")
-        title = name or f"In Silico Labeling {config.name} {listed}"
-        title = re.sub(r"[^A-Za-z0-9_+\- ()]", "-", title)[:128]
-        description = (f"Predicts {', '.join(channels)} (per-pixel median, mean, std of a 256-bin distribution) from "
-                       f"a {config.channels.input_channel.lower()} z-stack; In Silico Labeling "
-                       "(Christiansen et al. 2018).")
-        content = rdf_content(config, geometry, names, stack.shape[-1], title, license_id, authors,
-                              description[:1000])
-        _write_yaml(content, os.path.join(temporary, RDF_FILE))
-        validated = validate_package(os.path.join(temporary, RDF_FILE))
-        test_status = "not run"
-        if run_test:
-            test_package(os.path.join(temporary, RDF_FILE))
-            test_status = "passed"
-        _zip_directory(temporary, temporary_zip)
-    return PackageResult(
-        package_dir=package_dir,
-        zip_path=zip_path,
-        outputs=tuple(names),
-        test_input_shape=tuple(stack.shape),
-        validation=str(validated.validation_summary.status),
-        test=test_status,
-    )
+def _write_tiff(path: str, array: np.ndarray) -> None:
+    """A sample tensor image `[y, x, c]` that imageio reads back with the same three axes."""
+    import tifffile
+
+    tifffile.imwrite(path, np.ascontiguousarray(array), photometric="minisblack", planarconfig="contig",
+                     metadata={"axes": "YXS"})
 
 
 def _write_yaml(content: dict[str, Any], path: str) -> None:
@@ -497,3 +583,139 @@ def _write_yaml(content: dict[str, Any], path: str) -> None:
     yaml.default_flow_style = False
     with open(path, "w", encoding="utf-8") as file:
         yaml.dump(content, file)
+
+
+def export_package(
+    model_dir: str,
+    package_dir: str,
+    statistics: Sequence[str] | None = None,
+    all_heads: bool = False,
+    sample_well: str | None = None,
+    sample_origin: tuple[int, int] | None = None,
+    test_size: int = 0,
+    name: str | None = None,
+    license_id: str = "CC-BY-4.0",
+    authors: Sequence[str] = ("isl",),
+    run_test: bool = True,
+    log: Any = None,
+    maintainer: str | None = None,
+) -> PackageResult:
+    """Writes the bioimage.io package of `model_dir` to `package_dir` and `package_dir.zip`.
+
+    Args:
+        statistics: per channel, "median" among them; None or empty: the
+            kind's default (`bioimageio_graph.DEFAULT_STATISTICS`).
+        all_heads: export every target head, not only the trained ones.
+        sample_well: a well folder for the test input, cover and crop scores
+            (its truth, when present); None: a synthetic stack.
+        sample_origin: (row, column) of the test crop; None: the centre.
+        test_size: test input side (made valid); 0: `input_size + 8 phase`
+            for 256-bin heads (394 px for the shipped checkpoint), 256 for the
+            same-size kinds.
+        name, license_id, authors: rdf metadata (license: an SPDX id; name
+            at most 64 characters).
+        maintainer: the GitHub user who maintains the package (bioimageio
+            warns without one and checks the account online).
+        run_test: run `bioimageio test` in a fresh process before accepting.
+        log: a callable taking one progress line (None: silent).
+
+    Raises:
+        InputError: no model, no trained target head, a missing extra, an
+            existing package folder or zip, a name over 64 characters, or a
+            package that bioimageio rejects or whose test fails. Nothing is
+            left behind then.
+    """
+    _require_bioimageio()
+    if "tensorflow" not in sys.modules:
+        # bioimageio test switches TensorFlow's oneDNN kernels off before importing it; the same kernels here make
+        # the test outputs bit-equal to what the test recomputes (with oneDNN on they differ by ~1e-7 in float32).
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    import imageio.v3 as imageio
+
+    say = log or (lambda line: None)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = round(now - clock, 1)
+        clock = now
+        say(f"  {stage}: {seconds[stage]:.1f} s")
+
+    package_dir = os.path.abspath(package_dir)
+    zip_path = package_dir.rstrip(os.sep) + ".zip"
+    for path, flag in ((package_dir, "--export_dir"), (zip_path, "its zip")):
+        if os.path.lexists(path):
+            raise errors.InputError(f"{path} already exists ({flag}); a package is never written over an existing "
+                                    "one. Remove it or choose another --export_dir.")
+    if name is not None and len(name) > MAX_NAME:
+        raise errors.InputError(f"--name has {len(name)} characters; bioimage.io names have at most {MAX_NAME}.")
+    package_model = graph_lib.load_package_model(model_dir, statistics, all_heads)
+    config = package_model.config
+    lap("load the model (float32)")
+    default_side = (package_model.size_min + 8 * package_model.size_step if package_model.border
+                    else package_model.valid_side(256))
+    size = package_model.valid_side(test_size or default_side)
+    stack, truth, where = sample_stack(config, size, sample_well, sample_origin, border=package_model.border)
+    names = package_model.output_names
+    title = _clean_name(name) if name else default_name(package_model)
+    description = (f"Predicts {', '.join(package_model.channels)} ({', '.join(package_model.statistics)} per pixel) "
+                   f"from a {config.channels.input_channel.lower()} z-stack; In Silico Labeling (Christiansen et "
+                   "al. 2018).")[:1000]
+    with atomic.temporary_path(zip_path) as temporary_zip, atomic.output_directory(package_dir,
+                                                                                     overwrite=False) as temporary:
+        saved_model_dir = tempfile.mkdtemp(prefix=".saved_model-", dir=os.path.dirname(package_dir))
+        try:
+            graph_lib.write_saved_model(package_model, saved_model_dir)
+            lap("trace and write the SavedModel")
+            _zip_directory(saved_model_dir, os.path.join(temporary, WEIGHTS_FILE))
+        finally:
+            shutil.rmtree(saved_model_dir, ignore_errors=True)
+        np.save(os.path.join(temporary, TEST_INPUT_FILE), stack)
+        _write_tiff(os.path.join(temporary, SAMPLE_INPUT_FILE), stack[0])
+        config_lib.save_config(config, os.path.join(temporary, model_dir_lib.CONFIG_FILE))
+        rdf_path = os.path.join(temporary, RDF_FILE)
+        _write_yaml(rdf_content(package_model, stack.shape[-1], title, license_id, authors, description,
+                                maintainer), rdf_path)
+        prediction = test_outputs(package_model, stack)  # [1, h, w, channels * statistics]
+        lap("test outputs")
+        np.save(os.path.join(temporary, TEST_OUTPUT_FILE), prediction.astype(np.float32))
+        _write_tiff(os.path.join(temporary, SAMPLE_OUTPUT_FILE), prediction[0])
+        statistic = package_model.statistics
+        median = {channel: prediction[0, ..., index * len(statistic) + statistic.index("median")]
+                  for index, channel in enumerate(package_model.channels)}
+        all_targets = config.channels.output_target_channels
+        crop_scores = {}
+        if truth is not None:
+            for channel in package_model.channels:
+                if channel in all_targets:
+                    crop_scores[channel] = _pearson(median[channel], truth[..., all_targets.index(channel)])
+        # The cover shows the channel the crop shows best (the first one without truth).
+        scored = {channel: score for channel, score in crop_scores.items() if score is not None}
+        shown = max(scored, key=scored.get) if scored else package_model.channels[0]
+        truth_shown = None if truth is None or shown not in all_targets else truth[..., all_targets.index(shown)]
+        imageio.imwrite(os.path.join(temporary, COVER_FILE),
+                        cover_image(stack, median[shown], truth_shown, package_model.border))
+        with open(os.path.join(temporary, README_FILE), "w", encoding="utf-8") as file:
+            file.write(_readme(package_model, model_dir, stack.shape[-1], where, crop_scores, license_id, run_test,
+                               shown))
+        validated = validate_package(rdf_path)
+        lap("bioimageio.spec validation")
+        test_status, warnings = "not run", ()
+        if run_test:
+            warnings = test_package(rdf_path)
+            test_status = "passed"
+            lap("bioimageio test in a fresh process")
+        _zip_directory(temporary, temporary_zip)
+    return PackageResult(
+        package_dir=package_dir,
+        zip_path=zip_path,
+        kind=package_model.kind,
+        outputs=tuple(names),
+        test_input_shape=tuple(stack.shape),
+        validation=str(validated.validation_summary.status),
+        test=test_status,
+        warnings=tuple(warnings),
+        seconds=seconds,
+    )

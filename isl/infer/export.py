@@ -189,11 +189,12 @@ class ServingFunctions:
             names += [output_name(c, "distribution") for c in self.target_channels]
         return tuple(names)
 
-    def check_stack(self, z_stack: Any) -> Any:
-        """Asserts a valid `[batch, H, W, n]` size; returns `z_stack`."""
+    def check_stack(self, z_stack: Any, base: int | None = None, phase: int | None = None) -> Any:
+        """Asserts a valid `[batch, H, W, n]` size (`base + phase k`, default the network's); returns `z_stack`."""
         import tensorflow as tf
 
-        base, phase = self.geometry.input_size, self.geometry.phase
+        base = self.geometry.input_size if base is None else base
+        phase = self.geometry.phase if phase is None else phase
         rank = tf.rank(z_stack)
         rank_ok = tf.debugging.Assert(
             tf.equal(rank, 4),
@@ -397,15 +398,17 @@ def load_exportable(model_dir: str) -> tuple[Any, config_lib.ExperimentConfig, t
         raise errors.InputError(f"{model_dir}: model directory not found.")
     if os.path.isfile(model_dir_lib.ModelDir(model_dir).readout):
         raise errors.InputError(
-            f"{model_dir}: holds a ridge read-out ({model_dir_lib.READOUT_FILE}), which isl export does not carry "
-            "(the export would serve the network's own heads). Predict it with isl predict --model_dir."
+            f"{model_dir}: holds a ridge read-out ({model_dir_lib.READOUT_FILE}), which the SavedModel export does "
+            "not carry (it would serve the network's own heads). Package it with isl export --format=bioimageio, "
+            "or predict it with isl predict --model_dir."
         )
     trained = saving.read_trained_channels(model_dir)
     model, config = saving.load_model_dir(model_dir)
     if config.model.architecture == "unet_regression":
         raise errors.InputError(
-            f"{model_dir}: a U-Net regression baseline (model.architecture=unet_regression) cannot be exported; "
-            "isl export serves the paper's 256-bin heads. Predict it with isl predict --model_dir."
+            f"{model_dir}: a U-Net regression baseline (model.architecture=unet_regression) has no SavedModel "
+            "export (it serves the paper's 256-bin heads). Package it with isl export --format=bioimageio, or "
+            "predict it with isl predict --model_dir."
         )
     return model, config, trained
 

@@ -281,6 +281,63 @@ def quantile_indices(probabilities: Any, quantiles: Sequence[float]) -> Any:
     return tf.reshape(stacked, tf.concat([tf.shape(probabilities)[:-1], [len(quantiles)]], axis=0))
 
 
+def logits_statistics(
+    logits: Any, statistics: Sequence[str], quantiles: Sequence[float] = (), inverse_temperatures: Any = None
+) -> tuple[dict[str, Any], Any]:
+    """Per-pixel statistics of 256-bin logits: the one place where logits become statistics.
+
+    `isl predict`'s runs and the bioimage.io export both call it, so a change
+    of rule (e.g. a calibration of the logits) applies to both.
+
+    Args:
+        logits: `[..., classes]` (any float type).
+        statistics: names from `isl.model.statistics.STATISTICS`; the median
+            uses `quantile_indices` (q = 0.5).
+        quantiles: extra quantiles in (0, 1), named by `quantile_name`.
+        inverse_temperatures: None, or float32 `[heads, 1]` (NumPy, so a trace
+            embeds it as a constant): `isl calibrate`'s 1 / temperature of each
+            head, multiplying its logits before the softmax.
+
+    Returns:
+        (name -> `[...]` float32, probabilities `[..., classes]` float32).
+    """
+    import tensorflow as tf
+
+    others = tuple(name for name in statistics if name != "median")
+    searched = ((0.5,) if "median" in statistics else ()) + tuple(quantiles)
+    logits = tempered(logits, inverse_temperatures)
+    probabilities = tf.nn.softmax(logits, axis=-1)
+    scale = float(probabilities.shape[-1] - 1)
+    results = {}
+    if others:
+        from isl.model import statistics as statistics_lib
+
+        results = dict(statistics_lib.distribution_statistics(probabilities, others))
+    if searched:
+        indices = quantile_indices(probabilities, searched) / scale
+        names = (["median"] if "median" in statistics else []) + [quantile_name(q) for q in quantiles]
+        for position, name in enumerate(names):
+            results[name] = indices[..., position]
+    return {name: tf.cast(value, tf.float32) for name, value in results.items()}, probabilities
+
+
+def inverse_temperatures_of(temperatures: Sequence[float] | None) -> np.ndarray | None:
+    """float32 `[heads, 1]` of 1 / temperature (`logits_statistics`), or None without temperatures."""
+    if temperatures is None:
+        return None
+    return np.array([1.0 / float(value) for value in temperatures], np.float32)[:, np.newaxis]
+
+
+def tempered(logits: Any, inverse_temperatures: np.ndarray | None) -> Any:
+    """float32 logits `[..., heads, classes]`, divided by each head's temperature when given."""
+    import tensorflow as tf
+
+    logits = tf.cast(logits, tf.float32)
+    if inverse_temperatures is None:
+        return logits
+    return logits * tf.constant(inverse_temperatures)
+
+
 def make_run_function(
     network: Network | Callable[[Any], Any],
     statistics: Sequence[str],
@@ -323,30 +380,12 @@ def make_run_function(
 
     if not isinstance(network, Network):
         network = Network.from_logits(network)
-    others = tuple(name for name in statistics if name != "median")
-    searched = ((0.5,) if "median" in statistics else ()) + tuple(quantiles)
 
-    inverse_temperatures = None  # NumPy, so each trace embeds it as a constant (no captured tensor).
-    if temperatures is not None:
-        inverse_temperatures = np.array([1.0 / float(value) for value in temperatures], np.float32)[:, np.newaxis]
+    inverse_temperatures = inverse_temperatures_of(temperatures)  # NumPy: each trace embeds it as a constant.
 
     def compute(inputs: Any, keep_rows: Any, keep_columns: Any, true_bins: Any = None) -> dict[str, Any]:
-        logits = tf.cast(network(inputs, keep_rows, keep_columns), tf.float32)
-        if inverse_temperatures is not None:
-            logits = logits * tf.constant(inverse_temperatures)
-        probabilities = tf.nn.softmax(logits, axis=-1)
-        scale = float(probabilities.shape[-1] - 1)
-        results = {}
-        if others:
-            from isl.model import statistics as statistics_lib
-
-            results = dict(statistics_lib.distribution_statistics(probabilities, others))
-        if searched:
-            indices = quantile_indices(probabilities, searched) / scale
-            names = (["median"] if "median" in statistics else []) + [quantile_name(q) for q in quantiles]
-            for position, name in enumerate(names):
-                results[name] = indices[..., position]
-        results = {name: tf.cast(value, tf.float32) for name, value in results.items()}
+        logits = tempered(network(inputs, keep_rows, keep_columns), inverse_temperatures)
+        results, probabilities = logits_statistics(logits, statistics, quantiles)
         if with_distributions:
             results["distribution"] = probabilities
         if with_log_probabilities:

@@ -85,14 +85,31 @@ class Readout:
         """E: channels of the core embedding the read-out takes."""
         return self.weights.shape[0] // (1 + len(self.radii))
 
+    def folded(self, weights: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Standardization folded into the weights: x @ (w / s) + (b - (m / s) @ w).
+
+        Returns `[F, K]` float32 weights on the raw features (the embedding's
+        E rows first, then E rows per radius) and `[K]` float32 biases.
+        """
+        scaled = (weights / self.feature_scale[:, np.newaxis]).astype(np.float32)
+        bias = (intercept - (self.feature_mean / self.feature_scale) @ weights).astype(np.float32)
+        return scaled, bias
+
+    def distribution_maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """The value and log-squared-residual maps in one: `[F, 2T]` weights and `[2T]` biases (`folded`)."""
+        return self.folded(*self._both())
+
+    def _both(self) -> tuple[np.ndarray, np.ndarray]:
+        """`[F, 2T]` value and spread weights side by side, and their `[2T]` intercepts."""
+        return (np.concatenate([self.weights, self.spread_weights], axis=1),
+                np.concatenate([self.intercept, self.spread_intercept]))
+
     def _linear(self, embedding: np.ndarray, weights: np.ndarray, intercept: np.ndarray) -> np.ndarray:
         """`[H, W, E]` -> `[H, W, T]`: intercept + standardized features @ weights, through linearity."""
         if embedding.ndim != 3 or embedding.shape[-1] != self.embedding_size:
             raise ValueError(f"The read-out takes [H, W, {self.embedding_size}] embeddings; got {embedding.shape}.")
         size = self.embedding_size
-        # Standardization folded into the weights: x @ (w / s) + (b - (m / s) @ w).
-        scaled = (weights / self.feature_scale[:, np.newaxis]).astype(np.float32)
-        bias = (intercept - (self.feature_mean / self.feature_scale) @ weights).astype(np.float32)
+        scaled, bias = self.folded(weights, intercept)
         flat = embedding.reshape(-1, size).astype(np.float32)
         result = (flat @ scaled[:size]).reshape(embedding.shape[:2] + (-1,))
         for part, radius in enumerate(self.radii, start=1):
@@ -107,11 +124,9 @@ class Readout:
     def predict_distribution(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`[H, W, E]` -> (value, spread), each `[H, W, T]` float32: the unclipped centre and standard deviation."""
         # One pass over the embedding for both maps: [F, 2T] weights.
-        both = self._linear(embedding, np.concatenate([self.weights, self.spread_weights], axis=1),
-                            np.concatenate([self.intercept, self.spread_intercept]))
+        both = self._linear(embedding, *self._both())
         value, log_square = np.split(both, 2, axis=-1)
-        spread = np.exp(0.5 * (np.clip(log_square, -30.0, 10.0) + LOG_SQUARE_OFFSET)).astype(np.float32)
-        return value, spread
+        return value, spread_of(log_square)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -153,6 +168,15 @@ class Readout:
         record = dict(data.get("record", {}))
         return cls(targets, radii, mean, scale, weights, intercept, float(data["penalty"]), spread_weights,
                    spread_intercept, record)
+
+
+def spread_of(log_square: Any) -> Any:
+    """Predicted log squared residual `[..., T]` -> standard deviation (numpy, or TF inside a graph)."""
+    if isinstance(log_square, np.ndarray):
+        return np.exp(0.5 * (np.clip(log_square, -30.0, 10.0) + LOG_SQUARE_OFFSET)).astype(np.float32)
+    import tensorflow as tf
+
+    return tf.exp(0.5 * (tf.clip_by_value(log_square, -30.0, 10.0) + LOG_SQUARE_OFFSET))
 
 
 def save(readout: Readout, path: str) -> None:
@@ -326,6 +350,18 @@ def statistic_images(
             z = NormalDist().inv_cdf(int(name[len(statistic_names.QUANTILE_PREFIX):]) / 100)
             images[name] = np.clip(value + np.float32(z) * spread, 0.0, 1.0)
     return images
+
+
+def statistic_tensors(value: Any, spread: Any, statistics: Sequence[str]) -> dict[str, Any]:
+    """`statistic_images` inside a TF graph (median, mean, std only): name -> `[..., T]` float32."""
+    import tensorflow as tf
+
+    check_statistics(statistics)
+    unsupported = [name for name in statistics if name not in STATISTICS]
+    if unsupported:
+        raise errors.InputError(f"A read-out graph gives {', '.join(STATISTICS)}, not {', '.join(unsupported)}.")
+    clipped = tf.clip_by_value(value, 0.0, 1.0)
+    return {name: tf.minimum(spread, 1.0) if name == "std" else clipped for name in statistics}
 
 
 def interval_coverage(value: np.ndarray, spread: np.ndarray, truth: np.ndarray, level: float) -> float:

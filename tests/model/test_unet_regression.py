@@ -90,7 +90,7 @@ def test_prediction_without_target_statistics_is_refused():
         regression.predict_image(model, np.zeros((13, 40, 40), np.float32), config)
 
 
-def test_export_refuses_the_regression_baseline(tmp_path):
+def test_the_savedmodel_export_refuses_the_regression_baseline_and_points_to_bioimageio(tmp_path):
     from isl.infer import export
     from isl.model import saving
 
@@ -98,7 +98,7 @@ def test_export_refuses_the_regression_baseline(tmp_path):
                      "model.regression_target_mean=[0.1,0.1,0.1,0.1]", "model.regression_target_std=[1,1,1,1]")
     model_dir = str(tmp_path / "model")
     saving.save_model_dir(builder.build_model(config, None), config, model_dir)
-    with pytest.raises(errors.InputError, match="cannot be exported"):
+    with pytest.raises(errors.InputError, match="no SavedModel export.*--format=bioimageio"):
         export.export_model(model_dir, str(tmp_path / "exported"))
     assert not (tmp_path / "exported").exists()
 

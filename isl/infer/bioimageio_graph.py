@@ -1,0 +1,320 @@
+"""The graph inside a bioimage.io package, for each kind of model folder `isl export` packages.
+
+Every kind takes the rdf's preprocessed input, `z_stack` float32
+`[batch, H, W, n]` in [0, 1] (uint16 scaled by 1/65535; the z mapping and
+the presence masks run inside), and returns one tensor, `prediction`
+`[batch, h, w, C]`, channel-major `<target>_<statistic>`:
+
+| kind | model folder | sides H, W | output sides | statistics |
+|---|---|---|---|---|
+| distribution | `isl train`, 256-bin heads | `input_size + phase n` | `H - 2 border` | of the six; median, mean, std |
+| regression | `unet_regression` | `64 + 16 n` | H (reflect-padded) | median, mean (the one value) |
+| readout | `isl readout` | `64 + 16 n` | H (reflect-padded) | median, mean, std of its normal |
+
+Each graph computes what `isl predict` computes for that folder:
+distribution: `--border=valid`, the exact patch-wise plan (one dense run when
+every output block is of one shift class, e.g. the shipped 24-px
+checkpoint; else the stitched runs of `isl.infer.image_graph`); regression:
+`isl.infer.regression.predict_image`; readout: `isl.model.readout.Embedder`
+(tiles on the shift period, reflect-padded by the border) and the ridge maps
+of `Readout.predict_distribution`. All in float32 whatever the training
+precision: bfloat16 rounding turns kernel differences between TensorFlow
+builds into one-bin median flips (measured in docs/MEASUREMENTS.md § 24),
+and TensorFlow builds without bfloat16 CPU kernels could not run it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from isl import config as config_lib
+from isl import errors
+from isl.infer import export as export_lib
+
+OUTPUT_ID = export_lib.BIOIMAGEIO_OUTPUT
+# Sides of the same-size kinds (regression, read-out): any side works inside the graph; the rdf offers 64 + 16n.
+SAME_SIZE_MIN = 64
+SAME_SIZE_STEP = 16
+KINDS = ("distribution", "regression", "readout")
+DEFAULT_STATISTICS = {
+    "distribution": export_lib.DEFAULT_STATISTICS,
+    "regression": ("median", "mean"),
+    "readout": ("median", "mean", "std"),
+}
+KIND_WORDS = {
+    "distribution": "a network with 256-bin heads",
+    "regression": "a U-Net regression (one value per pixel)",
+    "readout": "a ridge read-out of a frozen core (a normal distribution per pixel)",
+}
+
+
+@dataclasses.dataclass
+class PackageModel:
+    """A model folder's package graph and the facts the rdf needs.
+
+    Attributes:
+        kind: one of `KINDS`.
+        config: the model's ExperimentConfig.
+        channels: the target channels, in output order.
+        statistics: per channel, in output order.
+        size_min, size_step: valid input sides `size_min + size_step n`.
+        border: output pixel (i, j) shows input pixel (i + border, j + border);
+            the output side is `side - 2 border` (0: same size).
+        serve: `tf.function` float32 `[batch, H, W, n]` -> {OUTPUT_ID: `[batch, h, w, C]`}.
+        tracked: the Keras model whose variables `serve` reads.
+        readout_record: what `isl readout` recorded (wells, scores), or None.
+    """
+
+    kind: str
+    config: config_lib.ExperimentConfig
+    channels: tuple[str, ...]
+    statistics: tuple[str, ...]
+    size_min: int
+    size_step: int
+    border: int
+    serve: Any
+    tracked: Any
+    readout_record: dict[str, Any] | None = None
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """`<target>_<statistic>` in lower case, channel-major: the rdf's channel axis."""
+        return tuple(export_lib.bioimageio_id(export_lib.output_name(channel, statistic))
+                     for channel in self.channels for statistic in self.statistics)
+
+    def valid_side(self, wanted: int) -> int:
+        """The valid side `size_min + size_step n` nearest below `wanted` (at least size_min)."""
+        return self.size_min + self.size_step * max(0, (wanted - self.size_min) // self.size_step)
+
+
+def kind_of(model_dir: str) -> str:
+    """The kind of a model folder (without loading its weights)."""
+    from isl.io import model_dir as model_dir_lib
+
+    if os.path.isfile(model_dir_lib.ModelDir(model_dir).readout):
+        return "readout"
+    config = config_lib.load_config(model_dir_lib.ModelDir(model_dir).config)
+    return "regression" if config.model.architecture == "unet_regression" else "distribution"
+
+
+def choose_statistics(kind: str, statistics: Sequence[str] | None) -> tuple[str, ...]:
+    """The requested statistics (None or empty: the kind's default), checked against what the kind gives.
+
+    Raises:
+        InputError: for an unknown statistic, one the kind does not give, or no median.
+    """
+    if not statistics:
+        return DEFAULT_STATISTICS[kind]
+    chosen = export_lib.parse_statistics(statistics)
+    if kind != "distribution":
+        unsupported = [name for name in chosen if name not in DEFAULT_STATISTICS[kind]]
+        if unsupported:
+            raise errors.InputError(
+                f"The model folder holds {KIND_WORDS[kind]}: it gives {', '.join(DEFAULT_STATISTICS[kind])}, "
+                f"not {', '.join(unsupported)} (--statistics).")
+    if "median" not in chosen:
+        raise errors.InputError("A bioimage.io package needs the median among --statistics (its primary output).")
+    return chosen
+
+
+def load_package_model(
+    model_dir: str, statistics: Sequence[str] | None = None, all_heads: bool = False
+) -> PackageModel:
+    """Loads a model folder in float32 and builds its package graph (not yet traced).
+
+    Raises:
+        InputError: no model folder, no trained target head, or a bad statistic.
+    """
+    from isl.infer import well as well_lib
+
+    if not os.path.isdir(model_dir):
+        raise errors.InputError(f"{model_dir}: model directory not found.")
+    from isl.io import model_dir as model_dir_lib
+
+    has_config = os.path.isfile(model_dir_lib.ModelDir(model_dir).config)
+    kind = kind_of(model_dir) if has_config else "distribution"  # load_predictor names what is missing.
+    chosen = choose_statistics(kind, statistics)
+    predictor = well_lib.load_predictor(model_dir=model_dir, precision="float32")
+    if kind == "readout":
+        return _readout_model(predictor, chosen)
+    channels = export_lib.export_channels(predictor.config, predictor.trained_channels, all_heads, model_dir)
+    if kind == "regression":
+        return _regression_model(predictor, channels, chosen)
+    return _distribution_model(predictor, channels, chosen)
+
+
+def _input_spec() -> Any:
+    import tensorflow as tf
+
+    return tf.TensorSpec(export_lib.STACK_SHAPE, tf.float32, name="z_stack")
+
+
+def _stack_channels(images: dict[str, Any], statistics: Sequence[str], count: int) -> Any:
+    """name -> `[batch, h, w, T]` -> `[batch, h, w, T * statistics]`, channel-major."""
+    import tensorflow as tf
+
+    return tf.stack([images[statistic][..., index] for index in range(count) for statistic in statistics], axis=-1)
+
+
+def _distribution_model(predictor: Any, channels: tuple[str, ...], statistics: tuple[str, ...]) -> PackageModel:
+    import tensorflow as tf
+
+    from isl.infer import graph as graph_lib
+    from isl.infer import predict as predict_lib
+    from isl.infer import tiling
+
+    model = graph_lib.inference_model(predictor.model)
+    # isl calibrate's temperatures (calibration.json), applied as `isl predict` applies them.
+    calibration = predictor.applied_calibration
+    functions = export_lib.ServingFunctions(model, predictor.config, statistics, channels=channels,
+                                            calibration=calibration)
+    inverse_temperatures = predict_lib.inverse_temperatures_of(functions.temperatures)
+    geometry = functions.geometry
+    border = geometry.border
+    one_run = tiling.block_classes(geometry, "exact") == (0,)
+    network = predict_lib.Network.from_keras(model, functions.target_head_indices)
+
+    def serve(z_stack: Any) -> dict[str, Any]:
+        z_stack = functions.check_stack(z_stack)
+        if not one_run:
+            # Two shift classes per axis (8-px outputs): the stitched runs of the exact plan.
+            return functions.bioimageio_outputs(z_stack)
+        # Every block of the exact plan starts on the shift period, so one dense run is the plan.
+        inputs = functions.network_input(z_stack)
+        shape = tf.shape(inputs)
+        logits = network(inputs, tf.range(shape[1] - 2 * border), tf.range(shape[2] - 2 * border))
+        images, _ = predict_lib.logits_statistics(logits, statistics, inverse_temperatures=inverse_temperatures)
+        return {OUTPUT_ID: _stack_channels(images, statistics, len(channels))}
+
+    return PackageModel("distribution", predictor.config, channels, statistics, geometry.input_size, geometry.phase,
+                        border, tf.function(serve, input_signature=[_input_spec()], autograph=False), model)
+
+
+def _regression_model(predictor: Any, channels: tuple[str, ...], statistics: tuple[str, ...]) -> PackageModel:
+    import numpy as np
+    import tensorflow as tf
+
+    from isl.infer import regression
+
+    config = predictor.config
+    if not config.model.regression_target_mean:
+        raise errors.InputError(f"{predictor.source}: this U-Net regression has no target statistics in its "
+                                "config.json (model.regression_target_mean); was it trained with isl train?")
+    model = predictor.model
+    functions = export_lib.ServingFunctions(model, config, (), channels=None)
+    columns = [config.channels.output_target_channels.index(channel) for channel in channels]
+    means = tf.constant(np.asarray(config.model.regression_target_mean, np.float32)[columns])
+    stds = tf.constant(np.asarray(config.model.regression_target_std, np.float32)[columns])
+    factor, pad = 2**config.model.unet_levels, regression.PAD
+
+    def serve(z_stack: Any) -> dict[str, Any]:
+        # isl.infer.regression.predict_image: reflect-pad by PAD and to a multiple of 2**levels, one pass, crop.
+        z_stack = functions.check_stack(z_stack, SAME_SIZE_MIN, SAME_SIZE_STEP)
+        shape = tf.shape(z_stack)
+        height, width = shape[1], shape[2]
+        padded_height = (height + 2 * pad + factor - 1) // factor * factor
+        padded_width = (width + 2 * pad + factor - 1) // factor * factor
+        padded = tf.pad(z_stack, [[0, 0], [pad, padded_height - height - pad], [pad, padded_width - width - pad],
+                                  [0, 0]], mode="REFLECT")
+        outputs = tf.cast(model(functions.network_input(padded), training=False), tf.float32)
+        outputs = tf.gather(outputs[:, pad : pad + height, pad : pad + width], columns, axis=3)
+        values = tf.clip_by_value(outputs * stds + means, 0.0, 1.0)
+        return {OUTPUT_ID: _stack_channels({name: values for name in statistics}, statistics, len(channels))}
+
+    return PackageModel("regression", config, channels, statistics, SAME_SIZE_MIN, SAME_SIZE_STEP, 0,
+                        tf.function(serve, input_signature=[_input_spec()], autograph=False), model)
+
+
+def _readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
+    import tensorflow as tf
+
+    from isl.infer import image_graph
+    from isl.model import geometry as geometry_lib
+    from isl.model import readout as readout_lib
+
+    config, readout = predictor.config, predictor.readout
+    embedder = readout_lib.Embedder(predictor.model, config)
+    functions = export_lib.ServingFunctions(predictor.model, config, (), channels=None)
+    if embedder.embedding_size != readout.embedding_size:
+        raise errors.InputError(f"{predictor.source}: the read-out takes {readout.embedding_size} embedding channels; "
+                                f"the network gives {embedder.embedding_size}.")
+    smallest = geometry_lib.reference_geometry(config.model)
+    out_min, phase = smallest.output_size, smallest.phase
+    stride, tile_output, border = embedder.stride, embedder.output_size, embedder.border
+    size, count = embedder.embedding_size, len(readout.targets)
+    weights, bias = readout.distribution_maps()  # [F, 2T], [2T]
+    calibration = predictor.applied_calibration  # isl calibrate's spread scales, as `isl predict` applies them.
+    spread_scales = tf.constant([1.0 if calibration is None else calibration.spread_scale(channel)
+                                 for channel in readout.targets], tf.float32)
+    weights, bias = tf.constant(weights), tf.constant(bias)
+    core = embedder.core
+
+    def axis_tiles(length: Any) -> tuple[Any, Any, Any]:
+        # The Embedder's tiles (output `tile_output`, `stride` apart); an image that one stride covers runs as
+        # one tile of the smallest valid side that covers it. Both start on the shift period: the same values.
+        single = length <= stride
+        cover = out_min + phase * ((tf.maximum(length - out_min, 0) + phase - 1) // phase)
+        output = tf.where(single, cover, tile_output)
+        step = tf.where(single, cover, stride)
+        return output, step, (length + step - 1) // step
+
+    def embedding(z_stack: Any) -> Any:
+        """`[batch, H, W, n]` -> `[batch, H, W, E]`: `Embedder.__call__` for a batch."""
+        shape = tf.shape(z_stack)
+        batch, height, width = shape[0], shape[1], shape[2]
+        (rows_out, rows_step, rows_count), (cols_out, cols_step, cols_count) = axis_tiles(height), axis_tiles(width)
+        rows = rows_count * rows_step + rows_out - rows_step
+        columns = cols_count * cols_step + cols_out - cols_step
+        row_indices = image_graph.reflect_indices(tf.range(rows + 2 * border) - border, height)
+        column_indices = image_graph.reflect_indices(tf.range(columns + 2 * border) - border, width)
+        inputs = functions.network_input(tf.gather(tf.gather(z_stack, row_indices, axis=1), column_indices, axis=2))
+
+        def one_tile(index: Any) -> Any:
+            top, left = (index // cols_count) * rows_step, (index % cols_count) * cols_step
+            tile = inputs[:, top : top + rows_out + 2 * border, left : left + cols_out + 2 * border]
+            return tf.cast(core(tile, training=False), tf.float32)[:, :rows_step, :cols_step]
+
+        tiles = tf.map_fn(one_tile, tf.range(rows_count * cols_count), parallel_iterations=1,
+                          fn_output_signature=tf.TensorSpec([None, None, None, size], tf.float32))
+        tiles = tf.reshape(tiles, [rows_count, cols_count, batch, rows_step, cols_step, size])
+        stitched = tf.reshape(tf.transpose(tiles, [2, 0, 3, 1, 4, 5]),
+                              [batch, rows_count * rows_step, cols_count * cols_step, size])
+        return stitched[:, :height, :width]
+
+    def serve(z_stack: Any) -> dict[str, Any]:
+        z_stack = functions.check_stack(z_stack, SAME_SIZE_MIN, SAME_SIZE_STEP)
+        features = embedding(z_stack)
+        # Readout._linear: the embedding's map plus the box mean of each radius's map (linearity).
+        both = tf.einsum("bhwe,ek->bhwk", features, weights[:size])
+        for part, radius in enumerate(readout.radii, start=1):
+            mapped = tf.einsum("bhwe,ek->bhwk", features, weights[part * size : (part + 1) * size])
+            padded = tf.pad(mapped, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+            both += tf.nn.avg_pool2d(padded, 2 * radius + 1, 1, "VALID")
+        both += bias
+        value, spread = both[..., :count], readout_lib.spread_of(both[..., count:]) * spread_scales
+        images = readout_lib.statistic_tensors(value, spread, statistics)
+        return {OUTPUT_ID: _stack_channels(images, statistics, count)}
+
+    return PackageModel("readout", config, tuple(readout.targets), statistics, SAME_SIZE_MIN, SAME_SIZE_STEP, 0,
+                        tf.function(serve, input_signature=[_input_spec()], autograph=False), core,
+                        dict(readout.record))
+
+
+def write_saved_model(package_model: PackageModel, directory: str) -> None:
+    """The package's SavedModel: endpoints `serve` (bioimageio.core's TF2 adapter) and `serving_default` (its TF1
+    adapter, deepImageJ), both the one traced `serve` function.
+
+    `tf.saved_model.save` of a module holding the model: 43 MB for the shipped checkpoint, where Keras's
+    `ExportArchive` wrote 72 MB in the same time.
+    """
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.model = package_model.tracked
+    module.serve = package_model.serve
+    function = package_model.serve.get_concrete_function()
+    tf.saved_model.save(module, directory, signatures={export_lib.SERVING_DEFAULT: function,
+                                                       export_lib.BIOIMAGEIO_ENDPOINT: function})
