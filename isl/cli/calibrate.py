@@ -1,4 +1,4 @@
-"""`isl calibrate`: fit honest uncertainty after training (a temperature or spread scale per channel)."""
+"""`isl calibrate`: fit honest uncertainty after training (a temperature, or a read-out's spread and histograms)."""
 
 from __future__ import annotations
 
@@ -113,5 +113,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             print(f"  {'':<18} conditional histograms of {len(weights)} groups (predicted value x spread), "
                   f"weight {min(weights):.2f}..{max(weights):.2f}")
     print(f"Wrote {path}; isl predict applies it from now on (--nocalibration predicts as trained).")
-    return {"calibration": path, "route": calibration.route, "channels": calibration.channels,
-            "scores": calibration.scores}
+    # The histograms stay in the file: 256 numbers per group would drown the --json summary.
+    channels = {channel: {key: value for key, value in parameters.items() if key != "histograms"}
+                for channel, parameters in calibration.channels.items()}
+    return {"calibration": path, "route": calibration.route, "channels": channels, "scores": calibration.scores}
