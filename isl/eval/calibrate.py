@@ -1,4 +1,4 @@
-"""Calibration after training: fit per channel a temperature (256-bin heads) or a spread scale (read-out).
+"""Calibration after training: per channel a temperature (256-bin heads) or a spread scale and histograms (read-out).
 
 A trained network's distributions can be too sharp (overconfident) or too
 wide; on held-out rows of the real sample the shipped heads' 90% intervals held
@@ -10,7 +10,10 @@ the weights:
   `T` per target channel. `T > 1` widens, `T < 1` sharpens; the argmax is
   unchanged, the median moves little.
 * **read-out** (a normal distribution per pixel, `isl.model.readout`):
-  `N(value, (s * spread)^2)` with one spread scale `s` per channel.
+  `N(value, (s * spread)^2)` with one spread scale `s` per channel, mixed
+  with conditional histograms of the true levels (`fit_readout`): a
+  stain's background level, which holds up to 42% of its pixels, gets
+  the mass a smooth curve cannot give it.
 
 Each parameter minimises the mean negative log-likelihood of the true 8-bit
 bins over the validation pixels (a strictly proper score, so the fit asks for
