@@ -331,6 +331,8 @@ def bin_statistic_images(
     size = int(np.prod(shape))
     images = {name: np.zeros(size, np.float32) for name in names}
     levels = np.arange(256) / 255.0
+    if names == ["median"] * len(names):  # The read-out's value: no bins to build.
+        return {name: np.clip(distribution.value, 0.0, 1.0).astype(np.float32) for name in names}
     for first in range(0, size, chunk):
         index = np.arange(first, min(size, first + chunk))
         probabilities = distribution.bin_probabilities(index)
