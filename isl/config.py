@@ -25,6 +25,10 @@ from isl import errors
 # The paper's channel vocabulary (isl_reference.md §3.2), in head order.
 PAPER_INPUT_MODALITIES = ("BRIGHTFIELD", "PHASE_CONTRAST", "DIC")
 PAPER_INPUT_CHANNEL = "TRANSMISSION"
+# Transmitted-light modalities recognised by name in any model's data, whether
+# or not its vocabulary takes them: a well of another modality is then named
+# in the error, and mapped only on request (`data.channel_map`).
+TRANSMITTED_LIGHT_MODALITIES = PAPER_INPUT_MODALITIES
 PAPER_TARGET_CHANNELS = (
     "DAPI_CONFOCAL",
     "DAPI_WIDEFIELD",
@@ -100,6 +104,10 @@ class ChannelConfig:
         return self.target_channels + tuple(
             synthetic.name for synthetic in self.active_synthetic_channels
         )
+
+    def is_transmitted_light(self, name: str) -> bool:
+        """True for one of this vocabulary's input modalities or a known transmitted-light modality."""
+        return name in self.input_modalities or name in TRANSMITTED_LIGHT_MODALITIES
 
     @property
     def num_input_heads(self) -> int:
@@ -255,6 +263,13 @@ class DataConfig:
             converted with (`isl.data.normalization`: none, paper,
             percentile); `isl train` copies it from dataset.json and
             `isl predict` applies it to its inputs.
+        channel_map: `FROM=TO` pairs applied to the channel names of image
+            files before they are matched with the vocabulary, e.g.
+            `BRIGHTFIELD=PHASE_CONTRAST` (a model trained on phase contrast
+            reads a bright-field stack as phase contrast, only on request) or
+            `HOECHST=DAPI_CONFOCAL` (`isl.data.channel_map`). Recorded like
+            `normalization`: convert writes it to dataset.json, train copies
+            it, and every command reading wells with the model applies it.
     """
 
     crop_size: int = 520
@@ -268,8 +283,13 @@ class DataConfig:
     shuffle_buffer: int = 64
     rotate_per_example: bool = False
     normalization: str = "none"
+    channel_map: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        for pair in self.channel_map:
+            source, _, target = pair.partition("=")
+            if not source.strip() or not target.strip():
+                raise ValueError(f"data.channel_map entries must be FROM=TO. Received: {pair!r}")
         if self.crop_size < 1 or self.patch_stride < 1:
             raise ValueError("data.crop_size and data.patch_stride must be >= 1.")
         if self.normalization not in ("none", "paper", "percentile"):

@@ -44,7 +44,7 @@ def _convert_in_child(input_dir: str, output_dir: str, preset: str) -> tuple[flo
         sys.executable, "-m", "isl", "convert", f"--input_dir={input_dir}", f"--output_dir={output_dir}",
         "--num_shards=1", "--eval_every=0", f"--preset={preset}", "--noprogress",
     ]
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, env=environment)
     seconds = time.perf_counter() - start

@@ -167,7 +167,10 @@ def run_variant(config: Any, variant: str, batch_size: int, repeats: int) -> dic
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_variant_worker, args=(config, variant, batch_size, repeats, queue))
-    process.start()
+    from isl import quiet
+
+    with quiet.stderr_silenced():  # The child's TensorFlow start-up; its errors come back through the queue.
+        process.start()
     figures = queue.get()
     process.join()
     return figures

@@ -195,11 +195,15 @@ def run(options: BenchmarkOptions) -> dict[str, Any]:
     if base["tile_size"]:
         command += f" --tile_size={base['tile_size']}"
     print(f"# {command}", flush=True)
+    from isl import quiet
+
     context = multiprocessing.get_context("spawn")
     results: dict[str, Any] = {}
     medians: dict[str, np.ndarray] = {}
     for name in plans:
-        with context.Pool(1) as pool:
+        with quiet.stderr_silenced():  # The child's TensorFlow start-up; its errors come back as exceptions.
+            pool = context.Pool(1)
+        with pool:
             entry = pool.apply(run_plan, ({**base, "plan": name},))
         medians[name] = entry.pop("median")
         results[name] = entry

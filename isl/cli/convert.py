@@ -43,7 +43,10 @@ evaluation example (rows r0:r1, columns c0:c1, image pixels, ends exclusive).
 
 The channel vocabulary comes from the config (--preset, --config, --set), e.g.
   --set 'channels.target_channels=["DAPI_CONFOCAL","GFAP_CONFOCAL"]'
-A file of any other channel is an error naming it.
+A file of any other channel is an error naming it. --channel_map=FROM=TO
+renames your files' channels first (e.g. HOECHST=DAPI_CONFOCAL, or
+BF=BRIGHTFIELD); it is recorded in dataset.json, and `isl train` copies it
+into the model's config.json so prediction reads raw files the same way.
 
 Atomic: everything is checked before writing, and on any failure nothing is
 left in OUTPUT_DIR. Bad input exits with code 2 and a message naming the file.
@@ -83,12 +86,16 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_enum("normalization", "none", ["none", "paper", "percentile"],
                       "Transmitted-light normalisation (see above); recorded in dataset.json.", flag_values=flag_values)
     flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.", flag_values=flag_values)
+    from isl.cli import data_flags
+
+    data_flags.define(flag_values, ("channel_map",))
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     from isl import presets
     from isl import errors
     from isl import progress as progress_lib
+    from isl.data import channel_map as channel_map_lib
     from isl.data import convert as convert_lib
 
     if positional:
@@ -120,7 +127,11 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         progress=report,
         region=flag_values["region"].value,
         eval_region=flag_values["eval_region"].value,
-        normalization=flag_values["normalization"].value,
+        # --set data.normalization=... (or a --config) counts like the flag; the flag wins.
+        normalization=(flag_values["normalization"].value if flag_values["normalization"].present
+                       else config.data.normalization),
+        channel_map=channel_map_lib.check(flag_values["channel_map"].value or config.data.channel_map,
+                                          config.channels),
     )
     bar.close()
     for warning in result.warnings:
@@ -155,5 +166,6 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         "z_counts": description["z_counts"],
         "image_sizes": description["image_sizes"],
         "normalization": description["normalization"],
+        "channel_map": description["channel_map"],
         "warnings": result.warnings,
     }

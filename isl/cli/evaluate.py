@@ -34,6 +34,10 @@ Pearson r. A regression U-Net (one value per pixel) gets the image scores only.
 
   isl evaluate --predictions_dir=predictions --truth_dir=data/well_A4
 
+The truth wells are read with the channel map isl predict recorded
+(--channel_map overrides it); transmitted-light normalisation does not apply
+to the truth (stains are only scaled by their bit depth).
+
 --region: all (default), interior (no reflected context), original (the
 released code's window [121, 121 + 128k)), or r0:r1,c0:c1 in image pixels.
 """
@@ -56,6 +60,8 @@ def define_flags(flag_values: Any) -> None:
                         "or another one isl predict wrote.", flag_values=flag_values)
     flags.DEFINE_string("output_dir", None, "Where to write the metrics and figures (default: --predictions_dir).",
                         flag_values=flag_values)
+    flags.DEFINE_list("channel_map", None, "FROM=TO[,...]: read the truth files' channel FROM as TO (default: the map "
+                      "isl predict recorded in prediction.json), e.g. HOECHST=DAPI_CONFOCAL.", flag_values=flag_values)
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
@@ -72,6 +78,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         flag_values["output_dir"].value,
         flag_values["region"].value,
         flag_values["statistic"].value,
+        flag_values["channel_map"].value,
     )
     for row in result["rows"]:
         coverage = ""

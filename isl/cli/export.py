@@ -52,6 +52,16 @@ OUTPUT_FLAGS = ("export_dir",)
 def define_flags(flag_values: Any) -> None:
     from absl import flags
 
+    from isl.cli import data_flags
+
+    data_flags.define(flag_values, ("normalization", "channel_map", "set"))
+    flag_values["normalization"].help = (
+        "Record this transmitted-light normalisation in the export's config.json (default: the model's), which "
+        "isl predict --saved_model applies; the serving signatures themselves only scale by 1/65535.")
+    flag_values["channel_map"].help = (
+        "FROM=TO[,...]: record this channel map in the export's config.json (default: the model's), which isl "
+        "predict --saved_model applies when it reads wells.")
+
     flags.DEFINE_string("model_dir", None, "Model directory (config.json + model.weights.h5).", flag_values=flag_values)
     flags.DEFINE_string("export_dir", None, "Output directory of the SavedModel (replaced if it exists).",
                         flag_values=flag_values)
@@ -101,10 +111,18 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     print(f"Exporting {common['model_dir']} ...", flush=True)
     if flag_values["format"].value == "bioimageio":
         return _run_bioimageio(flag_values, common)
-    result = export.export_model(
-        **common,
-        with_distributions=flag_values["with_distributions"].value,
-        keras_archive=flag_values["keras_archive"].value,
+    from isl.cli import data_flags
+
+    # The data contract (normalisation, channel map, --set data.*) is recorded in the export's config.json.
+    statistics = export.parse_statistics(common["statistics"])
+    if not statistics and not flag_values["with_distributions"].value:
+        raise errors.InputError("Nothing to export: give --statistics or --with_distributions.")
+    model, config, trained = export.load_exportable(common["model_dir"])
+    config = data_flags.model_config(config, flag_values, common["model_dir"], "export")
+    result = export.export_keras_model(
+        model, config, common["export_dir"], statistics,
+        flag_values["with_distributions"].value, flag_values["keras_archive"].value, trained_channels=trained,
+        channels=export.export_channels(config, trained, common["all_heads"], common["model_dir"]),
         tile_size=flag_values["tile_size"].value or None,
     )
     print(f"SavedModel: {result.export_dir}  (signatures: {', '.join(result.signatures)})")
@@ -158,6 +176,11 @@ def _run_bioimageio(flag_values: Any, common: dict[str, Any]) -> dict[str, Any]:
         origin = (row, column)
     if flag_values["with_distributions"].value:
         raise errors.InputError("--with_distributions is not available with --format=bioimageio.")
+    for name in ("normalization", "channel_map", "set"):
+        if flag_values[name].present:
+            raise errors.InputError(f"--{name} applies to --format=savedmodel (recorded in its config.json for isl "
+                                    "predict --saved_model); a bioimage.io package takes its inputs as the model "
+                                    "was trained.")
     result = bioimageio.export_package(
         common["model_dir"],
         common["export_dir"],

@@ -119,30 +119,20 @@ def _sigterm_raises(grace_seconds: float | None = None, message: Callable[[], st
 
 
 def _quiet_tensorflow() -> None:
-    """Keeps TensorFlow's C++ start-up chatter out of the user's terminal."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    """Keeps TensorFlow's C++ start-up chatter out of the user's terminal (`isl.quiet`)."""
+    from isl import quiet
+
+    quiet.set_environment()
 
 
 def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with its C++ start-up lines (oneDNN, CUDA probes) hidden.
+    """Imports TensorFlow and probes its devices with their C++ start-up lines hidden (`isl.quiet`).
 
-    TensorFlow prints them through absl's C++ logger before any log level
-    applies, so no environment variable silences them. Only file descriptor 2
-    is redirected during the import; a failing import still raises its Python
-    exception. Setting TF_CPP_MIN_LOG_LEVEL to 0 or 1 shows them again.
+    ISL_TF_LOG=1, or TF_CPP_MIN_LOG_LEVEL 0 or 1, shows them again.
     """
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") in ("0", "1"):
-        return
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
-        os.close(null)
+    from isl import quiet
+
+    quiet.import_tensorflow()
 
 
 def _top_level_help() -> str:

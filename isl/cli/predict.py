@@ -33,11 +33,26 @@ see a reflected context); --border=valid gives the interior only, every
 pixel from real context; --border=original the released code's window
 [121, 121 + 128k).
 
---region=r0:r1,c0:c1 predicts a window (the same pixels as the whole-well
-prediction). Files of channels the model does not have are ignored, with one
-line saying so. --phases=1 runs one pass per tile for 8-px models too: about
-4x faster, but half the pixels per axis come from output positions the model
-never trained (measured on the real sample with trained weights: medians equal
+--region=r0:r1,c0:c1 predicts a window, for every kind of model: the
+network's heads and a read-out give the same pixels as the whole-well
+prediction; the U-Net regression reads its training patch side of context
+around the window (close to, not equal to, the whole field). Files of
+channels the model does not have are ignored, with one line saying so.
+
+The wells are read with the model's recorded data contract (config.json:
+data.normalization, data.channel_map); --normalization, --channel_map and
+--set data.* override it. A transmitted-light stack of another modality
+(BRIGHTFIELD for a PHASE_CONTRAST model) is an error until you map it, e.g.
+--channel_map=BRIGHTFIELD=PHASE_CONTRAST. A flag a kind of model cannot
+honour (--tile_size for a read-out, --border=valid for the U-Net
+regression, ...) exits with code 2 and the reason; nothing is ignored.
+--names=short writes DAPI_CONFOCAL_MEDIAN.png instead of the lab's
+150-character names. TensorFlow's start-up messages are hidden unless
+ISL_TF_LOG=1 (or TF_CPP_MIN_LOG_LEVEL=0/1) is set.
+
+--phases=1 runs one pass per tile for 8-px models too: about 4x faster,
+but half the pixels per axis come from output positions the model never
+trained (measured on the real sample with trained weights: medians equal
 in 94% of pixels, mean difference 0.07 of 255 levels, at most 8).
 """
 # After SIGTERM, a watcher ends the command this long after the signal if the
@@ -51,6 +66,8 @@ OUTPUT_FLAGS = ("output_dir",)
 
 def define_flags(flag_values: Any) -> None:
     from absl import flags
+
+    from isl.cli import data_flags
 
     flags.DEFINE_string("model_dir", None, "Model directory from `isl train` (config.json + model.weights.h5).",
                         flag_values=flag_values)
@@ -74,6 +91,10 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_integer("batch_size", 1, "Tiles per network call.", flag_values=flag_values)
     flags.DEFINE_enum("format", "png", ["png", "tiff"], "Image format of the predictions (16-bit either way).",
                       flag_values=flag_values)
+    flags.DEFINE_enum("names", "lab", ["lab", "short"], "Output file names: lab (the paper's file-name grammar, "
+                      "about 150 characters, e.g. lab-...,channel-DAPI_CONFOCAL,...,kind-PREDICTED.png) or short "
+                      "(DAPI_CONFOCAL_MEDIAN.png); prediction.json lists the files either way.",
+                      flag_values=flag_values)
     flags.DEFINE_bool("panels", True, "Write the error panels when the well holds ground truth.",
                       flag_values=flag_values)
     flags.DEFINE_enum("panel_bits", "16", ["16", "8"], "Error panels as the original's 16-bit RGB PNGs, or 8-bit "
@@ -87,10 +108,7 @@ def define_flags(flag_values: Any) -> None:
                       "predicts uncalibrated and says so.", flag_values=flag_values)
     flags.DEFINE_enum("precision", "", ["", "float32", "bfloat16"], "Compute precision; '' runs as trained. bfloat16 "
                       "needs --model_dir.", flag_values=flag_values)
-    flags.DEFINE_enum("normalization", None, ["none", "paper", "percentile"],
-                      "Transmitted-light normalisation of the inputs (default: the model's data.normalization, "
-                      "recorded from its training data); e.g. paper for raw microscope data with a model trained "
-                      "on the paper's images.", flag_values=flag_values)
+    data_flags.define(flag_values, ("normalization", "channel_map", "set"))
     flags.DEFINE_bool("progress", True, "Show a progress line on stderr.", flag_values=flag_values)
     flags.DEFINE_integer(
         "phases", 0,
@@ -98,11 +116,9 @@ def define_flags(flag_values: Any) -> None:
         "8 + 16k, k >= 1, e.g. 24 px; four runs per tile for 8-px models). 1: one run per tile for any model; "
         "for 8-px models an approximation (see README).", flag_values=flag_values,
     )
-    flags.DEFINE_string(
-        "region", None,
+    data_flags.define(flag_values, ("region",), region_help=(
         "Predict only this window r0:r1,c0:c1 (image pixels, ends exclusive; an empty end means the edge), "
-        "reading context from the well around it.", flag_values=flag_values,
-    )
+        "reading context from the well around it; every model kind."))
     flags.DEFINE_bool(
         "inference_graph", True,
         "Fold batch norm into the activations for prediction (same outputs up to float rounding; --model_dir only).",
@@ -137,8 +153,65 @@ def calibration_note(predictor: Any) -> str:
     return f"Calibrated (calibration.json, spread scale per channel): {values}{note}."
 
 
+# Flags a kind of model cannot honour: name -> (the value that changes nothing, why). Given another value,
+# `isl predict` exits 2 with the reason instead of ignoring it.
+_NO_BORDER = "it keeps the input's height and width (no border, no tiles of the 256-bin heads)"
+UNSUPPORTED: dict[str, dict[str, tuple[Any, str]]] = {
+    "readout": {
+        "tile_size": (0, "a read-out embeds in its own fixed tiles"),
+        "batch_size": (1, "a read-out embeds one tile per call"),
+        "phases": (0, "a read-out's embedding is always exact"),
+        "precision": ("", "a read-out runs its core as trained"),
+        "inference_graph": (True, "a read-out always folds batch norm into its core"),
+        "simplify_panels": (True, "a read-out has no mode, so only the simplified panel (median, truth, error)"),
+    },
+    "unet_regression": {
+        "tile_size": (0, f"the U-Net regression predicts in one pass; {_NO_BORDER}"),
+        "batch_size": (1, "the U-Net regression predicts in one pass"),
+        "phases": (0, "the U-Net regression predicts in one pass"),
+        "precision": ("", "the U-Net regression runs as trained"),
+        "inference_graph": (True, "the U-Net regression runs its Keras model directly"),
+        "simplify_panels": (True, "the U-Net regression has no distribution, so only the simplified panel"),
+        "save_calibration": (False, "the U-Net regression has no distribution to calibrate"),
+    },
+    "saved_model": {
+        "inference_graph": (True, "a SavedModel runs as exported"),
+    },
+    "heads": {},
+}
+
+
+def model_kind(predictor: Any) -> str:
+    """"readout", "unet_regression", "saved_model" or "heads" (a model directory with 256-bin heads)."""
+    if predictor.readout is not None:
+        return "readout"
+    if predictor.config.model.architecture == "unet_regression":
+        return "unet_regression"
+    if predictor.model is None:
+        return "saved_model"
+    return "heads"
+
+
+def refuse_unsupported(kind: str, flag_values: Any) -> None:
+    """Raises InputError (exit 2) for a flag given with a value this kind of model cannot honour."""
+    from isl import errors
+
+    for name, (neutral, reason) in UNSUPPORTED[kind].items():
+        flag = flag_values[name]
+        if not flag.present:
+            continue
+        if name == "save_calibration" and not flag.value:
+            continue
+        if name != "save_calibration" and flag.value == neutral:
+            continue
+        value = flag.value if not isinstance(flag.value, bool) else ("" if flag.value else "no")
+        shown = f"--{value}{name}" if isinstance(flag.value, bool) else f"--{name}={value}"
+        raise errors.InputError(f"{shown} does not apply to this model ({kind.replace('_', ' ')}): {reason}.")
+
+
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     from isl import errors
+    from isl.cli import data_flags
     from isl.infer import well as well_lib
 
     if positional:
@@ -151,23 +224,21 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         raise errors.InputError("--tile_size must be >= 0 and --batch_size >= 1.")
     if flag_values["phases"].value not in (0, 1):
         raise errors.InputError(f"--phases must be 0 (exact) or 1. Received: {flag_values['phases'].value}")
-    window = None
-    if flag_values["region"].value:
-        from isl.data import convert
-
-        window = convert.parse_region(flag_values["region"].value, "--region")
+    window = data_flags.region(flag_values)
     predictor = well_lib.load_predictor(
         flag_values["model_dir"].value, flag_values["saved_model"].value, flag_values["precision"].value,
         inference_graph=flag_values["inference_graph"].value, apply_calibration=flag_values["calibration"].value,
     )
-    print(calibration_note(predictor))
-    if flag_values["normalization"].value is not None:
-        import dataclasses
+    kind = model_kind(predictor)
+    refuse_unsupported(kind, flag_values)
+    statistics = flag_values["statistics"].value
+    if kind == "unet_regression" and not flag_values["statistics"].present:
+        from isl.infer import regression
 
-        config = predictor.config
-        predictor.config = dataclasses.replace(
-            config, data=dataclasses.replace(config.data, normalization=flag_values["normalization"].value)
-        )
+        statistics = list(regression.STATISTICS)  # Its one value, as the median and the mean (as before).
+    predictor.config = data_flags.model_config(
+        predictor.config, flag_values, flag_values["model_dir"].value or flag_values["saved_model"].value, "predict")
+    print(calibration_note(predictor))
     output_dir = flag_values["output_dir"].value
     wells = []
     for input_dir in flag_values["input_dir"].value:
@@ -175,7 +246,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             predictor,
             input_dir,
             output_dir,
-            statistics=flag_values["statistics"].value,
+            statistics=statistics,
             channels=flag_values["channels"].value or None,
             border_mode=flag_values["border"].value,
             tile_size=flag_values["tile_size"].value or None,
@@ -188,18 +259,28 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             progress_enabled=flag_values["progress"].value,
             phases=flag_values["phases"].value,
             window=window,
+            names=flag_values["names"].value,
         )
         ignored = summary["ignored_files"]
         if ignored:
             names = ", ".join(os.path.basename(path) for path in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
             print(f"{summary['well']}: ignoring {len(ignored)} file(s) of channels the model does not have ({names}).")
         height, width = summary["region"]["height"], summary["region"]["width"]
+        if summary["exact"]:
+            approximate = ""
+        elif "context_pixels" in summary:
+            approximate = f", window read with {summary['context_pixels']} px of context: approximate"
+        else:
+            approximate = ", --phases=1: approximate"
         print(
             f"{summary['well']}: {len(summary['channels'])} channel(s) x {len(summary['statistics'])} statistic(s), "
-            f"{height} x {width} px in {summary['seconds']:.1f} s ({summary['num_runs']} tile runs"
-            f"{'' if summary['exact'] else ', --phases=1: approximate'})"
+            f"{height} x {width} px in {summary['seconds']:.1f} s ({summary['num_runs']} tile runs{approximate})"
             f" -> {summary['well_dir']}"
         )
+        print(f"{summary['well']}: read {summary['modality'] or 'the stack'} with normalization "
+              f"{summary['normalization']}" + (f", channel map {','.join(summary['channel_map'])}"
+                                               if summary["channel_map"] else "")
+              + ("; panels: " + ", ".join(summary["panels"].values()) if summary["panels"] else ""))
         wells.append(summary)
     print(f"Predictions written under {os.path.abspath(output_dir)}")
     return {

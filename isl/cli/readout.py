@@ -30,7 +30,15 @@ distribution is not used). With --eval_dir it reports how often the truth
 falls inside the 50% and 90% intervals.
 
 Training wells need the transmitted-light stack and the target images, in
-the lab's file naming (see README). Measured on 2 CPU cores from the shipped
+the lab's file naming or a manifest (data/README.md). The wells are read
+as `isl predict` reads them: --normalization (default: the model's
+data.normalization; raw microscope data with the shipped checkpoint need
+paper), --channel_map (e.g. BRIGHTFIELD=PHASE_CONTRAST,HOECHST=DAPI_CONFOCAL
+for a bright-field stack and a Hoechst image) and --set data.*; the values
+used are recorded in OUTPUT_DIR/config.json, so `isl predict` applies them.
+--region fits on a window of every training well and --eval_region scores a
+window of every --eval_dir well (r0:r1,c0:c1); the core reads the context
+around the window, so its pixels get the same features as in the whole well. Measured on 2 CPU cores from the shipped
 checkpoint: a 512 x 512 phase-contrast -> nuclear-stain pair in about a
 minute, reaching Pearson r 0.92 on a second well, with the truth inside the
 predicted 90% interval for 88% of its pixels.
@@ -49,6 +57,8 @@ OUTPUT_FLAGS = ("output_dir",)
 def define_flags(flag_values: Any) -> None:
     from absl import flags
 
+    from isl.cli import data_flags
+
     flags.DEFINE_string("model_dir", None, "Trained model folder whose core is used, frozen (e.g. "
                         "checkpoints/condition_b_sample).", flag_values=flag_values)
     flags.DEFINE_multi_string("train_dir", [], "Folder of one training well with target images; repeat for several.",
@@ -63,6 +73,10 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_string("output_dir", None, "New model folder to write (config.json, model.weights.h5, readout.json).",
                         flag_values=flag_values)
     flags.DEFINE_bool("progress", True, "Show a progress line on stderr.", flag_values=flag_values)
+    data_flags.define(flag_values, ("normalization", "channel_map", "set", "region", "eval_region"),
+                      region_help="Fit on this window r0:r1,c0:c1 of every training well only (image pixels, ends "
+                      "exclusive; an empty end means the edge); the core reads its context around it.",
+                      eval_region_help="Score only this window r0:r1,c0:c1 of every --eval_dir well.")
 
 
 def _check_output_dir(output_dir: str, model_dir: str) -> None:
@@ -80,8 +94,10 @@ def _check_output_dir(output_dir: str, model_dir: str) -> None:
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
+    from isl import config as config_lib
     from isl import errors
     from isl import progress as progress_lib
+    from isl.cli import data_flags
     from isl.io import atomic
     from isl.io import model_dir as model_dir_lib
     from isl.model import readout as readout_lib
@@ -107,7 +123,11 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     missing = source.missing()
     if missing:
         raise errors.InputError(f"{model_dir}: not a model directory ({', '.join(missing)} missing).")
+    region, eval_region = data_flags.region(flag_values), data_flags.region(flag_values, "eval_region")
+    if eval_region is not None and not eval_dirs:
+        raise errors.InputError("--eval_region needs --eval_dir (the wells to score).")
     model, config = saving.load_model_dir(model_dir, input_size=None)
+    config = data_flags.model_config(config, flag_values, model_dir, "readout")
     enabled = flag_values["progress"].value
     bars: list[progress_lib.Progress] = []
 
@@ -119,13 +139,16 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
 
     try:
         fitted = fit_lib.fit(model, config, train_dirs, flag_values["targets"].value, radii,
-                             flag_values["penalty"].value, eval_dirs, progress=progress)
+                             flag_values["penalty"].value, eval_dirs, progress=progress, region=region,
+                             eval_region=eval_region)
     finally:
         for bar in bars:
             bar.close()
     with atomic.output_directory(output_dir) as temporary:
         target = model_dir_lib.ModelDir(temporary)
-        shutil.copyfile(source.config, target.config)
+        # The network's config with the data contract the read-out was fitted under (normalisation, channel
+        # map), so `isl predict` reads new wells the same way.
+        config_lib.save_config(config, target.config)
         shutil.copyfile(source.weights, target.weights)
         record = dict(fitted.record, source_model_dir=os.path.abspath(model_dir))
         readout_lib.save(dataclasses.replace(fitted, record=record), target.readout)
@@ -140,6 +163,11 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
                      + ", ".join(f"the {level:.0%} interval {share:.0%}"
                                  for level, share in zip(record["coverage_levels"], inside)))
         print(line)
+    print(f"Read the wells with normalization {config.data.normalization}"
+          + (f", channel map {','.join(config.data.channel_map)}" if config.data.channel_map else "")
+          + (f", training window {record['region']}" if record["region"] else "")
+          + (f", scoring window {record['eval_region']}" if record["eval_region"] else "")
+          + "; recorded in config.json for isl predict.")
     print(f"Model: {os.path.abspath(output_dir)} (config.json, model.weights.h5, readout.json)")
     print(f"Predict with: isl predict --model_dir={output_dir} --input_dir=WELL --output_dir=PREDICTIONS")
     return {"output_dir": os.path.abspath(output_dir), "targets": list(fitted.targets), **record}

@@ -22,6 +22,10 @@ no decay, no clipping, global batch 16 of 250-px patches with 8-px outputs,
 batch norm in training mode with moving averages. Those settings were made
 for weeks of training on a cluster.
 
+--recipe=unet_regression trains the peer baseline instead (a U-Net
+regression with MSE on standardized targets, as fnet and CARE train it; one
+pass per image at prediction).
+
 --recipe=cpu trains the same network in hours on a few CPU cores: 120-px
 output patches (batch 4), bfloat16, learning rate 1e-3 with warmup and a
 cosine decay to --steps, a random rotation and flip per patch, whole-image
@@ -72,8 +76,14 @@ def define_flags(flag_values: Any) -> None:
                         flag_values=flag_values)
     flags.DEFINE_string("preset", "paper", "Named preset: paper, tiny, fovea, condition_a..e.",
                         flag_values=flag_values)
-    flags.DEFINE_string("recipe", None, "Training recipe layered over the preset: 'cpu' (see above).",
-                        flag_values=flag_values)
+    from isl import presets
+    from isl.cli import data_flags
+
+    flags.DEFINE_enum("recipe", None, list(presets.RECIPES),
+                      "Training recipe layered over the preset: cpu (the paper network in hours on a few CPU cores: "
+                      "120-px outputs, bfloat16, lr 1e-3 cosine, best-weights keeping) or unet_regression (the "
+                      "fnet/CARE-style peer baseline: a U-Net regression with MSE, one pass per image). See above.",
+                      flag_values=flag_values)
     flags.DEFINE_string("config", None, "JSON config file layered over the preset.", flag_values=flag_values)
     flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable), "
                               "e.g. --set model.output_size=24.", flag_values=flag_values)
@@ -93,6 +103,13 @@ def define_flags(flag_values: Any) -> None:
                          "(default: train.checkpoint_every_steps).", flag_values=flag_values)
     flags.DEFINE_integer("seed", None, "Random seed (default: train.seed).", flag_values=flag_values)
     flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.", flag_values=flag_values)
+    data_flags.define(flag_values, ("normalization", "channel_map"))
+    flag_values["normalization"].help = (
+        "Must match the data: the records carry the normalisation isl convert applied (dataset.json), and it is "
+        "copied into config.json; a different value is an error. Default: dataset.json's.")
+    flag_values["channel_map"].help = (
+        "Must match the data: the channel map isl convert applied (dataset.json) is copied into config.json so "
+        "isl predict reads raw files the same way; a different map is an error. Default: dataset.json's.")
 
 
 def resolve(flag_values: Any) -> Any:
@@ -112,9 +129,75 @@ def resolve(flag_values: Any) -> Any:
         explicit.append(f"train.checkpoint_every_steps={flag_values['checkpoint_every_steps'].value}")
     if flag_values["seed"].value is not None:
         explicit.append(f"train.seed={flag_values['seed'].value}")
+    if flag_values["normalization"].value is not None:
+        explicit.append(f"data.normalization={flag_values['normalization'].value}")
+    if flag_values["channel_map"].value:
+        import json
+
+        explicit.append(f"data.channel_map={json.dumps(list(flag_values['channel_map'].value))}")
     if explicit:
         config = config_lib.apply_overrides(config, explicit)
     return config
+
+
+# Above this ratio of eval to training loss the summary says what the two figures are.
+LOSS_GAP_RATIO = 3.0
+
+
+def loss_gap_note(config: Any, loss: float | None, eval_loss: float | None) -> str | None:
+    """One paragraph on what a large gap between the training and eval losses means, or None."""
+    if loss is None or eval_loss is None or loss <= 0 or eval_loss < LOSS_GAP_RATIO * loss:
+        return None
+    if config.model.architecture == "unet_regression":
+        what = ("the mean squared error of standardized targets (1.0 = always predicting a channel's training mean, "
+                "with the per-channel training mean / std printed when training started)")
+        differ = ("stain intensities far from the training mean in units of the training std (a channel nearly "
+                  "empty in the training images makes that std small)")
+    else:
+        what = "the 256-bin cross-entropy of the paper's loss, summed over the heads with labels"
+        differ = "images or stains unlike the training ones"
+    return (
+        f"Note: the eval loss is {eval_loss / loss:.0f}x the training loss. Both are {what}. The training figure is "
+        f"the mean over the last {config.train.eval_every_steps} steps with batch norm on each batch's own statistics; "
+        "the eval figure comes from the eval images with batch norm's moving averages as they were before any "
+        f"recalibration (momentum {config.model.batch_norm_momentum:g}: after a short run they still hold much of "
+        f"their starting values). A large gap means {differ}, or moving averages that have not settled; the "
+        "whole-image Pearson r, when printed, is measured on the written weights and says how good they are."
+    )
+
+
+def _check_data_contract(flag_values: Any) -> None:
+    """--normalization / --channel_map must say what dataset.json records (the records already carry them).
+
+    Raises:
+        InputError: naming the flag, its value and the recorded one.
+    """
+    import json
+
+    from isl import errors
+    from isl.data import channel_map as channel_map_lib
+    from isl.data import normalization as normalization_lib
+
+    path = os.path.join(flag_values["data_dir"].value, "dataset.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            description = json.load(handle)
+    except (OSError, ValueError):
+        return  # The trainer reports a missing or bad dataset.json itself.
+    given = flag_values["normalization"].value
+    recorded = normalization_lib.from_description(description)
+    if given is not None and given != recorded:
+        raise errors.InputError(
+            f"--normalization={given}: {path} records normalization {recorded} (the records were converted with it); "
+            f"convert again with --normalization={given} or leave the flag out.")
+    pairs = flag_values["channel_map"].value
+    if pairs:
+        wanted = channel_map_lib.to_pairs(channel_map_lib.parse(pairs))
+        recorded_map = tuple(description.get("channel_map", ()) or ())
+        if wanted != recorded_map:
+            raise errors.InputError(
+                f"--channel_map={','.join(pairs)}: {path} records channel_map {','.join(recorded_map) or '(none)'} "
+                "(the records hold the mapped names); convert again with that map or leave the flag out.")
 
 
 def stopped_hint(flag_values: Any) -> str:
@@ -164,6 +247,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         if flag_values[name].value is None:
             raise errors.InputError(f"--{name} is required.")
     config = resolve(flag_values)
+    _check_data_contract(flag_values)
 
     from isl.train import strategy as strategy_lib
 
@@ -240,6 +324,9 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         print(f"Trained to step {result.final_step}{start}: {loss_text}; "
               f"{result.steps_per_second:.2f} steps/s, {result.labelled_pixels_per_second:,.0f} labelled "
               f"output pixels/s ({result.labelled_pixels_per_cpu_second:,.0f} per CPU-second).")
+        note = loss_gap_note(config, losses.get("loss"), eval_losses.get("loss"))
+        if note:
+            print(note)
         if result.pearson:
             channels = sorted(name[len("pearson_median_"):] for name in result.pearson
                               if name.startswith("pearson_median_"))

@@ -31,6 +31,7 @@ import numpy as np
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import channel_map as channel_map_lib
 from isl.data import normalization as normalization_lib
 from isl.data import schema
 from isl.data import tfrecords
@@ -97,7 +98,8 @@ def _resolve_region(region: Region, height: int, width: int, flag: str, well: st
         end = side if end == -1 else end
         if end > side or start >= side:
             raise errors.InputError(
-                f"{well}: {flag} {axis} {start}:{end} fall outside the image ({height}x{width})."
+                f"{well}: {flag} {axis} {start}:{end} fall outside the image ({height}x{width}); valid windows lie "
+                f"within 0:{height},0:{width} (rows, columns; ends exclusive)."
             )
         resolved.append((start, end))
     return (resolved[0], resolved[1])
@@ -179,6 +181,7 @@ def convert(
     region: str | None = None,
     eval_region: str | None = None,
     normalization: str = "none",
+    channel_map: dict[str, str] | None = None,
 ) -> ConvertResult:
     """Converts image folders into `{train,eval}-xxxxx-of-yyyyy.tfrecord` and `dataset.json`.
 
@@ -205,6 +208,8 @@ def convert(
         normalization: applied to every z-stack before it is stored
             (`isl.data.normalization`: none, paper, percentile); recorded
             in dataset.json.
+        channel_map: renames files' channels before they are matched with
+            `channels` (`isl.data.channel_map`); recorded in dataset.json.
 
     Returns:
         A `ConvertResult`.
@@ -216,8 +221,9 @@ def convert(
     plan = _plan(
         input_dirs, output_dir, channels, num_shards=num_shards, num_eval_shards=num_eval_shards,
         eval_every=eval_every, eval_wells=eval_wells, region=region, eval_region=eval_region,
+        channel_map=channel_map,
     )
-    return _write_dataset(plan, channels, input_dirs, normalization, progress)
+    return _write_dataset(plan, channels, input_dirs, normalization, progress, channel_map)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +286,7 @@ def _plan(
     eval_wells: list[str] | None,
     region: str | None,
     eval_region: str | None,
+    channel_map: dict[str, str] | None = None,
 ) -> _Plan:
     """Scans the wells and decides every well's split, rectangle and shard count.
 
@@ -290,7 +297,7 @@ def _plan(
     held_out_region = parse_region(eval_region, "--eval_region") if eval_region else None
     if held_out_region is not None and eval_wells:
         raise errors.InputError("--eval_region and --eval_wells exclude each other: hold out a region or wells.")
-    scan = wells_lib.scan_wells(list(input_dirs), channels)
+    scan = wells_lib.scan_wells(list(input_dirs), channels, channel_map=channel_map)
     regions = {well.name: _well_regions(well, train_region, held_out_region) for well in scan.wells}
     if held_out_region is not None:
         by_split = {"train": list(scan.wells), "eval": list(scan.wells)}
@@ -352,6 +359,7 @@ def _write_dataset(
     input_dirs: list[str],
     normalization: str,
     progress: Callable[[int, int, str], None] | None,
+    channel_map: dict[str, str] | None = None,
 ) -> ConvertResult:
     """Writes the planned shards and `dataset.json`; `plan.output_dir` appears only on success.
 
@@ -375,6 +383,7 @@ def _write_dataset(
                         progress(len(well_records), total, well.name)
         description = _describe(well_records, shards, plan.by_split, channels, plan.skipped, input_dirs)
         description["normalization"] = normalization
+        description["channel_map"] = list(channel_map_lib.to_pairs(channel_map or {}))
         description["warnings"] = warnings
         atomic.write_text(os.path.join(temporary, schema.DATASET_JSON), json.dumps(description, indent=2) + "\n")
         _make_readable(temporary)

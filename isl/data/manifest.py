@@ -129,14 +129,17 @@ def _rows_from_json(path: str) -> tuple[dict[str, str], list[dict[str, str]]]:
 
 
 def read_manifest(
-    manifest_path: str, channels: config_lib.ChannelConfig
+    manifest_path: str, channels: config_lib.ChannelConfig, channel_map: dict[str, str] | None = None
 ) -> tuple[dict[str, str], list[ImageEntry]]:
     """Reads a field-of-view manifest into metadata and one entry per plane.
 
     Args:
         manifest_path: `manifest.csv` or `manifest.json`.
         channels: the vocabulary; it decides whether an empty `z` means a
-            z-stack (transmitted light) or MAXPROJECT (fluorescence).
+            z-stack (transmitted light: any known modality, also one the
+            vocabulary lacks) or MAXPROJECT (fluorescence).
+        channel_map: `isl.data.channel_map` renaming, used here only to tell
+            transmitted light from stains (entries keep the file's name).
 
     Returns:
         (metadata, entries). Metadata has "name" (the folder name unless the
@@ -182,7 +185,7 @@ def read_manifest(
         if channel.upper() == SKIP:
             continue
         bits = _bits(where, row.get("bits", "").strip(), info)
-        is_input = channel in channels.input_modalities
+        is_input = channels.is_transmitted_light((channel_map or {}).get(channel, channel))
         common = dict(channel_index=channel_index, bits=bits)
         if z_text.lower() in _STACK_WORDS:
             if not is_input:

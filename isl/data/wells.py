@@ -29,6 +29,7 @@ import numpy as np
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import channel_map as channel_map_lib
 from isl.data import manifest as manifest_lib
 from isl.data import normalization as normalization_lib
 from isl.io import filenames
@@ -148,8 +149,31 @@ def _unknown_channel_error(paths: list[str], channel: str, channels: config_lib.
     return errors.InputError(
         f"{_listing(paths)} (in {os.path.dirname(paths[0]) or '.'}): unknown channel {channel!r}. "
         f"Known inputs: {', '.join(channels.input_modalities)}; targets: {', '.join(channels.target_channels)}. "
-        f"To add it as a target: --set 'channels.target_channels={extended}' "
-        "(or channels.input_modalities for transmitted light, or a --config JSON)."
+        f"To read it as one of the model's channels: {channel_map_lib.FLAG}={channel}=<channel>; to add it as a "
+        f"target: --set 'channels.target_channels={extended}' (or a --config JSON)."
+    )
+
+
+def _modality_error(
+    name: str,
+    directory: str,
+    other: dict[str, list[ImageEntry]],
+    inputs: dict[str, list[ImageEntry]],
+    channels: config_lib.ChannelConfig,
+) -> errors.InputError:
+    """The error for transmitted light of a modality the vocabulary does not take."""
+    seen = "; ".join(f"{channel} ({len(group)} z slice(s), e.g. {os.path.basename(group[0].path)})"
+                     for channel, group in sorted(other.items()))
+    modality = sorted(other)[0]
+    known = ", ".join(channels.input_modalities)
+    also = f" (it also holds {', '.join(sorted(inputs))})" if inputs else ""
+    modalities = json.dumps(sorted(set(channels.input_modalities) | set(other)), separators=(",", ":"))
+    return errors.InputError(
+        f"well {name} in {directory}: transmitted light of a modality the model does not take: {seen}{also}; "
+        f"the model takes {known}. A model trained on one modality reads another only when you say so: "
+        f"{channel_map_lib.FLAG}={modality}={channels.input_modalities[0]} reads it as {channels.input_modalities[0]} "
+        f"(check the result against a stained well). To train a model on {modality}, convert and train with "
+        f"--set 'channels.input_modalities={modalities}' (one modality per well)."
     )
 
 
@@ -211,21 +235,34 @@ def _classify(
     channels: config_lib.ChannelConfig,
     skipped: list[tuple[str, str]],
     ignore_unknown: bool = False,
+    channel_map: dict[str, str] | None = None,
 ) -> WellSource:
     """Checks one well's entries by name: channels, z slices, duplicates.
 
-    With `ignore_unknown`, files of channels outside the vocabulary are
-    skipped (with a reason) instead of being an error.
+    Each file's channel is first renamed by `channel_map`
+    (`isl.data.channel_map`). With `ignore_unknown`, files of channels
+    outside the vocabulary are skipped (with a reason) instead of being an
+    error. A transmitted-light modality the vocabulary lacks (a bright-field
+    stack for a phase-contrast model) is never skipped silently: with no
+    other transmitted light it is an error that names it and the map that
+    would read it.
     """
     unknown: dict[str, list[str]] = collections.defaultdict(list)
     inputs: dict[str, list[ImageEntry]] = collections.defaultdict(list)
+    other_modalities: dict[str, list[ImageEntry]] = collections.defaultdict(list)
     targets: dict[str, list[ImageEntry]] = collections.defaultdict(list)
     for entry in entries:
-        if entry.channel in channels.input_modalities:
+        mapped = channel_map_lib.apply(entry.channel, channel_map)
+        if mapped != entry.channel:
+            entry = dataclasses.replace(entry, channel=mapped)
+        if channels.is_transmitted_light(entry.channel):
             if entry.z == filenames.MAXPROJECT:
                 skipped.append((entry.path, f"{entry.channel} MAXPROJECT: transmitted light is read as z slices only"))
                 continue
-            inputs[entry.channel].append(entry)
+            if entry.channel in channels.input_modalities:
+                inputs[entry.channel].append(entry)
+            else:
+                other_modalities[entry.channel].append(entry)
         elif entry.channel in channels.target_channels:
             if entry.z != filenames.MAXPROJECT:
                 skipped.append((entry.path, f"{entry.channel} z slice {entry.z}: only MAXPROJECT targets are used"))
@@ -233,15 +270,22 @@ def _classify(
             targets[entry.channel].append(entry)
         else:
             unknown[entry.channel].append(entry.path)
+    if other_modalities and (not inputs or not ignore_unknown):
+        raise _modality_error(name, directory, other_modalities, inputs, channels)
+    for channel, group in other_modalities.items():
+        skipped.extend((entry.path, f"{channel}: not a channel of the model") for entry in group)
     for channel, paths in unknown.items():
         if not ignore_unknown:
             raise _unknown_channel_error(paths, channel, channels)
         skipped.extend((path, f"{channel}: not a channel of the model") for path in paths)
     if not inputs:
+        found = sorted(targets)
+        ignored = f"; ignored as not channels of the model: {', '.join(sorted(unknown))}" if unknown else ""
         raise errors.InputError(
             f"well {name} in {directory}: no transmitted-light images "
             f"({', '.join(channels.input_modalities)}) were found; found only "
-            f"{', '.join(sorted(targets)) or 'nothing usable'}."
+            f"{', '.join(found) or 'nothing usable'}{ignored}. Name the stack's channel as one of the model's "
+            f"modalities, or map yours with {channel_map_lib.FLAG}=YOURS={channels.input_modalities[0]}."
         )
     if len(inputs) > 1:
         described = "; ".join(
@@ -347,6 +391,7 @@ def scan_wells(
     channels: config_lib.ChannelConfig,
     check_headers: bool = True,
     ignore_unknown: bool = False,
+    channel_map: dict[str, str] | None = None,
 ) -> ScanResult:
     """Finds and checks every well under the input folders (recursively).
 
@@ -356,6 +401,7 @@ def scan_wells(
         check_headers: also read image headers (size, bit depth).
         ignore_unknown: skip files of unknown channels (prediction) instead
             of raising.
+        channel_map: renames files' channels first (`isl.data.channel_map`).
 
     Returns:
         A `ScanResult` with wells sorted by name.
@@ -380,12 +426,12 @@ def scan_wells(
             )
             manifest_path = manifest_lib.find_manifest(directory)
             if manifest_path:
-                metadata, entries = manifest_lib.read_manifest(manifest_path, channels)
+                metadata, entries = manifest_lib.read_manifest(manifest_path, channels, channel_map)
                 groups = [(metadata["name"], {k: v for k, v in metadata.items() if k != "name"}, entries)]
             else:
                 groups = _scan_lab_folder(directory, sorted(file_names), channels, skipped)
             for name, metadata, entries in groups:
-                well = _classify(name, directory, entries, channels, skipped, ignore_unknown)
+                well = _classify(name, directory, entries, channels, skipped, ignore_unknown, channel_map)
                 well.metadata = {key: metadata.get(key, "") for key in ("lab", "condition", "well", "date")}
                 found.append(well)
     if not found:
@@ -469,7 +515,11 @@ def normalize_raw(raw: RawWell, normalization: str) -> tuple[RawWell, str | None
 
 
 def read_well(
-    directory: str, channels: config_lib.ChannelConfig, ignore_unknown: bool = False, normalization: str = "none"
+    directory: str,
+    channels: config_lib.ChannelConfig,
+    ignore_unknown: bool = False,
+    normalization: str = "none",
+    channel_map: dict[str, str] | None = None,
 ) -> Well:
     """Reads the one well in `directory` as float32 in [0, 1].
 
@@ -482,6 +532,7 @@ def read_well(
             prediction passes the model's `data.normalization`. A stack far
             from the paper's statistics adds a line to `metadata["warnings"]`
             and to the `isl.data` logger.
+        channel_map: renames files' channels first (`isl.data.channel_map`).
 
     Returns:
         A `Well`: `inputs` `[num_source_z, H, W]`, `targets` channel -> `[H, W]`.
@@ -489,7 +540,7 @@ def read_well(
     Raises:
         InputError: for bad input, or when the folder holds several wells.
     """
-    scan = scan_wells([directory], channels, ignore_unknown=ignore_unknown)
+    scan = scan_wells([directory], channels, ignore_unknown=ignore_unknown, channel_map=channel_map)
     if len(scan.wells) != 1:
         raise errors.InputError(
             f"{directory}: holds {len(scan.wells)} wells "
@@ -509,7 +560,8 @@ def read_well(
     }
     metadata = dict(source.metadata)
     metadata.update(modality=source.modality, source_files=source.source_files, directory=source.directory,
-                    normalization=normalization, warnings=[warning] if warning else [])
+                    normalization=normalization, warnings=[warning] if warning else [],
+                    channel_map=dict(channel_map or {}))
     if ignore_unknown:
         metadata["ignored_files"] = [
             path for path, reason in scan.skipped if reason.endswith("not a channel of the model")]

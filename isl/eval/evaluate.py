@@ -187,12 +187,19 @@ def _read_unit(path: str) -> np.ndarray:
     return images.to_float(images.read_image(path))
 
 
-def _truth_well(summary: dict[str, Any], truth_dirs: Sequence[str], channels: config_lib.ChannelConfig) -> Any:
+def _truth_well(summary: dict[str, Any], truth_dirs: Sequence[str], channels: config_lib.ChannelConfig,
+                channel_map: Sequence[str] | None = None) -> Any:
+    """The truth well of a prediction, read with the prediction's channel map (`channel_map` overrides it).
+
+    Files of channels the model does not have are skipped, as `isl predict` skips them.
+    """
+    from isl.data import channel_map as channel_map_lib
     from isl.data import wells as wells_lib
 
+    mapping = channel_map_lib.parse(summary.get("channel_map", []) if channel_map is None else channel_map)
     candidates = []
     for directory in truth_dirs:
-        scan = wells_lib.scan_wells([directory], channels)
+        scan = wells_lib.scan_wells([directory], channels, ignore_unknown=True, channel_map=mapping)
         for source in scan.wells:
             candidates.append((source.name, source.directory))
     matching = [directory for name, directory in candidates if name == summary["well"]]
@@ -203,7 +210,10 @@ def _truth_well(summary: dict[str, Any], truth_dirs: Sequence[str], channels: co
             f"No truth for the predicted well {summary['well']}: --truth_dir holds "
             f"{', '.join(name for name, _ in candidates) or 'no wells'}."
         )
-    return wells_lib.read_well(matching[0], channels)
+    # Read as isl predict read it (only the stains are scored; the stack's normalisation only avoids a false warning).
+    normalization = summary.get("normalization", "none")
+    return wells_lib.read_well(matching[0], channels, ignore_unknown=True, channel_map=mapping,
+                               normalization=normalization)
 
 
 def evaluate_well(
@@ -211,6 +221,7 @@ def evaluate_well(
     truth_dirs: Sequence[str],
     region: str = "all",
     statistic: str = "median",
+    channel_map: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Scores one predicted well's `statistic` images (the median, the paper's, by default).
 
@@ -227,7 +238,7 @@ def evaluate_well(
         if channel_values
         else config_lib.ChannelConfig()
     )
-    well = _truth_well(summary, truth_dirs, channels)
+    well = _truth_well(summary, truth_dirs, channels, channel_map)
     image_shape = tuple(summary["image_shape"])
     if tuple(well.inputs.shape[1:]) != image_shape:
         raise errors.InputError(
@@ -352,6 +363,7 @@ def evaluate(
     output_dir: str | None = None,
     region: str = "all",
     statistic: str = "median",
+    channel_map: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Scores every predicted well; writes metrics.json, metrics.csv, report PNGs.
 
@@ -365,7 +377,7 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     figures = []
     for well_dir in find_predictions(predictions_dir):
-        well_rows, figure_rows = evaluate_well(well_dir, truth_dirs, region, statistic)
+        well_rows, figure_rows = evaluate_well(well_dir, truth_dirs, region, statistic, channel_map)
         rows += well_rows
         if figure_rows:
             name = os.path.basename(os.path.normpath(well_dir))

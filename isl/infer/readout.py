@@ -54,7 +54,10 @@ def predict_well(
     progress_enabled: bool = True,
     border_mode: str = "reflect",
     window: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    panels: bool = True,
+    file_names: str = "lab",
     save_calibration: bool = True,
+    panel_bits: int = 16,
 ) -> dict[str, Any]:
     """Predicts one well with the read-out; writes one image per channel and statistic, and prediction.json.
 
@@ -71,8 +74,16 @@ def predict_well(
         statistics: median, mean, std and quantiles qNN (`readout.statistic_images`).
         image_format: "png" or "tiff" (16-bit either way).
         progress_enabled: show a progress line (tiles) on stderr.
-        border_mode, window: only "reflect" and None (whole wells); others raise InputError.
+        border_mode: only "reflect" (others raise InputError).
+        window: ((row0, row1), (column0, column1)), -1 = the edge: predict only
+            this window; the core runs on the window plus the network's border
+            and the largest box-mean radius, so the pixels equal the whole
+            well's prediction.
+        file_names: output file names, "lab" or "short" (`isl.infer.well.output_name`).
+        panels: write `target_error_panel.png` (median, truth, error) when
+            the well holds truth for a written channel.
         save_calibration: write the calibration TIFFs when the well holds truth.
+        panel_bits: 16 or 8 (`isl.eval.panels.write_panel`).
     """
     from isl.infer import well as well_lib
 
@@ -82,35 +93,45 @@ def predict_well(
     chosen = choose_channels(readout, channels)
     names = tuple(dict.fromkeys(name.strip() for name in statistics if name.strip())) or ("median",)
     readout_lib.check_statistics(names)
-    if border_mode != "reflect" or window is not None:
+    if border_mode != "reflect":
         raise errors.InputError(
-            f"{predictor.source}: a read-out predicts whole wells with reflected borders; --border=valid/original "
-            "and --region apply to the network's own heads."
+            f"{predictor.source}: a read-out keeps the input's height and width (reflected borders); "
+            f"--border={border_mode} applies to the network's own heads."
         )
     well = well_lib.read_checked_well(predictor.config, input_dir)
     embedder = embedder_of(predictor)
     height, width = well.inputs.shape[1:]
+    row0, row1, column0, column1 = well_lib._pixel_window(well, window) or (0, height, 0, width)
+    top, bottom, left, right = embedder.crop_for((height, width), (row0, row1, column0, column1), max(readout.radii))
+    crop = well.inputs[:, top:bottom, left:right]
     start = time.perf_counter()
-    with progress_lib.Progress(embedder.num_tiles((height, width)), f"predict {well.name}",
-                               enabled=progress_enabled) as bar:
-        embedding = embedder(well.inputs, lambda: bar.update(1))
+    num_tiles = embedder.num_tiles(crop.shape[1:])
+    with progress_lib.Progress(num_tiles, f"predict {well.name}", enabled=progress_enabled) as bar:
+        embedding = embedder(crop, lambda: bar.update(1))
     columns = [readout.targets.index(channel) for channel in chosen]
     value, spread = readout.predict_distribution(embedding)
-    value, spread = value[..., columns], spread[..., columns]
+    inside = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
+    value, spread = value[inside][..., columns], spread[inside][..., columns]
     distributions = calibrated_distributions(predictor.applied_calibration, chosen, value, spread)
-    images = statistic_images(distributions, names)
+    images = statistic_images(distributions, tuple(dict.fromkeys(names + ("median",))))
     seconds = time.perf_counter() - start
     well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
     os.makedirs(well_dir, exist_ok=True)
-    files = well_lib.write_statistics(well_dir, well.metadata, chosen, names, images, image_format)
-    truth_channels, calibration_files = [], {}
+    files = well_lib.write_statistics(well_dir, well.metadata, chosen, names, images, image_format, file_names)
+    region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
+    truth_channels, panel_files, calibration_files = [], {}, {}
+    if panels:
+        truth_channels, panel_files = well_lib.write_target_panel(well_dir, well, predictor.config, chosen,
+                                                                  images["median"], region, panel_bits)
     if save_calibration:
-        truth_channels, maps = calibration_maps(predictor.config, well, chosen, distributions)
-        calibration_files = well_lib.write_calibration_maps(well_dir, well.metadata, chosen, truth_channels, maps)
+        truth_channels, maps = calibration_maps(predictor.config, well, chosen, distributions, region)
+        calibration_files = well_lib.write_calibration_maps(well_dir, well.metadata, chosen, truth_channels, maps,
+                                                            file_names)
     summary = well_lib.prediction_summary(
-        predictor, well, input_dir, chosen, names, "reflect", geometry_lib.OutputRegion(0, 0, height, width),
-        image_format, files, geometry=None, num_runs=embedder.num_tiles((height, width)), seconds=round(seconds, 3),
-        exact=True, readout=True, truth_channels=truth_channels, calibration_files=calibration_files,
+        predictor, well, input_dir, chosen, names, "reflect", region,
+        image_format, files, geometry=None, num_runs=num_tiles, seconds=round(seconds, 3),
+        exact=True, readout=True, panels=panel_files, truth_channels=truth_channels,
+        calibration_files=calibration_files,
     )
     prediction_file.write_summary(well_dir, summary)
     summary["well_dir"] = well_dir
@@ -150,13 +171,14 @@ def statistic_images(
 
 def calibration_maps(
     config: config_lib.ExperimentConfig, well: Any, channels: Sequence[str],
-    distributions: Sequence[calibration_file.ReadoutDistribution],
+    distributions: Sequence[calibration_file.ReadoutDistribution], region: geometry_lib.OutputRegion | None = None,
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     """The channels with truth and their calibration maps of each channel's distribution.
 
     Args:
-        distributions: per channel, `[H, W]` (`calibrated_distributions`): N(value, spread^2)
-            clipped to [0, 1], or its mixture with conditional histograms.
+        distributions: per channel, `[H, W]` over `region` of the well (None: the whole well)
+            (`calibrated_distributions`): N(value, spread^2) clipped to [0, 1], or its mixture with
+            conditional histograms.
 
     Returns:
         (channels with any labelled pixel, key -> `[H, W, len(channels)]` float32,
@@ -165,7 +187,11 @@ def calibration_maps(
     from isl.data import assemble
 
     shape = distributions[0].value.shape + (len(channels),)
-    values, masks = assemble.target_stack(well.targets, config.channels, shape=shape[:2])
+    values, masks = assemble.target_stack(well.targets, config.channels, shape=tuple(well.inputs.shape[1:]))
+    if region is not None:
+        rows = slice(region.row_offset, region.row_offset + region.height)
+        columns = slice(region.column_offset, region.column_offset + region.width)
+        values, masks = values[rows, columns], masks[rows, columns]
     targets = config.channels.output_target_channels
     keys = ("true_bin_probability", "cdf_below_true", "crps")
     maps = {key: np.full(shape, np.nan, np.float32) for key in keys}

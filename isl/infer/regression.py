@@ -65,8 +65,13 @@ def predict_well(
     output_dir: str,
     channels: Sequence[str],
     image_format: str = "png",
+    statistics: Sequence[str] = STATISTICS,
+    window: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    panels: bool = True,
+    file_names: str = "lab",
+    panel_bits: int = 16,
 ) -> dict[str, Any]:
-    """`isl predict` for the regression baseline: one pass, median and mean files, prediction.json.
+    """`isl predict` for the regression baseline: one pass, median/mean files, panel, prediction.json.
 
     Args:
         predictor: from `isl.infer.well.load_predictor` (a model directory).
@@ -74,27 +79,59 @@ def predict_well(
         output_dir: parent folder of the per-well output folders.
         channels: the target channels to write.
         image_format: "png" or "tiff" (16-bit either way).
+        statistics: "median" and/or "mean" (the same image: the regression
+            has no distribution); anything else raises InputError.
+        window: ((row0, row1), (column0, column1)), -1 = the edge: predict
+            only this window, from the window plus `context_pixels(config)`
+            of real image around it (the 'same' convolutions see the rest as
+            reflection, so pixels can differ slightly from the whole image's).
+        file_names: output file names, "lab" or "short" (`isl.infer.well.output_name`).
+        panels: write `target_error_panel.png` when the well holds truth.
     """
     from isl.infer import well as well_lib
 
     if predictor.model is None:
         raise errors.InputError(f"{predictor.source}: the U-Net regression is predicted from its model directory "
                                 "(--model_dir), not from an exported SavedModel.")
+    names = tuple(dict.fromkeys(name.strip() for name in statistics if name.strip())) or ("median",)
+    unsupported = [name for name in names if name not in STATISTICS]
+    if unsupported:
+        raise errors.InputError(
+            f"--statistics={','.join(unsupported)}: the U-Net regression predicts one value per pixel, written as "
+            f"{' and '.join(STATISTICS)}; it has no distribution for other statistics."
+        )
     config = predictor.config
     well = well_lib.read_checked_well(config, input_dir)
+    height, width = well.inputs.shape[1:]
+    row0, row1, column0, column1 = well_lib._pixel_window(well, window) or (0, height, 0, width)
+    context = context_pixels(config)
+    top, left = max(0, row0 - context), max(0, column0 - context)
+    bottom, right = min(height, row1 + context), min(width, column1 + context)
     start = time.perf_counter()
-    values = predict_image(predictor.model, well.inputs, config)
+    values = predict_image(predictor.model, well.inputs[:, top:bottom, left:right], config)
+    values = values[row0 - top : row1 - top, column0 - left : column1 - left]
     seconds = time.perf_counter() - start
     columns = [config.channels.output_target_channels.index(channel) for channel in channels]
     well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
     os.makedirs(well_dir, exist_ok=True)
-    images = {name: values[..., columns] for name in STATISTICS}
-    files = well_lib.write_statistics(well_dir, well.metadata, channels, STATISTICS, images, image_format)
-    height, width = well.inputs.shape[1:]
+    images = {name: values[..., columns] for name in names}
+    files = well_lib.write_statistics(well_dir, well.metadata, channels, names, images, image_format, file_names)
+    region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
+    truth_channels, panel_files = [], {}
+    if panels:
+        truth_channels, panel_files = well_lib.write_target_panel(well_dir, well, config, channels,
+                                                                  values[..., columns], region, panel_bits)
     summary = well_lib.prediction_summary(
-        predictor, well, input_dir, channels, STATISTICS, "reflect", geometry_lib.OutputRegion(0, 0, height, width),
-        image_format, files, geometry=None, num_runs=1, exact=True, seconds=round(seconds, 3),
+        predictor, well, input_dir, channels, names, "reflect", region,
+        image_format, files, geometry=None, num_runs=1, exact=window is None or (top, left, bottom, right) == (
+            0, 0, height, width), seconds=round(seconds, 3), context_pixels=context, panels=panel_files,
+        truth_channels=truth_channels,
     )
     prediction_file.write_summary(well_dir, summary)
     summary["well_dir"] = well_dir
     return summary
+
+
+def context_pixels(config: config_lib.ExperimentConfig) -> int:
+    """Real image read around a `--region` window: the training patch side (the most context training showed)."""
+    return max(config.model.output_size, PAD)

@@ -316,9 +316,22 @@ def check_z(well: Any, config: config_lib.ExperimentConfig) -> None:
         )
 
 
-def output_name(metadata: dict[str, Any], channel: str, statistic: str, extension: str) -> str:
-    """The lab's name of a predicted image (`kind-PREDICTED,statistic-...`)."""
+NAME_STYLES = ("lab", "short")
+
+
+def output_name(metadata: dict[str, Any], channel: str, statistic: str, extension: str, names: str = "lab") -> str:
+    """The file name of a predicted image.
+
+    `names="lab"` (default): the lab's grammar (`lab-...,kind-PREDICTED,statistic-MEDIAN...`, about 150
+    characters), which the paper's tools read; `names="short"`: `<CHANNEL>_<STATISTIC>.ext`, e.g.
+    `DAPI_CONFOCAL_MEDIAN.png` (prediction.json maps channels and statistics to files either way).
+    """
     from isl.io import filenames
+
+    if names == "short":
+        return f"{channel}_{statistic.upper()}{extension}"
+    if names != "lab":
+        raise errors.InputError(f"Unknown --names {names!r}; use {' or '.join(NAME_STYLES)}.")
 
     key = filenames.ImageKey(
         lab=metadata.get("lab", ""),
@@ -439,6 +452,7 @@ def _predict_well_files(
     progress_enabled: bool = True,
     phases: int = 0,
     window: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    names: str = "lab",
 ) -> dict[str, Any]:
     """Predicts one well and writes its files into `output_dir/<well name>/`.
 
@@ -467,6 +481,8 @@ def _predict_well_files(
         window: optional ((row0, row1), (column0, column1)) in image pixels
             (`isl.data.convert.parse_region`, -1 = the image edge): predict
             only this window, reading context from the well around it.
+        names: output file names, "lab" (the paper's grammar) or "short"
+            (`<CHANNEL>_<STATISTIC>.png`), for every model kind.
 
     Returns:
         The contents of `prediction.json` (paths relative to the well folder)
@@ -474,16 +490,23 @@ def _predict_well_files(
     """
     if image_format not in IMAGE_FORMATS:
         raise errors.InputError(f"Unknown --format {image_format!r}; use png or tiff.")
+    if names not in NAME_STYLES:
+        raise errors.InputError(f"Unknown --names {names!r}; use {' or '.join(NAME_STYLES)}.")
     if predictor.readout is not None:
         from isl.infer import readout as readout_infer
 
         return readout_infer.predict_well(predictor, input_dir, output_dir, channels, statistics, image_format,
-                                          progress_enabled, border_mode, window, save_calibration)
+                                          progress_enabled, border_mode, window, panels, names, save_calibration,
+                                          panel_bits)
     chosen = choose_channels(predictor.config, channels, predictor.trained_channels)
     if predictor.config.model.architecture == "unet_regression":
         from isl.infer import regression
 
-        return regression.predict_well(predictor, input_dir, output_dir, chosen, image_format)
+        if border_mode != "reflect":
+            raise errors.InputError(f"{predictor.source}: the U-Net regression keeps the input's height and width; "
+                                    f"--border={border_mode} applies to models with a border (256-bin heads).")
+        return regression.predict_well(predictor, input_dir, output_dir, chosen, image_format, statistics, window,
+                                       panels, names, panel_bits)
     if phases not in (0, 1):
         raise errors.InputError(f"--phases must be 0 (exact) or 1 (one run per tile). Received: {phases}")
     well = read_checked_well(predictor.config, input_dir)
@@ -493,8 +516,9 @@ def _predict_well_files(
                                    progress_enabled)
     well_dir = os.path.join(output_dir, _safe_name(well.name))
     os.makedirs(well_dir, exist_ok=True)
-    files = write_statistics(well_dir, well.metadata, plan.channels, plan.written, prediction.statistics, image_format)
-    calibration_files = _write_calibration(well_dir, plan, prediction) if save_calibration else {}
+    files = write_statistics(well_dir, well.metadata, plan.channels, plan.written, prediction.statistics, image_format,
+                             names)
+    calibration_files = _write_calibration(well_dir, plan, prediction, names) if save_calibration else {}
     panel_files = (_write_panels(well_dir, plan, prediction, simplified_panels, panel_bits) if plan.with_panels
                    else {})
     summary = prediction_summary(
@@ -515,10 +539,13 @@ def _predict_well_files(
 
 
 def read_checked_well(config: config_lib.ExperimentConfig, input_dir: str) -> Any:
-    """Reads a well with the model's channels and normalisation; rejects too many z slices (`check_z`)."""
+    """Reads a well with the model's channels, channel map and normalisation; rejects too many z slices (`check_z`)."""
+    from isl.data import channel_map as channel_map_lib
     from isl.data import wells as wells_lib
 
-    well = wells_lib.read_well(input_dir, config.channels, ignore_unknown=True, normalization=config.data.normalization)
+    mapping = channel_map_lib.check(config.data.channel_map, config.channels)
+    well = wells_lib.read_well(input_dir, config.channels, ignore_unknown=True, normalization=config.data.normalization,
+                               channel_map=mapping)
     check_z(well, config)
     return well
 
@@ -640,8 +667,9 @@ def write_statistics(
     statistics: Sequence[str],
     images: dict[str, np.ndarray],
     image_format: str,
+    names: str = "lab",
 ) -> dict[str, dict[str, str]]:
-    """One 16-bit image per channel and statistic, in the lab's naming (`output_name`).
+    """One 16-bit image per channel and statistic, named by `output_name` (`names`: lab or short).
 
     Args:
         images: statistic -> `[height, width, len(channels)]` in [0, 1].
@@ -654,18 +682,19 @@ def write_statistics(
     for index, channel in enumerate(channels):
         files[channel] = {}
         for name in statistics:
-            file_name = output_name(metadata, channel, name, extension)
+            file_name = output_name(metadata, channel, name, extension, names)
             _write_statistic(os.path.join(well_dir, file_name), images[name][..., index])
             files[channel][name] = file_name
     return files
 
 
-def _write_calibration(well_dir: str, plan: WellPlan, prediction: predict_lib.Prediction) -> dict[str, dict[str, str]]:
+def _write_calibration(well_dir: str, plan: WellPlan, prediction: predict_lib.Prediction, names: str = "lab"
+                       ) -> dict[str, dict[str, str]]:
     """The float32 calibration TIFFs per channel with truth; returns channel -> key -> file name."""
     if not plan.with_truth:
         return {}
     return write_calibration_maps(well_dir, plan.well.metadata, plan.channels, plan.truth_channels,
-                                  prediction.calibration)
+                                  prediction.calibration, names)
 
 
 def write_calibration_maps(
@@ -674,8 +703,9 @@ def write_calibration_maps(
     channels: Sequence[str],
     truth_channels: Sequence[str],
     maps: dict[str, np.ndarray],
+    names: str = "lab",
 ) -> dict[str, dict[str, str]]:
-    """One float32 TIFF per `CALIBRATION_STATISTICS` key and channel with truth.
+    """One float32 TIFF per `CALIBRATION_STATISTICS` key and channel with truth (`names`: `output_name`'s style).
 
     Args:
         maps: key -> `[height, width, len(channels)]` (NaN where the truth is missing).
@@ -689,7 +719,7 @@ def write_calibration_maps(
             continue
         files[channel] = {}
         for key, statistic in CALIBRATION_STATISTICS.items():
-            file_name = output_name(metadata, channel, statistic, ".tif")
+            file_name = output_name(metadata, channel, statistic, ".tif", names)
             _write_float_tiff(os.path.join(well_dir, file_name), maps[key][..., index])
             files[channel][key] = file_name
     return files
@@ -739,6 +769,10 @@ def prediction_summary(
         "panels": {},
         "ignored_files": list(well.metadata.get("ignored_files", [])),
         "calibration": predictor.calibration_record(),
+        "normalization": predictor.config.data.normalization,
+        "channel_map": list(predictor.config.data.channel_map),
+        "modality": well.metadata.get("modality", ""),
+        "warnings": list(well.metadata.get("warnings", [])),
     }
     summary.update(details)
     return summary
@@ -755,6 +789,46 @@ def _count_runs(
 
 def _safe_name(name: str) -> str:
     return "".join(character if character.isalnum() or character in "-_." else "_" for character in name) or "well"
+
+
+def write_target_panel(
+    well_dir: str,
+    well: Any,
+    config: config_lib.ExperimentConfig,
+    channels: Sequence[str],
+    median: np.ndarray,
+    region: geometry_lib.OutputRegion,
+    bits: int = 16,
+) -> tuple[list[str], dict[str, str]]:
+    """The simplified target error panel (median, truth, median - truth) of a model without 256-bin heads.
+
+    For the read-out and the U-Net regression, which predict no input heads
+    (so no input panel) and no mode (so only the simplified panel).
+
+    Args:
+        median: `[region.height, region.width, len(channels)]` in [0, 1].
+
+    Returns:
+        (the channels with truth, {"target": file name} or {} without truth).
+    """
+    from isl.data import assemble
+    from isl.eval import panels as panels_lib
+
+    height, width = well.inputs.shape[1:]
+    all_targets = config.channels.output_target_channels
+    values, masks = assemble.target_stack(well.targets, config.channels, shape=(height, width))
+    rows = slice(region.row_offset, region.row_offset + region.height)
+    columns = slice(region.column_offset, region.column_offset + region.width)
+    indices = [all_targets.index(channel) for channel in channels]
+    values, masks = values[rows, columns][..., indices], masks[rows, columns][..., indices]
+    with_truth = [index for index in range(len(channels)) if masks[..., index].any()]
+    if not with_truth:
+        return [], {}
+    names = [channels[index] for index in with_truth]
+    panel = panels_lib.error_panel({"median": median[..., with_truth]}, values[..., with_truth],
+                                   masks[..., with_truth], True, row_names=names)
+    path = panels_lib.write_panel(os.path.join(well_dir, TARGET_PANEL), panel, bits)
+    return names, {"target": os.path.basename(path)}
 
 
 def _write_panels(

@@ -226,9 +226,33 @@ class Embedder:
         self.input_size = tile.input_size
         self.output_size = tile.output_size
         self.stride = max(tile.phase, (tile.output_size // tile.phase) * tile.phase)
+        self.phase = tile.phase
         self.num_z_values = config.channels.num_z_values
         self.core = builder.core_model(graph_lib.inference_model(model))
         self.embedding_size = int(self.core.output.shape[-1])
+
+    def crop_for(self, shape: tuple[int, int], window: tuple[int, int, int, int], radius: int = 0
+                 ) -> tuple[int, int, int, int]:
+        """The input crop whose embedding equals the whole image's on `window` widened by `radius`.
+
+        Args:
+            shape: the image's (height, width).
+            window: (row0, row1, column0, column1) inside the image, ends exclusive.
+            radius: extra embedding pixels needed around the window (the
+                read-out's largest box-mean radius).
+
+        Returns:
+            (row0, row1, column0, column1) of the crop: the window plus the
+            network's border and `radius` on each side, clipped to the image,
+            starting on multiples of the shift period (so the tiles align with
+            the whole image's and each embedding pixel is computed from the
+            same inputs as there).
+        """
+        margin = self.border + radius
+        row0, row1, column0, column1 = window
+        top = max(0, row0 - margin) // self.phase * self.phase
+        left = max(0, column0 - margin) // self.phase * self.phase
+        return top, min(shape[0], row1 + margin), left, min(shape[1], column1 + margin)
 
     def num_tiles(self, shape: tuple[int, int]) -> int:
         """Tiles for an image of (height, width)."""

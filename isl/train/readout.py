@@ -88,6 +88,45 @@ def _target_matrix(well: Any, targets: Sequence[str], directory: str) -> np.ndar
     return np.stack([well.targets[name] for name in targets], axis=-1).reshape(-1, len(targets))
 
 
+def _window(well: Any, region: tuple[tuple[int, int], tuple[int, int]] | None, flag: str
+            ) -> tuple[int, int, int, int]:
+    """(row0, row1, column0, column1) of `region` in this well (the whole well for None); InputError outside it."""
+    from isl.data import convert
+
+    height, width = well.inputs.shape[1:]
+    if region is None:
+        return 0, height, 0, width
+    (row0, row1), (column0, column1) = convert._resolve_region(
+        region, height, width, flag, well.metadata.get("directory", well.name))
+    return row0, row1, column0, column1
+
+
+def _region_text(region: tuple[tuple[int, int], tuple[int, int]] | None) -> str | None:
+    if region is None:
+        return None
+    return ",".join(f"{start}:{'' if end == -1 else end}" for start, end in region)
+
+
+def _window_features(
+    embedder: readout_lib.Embedder,
+    well: Any,
+    radii: Sequence[int],
+    region: tuple[tuple[int, int], tuple[int, int]] | None,
+    progress: Callable[[str, int], Callable[[], None]] | None,
+    label: str,
+) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """(`[N, F]` features of the window's pixels, row-major; the window as slices of the well)."""
+    window = _window(well, region, "--region")
+    top, bottom, left, right = embedder.crop_for(well.inputs.shape[1:], window, max(radii))
+    crop = well.inputs[:, top:bottom, left:right]
+    tick = progress(f"{label} {well.name}", embedder.num_tiles(crop.shape[1:])) if progress else None
+    embedding = embedder(crop, tick)
+    features = readout_lib.features(embedding, radii).reshape(embedding.shape[:2] + (-1,))
+    inside = (slice(window[0] - top, window[1] - top), slice(window[2] - left, window[3] - left))
+    window_features = features[inside].reshape(-1, features.shape[-1])
+    return window_features, (slice(window[0], window[1]), slice(window[2], window[3]))
+
+
 def fit(
     model: Any,
     config: config_lib.ExperimentConfig,
@@ -97,6 +136,8 @@ def fit(
     penalty: float = readout_lib.DEFAULT_PENALTY,
     eval_dirs: Sequence[str] = (),
     progress: Callable[[str, int], Callable[[], None]] | None = None,
+    region: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    eval_region: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ) -> readout_lib.Readout:
     """Fits a read-out on `train_dirs` (each the folder of one well) and scores it on `eval_dirs`.
 
@@ -110,6 +151,11 @@ def fit(
         penalty: ridge penalty (on standardized features).
         eval_dirs: well folders to score (Pearson r per target), optional.
         progress: `progress(label, total_tiles)` returns a callback called once per tile.
+        region, eval_region: ((row0, row1), (column0, column1)), -1 = the
+            edge (`isl.data.convert.parse_region`): fit on / score only this
+            window of every training / evaluation well. The core runs on the
+            window plus its context (`Embedder.crop_for`), so the features
+            equal the whole well's there.
 
     Returns:
         The `Readout`; its `record` holds the wells, pixel count, training
@@ -146,13 +192,13 @@ def fit(
     random = np.random.default_rng(0)
     kept_features, kept_targets = [], []
     for (_, well), target_matrix in zip(wells, matrices):
-        tick = progress(f"embed {well.name}", embedder.num_tiles(well.inputs.shape[1:])) if progress else None
-        features = readout_lib.features(embedder(well.inputs, tick), radii)
-        equations.add(features, target_matrix)
-        keep = random.choice(len(features), min(len(features), SPREAD_PIXELS_PER_WELL), replace=False)
-        kept_features.append(features[keep])
+        window_features, inside = _window_features(embedder, well, radii, region, progress, "embed")
+        target_matrix = target_matrix.reshape(well.inputs.shape[1:] + (-1,))[inside].reshape(-1, len(targets))
+        equations.add(window_features, target_matrix)
+        keep = random.choice(len(window_features), min(len(window_features), SPREAD_PIXELS_PER_WELL), replace=False)
+        kept_features.append(window_features[keep])
         kept_targets.append(target_matrix[keep])
-        del features
+        del window_features
     mean, scale, weights, intercept, r_squared = equations.solve(penalty)
     # The spread: ridge of log(residual^2) on the same standardized features, over the kept pixels.
     kept = np.concatenate(kept_features)
@@ -172,9 +218,15 @@ def fit(
     for directory in eval_dirs:
         well = well_lib.read_checked_well(config, directory)
         truth = _target_matrix(well, targets, directory)
-        tick = progress(f"score {well.name}", embedder.num_tiles(well.inputs.shape[1:])) if progress else None
-        value, spread = fitted.predict_distribution(embedder(well.inputs, tick))
-        value, spread = value.reshape(-1, len(targets)), spread.reshape(-1, len(targets))
+        window = _window(well, eval_region, "--eval_region")
+        top, bottom, left, right = embedder.crop_for(well.inputs.shape[1:], window, max(radii))
+        crop = well.inputs[:, top:bottom, left:right]
+        tick = progress(f"score {well.name}", embedder.num_tiles(crop.shape[1:])) if progress else None
+        value, spread = fitted.predict_distribution(embedder(crop, tick))
+        inside = (slice(window[0] - top, window[1] - top), slice(window[2] - left, window[3] - left))
+        value, spread = value[inside].reshape(-1, len(targets)), spread[inside].reshape(-1, len(targets))
+        truth = truth.reshape(well.inputs.shape[1:] + (-1,))[window[0]:window[1], window[2]:window[3]]
+        truth = truth.reshape(-1, len(targets))
         prediction = np.clip(value, 0.0, 1.0)
         scores[directory] = {name: round(metrics.pearson(prediction[:, index], truth[:, index]), 4)
                              for index, name in enumerate(targets)}
@@ -185,6 +237,10 @@ def fit(
         }
     record = {
         "train_dirs": list(train_dirs),
+        "region": _region_text(region),
+        "eval_region": _region_text(eval_region),
+        "normalization": config.data.normalization,
+        "channel_map": list(config.data.channel_map),
         "pixels": int(equations.count),
         "train_r_squared": {name: round(float(value), 4) for name, value in zip(targets, r_squared)},
         "eval_pearson_r": scores,

@@ -188,9 +188,15 @@ def _with_target_statistics(
     if not os.path.isdir(data_dir):
         raise errors.InputError(f"--data_dir {data_dir}: no such directory.")
     means, stds = dense_eval.target_statistics(data_dir, config)
+    # dense_eval gives a channel without training labels mean 0 / std 1 (a real [0, 1] image has std <= 0.5).
+    present = [(name, mean, std) for name, mean, std in zip(config.channels.output_target_channels, means, stds)
+               if (mean, std) != (0.0, 1.0)]
+    absent = [name for name, mean, std in zip(config.channels.output_target_channels, means, stds)
+              if (mean, std) == (0.0, 1.0)]
     log("Regression targets standardized with per-channel mean / std " + ", ".join(
-        f"{name} {mean:.4f} / {std:.4f}"
-        for name, mean, std in zip(config.channels.output_target_channels, means, stds)))
+        f"{name} {mean:.4f} / {std:.4f}" for name, mean, std in present)
+        + (f" ({len(absent)} channel(s) without labels in the training data, left untrained: "
+           f"{', '.join(absent)})" if absent else ""))
     model = dataclasses.replace(config.model, regression_target_mean=means, regression_target_std=stds)
     return dataclasses.replace(config, model=model)
 

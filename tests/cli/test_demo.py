@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from isl.cli import main
 
 
@@ -49,3 +51,34 @@ def test_labelled_targets_are_the_channels_whose_mask_is_set_somewhere():
     labels = np.zeros((2, 8, 8, channels.num_heads, 2), np.float32)
     labels[1, 3, 4, channels.num_input_heads + 1, 1] = 1.0  # One labelled pixel of the second target.
     assert demo.labelled_targets(labels, channels) == [channels.output_target_channels[1]]
+
+
+def test_the_demo_trains_from_a_deterministic_pipeline(monkeypatch):
+    """Issue 27 point 10 (cheap): the demo's dataset function fixes the element order whatever the trainer asks."""
+    from isl import demo
+    from isl.data import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "build_dataset", lambda data_dir, config, **options: calls.append(options))
+    demo.deterministic_dataset("records", None, split="train", seed=7, deterministic=False)
+    assert calls == [{"split": "train", "seed": 7, "deterministic": True}]
+
+
+@pytest.mark.slow
+def test_the_demo_trains_reproducibly_from_its_seed(tmp_path):
+    """Issue 27 point 10: two runs with the same --seed train the same weights (the pipeline is deterministic)."""
+    import numpy as np
+
+    from isl import demo
+    from isl.model import saving
+
+    weights, losses = [], []
+    for name in ("first", "second"):
+        results = demo.run_demo(str(tmp_path / name), steps=["generate", "convert", "train"], num_wells=2,
+                                image_size=120, num_batches=1, train_steps=3, show_progress=False,
+                                log=lambda line: None)
+        losses.append(results["train"]["loss"])
+        model, _ = saving.load_model_dir(str(tmp_path / name / "model"), input_size=None)
+        weights.append([np.asarray(value) for value in model.get_weights()])
+    assert losses[0] == losses[1]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))

@@ -160,11 +160,11 @@ def test_sigterm_between_wells_exits_143_and_keeps_the_finished_well(tiny_model_
     calls = []
     read_well = wells_lib.read_well
 
-    def read_then_stop(directory, channels, ignore_unknown=False, normalization="none"):
+    def read_then_stop(directory, channels, ignore_unknown=False, normalization="none", **options):
         calls.append(normalization)
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGTERM)
-        return read_well(directory, channels, ignore_unknown=ignore_unknown, normalization=normalization)
+        return read_well(directory, channels, ignore_unknown=ignore_unknown, normalization=normalization, **options)
 
     monkeypatch.setattr(wells_lib, "read_well", read_then_stop)
     output_dir = tmp_path / "out"

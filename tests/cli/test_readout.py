@@ -67,9 +67,21 @@ def test_fit_then_predict_with_the_readout_folder(tiny_model_dir, plate, tmp_pat
     code, out, err = run_isl(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
                               f"--output_dir={predictions}", "--statistics=entropy", "--noprogress"], capsys)
     assert code == 2 and "not entropy" in err
+    # --region (issue 27): the window's pixels equal the whole well's, from a core run on the window plus context.
     code, out, err = run_isl(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
-                              f"--output_dir={predictions}", "--region=0:20,0:20", "--noprogress"], capsys)
-    assert code == 2 and "whole wells" in err
+                              f"--output_dir={tmp_path / 'window'}", "--region=5:25,30:", "--channels=MAP2_CONFOCAL",
+                              "--noprogress", "--json"], capsys)
+    assert code == 0, err
+    (window_well,) = json.loads(out.strip().splitlines()[-1])["wells"]
+    window = images.to_float(images.read_image(os.path.join(window_well["well_dir"],
+                                                            window_well["files"]["MAP2_CONFOCAL"]["median"])))
+    assert window.shape == (20, 14)
+    np.testing.assert_allclose(window, written[5:25, 30:], atol=2e-5)
+    record = json.load(open(os.path.join(window_well["well_dir"], "prediction.json")))
+    assert record["region"] == {"row_offset": 5, "column_offset": 30, "height": 20, "width": 14}
+    code, out, err = run_isl(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",
+                              f"--output_dir={predictions}", "--border=valid", "--noprogress"], capsys)
+    assert code == 2 and "--border=valid applies to the network's own heads" in err
     code, _, err = run_isl(["export", f"--model_dir={output}", f"--export_dir={tmp_path / 'exported'}"], capsys)
     assert code == 2 and "read-out" in err and not (tmp_path / "exported").exists()
 
