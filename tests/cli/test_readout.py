@@ -171,3 +171,6 @@ def test_a_readout_is_calibrated_with_a_spread_scale_or_conditional_histograms(t
     assert row["information_gain_bits"] > raw_row["information_gain_bits"]
     np.testing.assert_array_equal(mixed["median"], raw["median"])
     assert not np.allclose(mixed["q05"], raw["q05"], atol=1e-3)
+    # A window (isl predict --region) gets the same mixture as the whole field there.
+    window, _ = predict("window", "--region=10:30,5:35")
+    np.testing.assert_allclose(window["q05"], mixed["q05"][10:30, 5:35], atol=1 / 255 + 1e-6)
