@@ -144,10 +144,13 @@ def calibration_note(predictor: Any) -> str:
         return "Uncalibrated (--nocalibration): the model folder's calibration.json is not applied."
     if predictor.calibration_in_graph:
         return "Calibrated: the export applies its calibration inside the graph."
-    name = "temperature" if calibration.route == "heads" else "spread scale"
-    values = ", ".join(f"{channel} {value:.3f}" for channel, parameters in calibration.channels.items()
-                       for value in parameters.values())
-    return f"Calibrated (calibration.json, {name} per channel): {values}."
+    if calibration.route == "heads":
+        values = ", ".join(f"{channel} {calibration.temperature(channel):.3f}" for channel in calibration.channels)
+        return f"Calibrated (calibration.json, temperature per channel): {values}."
+    values = ", ".join(f"{channel} {calibration.spread_scale(channel):.3f}" for channel in calibration.channels)
+    mixed = [channel for channel, parameters in calibration.channels.items() if "histograms" in parameters]
+    note = f"; conditional histograms of the true levels for {', '.join(mixed)}" if mixed else ""
+    return f"Calibrated (calibration.json, spread scale per channel): {values}{note}."
 
 
 # Flags a kind of model cannot honour: name -> (the value that changes nothing, why). Given another value,

@@ -1,4 +1,4 @@
-"""Calibration after training: fit per channel a temperature (256-bin heads) or a spread scale (read-out).
+"""Calibration after training: per channel a temperature (256-bin heads) or a spread scale and histograms (read-out).
 
 A trained network's distributions can be too sharp (overconfident) or too
 wide; on held-out rows of the real sample the shipped heads' 90% intervals held
@@ -10,7 +10,10 @@ the weights:
   `T` per target channel. `T > 1` widens, `T < 1` sharpens; the argmax is
   unchanged, the median moves little.
 * **read-out** (a normal distribution per pixel, `isl.model.readout`):
-  `N(value, (s * spread)^2)` with one spread scale `s` per channel.
+  `N(value, (s * spread)^2)` with one spread scale `s` per channel, mixed
+  with conditional histograms of the true levels (`fit_readout`): a
+  stain's background level, which holds up to 42% of its pixels, gets
+  the mass a smooth curve cannot give it.
 
 Each parameter minimises the mean negative log-likelihood of the true 8-bit
 bins over the validation pixels (a strictly proper score, so the fit asks for
@@ -44,6 +47,12 @@ MAX_FIT_PIXELS = 200_000
 SEARCH_RANGE = (1 / 20, 20.0)
 SEARCH_ITERATIONS = 40
 SAMPLE_SEED = 0
+# The read-out's conditional histograms (`fit_readout`): equal-count groups of the predicted value and of the
+# predicted spread, a pseudo count per bin, and rounds of coordinate descent of the weights and the scale.
+HISTOGRAM_VALUE_GROUPS = 16
+HISTOGRAM_SPREAD_GROUPS = 2
+HISTOGRAM_PSEUDO_COUNT = 1.0
+HISTOGRAM_ROUNDS = 3
 # Output rows of one strip of the heads' run: bounds the `[rows, W, heads, 256]` log-probabilities held.
 STRIP_BYTES = 256e6
 
@@ -80,21 +89,135 @@ def fit_temperature(log_probabilities: np.ndarray, bins: np.ndarray) -> float:
     return golden_section(lambda value: tempered_nll(log_probabilities, bins, value), *SEARCH_RANGE)
 
 
-def gaussian_nll(value: np.ndarray, spread: np.ndarray, bins: np.ndarray, scale: float,
-                 num_classes: int = 256) -> float:
-    """Mean `-ln P(bin)` of N(value, (scale * spread)^2) clipped to [0, 1] on the 8-bit bins (nats)."""
+def gaussian_bin_probability(value: np.ndarray, spread: np.ndarray, bins: np.ndarray, scale: float,
+                             num_classes: int = 256) -> np.ndarray:
+    """`P(bin)` of N(value, (scale * spread)^2) clipped to [0, 1] on the 8-bit bins, per pixel `[N]`."""
     from scipy.special import ndtr
 
     top = num_classes - 1
     sigma = np.maximum(spread.astype(np.float64) * scale, 1e-6)
     upper = np.where(bins >= top, 1.0, ndtr(((bins + 0.5) / top - value) / sigma))
     lower = np.where(bins <= 0, 0.0, ndtr(((bins - 0.5) / top - value) / sigma))
-    return float(-np.log(np.maximum(upper - lower, calibration_lib.PROBABILITY_FLOOR)).mean())
+    return upper - lower
 
 
-def fit_spread_scale(value: np.ndarray, spread: np.ndarray, bins: np.ndarray) -> float:
-    """The spread scale minimising `gaussian_nll` on these pixels."""
-    return golden_section(lambda scale: gaussian_nll(value, spread, bins, scale), *SEARCH_RANGE)
+def gaussian_nll(value: np.ndarray, spread: np.ndarray, bins: np.ndarray, scale: float,
+                 num_classes: int = 256, weight: np.ndarray | None = None,
+                 histogram_probability: np.ndarray | None = None) -> float:
+    """Mean `-ln P(bin)` of N(value, (scale * spread)^2) clipped to [0, 1] on the 8-bit bins (nats).
+
+    With `weight` and `histogram_probability` (`[N]`: each pixel's histogram's
+    probability of its true bin), of the mixture `(1 - w) N + w H`.
+    """
+    probability = gaussian_bin_probability(value, spread, bins, scale, num_classes)
+    if weight is not None and histogram_probability is not None:
+        probability = (1.0 - weight) * probability + weight * histogram_probability
+    return float(-np.log(np.maximum(probability, calibration_lib.PROBABILITY_FLOOR)).mean())
+
+
+def fit_spread_scale(value: np.ndarray, spread: np.ndarray, bins: np.ndarray, weight: np.ndarray | None = None,
+                     histogram_probability: np.ndarray | None = None) -> float:
+    """The spread scale minimising `gaussian_nll` on these pixels (of the mixture, if given)."""
+    return golden_section(
+        lambda scale: gaussian_nll(value, spread, bins, scale, weight=weight,
+                                   histogram_probability=histogram_probability), *SEARCH_RANGE)
+
+
+def fit_mixture_weight(probability: np.ndarray, histogram_probability: np.ndarray) -> float:
+    """The weight `w` in [0, 1] maximising `mean ln((1 - w) p + w h)` over these pixels.
+
+    The log-likelihood is concave in `w`, so the root of its derivative
+    `mean((h - p) / ((1 - w) p + w h))` is found by bisection (0 or 1 when the
+    derivative does not change sign).
+
+    Args:
+        probability: `[N]`, the normal curve's probability of each true bin.
+        histogram_probability: `[N]`, the histogram's (positive).
+    """
+    if probability.size == 0:
+        return 0.0
+    p = np.maximum(probability.astype(np.float64), calibration_lib.PROBABILITY_FLOOR)
+    h = np.maximum(histogram_probability.astype(np.float64), calibration_lib.PROBABILITY_FLOOR)
+
+    def slope(weight: float) -> float:
+        return float(((h - p) / ((1.0 - weight) * p + weight * h)).mean())
+
+    low, high = 0.0, 1.0
+    if slope(low) <= 0:
+        return 0.0
+    if slope(high) >= 0:
+        return 1.0
+    for _ in range(SEARCH_ITERATIONS + 10):
+        middle = (low + high) / 2
+        low, high = (middle, high) if slope(middle) > 0 else (low, middle)
+    return (low + high) / 2
+
+
+def equal_count_edges(values: np.ndarray, groups: int) -> list[float]:
+    """Interior edges of `groups` equal-count groups of `values` (distinct, increasing; fewer when tied)."""
+    return [float(edge) for edge in np.unique(np.quantile(values, np.arange(1, groups) / groups))]
+
+
+def group_histograms(bins: np.ndarray, group: np.ndarray, num_groups: int,
+                     pseudo_count: float = HISTOGRAM_PSEUDO_COUNT, num_classes: int = 256) -> np.ndarray:
+    """`[num_groups, C]`: per group, the histogram of its true bins, `pseudo_count` added to every bin."""
+    counts = np.zeros((num_groups, num_classes))
+    np.add.at(counts, (group, bins), 1.0)
+    counts += pseudo_count
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+def fit_readout(
+    value: np.ndarray, spread: np.ndarray, bins: np.ndarray, histograms: bool = True,
+    value_groups: int = HISTOGRAM_VALUE_GROUPS, spread_groups: int = HISTOGRAM_SPREAD_GROUPS,
+) -> dict[str, Any]:
+    """A read-out channel's calibration: its spread scale and, with `histograms`, conditional histograms.
+
+    Without histograms: the spread scale minimising `gaussian_nll`. With them
+    (`isl.io.calibration_file.ReadoutDistribution`): the pixels are grouped by
+    their predicted value (`value_groups` equal-count groups) and spread
+    (`spread_groups`); per group, the histogram of the true 8-bit levels
+    (`group_histograms`, +1 per bin) is mixed with the normal curve, with a
+    weight per group. The stains' background level (up to 42% of a
+    channel's pixels on one level) then gets the mass a smooth curve cannot
+    give it. The weights and the scale minimise the NLL by coordinate descent
+    (`HISTOGRAM_ROUNDS` rounds), each pixel's histogram probability
+    **cross-fitted**: the first half of the pixels (in the order given, the
+    top rows of the split) is scored by the second half's histograms and vice
+    versa, so a weight measures how well a group's histogram carries to
+    other rows, not how well it fits its own pixels (which would always
+    favour `w = 1`). The stored histograms are those of all the pixels.
+
+    Args:
+        value, spread, bins: `[N]`, the read-out's value, spread and the true bins.
+
+    Returns:
+        The channel's parameters (`isl.io.calibration_file`).
+    """
+    from isl.io import calibration_file
+
+    scale = fit_spread_scale(value, spread, bins)
+    if not histograms:
+        return {"spread_scale": round(scale, 5)}
+    parameters: dict[str, Any] = {"value_edges": equal_count_edges(value, value_groups),
+                                  "spread_edges": equal_count_edges(spread, spread_groups)}
+    num_groups = (len(parameters["value_edges"]) + 1) * (len(parameters["spread_edges"]) + 1)
+    group = calibration_file.histogram_group(parameters, value, spread)
+    second = np.arange(len(bins)) >= len(bins) // 2
+    first_table = group_histograms(bins[~second], group[~second], num_groups)
+    second_table = group_histograms(bins[second], group[second], num_groups)
+    crossed = np.where(second, first_table[group, bins], second_table[group, bins])
+    weights = np.zeros(num_groups)
+    for round_index in range(HISTOGRAM_ROUNDS):
+        if round_index:
+            scale = fit_spread_scale(value, spread, bins, weights[group], crossed)
+        probability = gaussian_bin_probability(value, spread, bins, scale)
+        weights = np.array([fit_mixture_weight(probability[group == index], crossed[group == index])
+                            for index in range(num_groups)])
+    table = group_histograms(bins, group, num_groups)
+    return {"spread_scale": round(scale, 5), **parameters,
+            "histogram_weights": [round(float(weight), 5) for weight in weights],
+            "histograms": [[round(float(probability), 8) for probability in row] for row in table]}
 
 
 def _sample(count: int, limit: int = MAX_FIT_PIXELS) -> np.ndarray:
@@ -239,10 +362,11 @@ def _scores_heads(log_probabilities: np.ndarray, bins: np.ndarray, temperature: 
                                                         marginal=histogram))
 
 
-def _scores_readout(value: np.ndarray, spread: np.ndarray, bins: np.ndarray, scale: float,
+def _scores_readout(value: np.ndarray, spread: np.ndarray, bins: np.ndarray, parameters: dict[str, Any],
                     histogram: np.ndarray) -> dict[str, float]:
-    """Validation figures of the scaled read-out."""
-    probability, below, crps = calibration_lib.gaussian_bin_statistics(value, spread * scale, bins / 255)
+    """Validation figures of the calibrated read-out (`parameters` as `calibration_file.ReadoutDistribution`)."""
+    distribution = calibration_file.ReadoutDistribution.of(parameters, value, spread)
+    probability, below, crps = distribution.bin_statistics(bins / 255)
     return _summary(calibration_lib.calibration_metrics(probability, below, crps=crps, true_bins=bins,
                                                         marginal=histogram))
 
@@ -261,6 +385,7 @@ def calibrate(
     channels: Sequence[str] | None = None,
     min_pixels: int = MIN_PIXELS,
     progress: Callable[[], None] | None = None,
+    readout_histograms: bool = True,
 ) -> calibration_file.Calibration:
     """Fits the calibration of a loaded model directory (`isl.infer.well.load_predictor`) on a validation region.
 
@@ -271,6 +396,8 @@ def calibrate(
         train_dirs, train_region: where the training labels are, for the marginal histogram.
         channels: target channels (default: the read-out's, or the model's trained ones).
         min_pixels: the least validation pixels with truth per channel.
+        readout_histograms: a read-out's normal curve is mixed with conditional
+            histograms of the true levels (`fit_readout`); False: the spread scale only.
 
     Raises:
         InputError: for a model without a distribution, a split without
@@ -321,11 +448,10 @@ def calibrate(
     else:
         collected = collect_readout(predictor, well, window, chosen, progress)
         for channel, (value, spread, bins) in collected.items():
-            scale = fit_spread_scale(value, spread, bins)
             histogram = np.asarray(histograms[channel])
-            parameters[channel] = {"spread_scale": round(scale, 5)}
-            scores[channel] = {"before": _scores_readout(value, spread, bins, 1.0, histogram),
-                               "after": _scores_readout(value, spread, bins, scale, histogram)}
+            parameters[channel] = fit_readout(value, spread, bins, readout_histograms)
+            scores[channel] = {"before": _scores_readout(value, spread, bins, {}, histogram),
+                               "after": _scores_readout(value, spread, bins, parameters[channel], histogram)}
 
     return calibration_file.Calibration(
         route=route,

@@ -196,22 +196,50 @@ def gaussian_bin_probabilities(mean: np.ndarray, std: np.ndarray, num_classes: i
     return np.diff(cumulative, axis=-1, prepend=0.0)
 
 
+def mixture_bin_probabilities(
+    mean: np.ndarray, std: np.ndarray, weight: np.ndarray | None = None, histograms: np.ndarray | None = None,
+    num_classes: int = 256,
+) -> np.ndarray:
+    """`(1 - w) * gaussian_bin_probabilities(mean, std) + w * histograms`: `[N]` ... -> `[N, C]`.
+
+    The calibrated read-out's distribution (`isl.io.calibration_file.ReadoutDistribution`):
+    its normal curve mixed with a 256-bin histogram per pixel (`histograms`
+    `[N, C]`, each summing to 1) with weight `w` `[N]`. Without them, the normal curve alone.
+    """
+    probabilities = gaussian_bin_probabilities(mean, std, num_classes)
+    if weight is None or histograms is None:
+        return probabilities
+    weight = np.asarray(weight, dtype=np.float64)[..., np.newaxis]
+    return (1.0 - weight) * probabilities + weight * np.asarray(histograms, dtype=np.float64)
+
+
 def gaussian_bin_statistics(
-    mean: np.ndarray, std: np.ndarray, true_values: np.ndarray, num_classes: int = 256, chunk: int = 16384
+    mean: np.ndarray, std: np.ndarray, true_values: np.ndarray, num_classes: int = 256, chunk: int = 16384,
+    weight: np.ndarray | None = None, group: np.ndarray | None = None, histograms: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(p, F, CRPS) at the true bins of `gaussian_bin_probabilities`; float32, the inputs' shape.
 
-    NaN where `true_values` is NaN. Computed `chunk` pixels at a time (a
-    `[chunk, C]` array), so a whole well needs little memory.
+    With `weight` and `group` (the inputs' shape) and `histograms` `[G, C]`,
+    of `mixture_bin_probabilities` with pixel i's histogram `histograms[group[i]]`
+    (a calibrated read-out). NaN where `true_values` is NaN. Computed
+    `chunk` pixels at a time (a `[chunk, C]` array), so a whole well needs
+    little memory.
     """
     mean, std, truth = (np.asarray(array, dtype=np.float64) for array in (mean, std, true_values))
     shape = truth.shape
     mean, std, truth = (np.broadcast_to(array, shape).reshape(-1) for array in (mean, std, truth))
+    mixed = weight is not None and group is not None and histograms is not None
+    if mixed:
+        weight = np.broadcast_to(np.asarray(weight, dtype=np.float64), shape).reshape(-1)
+        group = np.broadcast_to(np.asarray(group), shape).reshape(-1)
+        histograms = np.asarray(histograms, dtype=np.float64)
     results = [np.full(truth.size, np.nan, np.float32) for _ in range(3)]
     known = np.flatnonzero(np.isfinite(truth))
     for first in range(0, known.size, chunk):
         index = known[first : first + chunk]
-        probabilities = gaussian_bin_probabilities(mean[index], std[index], num_classes)
+        probabilities = mixture_bin_probabilities(
+            mean[index], std[index], weight[index] if mixed else None,
+            histograms[group[index]] if mixed else None, num_classes)
         probability, below = bin_statistics(probabilities, truth[index])
         results[0][index] = probability
         results[1][index] = below

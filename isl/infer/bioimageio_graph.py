@@ -247,6 +247,13 @@ def _readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
     size, count = embedder.embedding_size, len(readout.targets)
     weights, bias = readout.distribution_maps()  # [F, 2T], [2T]
     calibration = predictor.applied_calibration  # isl calibrate's spread scales, as `isl predict` applies them.
+    mixed = [] if calibration is None else [channel for channel in readout.targets
+                                            if "histograms" in calibration.channels.get(channel, {})]
+    if mixed:
+        raise errors.InputError(
+            f"{predictor.source}: its calibration.json mixes conditional histograms into the read-out's normal "
+            f"distribution ({', '.join(mixed)}), which a bioimage.io package does not carry yet. Package it with a "
+            "spread scale alone: isl calibrate ... --noreadout_histograms, then export again.")
     spread_scales = tf.constant([1.0 if calibration is None else calibration.spread_scale(channel)
                                  for channel in readout.targets], tf.float32)
     weights, bias = tf.constant(weights), tf.constant(bias)

@@ -20,6 +20,7 @@ import numpy as np
 from isl import config as config_lib
 from isl import errors
 from isl import progress as progress_lib
+from isl.io import calibration_file
 from isl.io import prediction_file
 from isl.model import geometry as geometry_lib
 from isl.model import readout as readout_lib
@@ -107,18 +108,15 @@ def predict_well(
     num_tiles = embedder.num_tiles(crop.shape[1:])
     with progress_lib.Progress(num_tiles, f"predict {well.name}", enabled=progress_enabled) as bar:
         embedding = embedder(crop, lambda: bar.update(1))
-    value, spread = readout.predict_distribution(embedding)
-    calibration = predictor.applied_calibration
-    if calibration is not None:  # isl calibrate's spread scales (isl.io.calibration_file).
-        spread = spread * np.array([calibration.spread_scale(channel) for channel in readout.targets], np.float32)
-    inside = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
-    value, spread = value[inside], spread[inside]
-    computed = readout_lib.statistic_images(value, spread, tuple(dict.fromkeys(names + ("median",))))
-    seconds = time.perf_counter() - start
     columns = [readout.targets.index(channel) for channel in chosen]
+    value, spread = readout.predict_distribution(embedding)
+    inside = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
+    value, spread = value[inside][..., columns], spread[inside][..., columns]
+    distributions = calibrated_distributions(predictor.applied_calibration, chosen, value, spread)
+    images = statistic_images(distributions, tuple(dict.fromkeys(names + ("median",))))
+    seconds = time.perf_counter() - start
     well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
     os.makedirs(well_dir, exist_ok=True)
-    images = {name: image[..., columns] for name, image in computed.items()}
     files = well_lib.write_statistics(well_dir, well.metadata, chosen, names, images, image_format, file_names)
     region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
     truth_channels, panel_files, calibration_files = [], {}, {}
@@ -126,8 +124,7 @@ def predict_well(
         truth_channels, panel_files = well_lib.write_target_panel(well_dir, well, predictor.config, chosen,
                                                                   images["median"], region, panel_bits)
     if save_calibration:
-        truth_channels, maps = calibration_maps(predictor.config, well, chosen, value[..., columns],
-                                                spread[..., columns], region)
+        truth_channels, maps = calibration_maps(predictor.config, well, chosen, distributions, region)
         calibration_files = well_lib.write_calibration_maps(well_dir, well.metadata, chosen, truth_channels, maps,
                                                             file_names)
     summary = well_lib.prediction_summary(
@@ -141,23 +138,55 @@ def predict_well(
     return summary
 
 
-def calibration_maps(
-    config: config_lib.ExperimentConfig, well: Any, channels: Sequence[str], value: np.ndarray, spread: np.ndarray,
-    region: geometry_lib.OutputRegion | None = None,
-) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The channels with truth and their calibration maps of N(value, spread^2) clipped to [0, 1].
+def calibrated_distributions(
+    calibration: Any, channels: Sequence[str], value: np.ndarray, spread: np.ndarray
+) -> list[calibration_file.ReadoutDistribution]:
+    """Per channel, the read-out's per-pixel distribution as `isl calibrate` shaped it.
 
     Args:
-        value, spread: `[H, W, len(channels)]`, the read-out's centre and spread over `region` of the
-            well (None: the whole well).
+        calibration: the applied `calibration_file.Calibration`, or None (as fitted).
+        value, spread: `[H, W, len(channels)]`, from `Readout.predict_distribution`.
+    """
+    return [calibration_file.ReadoutDistribution.of(
+        {} if calibration is None else calibration.channels.get(channel, {}), value[..., index], spread[..., index])
+        for index, channel in enumerate(channels)]
+
+
+def statistic_images(
+    distributions: Sequence[calibration_file.ReadoutDistribution], statistics: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """name -> `[H, W, len(distributions)]` float32: each channel's statistics (`readout_lib.statistic_images`,
+    or `readout_lib.bin_statistic_images` for one with conditional histograms)."""
+    per_channel = []
+    for distribution in distributions:
+        if distribution.mixed:
+            per_channel.append(readout_lib.bin_statistic_images(distribution, statistics))
+        else:
+            images = readout_lib.statistic_images(distribution.value[..., None], distribution.spread[..., None],
+                                                  statistics)
+            per_channel.append({name: image[..., 0] for name, image in images.items()})
+    return {name: np.stack([images[name] for images in per_channel], axis=-1).astype(np.float32)
+            for name in per_channel[0]}
+
+
+def calibration_maps(
+    config: config_lib.ExperimentConfig, well: Any, channels: Sequence[str],
+    distributions: Sequence[calibration_file.ReadoutDistribution], region: geometry_lib.OutputRegion | None = None,
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The channels with truth and their calibration maps of each channel's distribution.
+
+    Args:
+        distributions: per channel, `[H, W]` over `region` of the well (None: the whole well)
+            (`calibrated_distributions`): N(value, spread^2) clipped to [0, 1], or its mixture with
+            conditional histograms.
 
     Returns:
         (channels with any labelled pixel, key -> `[H, W, len(channels)]` float32,
         NaN where the truth is missing), keys as `isl.infer.well.CALIBRATION_STATISTICS`.
     """
     from isl.data import assemble
-    from isl.eval import calibration as calibration_lib
 
+    shape = distributions[0].value.shape + (len(channels),)
     values, masks = assemble.target_stack(well.targets, config.channels, shape=tuple(well.inputs.shape[1:]))
     if region is not None:
         rows = slice(region.row_offset, region.row_offset + region.height)
@@ -165,7 +194,7 @@ def calibration_maps(
         values, masks = values[rows, columns], masks[rows, columns]
     targets = config.channels.output_target_channels
     keys = ("true_bin_probability", "cdf_below_true", "crps")
-    maps = {key: np.full(value.shape, np.nan, np.float32) for key in keys}
+    maps = {key: np.full(shape, np.nan, np.float32) for key in keys}
     truth_channels = []
     for index, channel in enumerate(channels):
         column = targets.index(channel)
@@ -174,7 +203,6 @@ def calibration_maps(
             continue
         truth_channels.append(channel)
         truth = np.where(known, values[..., column], np.nan)
-        for key, image in zip(keys, calibration_lib.gaussian_bin_statistics(value[..., index], spread[..., index],
-                                                                            truth)):
+        for key, image in zip(keys, distributions[index].bin_statistics(truth)):
             maps[key][..., index] = image
     return truth_channels, maps

@@ -364,6 +364,53 @@ def statistic_tensors(value: Any, spread: Any, statistics: Sequence[str]) -> dic
     return {name: tf.minimum(spread, 1.0) if name == "std" else clipped for name in statistics}
 
 
+def bin_statistic_images(
+    distribution: Any, statistics: Sequence[str], chunk: int = 16384
+) -> dict[str, np.ndarray]:
+    """Per-pixel statistics of a 256-bin distribution per pixel (a calibrated read-out's), by the heads' rules.
+
+    A quantile q is the number of bins whose cumulative probability is < q,
+    over 255 (`isl.infer.predict.quantile_indices`, the paper's median rule);
+    the mean and std are the bins' moments (bin k at k / 255). The median
+    is the read-out's own value (clipped), not the bins' median: `isl calibrate`
+    reshapes the distribution's tails and background, and the ridge value
+    keeps the better Pearson r (BUILD_NOTES, Session 7, issue 26 follow-up).
+
+    Args:
+        distribution: `isl.io.calibration_file.ReadoutDistribution` of one channel, `[H, W]`.
+        statistics: names among `STATISTICS` and quantiles "qNN".
+
+    Returns:
+        name -> `[H, W]` float32 in [0, 1].
+    """
+    from isl.model import statistic_names
+
+    check_statistics(statistics)
+    names = [name.strip() for name in statistics if name.strip()]
+    shape = distribution.value.shape
+    size = int(np.prod(shape))
+    images = {name: np.zeros(size, np.float32) for name in names}
+    levels = np.arange(256) / 255.0
+    if names == ["median"] * len(names):  # The read-out's value: no bins to build.
+        return {name: np.clip(distribution.value, 0.0, 1.0).astype(np.float32) for name in names}
+    for first in range(0, size, chunk):
+        index = np.arange(first, min(size, first + chunk))
+        probabilities = distribution.bin_probabilities(index)
+        cumulative = np.cumsum(probabilities, axis=-1)
+        mean = probabilities @ levels
+        for name in names:
+            if name == "median":
+                images[name][index] = np.clip(distribution.value.reshape(-1)[index], 0.0, 1.0)
+            elif name == "mean":
+                images[name][index] = mean
+            elif name == "std":
+                images[name][index] = np.sqrt(np.maximum(probabilities @ levels**2 - mean**2, 0.0))
+            else:
+                level = int(name[len(statistic_names.QUANTILE_PREFIX):]) / 100
+                images[name][index] = np.minimum((cumulative < level).sum(axis=-1), 255) / 255.0
+    return {name: image.reshape(shape) for name, image in images.items()}
+
+
 def interval_coverage(value: np.ndarray, spread: np.ndarray, truth: np.ndarray, level: float) -> float:
     """The fraction of `truth` inside the central `level` interval of N(value, spread^2) (clipped to [0, 1])."""
     from statistics import NormalDist

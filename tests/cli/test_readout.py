@@ -112,36 +112,65 @@ def test_an_existing_folder_that_is_not_a_readout_is_never_replaced(tiny_model_d
     assert code == 2 and "not --model_dir" in err
 
 
-def test_a_readout_is_calibrated_with_a_spread_scale_and_writes_calibration_maps(tiny_model_dir, plate, tmp_path,
-                                                                                 capsys):
+def test_a_readout_is_calibrated_with_a_spread_scale_or_conditional_histograms(tiny_model_dir, plate, tmp_path,
+                                                                                capsys):
     from isl.io import calibration_file
 
     output = str(tmp_path / "readout_model")
     code, out, _ = run_isl(["readout", f"--model_dir={tiny_model_dir}", f"--train_dir={plate / 'a'}", "--radii=1",
                             "--targets=DAPI_CONFOCAL", "--noprogress", f"--output_dir={output}"], capsys)
     assert code == 0, out
-    code, out, _ = run_isl(["calibrate", f"--model_dir={output}", f"--data_dir={plate / 'b'}", "--region=0:40,0:44",
-                            f"--train_dir={plate / 'a'}", "--train_region=0:40,0:44", "--min_pixels=1000"], capsys)
+    calibrate = ["calibrate", f"--model_dir={output}", f"--data_dir={plate / 'b'}", "--region=0:40,0:44",
+                 f"--train_dir={plate / 'a'}", "--train_region=0:40,0:44", "--min_pixels=1000"]
+
+    said = {}
+
+    def predict(name: str, *flags: str) -> tuple[dict, dict]:
+        predictions = str(tmp_path / name)
+        code, out, _ = run_isl(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}", "--noprogress",
+                                f"--output_dir={predictions}", "--statistics=median,std,q05", "--json", *flags],
+                               capsys)
+        assert code == 0, out
+        said[name] = out
+        (well,) = json.loads(out.strip().splitlines()[-1])["wells"]
+        assert set(well["calibration_files"]["DAPI_CONFOCAL"]) == {"true_bin_probability", "cdf_below_true", "crps"}
+        code, out, _ = run_isl(["evaluate", f"--predictions_dir={predictions}", f"--truth_dir={plate / 'b'}",
+                                "--json"], capsys)
+        assert code == 0, out
+        return ({statistic: images.to_float(images.read_image(os.path.join(well["well_dir"], file)))
+                 for statistic, file in well["files"]["DAPI_CONFOCAL"].items()},
+                json.loads(out.strip().splitlines()[-1])["rows"][0])
+
+    # The spread scale alone (as before the conditional histograms; such a record still loads).
+    code, out, _ = run_isl([*calibrate, "--noreadout_histograms"], capsys)
     assert code == 0, out
+    raw, raw_row = predict("raw", "--nocalibration")
     record = calibration_file.read(output)
     assert record.route == "readout" and set(record.channels) == {"DAPI_CONFOCAL"}
+    assert set(record.channels["DAPI_CONFOCAL"]) == {"spread_scale"}
     scale = record.channels["DAPI_CONFOCAL"]["spread_scale"]
     before, after = (record.scores["DAPI_CONFOCAL"][key] for key in ("before", "after"))
     assert after["nll_nats"] <= before["nll_nats"] + 1e-9 and scale != 1.0
-    runs = {}
-    for name, flags in (("calibrated", []), ("raw", ["--nocalibration"])):
-        predictions = str(tmp_path / name)
-        code, out, _ = run_isl(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}", "--noprogress",
-                                f"--output_dir={predictions}", "--statistics=median,std", "--json", *flags], capsys)
-        assert code == 0, out
-        (well,) = json.loads(out.strip().splitlines()[-1])["wells"]
-        assert set(well["calibration_files"]["DAPI_CONFOCAL"]) == {"true_bin_probability", "cdf_below_true", "crps"}
-        runs[name] = images.to_float(images.read_image(os.path.join(well["well_dir"],
-                                                                    well["files"]["DAPI_CONFOCAL"]["std"])))
-    unclipped = runs["raw"] < 0.5
-    np.testing.assert_allclose(runs["calibrated"][unclipped], runs["raw"][unclipped] * scale, atol=2e-4)
-    code, out, _ = run_isl(["evaluate", f"--predictions_dir={tmp_path / 'calibrated'}", f"--truth_dir={plate / 'b'}",
-                            "--json"], capsys)
-    row = json.loads(out.strip().splitlines()[-1])["rows"][0]
-    assert row["calibrated"] is True
+    scaled, row = predict("scaled")
+    unclipped = raw["std"] < 0.5
+    np.testing.assert_allclose(scaled["std"][unclipped], raw["std"][unclipped] * scale, atol=2e-4)
+    assert row["calibrated"] is True and raw_row["calibrated"] is False
     assert row["information_gain_bits"] == pytest.approx(after["information_gain_bits"], abs=2e-3)
+    # The default: conditional histograms mixed into the normal curve.
+    code, out, _ = run_isl(calibrate, capsys)
+    assert code == 0 and "conditional histograms of" in out, out
+    parameters = calibration_file.read(output).channels["DAPI_CONFOCAL"]
+    assert {"histograms", "histogram_weights", "value_edges", "spread_edges"} <= set(parameters)
+    before, after = (calibration_file.read(output).scores["DAPI_CONFOCAL"][key] for key in ("before", "after"))
+    assert after["nll_nats"] < before["nll_nats"]
+    mixed, row = predict("mixed")
+    assert "conditional histograms of the true levels for DAPI_CONFOCAL" in said["mixed"]
+    # Predict's calibration maps, evaluate and calibrate's own report agree; the median stays the read-out's value.
+    for key in ("information_gain_bits", "coverage_50", "coverage_90", "crps"):
+        assert row[key] == pytest.approx(after[key], abs=2e-3), key
+    assert row["information_gain_bits"] > raw_row["information_gain_bits"]
+    np.testing.assert_array_equal(mixed["median"], raw["median"])
+    assert not np.allclose(mixed["q05"], raw["q05"], atol=1e-3)
+    # A window (isl predict --region) gets the same mixture as the whole field there.
+    window, _ = predict("window", "--region=10:30,5:35")
+    np.testing.assert_allclose(window["q05"], mixed["q05"][10:30, 5:35], atol=1 / 255 + 1e-6)

@@ -289,3 +289,35 @@ def test_the_shipped_checkpoint_passes_bioimageio_test(tmp_path):
                                            sample_origin=(710, 227), test_size=314)
     assert result.test == "passed" and result.test_input_shape == (1, 314, 314, 13)
     assert [warning for warning in result.warnings if MAINTAINER_ALERT not in warning] == []
+
+
+def _calibrated_copy(readout_dir, tmp_path, channels):
+    """A copy of the read-out folder with a hand-written calibration.json (no fingerprint: trusted)."""
+    from isl.io import calibration_file
+
+    directory = str(tmp_path / "calibrated")
+    shutil.copytree(readout_dir, directory)
+    uniform = [1.0 / 256] * 256
+    calibration_file.write(directory, calibration_file.Calibration(
+        "readout", channels, {name: uniform for name in channels}))
+    return directory
+
+
+def test_the_readout_graph_applies_the_spread_scale_and_refuses_histograms(readout_dir, tmp_path, monkeypatch):
+    """isl calibrate's spread scale is in the package graph as in isl predict; a calibration with conditional
+    histograms, which the graph does not carry, is refused with the way out rather than packaged wrong."""
+    monkeypatch.setattr(readout_lib, "TILE_OUTPUT", 72)
+    stack = _stack(64, seed=3)
+    plain = graph_lib.load_package_model(readout_dir).serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
+    scaled_dir = _calibrated_copy(readout_dir, tmp_path, {"DAPI_CONFOCAL": {"spread_scale": 2.0},
+                                                          "MAP2_CONFOCAL": {"spread_scale": 0.5}})
+    scaled = graph_lib.load_package_model(scaled_dir).serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
+    np.testing.assert_allclose(scaled[..., 0], plain[..., 0], atol=1e-6)  # the median is the value
+    np.testing.assert_allclose(scaled[..., 2], np.minimum(plain[..., 2] * 2.0, 1.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scaled[..., 5], np.minimum(plain[..., 5] * 0.5, 1.0), rtol=1e-5, atol=1e-6)
+
+    histograms = {"value_edges": [0.5], "spread_edges": [], "histogram_weights": [0.2, 0.2],
+                  "histograms": [[1.0 / 256] * 256] * 2, "spread_scale": 1.0}
+    mixed_dir = _calibrated_copy(readout_dir, tmp_path / "m", {"DAPI_CONFOCAL": histograms})
+    with pytest.raises(errors.InputError, match="--noreadout_histograms"):
+        graph_lib.load_package_model(mixed_dir)

@@ -149,3 +149,26 @@ def test_a_window_crop_gives_the_whole_images_embedding_there(tiny_config, tiny_
     shifted = embedder(stack[:, top + 1 : bottom, left:right])
     assert not np.allclose(shifted[row0 - top - 1 : row1 - top - 1, column0 - left : column1 - left],
                            whole[row0:row1, column0:column1], atol=1e-4)
+
+
+def test_statistics_of_a_calibrated_readout_come_from_its_bins_by_the_heads_rules():
+    from isl.io import calibration_file
+
+    # Two groups by value (edge 0.5), one by spread; the dark group's histogram is all at level 50, weight 0.6.
+    histograms = np.full((2, 256), 1e-9)
+    histograms[0, 50] = 1.0
+    histograms[1] = 1 / 256
+    histograms /= histograms.sum(axis=1, keepdims=True)
+    parameters = {"spread_scale": 1.0, "value_edges": [0.5], "spread_edges": [], "histogram_weights": [0.6, 0.0],
+                  "histograms": histograms.tolist()}
+    value, spread = np.array([[0.4, 0.7]]), np.array([[0.02, 0.05]])
+    distribution = calibration_file.ReadoutDistribution.of(parameters, value, spread)
+    images = readout_lib.bin_statistic_images(distribution, ["median", "q05", "q95", "mean", "std"], chunk=1)
+    probabilities = distribution.bin_probabilities(np.arange(2))
+    levels = np.arange(256) / 255
+    for name, quantile in (("q05", 0.05), ("q95", 0.95)):  # The number of bins whose cumulative sum is < q.
+        np.testing.assert_allclose(images[name][0], (np.cumsum(probabilities, -1) < quantile).sum(-1) / 255)
+    assert images["q05"][0, 0] == pytest.approx(50 / 255)  # 60% of the dark pixel's mass sits on level 50.
+    np.testing.assert_allclose(images["median"], value)  # The read-out's own value (the better Pearson r).
+    np.testing.assert_allclose(images["mean"][0], probabilities @ levels, rtol=1e-6)
+    np.testing.assert_allclose(images["std"][0, 1], 0.05, rtol=0.02)  # The bright pixel: its normal curve alone.
