@@ -69,6 +69,9 @@ def define_flags(flag_values: Any) -> None:
                          "scale only).", flag_values=flag_values)
     flags.DEFINE_integer("min_pixels", calibrate_lib.MIN_PIXELS, "The least labelled validation pixels per channel.",
                          flag_values=flag_values)
+    from isl.cli import data_flags
+
+    data_flags.define(flag_values, ("normalization", "channel_map", "set"))
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
@@ -91,7 +94,11 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             raise errors.InputError(f"--{flag}={path}: not a folder.")
     if not os.path.isdir(model_dir):
         raise errors.InputError(f"--model_dir={model_dir}: not a folder.")
+    from isl.cli import data_flags
+
     predictor = well_lib.load_predictor(model_dir, apply_calibration=False)
+    # The data contract: the wells are read as the model's config.json records (or the flags say).
+    predictor.config = data_flags.model_config(predictor.config, flag_values, model_dir, "calibrate")
     calibration = calibrate_lib.calibrate(
         predictor, data_dir, flag_values["region"].value, flag_values["train_dir"].value or [data_dir],
         flag_values["train_region"].value, flag_values["channels"].value or None, flag_values["min_pixels"].value,

@@ -245,13 +245,15 @@ def marginal(
         InputError: when a channel has no labelled pixel there.
     """
     from isl.data import assemble
+    from isl.data import channel_map as channel_map_lib
     from isl.data import wells as wells_lib
 
     collected: dict[str, list[np.ndarray]] = {channel: [] for channel in channels}
     targets = config.channels.output_target_channels
+    mapping = channel_map_lib.check(config.data.channel_map, config.channels)  # Read as the model reads wells.
     for directory in train_dirs:
         well = wells_lib.read_well(directory, config.channels, ignore_unknown=True,
-                                   normalization=config.data.normalization)
+                                   normalization=config.data.normalization, channel_map=mapping)
         shape = tuple(well.inputs.shape[1:])
         row0, row1, column0, column1 = region_window(region, shape, "--train_region")
         values, masks = assemble.target_stack(well.targets, config.channels, shape=shape)

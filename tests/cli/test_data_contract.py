@@ -146,6 +146,12 @@ def test_readout_takes_and_records_normalization_map_and_regions(phase_model, br
 
     panel = imageio.imread(os.path.join(well["well_dir"], "target_error_panel.png"))
     assert panel.ndim == 3 and panel.shape[0] > 40
+    # isl calibrate reads the validation and training wells with the recorded map too (it failed on BRIGHTFIELD).
+    code, out, err = run_isl(["calibrate", f"--model_dir={output}", f"--data_dir={bright_field[1]}",
+                              "--region=0:40,:", f"--train_dir={bright_field[0]}", "--train_region=0:40,:",
+                              "--min_pixels=500", "--noreadout_histograms"], capsys)
+    assert code == 0, err
+    assert "spread_scale" in out and os.path.isfile(output / "calibration.json")
 
 
 def test_a_config_without_a_normalization_says_what_is_assumed(phase_model, bright_field, tmp_path, capsys):
