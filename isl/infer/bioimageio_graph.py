@@ -246,14 +246,9 @@ def _readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
     stride, tile_output, border = embedder.stride, embedder.output_size, embedder.border
     size, count = embedder.embedding_size, len(readout.targets)
     weights, bias = readout.distribution_maps()  # [F, 2T], [2T]
-    calibration = predictor.applied_calibration  # isl calibrate's spread scales, as `isl predict` applies them.
-    mixed = [] if calibration is None else [channel for channel in readout.targets
-                                            if "histograms" in calibration.channels.get(channel, {})]
-    if mixed:
-        raise errors.InputError(
-            f"{predictor.source}: its calibration.json mixes conditional histograms into the read-out's normal "
-            f"distribution ({', '.join(mixed)}), which a bioimage.io package does not carry yet. Package it with a "
-            "spread scale alone: isl calibrate ... --noreadout_histograms, then export again.")
+    calibration = predictor.applied_calibration  # isl calibrate's, as `isl predict` applies it.
+    parameters = [{} if calibration is None else calibration.channels.get(channel, {}) for channel in readout.targets]
+    spread_scales = tf.constant([float(values.get("spread_scale", 1.0)) for values in parameters], tf.float32)
     spread_scales = tf.constant([1.0 if calibration is None else calibration.spread_scale(channel)
                                  for channel in readout.targets], tf.float32)
     weights, bias = tf.constant(weights), tf.constant(bias)
@@ -301,13 +296,52 @@ def _readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
             padded = tf.pad(mapped, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
             both += tf.nn.avg_pool2d(padded, 2 * radius + 1, 1, "VALID")
         both += bias
-        value, spread = both[..., :count], readout_lib.spread_of(both[..., count:]) * spread_scales
+        value, raw_spread = both[..., :count], readout_lib.spread_of(both[..., count:])
+        spread = raw_spread * spread_scales
         images = readout_lib.statistic_tensors(value, spread, statistics)
+        for index, values in enumerate(parameters):
+            if "histograms" in values:  # A channel calibrated with conditional histograms: its 256-bin mixture.
+                mixed = _mixture_statistics(values, value[..., index], raw_spread[..., index], spread[..., index])
+                for name in statistics:
+                    channels = [images[name][..., other] if other != index else mixed[name]
+                                for other in range(count)]
+                    images[name] = tf.stack(channels, axis=-1)
         return {OUTPUT_ID: _stack_channels(images, statistics, count)}
 
     return PackageModel("readout", config, tuple(readout.targets), statistics, SAME_SIZE_MIN, SAME_SIZE_STEP, 0,
                         tf.function(serve, input_signature=[_input_spec()], autograph=False), core,
                         dict(readout.record))
+
+
+def _mixture_statistics(parameters: dict[str, Any], value: Any, raw_spread: Any, spread: Any) -> dict[str, Any]:
+    """`isl.model.readout.bin_statistic_images` in the graph, for one channel: `[batch, H, W]` each.
+
+    The distribution of `isl.io.calibration_file.ReadoutDistribution`:
+    `(1 - w) * N(value, spread^2)` on the 8-bit bins (tails into the end bins)
+    plus `w * H[g]`, the pixel's group `g` by its value and unscaled spread
+    (`histogram_group`); the median stays the read-out's value.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    levels = np.arange(256, dtype=np.float32) / 255.0
+    upper_edges = tf.constant((np.arange(255, dtype=np.float32) + 0.5) / 255.0)
+    value_edges = tf.constant(np.asarray(parameters["value_edges"], np.float32))
+    spread_edges = tf.constant(np.asarray(parameters["spread_edges"], np.float32))
+    spread_groups = len(parameters["spread_edges"]) + 1
+    group = (tf.reduce_sum(tf.cast(value[..., None] >= value_edges, tf.int32), axis=-1) * spread_groups
+             + tf.reduce_sum(tf.cast(raw_spread[..., None] >= spread_edges, tf.int32), axis=-1))
+    weight = tf.gather(tf.constant(np.asarray(parameters["histogram_weights"], np.float32)), group)[..., None]
+    histogram = tf.gather(tf.constant(np.asarray(parameters["histograms"], np.float32)), group)
+    sigma = tf.maximum(spread, 1e-6)[..., None]
+    cumulative = 0.5 * (1.0 + tf.math.erf((upper_edges - value[..., None]) / (sigma * np.float32(np.sqrt(2.0)))))
+    cumulative = tf.concat([cumulative, tf.ones_like(cumulative[..., :1])], axis=-1)
+    gaussian = cumulative - tf.concat([tf.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], axis=-1)
+    probabilities = (1.0 - weight) * gaussian + weight * histogram
+    mean = tf.reduce_sum(probabilities * levels, axis=-1)
+    second = tf.reduce_sum(probabilities * levels**2, axis=-1)
+    return {"median": tf.clip_by_value(value, 0.0, 1.0), "mean": mean,
+            "std": tf.sqrt(tf.maximum(second - mean**2, 0.0))}
 
 
 def write_saved_model(package_model: PackageModel, directory: str) -> None:

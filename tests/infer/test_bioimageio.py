@@ -303,9 +303,13 @@ def _calibrated_copy(readout_dir, tmp_path, channels):
     return directory
 
 
-def test_the_readout_graph_applies_the_spread_scale_and_refuses_histograms(readout_dir, tmp_path, monkeypatch):
-    """isl calibrate's spread scale is in the package graph as in isl predict; a calibration with conditional
-    histograms, which the graph does not carry, is refused with the way out rather than packaged wrong."""
+def test_the_readout_graph_applies_the_spread_scale_and_the_conditional_histograms(readout_dir, tmp_path,
+                                                                                  monkeypatch):
+    """isl calibrate's read-out calibration is in the package graph as in isl predict: the spread scale, and
+    the 256-bin mixture with conditional histograms (mean and std of the mixture, the median the value)."""
+    from isl.infer import readout as readout_infer
+    from isl.infer import well
+
     monkeypatch.setattr(readout_lib, "TILE_OUTPUT", 72)
     stack = _stack(64, seed=3)
     plain = graph_lib.load_package_model(readout_dir).serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
@@ -316,8 +320,21 @@ def test_the_readout_graph_applies_the_spread_scale_and_refuses_histograms(reado
     np.testing.assert_allclose(scaled[..., 2], np.minimum(plain[..., 2] * 2.0, 1.0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scaled[..., 5], np.minimum(plain[..., 5] * 0.5, 1.0), rtol=1e-5, atol=1e-6)
 
-    histograms = {"value_edges": [0.5], "spread_edges": [], "histogram_weights": [0.2, 0.2],
-                  "histograms": [[1.0 / 256] * 256] * 2, "spread_scale": 1.0}
-    mixed_dir = _calibrated_copy(readout_dir, tmp_path / "m", {"DAPI_CONFOCAL": histograms})
-    with pytest.raises(errors.InputError, match="--noreadout_histograms"):
-        graph_lib.load_package_model(mixed_dir)
+    rng = np.random.default_rng(5)
+    histograms = rng.dirichlet(np.full(256, 0.3), size=6)
+    mixture = {"value_edges": [0.3, 0.6], "spread_edges": [float(np.median(plain[..., 2]))],
+               "histogram_weights": [0.1, 0.9, 0.5, 0.3, 0.7, 0.2], "histograms": histograms.tolist(),
+               "spread_scale": 1.5}
+    mixed_dir = _calibrated_copy(readout_dir, tmp_path / "m", {"DAPI_CONFOCAL": mixture})
+    served = graph_lib.load_package_model(mixed_dir).serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
+    predictor = well.load_predictor(model_dir=mixed_dir)
+    embedder = readout_lib.Embedder(predictor.model, predictor.config)
+    value, spread = predictor.readout.predict_distribution(embedder(np.moveaxis(stack[0], -1, 0)))
+    distributions = [predictor.calibration.readout_distribution(channel, value[..., index], spread[..., index])
+                     for index, channel in enumerate(predictor.readout.targets)]
+    assert distributions[0].mixed and not distributions[1].mixed
+    expected = readout_infer.statistic_images(distributions, ("median", "mean", "std"))
+    for index in range(2):
+        for position, name in enumerate(("median", "mean", "std")):
+            np.testing.assert_allclose(served[..., 3 * index + position], expected[name][..., index], atol=2e-5)
+    assert not np.allclose(served[..., 1], plain[..., 1], atol=1e-3)  # the mixture moved DAPI's mean
