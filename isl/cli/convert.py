@@ -41,6 +41,12 @@ With one well (the released Condition B sample), split by region instead:
 each well again, cropped to a rectangle that does not overlap it, as the
 evaluation example (rows r0:r1, columns c0:c1, image pixels, ends exclusive).
 
+Validation (a third split, val-... shards): --val_wells (with held-out wells)
+or --val_region (with --eval_region) holds out data that `isl train` uses to
+choose among its checkpoints (train.keep_best); the evaluation split is then
+only reported, never used to choose. A validation split overlapping the
+evaluation split, or the training region, is refused.
+
 The channel vocabulary comes from the config (--preset, --config, --set), e.g.
   --set 'channels.target_channels=["DAPI_CONFOCAL","GFAP_CONFOCAL"]'
 A file of any other channel is an error naming it. --channel_map=FROM=TO
@@ -54,7 +60,8 @@ left in OUTPUT_DIR. Bad input exits with code 2 and a message naming the file.
 Examples:
   isl convert --input_dir=condition_b_sample --output_dir=records --num_shards=1
   isl convert --input_dir=condition_b_sample --output_dir=records \
-      --region=0:736,0:768 --eval_region=768:1024,0:768
+      --region=0:768,0:1024 --val_region=768:896,0:1024 --eval_region=896:1024,0:1024
+  isl convert --input_dir=plates --output_dir=records --eval_wells=B7,C7 --val_wells=B6
 """
 
 
@@ -78,6 +85,11 @@ def define_flags(flag_values: Any) -> None:
                         flag_values=flag_values)
     flags.DEFINE_string("eval_region", None, "Hold out this rectangle r0:r1,c0:c1 of every well for evaluation "
                         "(instead of whole wells); it must not overlap --region.", flag_values=flag_values)
+    flags.DEFINE_list("val_wells", [], "Hold out these wells for validation (the split train.keep_best selects "
+                      "on); none of them may be an evaluation well.", flag_values=flag_values)
+    flags.DEFINE_string("val_region", None, "Hold out this rectangle r0:r1,c0:c1 of every well for validation "
+                        "(with --eval_region); it must overlap neither --region nor --eval_region.",
+                        flag_values=flag_values)
     flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty --output_dir.", flag_values=flag_values)
     flags.DEFINE_string("preset", "paper", "Preset whose channel vocabulary is used.", flag_values=flag_values)
     flags.DEFINE_string("config", None, "JSON config file layered over the preset.", flag_values=flag_values)
@@ -127,6 +139,8 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         progress=report,
         region=flag_values["region"].value,
         eval_region=flag_values["eval_region"].value,
+        val_wells=list(flag_values["val_wells"].value or []),
+        val_region=flag_values["val_region"].value,
         # --set data.normalization=... (or a --config) counts like the flag; the flag wins.
         normalization=(flag_values["normalization"].value if flag_values["normalization"].present
                        else config.data.normalization),
@@ -143,19 +157,24 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         print(f"skipped {len(result.skipped) - 10} more files (listed in dataset.json)", file=sys.stderr)
     print(
         f"Converted {len({well['name'] for well in description['wells']})} well(s) into "
-        f"{result.num_examples['train']} train and {result.num_examples['eval']} eval example(s); "
+        f"{result.num_examples['train']} train, {result.num_examples['val']} validation and "
+        f"{result.num_examples['eval']} eval example(s); "
         f"z counts {description['z_counts']}, image sizes {description['image_sizes']}, "
         f"targets {', '.join(description['channels']['target_channels']) or 'none'}."
     )
-    for split in ("train", "eval"):
+    for split in ("train", "val", "eval"):
         if result.shards[split]:
             print(f"{split}: {len(result.shards[split])} shard(s) in {result.output_dir}")
     if flag_values["eval_region"].value:
         cropped = f"; training examples cropped to {flag_values['region'].value}" if flag_values["region"].value else ""
         print(f"Held out rows,columns {flag_values['eval_region'].value} of every well for evaluation{cropped}.")
+        if flag_values["val_region"].value:
+            print(f"Held out rows,columns {flag_values['val_region'].value} of every well for validation.")
     elif not result.num_examples["eval"]:
         print("No well was held out for evaluation (fewer wells than --eval_every, or --eval_every=0); "
               "use --eval_wells to name some.")
+    if not result.num_examples["val"]:
+        print("No validation split (--val_wells / --val_region): train.keep_best will keep the last weights.")
     print(f"Wrote {result.dataset_json}")
     return {
         "output_dir": result.output_dir,

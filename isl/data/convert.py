@@ -130,8 +130,9 @@ def split_wells(
     eval_every: int = 8,
     eval_wells: list[str] | None = None,
     aliases: dict[str, set[str]] | None = None,
+    val_wells: list[str] | None = None,
 ) -> dict[str, str]:
-    """Assigns each well to "train" or "eval".
+    """Assigns each well to "train", "eval" or "val".
 
     Args:
         names: well names, in the (sorted) order used for the split.
@@ -139,33 +140,52 @@ def split_wells(
             0 holds out none. Ignored when `eval_wells` is given.
         eval_wells: names of the wells to hold out (a well's name, its well
             id such as "A4", or its folder name).
-        aliases: name -> other accepted names for `eval_wells`.
+        aliases: name -> other accepted names for `eval_wells` and `val_wells`.
+        val_wells: wells held out for validation (model selection, never
+            reported); they must not be evaluation wells.
 
     Returns:
         name -> split.
+
+    Raises:
+        InputError: for an unknown well, or a well both validation and evaluation.
     """
     if eval_every < 0:
         raise errors.InputError(f"--eval_every must be >= 0. Received: {eval_every}")
+    aliases = aliases or {}
+    validation = _named_wells(names, val_wells or [], aliases, "--val_wells")
     if eval_wells:
-        aliases = aliases or {}
-        wanted = set(eval_wells)
-        matched = set()
-        split = {}
-        for name in names:
-            accepted = {name} | aliases.get(name, set())
-            hit = wanted & accepted
-            matched |= hit
-            split[name] = "eval" if hit else "train"
-        unmatched = sorted(wanted - matched)
-        if unmatched:
-            raise errors.InputError(
-                f"--eval_wells names unknown well(s) {', '.join(unmatched)}. Wells: {', '.join(names)}"
-            )
-        return split
+        evaluation = _named_wells(names, eval_wells, aliases, "--eval_wells")
+    else:
+        evaluation = {
+            name for index, name in enumerate(names) if eval_every and index % eval_every == eval_every - 1
+        }
+    both = sorted(validation & evaluation)
+    if both:
+        source = "--eval_wells" if eval_wells else f"--eval_every={eval_every}"
+        raise errors.InputError(
+            f"--val_wells and {source} both hold out {', '.join(both)}: the validation split must not "
+            "overlap the evaluation split."
+        )
     return {
-        name: "eval" if eval_every and index % eval_every == eval_every - 1 else "train"
-        for index, name in enumerate(names)
+        name: "val" if name in validation else "eval" if name in evaluation else "train" for name in names
     }
+
+
+def _named_wells(names: list[str], wanted_list: list[str], aliases: dict[str, set[str]], flag: str) -> set[str]:
+    """The wells of `names` matched by `wanted_list` (names, well ids or folder names)."""
+    wanted = set(wanted_list)
+    matched: set[str] = set()
+    hits = set()
+    for name in names:
+        hit = wanted & ({name} | aliases.get(name, set()))
+        matched |= hit
+        if hit:
+            hits.add(name)
+    unmatched = sorted(wanted - matched)
+    if unmatched:
+        raise errors.InputError(f"{flag} names unknown well(s) {', '.join(unmatched)}. Wells: {', '.join(names)}")
+    return hits
 
 
 def convert(
@@ -182,8 +202,10 @@ def convert(
     eval_region: str | None = None,
     normalization: str = "none",
     channel_map: dict[str, str] | None = None,
+    val_wells: list[str] | None = None,
+    val_region: str | None = None,
 ) -> ConvertResult:
-    """Converts image folders into `{train,eval}-xxxxx-of-yyyyy.tfrecord` and `dataset.json`.
+    """Converts image folders into `{train,eval,val}-xxxxx-of-yyyyy.tfrecord` and `dataset.json`.
 
     The data flow: check the arguments, plan (scan the wells, resolve the
     regions, split the wells, count the shards; nothing is written yet), then
@@ -210,6 +232,11 @@ def convert(
             in dataset.json.
         channel_map: renames files' channels before they are matched with
             `channels` (`isl.data.channel_map`); recorded in dataset.json.
+        val_wells: hold out these wells for validation (the split
+            `train.keep_best` selects on); with held-out wells only.
+        val_region: "r0:r1,c0:c1": write every well also as a validation
+            example cropped to this rectangle; with `eval_region` only, and
+            overlapping neither it nor `region`.
 
     Returns:
         A `ConvertResult`.
@@ -221,7 +248,7 @@ def convert(
     plan = _plan(
         input_dirs, output_dir, channels, num_shards=num_shards, num_eval_shards=num_eval_shards,
         eval_every=eval_every, eval_wells=eval_wells, region=region, eval_region=eval_region,
-        channel_map=channel_map,
+        channel_map=channel_map, val_wells=val_wells, val_region=val_region,
     )
     return _write_dataset(plan, channels, input_dirs, normalization, progress, channel_map)
 
@@ -287,6 +314,8 @@ def _plan(
     region: str | None,
     eval_region: str | None,
     channel_map: dict[str, str] | None = None,
+    val_wells: list[str] | None = None,
+    val_region: str | None = None,
 ) -> _Plan:
     """Scans the wells and decides every well's split, rectangle and shard count.
 
@@ -297,12 +326,24 @@ def _plan(
     held_out_region = parse_region(eval_region, "--eval_region") if eval_region else None
     if held_out_region is not None and eval_wells:
         raise errors.InputError("--eval_region and --eval_wells exclude each other: hold out a region or wells.")
+    validation_region = parse_region(val_region, "--val_region") if val_region else None
+    if validation_region is not None and held_out_region is None:
+        raise errors.InputError(
+            "--val_region needs --eval_region (a region split); with held-out wells use --val_wells."
+        )
+    if val_wells and held_out_region is not None:
+        raise errors.InputError(
+            "--val_wells and --eval_region exclude each other: with --eval_region use --val_region."
+        )
     scan = wells_lib.scan_wells(list(input_dirs), channels, channel_map=channel_map)
-    regions = {well.name: _well_regions(well, train_region, held_out_region) for well in scan.wells}
+    regions = {
+        well.name: _well_regions(well, train_region, held_out_region, validation_region) for well in scan.wells
+    }
     if held_out_region is not None:
-        by_split = {"train": list(scan.wells), "eval": list(scan.wells)}
+        by_split = {"train": list(scan.wells), "eval": list(scan.wells),
+                    "val": list(scan.wells) if validation_region is not None else []}
     else:
-        by_split = _split_by_well(scan.wells, eval_every, eval_wells)
+        by_split = _split_by_well(scan.wells, eval_every, eval_wells, val_wells)
     if not by_split["train"]:
         raise errors.InputError(
             f"Every well ({len(scan.wells)}) was held out for evaluation; none is left for training. "
@@ -311,17 +352,21 @@ def _plan(
     shard_counts = {
         "train": num_shards,
         "eval": (num_eval_shards or max(1, math.ceil(num_shards / 8))) if by_split["eval"] else 0,
+        "val": (num_eval_shards or max(1, math.ceil(num_shards / 8))) if by_split["val"] else 0,
     }
     return _Plan(output_dir, by_split, regions, shard_counts, scan.skipped)
 
 
 def _well_regions(
-    well: wells_lib.WellSource, train_region: Region | None, held_out_region: Region | None
+    well: wells_lib.WellSource,
+    train_region: Region | None,
+    held_out_region: Region | None,
+    validation_region: Region | None = None,
 ) -> dict[str, Region | None]:
-    """The well's training and evaluation rectangles, resolved against its size.
+    """The well's training, evaluation and validation rectangles, resolved against its size.
 
     Raises:
-        InputError: when a rectangle leaves the image or the two overlap.
+        InputError: when a rectangle leaves the image or two of them overlap.
     """
     train_rectangle = (
         _resolve_region(train_region, well.height, well.width, "--region", well.name) if train_region else None
@@ -337,11 +382,28 @@ def _well_regions(
                 f"{well.name}: --eval_region {_region_text(eval_rectangle)} overlaps the training region "
                 f"{_region_text(train_rectangle or full)}; pass a --region that leaves it out."
             )
-    return {"train": train_rectangle, "eval": eval_rectangle}
+    val_rectangle = (
+        _resolve_region(validation_region, well.height, well.width, "--val_region", well.name)
+        if validation_region else None
+    )
+    if val_rectangle is not None:
+        full = ((0, well.height), (0, well.width))
+        if eval_rectangle is not None and _overlap(eval_rectangle, val_rectangle):
+            raise errors.InputError(
+                f"{well.name}: --val_region {_region_text(val_rectangle)} overlaps --eval_region "
+                f"{_region_text(eval_rectangle)}: the validation split must not overlap the evaluation split."
+            )
+        if _overlap(train_rectangle or full, val_rectangle):
+            raise errors.InputError(
+                f"{well.name}: --val_region {_region_text(val_rectangle)} overlaps the training region "
+                f"{_region_text(train_rectangle or full)}; pass a --region that leaves it out."
+            )
+    return {"train": train_rectangle, "eval": eval_rectangle, "val": val_rectangle}
 
 
 def _split_by_well(
-    wells: list[wells_lib.WellSource], eval_every: int, eval_wells: list[str] | None
+    wells: list[wells_lib.WellSource], eval_every: int, eval_wells: list[str] | None,
+    val_wells: list[str] | None = None,
 ) -> dict[str, list[wells_lib.WellSource]]:
     """Split -> wells, holding out every N-th well or the named ones (`split_wells`)."""
     names = [well.name for well in wells]
@@ -349,7 +411,7 @@ def _split_by_well(
         well.name: {well.metadata.get("well", ""), os.path.basename(os.path.abspath(well.directory))} - {""}
         for well in wells
     }
-    assignment = split_wells(names, eval_every, eval_wells, aliases)
+    assignment = split_wells(names, eval_every, eval_wells, aliases, val_wells)
     return {split: [well for well in wells if assignment[well.name] == split] for split in schema.SPLITS}
 
 

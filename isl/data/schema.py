@@ -26,7 +26,7 @@ from __future__ import annotations
 
 FORMAT_VERSION = 1
 DATASET_JSON = "dataset.json"
-SPLITS = ("train", "eval")
+SPLITS = ("train", "eval", "val")  # "val": the optional validation split (keep_best selects on it).
 
 WELL_NAME = "well/name"
 WELL_LAB = "well/lab"

@@ -21,7 +21,7 @@ def test_converts_wells_into_shards_and_dataset_json(tmp_path, capsys):
                              "--num_shards=2", "--eval_wells=A2", "--noprogress", "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["num_examples"] == {"train": 2, "eval": 1}
+    assert summary["num_examples"] == {"train": 2, "eval": 1, "val": 0}
     assert sorted(os.listdir(output)) == [
         "dataset.json", "eval-00000-of-00001.tfrecord",
         "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
@@ -74,7 +74,7 @@ def test_region_split_holds_out_a_rectangle_of_each_well(tmp_path, capsys):
                              "--region=0:28,:", "--eval_region=30:,0:24", "--noprogress", "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["num_examples"] == {"train": 1, "eval": 1}
+    assert summary["num_examples"] == {"train": 1, "eval": 1, "val": 0}
     description = json.loads((output / "dataset.json").read_text())
     by_split = {well["split"]: well for well in description["wells"]}
     train = by_split["train"]
@@ -93,6 +93,12 @@ def test_region_split_holds_out_a_rectangle_of_each_well(tmp_path, capsys):
     (["--eval_region=30:50,:"], "fall outside the image"),
     (["--region=0-30"], "Bad --region"),
     (["--eval_region=30:,:", "--eval_wells=B2"], "exclude each other"),
+    (["--region=0:20,:", "--eval_region=30:,:", "--val_region=25:35,:"],
+     "--val_region 25:35,0:24 overlaps --eval_region"),
+    (["--region=0:20,:", "--eval_region=30:,:", "--val_region=15:25,:"],
+     "--val_region 15:25,0:24 overlaps the training"),
+    (["--val_region=30:,:"], "--val_region needs --eval_region"),
+    (["--eval_region=30:,:", "--val_wells=A1"], "--val_wells and --eval_region exclude each other"),
 ])
 def test_bad_regions_exit_2_and_write_nothing(tmp_path, capsys, flags, problem):
     wellmaker.random_well(str(tmp_path / "in"), num_z=2, height=40, width=24)
@@ -102,3 +108,43 @@ def test_bad_regions_exit_2_and_write_nothing(tmp_path, capsys, flags, problem):
     error = capsys.readouterr().err
     assert code == 2 and problem in error and "Traceback" not in error
     assert not output.exists()
+
+
+def test_three_way_region_split_writes_a_validation_split(tmp_path, capsys):
+    wellmaker.random_well(str(tmp_path / "in"), num_z=2, height=40, width=24, seed=3)
+    output = tmp_path / "out"
+    code = main.run_command(["convert", f"--input_dir={tmp_path / 'in'}", f"--output_dir={output}",
+                             "--region=0:24,:", "--val_region=24:32,:", "--eval_region=32:,:", "--noprogress",
+                             "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["num_examples"] == {"train": 1, "eval": 1, "val": 1}
+    assert sorted(os.listdir(output)) == [
+        "dataset.json", "eval-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord",
+        "val-00000-of-00001.tfrecord"]
+    description = json.loads((output / "dataset.json").read_text())
+    assert description["splits"]["val"] == {"num_examples": 1, "shards": ["val-00000-of-00001.tfrecord"]}
+    regions = {well["split"]: well["region"] for well in description["wells"]}
+    assert regions == {"train": "0:24,0:24", "val": "24:32,0:24", "eval": "32:40,0:24"}
+
+
+def test_validation_wells_are_a_third_split_and_must_not_be_evaluation_wells(tmp_path, capsys):
+    for index, well in enumerate(("A1", "A2", "A3", "A4")):
+        wellmaker.random_well(str(tmp_path / "in" / well), num_z=2, height=12, width=12, seed=index, well=well)
+    output = tmp_path / "out"
+    arguments = ["convert", f"--input_dir={tmp_path / 'in'}", f"--output_dir={output}", "--noprogress"]
+    assert main.run_command(arguments + ["--eval_wells=A2,A4", "--val_wells=A4"]) == 2
+    error = capsys.readouterr().err
+    assert "--val_wells and --eval_wells both hold out" in error and "A4" in error and "Traceback" not in error
+    assert not output.exists()
+    # The default every-8th-well rule counts as the evaluation flag too.
+    assert main.run_command(arguments + ["--eval_every=2", "--val_wells=A2"]) == 2
+    assert "--val_wells and --eval_every=2 both hold out" in capsys.readouterr().err
+    assert main.run_command(arguments + ["--val_wells=Z9"]) == 2
+    assert "--val_wells names unknown well(s) Z9" in capsys.readouterr().err
+    assert main.run_command(arguments + ["--eval_wells=A2", "--val_wells=A3", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["num_examples"] == {"train": 2, "eval": 1, "val": 1}
+    description = json.loads((output / "dataset.json").read_text())
+    assert {well["well"]: well["split"] for well in description["wells"]} == {
+        "A1": "train", "A2": "eval", "A3": "val", "A4": "train"}

@@ -17,7 +17,7 @@ def test_demo_runs_every_step_end_to_end(tmp_path, capsys):
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
-    assert summary["convert"]["num_examples"] == {"train": 1, "eval": 1}
+    assert summary["convert"]["num_examples"] == {"train": 1, "eval": 1, "val": 0}
     assert summary["pipeline"]["input_shape"] == [16, 42, 42, 52]
     assert summary["pipeline"]["label_shape"] == [16, 8, 8, 35, 2]
     assert summary["pipeline"]["patches_per_second"] > 0
