@@ -2,7 +2,7 @@
 
 The evaluation loss of `fit` scores 8-px (or wider) patches; the paper and
 users judge whole images. At every evaluation, `DensePearson` predicts each
-image of the eval split densely (the tiled, exact method of `isl predict`,
+image of the validation split (or, without one, the eval split) densely (the tiled, exact method of `isl predict`,
 reflect borders, inference-mode batch norm) and computes, per target
 channel, Pearson r between the truth and the predicted median and mean over
 the labelled pixels of all eval images together. The values join Keras's
@@ -176,12 +176,13 @@ def pearson_of_predictions(
 
 
 class DensePearson(keras.callbacks.Callback):
-    """Whole-image Pearson r of the eval split after every epoch (evaluation).
+    """Whole-image Pearson r of one split's images after every epoch (evaluation).
 
     Args:
         config: the experiment config (geometry, vocabulary, precision).
         images: from `load_split_images`.
-        keep_best: keep a copy of the weights with the best mean median r.
+        keep_best: keep a copy of the weights with the best mean median r
+            (`train` passes it only for the validation split).
         log: receives one line per evaluation.
         best_dir: with `keep_best`, where the best weights are written
             (`best.weights.h5`, `best.json`), so a resumed run keeps them;
@@ -190,6 +191,7 @@ class DensePearson(keras.callbacks.Callback):
             batches; with `config.train.eval_recalibrate_batches` > 0 the
             scored copy's batch-norm statistics are recalibrated on that many
             of them first (the training model is not touched).
+        split: the split `images` come from ("val" or "eval"), named in the log.
     """
 
     def __init__(
@@ -200,8 +202,10 @@ class DensePearson(keras.callbacks.Callback):
         log: Callable[[str], None] | None = None,
         best_dir: str | None = None,
         recalibration_batches: Callable[[], Any] | None = None,
+        split: str = "eval",
     ) -> None:
         super().__init__()
+        self.split = split
         self.recalibration_batches = recalibration_batches
         self._recalibration_iterator = None
         if not images:
@@ -336,6 +340,7 @@ class DensePearson(keras.callbacks.Callback):
             for name in self.channels
         )
         self.log(
-            f"Step {step}: whole-image Pearson r median/mean {channels}; mean of medians {value:.3f}{marker} "
+            f"Step {step}: whole-image Pearson r ({self.split} split) median/mean {channels}; "
+            f"mean of medians {value:.3f}{marker} "
             f"({time.monotonic() - start:.0f} s)"
         )

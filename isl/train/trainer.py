@@ -85,6 +85,8 @@ class TrainResult:
             pixels supervised per second of wall time and per CPU-second of
             this process (batch x output_size^2 per step).
         pearson: the last whole-image Pearson figures (`train.eval_pearson`).
+        pearson_split: the split they were computed on: "val" when the
+            dataset has a validation split (keep_best selects on it), else "eval".
         best_step: with `train.keep_best`, the step whose weights were kept.
         recalibration: the batch-norm recalibration report, when run.
         transfer: the transfer-learning report, when weights were restored.
@@ -105,6 +107,7 @@ class TrainResult:
     labelled_pixels_per_second: float = 0.0
     labelled_pixels_per_cpu_second: float = 0.0
     pearson: dict[str, float] = dataclasses.field(default_factory=dict)
+    pearson_split: str = ""
     best_step: int | None = None
     recalibration: dict[str, float] | None = None
 
@@ -955,7 +958,8 @@ def _log_final_pearson(dense_pearson: Any, final_step: int, log: Callable[[str],
     """Evaluates the written weights' whole-image Pearson r, records it in the history and logs it."""
     final_figures = dense_pearson.evaluate()
     dense_pearson.history.append({"step": final_step, "final_weights": 1.0, **final_figures})
-    log("Whole-image Pearson r of the written weights (median / mean): " + ", ".join(
+    log(f"Whole-image Pearson r of the written weights on the {dense_pearson.split} split (median / mean): "
+        + ", ".join(
         f"{name} {final_figures.get(f'pearson_median_{name}', float('nan')):.3f} / "
         f"{final_figures.get(f'pearson_mean_{name}', float('nan')):.3f}" for name in dense_pearson.channels))
 
@@ -991,6 +995,7 @@ def _write_result(
         labelled_pixels_per_second=labelled_pixels / fit_seconds if fit_seconds > 0 else 0.0,
         labelled_pixels_per_cpu_second=labelled_pixels / fit_cpu_seconds if fit_cpu_seconds > 0 else 0.0,
         pearson=dict(dense_pearson.history[-1]) if dense_pearson is not None and dense_pearson.history else {},
+        pearson_split=dense_pearson.split if dense_pearson is not None else "",
         best_step=best_step,
         recalibration=recalibration,
     )
@@ -1011,20 +1016,39 @@ def _dense_pearson_callback(
     log: Callable[[str], None],
     recalibration_batches: Callable[[], Any] | None = None,
 ) -> Any:
-    """The whole-image Pearson callback, or None when the eval split has no usable image."""
+    """The whole-image Pearson callback, or None when neither the val nor the eval split has a usable image.
+
+    It scores the validation split when the dataset has one, and `train.keep_best`
+    selects on it. Without one it scores the evaluation split for monitoring
+    only: keep_best is then skipped with a warning (the last weights are kept),
+    so no weights are ever chosen on the split that is reported.
+    """
     from isl.train import dense_eval
 
+    split = "val"
     try:
-        images = dense_eval.load_split_images(data_dir, config)
-    except errors.InputError as error:
-        log(f"No whole-image evaluation ({error}).")
-        return None
+        images = dense_eval.load_split_images(data_dir, config, split="val")
+    except errors.InputError:
+        images = []
+    if not images:
+        split = "eval"
+        try:
+            images = dense_eval.load_split_images(data_dir, config)
+        except errors.InputError as error:
+            log(f"No whole-image evaluation ({error}).")
+            return None
     if not images:
         return None
-    best_dir = model_dir_lib.ModelDir(model_dir).checkpoints if config.train.keep_best else None
+    keep_best = config.train.keep_best and split == "val"
+    if config.train.keep_best and not keep_best:
+        log(f"warning: train.keep_best needs a validation split, and {data_dir} has none (isl convert "
+            "--val_wells / --val_region); keeping the last weights rather than choosing on the evaluation split.")
+    elif keep_best:
+        log("train.keep_best selects on the validation split; the evaluation split is only reported.")
+    best_dir = model_dir_lib.ModelDir(model_dir).checkpoints if keep_best else None
     return dense_eval.DensePearson(
-        config, images, keep_best=config.train.keep_best, log=log, best_dir=best_dir,
-        recalibration_batches=recalibration_batches,
+        config, images, keep_best=keep_best, log=log, best_dir=best_dir,
+        recalibration_batches=recalibration_batches, split=split,
     )
 
 
@@ -1043,11 +1067,11 @@ def _finish_inference_weights(
         (the step whose weights were kept or None, the recalibration report or None).
     """
     best_step = None
-    if config.train.keep_best and dense_pearson is not None:
+    if dense_pearson is not None and dense_pearson.keep_best:
         best_step = dense_pearson.restore_best(model)
         if best_step is not None:
-            log(f"Kept the weights of step {best_step} (best whole-image Pearson r, median, "
-                f"{dense_pearson.best_value:.3f}).")
+            log(f"Kept the weights of step {best_step} (best whole-image Pearson r, median, on the "
+                f"{dense_pearson.split} split: {dense_pearson.best_value:.3f}).")
     recalibration = None
     batches = config.train.recalibrate_batches
     if batches > 0:

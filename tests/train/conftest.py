@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -39,14 +40,16 @@ def small_config(*overrides: str) -> config_lib.ExperimentConfig:
     return fast_config(*SMALL_NETWORK, *overrides)
 
 
-def write_records(directory: str, num_wells: int, seed: int, channels: config_lib.ChannelConfig) -> str:
-    """Synthetic wells (the data stage's generator) converted to TFRecords."""
+def write_records(
+    directory: str, num_wells: int, seed: int, channels: config_lib.ChannelConfig, **split: Any
+) -> str:
+    """Synthetic wells (the data stage's generator) converted to TFRecords (`split`: convert's split arguments)."""
     from isl.data import convert, synthetic
 
     wells_dir = os.path.join(directory, "wells")
     records_dir = os.path.join(directory, "records")
     synthetic.write_synthetic_dataset(wells_dir, num_wells=num_wells, size=160, num_z=13, seed=seed)
-    convert.convert([wells_dir], records_dir, channels, num_shards=2, eval_every=3)
+    convert.convert([wells_dir], records_dir, channels, num_shards=2, **({"eval_every": 3} | split))
     return records_dir
 
 
@@ -54,6 +57,14 @@ def write_records(directory: str, num_wells: int, seed: int, channels: config_li
 def records_dir(tmp_path_factory) -> str:
     """Condition-B-like synthetic wells as TFRecords (train and eval shards)."""
     return write_records(str(tmp_path_factory.mktemp("train_records")), 3, 0, fast_config().channels)
+
+
+@pytest.fixture(scope="session")
+def val_records_dir(tmp_path_factory) -> str:
+    """A three-way split: wells A1, A2 train, A3 validation, A4 evaluation."""
+    return write_records(
+        str(tmp_path_factory.mktemp("val_records")), 4, 0, fast_config().channels, eval_every=4, val_wells=["A3"]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -88,14 +88,14 @@ def test_pearson_of_predictions_pools_pixels_and_skips_absent_channels():
     assert figures["pearson_median"] == pytest.approx(1.0)
 
 
-def test_training_logs_whole_image_pearson_keeps_the_best_and_recalibrates(tmp_path, records_dir):
+def test_training_logs_whole_image_pearson_keeps_the_best_and_recalibrates(tmp_path, val_records_dir):
     config = small_config(
         "train.lr_schedule=cosine", "train.warmup_steps=2", "train.keep_best=true",
         "train.recalibrate_batches=2", "train.eval_recalibrate_batches=2", "data.rotate_per_example=true",
     )
     model_dir = str(tmp_path / "model")
     lines: list[str] = []
-    result = trainer.train(config, records_dir, model_dir, 10, show_progress=False, log=lines.append)
+    result = trainer.train(config, val_records_dir, model_dir, 10, show_progress=False, log=lines.append)
     with open(os.path.join(model_dir, "logs", "training.csv"), newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(row["step"]) for row in rows] == [5, 10]
@@ -105,7 +105,11 @@ def test_training_logs_whole_image_pearson_keeps_the_best_and_recalibrates(tmp_p
     assert best["step"] in (5, 10) and result.best_step == best["step"]
     assert best["pearson_median"] == pytest.approx(max(float(row["val_pearson_median"]) for row in rows))
     assert result.recalibration is not None and result.recalibration["batches"] == 2
-    assert any(line.startswith("Kept the weights of step") for line in lines)
+    assert any(line.startswith("Kept the weights of step") and "on the val split" in line for line in lines)
+    # keep_best selected on the validation split (A3), never on the reported evaluation split (A4).
+    assert result.pearson_split == "val"
+    assert "train.keep_best selects on the validation split; the evaluation split is only reported." in lines
+    assert any(line.startswith("Step 5: whole-image Pearson r (val split)") for line in lines)
     assert result.labelled_pixels_per_second > 0 and result.labelled_pixels_per_cpu_second > 0
     # The schedule's end is resolved to --steps and recorded.
     saved = config_lib.load_config(os.path.join(model_dir, "config.json"))
@@ -158,3 +162,22 @@ def test_footprint_matches_the_measurements_it_was_fitted_to():
     assert measured_float32_condition_b(8, 16) == pytest.approx(7.8, rel=0.15)
     assert measured_float32_condition_b(24, 13) == pytest.approx(10.1, rel=0.15)
     assert measured_float32_condition_b(248, 1) == pytest.approx(22.8, rel=0.15)
+
+
+def test_keep_best_without_a_validation_split_keeps_the_last_weights_with_a_warning(tmp_path, records_dir):
+    """The eval split is scored for monitoring only: keep_best must not choose weights on it."""
+    config = small_config("train.keep_best=true")
+    lines: list[str] = []
+    callback = trainer._dense_pearson_callback(records_dir, config, str(tmp_path / "model"), lines.append)
+    assert callback.split == "eval" and not callback.keep_best
+    assert any(line.startswith("warning: train.keep_best needs a validation split") for line in lines)
+
+
+def test_the_whole_image_pearson_scores_the_validation_split_when_there_is_one(tmp_path, val_records_dir):
+    config = small_config("train.keep_best=true")
+    callback = trainer._dense_pearson_callback(val_records_dir, config, str(tmp_path / "model"), lambda line: None)
+    assert callback.split == "val" and callback.keep_best
+    assert [image.name for image in callback.images] == [
+        image.name for image in dense_eval.load_split_images(val_records_dir, config, split="val")]
+    evaluation = {image.name for image in dense_eval.load_split_images(val_records_dir, config, split="eval")}
+    assert len(callback.images) == 1 and callback.images[0].name not in evaluation
