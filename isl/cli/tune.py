@@ -10,7 +10,8 @@ Search the network's hyperparameters with Keras Tuner, as the paper's authors
 did with Hypertune: base depth, expansion factor, projection width, kernels,
 activation, modules per tower, upper-tower length and learning rate (defaults
 around --preset; see `isl.model.hypermodel`). Each trial trains on the train
-shards of --data_dir for --steps_per_trial steps and is scored on the eval
+shards of --data_dir for --steps_per_trial steps and is scored on the validation (val-*, from
+`isl convert --val_wells/--val_region`) or, without them, the eval
 shards. Running the same command again resumes the search (finished trials
 are kept). SIGTERM stops it within a training step or two and exits with code 143:
 finished trials stay, and the running one starts again on resume. At the end it

@@ -183,6 +183,12 @@ def _check_description(
         )
 
 
+def selection_split(data_dir: str) -> str:
+    """The split choices are made on: "val" when `data_dir` has non-empty validation shards, else "eval"."""
+    paths = glob.glob(os.path.join(glob.escape(data_dir), schema.shard_pattern("val")))
+    return "val" if any(os.path.getsize(path) > 0 for path in paths) else "eval"
+
+
 def check_dataset(
     data_dir: str, config: config_lib.ExperimentConfig, splits: tuple[str, ...] = ("train", "eval")
 ) -> None:

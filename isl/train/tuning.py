@@ -3,8 +3,9 @@
 `run_search` runs a random, Bayesian or Hyperband search of
 `isl.model.hypermodel.ISLHyperModel` on the tf.data pipeline: each trial
 trains on the train shards of `data_dir` for `steps_per_trial` steps and is
-scored on the eval shards (`val_loss` by default, the paper's total loss,
-§2). Everything lives in `tuner_dir`:
+scored on the validation shards (`isl convert --val_wells / --val_region`), or
+on the eval shards when the dataset has none (`val_loss` by default, the
+paper's total loss, §2). Everything lives in `tuner_dir`:
 
     TUNER_DIR/
       search_setup.json   base config, search space and tuner of this search
@@ -191,6 +192,9 @@ class _ISLTunerMixin:
         self.isl_eval_steps = eval_steps
         self.isl_callbacks = list(callbacks)
         self.isl_verbose = verbose
+        from isl.data import pipeline
+
+        self.isl_split = pipeline.selection_split(data_dir)
 
     def _populate_initial_space(self) -> None:
         # The space has no conditional hyperparameters, so declaring it is
@@ -222,7 +226,7 @@ class _ISLTunerMixin:
         keras.utils.set_random_seed(config.train.seed)
         train_data = pipeline.build_dataset(self.isl_data_dir, config, split="train", seed=config.train.seed)
         eval_data = pipeline.build_dataset(
-            self.isl_data_dir, config, split="eval", seed=config.train.seed, deterministic=True, repeat=True
+            self.isl_data_dir, config, split=self.isl_split, seed=config.train.seed, deterministic=True, repeat=True
         )
         kwargs.setdefault("epochs", self.isl_epochs)
         kwargs.update(
@@ -365,8 +369,9 @@ def run_search(
         # shards, sizes for the geometry of the base and default networks).
         from isl.data import pipeline
 
+        splits = ("train", pipeline.selection_split(data_dir))  # Trials are scored on val when there is one.
         for config in (base_config, hypermodel.config_from_values(default_values)):
-            pipeline.check_dataset(data_dir, config)
+            pipeline.check_dataset(data_dir, config, splits)
     tuner_dir = os.path.abspath(tuner_dir)
     os.makedirs(tuner_dir, exist_ok=True)
     if role != "worker":

@@ -35,6 +35,32 @@ def test_tune_without_eval_shards_exits_2_before_any_trial(records_without_eval,
     assert not tuner_dir.exists()  # Nothing started, nothing written.
 
 
+def test_tune_scores_trials_on_the_validation_split_when_there_is_one(tmp_path_factory, tmp_path):
+    """Train + val shards and no eval shards: the pre-flight asks for the val split, not eval."""
+    root = str(tmp_path_factory.mktemp("val_only"))
+    wells = os.path.join(root, "wells")
+    synthetic.write_synthetic_dataset(wells, num_wells=2, size=40, num_z=13, seed=0)
+    output = os.path.join(root, "records")
+    channels = presets.get_preset("tiny").channels
+    convert.convert([wells], output, channels, num_shards=1, eval_every=0, val_wells=["A2"])
+    from isl.data import pipeline
+
+    assert pipeline.selection_split(output) == "val" and pipeline.selection_split(str(tmp_path)) == "eval"
+    asked = []
+
+    def check_dataset(data_dir, config, splits=("train", "eval")):
+        asked.append(tuple(splits))
+        raise errors.InputError("stop before any trial")
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(pipeline, "check_dataset", check_dataset):
+        with pytest.raises(errors.InputError, match="stop before any trial"):
+            tuning.run_search(presets.get_preset("tiny"), output, str(tmp_path / "search"), max_trials=1,
+                              steps_per_trial=1)
+    assert asked == [("train", "val")]
+
+
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     return tuning_helpers.tiny_tfrecords(str(tmp_path_factory.mktemp("tune_faults")))
