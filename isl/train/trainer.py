@@ -1016,27 +1016,22 @@ def _dense_pearson_callback(
     log: Callable[[str], None],
     recalibration_batches: Callable[[], Any] | None = None,
 ) -> Any:
-    """The whole-image Pearson callback, or None when neither the val nor the eval split has a usable image.
+    """The whole-image Pearson callback, or None when the selection split has no usable image.
 
     It scores the validation split when the dataset has one, and `train.keep_best`
     selects on it. Without one it scores the evaluation split for monitoring
     only: keep_best is then skipped with a warning (the last weights are kept),
     so no weights are ever chosen on the split that is reported.
     """
+    from isl.data import pipeline
     from isl.train import dense_eval
 
-    split = "val"
+    split = pipeline.selection_split(data_dir)
     try:
-        images = dense_eval.load_split_images(data_dir, config, split="val")
-    except errors.InputError:
-        images = []
-    if not images:
-        split = "eval"
-        try:
-            images = dense_eval.load_split_images(data_dir, config)
-        except errors.InputError as error:
-            log(f"No whole-image evaluation ({error}).")
-            return None
+        images = dense_eval.load_split_images(data_dir, config, split=split)
+    except errors.InputError as error:
+        log(f"No whole-image evaluation ({error}).")
+        return None
     if not images:
         return None
     keep_best = config.train.keep_best and split == "val"
