@@ -57,7 +57,8 @@ def test_trains_predicts_and_is_written_like_the_paper_model(tmp_path, capsys):
         "train.eval_every_steps=4", "train.recalibrate_batches=2", "data.crop_size=64", "data.patch_stride=32",
         "train.checkpoint_every_minutes=0",
     )
-    records = write_records(str(tmp_path), 3, 0, config.channels)
+    # Three-way split (A1, A2 train, A3 validation, A4 evaluation): the recipe's keep_best chooses on validation.
+    records = write_records(str(tmp_path), 4, 0, config.channels, eval_every=4, val_wells=["A3"])
     model_dir = str(tmp_path / "model")
     result = trainer.train(config, records, model_dir, 8, show_progress=False, log=lambda line: None)
     saved = config_lib.load_config(os.path.join(model_dir, "config.json"))
