@@ -152,6 +152,27 @@ def target_stack(
     return values, masks
 
 
+def target_window(
+    well_targets: Mapping[str, np.ndarray],
+    channels: config_lib.ChannelConfig,
+    shape: tuple[int, int],
+    chosen: Sequence[str],
+    window: tuple[int, int, int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`target_stack` of the `chosen` target channels inside `window` (row0, row1, column0, column1; None: all).
+
+    Returns:
+        (values float32, masks bool), each `[row1 - row0, column1 - column0, len(chosen)]`;
+        a mask is True where that channel has a real label.
+    """
+    values, masks = target_stack(well_targets, channels, shape=shape)
+    if window is not None:
+        row0, row1, column0, column1 = window
+        values, masks = values[row0:row1, column0:column1], masks[row0:row1, column0:column1]
+    columns = [channels.output_target_channels.index(channel) for channel in chosen]
+    return values[..., columns], masks[..., columns] > 0
+
+
 def training_labels(
     stack: np.ndarray,
     well_targets: Mapping[str, np.ndarray],

@@ -105,6 +105,20 @@ def _resolve_region(region: Region, height: int, width: int, flag: str, well: st
     return (resolved[0], resolved[1])
 
 
+def well_window(well: wells_lib.Well, region: Region | None, flag: str = "--region") -> tuple[int, int, int, int]:
+    """(row0, row1, column0, column1) of a parsed `region` in a read well (the whole well for None).
+
+    Raises:
+        InputError: naming the flag and the well's folder when the window falls outside the image.
+    """
+    height, width = well.inputs.shape[1:]
+    if region is None:
+        return 0, height, 0, width
+    (row0, row1), (column0, column1) = _resolve_region(
+        region, height, width, flag, well.metadata.get("directory", well.name))
+    return row0, row1, column0, column1
+
+
 def _overlap(first: Region, second: Region) -> bool:
     return all(a_start < b_end and b_start < a_end for (a_start, a_end), (b_start, b_end) in zip(first, second))
 

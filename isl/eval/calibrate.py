@@ -227,13 +227,11 @@ def _sample(count: int, limit: int = MAX_FIT_PIXELS) -> np.ndarray:
     return np.sort(np.random.default_rng(SAMPLE_SEED).choice(count, limit, replace=False))
 
 
-def region_window(spec: str, shape: tuple[int, int], flag: str) -> tuple[int, int, int, int]:
-    """A "r0:r1,c0:c1" region (`isl.data.convert.parse_region`) resolved on an image: (r0, r1, c0, c1)."""
+def region_window(spec: str, well: Any, flag: str) -> tuple[int, int, int, int]:
+    """A "r0:r1,c0:c1" region (`isl.data.convert.parse_region`) resolved on a well: (r0, r1, c0, c1)."""
     from isl.data import convert
 
-    (row0, row1), (column0, column1) = convert._resolve_region(
-        convert.parse_region(spec, flag), shape[0], shape[1], flag, "the well")
-    return row0, row1, column0, column1
+    return convert.well_window(well, convert.parse_region(spec, flag), flag)
 
 
 def marginal(
@@ -244,23 +242,14 @@ def marginal(
     Raises:
         InputError: when a channel has no labelled pixel there.
     """
-    from isl.data import assemble
-    from isl.data import channel_map as channel_map_lib
-    from isl.data import wells as wells_lib
+    from isl.infer import well as well_lib
 
     collected: dict[str, list[np.ndarray]] = {channel: [] for channel in channels}
-    targets = config.channels.output_target_channels
-    mapping = channel_map_lib.check(config.data.channel_map, config.channels)  # Read as the model reads wells.
     for directory in train_dirs:
-        well = wells_lib.read_well(directory, config.channels, ignore_unknown=True,
-                                   normalization=config.data.normalization, channel_map=mapping)
-        shape = tuple(well.inputs.shape[1:])
-        row0, row1, column0, column1 = region_window(region, shape, "--train_region")
-        values, masks = assemble.target_stack(well.targets, config.channels, shape=shape)
-        for channel in channels:
-            index = targets.index(channel)
-            known = masks[row0:row1, column0:column1, index] > 0
-            collected[channel].append(values[row0:row1, column0:column1, index][known])
+        well = well_lib.read_checked_well(config, directory)  # As the model reads wells (map, normalisation).
+        values, known = _truth(config, well, channels, region_window(region, well, "--train_region"))
+        for index, channel in enumerate(channels):
+            collected[channel].append(values[..., index][known[..., index]])
     histograms, counts = {}, {}
     for channel, parts in collected.items():
         values = np.concatenate(parts) if parts else np.zeros(0)
@@ -272,13 +261,12 @@ def marginal(
     return histograms, counts
 
 
-def _truth(config: Any, well: Any, channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """`[H, W, len(channels)]` truth values and boolean masks of a well."""
+def _truth(config: Any, well: Any, channels: Sequence[str], window: tuple[int, int, int, int] | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """`[h, w, len(channels)]` truth values and boolean masks of a well, inside `window` (None: all of it)."""
     from isl.data import assemble
 
-    values, masks = assemble.target_stack(well.targets, config.channels, shape=tuple(well.inputs.shape[1:]))
-    columns = [config.channels.output_target_channels.index(channel) for channel in channels]
-    return values[..., columns], masks[..., columns] > 0
+    return assemble.target_window(well.targets, config.channels, tuple(well.inputs.shape[1:]), channels, window)
 
 
 def collect_heads(
@@ -421,7 +409,7 @@ def calibrate(
         chosen = well_lib.choose_channels(predictor.config, channels, predictor.trained_channels)
     start = time.perf_counter()
     well = well_lib.read_checked_well(predictor.config, data_dir)
-    window = region_window(region, tuple(well.inputs.shape[1:]), "--region")
+    window = region_window(region, well, "--region")
     _, masks = _truth(predictor.config, well, chosen)
     row0, row1, column0, column1 = window
     counts = {channel: int(masks[row0:row1, column0:column1, index].sum()) for index, channel in enumerate(chosen)}

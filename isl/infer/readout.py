@@ -20,6 +20,7 @@ import numpy as np
 from isl import config as config_lib
 from isl import errors
 from isl import progress as progress_lib
+from isl.data import convert
 from isl.io import calibration_file
 from isl.io import prediction_file
 from isl.model import geometry as geometry_lib
@@ -101,7 +102,7 @@ def predict_well(
     well = well_lib.read_checked_well(predictor.config, input_dir)
     embedder = embedder_of(predictor)
     height, width = well.inputs.shape[1:]
-    row0, row1, column0, column1 = well_lib._pixel_window(well, window) or (0, height, 0, width)
+    row0, row1, column0, column1 = convert.well_window(well, window)
     top, bottom, left, right = embedder.crop_for((height, width), (row0, row1, column0, column1), max(readout.radii))
     crop = well.inputs[:, top:bottom, left:right]
     start = time.perf_counter()
@@ -187,22 +188,17 @@ def calibration_maps(
     from isl.data import assemble
 
     shape = distributions[0].value.shape + (len(channels),)
-    values, masks = assemble.target_stack(well.targets, config.channels, shape=tuple(well.inputs.shape[1:]))
-    if region is not None:
-        rows = slice(region.row_offset, region.row_offset + region.height)
-        columns = slice(region.column_offset, region.column_offset + region.width)
-        values, masks = values[rows, columns], masks[rows, columns]
-    targets = config.channels.output_target_channels
+    values, masks = assemble.target_window(well.targets, config.channels, tuple(well.inputs.shape[1:]), channels,
+                                           None if region is None else region.bounds)
     keys = ("true_bin_probability", "cdf_below_true", "crps")
     maps = {key: np.full(shape, np.nan, np.float32) for key in keys}
     truth_channels = []
     for index, channel in enumerate(channels):
-        column = targets.index(channel)
-        known = masks[..., column] > 0
+        known = masks[..., index]
         if not known.any():
             continue
         truth_channels.append(channel)
-        truth = np.where(known, values[..., column], np.nan)
+        truth = np.where(known, values[..., index], np.nan)
         for key, image in zip(keys, distributions[index].bin_statistics(truth)):
             maps[key][..., index] = image
     return truth_channels, maps

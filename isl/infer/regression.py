@@ -19,6 +19,7 @@ import numpy as np
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import convert
 from isl.io import prediction_file
 from isl.model import geometry as geometry_lib
 from isl.model import unet_regression
@@ -103,7 +104,7 @@ def predict_well(
     config = predictor.config
     well = well_lib.read_checked_well(config, input_dir)
     height, width = well.inputs.shape[1:]
-    row0, row1, column0, column1 = well_lib._pixel_window(well, window) or (0, height, 0, width)
+    row0, row1, column0, column1 = convert.well_window(well, window)
     context = context_pixels(config)
     top, left = max(0, row0 - context), max(0, column0 - context)
     bottom, right = min(height, row1 + context), min(width, column1 + context)

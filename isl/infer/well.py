@@ -607,11 +607,7 @@ def _pixel_window(
         return None
     from isl.data import convert
 
-    height, width = well.inputs.shape[1:]
-    (row0, row1), (column0, column1) = convert._resolve_region(
-        window, height, width, "--region", well.metadata.get("directory", well.name)
-    )
-    return row0, row1, column0, column1
+    return convert.well_window(well, window)
 
 
 def run_well(
@@ -814,13 +810,9 @@ def write_target_panel(
     from isl.data import assemble
     from isl.eval import panels as panels_lib
 
-    height, width = well.inputs.shape[1:]
-    all_targets = config.channels.output_target_channels
-    values, masks = assemble.target_stack(well.targets, config.channels, shape=(height, width))
-    rows = slice(region.row_offset, region.row_offset + region.height)
-    columns = slice(region.column_offset, region.column_offset + region.width)
-    indices = [all_targets.index(channel) for channel in channels]
-    values, masks = values[rows, columns][..., indices], masks[rows, columns][..., indices]
+    values, known = assemble.target_window(well.targets, config.channels, tuple(well.inputs.shape[1:]), channels,
+                                           region.bounds)
+    masks = known.astype(np.float32)
     with_truth = [index for index in range(len(channels)) if masks[..., index].any()]
     if not with_truth:
         return [], {}

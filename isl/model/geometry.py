@@ -131,6 +131,11 @@ class OutputRegion:
     height: int
     width: int
 
+    @property
+    def bounds(self) -> tuple[int, int, int, int]:
+        """(row0, row1, column0, column1) in image pixels, ends exclusive."""
+        return (self.row_offset, self.row_offset + self.height, self.column_offset, self.column_offset + self.width)
+
 
 def output_region(image_shape: tuple[int, int], geometry: PatchSizes, border_mode: str) -> OutputRegion:
     """The output region of an image of `image_shape` = (height, width).

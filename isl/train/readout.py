@@ -25,6 +25,7 @@ import numpy as np
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import convert
 from isl.model import readout as readout_lib
 
 # Pixels per float64 product when accumulating (about 170 MB of features at F = 320).
@@ -88,19 +89,6 @@ def _target_matrix(well: Any, targets: Sequence[str], directory: str) -> np.ndar
     return np.stack([well.targets[name] for name in targets], axis=-1).reshape(-1, len(targets))
 
 
-def _window(well: Any, region: tuple[tuple[int, int], tuple[int, int]] | None, flag: str
-            ) -> tuple[int, int, int, int]:
-    """(row0, row1, column0, column1) of `region` in this well (the whole well for None); InputError outside it."""
-    from isl.data import convert
-
-    height, width = well.inputs.shape[1:]
-    if region is None:
-        return 0, height, 0, width
-    (row0, row1), (column0, column1) = convert._resolve_region(
-        region, height, width, flag, well.metadata.get("directory", well.name))
-    return row0, row1, column0, column1
-
-
 def _region_text(region: tuple[tuple[int, int], tuple[int, int]] | None) -> str | None:
     if region is None:
         return None
@@ -116,7 +104,7 @@ def _window_features(
     label: str,
 ) -> tuple[np.ndarray, tuple[slice, slice]]:
     """(`[N, F]` features of the window's pixels, row-major; the window as slices of the well)."""
-    window = _window(well, region, "--region")
+    window = convert.well_window(well, region, "--region")
     top, bottom, left, right = embedder.crop_for(well.inputs.shape[1:], window, max(radii))
     crop = well.inputs[:, top:bottom, left:right]
     tick = progress(f"{label} {well.name}", embedder.num_tiles(crop.shape[1:])) if progress else None
@@ -218,7 +206,7 @@ def fit(
     for directory in eval_dirs:
         well = well_lib.read_checked_well(config, directory)
         truth = _target_matrix(well, targets, directory)
-        window = _window(well, eval_region, "--eval_region")
+        window = convert.well_window(well, eval_region, "--eval_region")
         top, bottom, left, right = embedder.crop_for(well.inputs.shape[1:], window, max(radii))
         crop = well.inputs[:, top:bottom, left:right]
         tick = progress(f"score {well.name}", embedder.num_tiles(crop.shape[1:])) if progress else None
