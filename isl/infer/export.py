@@ -58,6 +58,7 @@ from typing import Any
 
 from isl import config as config_lib
 from isl import errors
+from isl.infer import predict as predict_lib
 from isl.io import atomic
 from isl.io import model_dir as model_dir_lib
 from isl.model import geometry as geometry_lib
@@ -163,10 +164,8 @@ class ServingFunctions:
         self._inverse_temperatures = None
         if calibration is not None and calibration.route == "heads":
             self.temperatures = tuple(calibration.temperature(channel) for channel in self.target_channels)
-            inverse = [1.0] * channels.num_heads
-            for channel in available:
-                inverse[channels.num_input_heads + available.index(channel)] = 1.0 / calibration.temperature(channel)
-            self._inverse_temperatures = [[value] for value in inverse]  # [heads, 1]; a constant in each trace.
+            every_head = [1.0] * channels.num_input_heads + [calibration.temperature(channel) for channel in available]
+            self._inverse_temperatures = predict_lib.inverse_temperatures_of(every_head)  # [heads, 1]
         self._image_functions: dict[str, Any] = {}
         # One traced graph each, shared by the signatures that call them: the
         # network is traced once however many signatures there are.
@@ -239,12 +238,8 @@ class ServingFunctions:
         return tf.reshape(interleaved, tf.concat([shape[:3], [2 * self.num_z_values]], axis=0))
 
     def logits(self, network_input: Any) -> dict[str, Any]:
-        import tensorflow as tf
-
-        logits = tf.cast(self.model(network_input, training=False), tf.float32)
-        if self._inverse_temperatures is not None:  # isl calibrate's temperatures.
-            logits = logits * tf.constant(self._inverse_temperatures, tf.float32)
-        return {"logits": logits}
+        # isl calibrate's temperatures, when the model has them.
+        return {"logits": predict_lib.tempered(self.model(network_input, training=False), self._inverse_temperatures)}
 
     def outputs(self, z_stack: Any) -> dict[str, Any]:
         """`[batch, H, W, n]` float32 in [0, 1] -> the signature outputs."""
@@ -292,7 +287,6 @@ class ServingFunctions:
         import tensorflow as tf
 
         from isl.infer import image_graph
-        from isl.infer import predict as predict_lib
 
         if border_mode not in self._image_functions:
             network = predict_lib.Network.from_keras(self.model, self.target_head_indices)
@@ -374,7 +368,6 @@ def export_channels(
 
 def image_tile_size(config: config_lib.ExperimentConfig, num_heads: int, tile_size: int | None) -> int:
     """The `predict_image` run input side: `tile_size` made valid, or one for `IMAGE_TILE_BUDGET_BYTES`."""
-    from isl.infer import predict as predict_lib
     from isl.infer import tiling
 
     geometry = geometry_lib.geometry(config.model)
