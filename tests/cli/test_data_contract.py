@@ -223,10 +223,15 @@ def test_unet_regression_honours_region_and_refuses_what_it_cannot_do(regression
                            (["--phases=1"], "--phases=1 does not apply"),
                            (["--save_calibration"], "--save_calibration does not apply"),
                            (["--region=0:200,0:10"], "valid windows lie within 0:96,0:100")):
-        code, _, err = run_isl(["predict", f"--model_dir={regression_model}", f"--input_dir={well}",
-                                f"--output_dir={tmp_path / 'refused'}", "--noprogress", *flags], capsys)
-        assert code == 2 and message in err, (flags, err)
+        _assert_predict_refuses(regression_model, well, tmp_path / "refused", flags, message, capsys)
     assert not (tmp_path / "refused").exists()
+
+
+def _assert_predict_refuses(model_dir: str, well: str, output, flags: list[str], message: str, capsys) -> None:
+    """`isl predict` with these flags exits 2 and its error contains `message`."""
+    code, _, err = run_isl(["predict", f"--model_dir={model_dir}", f"--input_dir={well}", f"--output_dir={output}",
+                            "--noprogress", *flags], capsys)
+    assert code == 2 and message in err, (flags, err)
 
 
 def test_regression_predictions_with_truth_write_a_target_panel(regression_model, tmp_path, capsys):
@@ -252,9 +257,7 @@ def test_readout_refuses_flags_it_cannot_honour(phase_model, bright_field, tmp_p
                            (["--nosimplify_panels"], "--nosimplify_panels does not apply"),
                            (["--noinference_graph"], "--noinference_graph does not apply"),
                            (["--batch_size=2"], "--batch_size=2 does not apply")):
-        code, _, err = run_isl(["predict", f"--model_dir={output}", f"--input_dir={bright_field[1]}",
-                                f"--output_dir={tmp_path / 'refused'}", "--noprogress", *flags], capsys)
-        assert code == 2 and message in err, (flags, err)
+        _assert_predict_refuses(str(output), bright_field[1], tmp_path / "refused", flags, message, capsys)
     code, _, err = run_isl(["readout", f"--model_dir={phase_model}", f"--train_dir={bright_field[0]}",
                             "--channel_map=BRIGHTFIELD=PHASE_CONTRAST", "--region=0:30,50:60",
                             f"--output_dir={tmp_path / 'r2'}", "--noprogress"], capsys)

@@ -36,14 +36,19 @@ CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "condition_b_sample")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    config = presets.get_preset("tiny")
-    directory = str(tmp_path_factory.mktemp("bioimageio_model") / "model")
+def _trained_model_dir(tmp_path_factory, name: str, config, trained_channels: list[str]) -> str:
+    """An untrained model of `config` saved as a model folder whose `trained_channels` are recorded as trained."""
+    directory = str(tmp_path_factory.mktemp(name) / "model")
     saving.save_model_dir(builder.build_model(config), config, directory)
     with open(ModelDir(directory).trained_channels, "w") as file:
-        json.dump({"target_channels": ["DAPI_CONFOCAL", "MAP2_CONFOCAL"]}, file)
+        json.dump({"target_channels": trained_channels}, file)
     return directory
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return _trained_model_dir(tmp_path_factory, "bioimageio_model", presets.get_preset("tiny"),
+                              ["DAPI_CONFOCAL", "MAP2_CONFOCAL"])
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +59,7 @@ def regression_dir(tmp_path_factory):
     config = dataclasses.replace(config, model=dataclasses.replace(
         config.model, regression_target_mean=tuple(0.1 * (1 + index % 5) for index in range(count)),
         regression_target_std=(0.2,) * count))
-    directory = str(tmp_path_factory.mktemp("bioimageio_regression") / "model")
-    saving.save_model_dir(builder.build_model(config), config, directory)
-    with open(ModelDir(directory).trained_channels, "w") as file:
-        json.dump({"target_channels": ["DAPI_CONFOCAL", "NFH_CONFOCAL"]}, file)
-    return directory
+    return _trained_model_dir(tmp_path_factory, "bioimageio_regression", config, ["DAPI_CONFOCAL", "NFH_CONFOCAL"])
 
 
 @pytest.fixture(scope="module")
