@@ -35,6 +35,16 @@ preset (`isl train --recipe=NAME`), between the preset and `--config` /
   8 of random 128 x 128 crops with flips and rotations, Adam 1e-3 with a
   cosine decay, bfloat16 compute, whole-image Pearson r every 200 steps
   keeping the best weights. Prediction is one pass over the whole image.
+* `unet_distribution`: the same U-Net (`model.architecture="unet"`: 4
+  levels, 16 base filters), batch, crop and schedule as `unet_regression`,
+  under the paper's 256-bin heads and loss, so each pixel gets a
+  distribution (intervals, `isl calibrate`, proper scores). Its U-Net works
+  on a 128-px crop as the regression's does, but only the centre 24 px are
+  output (52 px of context on each side): the heads cost per output pixel
+  (30 heads x 256 logits; 24-px outputs made a step 2.7x the regression's,
+  56-px outputs 7.5x, 120-px outputs 52x on the 2-core machine), so the
+  recipe trades output pixels for steps. Predicted tile by tile like the
+  paper network (each tile reads 52 px of context).
 """
 
 from __future__ import annotations
