@@ -83,7 +83,7 @@ def define_flags(flag_values: Any) -> None:
 
     flags.DEFINE_enum("recipe", None, list(presets.RECIPES),
                       "Training recipe layered over the preset: cpu (the paper network in hours on a few CPU cores: "
-                      "120-px outputs, bfloat16, lr 1e-3 cosine, best-weights keeping) or unet_regression (the "
+                      "120-px outputs, bfloat16, lr 1e-3 cosine, best-weights keeping), unet_regression (the "
                       "fnet/CARE-style peer baseline: a U-Net regression with MSE, one pass per image) or "
                       "unet_distribution (that U-Net under the paper's 256-bin heads and loss). See above.",
                       flag_values=flag_values)
