@@ -363,39 +363,19 @@ def run_search(
     if role != "chief":
         # Loud and early: the data must serve every trial (train and eval
         # shards, sizes for the geometry of the base and default networks).
-
         splits = ("train", pipeline.selection_split(data_dir))  # Trials are scored on val when there is one.
         for config in (base_config, hypermodel.config_from_values(default_values)):
             pipeline.check_dataset(data_dir, config, splits)
     tuner_dir = os.path.abspath(tuner_dir)
     os.makedirs(tuner_dir, exist_ok=True)
     if role != "worker":
-        _check_setup(
-            tuner_dir,
-            {
-                "base_config": base_config.to_dict(),
-                "search_space": {name: dimension.to_dict() for name, dimension in space.items()},
-                "tuner": tuner,
-                "objective": objective,
-                "steps_per_trial": steps_per_trial,
-                "max_trials": max_trials,
-            },
-        )
-    if tuner == "hyperband":
-        steps_per_epoch, epochs = max(1, math.ceil(steps_per_trial / HYPERBAND_MAX_EPOCHS)), HYPERBAND_MAX_EPOCHS
-        tuner_class: type = _HyperbandTuner
-    else:
-        steps_per_epoch, epochs = steps_per_trial, 1
-        tuner_class = _RandomTuner
-    search_tuner = tuner_class(
-        oracle=oracle,
-        hypermodel=hypermodel,
-        directory=tuner_dir,
-        project_name=PROJECT_NAME,
-        distribution_strategy=strategy,
-        overwrite=False,
-    )
-    search_tuner._setup_isl(data_dir, steps_per_epoch, epochs, eval_steps, callbacks, verbose)
+        _check_setup(tuner_dir, {
+            "base_config": base_config.to_dict(),
+            "search_space": {name: dimension.to_dict() for name, dimension in space.items()},
+            "tuner": tuner, "objective": objective, "steps_per_trial": steps_per_trial, "max_trials": max_trials,
+        })
+    search_tuner = _make_tuner(tuner, oracle, hypermodel, tuner_dir, strategy)
+    search_tuner._setup_isl(data_dir, *_trial_length(tuner, steps_per_trial), eval_steps, callbacks, verbose)
     try:
         search_tuner.search()
     except RuntimeError as error:  # Keras Tuner: too many consecutive failed trials.
@@ -407,6 +387,26 @@ def run_search(
     if not any(trial.status == "COMPLETED" for trial in search_tuner.oracle.trials.values()):
         _raise_trial_error(search_tuner, tuner_dir, "every trial failed")
     return _summarise(search_tuner.oracle, hypermodel, tuner_dir, role, objective_spec, tuner)
+
+
+def _trial_length(tuner: str, steps_per_trial: int) -> tuple[int, int]:
+    """(steps per epoch, epochs) of a full-length trial: one epoch, or Hyperband's epochs."""
+    if tuner == "hyperband":
+        return max(1, math.ceil(steps_per_trial / HYPERBAND_MAX_EPOCHS)), HYPERBAND_MAX_EPOCHS
+    return steps_per_trial, 1
+
+
+def _make_tuner(tuner: str, oracle: Any, hypermodel: Any, tuner_dir: str, strategy: Any) -> Any:
+    """The Keras Tuner of `tuner` over `oracle`, keeping what `tuner_dir` already holds."""
+    tuner_class: type = _HyperbandTuner if tuner == "hyperband" else _RandomTuner
+    return tuner_class(
+        oracle=oracle,
+        hypermodel=hypermodel,
+        directory=tuner_dir,
+        project_name=PROJECT_NAME,
+        distribution_strategy=strategy,
+        overwrite=False,
+    )
 
 
 def _raise_trial_error(search_tuner: Any, tuner_dir: str, what: str) -> None:
