@@ -2,9 +2,8 @@
 # The prediction and model benchmarks in float32 and mixed precision (bfloat16), for a GPU machine.
 #
 # Run from anywhere on a machine with this repository, a Python with TensorFlow (GPU build) and the
-# package's requirements (`pip install -e .`); it needs no network. The GPU machines lent to this project
-# have no TensorFlow (and no network to install it): there, use scripts/gpu_train.py (Keras on JAX), which
-# also times a whole well's prediction; see BUILD_NOTES.md, "GPU training without TensorFlow". Writes one JSON file per benchmark
+# package's requirements (`pip install -e .`); it needs no network. Training on a GPU is `isl train` itself
+# (docs/USAGE.md, "isl train": "On a GPU"). Writes one JSON file per benchmark
 # and precision, plus the device list and the full logs, into $ISL_GPU_OUT (default /tmp/isl-gpu-benchmarks):
 #
 #   predict_float32.json, predict_bfloat16.json   `isl benchmark predict`: old plan vs new plan on a

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: fixed seeds, quiet TensorFlow, the real sample's path."""
+"""Shared pytest fixtures: fixed seeds, quiet TensorFlow, the real sample's path, the tiny model built once."""
 
 from __future__ import annotations
 
@@ -29,3 +29,29 @@ def sample_dir() -> pathlib.Path:
     if not SAMPLE_DIR.is_dir():
         pytest.skip("../shared/data/condition_b_sample is not present")
     return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """The `tiny` preset."""
+    from isl import presets
+
+    return presets.get_preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    """The untrained tiny model with dynamic spatial dimensions, built once per run; tests must not change it."""
+    from isl.model import builder
+
+    return builder.build_model(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model, tiny_config) -> str:
+    """A model folder of `tiny_model` (config.json + model.weights.h5); tests must not write into it."""
+    from isl.model import saving
+
+    directory = str(tmp_path_factory.mktemp("tiny_model"))
+    saving.save_model_dir(tiny_model, tiny_config, directory)
+    return directory

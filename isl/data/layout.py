@@ -1,7 +1,7 @@
 """Where training and evaluation patches come from: `PatchLayout`, derived once from a config.
 
-Kept free of TensorFlow (the parser in `isl.data.parser` uses it inside tf.data; `scripts/gpu_train.py`
-uses it on JAX), so the crop, patch, output sizes and padding have one owner.
+Kept free of TensorFlow (the parser in `isl.data.parser` uses it inside tf.data), so the crop, patch, output
+sizes and padding have one owner.
 """
 
 from __future__ import annotations

@@ -17,12 +17,12 @@ tuning oracles (`isl.train.tuning`) skip such samples, and `build` raises
 `keras_tuner.errors.FailedTrialError` for any that still arrive.
 
 Compiling is injected: the HyperModel builds, and `compile_fn(model, config)`
-compiles (`isl tune` passes `isl.train.trainer.compile_for_training`), so
+compiles (`isl tune` passes `isl.train.step.compile_for_training`), so
 this module never imports the trainer (`isl.model` sits below `isl.train`).
 
 Example:
 
-    hypermodel = ISLHyperModel(presets.get_preset("tiny"), compile_fn=trainer.compile_for_training)
+    hypermodel = ISLHyperModel(presets.get_preset("tiny"), compile_fn=step.compile_for_training)
     hp = keras_tuner.HyperParameters()
     hp.Fixed("base_depth", 32)
     model = hypermodel.build(hp)        # compiled tiny model, base_depth 32
@@ -308,7 +308,7 @@ class ISLHyperModel(keras_tuner.HyperModel):
             space around `base_config`.
         compile_fn: `compile_fn(model, config)` compiles each built model with
             the sampled config (a tuner needs a compiled model; `isl tune`
-            passes `isl.train.trainer.compile_for_training`); None returns
+            passes `isl.train.step.compile_for_training`); None returns
             the model uncompiled.
     """
 

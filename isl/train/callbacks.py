@@ -34,8 +34,10 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from isl.io import model_dir as model_dir_lib
+from isl.model import losses
 
 
 def sanitize_name(head_name: str) -> str:
@@ -81,8 +83,6 @@ class PerHeadLosses(keras.metrics.Metric):
         self.head_names = tuple(head_names)
         self.metric_names = tuple(metric_name(head) for head in self.head_names)
         if per_head_loss_fn is None:
-            from isl.model import losses
-
             per_head_loss_fn = losses.per_head_losses
         self._per_head_loss_fn = per_head_loss_fn
         count = len(self.head_names)
@@ -257,8 +257,6 @@ class ProgressCallback(keras.callbacks.Callback):
 
 
 def _metadata(plugin_name: str, data_class: int) -> bytes:
-    from tensorflow.core.framework import summary_pb2
-
     return summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin_name),
         data_class=data_class,

@@ -31,12 +31,21 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import decoder
+from isl.data import pipeline
 from isl.eval import metrics
+from isl.infer import predict as predict_lib
+from isl.infer import regression
+from isl.io import atomic
 from isl.io import model_dir as model_dir_lib
+from isl.model import builder
 from isl.model import geometry as geometry_lib
+from isl.train import callbacks as callbacks_lib
+from isl.train import recalibrate as recalibrate_lib
 
 STATISTICS = ("median", "mean")
 # Memory for one tile of the dense evaluation, while training holds its own.
@@ -76,11 +85,6 @@ def load_split_images(
     Raises:
         InputError: when the folder has no shards of that split.
     """
-    import tensorflow as tf
-
-    from isl.data import decoder
-    from isl.data import pipeline
-
     files = pipeline.list_shards(data_dir, split)
     images = []
     for serialized in tf.data.TFRecordDataset(files).take(max_images):
@@ -238,7 +242,6 @@ class DensePearson(keras.callbacks.Callback):
         if not self.best_dir:
             self.best_weights = [np.array(weight) for weight in self.model.get_weights()]
             return
-        from isl.io import atomic
 
         os.makedirs(self.best_dir, exist_ok=True)
         path = os.path.join(self.best_dir, model_dir_lib.BEST_WEIGHTS_FILE)
@@ -262,9 +265,6 @@ class DensePearson(keras.callbacks.Callback):
 
     def _network(self) -> Any:
         """A variable-size inference model holding the training model's current weights."""
-        from isl.infer import predict as predict_lib
-        from isl.model import builder
-
         if self._inference_model is None:
             self._inference_model = builder.build_model(self.config, input_size=None)
             if self.config.model.architecture != "unet_regression":
@@ -273,8 +273,6 @@ class DensePearson(keras.callbacks.Callback):
         self._inference_model.set_weights(self.model.get_weights())
         count = self.config.train.eval_recalibrate_batches
         if count > 0 and self.recalibration_batches is not None:
-            from isl.train import recalibrate as recalibrate_lib
-
             if self._recalibration_iterator is None:
                 self._recalibration_iterator = iter(self.recalibration_batches())
             recalibrate_lib.recalibrate_batch_norm(self._inference_model, self._recalibration_iterator, count)
@@ -282,8 +280,6 @@ class DensePearson(keras.callbacks.Callback):
 
     def evaluate(self) -> dict[str, float]:
         """Predicts every eval image and returns the Pearson figures."""
-        from isl.infer import predict as predict_lib
-
         if not self.channels:
             return {}
         if self.config.model.architecture == "unet_regression":
@@ -309,8 +305,6 @@ class DensePearson(keras.callbacks.Callback):
         return pearson_of_predictions(self.images, predictions, self.channels)
 
     def _evaluate_regression(self) -> dict[str, float]:
-        from isl.infer import regression
-
         self._network()
         predictions = []
         all_channels = self.config.channels.output_target_channels
@@ -321,8 +315,6 @@ class DensePearson(keras.callbacks.Callback):
         return pearson_of_predictions(self.images, predictions, self.channels)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        from isl.train import callbacks as callbacks_lib
-
         start = time.monotonic()
         figures = self.evaluate()
         step = callbacks_lib.global_step(self.model)

@@ -23,6 +23,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
@@ -55,8 +56,6 @@ def recalibrate_batch_norm(
         ValueError: if `num_batches` < 1, the model has no batch norm, or
             `batches` runs out before yielding one batch.
     """
-    import tensorflow as tf
-
     if num_batches < 1:
         raise ValueError(f"num_batches must be >= 1. Received: {num_batches}")
     layers = batch_norm_layers(model)

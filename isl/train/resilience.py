@@ -26,6 +26,7 @@ from typing import Any
 import tensorflow as tf
 
 from isl import errors
+from isl.data import schema
 
 CHECKPOINT_PREFIX = "ckpt"
 _NUMBER = re.compile(r"-(\d+)\.index$")
@@ -116,8 +117,6 @@ def damaged_shards(data_dir: str) -> list[tuple[str, str]]:
 
     Reads every record (checking its CRCs); for the error path only.
     """
-    from isl.data import schema
-
     damaged = []
     for split in schema.SPLITS:
         for path in sorted(glob.glob(os.path.join(glob.escape(data_dir), schema.shard_pattern(split)))):

@@ -30,6 +30,7 @@ import keras
 from isl import config as config_lib
 from isl import errors
 from isl.io import model_dir as model_dir_lib
+from isl.model import builder
 
 HEAD_PREFIX = "head_"
 LOGITS_LAYER = "logits"
@@ -157,8 +158,6 @@ def load_source_model(
         raise errors.InputError(f"--restore_from {path}: {weights_path} is missing.")
     source_config = config_lib.load_config(config_path)
     if build_model_fn is None:
-        from isl.model import builder
-
         build_model_fn = builder.build_model
     model = build_model_fn(source_config)
     try:

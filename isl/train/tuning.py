@@ -39,12 +39,15 @@ from typing import Any
 import keras
 import keras_tuner
 import numpy as np
+import tensorflow as tf
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import pipeline
 from isl.io import atomic
 from isl.model import hypermodel as hypermodel_lib
-from isl.train import trainer as trainer_lib
+from isl.train import resilience
+from isl.train import step as step_lib
 
 TUNERS = ("random", "bayesian", "hyperband")
 PROJECT_NAME = "search"
@@ -192,7 +195,6 @@ class _ISLTunerMixin:
         self.isl_eval_steps = eval_steps
         self.isl_callbacks = list(callbacks)
         self.isl_verbose = verbose
-        from isl.data import pipeline
 
         self.isl_split = pipeline.selection_split(data_dir)
 
@@ -204,10 +206,6 @@ class _ISLTunerMixin:
         self.oracle.update_space(hp)
 
     def run_trial(self, trial, *args, **kwargs):
-        import tensorflow as tf
-
-        from isl.train import resilience
-
         try:
             return self._isl_run_trial(trial, *args, **kwargs)
         except Exception as error:
@@ -220,8 +218,6 @@ class _ISLTunerMixin:
             raise
 
     def _isl_run_trial(self, trial, *args, **kwargs):
-        from isl.data import pipeline
-
         config = self.hypermodel.config_for(trial.hyperparameters)
         keras.utils.set_random_seed(config.train.seed)
         train_data = pipeline.build_dataset(self.isl_data_dir, config, split="train", seed=config.train.seed)
@@ -340,7 +336,7 @@ def run_search(
         callbacks: extra Keras callbacks for every trial's fit.
         verbose: Keras fit verbosity.
         compile_fn: compiles each trial's model; default
-            `isl.train.trainer.compile_for_training` (tests inject others).
+            `isl.train.step.compile_for_training` (tests inject others).
 
     Returns:
         A SearchResult; files are written by standalone and chief processes.
@@ -356,7 +352,7 @@ def run_search(
     role = role_from_environment()
     space = hypermodel_lib.search_space(base_config, search_space)
     hypermodel = hypermodel_lib.ISLHyperModel(
-        base_config, space, compile_fn=compile_fn or trainer_lib.compile_for_training
+        base_config, space, compile_fn=compile_fn or step_lib.compile_for_training
     )
     default_values = {name: dimension.default for name, dimension in space.items()}
     reason = hypermodel.invalid_reason(default_values)
@@ -367,40 +363,19 @@ def run_search(
     if role != "chief":
         # Loud and early: the data must serve every trial (train and eval
         # shards, sizes for the geometry of the base and default networks).
-        from isl.data import pipeline
-
         splits = ("train", pipeline.selection_split(data_dir))  # Trials are scored on val when there is one.
         for config in (base_config, hypermodel.config_from_values(default_values)):
             pipeline.check_dataset(data_dir, config, splits)
     tuner_dir = os.path.abspath(tuner_dir)
     os.makedirs(tuner_dir, exist_ok=True)
     if role != "worker":
-        _check_setup(
-            tuner_dir,
-            {
-                "base_config": base_config.to_dict(),
-                "search_space": {name: dimension.to_dict() for name, dimension in space.items()},
-                "tuner": tuner,
-                "objective": objective,
-                "steps_per_trial": steps_per_trial,
-                "max_trials": max_trials,
-            },
-        )
-    if tuner == "hyperband":
-        steps_per_epoch, epochs = max(1, math.ceil(steps_per_trial / HYPERBAND_MAX_EPOCHS)), HYPERBAND_MAX_EPOCHS
-        tuner_class: type = _HyperbandTuner
-    else:
-        steps_per_epoch, epochs = steps_per_trial, 1
-        tuner_class = _RandomTuner
-    search_tuner = tuner_class(
-        oracle=oracle,
-        hypermodel=hypermodel,
-        directory=tuner_dir,
-        project_name=PROJECT_NAME,
-        distribution_strategy=strategy,
-        overwrite=False,
-    )
-    search_tuner._setup_isl(data_dir, steps_per_epoch, epochs, eval_steps, callbacks, verbose)
+        _check_setup(tuner_dir, {
+            "base_config": base_config.to_dict(),
+            "search_space": {name: dimension.to_dict() for name, dimension in space.items()},
+            "tuner": tuner, "objective": objective, "steps_per_trial": steps_per_trial, "max_trials": max_trials,
+        })
+    search_tuner = _make_tuner(tuner, oracle, hypermodel, tuner_dir, strategy)
+    search_tuner._setup_isl(data_dir, *_trial_length(tuner, steps_per_trial), eval_steps, callbacks, verbose)
     try:
         search_tuner.search()
     except RuntimeError as error:  # Keras Tuner: too many consecutive failed trials.
@@ -412,6 +387,26 @@ def run_search(
     if not any(trial.status == "COMPLETED" for trial in search_tuner.oracle.trials.values()):
         _raise_trial_error(search_tuner, tuner_dir, "every trial failed")
     return _summarise(search_tuner.oracle, hypermodel, tuner_dir, role, objective_spec, tuner)
+
+
+def _trial_length(tuner: str, steps_per_trial: int) -> tuple[int, int]:
+    """(steps per epoch, epochs) of a full-length trial: one epoch, or Hyperband's epochs."""
+    if tuner == "hyperband":
+        return max(1, math.ceil(steps_per_trial / HYPERBAND_MAX_EPOCHS)), HYPERBAND_MAX_EPOCHS
+    return steps_per_trial, 1
+
+
+def _make_tuner(tuner: str, oracle: Any, hypermodel: Any, tuner_dir: str, strategy: Any) -> Any:
+    """The Keras Tuner of `tuner` over `oracle`, keeping what `tuner_dir` already holds."""
+    tuner_class: type = _HyperbandTuner if tuner == "hyperband" else _RandomTuner
+    return tuner_class(
+        oracle=oracle,
+        hypermodel=hypermodel,
+        directory=tuner_dir,
+        project_name=PROJECT_NAME,
+        distribution_strategy=strategy,
+        overwrite=False,
+    )
 
 
 def _raise_trial_error(search_tuner: Any, tuner_dir: str, what: str) -> None:
@@ -539,8 +534,6 @@ def trials_plot_png(trials: Sequence[TrialSummary], minimize: bool = True, width
     x: trial order; y: objective, scaled to the plotted range (no text, to
     stay free of plotting libraries; the numbers are in trials.csv).
     """
-    import tensorflow as tf
-
     canvas = np.full((height, width, 3), 255, np.uint8)
     margin = 20
     canvas[height - margin, margin : width - margin] = 0  # x axis

@@ -1,8 +1,6 @@
-"""Shared helpers of the command-line tests: running `isl` in-process, and one saved tiny model."""
+"""Shared helper of the command-line tests: running `isl` in-process (the saved tiny model: tests/conftest.py)."""
 
 from __future__ import annotations
-
-import pytest
 
 
 def run_isl(arguments: list[str], capsys) -> tuple[int, str, str]:
@@ -12,16 +10,3 @@ def run_isl(arguments: list[str], capsys) -> tuple[int, str, str]:
     code = main.run_command(arguments)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    """A model folder of the untrained `tiny` preset (config.json + model.weights.h5); tests must not write into it."""
-    from isl import presets
-    from isl.model import builder
-    from isl.model import saving
-
-    directory = str(tmp_path_factory.mktemp("tiny_model"))
-    config = presets.get_preset("tiny")
-    saving.save_model_dir(builder.build_model(config), config, directory)
-    return directory

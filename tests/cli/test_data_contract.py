@@ -336,14 +336,14 @@ def test_children_started_quietly_print_nothing_on_stderr(capfd):
 
 def test_regression_target_statistics_list_only_channels_with_labels(tmp_path, monkeypatch):
     from isl.train import dense_eval
-    from isl.train import trainer
+    from isl.train import state
 
     config = presets.resolve_config("condition_b", recipe="unet_regression")
     means = tuple(0.2 if name == "DAPI_CONFOCAL" else 0.0 for name in config.channels.output_target_channels)
     stds = tuple(0.1 if name == "DAPI_CONFOCAL" else 1.0 for name in config.channels.output_target_channels)
     monkeypatch.setattr(dense_eval, "target_statistics", lambda data_dir, config: (means, stds))
     lines = []
-    trainer._with_target_statistics(config, str(tmp_path), str(tmp_path / "model"), lines.append)
+    state.with_target_statistics(config, str(tmp_path), str(tmp_path / "model"), lines.append)
     (line,) = lines
     assert "DAPI_CONFOCAL 0.2000 / 0.1000" in line and "NFH_CONFOCAL 0.0000" not in line
     assert "3 channel(s) without labels in the training data, left untrained: NFH_CONFOCAL, MAP2_CONFOCAL" in line

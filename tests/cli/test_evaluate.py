@@ -9,20 +9,15 @@ import shutil
 
 import pytest
 
-from isl import presets
 from isl.cli import main
 from isl.io import images
-from isl.model import builder
-from isl.model import saving
 from tests.data import wellmaker
 
 
 @pytest.fixture(scope="module")
-def predicted(tmp_path_factory):
+def predicted(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("evaluate")
-    model_dir = str(root / "model")
-    config = presets.get_preset("tiny")
-    saving.save_model_dir(builder.build_model(config), config, model_dir)
+    model_dir = tiny_model_dir
     well_dir = str(root / "well")
     _, targets = wellmaker.random_well(well_dir, height=40, width=36)
     output_dir = str(root / "predictions")

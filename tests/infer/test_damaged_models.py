@@ -7,20 +7,14 @@ import shutil
 
 import pytest
 
-from isl import presets
 from isl.cli import main
 from isl.io.model_dir import ModelDir
-from isl.model import builder
-from isl.model import saving
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """An untrained tiny model directory."""
-    config = presets.get_preset("tiny")
-    directory = str(tmp_path_factory.mktemp("damaged") / "model")
-    saving.save_model_dir(builder.build_model(config), config, directory)
-    return directory
+@pytest.fixture
+def model_dir(tiny_model_dir):
+    """An untrained tiny model directory (the session's; tests copy it before damaging it)."""
+    return tiny_model_dir
 
 
 def _predict(tmp_path, capsys, *model_flags):

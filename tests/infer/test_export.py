@@ -12,13 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from isl import presets
 from isl.data import assemble
 from isl.infer import export
 from isl.infer import predict as predict_lib
 from isl.io.model_dir import ModelDir
 from isl.model import geometry as geometry_lib
-from isl.model import builder
 from isl.model import statistics
 
 STATISTICS = ("median", "mean", "std", "mode")
@@ -27,10 +25,9 @@ TILE_SIZE = 50
 
 
 @pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    """(Keras model, config, export directory) of a tiny model with distributions."""
-    config = presets.get_preset("tiny")
-    model = builder.build_model(config)
+def tiny_export(tmp_path_factory, tiny_model, tiny_config):
+    """(Keras model, config, export directory) of the session's tiny model with distributions."""
+    model, config = tiny_model, tiny_config
     export_dir = str(tmp_path_factory.mktemp("export") / "tiny")
     export.export_keras_model(model, config, export_dir, statistics=STATISTICS, with_distributions=True,
                               tile_size=TILE_SIZE)
@@ -87,9 +84,9 @@ def _assert_matches(actual, expected, name, tolerance=1e-5):
     assert not np.any(differs & ~undecided), f"{name}: {np.sum(differs & ~undecided)} pixels differ"
 
 
-def test_in_graph_z_mapping_and_masks_equal_the_training_assembly():
-    config = presets.get_preset("tiny")
-    functions = export.ServingFunctions(builder.build_model(config), config)
+def test_in_graph_z_mapping_and_masks_equal_the_training_assembly(tiny_model, tiny_config):
+    config = tiny_config
+    functions = export.ServingFunctions(tiny_model, config)
     for num_source_z in (1, 7, 13, 26, 40):
         stack = _random_stack((6, 5, num_source_z), np.float32, seed=num_source_z) / 65535
         result = functions.network_input(tf.constant(stack[None]))[0].numpy()
@@ -223,11 +220,10 @@ def test_keras_archive_reloads_for_fine_tuning(tiny_export):
     np.testing.assert_allclose(reloaded(inputs, training=False), model(inputs, training=False), atol=1e-6)
 
 
-def test_a_calibrated_models_signatures_divide_the_target_logits_by_their_temperatures():
+def test_a_calibrated_models_signatures_divide_the_target_logits_by_their_temperatures(tiny_model, tiny_config):
     from isl.io import calibration_file
 
-    config = presets.get_preset("tiny")
-    model = builder.build_model(config)
+    config, model = tiny_config, tiny_model
     channels = config.channels
     target = channels.output_target_channels[1]
     calibration = calibration_file.Calibration(route="heads", channels={target: {"temperature": 4.0}}, marginal={})

@@ -1,4 +1,4 @@
-"""Fixtures of the model tests: the paper model is built once per session."""
+"""Fixtures of the model tests: the paper model is built once per session (the tiny one: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,3 @@ def paper_model_and_records():
     records = []
     model = builder.build_model(presets.get_preset("paper"), input_size=250, records=records)
     return model, records
-
-
-@pytest.fixture(scope="session")
-def tiny_config():
-    return presets.get_preset("tiny")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tiny_config):
-    """The tiny model with dynamic spatial dimensions."""
-    from isl.model import builder
-
-    return builder.build_model(tiny_config)

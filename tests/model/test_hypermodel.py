@@ -82,9 +82,9 @@ def test_fixed_override_changes_only_that_value(tiny_model):
 
 
 def test_compiled_model_uses_the_sampled_learning_rate():
-    from isl.train import trainer
+    from isl.train import step
 
-    model_builder = hypermodel.ISLHyperModel(presets.get_preset("tiny"), compile_fn=trainer.compile_for_training)
+    model_builder = hypermodel.ISLHyperModel(presets.get_preset("tiny"), compile_fn=step.compile_for_training)
     hp = keras_tuner.HyperParameters()
     hp.Fixed("learning_rate", 2e-3)
 

@@ -33,6 +33,7 @@ def main(records_dir: str, output_dir: str) -> None:
     from isl.data import pipeline
     from isl.model import builder
     from isl.model import layers as model_layers
+    from isl.train import step
     from isl.train import trainer
     from tests.train.conftest import fast_config
 
@@ -91,7 +92,7 @@ def main(records_dir: str, output_dir: str) -> None:
             weight.assign(value)
         # The same batch-norm arithmetic on both sides: synchronized BN (the
         # Mirrored run's) on one device is the stock, non-fused kernel.
-        trainer._set_synchronized_batch_norm(model)
+        step.set_synchronized_batch_norm(model)
         return model
 
     results = {}

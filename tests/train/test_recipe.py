@@ -14,7 +14,10 @@ from isl import config as config_lib
 from isl import errors
 from isl import presets
 from isl.data import augment
+from isl.train import checkpoints as checkpoints_lib
 from isl.train import dense_eval
+from isl.train import evaluation as evaluation_lib
+from isl.train import schedule as schedule_lib
 from isl.train import trainer
 from tests.train.conftest import small_config
 
@@ -56,7 +59,7 @@ def test_cosine_schedule_warms_up_then_decays_to_the_final_fraction():
     train_config = config_lib.TrainConfig(
         learning_rate=1e-3, lr_schedule="cosine", warmup_steps=10, final_learning_rate_fraction=0.1
     )
-    schedule = trainer.learning_rate_schedule(train_config, total_steps=110)
+    schedule = schedule_lib.learning_rate_schedule(train_config, total_steps=110)
     rates = [float(schedule(step)) for step in (0, 5, 10, 60, 110, 200)]
     assert rates[0] == pytest.approx(0.0, abs=1e-9)
     assert rates[1] == pytest.approx(5e-4, rel=1e-3)
@@ -64,7 +67,7 @@ def test_cosine_schedule_warms_up_then_decays_to_the_final_fraction():
     assert rates[3] == pytest.approx(1e-4 + 0.9e-3 * 0.5, rel=1e-3)  # Half way down the cosine.
     assert rates[4] == pytest.approx(1e-4, rel=1e-3)
     assert rates[5] == pytest.approx(1e-4, rel=1e-3)
-    assert trainer.learning_rate_schedule(config_lib.TrainConfig(learning_rate=3e-4)) == 3e-4
+    assert schedule_lib.learning_rate_schedule(config_lib.TrainConfig(learning_rate=3e-4)) == 3e-4
 
 
 def test_rotate_examples_rotates_each_example_by_its_own_k():
@@ -115,7 +118,7 @@ def test_training_logs_whole_image_pearson_keeps_the_best_and_recalibrates(tmp_p
     saved = config_lib.load_config(os.path.join(model_dir, "config.json"))
     assert saved.train.schedule_steps == 10
     # The training checkpoint holds the last step, not the kept weights.
-    assert os.path.basename(trainer.latest_checkpoint(model_dir)) == "ckpt-10"
+    assert os.path.basename(checkpoints_lib.latest_checkpoint(model_dir)) == "ckpt-10"
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_training(tmp_path, records_dir):
@@ -168,14 +171,14 @@ def test_keep_best_without_a_validation_split_keeps_the_last_weights_with_a_warn
     """The eval split is scored for monitoring only: keep_best must not choose weights on it."""
     config = small_config("train.keep_best=true")
     lines: list[str] = []
-    callback = trainer._dense_pearson_callback(records_dir, config, str(tmp_path / "model"), lines.append)
+    callback = evaluation_lib.dense_pearson_callback(records_dir, config, str(tmp_path / "model"), lines.append)
     assert callback.split == "eval" and not callback.keep_best
     assert any(line.startswith("warning: train.keep_best needs a validation split") for line in lines)
 
 
 def test_the_whole_image_pearson_scores_the_validation_split_when_there_is_one(tmp_path, val_records_dir):
     config = small_config("train.keep_best=true")
-    callback = trainer._dense_pearson_callback(val_records_dir, config, str(tmp_path / "model"), lambda line: None)
+    callback = evaluation_lib.dense_pearson_callback(val_records_dir, config, str(tmp_path / "model"), lambda _: None)
     assert callback.split == "val" and callback.keep_best
     assert [image.name for image in callback.images] == [
         image.name for image in dense_eval.load_split_images(val_records_dir, config, split="val")]

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from isl import errors
+from isl.data import pipeline
 from isl.io.model_dir import ModelDir
 from isl.train import resilience
 from isl.train import trainer
@@ -34,7 +35,7 @@ def _nan_at(batch_index: int):
     """A dataset_fn whose training batch number `batch_index` (0-based) has NaN inputs."""
 
     def dataset_fn(data_dir, config, **kwargs):
-        dataset = trainer._default_dataset(data_dir, config, **kwargs)
+        dataset = pipeline.build_dataset(data_dir, config, **kwargs)
         if kwargs.get("split") != "train":
             return dataset
 

@@ -17,6 +17,8 @@ from isl import errors
 from isl.model import builder
 from isl.model import losses
 from isl.train import callbacks as callbacks_lib
+from isl.train import checkpoints as checkpoints_lib
+from isl.train import schedule as schedule_lib
 from isl.train import trainer
 from tests.train.conftest import fast_config
 from tests.train.conftest import small_config
@@ -92,7 +94,7 @@ def test_sigterm_saves_then_same_command_resumes_then_finished_run_does_nothing(
     # end of step 3 or of the step after it.
     stopped = first.final_step
     assert first.interrupted and stopped in (3, 4)
-    checkpoint = trainer.latest_checkpoint(model_dir)
+    checkpoint = checkpoints_lib.latest_checkpoint(model_dir)
     assert checkpoint.endswith(f"ckpt-{stopped}")
     saved_slots = {
         name: tf.train.load_variable(checkpoint, name)
@@ -155,14 +157,14 @@ def test_a_head_with_no_labels_gets_exactly_zero_gradient_and_does_not_move():
     assert np.abs(by_path[present.kernel.path].numpy()).max() > 0
     # One faithful Adam step leaves the unlabeled head exactly where it was.
     before = [variable.numpy().copy() for variable in head_variables]
-    optimizer = trainer.make_optimizer(config.train)
+    optimizer = schedule_lib.make_optimizer(config.train)
     optimizer.apply(gradients, model.trainable_variables)
     for variable, value in zip(head_variables, before):
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
 def test_faithful_optimizer_is_tf1_adam():
-    optimizer = trainer.make_optimizer(config_lib.TrainConfig())
+    optimizer = schedule_lib.make_optimizer(config_lib.TrainConfig())
     assert isinstance(optimizer, keras.optimizers.Adam)
     assert (float(optimizer.learning_rate), optimizer.beta_1, optimizer.beta_2, optimizer.epsilon) == (
         pytest.approx(1e-4), 0.9, 0.999, 1e-8)
