@@ -42,11 +42,12 @@ STATISTICS = ("median", "mean")
 TILE_MEMORY_BYTES = 1.5e9
 # Pixels per band of rows when target statistics read the training wells.
 BAND_PIXELS = 2**20
-# The U-Net regression predicts an image whole up to this many pixels, else in tiles of REGRESSION_TILE
-# output pixels a side, each with `regression.context_pixels` of real image around it (memory grows with
-# the pixels of one pass: about 2 KB per pixel for the recipe's U-Net).
-REGRESSION_WHOLE_PIXELS = 768 * 768
-REGRESSION_TILE = 512
+# The U-Net regression predicts an image whole up to this many pixels (the sample's 128 x 1024 validation band),
+# else in tiles of REGRESSION_TILE output pixels a side, each with `regression.context_pixels` (128 for the
+# recipe) of real image around it: memory grows with the pixels of one pass, about 2.3 KB per pixel for the
+# recipe's U-Net (a 2048 x 256 band whole: 1.2 GB more than training alone; a 512² tile pass: about 0.6 GB).
+REGRESSION_WHOLE_PIXELS = 384 * 384
+REGRESSION_TILE = 256
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
