@@ -2,17 +2,23 @@
 
 The data flow of `build_dataset`, as Model Garden's input readers:
 
-    shard files -> records (this input pipeline's share, interleaved)
-      -> decoder.decode  (serialized Example -> tensors: the record format)
-      -> parser.Parser   (tensors -> patches: crops, augmentation, labels)
+    shard files -> record indices (this input pipeline's share, interleaved)
+      -> crops.index_shard  (each record's metadata and pixel offsets, read once)
+      -> RecordSource       (one crop's rows read from the file: never a whole well)
+      -> parser.Parser      (crop -> patches: augmentation, labels)
       -> shuffle (training), batch -> Parser.finish_batch -> prefetch
+
+Memory does not grow with image size: an example in flight holds its crop
+(`data.crop_size` squared), not its well; the batches are those the
+whole-record decoder (`isl.data.decoder`) gives, for the same seeds.
 
 Training (isl_reference.md §3.5, §3.6), per example (one well):
 
-1. decode the well (uint16, channels last; `isl.data.decoder`);
-2. zero-pad by the network border (mask 0), as the paper's TFRecord path did,
-   when `data.pad_border` (otherwise the PNG path: border pixels are never
-   trained as centres), and take a uniformly random crop (520 in the paper);
+1. draw a uniformly random crop (520 in the paper) of the well zero-padded
+   by the network border (mask 0), as the paper's TFRecord path did, when
+   `data.pad_border` (otherwise the PNG path: border pixels are never
+   trained as centres), from the example's seed and the well's size;
+2. read that crop alone (uint16, channels last; `RecordSource`);
 3. flip left-right with p = 0.5 (per example);
 4. cut 2 x 2 patches of the network input size at stride `patch_stride`
    ({0, 256} in the paper: 4 patches of 250 per 520 crop) and keep the centre
@@ -224,9 +230,10 @@ def build_dataset(
 ) -> tf.data.Dataset:
     """Builds the training or evaluation pipeline over a converted dataset.
 
-    The data flow: shard files -> records -> `decoder.decode` -> parser patches
-    (`Parser.train_patches` / `Parser.eval_patches`) -> shuffle and batch ->
-    `Parser.finish_batch` -> prefetch.
+    The data flow: shard files -> record indices -> crops read by
+    `RecordSource` -> parser patches (`Parser.train_crop` +
+    `Parser.window_patches`, or the `eval_crop_offsets` grid) -> shuffle and
+    batch -> `Parser.finish_batch` -> prefetch.
 
     Args:
         data_dir: the output folder of `isl convert`.

@@ -1,8 +1,10 @@
 """Fitting a ridge read-out of a frozen core on whole wells (`isl readout`; model: `isl.model.readout`).
 
 The normal equations of the standardized ridge problem are accumulated in
-float64, well by well and in chunks of pixels, so memory stays at one
-well's features whatever the number of wells:
+float64, well by well and band by band (`BAND_PIXELS` pixels' features: the
+core's embedding is made one row of tiles at a time, `Embedder.rows`, and
+the box means per band, `band_features`), so no design matrix of every
+pixel's features is ever made and one well is held at a time:
 
     n, sum x [F], X'X [F, F], X'Y [F, T], sum y [T], sum y^2 [T]
     Z = (X - mean) / scale             (standardized features)
