@@ -4,8 +4,8 @@ For each image side (512, 1024, 2048, 4096 by default) a well is made by
 mirroring the sample well (`mirror_well`: the sample reflected about its
 edges, tiled, then cropped; every file of the sample, same names), converted,
 and each command runs in its own child process, measured by that process's
-peak RSS (`resource.getrusage(RUSAGE_CHILDREN)` after it exits: each command
-runs in a fresh Python, so the figure is that command's own). The table
+peak RSS (`os.wait4` in a small launcher process, so neither the benchmark's
+own memory nor an earlier command's enters the figure). The table
 prints the CPU model and the load average before and after, because the
 figures on a shared machine move with the other jobs.
 """
@@ -75,25 +75,48 @@ def cpu_model() -> str:
     return f"{name}, {len(os.sched_getaffinity(0))} CPUs"
 
 
+# Runs argv[2:] as its child and writes the child's exit code and ru_maxrss (KB) to the file argv[1]. A process
+# started by fork (or vfork) keeps the parent's peak RSS across exec, so the command is started from this small
+# process, not from the benchmark's (which may hold TensorFlow), and its figure is its own.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as handle:
+    handle.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
 def measure(command: list[str], log_path: str) -> dict:
     """Runs `command` as a child process; its own wall seconds, peak RSS (GB), exit code and the load before/after.
 
-    The peak is the child's `ru_maxrss` from `os.wait4` (that process alone;
-    the `isl` commands do their work in-process, so it is the command's).
+    The peak is the command's `ru_maxrss` from `os.wait4` in a small launcher
+    process (`_LAUNCHER`), that process alone: the `isl` commands do their
+    work in-process, so it is the command's.
     """
     import subprocess
+    import sys
     import time
 
     load_before = os.getloadavg()[0]
+    figures = log_path + ".rusage"
     start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        subprocess.run([sys.executable, "-c", _LAUNCHER, figures, *command], stdout=log, stderr=subprocess.STDOUT,
+                       check=False)
+    seconds = time.perf_counter() - start
+    try:
+        with open(figures, encoding="utf-8") as handle:
+            exit_code, peak_kb = (int(value) for value in handle.read().split())
+        os.remove(figures)
+    except (OSError, ValueError):
+        exit_code, peak_kb = -1, 0
     return {
-        "seconds": round(time.perf_counter() - start, 1),
-        "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 2),
-        "exit_code": process.returncode,
+        "seconds": round(seconds, 1),
+        "peak_rss_gb": round(peak_kb * 1024 / 1e9, 2),
+        "exit_code": exit_code,
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
         "log": log_path,

@@ -97,7 +97,7 @@ def _check_output_dir(output_dir: str, model_dir: str) -> None:
 # The fit's peak RSS, measured (`isl benchmark scaling`, BUILD_NOTES "Session 8, issue 25"): the network, one
 # row of embedding tiles and one band of features (BASE_BYTES), plus the one well held in memory: its integer
 # and float32 pixels and the target matrix (WELL_BYTES_PER_VALUE per pixel and plane).
-BASE_BYTES = 2.5e9
+BASE_BYTES = 2.7e9
 WELL_BYTES_PER_VALUE = 10.0
 
 

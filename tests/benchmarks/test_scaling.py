@@ -36,8 +36,10 @@ def test_measure_reports_the_child_s_own_peak_and_exit_code(tmp_path):
     grab = "import numpy; a = numpy.ones(300_000_000 // 8); print(a.sum())"
     result = scaling.measure([sys.executable, "-c", grab], str(tmp_path / "log"))
     assert result["exit_code"] == 0 and 0.3 <= result["peak_rss_gb"] < 1.5
+    ballast = np.ones(500_000_000 // 8)  # this process's memory must not enter a child's figure (fork keeps it)
     small = scaling.measure([sys.executable, "-c", "import sys; sys.exit(3)"], str(tmp_path / "log2"))
     assert small["exit_code"] == 3 and small["peak_rss_gb"] < 0.3  # its own peak, not the earlier child's
+    assert ballast.sum() > 0
 
 
 def test_scaling_refuses_missing_settings(tmp_path):

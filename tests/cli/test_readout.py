@@ -188,5 +188,5 @@ def test_readout_prints_its_expected_memory_and_refuses_when_it_does_not_fit(tin
     code, _, err = run_isl(["readout", f"--model_dir={tiny_model_dir}", f"--train_dir={plate / 'a'}",
                             f"--output_dir={output}", "--noprogress"], capsys)
     assert code == 2 and not output.exists()
-    assert "Expected peak memory: about 2.5 GB (largest well" in err and "40x44, 15 planes" in err
+    assert "Expected peak memory: about 2.7 GB (largest well" in err and "40x44, 15 planes" in err
     assert "more than the 1.0 GB available now; split that field into smaller wells" in err
