@@ -38,3 +38,26 @@ def test_pooled_moments_give_the_pearson_of_the_concatenated_pixels():
     constant = dense_eval.Moments()
     constant.add(np.ones(4), np.arange(4.0))
     assert np.isnan(constant.pearson)
+
+
+def test_the_tiled_regression_prediction_is_assembled_where_each_tile_belongs(monkeypatch):
+    """Tiles whose context (the 96-px output side) covers the image see all of it: tiling must equal the whole pass."""
+    from isl import presets
+    from isl.model import builder
+
+    overrides = ["model.unet_levels=2", "model.unet_filters=4", "model.output_size=96", "channels.num_z_values=2"]
+    config = presets.resolve_config("condition_b", recipe="unet_regression", overrides=overrides)
+    n = len(config.channels.output_target_channels)
+    config = presets.resolve_config("condition_b", recipe="unet_regression", overrides=overrides + [
+        f"model.regression_target_mean={[0.2] * n}", f"model.regression_target_std={[0.1] * n}"])
+    callback = dense_eval.DensePearson.__new__(dense_eval.DensePearson)
+    callback.config = config
+    callback._inference_model = builder.build_model(config, input_size=None)
+    stack = np.random.default_rng(1).uniform(size=(13, 70, 90)).astype(np.float32)
+    whole = callback._regression_prediction(stack)
+    monkeypatch.setattr(dense_eval, "REGRESSION_WHOLE_PIXELS", 100)
+    monkeypatch.setattr(dense_eval, "REGRESSION_TILE", 32)  # 3 x 3 tiles, the last ones partial
+    tiled = callback._regression_prediction(stack)
+    assert tiled.shape == whole.shape == (70, 90, n)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    assert np.ptp(whole) > 0
