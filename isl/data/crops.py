@@ -11,9 +11,9 @@ kept. A window `[y0:y1, x0:x1]` is then read with one `pread` per row, so
 memory per example is the window, whatever the image size; the record format
 is unchanged and every record `isl convert` ever wrote is read.
 
-The CRC of a record's data is not checked on this path (the whole record
-would have to be read); `pipeline.check_shard` still checks every record's
-framing, and the whole-record readers (`isl.data.decoder`) check the CRC.
+The CRCs are checked once per shard when the pipeline is built
+(`verify_shard`: TensorFlow's reader, one record in memory at a time), so a
+damaged record is named before training starts rather than read silently.
 """
 
 from __future__ import annotations
@@ -124,7 +124,11 @@ def _index_record(reader: _Reader, start: int, end: int) -> RecordInfo:
             if key in _PIXEL_FIELDS:
                 offsets[key] = _pixel_offset(reader, value_start, value_start + value_length)
             else:
-                features[key] = feature_pb2.Feature.FromString(reader.read(value_start, value_length))
+                try:
+                    features[key] = feature_pb2.Feature.FromString(reader.read(value_start, value_length))
+                except Exception:  # noqa: BLE001 - protobuf's DecodeError: a damaged record
+                    raise errors.InputError(f"{reader.path}: damaged TFRecord shard (feature {key!r} of the record "
+                                            f"at byte {start} does not parse). Run 'isl convert' again.") from None
         position = entry_end
 
     def ints(key: str) -> list[int]:
@@ -173,6 +177,23 @@ def index_shard(path: str) -> list[RecordInfo]:
             records.append(_index_record(reader, data_start, data_start + length))
             position = data_start + length + 4
     return records
+
+
+def verify_shard(path: str) -> None:
+    """Reads every record of a shard once, checking its CRCs (one record in memory at a time).
+
+    Raises:
+        InputError: naming the file and the damage, for a corrupted or truncated record.
+    """
+    import tensorflow as tf
+
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            pass
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError) as error:
+        text = (getattr(error, "message", None) or str(error)).strip().splitlines()[0][:200]
+        raise errors.InputError(
+            f"{path}: damaged TFRecord shard ({text}). Run 'isl convert' again to rewrite the dataset.") from None
 
 
 def read_window(

@@ -330,6 +330,7 @@ class RecordSource:
         self.infos: list[crops.RecordInfo] = []
         self.counts: list[int] = []
         for path in files:
+            crops.verify_shard(path)
             shard = crops.index_shard(path)
             self.infos.extend(shard)
             self.counts.append(len(shard))
