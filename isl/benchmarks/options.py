@@ -31,6 +31,8 @@ class BenchmarkOptions:
         plans: predict: plans to compare, comma-separated.
         tile_size: predict: tile side (0: from memory).
         model_steps: data: timed training steps of the preset's model (0 skips).
+        sizes: scaling: image sides, comma-separated.
+        commands: scaling: commands to measure, comma-separated (predict, evaluate, readout, train).
     """
 
     preset: str = "paper"
@@ -48,3 +50,5 @@ class BenchmarkOptions:
     plans: str = "old,new"
     tile_size: int = 0
     model_steps: int = 2
+    sizes: str = "512,1024,2048,4096"
+    commands: str = "predict,evaluate,readout,train"

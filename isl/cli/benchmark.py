@@ -1,4 +1,4 @@
-"""`isl benchmark`: Measure speed and memory: 'isl benchmark data|model|predict'."""
+"""`isl benchmark`: Measure speed and memory: 'isl benchmark data|model|predict|scaling'."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import dataclasses
 import importlib
 from typing import Any
 
-SUMMARY = "Measure speed and memory: 'isl benchmark data|model|predict'."
+SUMMARY = "Measure speed and memory: 'isl benchmark data|model|predict|scaling'."
 DESCRIPTION = """
-Measure speed and memory: 'isl benchmark data|model|predict'.
+Measure speed and memory: 'isl benchmark data|model|predict|scaling'.
 
   data     patches/s delivered by the training pipeline (on --data_dir, or a
            synthetic well the size of the real sample) and the peak RSS of
@@ -18,6 +18,11 @@ Measure speed and memory: 'isl benchmark data|model|predict'.
            training step at each output size, float32 and bfloat16.
   predict  whole-well prediction: the old plan and the new one side by side
            (seconds, output px/s, peak RSS, ratio; --model_dir, --plans).
+  scaling  seconds and peak RSS of predict, evaluate, readout and U-Net
+           training (--commands) against image size (--sizes, default
+           512,1024,2048,4096): --sample_dir is mirrored to each size in the
+           work folder --data_dir; each command runs in its own process and
+           its own peak RSS is reported, with the CPU model and the load.
 
 Each benchmark prints its figures and the command line that reproduces them;
 --json prints them as one JSON line. Timings on a shared machine are noisy:
@@ -32,6 +37,7 @@ BENCHMARKS: dict[str, str] = {
     "data": "isl.benchmarks.data",
     "model": "isl.benchmarks.model",
     "predict": "isl.benchmarks.predict",
+    "scaling": "isl.benchmarks.scaling",
 }
 
 
@@ -62,6 +68,10 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_string("plans", "old,new", "predict: plans to compare, comma-separated: old, new, new_xla, one.",
                         flag_values=flag_values)
     flags.DEFINE_integer("tile_size", 0, "predict: tile side (0: from memory).", flag_values=flag_values)
+    flags.DEFINE_string("sizes", "512,1024,2048,4096", "scaling: image sides, comma-separated.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("commands", "predict,evaluate,readout,train", "scaling: commands to measure, "
+                        "comma-separated.", flag_values=flag_values)
     flags.DEFINE_integer("model_steps", 2, "data: timed training steps of the preset's model, to compare the "
                          "pipeline's patches/s with what the model consumes (0 skips).", flag_values=flag_values)
 

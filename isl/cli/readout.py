@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 from typing import Any
 
 SUMMARY = "Fit a ridge read-out of a trained network's frozen core to your own wells, in minutes (beyond the paper)."
@@ -93,6 +94,49 @@ def _check_output_dir(output_dir: str, model_dir: str) -> None:
                                 "(an earlier read-out folder is replaced).")
 
 
+# The fit's peak RSS, measured (`isl benchmark scaling`, BUILD_NOTES "Session 8, issue 25"): the network, one
+# row of embedding tiles and one band of features (BASE_BYTES), plus the one well held in memory: its integer
+# and float32 pixels and the target matrix (WELL_BYTES_PER_VALUE per pixel and plane).
+BASE_BYTES = 2.7e9
+WELL_BYTES_PER_VALUE = 10.0
+
+
+def expected_peak_bytes(height: int, width: int, planes: int) -> float:
+    """The modelled peak RSS of `isl readout` for its largest well: `planes` = z slices + target images."""
+    return BASE_BYTES + WELL_BYTES_PER_VALUE * height * width * planes
+
+
+def check_memory(config: Any, well_dirs: list[str]) -> None:
+    """Prints the expected peak memory from the wells' image headers; refuses when it exceeds the memory available.
+
+    Raises:
+        InputError: naming the largest well and what to change.
+    """
+    import psutil
+
+    from isl import errors
+    from isl.data import channel_map as channel_map_lib
+    from isl.data import wells as wells_lib
+
+    mapping = channel_map_lib.parse(config.data.channel_map)
+    largest = (0, "", 0, 0, 0)
+    for directory in well_dirs:
+        for well in wells_lib.scan_wells([directory], config.channels, ignore_unknown=True,
+                                         channel_map=mapping).wells:
+            planes = well.num_source_z + len(well.targets)
+            largest = max(largest, (well.height * well.width * planes, directory, well.height, well.width, planes))
+    _, directory, height, width, planes = largest
+    needed = expected_peak_bytes(height, width, planes)
+    available = psutil.virtual_memory().available
+    print(f"Expected peak memory: about {needed / 1e9:.1f} GB (largest well {directory}: {height}x{width}, "
+          f"{planes} planes); {available / 1e9:.1f} GB available now.", file=sys.stderr, flush=True)
+    if needed > available:
+        raise errors.InputError(
+            f"--train_dir/--eval_dir: the read-out needs about {needed / 1e9:.1f} GB for {directory} "
+            f"({height}x{width}, {planes} planes), more than the {available / 1e9:.1f} GB available now; split that "
+            "field into smaller wells (the fit holds one well's pixels at a time) or stop other jobs.")
+
+
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     from isl import config as config_lib
     from isl import errors
@@ -128,6 +172,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         raise errors.InputError("--eval_region needs --eval_dir (the wells to score).")
     model, config = saving.load_model_dir(model_dir, input_size=None)
     config = data_flags.model_config(config, flag_values, model_dir, "readout")
+    check_memory(config, list(train_dirs) + list(eval_dirs))
     enabled = flag_values["progress"].value
     bars: list[progress_lib.Progress] = []
 

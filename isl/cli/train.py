@@ -143,6 +143,58 @@ def resolve(flag_values: Any) -> Any:
     return config
 
 
+# The U-Net regression's training peak, measured (`isl benchmark scaling`, BUILD_NOTES "Session 8, issue 25"):
+# 1.9-2.5 GB at batch 8 of 128-px outputs with the in-training Pearson on any image size; modelled as a base
+# plus a part linear in batch x output pixels.
+UNET_BASE_BYTES = 1.3e9
+UNET_BYTES_PER_OUTPUT_PIXEL = 1.2e9 / (8 * 128 * 128)
+# The data pipeline (crops in flight, shuffle buffer of patches, the held validation images) above the step.
+DATA_BYTES = 0.3e9
+
+
+def expected_peak_bytes(config: Any, batch_size: int) -> float:
+    """The modelled peak RSS of `isl train` at a per-device `batch_size`: the training step plus the data pipeline.
+
+    Training reads crops, never whole wells (`isl.data.crops`), so the figure does not depend on image size.
+    """
+    if config.model.architecture == "unet_regression":
+        return UNET_BASE_BYTES + batch_size * config.model.output_size**2 * UNET_BYTES_PER_OUTPUT_PIXEL + DATA_BYTES
+    from isl.model import footprint
+
+    return footprint.training_step_bytes(config, batch_size) + DATA_BYTES
+
+
+def check_memory(config: Any, batch_size: int, log: Any) -> None:
+    """Prints the expected peak memory; refuses when it exceeds the memory available now.
+
+    Raises:
+        InputError: naming --set train.batch_size and the largest batch that fits.
+    """
+    import psutil
+
+    from isl import errors
+    from isl.model import geometry as geometry_lib
+
+    if config.model.architecture != "unet_regression":
+        try:
+            geometry_lib.geometry(config.model)
+        except ValueError as error:
+            raise errors.InputError(f"model.output_size: {error}") from None
+    needed = expected_peak_bytes(config, batch_size)
+    available = psutil.virtual_memory().available
+    log(f"Expected peak memory: about {needed / 1e9:.1f} GB (batch {batch_size} per device, any image size); "
+        f"{available / 1e9:.1f} GB available now.")
+    if needed <= available:
+        return
+    fits = next((batch for batch in range(batch_size - 1, 0, -1) if expected_peak_bytes(config, batch) <= available),
+                0)
+    advice = (f"--set train.batch_size={fits} fits" if fits else
+              "no batch fits: lower --set model.output_size or free memory")
+    raise errors.InputError(
+        f"train.batch_size={config.train.batch_size}: training needs about {needed / 1e9:.1f} GB, more than the "
+        f"{available / 1e9:.1f} GB available now; {advice} (or stop other jobs).")
+
+
 # Above this ratio of eval to training loss the summary says what the two figures are.
 LOSS_GAP_RATIO = 3.0
 
@@ -263,6 +315,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    check_memory(config, strategy_lib.per_replica_batch_size(strategy, config.train.batch_size), log)
     with _no_trace_of_a_failed_start(flag_values["model_dir"].value, flag_values["strategy"].value):
         result = trainer.train(
             config,

@@ -106,6 +106,15 @@ class Parser:
         Returns:
             The `patches` dict, `[4, ...]` tensors.
         """
+        return self.patches(decoded, *self.train_crop(decoded, seed))
+
+    def train_crop(self, decoded: dict, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """(offset_y, offset_x, flip) of an example's uniformly random crop of the padded well.
+
+        Args:
+            decoded: the well's "height" and "width" (int32 scalars).
+            seed: `[2]` int64, this example's seed.
+        """
         layout = self.layout
         size = layout.crop_size
         max_y = tf.maximum(decoded["height"] + 2 * layout.pad - size, 0)
@@ -113,7 +122,7 @@ class Parser:
         offset_y = tf.random.stateless_uniform([], augment.sub_seed(seed, 0), 0, max_y + 1, tf.int32)
         offset_x = tf.random.stateless_uniform([], augment.sub_seed(seed, 1), 0, max_x + 1, tf.int32)
         flip = augment.random_flip(augment.sub_seed(seed, 2)) if self.config.data.flip else tf.constant(False)
-        return self.patches(decoded, offset_y, offset_x, flip)
+        return offset_y, offset_x, flip
 
     def eval_patches(self, decoded: dict) -> tf.data.Dataset:
         """The patches of every crop of the fixed evaluation grid (`eval_crop_offsets`), unflipped.
@@ -126,7 +135,33 @@ class Parser:
         return offsets.map(lambda offset: self.patches(decoded, offset[0], offset[1], tf.constant(False)))
 
     def patches(self, decoded: dict, offset_y: tf.Tensor, offset_x: tf.Tensor, flip: tf.Tensor) -> dict:
-        """The 2 x 2 patches of one crop, still uint16 (converted per batch).
+        """The 2 x 2 patches of one crop of a whole decoded well (`window_patches` on its windows)."""
+        height, width = decoded["height"], decoded["width"]
+        inputs = self._window(decoded["inputs"], offset_y, offset_x, height, width)
+        targets = self._window(decoded["targets"], offset_y, offset_x, height, width)
+        return self.window_patches(decoded, inputs, targets, offset_y, offset_x, flip)
+
+    def window_patches(
+        self,
+        decoded: dict,
+        inputs: tf.Tensor,
+        targets: tf.Tensor,
+        offset_y: tf.Tensor,
+        offset_x: tf.Tensor,
+        flip: tf.Tensor,
+    ) -> dict:
+        """The 2 x 2 patches of one crop, still uint16 (converted per batch), from the crop's pixels alone.
+
+        Args:
+            decoded: the well's metadata as `decoder.decode` gives it (the
+                pixel entries are not read): "height", "width",
+                "num_source_z", "modality", "input_max_value",
+                "target_channels", "target_max_values".
+            inputs: `[crop, crop, Z]` uint16, the crop of the zero-padded
+                well's z-stack at (offset_y, offset_x), zero outside the image.
+            targets: `[crop, crop, T]` uint16, the same crop of its targets.
+            offset_y, offset_x: the crop's offset in padded coordinates.
+            flip: flip left-right.
 
         Returns a dict of `[4, ...]` tensors: "inputs" `[P, P, max_source_z + 1]`
         uint16 (source slices zero-padded to max_source_z, then the presence
@@ -139,7 +174,7 @@ class Parser:
             num_z, self.max_source_z, message="a well has more z slices than dataset.json's max_source_z"
         )
         present, source_index, target_scale = self._vocabulary_columns(decoded)
-        inputs, targets, valid = self._crop_well(decoded, offset_y, offset_x, source_index)
+        inputs, targets, valid = self._crop_well(decoded, inputs, targets, offset_y, offset_x, source_index)
         inputs, targets, valid = augment.flip_left_right([inputs, targets, valid], flip)
         patch_inputs, patch_targets, patch_valid_out = self._cut(inputs, targets, valid)
         count = self.layout.patches_per_crop
@@ -173,9 +208,15 @@ class Parser:
         return present, source_index, tf.gather(max_values, source_index)
 
     def _crop_well(
-        self, decoded: dict, offset_y: tf.Tensor, offset_x: tf.Tensor, source_index: tf.Tensor
+        self,
+        decoded: dict,
+        inputs: tf.Tensor,
+        targets: tf.Tensor,
+        offset_y: tf.Tensor,
+        offset_x: tf.Tensor,
+        source_index: tf.Tensor,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """One crop of the zero-padded well.
+        """One crop of the zero-padded well, from its `[crop, crop, Z]` and `[crop, crop, T]` windows.
 
         Returns:
             inputs `[crop, crop, max_source_z + 1]` uint16 (zero when the
@@ -184,18 +225,27 @@ class Parser:
             uint16 (1 on image pixels, 0 on padding).
         """
         layout = self.layout
-        height, width, num_z = decoded["height"], decoded["width"], decoded["num_source_z"]
+        num_z = decoded["num_source_z"]
         input_present = tf.cast(tf.reduce_any(tf.equal(self.input_modalities, decoded["modality"])), tf.uint16)
-        inputs = self._window(decoded["inputs"], offset_y, offset_x, height, width)
-        valid = self._window(tf.ones(tf.stack([height, width, 1]), tf.uint16), offset_y, offset_x, height, width)
+        valid = self._valid_window(offset_y, offset_x, decoded["height"], decoded["width"])
         missing_z = tf.zeros(tf.stack([layout.crop_size, layout.crop_size, self.max_source_z - num_z]), tf.uint16)
         inputs = tf.concat([inputs * input_present, missing_z, valid * input_present], axis=2)
         inputs.set_shape([layout.crop_size, layout.crop_size, self.max_source_z + 1])
-        targets = self._window(decoded["targets"], offset_y, offset_x, height, width)
         targets = tf.concat([targets, tf.zeros_like(targets[:, :, :1])], axis=2)
         targets = tf.gather(targets, source_index, axis=2)
         targets.set_shape([layout.crop_size, layout.crop_size, self.num_targets])
         return inputs, targets, valid
+
+    def _valid_window(self, offset_y: tf.Tensor, offset_x: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+        """`[crop, crop, 1]` uint16: 1 where the crop at (offset_y, offset_x) of the padded image is image."""
+        size, pad = self.layout.crop_size, self.layout.pad
+        rows = tf.range(size) + tf.cast(offset_y, tf.int32) - pad
+        columns = tf.range(size) + tf.cast(offset_x, tf.int32) - pad
+        inside_rows = (rows >= 0) & (rows < tf.cast(height, tf.int32))
+        inside_columns = (columns >= 0) & (columns < tf.cast(width, tf.int32))
+        valid = tf.cast(inside_rows[:, None] & inside_columns[None, :], tf.uint16)[:, :, None]
+        valid.set_shape([size, size, 1])
+        return valid
 
     def _window(
         self, image: tf.Tensor, offset_y: tf.Tensor, offset_x: tf.Tensor, height: tf.Tensor, width: tf.Tensor

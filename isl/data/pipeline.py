@@ -2,17 +2,23 @@
 
 The data flow of `build_dataset`, as Model Garden's input readers:
 
-    shard files -> records (this input pipeline's share, interleaved)
-      -> decoder.decode  (serialized Example -> tensors: the record format)
-      -> parser.Parser   (tensors -> patches: crops, augmentation, labels)
+    shard files -> record indices (this input pipeline's share, interleaved)
+      -> crops.index_shard  (each record's metadata and pixel offsets, read once)
+      -> RecordSource       (one crop's rows read from the file: never a whole well)
+      -> parser.Parser      (crop -> patches: augmentation, labels)
       -> shuffle (training), batch -> Parser.finish_batch -> prefetch
+
+Memory does not grow with image size: an example in flight holds its crop
+(`data.crop_size` squared), not its well; the batches are those the
+whole-record decoder (`isl.data.decoder`) gives, for the same seeds.
 
 Training (isl_reference.md §3.5, §3.6), per example (one well):
 
-1. decode the well (uint16, channels last; `isl.data.decoder`);
-2. zero-pad by the network border (mask 0), as the paper's TFRecord path did,
-   when `data.pad_border` (otherwise the PNG path: border pixels are never
-   trained as centres), and take a uniformly random crop (520 in the paper);
+1. draw a uniformly random crop (520 in the paper) of the well zero-padded
+   by the network border (mask 0), as the paper's TFRecord path did, when
+   `data.pad_border` (otherwise the PNG path: border pixels are never
+   trained as centres), from the example's seed and the well's size;
+2. read that crop alone (uint16, channels last; `RecordSource`);
 3. flip left-right with p = 0.5 (per example);
 4. cut 2 x 2 patches of the network input size at stride `patch_stride`
    ({0, 256} in the paper: 4 patches of 250 per 520 crop) and keep the centre
@@ -53,7 +59,6 @@ import tensorflow as tf
 
 from isl import config as config_lib
 from isl import errors
-from isl.data import decoder
 from isl.data import parser as parser_lib
 from isl.data import schema
 
@@ -225,9 +230,10 @@ def build_dataset(
 ) -> tf.data.Dataset:
     """Builds the training or evaluation pipeline over a converted dataset.
 
-    The data flow: shard files -> records -> `decoder.decode` -> parser patches
-    (`Parser.train_patches` / `Parser.eval_patches`) -> shuffle and batch ->
-    `Parser.finish_batch` -> prefetch.
+    The data flow: shard files -> record indices -> crops read by
+    `RecordSource` -> parser patches (`Parser.train_crop` +
+    `Parser.window_patches`, or the `eval_crop_offsets` grid) -> shuffle and
+    batch -> `Parser.finish_batch` -> prefetch.
 
     Args:
         data_dir: the output folder of `isl convert`.
@@ -263,11 +269,12 @@ def build_dataset(
     )
     base_seed = int(seed) * 1009 + pipeline_id
 
-    records = _records(files, split == "train", repeat, deterministic, base_seed, pipeline_id, num_pipelines)
+    source = RecordSource(files, parser.layout.crop_size)
+    records = _records(source.counts, split == "train", repeat, deterministic, base_seed, pipeline_id, num_pipelines)
     if split == "train":
-        batches = _train_batches(records, parser, batch_size, base_seed, deterministic)
+        batches = _train_batches(records, source, parser, batch_size, base_seed, deterministic)
     else:
-        batches = _eval_batches(records, parser, batch_size, drop_remainder=repeat)
+        batches = _eval_batches(records, source, parser, batch_size, drop_remainder=repeat)
     examples = _finished(batches, parser, split == "train", base_seed + 2, deterministic)
     return _with_options(examples.prefetch(tf.data.AUTOTUNE), deterministic, input_context)
 
@@ -306,8 +313,84 @@ def _batch_size(
     return batch_size
 
 
+class RecordSource:
+    """The records of some shards, indexed (`isl.data.crops`), as lookup tables and a window reader.
+
+    Training and evaluation read only the crops they use, never a whole well,
+    so memory per example is a crop's, whatever the image size.
+
+    Args:
+        files: the shard files, in order.
+        crop_size: the side of the windows `windows` reads.
+    """
+
+    def __init__(self, files: list[str], crop_size: int) -> None:
+        from isl.data import crops
+
+        self.infos: list[crops.RecordInfo] = []
+        self.counts: list[int] = []
+        for path in files:
+            crops.verify_shard(path)
+            shard = crops.index_shard(path)
+            self.infos.extend(shard)
+            self.counts.append(len(shard))
+        self.crop_size = crop_size
+        infos = self.infos
+        self._height = tf.constant([info.height for info in infos], tf.int32)
+        self._width = tf.constant([info.width for info in infos], tf.int32)
+        self._num_z = tf.constant([info.num_source_z for info in infos], tf.int32)
+        self._modality = tf.constant([info.modality for info in infos], tf.string)
+        self._input_max = tf.constant([float(info.input_max_value) for info in infos], tf.float32)
+        self._name = tf.constant([info.name for info in infos], tf.string)
+        lengths = [len(info.target_channels) for info in infos]
+        self._channels = tf.RaggedTensor.from_row_lengths(
+            tf.constant([name for info in infos for name in info.target_channels], tf.string), lengths)
+        self._maxima = tf.RaggedTensor.from_row_lengths(
+            tf.constant([float(value) for info in infos for value in info.target_max_values], tf.float32), lengths)
+
+    def metadata(self, record: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Record `record`'s metadata in `decoder.decode`'s keys (no pixels)."""
+        return {
+            "height": tf.gather(self._height, record),
+            "width": tf.gather(self._width, record),
+            "num_source_z": tf.gather(self._num_z, record),
+            "modality": tf.gather(self._modality, record),
+            "input_max_value": tf.gather(self._input_max, record),
+            "target_channels": self._channels[record],
+            "target_max_values": self._maxima[record],
+            "name": tf.gather(self._name, record),
+        }
+
+    def _read(self, record: np.ndarray, top: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from isl.data import crops
+
+        info = self.infos[int(record)]
+        size, top, left = self.crop_size, int(top), int(left)
+        inputs = crops.read_window(
+            info.path, info.inputs_offset, (info.height, info.width, info.num_source_z), top, left, size)
+        targets = crops.read_window(
+            info.path, info.targets_offset, (info.height, info.width, len(info.target_channels)), top, left, size)
+        return inputs, targets
+
+    def windows(self, record: tf.Tensor, top: tf.Tensor, left: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(`[crop, crop, Z]`, `[crop, crop, T]`) uint16 windows at image (top, left), zero outside the image."""
+        inputs, targets = tf.numpy_function(self._read, [record, top, left], [tf.uint16, tf.uint16], stateful=False)
+        inputs.set_shape([self.crop_size, self.crop_size, None])
+        targets.set_shape([self.crop_size, self.crop_size, None])
+        return inputs, targets
+
+    def patches(
+        self, parser: parser_lib.Parser, record: tf.Tensor, offset_y: tf.Tensor, offset_x: tf.Tensor, flip: tf.Tensor
+    ) -> dict:
+        """`Parser.window_patches` of the crop of record `record` at padded (offset_y, offset_x)."""
+        metadata = self.metadata(record)
+        pad = parser.layout.pad
+        inputs, targets = self.windows(record, offset_y - pad, offset_x - pad)
+        return parser.window_patches(metadata, inputs, targets, offset_y, offset_x, flip)
+
+
 def _records(
-    files: list[str],
+    counts: list[int],
     training: bool,
     repeat: bool,
     deterministic: bool,
@@ -315,23 +398,32 @@ def _records(
     pipeline_id: int,
     num_pipelines: int,
 ) -> tf.data.Dataset:
-    """Serialized records of this input pipeline's share of the shards.
+    """Indices (int64, into `RecordSource.infos`) of this input pipeline's share of the records.
 
-    With several input pipelines, each reads every num_pipelines-th file, or
-    every num_pipelines-th record when there are fewer files than pipelines.
-    Training shuffles the file order (each pass anew).
+    `counts` is the number of records of each shard file. With several input
+    pipelines, each reads every num_pipelines-th file, or every
+    num_pipelines-th record when there are fewer files than pipelines.
+    Training shuffles the file order (each pass anew). The order is that of
+    interleaving the files' records, `cycle_length` min(files, 8).
     """
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    shard_records = num_pipelines > 1 and len(files) < num_pipelines
+    starts = tf.constant(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64))
+    sizes = tf.constant(np.asarray(counts, np.int64))
+    dataset = tf.data.Dataset.from_tensor_slices(np.arange(len(counts), dtype=np.int64))
+    shard_records = num_pipelines > 1 and len(counts) < num_pipelines
     if num_pipelines > 1 and not shard_records:
         dataset = dataset.shard(num_pipelines, pipeline_id)
     if training:
-        dataset = dataset.shuffle(len(files), seed=base_seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(counts), seed=base_seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
+
+    def file_records(index: tf.Tensor) -> tf.data.Dataset:
+        start = tf.gather(starts, index)
+        return tf.data.Dataset.range(start, start + tf.gather(sizes, index))
+
     dataset = dataset.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(files), 8),
+        file_records,
+        cycle_length=min(len(counts), 8),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
@@ -342,16 +434,22 @@ def _records(
 
 
 def _train_batches(
-    records: tf.data.Dataset, parser: parser_lib.Parser, batch_size: int, base_seed: int, deterministic: bool
+    records: tf.data.Dataset,
+    source: RecordSource,
+    parser: parser_lib.Parser,
+    batch_size: int,
+    base_seed: int,
+    deterministic: bool,
 ) -> tf.data.Dataset:
-    """Decode and parse each record with its own seed, shuffle the patches, full batches of patch dicts."""
+    """One random crop of each record (its own seed) read and parsed, patches shuffled, full batches."""
 
-    def decode_and_parse(index: tf.Tensor, serialized: tf.Tensor) -> dict:
+    def read_and_parse(index: tf.Tensor, record: tf.Tensor) -> dict:
         example_seed = tf.stack([tf.constant(base_seed, tf.int64), index])
-        return parser.train_patches(decoder.decode(serialized), example_seed)
+        offset_y, offset_x, flip = parser.train_crop(source.metadata(record), example_seed)
+        return source.patches(parser, record, offset_y, offset_x, flip)
 
     dataset = records.enumerate().map(
-        decode_and_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
+        read_and_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
     )
     dataset = dataset.unbatch()
     if parser.config.data.shuffle_buffer > 1:
@@ -360,10 +458,21 @@ def _train_batches(
 
 
 def _eval_batches(
-    records: tf.data.Dataset, parser: parser_lib.Parser, batch_size: int, drop_remainder: bool
+    records: tf.data.Dataset,
+    source: RecordSource,
+    parser: parser_lib.Parser,
+    batch_size: int,
+    drop_remainder: bool,
 ) -> tf.data.Dataset:
-    """Decode and parse each record into its fixed crops, in order; batches of patch dicts."""
-    dataset = records.flat_map(lambda serialized: parser.eval_patches(decoder.decode(serialized))).unbatch()
+    """Each record's fixed crops (`parser.eval_crop_offsets`), read one at a time, in order; batches."""
+
+    def crops_of(record: tf.Tensor) -> tf.data.Dataset:
+        metadata = source.metadata(record)
+        grid = parser_lib.eval_crop_offsets(metadata["height"], metadata["width"], parser.layout)
+        return tf.data.Dataset.from_tensor_slices(grid).map(
+            lambda offset: source.patches(parser, record, offset[0], offset[1], tf.constant(False)))
+
+    dataset = records.flat_map(crops_of).unbatch()
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 

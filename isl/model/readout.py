@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -116,6 +116,13 @@ class Readout:
             mapped = flat @ scaled[part * size : (part + 1) * size]
             result += box_mean(mapped.reshape(embedding.shape[:2] + (-1,)), radius)
         return result + bias
+
+    def distribution_of_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`[..., F]` features (`features`, `band_features`) -> (value, spread), each `[..., T]` float32."""
+        scaled, bias = self.distribution_maps()
+        both = features.astype(np.float32) @ scaled + bias
+        value, log_square = np.split(both, 2, axis=-1)
+        return value, spread_of(log_square)
 
     def predict(self, embedding: np.ndarray) -> np.ndarray:
         """`[H, W, E]` core embedding -> `[H, W, T]` float32 target values in [0, 1]."""
@@ -283,7 +290,22 @@ class Embedder:
         return (-(-shape[0] // self.stride)) * (-(-shape[1] // self.stride))
 
     def __call__(self, stack: np.ndarray, progress: Callable[[], None] | None = None) -> np.ndarray:
-        """`[num_source_z, H, W]` in [0, 1] -> `[H, W, E]` float32 embedding."""
+        """`[num_source_z, H, W]` in [0, 1] -> `[H, W, E]` float32 embedding (the `rows` bands joined)."""
+        return np.concatenate([band for _, band in self.rows(stack, progress)], axis=0)
+
+    def rows(
+        self, stack: np.ndarray, progress: Callable[[], None] | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """The embedding of a `[num_source_z, H, W]` stack in bands of rows, top to bottom.
+
+        Each band is one row of tiles: `stride` rows (fewer at the bottom),
+        computed from the stack's reflect-padded rows it needs only (no
+        padded copy or network input of the whole image is made), so memory
+        is one band's whatever the image height.
+
+        Yields:
+            (first row, `[rows, W, E]` float32 embedding rows).
+        """
         from isl.data import assemble
 
         if stack.ndim != 3:
@@ -291,18 +313,96 @@ class Embedder:
         height, width = stack.shape[1:]
         rows = -(-height // self.stride) * self.stride + self.output_size - self.stride
         columns = -(-width // self.stride) * self.stride + self.output_size - self.stride
-        pad = ((0, 0), (self.border, self.border + rows - height), (self.border, self.border + columns - width))
-        padded = np.pad(stack, pad, mode="reflect" if min(height, width) > 1 else "edge")
-        inputs = assemble.network_input(padded, self.num_z_values)
-        result = np.zeros((rows, columns, self.embedding_size), np.float32)
+        mode = "reflect" if min(height, width) > 1 else "edge"
+        column_index = pad_index(np.arange(-self.border, columns + self.border), width, mode)
         for top in range(0, rows - self.output_size + 1, self.stride):
+            row_index = pad_index(np.arange(top - self.border, top - self.border + self.input_size), height, mode)
+            inputs = assemble.network_input(stack[:, row_index][:, :, column_index], self.num_z_values)
+            band = np.zeros((self.stride, columns, self.embedding_size), np.float32)
             for left in range(0, columns - self.output_size + 1, self.stride):
-                tile = inputs[np.newaxis, top : top + self.input_size, left : left + self.input_size]
+                tile = inputs[np.newaxis, :, left : left + self.input_size]
                 output = np.asarray(self.core.predict_on_batch(tile), np.float32)[0]
-                result[top : top + self.stride, left : left + self.stride] = output[: self.stride, : self.stride]
+                band[:, left : left + self.stride] = output[: self.stride, : self.stride]
                 if progress is not None:
                     progress()
-        return result[:height, :width]
+            if top < height:
+                yield top, band[: min(self.stride, height - top), :width]
+
+
+def pad_index(indices: np.ndarray, size: int, mode: str = "reflect") -> np.ndarray:
+    """Where `np.pad(..., mode)` takes each of `indices` (any integers) from an axis of `size`: "reflect" or "edge"."""
+    if mode == "edge" or size == 1:
+        return np.clip(indices, 0, size - 1)
+    period = 2 * (size - 1)
+    folded = np.mod(indices, period)
+    return np.where(folded >= size, period - folded, folded)
+
+
+def band_features(
+    embedding: np.ndarray, first_row: int, height: int, row0: int, row1: int, radii: Sequence[int]
+) -> np.ndarray:
+    """`features` of image rows [row0, row1) from a band of the embedding: `[row1 - row0, W, F]`.
+
+    Args:
+        embedding: `[n, W, E]` embedding rows first_row .. first_row + n - 1
+            of an image of `height` rows; they must include every row within
+            max(radii) of [row0, row1), reflected at the image's edges.
+        first_row: the image row of `embedding[0]`.
+        height: the image's rows.
+        row0, row1: the rows to return.
+        radii: the box-mean radii.
+
+    The box means equal `box_mean` of the whole image's embedding (reflect
+    padding) to float rounding: rows are reflected about the image's edges,
+    not the band's.
+    """
+    parts = [embedding[row0 - first_row : row1 - first_row].astype(np.float32)]
+    mode = "reflect"  # as `box_mean` (numpy reflects a one-pixel axis as its edge)
+    for radius in radii:
+        index = pad_index(np.arange(row0 - radius, row1 + radius), height, mode) - first_row
+        if index.min() < 0 or index.max() >= len(embedding):
+            raise ValueError(f"band_features: rows {row0}..{row1} need embedding rows beyond the band's.")
+        padded = np.pad(embedding[index].astype(np.float64), ((0, 0), (radius, radius), (0, 0)), mode=mode)
+        total = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0), (0, 0)))
+        n = 2 * radius + 1
+        window = total[n:, n:] - total[:-n, n:] - total[n:, :-n] + total[:-n, :-n]
+        parts.append((window / (n * n)).astype(np.float32))
+    return np.concatenate(parts, axis=-1)
+
+
+def feature_bands(
+    embedder: Embedder,
+    stack: np.ndarray,
+    radii: Sequence[int],
+    band_rows: int,
+    progress: Callable[[], None] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """`features` of a whole `[Z, H, W]` stack in bands of at most `band_rows` rows, top to bottom.
+
+    Holds the embedding rows a band's box means need (its rows, max(radii)
+    above and below, and one row of tiles), never the whole embedding.
+
+    Yields:
+        (first row, `[rows, W, F]` float32 features).
+    """
+    height = stack.shape[1]
+    radius = max(radii, default=0)
+    buffer: np.ndarray | None = None
+    first = 0
+    next_row = 0
+    for top, rows in embedder.rows(stack, progress):
+        buffer = rows if buffer is None else np.concatenate([buffer, rows], axis=0)
+        available = top + len(rows)
+        while next_row < height:
+            end = min(height, next_row + band_rows)
+            if available < height and available < end + radius:
+                break
+            yield next_row, band_features(buffer, first, height, next_row, end, radii)
+            next_row = end
+            keep_from = max(0, next_row - radius) - first
+            buffer, first = buffer[keep_from:], first + keep_from
+    if next_row < height:  # pragma: no cover - rows() covers every image row
+        raise RuntimeError("feature_bands: the embedding ended before the image did.")
 
 
 def check_statistics(statistics: Sequence[str]) -> None:

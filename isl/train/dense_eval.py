@@ -35,9 +35,9 @@ import tensorflow as tf
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import crops
 from isl.data import decoder
 from isl.data import pipeline
-from isl.eval import metrics
 from isl.infer import predict as predict_lib
 from isl.infer import regression
 from isl.io import atomic
@@ -50,6 +50,14 @@ from isl.train import recalibrate as recalibrate_lib
 STATISTICS = ("median", "mean")
 # Memory for one tile of the dense evaluation, while training holds its own.
 TILE_MEMORY_BYTES = 1.5e9
+# Pixels per band of rows when target statistics read the training wells.
+BAND_PIXELS = 2**20
+# The U-Net regression predicts an image whole up to this many pixels (the sample's 128 x 1024 validation band),
+# else in tiles of REGRESSION_TILE output pixels a side, each with `regression.context_pixels` (128 for the
+# recipe) of real image around it: memory grows with the pixels of one pass, about 2.3 KB per pixel for the
+# recipe's U-Net (a 2048 x 256 band whole: 1.2 GB more than training alone; a 512² tile pass: about 0.6 GB).
+REGRESSION_WHOLE_PIXELS = 384 * 384
+REGRESSION_TILE = 256
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -111,16 +119,84 @@ def target_statistics(
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per output target channel, mean and standard deviation of the training targets.
 
-    Channels absent from the training split get mean 0 and std 1.
+    The first `max_images` training wells are read in bands of rows
+    (`isl.data.crops.read_rows`, about `BAND_PIXELS` pixels each) and their
+    moments pooled (`Moments`), so memory is one band whatever the image
+    size; the figures equal `pooled_statistics` of the whole images to
+    float64 rounding. Channels absent from the training split get mean 0 and
+    std 1.
 
     Raises:
         InputError: when the folder has no training shards.
     """
-    images = load_split_images(data_dir, config, max_images=max_images, split="train")
-    return pooled_statistics([
-        [image.targets[channel][0][image.targets[channel][1]] for image in images if channel in image.targets]
-        for channel in config.channels.output_target_channels
-    ])
+    names = config.channels.output_target_channels
+    moments = {name: Moments() for name in names}
+    infos = [info for path in pipeline.list_shards(data_dir, "train") for info in crops.index_shard(path)]
+    for info in infos[:max_images]:
+        rows = max(1, int(BAND_PIXELS // max(info.width, 1)))
+        for row0 in range(0, info.height, rows):
+            band = crops.read_rows(info, "targets", row0, min(info.height, row0 + rows))
+            real = {
+                name: band[..., index].astype(np.float32) / float(info.target_max_values[index])
+                for index, name in enumerate(info.target_channels)
+                if name in config.channels.target_channels
+            }
+            for synthetic in config.channels.active_synthetic_channels:
+                if all(source in real for source in synthetic.sources):
+                    real[synthetic.name] = sum(real[source] for source in synthetic.sources) / len(synthetic.sources)
+            for name in names:
+                if name in real:
+                    moments[name].add(real[name].ravel())
+    means = tuple(moments[name].mean_x if moments[name].count else 0.0 for name in names)
+    stds = tuple(float(max(moments[name].std_x, 1e-6)) if moments[name].count else 1.0 for name in names)
+    return means, stds
+
+
+class Moments:
+    """Running count, means and centred (co-)moments of values x (and y), merged batch by batch in float64.
+
+    Batches combine by Chan et al.'s pairwise update, so the results equal
+    the two-pass figures over all values concatenated to float64 rounding,
+    with memory of one batch.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean_x = self.mean_y = 0.0
+        self.xx = self.yy = self.xy = 0.0
+
+    def add(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
+        """Adds 1-D values `x` (and paired `y`, same length)."""
+        n = int(x.size)
+        if n == 0:
+            return
+        x = x.astype(np.float64)
+        y = x if y is None else y.astype(np.float64)
+        mean_x, mean_y = float(x.mean()), float(y.mean())
+        dx, dy = x - mean_x, y - mean_y
+        xx, yy, xy = float(np.dot(dx, dx)), float(np.dot(dy, dy)), float(np.dot(dx, dy))
+        total = self.count + n
+        delta_x, delta_y = mean_x - self.mean_x, mean_y - self.mean_y
+        weight = self.count * n / total
+        self.xx += xx + delta_x * delta_x * weight
+        self.yy += yy + delta_y * delta_y * weight
+        self.xy += xy + delta_x * delta_y * weight
+        self.mean_x += delta_x * n / total
+        self.mean_y += delta_y * n / total
+        self.count = total
+
+    @property
+    def std_x(self) -> float:
+        """Population standard deviation of x."""
+        return math.sqrt(max(self.xx, 0.0) / self.count) if self.count else math.nan
+
+    @property
+    def pearson(self) -> float:
+        """Pearson r of x and y; NaN for fewer than 2 values or a constant side (as `metrics.pearson`)."""
+        denominator = math.sqrt(self.xx * self.yy)
+        if self.count < 2 or denominator == 0:
+            return math.nan
+        return self.xy / denominator
 
 
 def pooled_statistics(labelled_values: list[list[np.ndarray]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -157,20 +233,37 @@ def pearson_of_predictions(
         `pearson_<statistic>` (their mean; NaN channels, e.g. a constant
         prediction, are left out of the mean and reported as NaN).
     """
+    moments: dict[tuple[str, str], Moments] = {}
+    for image, prediction in zip(images, predictions):
+        add_image_moments(moments, image, prediction, channels)
+    return pearson_figures(moments, channels)
+
+
+def add_image_moments(
+    moments: dict[tuple[str, str], Moments],
+    image: SplitImage,
+    prediction: dict[str, np.ndarray],
+    channels: tuple[str, ...],
+) -> None:
+    """Adds one image's labelled (prediction, truth) pairs to `moments[(statistic, channel)]`."""
+    for statistic in STATISTICS:
+        for index, channel in enumerate(channels):
+            if channel not in image.targets:
+                continue
+            values, mask = image.targets[channel]
+            moments.setdefault((statistic, channel), Moments()).add(prediction[statistic][..., index][mask],
+                                                                    values[mask])
+
+
+def pearson_figures(moments: dict[tuple[str, str], Moments], channels: tuple[str, ...]) -> dict[str, float]:
+    """`pearson_of_predictions`'s figures from the pooled moments."""
     results: dict[str, float] = {}
     for statistic in STATISTICS:
         per_channel = []
-        for index, channel in enumerate(channels):
-            truths, predicted = [], []
-            for image, prediction in zip(images, predictions):
-                if channel not in image.targets:
-                    continue
-                values, mask = image.targets[channel]
-                truths.append(values[mask])
-                predicted.append(prediction[statistic][..., index][mask])
-            if not truths:
+        for channel in channels:
+            if (statistic, channel) not in moments:
                 continue
-            value = metrics.pearson(np.concatenate(predicted), np.concatenate(truths))
+            value = moments[(statistic, channel)].pearson
             results[f"pearson_{statistic}_{channel}"] = value
             per_channel.append(value)
         finite = [value for value in per_channel if math.isfinite(value)]
@@ -288,7 +381,7 @@ class DensePearson(keras.callbacks.Callback):
         tile_size = predict_lib.auto_tile_size(
             self.geometry, self.config.model, len(self.channels), memory_budget_bytes=TILE_MEMORY_BYTES
         )
-        predictions = []
+        moments: dict[tuple[str, str], Moments] = {}
         for image in self.images:
             prediction = predict_lib.predict_image(
                 None,
@@ -301,18 +394,43 @@ class DensePearson(keras.callbacks.Callback):
                 tile_size=tile_size,
                 run_function=run_function,
             )
-            predictions.append(prediction.statistics)
-        return pearson_of_predictions(self.images, predictions, self.channels)
+            add_image_moments(moments, image, prediction.statistics, self.channels)
+            del prediction
+        return pearson_figures(moments, self.channels)
 
     def _evaluate_regression(self) -> dict[str, float]:
         self._network()
-        predictions = []
+        moments: dict[tuple[str, str], Moments] = {}
         all_channels = self.config.channels.output_target_channels
         columns = [all_channels.index(name) for name in self.channels]
         for image in self.images:
-            values = regression.predict_image(self._inference_model, image.stack, self.config)[..., columns]
-            predictions.append({"median": values, "mean": values})
-        return pearson_of_predictions(self.images, predictions, self.channels)
+            values = self._regression_prediction(image.stack)[..., columns]
+            add_image_moments(moments, image, {"median": values, "mean": values}, self.channels)
+            del values
+        return pearson_figures(moments, self.channels)
+
+    def _regression_prediction(self, stack: np.ndarray) -> np.ndarray:
+        """`[H, W, T]` U-Net prediction of a `[Z, H, W]` stack: whole when small, else in tiles with context.
+
+        A tile sees `regression.context_pixels` of real image around it and
+        reflection beyond (as `isl predict --region`), so a tiled image's
+        pixels can differ slightly from one whole pass.
+        """
+        _, height, width = stack.shape
+        if height * width <= REGRESSION_WHOLE_PIXELS:
+            return regression.predict_image(self._inference_model, stack, self.config)
+        context = regression.context_pixels(self.config)
+        result = None
+        for row0 in range(0, height, REGRESSION_TILE):
+            for column0 in range(0, width, REGRESSION_TILE):
+                row1, column1 = min(height, row0 + REGRESSION_TILE), min(width, column0 + REGRESSION_TILE)
+                top, left = max(0, row0 - context), max(0, column0 - context)
+                bottom, right = min(height, row1 + context), min(width, column1 + context)
+                tile = regression.predict_image(self._inference_model, stack[:, top:bottom, left:right], self.config)
+                if result is None:
+                    result = np.empty((height, width, tile.shape[-1]), np.float32)
+                result[row0:row1, column0:column1] = tile[row0 - top : row1 - top, column0 - left : column1 - left]
+        return result
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         start = time.monotonic()

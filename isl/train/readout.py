@@ -1,8 +1,10 @@
 """Fitting a ridge read-out of a frozen core on whole wells (`isl readout`; model: `isl.model.readout`).
 
 The normal equations of the standardized ridge problem are accumulated in
-float64, well by well and in chunks of pixels, so memory stays at one
-well's features whatever the number of wells:
+float64, well by well and band by band (`BAND_PIXELS` pixels' features: the
+core's embedding is made one row of tiles at a time, `Embedder.rows`, and
+the box means per band, `band_features`), so no design matrix of every
+pixel's features is ever made and one well is held at a time:
 
     n, sum x [F], X'X [F, F], X'Y [F, T], sum y [T], sum y^2 [T]
     Z = (X - mean) / scale             (standardized features)
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,8 @@ from isl.model import readout as readout_lib
 
 # Pixels per float64 product when accumulating (about 170 MB of features at F = 320).
 CHUNK_PIXELS = 65536
+# Pixels per band of features while fitting or scoring (about 84 MB of float32 features at F = 320).
+BAND_PIXELS = 65536
 # Training pixels per well kept for the spread model's fit.
 SPREAD_PIXELS_PER_WELL = 65536
 # Added to the squared residual before the log (an 8-bit step is 1/255; (0.5/255)^2 ~ 4e-6).
@@ -95,24 +99,69 @@ def _region_text(region: tuple[tuple[int, int], tuple[int, int]] | None) -> str 
     return ",".join(f"{start}:{'' if end == -1 else end}" for start, end in region)
 
 
-def _window_features(
+def _window_bands(
     embedder: readout_lib.Embedder,
     well: Any,
     radii: Sequence[int],
-    region: tuple[tuple[int, int], tuple[int, int]] | None,
+    window: tuple[int, int, int, int],
     progress: Callable[[str, int], Callable[[], None]] | None,
     label: str,
-) -> tuple[np.ndarray, tuple[slice, slice]]:
-    """(`[N, F]` features of the window's pixels, row-major; the window as slices of the well)."""
-    window = convert.well_window(well, region, "--region")
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """The features of a well's window, in bands of rows: (row0, row1, `[pixels, F]` row-major features).
+
+    The core runs on the window plus its context (`Embedder.crop_for`), so the
+    features equal the whole well's there; a band holds about `BAND_PIXELS`
+    pixels' features, whatever the well's size.
+    """
     top, bottom, left, right = embedder.crop_for(well.inputs.shape[1:], window, max(radii))
     crop = well.inputs[:, top:bottom, left:right]
     tick = progress(f"{label} {well.name}", embedder.num_tiles(crop.shape[1:])) if progress else None
-    embedding = embedder(crop, tick)
-    features = readout_lib.features(embedding, radii).reshape(embedding.shape[:2] + (-1,))
-    inside = (slice(window[0] - top, window[1] - top), slice(window[2] - left, window[3] - left))
-    window_features = features[inside].reshape(-1, features.shape[-1])
-    return window_features, (slice(window[0], window[1]), slice(window[2], window[3]))
+    band_rows = max(1, BAND_PIXELS // max(crop.shape[2], 1))
+    for row0, features in readout_lib.feature_bands(embedder, crop, radii, band_rows, tick):
+        first = max(row0 + top, window[0])
+        last = min(row0 + top + len(features), window[1])
+        if last <= first:
+            continue
+        inside = features[first - top - row0 : last - top - row0, window[2] - left : window[3] - left]
+        yield first, last, inside.reshape(-1, features.shape[-1])
+
+
+def _score_well(
+    fitted: readout_lib.Readout,
+    embedder: readout_lib.Embedder,
+    well: Any,
+    directory: str,
+    targets: Sequence[str],
+    radii: Sequence[int],
+    convert_region: tuple[tuple[int, int], tuple[int, int]] | None,
+    progress: Callable[[str, int], Callable[[], None]] | None,
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Pearson r of the clipped value and the central intervals' coverage, per target, over a well's window.
+
+    Accumulated band by band (`_window_bands`): pooled moments and counts, so
+    memory is one band's whatever the well's size.
+    """
+    from isl.train import dense_eval
+
+    truth = _target_matrix(well, targets, directory).reshape(well.inputs.shape[1:] + (-1,))
+    window = convert.well_window(well, convert_region, "--eval_region")
+    moments = [dense_eval.Moments() for _ in targets]
+    covered = np.zeros((len(targets), len(COVERAGE_LEVELS)))
+    count = 0
+    for row0, row1, features in _window_bands(embedder, well, radii, window, progress, "score"):
+        value, spread = fitted.distribution_of_features(features)
+        band_truth = truth[row0:row1, window[2] : window[3]].reshape(-1, len(targets))
+        prediction = np.clip(value, 0.0, 1.0)
+        for index in range(len(targets)):
+            moments[index].add(prediction[:, index], band_truth[:, index])
+            for level_index, level in enumerate(COVERAGE_LEVELS):
+                covered[index, level_index] += len(features) * readout_lib.interval_coverage(
+                    value[:, index], spread[:, index], band_truth[:, index], level)
+        count += len(features)
+    scores = {name: round(moments[index].pearson, 4) for index, name in enumerate(targets)}
+    fractions = {name: [round(float(covered[index, level] / max(count, 1)), 3)
+                        for level in range(len(COVERAGE_LEVELS))] for index, name in enumerate(targets)}
+    return scores, fractions
 
 
 def fit(
@@ -153,7 +202,6 @@ def fit(
         InputError: for a missing target image, a bad well folder, or a
             network without a core embedding.
     """
-    from isl.eval import metrics
     from isl.infer import well as well_lib
 
     if not train_dirs:
@@ -167,26 +215,42 @@ def fit(
         raise errors.InputError(f"Unknown target channel {', '.join(unknown)}; the model's channels are "
                                 f"{', '.join(known)}.")
     start = time.perf_counter()
-    wells = [(directory, well_lib.read_checked_well(config, directory)) for directory in train_dirs]
+    # Every training well is checked before the first (slow) embedding; only the first stays in memory
+    # (the others are read again in turn), so memory holds one well whatever their number.
+    first_well = well_lib.read_checked_well(config, train_dirs[0])
     if not targets:
-        targets = [name for name in known if name in wells[0][1].targets]
+        targets = [name for name in known if name in first_well.targets]
         if not targets:
             raise errors.InputError(f"{train_dirs[0]}: no target images of the model's channels "
                                     f"({', '.join(known)}) to fit the read-out on.")
-    # Every training well is checked before the first (slow) embedding.
-    matrices = [_target_matrix(well, targets, directory) for directory, well in wells]
+    _target_matrix(first_well, targets, train_dirs[0])
+    for directory in train_dirs[1:]:
+        _target_matrix(well_lib.read_checked_well(config, directory), targets, directory)
     embedder = readout_lib.Embedder(model, config)
-    equations = NormalEquations(embedder.embedding_size * (1 + len(radii)), len(targets))
+    num_features = embedder.embedding_size * (1 + len(radii))
+    equations = NormalEquations(num_features, len(targets))
     random = np.random.default_rng(0)
     kept_features, kept_targets = [], []
-    for (_, well), target_matrix in zip(wells, matrices):
-        window_features, inside = _window_features(embedder, well, radii, region, progress, "embed")
-        target_matrix = target_matrix.reshape(well.inputs.shape[1:] + (-1,))[inside].reshape(-1, len(targets))
-        equations.add(window_features, target_matrix)
-        keep = random.choice(len(window_features), min(len(window_features), SPREAD_PIXELS_PER_WELL), replace=False)
-        kept_features.append(window_features[keep])
-        kept_targets.append(target_matrix[keep])
-        del window_features
+    for index, directory in enumerate(train_dirs):
+        well = first_well if index == 0 else well_lib.read_checked_well(config, directory)
+        first_well = None
+        truth = _target_matrix(well, targets, directory).reshape(well.inputs.shape[1:] + (-1,))
+        window = convert.well_window(well, region, "--region")
+        pixels = (window[1] - window[0]) * (window[3] - window[2])
+        keep = random.choice(pixels, min(pixels, SPREAD_PIXELS_PER_WELL), replace=False)
+        well_features = np.empty((len(keep), num_features), np.float32)
+        well_targets = np.empty((len(keep), len(targets)), np.float32)
+        position = 0
+        for row0, row1, features in _window_bands(embedder, well, radii, window, progress, "embed"):
+            band_targets = truth[row0:row1, window[2] : window[3]].reshape(-1, len(targets))
+            equations.add(features, band_targets)
+            chosen = np.nonzero((keep >= position) & (keep < position + len(features)))[0]
+            well_features[chosen] = features[keep[chosen] - position]
+            well_targets[chosen] = band_targets[keep[chosen] - position]
+            position += len(features)
+        kept_features.append(well_features)
+        kept_targets.append(well_targets)
+        del well, truth
     mean, scale, weights, intercept, r_squared = equations.solve(penalty)
     # The spread: ridge of log(residual^2) on the same standardized features, over the kept pixels.
     kept = np.concatenate(kept_features)
@@ -204,25 +268,9 @@ def fit(
     scores: dict[str, dict[str, float]] = {}
     coverage: dict[str, dict[str, list[float]]] = {}
     for directory in eval_dirs:
-        well = well_lib.read_checked_well(config, directory)
-        truth = _target_matrix(well, targets, directory)
-        window = convert.well_window(well, eval_region, "--eval_region")
-        top, bottom, left, right = embedder.crop_for(well.inputs.shape[1:], window, max(radii))
-        crop = well.inputs[:, top:bottom, left:right]
-        tick = progress(f"score {well.name}", embedder.num_tiles(crop.shape[1:])) if progress else None
-        value, spread = fitted.predict_distribution(embedder(crop, tick))
-        inside = (slice(window[0] - top, window[1] - top), slice(window[2] - left, window[3] - left))
-        value, spread = value[inside].reshape(-1, len(targets)), spread[inside].reshape(-1, len(targets))
-        truth = truth.reshape(well.inputs.shape[1:] + (-1,))[window[0]:window[1], window[2]:window[3]]
-        truth = truth.reshape(-1, len(targets))
-        prediction = np.clip(value, 0.0, 1.0)
-        scores[directory] = {name: round(metrics.pearson(prediction[:, index], truth[:, index]), 4)
-                             for index, name in enumerate(targets)}
-        coverage[directory] = {
-            name: [round(readout_lib.interval_coverage(value[:, index], spread[:, index], truth[:, index], level), 3)
-                   for level in COVERAGE_LEVELS]
-            for index, name in enumerate(targets)
-        }
+        scores[directory], coverage[directory] = _score_well(
+            fitted, embedder, well_lib.read_checked_well(config, directory), directory, targets, radii,
+            convert_region=eval_region, progress=progress)
     record = {
         "train_dirs": list(train_dirs),
         "region": _region_text(region),

@@ -174,3 +174,19 @@ def test_a_readout_is_calibrated_with_a_spread_scale_or_conditional_histograms(t
     # A window (isl predict --region) gets the same mixture as the whole field there.
     window, _ = predict("window", "--region=10:30,5:35")
     np.testing.assert_allclose(window["q05"], mixed["q05"][10:30, 5:35], atol=1 / 255 + 1e-6)
+
+
+def test_readout_prints_its_expected_memory_and_refuses_when_it_does_not_fit(tiny_model_dir, plate, tmp_path, capsys,
+                                                                            monkeypatch):
+    import collections
+
+    import psutil
+
+    memory = collections.namedtuple("memory", "available total")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(1.0e9, 24e9))
+    output = tmp_path / "readout"
+    code, _, err = run_isl(["readout", f"--model_dir={tiny_model_dir}", f"--train_dir={plate / 'a'}",
+                            f"--output_dir={output}", "--noprogress"], capsys)
+    assert code == 2 and not output.exists()
+    assert "Expected peak memory: about 2.7 GB (largest well" in err and "40x44, 15 planes" in err
+    assert "more than the 1.0 GB available now; split that field into smaller wells" in err

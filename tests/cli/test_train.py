@@ -65,3 +65,33 @@ def test_a_failed_run_leaves_no_model_folder_and_keeps_what_was_there(tmp_path, 
     (existing / "notes.txt").write_text("mine")
     assert main.run_command(["train", *arguments, f"--model_dir={existing}"]) == 2
     assert sorted(path.name for path in existing.iterdir()) == ["notes.txt"]
+
+
+def test_train_prints_its_expected_memory_and_refuses_a_batch_that_does_not_fit_what_is_free(tmp_path, capsys,
+                                                                                               monkeypatch):
+    import collections
+
+    import psutil
+
+    records = tmp_path / "records"
+    records.mkdir()
+    arguments = [f"--data_dir={records}", "--steps=1", "--preset=condition_b", "--recipe=unet_regression",
+                 "--noprogress", f"--model_dir={tmp_path}/m"]
+    memory = collections.namedtuple("memory", "available total")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(2.2e9, 24e9))
+    assert main.run_command(["train", *arguments]) == 2
+    error = capsys.readouterr().err
+    assert "Expected peak memory: about 2.8 GB (batch 8 per device" in error
+    assert "--set train.batch_size=4 fits" in error and "2.2 GB available" in error
+    assert not (tmp_path / "m").exists()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(1.0e9, 24e9))
+    assert main.run_command(["train", *arguments, "--set=train.batch_size=1"]) == 2
+    assert "no batch fits" in capsys.readouterr().err
+    # With room, the estimate is printed and training goes on (to the missing shards here).
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(20e9, 24e9))
+    assert main.run_command(["train", *arguments]) == 2
+    error = capsys.readouterr().err
+    assert "Expected peak memory: about 2.8 GB" in error and "train shards" in error
+    from isl import presets
+
+    assert train_command.expected_peak_bytes(presets.resolve_config("paper", recipe="cpu"), 4) > 11e9  # the step

@@ -77,3 +77,35 @@ def test_a_training_well_without_a_target_fails_before_any_embedding(tiny, tmp_p
                     progress=lambda label, total: pytest.fail("embedded before checking every well"))
     with pytest.raises(errors.InputError, match="Unknown target channel NUCLEUS"):
         fit_lib.fit(model, config, [str(tmp_path / "a")], ["NUCLEUS"])
+
+
+def test_band_features_equal_the_whole_image_features():
+    rng = np.random.default_rng(4)
+    embedding = rng.normal(size=(37, 23, 3)).astype(np.float32)
+    expected = readout_lib.features(embedding, (1, 4)).reshape(37, 23, -1)
+    for row0, row1 in ((0, 5), (5, 20), (20, 37), (0, 37)):
+        first, last = max(0, row0 - 4), min(37, row1 + 4)
+        band = readout_lib.band_features(embedding[first:last], first, 37, row0, row1, (1, 4))
+        np.testing.assert_allclose(band, expected[row0:row1], rtol=1e-6, atol=1e-6)
+
+
+def test_the_banded_fit_gives_the_design_matrix_weights(tiny, tmp_path, monkeypatch):
+    """Features accumulated band by band (many bands here) give the weights of the whole design matrix."""
+    model, config = tiny
+    structured_well(str(tmp_path / "a"), 1, height=70, width=44)
+    monkeypatch.setattr(fit_lib, "BAND_PIXELS", 300)  # bands of 6 rows
+    fitted = fit_lib.fit(model, config, [str(tmp_path / "a")], ["DAPI_CONFOCAL"], radii=(1, 4), penalty=10.0)
+    from isl.infer import well as well_lib
+
+    well = well_lib.read_checked_well(config, str(tmp_path / "a"))
+    embedder = readout_lib.Embedder(model, config)
+    design = readout_lib.features(embedder(well.inputs), (1, 4))
+    equations = fit_lib.NormalEquations(design.shape[1], 1)
+    equations.add(design, well.targets["DAPI_CONFOCAL"].reshape(-1, 1))
+    mean, scale, weights, intercept, _ = equations.solve(10.0)
+    np.testing.assert_allclose(fitted.feature_mean, mean, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(fitted.weights, weights, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(fitted.intercept, intercept, rtol=1e-9)
+    bands = list(fit_lib._window_bands(embedder, well, (1, 4), (0, 70, 0, 44), None, "embed"))
+    assert len(bands) == 12 and all(len(features) <= 300 for _, _, features in bands)
+    assert [band[:2] for band in bands[:2]] == [(0, 6), (6, 12)]

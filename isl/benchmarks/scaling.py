@@ -1,0 +1,200 @@
+"""`isl benchmark scaling`: seconds and peak memory of each command against image size.
+
+For each image side (512, 1024, 2048, 4096 by default) a well is made by
+mirroring the sample well (`mirror_well`: the sample reflected about its
+edges, tiled, then cropped; every file of the sample, same names), converted,
+and each command runs in its own child process, measured by that process's
+peak RSS (`os.wait4` in a small launcher process, so neither the benchmark's
+own memory nor an earlier command's enters the figure). The table
+prints the CPU model and the load average before and after, because the
+figures on a shared machine move with the other jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+
+from isl import errors
+
+
+def mirror_well(sample_dir: str, output_dir: str, size: int) -> str:
+    """Writes a `size` x `size` copy of the one well in `sample_dir`, mirrored, to `output_dir`.
+
+    Every image of the sample (PNG or TIFF, 2-D) is reflected about its
+    edges as often as needed (numpy's "symmetric" padding) and cropped to
+    `size` x `size`; the file names are kept, so the result reads as the
+    same well. Other files (a manifest) are copied.
+
+    Returns:
+        `output_dir`.
+
+    Raises:
+        InputError: when `sample_dir` holds no image or `size` < 1.
+    """
+    from isl.io import images
+
+    if size < 1:
+        raise errors.InputError(f"image side must be >= 1. Received: {size}")
+    names = sorted(os.listdir(sample_dir)) if os.path.isdir(sample_dir) else []
+    image_names = [name for name in names if images.is_image_path(os.path.join(sample_dir, name))]
+    if not image_names:
+        raise errors.InputError(f"{sample_dir}: no PNG or TIFF images to mirror.")
+    os.makedirs(output_dir, exist_ok=True)
+    for name in names:
+        source = os.path.join(sample_dir, name)
+        target = os.path.join(output_dir, name)
+        if name not in image_names:
+            if os.path.isfile(source):
+                shutil.copyfile(source, target)
+            continue
+        plane = images.read_image(source)
+        height, width = plane.shape
+        mirrored = np.pad(plane, ((0, max(0, size - height)), (0, max(0, size - width))), mode="symmetric")
+        images.write_image(target, np.ascontiguousarray(mirrored[:size, :size]))
+    return output_dir
+
+
+SIZES = (512, 1024, 2048, 4096)
+COMMANDS = ("predict", "evaluate", "readout", "train")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), and the logical CPUs this process may use."""
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0))} CPUs"
+
+
+# Runs argv[2:] as its child and writes the child's exit code and ru_maxrss (KB) to the file argv[1]. A process
+# started by fork (or vfork) keeps the parent's peak RSS across exec, so the command is started from this small
+# process, not from the benchmark's (which may hold TensorFlow), and its figure is its own.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as handle:
+    handle.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
+def measure(command: list[str], log_path: str) -> dict:
+    """Runs `command` as a child process; its own wall seconds, peak RSS (GB), exit code and the load before/after.
+
+    The peak is the command's `ru_maxrss` from `os.wait4` in a small launcher
+    process (`_LAUNCHER`), that process alone: the `isl` commands do their
+    work in-process, so it is the command's.
+    """
+    import subprocess
+    import sys
+    import time
+
+    load_before = os.getloadavg()[0]
+    figures = log_path + ".rusage"
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        subprocess.run([sys.executable, "-c", _LAUNCHER, figures, *command], stdout=log, stderr=subprocess.STDOUT,
+                       check=False)
+    seconds = time.perf_counter() - start
+    try:
+        with open(figures, encoding="utf-8") as handle:
+            exit_code, peak_kb = (int(value) for value in handle.read().split())
+        os.remove(figures)
+    except (OSError, ValueError):
+        exit_code, peak_kb = -1, 0
+    return {
+        "seconds": round(seconds, 1),
+        "peak_rss_gb": round(peak_kb * 1024 / 1e9, 2),
+        "exit_code": exit_code,
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "log": log_path,
+    }
+
+
+def _commands(name: str, size: int, work_dir: str, model_dir: str, steps: int) -> list[list[str]]:
+    """The `isl` command line(s) of benchmark command `name` on the `size` well (setup steps first)."""
+    import sys
+
+    isl = [sys.executable, "-m", "isl"]
+    well = os.path.join(work_dir, f"well{size}")
+    train_rows, val_rows = size * 3 // 4, size * 7 // 8
+    if name == "predict":
+        return [isl + ["predict", f"--model_dir={model_dir}", f"--input_dir={well}",
+                       f"--output_dir={os.path.join(work_dir, f'predict{size}')}", "--noprogress"]]
+    if name == "evaluate":
+        return [isl + ["evaluate", f"--predictions_dir={os.path.join(work_dir, f'predict{size}')}",
+                       f"--truth_dir={well}", f"--output_dir={os.path.join(work_dir, f'evaluate{size}')}"]]
+    if name == "readout":
+        return [isl + ["readout", f"--model_dir={model_dir}", f"--train_dir={well}", f"--region=0:{train_rows},:",
+                       f"--eval_dir={well}", f"--eval_region={val_rows}:{size},:",
+                       f"--output_dir={os.path.join(work_dir, f'readout{size}')}", "--noprogress"]]
+    if name == "train":
+        records = os.path.join(work_dir, f"records{size}")
+        convert = [] if os.path.isdir(records) else [isl + [
+            "convert", f"--input_dir={well}", f"--output_dir={records}", f"--region=0:{train_rows},:",
+            f"--val_region={train_rows}:{val_rows},:", f"--eval_region={val_rows}:{size},:"]]
+        return convert + [isl + ["train", f"--data_dir={records}",
+                                 f"--model_dir={os.path.join(work_dir, f'unet{size}')}", "--preset=condition_b",
+                                 "--recipe=unet_regression", f"--steps={steps}", "--noprogress"]]
+    raise errors.InputError(f"unknown scaling command {name!r}; known: {', '.join(COMMANDS)}")
+
+
+def run(options) -> dict:
+    """The memory-scaling table: per image side and command, seconds and the command's own peak RSS.
+
+    Needs `options.sample_dir` (the well to mirror) and, for predict,
+    evaluate and readout, `options.model_dir` (a trained concordance model);
+    `options.data_dir` is the work folder (mirrored wells, records, outputs;
+    reused when present). Sizes and commands come from `options.sizes` and
+    `options.commands`; train runs `options.steps` steps (default 5) of the
+    U-Net regression recipe on a converted three-way region split.
+    """
+    sizes = [int(size) for size in str(options.sizes).split(",") if size.strip()]
+    commands = [name.strip() for name in str(options.commands).split(",") if name.strip()]
+    unknown = [name for name in commands if name not in COMMANDS]
+    if unknown or not commands:
+        raise errors.InputError(f"--commands: {', '.join(unknown) or 'none'} unknown; known: {', '.join(COMMANDS)}")
+    if not options.sample_dir:
+        raise errors.InputError("isl benchmark scaling needs --sample_dir (the well to mirror to each size).")
+    if not options.data_dir:
+        raise errors.InputError("isl benchmark scaling needs --data_dir: a work folder for the mirrored wells.")
+    if any(name != "train" for name in commands) and not options.model_dir:
+        raise errors.InputError("isl benchmark scaling: --model_dir (a trained model) is needed for "
+                                f"{', '.join(name for name in commands if name != 'train')}.")
+    steps = options.steps or 5
+    work_dir = options.data_dir
+    os.makedirs(work_dir, exist_ok=True)
+    print(f"CPU: {cpu_model()}; load average {os.getloadavg()[0]:.2f} at the start.", flush=True)
+    rows = []
+    for size in sizes:
+        if not os.path.isdir(os.path.join(work_dir, f"well{size}")):
+            mirror_well(options.sample_dir, os.path.join(work_dir, f"well{size}"), size)
+        for name in commands:
+            result: dict = {}
+            for index, command in enumerate(_commands(name, size, work_dir, options.model_dir, steps)):
+                result = measure(command, os.path.join(work_dir, f"{name}{size}.{index}.log"))
+                if result["exit_code"] != 0:
+                    break
+            rows.append({"size": size, "command": name, **result})
+            print(f"{size}² {name}: {result['seconds']} s, peak RSS {result['peak_rss_gb']} GB, exit "
+                  f"{result['exit_code']}, load {result['load_before']} -> {result['load_after']}", flush=True)
+    print("| image | " + " | ".join(commands) + " |")
+    print("|---|" + "---|" * len(commands))
+    for size in sizes:
+        cells = [next(row for row in rows if row["size"] == size and row["command"] == name) for name in commands]
+        print(f"| {size}² | " + " | ".join(
+            f"{cell['seconds']} s, {cell['peak_rss_gb']} GB" + ("" if cell["exit_code"] == 0 else " (failed)")
+            for cell in cells) + " |")
+    return {"cpu": cpu_model(), "rows": rows}
