@@ -93,6 +93,7 @@ class Predictor:
     calibration: Any = None
     apply_calibration: bool = True
     calibration_in_graph: bool = False
+    trained_precision: str = ""
     _run_functions: dict = dataclasses.field(default_factory=dict)
     _inference_model: Any = None
 
@@ -179,8 +180,10 @@ def load_predictor(
         model_dir: `config.json` + `model.weights.h5` (from `isl train`).
         saved_model: an `isl export` directory (SavedModel with a `logits`
             signature and `config.json`).
-        precision: "" (as trained), "float32", or "bfloat16" (model
-            directories only: bfloat16 compute, float32 logits).
+        precision: "" (as trained; a bfloat16-trained model runs in float32
+            on a CPU without native bfloat16, `default_precision`),
+            "float32", or "bfloat16" (model directories only: bfloat16
+            compute, float32 logits).
         inference_graph: fold batch norm into the activations (model
             directories; `isl.infer.graph`).
         apply_calibration: apply the folder's `calibration.json` when present.
@@ -216,12 +219,47 @@ def load_predictor(
     return predictor
 
 
+def native_bfloat16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 natively (`amx_bf16` or `avx512_bf16` among its flags).
+
+    Without it, TensorFlow emulates bfloat16 and a bfloat16 run is slower
+    than float32 (measured in BUILD_NOTES, issue 25).
+    """
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[-1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        return False
+    return False
+
+
+def default_precision(trained_precision: str, native: bool | None = None) -> str:
+    """What precision '' (as trained) resolves to for a model trained in `trained_precision`
+    (`train.mixed_precision`): "" (as trained) unless it is bfloat16 and the CPU has no native bfloat16
+    (`native_bfloat16`), then "float32" (faster there)."""
+    if trained_precision != "bfloat16":
+        return ""
+    if native is None:
+        native = native_bfloat16()
+    return "" if native else "float32"
+
+
 def _load_model_dir(model_dir: str, precision: str) -> Predictor:
     layout = model_dir_lib.ModelDir(model_dir)
     config_path, weights_path = layout.config, layout.weights
     for path in (config_path, weights_path):
         if not os.path.isfile(path):
             raise errors.InputError(f"{model_dir}: not a model directory ({os.path.basename(path)} is missing).")
+    try:
+        trained = config_lib.load_config(config_path)
+        trained_precision, architecture = trained.train.mixed_precision, trained.model.architecture
+    except Exception:  # A damaged config.json: the loader below names the problem.
+        trained_precision, architecture = "", ""
+    if not precision and not os.path.isfile(layout.readout) and architecture != "unet_regression":
+        precision = default_precision(trained_precision)
     if precision:
         from isl.model import builder
 
@@ -241,7 +279,8 @@ def _load_model_dir(model_dir: str, precision: str) -> Predictor:
 
         readout = readout_lib.load(layout.readout)
     return Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=model_dir, model=model,
-                     trained_channels=saving_lib.read_trained_channels(model_dir), readout=readout)
+                     trained_channels=saving_lib.read_trained_channels(model_dir), readout=readout,
+                     trained_precision=trained_precision)
 
 
 def _load_saved_model(path: str, precision: str) -> Predictor:
