@@ -192,13 +192,18 @@ class Network:
         import tensorflow as tf
 
         if self.embedding_fn is not None:
-            embedding = self.embedding_fn(inputs)
-            embedding = tf.gather(tf.gather(embedding, keep_rows, axis=1), keep_columns, axis=2)
-            return self.heads_fn(embedding)
+            return self.heads_fn(self.kept_embedding(inputs, keep_rows, keep_columns))
         logits = self.logits_fn(inputs)
         if self.head_indices is not None:
             logits = tf.gather(logits, self.head_indices, axis=3)
         return tf.gather(tf.gather(logits, keep_rows, axis=1), keep_columns, axis=2)
+
+    def kept_embedding(self, inputs: Any, keep_rows: Any, keep_columns: Any) -> Any:
+        """A split model's embedding at the kept pixels, `[batch, len(keep_rows), len(keep_columns), E]`."""
+        import tensorflow as tf
+
+        embedding = self.embedding_fn(inputs)
+        return tf.gather(tf.gather(embedding, keep_rows, axis=1), keep_columns, axis=2)
 
     @classmethod
     def from_logits(cls, logits_fn: Callable[[Any], Any], head_indices: Sequence[int] | None = None) -> Network:
@@ -348,6 +353,7 @@ def make_run_function(
     temperatures: Sequence[float] | None = None,
     with_log_probabilities: bool = False,
     calibration_heads: int | None = None,
+    head_chunk_rows: int | None = None,
 ) -> Callable[..., dict[str, Any]]:
     """A `tf.function` from a batch of run inputs to kept-pixel statistics.
 
@@ -376,6 +382,11 @@ def make_run_function(
         calibration_heads: with `with_truth`, compute `CALIBRATION_KEYS`
             for the first this many heads only (the true bins then have
             this many heads); None: every head.
+        head_chunk_rows: for a split `Network` (`from_keras`), run the
+            heads, the softmax and the statistics on this many kept rows at
+            a time, one chunk after the other (`tf.map_fn`), so the 256-bin
+            logits of a whole tile never exist at once: the same values in a
+            fraction of the memory. None: all rows at once.
 
     Returns:
         A function returning name -> `[batch, rows, columns, heads]` float32.
@@ -387,8 +398,8 @@ def make_run_function(
 
     inverse_temperatures = inverse_temperatures_of(temperatures)  # NumPy: each trace embeds it as a constant.
 
-    def compute(inputs: Any, keep_rows: Any, keep_columns: Any, true_bins: Any = None) -> dict[str, Any]:
-        logits = tempered(network(inputs, keep_rows, keep_columns), inverse_temperatures)
+    def from_logits(logits: Any, true_bins: Any = None) -> dict[str, Any]:
+        logits = tempered(logits, inverse_temperatures)
         results, probabilities = logits_statistics(logits, statistics, quantiles)
         if with_distributions:
             results["distribution"] = probabilities
@@ -412,12 +423,59 @@ def make_run_function(
             results["crps"] = tf.reduce_sum(difference * difference, axis=-1) / float(num_classes - 1)
         return results
 
+    chunked = head_chunk_rows is not None and network.embedding_fn is not None and not (
+        with_distributions or with_log_probabilities)
+
+    def compute(inputs: Any, keep_rows: Any, keep_columns: Any, true_bins: Any = None) -> dict[str, Any]:
+        if not chunked:
+            return from_logits(network(inputs, keep_rows, keep_columns), true_bins)
+        embedding = network.kept_embedding(inputs, keep_rows, keep_columns)  # [batch, rows, columns, E]
+        names = list(statistics) + [quantile_name(q) for q in quantiles]
+        names += list(CALIBRATION_KEYS) if true_bins is not None else []
+        return _in_row_chunks(embedding, true_bins, int(head_chunk_rows),
+                              lambda part, bins: from_logits(network.heads_fn(part), bins), names)
+
     if with_truth:
         return tf.function(compute, reduce_retracing=True, jit_compile=jit_compile or None)
     return tf.function(
         lambda inputs, keep_rows, keep_columns: compute(inputs, keep_rows, keep_columns),
         reduce_retracing=True, jit_compile=jit_compile or None,
     )
+
+
+def _in_row_chunks(embedding: Any, true_bins: Any, chunk: int, function: Callable[..., dict[str, Any]],
+                   names: Sequence[str]) -> dict[str, Any]:
+    """`function(embedding, true_bins)` over chunks of `chunk` rows, one after the other; results re-joined.
+
+    Args:
+        embedding: `[batch, rows, columns, E]`; padded with zeros to whole chunks (the padding is cut off).
+        true_bins: `[batch, rows, columns, heads]` or None.
+        function: `(embedding part, bins part or None) -> name -> [batch, chunk, columns, heads]` float32.
+        names: the names `function` returns.
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(embedding)
+    batch, rows = shape[0], shape[1]
+    count = (rows + chunk - 1) // chunk
+    pad = count * chunk - rows
+
+    def split(tensor: Any) -> Any:
+        tensor = tf.pad(tensor, [[0, 0], [0, pad]] + [[0, 0]] * (len(tensor.shape) - 2))
+        tail = tf.shape(tensor)[2:]
+        tensor = tf.reshape(tensor, tf.concat([[batch, count, chunk], tail], 0))
+        return tf.transpose(tensor, [1, 0] + list(range(2, len(tensor.shape))))
+
+    def join(tensor: Any) -> Any:
+        tensor = tf.transpose(tensor, [1, 0] + list(range(2, len(tensor.shape))))
+        tail = tf.shape(tensor)[3:]
+        return tf.reshape(tensor, tf.concat([[batch, count * chunk], tail], 0))[:, :rows]
+
+    elements = (split(embedding),) if true_bins is None else (split(embedding), split(true_bins))
+    signature = {name: tf.TensorSpec(shape=None, dtype=tf.float32) for name in names}
+    results = tf.map_fn(lambda parts: function(parts[0], parts[1] if len(parts) > 1 else None), elements,
+                        fn_output_signature=signature, parallel_iterations=1)
+    return {name: join(value) for name, value in results.items()}
 
 
 def keep_indices(axis_plan: tiling.AxisPlan, geometry: geometry_lib.Geometry) -> np.ndarray:
@@ -837,19 +895,35 @@ RUNTIME_BYTES = 0.8e9
 MAX_AUTO_BUDGET_BYTES = 4e9
 
 
+# `make_run_function(head_chunk_rows=...)`: the heads, softmax and statistics run on about this many kept
+# pixels at a time, so their 256-bin tensors are bounded whatever the tile (`head_chunk_rows`).
+HEAD_CHUNK_PIXELS = 4096
+
+
+def head_chunk_rows(kept_columns: int) -> int:
+    """Kept rows per heads chunk for a run keeping `kept_columns` columns (`HEAD_CHUNK_PIXELS` pixels)."""
+    return max(1, HEAD_CHUNK_PIXELS // max(1, kept_columns))
+
+
+def head_chunk_bytes(num_heads: int, num_classes: int) -> float:
+    """Modelled memory of one heads chunk: float32 logits and probabilities of `HEAD_CHUNK_PIXELS` pixels."""
+    return HEAD_CHUNK_PIXELS * num_heads * 2.0 * num_classes * 4
+
+
 def memory_per_pixel(
-    model_config: Any, num_heads: int, num_classes: int, dtype: str = "float32"
+    model_config: Any, num_heads: int, num_classes: int, dtype: str = "float32", chunked_heads: bool = False
 ) -> tuple[float, float]:
     """Modelled bytes per run input pixel and per run output pixel.
 
     Input pixels: the measured peak per input pixel (`MEASURED_BYTES_PER_INPUT_PIXEL`,
     which includes 4 heads' logits and probabilities), scaled by base depth;
     output pixels: each head beyond those 4 adds its float32 logits and
-    probabilities, `2 * num_classes * 4` bytes.
+    probabilities, `2 * num_classes * 4` bytes, unless the heads run in
+    chunks (`chunked_heads`; then `head_chunk_bytes` in all).
     """
     scale = max(model_config.base_depth / 400, 0.05)
     per_input = MEASURED_BYTES_PER_INPUT_PIXEL.get(dtype, MEASURED_BYTES_PER_INPUT_PIXEL["float32"]) * scale
-    per_output = max(0, num_heads - MEASURED_HEADS) * 2.0 * num_classes * 4
+    per_output = 0.0 if chunked_heads else max(0, num_heads - MEASURED_HEADS) * 2.0 * num_classes * 4
     return per_input, per_output
 
 

@@ -110,9 +110,10 @@ class Predictor:
         with_truth: bool,
         temperatures: tuple[float, ...] | None = None,
         calibration_heads: int | None = None,
+        head_chunk_rows: int | None = None,
     ):
         """A cached `make_run_function` for these heads (one trace per set)."""
-        key = (head_indices, statistics, quantiles, with_truth, temperatures, calibration_heads)
+        key = (head_indices, statistics, quantiles, with_truth, temperatures, calibration_heads, head_chunk_rows)
         if key not in self._run_functions:
             if self.model is not None:
                 model = self.model
@@ -130,7 +131,7 @@ class Predictor:
                 )
             self._run_functions[key] = predict_lib.make_run_function(
                 network, statistics, quantiles, with_truth=with_truth, temperatures=temperatures,
-                calibration_heads=calibration_heads,
+                calibration_heads=calibration_heads, head_chunk_rows=head_chunk_rows,
             )
         return self._run_functions[key]
 
@@ -556,43 +557,70 @@ class RunLayout:
     tile_size: int
 
 
+# The peak memory the automatic tile size aims at (the tiles get what the rest leaves, at least
+# `MIN_TILE_BUDGET_BYTES`), and never more than a quarter of the available memory for the tiles.
+TARGET_PEAK_BYTES = 3e9
+MIN_TILE_BUDGET_BYTES = 0.5e9
+
+
+def chunks_heads(predictor: Predictor) -> bool:
+    """Whether the run computes the heads in row chunks (a model directory; a SavedModel gives whole logits)."""
+    return predictor.model is not None
+
+
 def layout_well(
     predictor: Predictor, plan: WellPlan, border_mode: str, tile_size: int | None, memory_budget_bytes: float | None
 ) -> RunLayout:
-    """The tile side (given, or from memory: `predict.auto_tile_size`) and the tile plan of a well."""
+    """The tile side (given, or the largest whose modelled peak stays within `TARGET_PEAK_BYTES` and a quarter
+    of the available memory; `memory_budget_bytes` fixes the tiles' share) and the tile plan of a well."""
     geometry = predictor.geometry
     if tile_size is None:
-        tile_size = predict_lib.auto_tile_size(
-            geometry, predictor.config.model, len(plan.head_indices), memory_budget_bytes, plan.plan_name,
-            predictor.compute_dtype,
-        )
+        if memory_budget_bytes is None:
+            import psutil
+
+            others = expected_peak_bytes(predictor, plan, None)
+            available = psutil.virtual_memory().available
+            memory_budget_bytes = max(MIN_TILE_BUDGET_BYTES, min(available / 4, TARGET_PEAK_BYTES - others["total"]))
+        per_input, per_output = predict_lib.memory_per_pixel(
+            predictor.config.model, len(plan.head_indices), predictor.config.model.num_classes,
+            predictor.compute_dtype, chunks_heads(predictor))
+        tile_size = predict_lib.tiling.auto_tile_size(geometry, memory_budget_bytes, per_input, per_output,
+                                                      plan.plan_name)
     region, wanted, tiles = predict_lib.plan_image(tuple(plan.well.inputs.shape[1:]), geometry, border_mode,
                                                    tile_size, plan.plan_name, plan.window)
     return RunLayout(region, wanted, tiles, tiles.rows.run_input_length)
 
 
-def expected_peak_bytes(predictor: Predictor, plan: WellPlan, layout: RunLayout) -> dict[str, float]:
+def expected_peak_bytes(predictor: Predictor, plan: WellPlan, layout: RunLayout | None) -> dict[str, float]:
     """The modelled peak memory of predicting a well, by part (bytes); "total" sums them.
 
     runtime (TensorFlow and the model), tiles (one run's activations,
-    `predict.memory_per_pixel`), well (the decoded well: its input stack and
-    targets), rows (the stitched bands of about two row runs of every result,
-    plus the panel bands) and panels (the two downscaled panels).
+    `predict.memory_per_pixel`, and one heads chunk), well (the decoded well:
+    its input stack and targets), rows (the stitched bands of about two row
+    runs of every result, plus the panel bands) and panels (the two
+    downscaled panels). Without a layout: everything but the tiles and rows.
     """
     from isl.eval import panels as panels_lib
 
+    num_heads, num_classes = len(plan.head_indices), predictor.config.model.num_classes
     per_input, per_output = predict_lib.memory_per_pixel(
-        predictor.config.model, len(plan.head_indices), predictor.config.model.num_classes, predictor.compute_dtype)
-    rows, columns = layout.plan.run_input_shape
-    out_rows, out_columns = layout.plan.run_output_shape
-    tiles = rows * columns * per_input + out_rows * out_columns * per_output
+        predictor.config.model, num_heads, num_classes, predictor.compute_dtype, chunks_heads(predictor))
+    tiles = band = 0.0
+    width = plan.well.inputs.shape[2]
+    if layout is not None:
+        rows, columns = layout.plan.run_input_shape
+        out_rows, out_columns = layout.plan.run_output_shape
+        tiles = rows * columns * per_input + out_rows * out_columns * per_output
+        values = num_heads * (len(plan.computed) + len(plan.quantiles))
+        values += 3 * len(plan.channels) if plan.with_truth else 0
+        # Two row runs of every result in float32, twice (the stitcher's band and the handed-out copy).
+        band = 2 * 2 * out_rows * layout.plan.columns.grid_length * values * 4.0
+        width = layout.wanted.width
+    if chunks_heads(predictor):
+        tiles += predict_lib.head_chunk_bytes(num_heads, num_classes)
     well = float(plan.well.inputs.nbytes + sum(image.nbytes for image in plan.well.targets.values()))
-    values = len(plan.head_indices) * (len(plan.computed) + len(plan.quantiles))
-    values += 3 * len(plan.channels) if plan.with_truth else 0
-    # Two row runs of every result in float32, twice (the stitcher's band and the handed-out copy).
-    band = 2 * 2 * out_rows * layout.plan.columns.grid_length * values * 4.0
     panel_columns = 3 if len(plan.panel_statistics) == 1 else 12
-    panel_band = (panels_lib.StreamingPanel.BAND_ROWS * panel_columns * (layout.wanted.width + 8) * 3 * 4 * 3
+    panel_band = (panels_lib.StreamingPanel.BAND_ROWS * panel_columns * (width + 8) * 3 * 4 * 3
                   if plan.with_panels else 0.0)
     panels = 2 * panels_lib.MAX_PANEL_PIXELS * 3 * 4.0 if plan.with_panels else 0.0
     parts = {"runtime": predict_lib.RUNTIME_BYTES, "tiles": tiles, "well": well, "rows": band + panel_band,
@@ -639,8 +667,12 @@ def run_well(
 
     well = plan.well
     truth_heads = len(plan.channels) if plan.with_truth else None
+    chunk_rows = None
+    if chunks_heads(predictor):
+        kept_columns = len(predict_lib.keep_indices(layout.plan.columns, layout.plan.geometry))
+        chunk_rows = predict_lib.head_chunk_rows(kept_columns)
     run_function = predictor.run_function(plan.head_indices, plan.computed, plan.quantiles, plan.with_truth,
-                                          predictor.head_temperatures(plan.head_indices), truth_heads)
+                                          predictor.head_temperatures(plan.head_indices), truth_heads, chunk_rows)
     progress = Progress(layout.plan.num_runs, label=f"predict {well.name}", enabled=progress_enabled,
                         exclude_first=True)
     truth_fn = (lambda row0, row1, column0, column1: plan.truth_window(row0, row1, column0, column1)[0]
