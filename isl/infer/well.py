@@ -560,7 +560,9 @@ class RunLayout:
 # The peak memory the automatic tile size aims at (the tiles get what the rest leaves, at least
 # `MIN_TILE_BUDGET_BYTES`), and never more than a quarter of the available memory for the tiles.
 TARGET_PEAK_BYTES = 3e9
-MIN_TILE_BUDGET_BYTES = 0.5e9
+# Tiles below this share waste most of their work on the 121-px border each side (a 346-px tile computes 11x
+# its output): past it, a large well goes over the target instead of slowing down many times.
+MIN_TILE_BUDGET_BYTES = 1.0e9
 
 
 def chunks_heads(predictor: Predictor) -> bool:
@@ -571,16 +573,28 @@ def chunks_heads(predictor: Predictor) -> bool:
 def layout_well(
     predictor: Predictor, plan: WellPlan, border_mode: str, tile_size: int | None, memory_budget_bytes: float | None
 ) -> RunLayout:
-    """The tile side (given, or the largest whose modelled peak stays within `TARGET_PEAK_BYTES` and a quarter
-    of the available memory; `memory_budget_bytes` fixes the tiles' share) and the tile plan of a well."""
+    """The tile side (given, or the largest whose modelled peak stays within `TARGET_PEAK_BYTES`, with the tiles'
+    share at most a quarter of the available memory; `memory_budget_bytes` fixes that share) and the tile plan."""
+    if tile_size is not None or memory_budget_bytes is not None:
+        return _layout(predictor, plan, border_mode, tile_size, memory_budget_bytes)
+    import psutil
+
+    budget = min(psutil.virtual_memory().available / 4,
+                 TARGET_PEAK_BYTES - expected_peak_bytes(predictor, plan, None)["total"])
+    layout = _layout(predictor, plan, border_mode, None, max(MIN_TILE_BUDGET_BYTES, budget))
+    for _ in range(4):  # The stitched rows grow with the tile: shrink the tiles by the excess.
+        excess = expected_peak_bytes(predictor, plan, layout)["total"] - TARGET_PEAK_BYTES
+        if excess <= 0 or budget <= MIN_TILE_BUDGET_BYTES:
+            break
+        budget -= excess
+        layout = _layout(predictor, plan, border_mode, None, max(MIN_TILE_BUDGET_BYTES, budget))
+    return layout
+
+
+def _layout(predictor: Predictor, plan: WellPlan, border_mode: str, tile_size: int | None,
+            memory_budget_bytes: float | None) -> RunLayout:
     geometry = predictor.geometry
     if tile_size is None:
-        if memory_budget_bytes is None:
-            import psutil
-
-            others = expected_peak_bytes(predictor, plan, None)
-            available = psutil.virtual_memory().available
-            memory_budget_bytes = max(MIN_TILE_BUDGET_BYTES, min(available / 4, TARGET_PEAK_BYTES - others["total"]))
         per_input, per_output = predict_lib.memory_per_pixel(
             predictor.config.model, len(plan.head_indices), predictor.config.model.num_classes,
             predictor.compute_dtype, chunks_heads(predictor))
@@ -613,8 +627,8 @@ def expected_peak_bytes(predictor: Predictor, plan: WellPlan, layout: RunLayout 
         tiles = rows * columns * per_input + out_rows * out_columns * per_output
         values = num_heads * (len(plan.computed) + len(plan.quantiles))
         values += 3 * len(plan.channels) if plan.with_truth else 0
-        # Two row runs of every result in float32, twice (the stitcher's band and the handed-out copy).
-        band = 2 * 2 * out_rows * layout.plan.columns.grid_length * values * 4.0
+        # About two row runs of every result in float32 (the stitcher's band while it grows).
+        band = 2 * out_rows * layout.plan.columns.grid_length * values * 4.0
         width = layout.wanted.width
     if chunks_heads(predictor):
         tiles += predict_lib.head_chunk_bytes(num_heads, num_classes)
