@@ -24,6 +24,13 @@ prediction.json.
 
   isl predict --model_dir=checkpoints/condition_b_sample --input_dir=well_A4 --output_dir=predictions
 
+Memory: the outputs are written band by band as the tiles finish, and the
+panels drawn downscaled, so the run stays within about 3 GB (tiles sized for
+it; the decoded well, about 52 bytes per pixel, is what still grows with the
+image). It prints its expected peak first and exits with code 2, naming the
+flag to change (--tile_size, --statistics, --nopanels), when that would not
+fit the free memory.
+
 SIGTERM stops it after the running tile and exits with code 143: finished
 wells stay (each with its prediction.json); the well in progress may hold
 some of its images but no prediction.json; no file is half-written.

@@ -15,7 +15,8 @@ def test_mirrored_is_numpy_reflect_repeated():
     result = mirror.mirrored(image, 7, 10)
     np.testing.assert_array_equal(result[:5, :7], np.pad(image, ((0, 2), (0, 3)), mode="reflect"))
     assert result.shape == (7, 10)
-    np.testing.assert_array_equal(result[:, 6], image[:, 0])  # Period 2 * (4 - 1) = 6.
+    np.testing.assert_array_equal(result[:3, 6], image[:, 0])  # Period 2 * (4 - 1) = 6.
+    np.testing.assert_array_equal(result[4:7, 0], image[[0, 1, 2], 0])  # Period 2 * (3 - 1) = 4.
 
 
 def test_mirror_well_writes_every_image_at_the_new_size(tmp_path):
