@@ -416,9 +416,10 @@ class StreamingPanel:
         self.strip_height = 2 * self.size
         font = _font(self.size)
         self.name_width = max(font.getbbox(name)[2] for name in self.row_names) + self.size
-        self._header = _text_strip(self.columns, [self.tile_width] * len(self.columns), self.strip_height, self.size)
-        self._footer = colour_bars(self.columns, self.tile_width, self.size)
-        self.panel_height = self.strip_height + bare_height + self._footer.shape[0]
+        # The strips scale with the tiles (text 1/12 of a tile side): made once, added in bands, not kept.
+        header = _text_strip(self.columns, [self.tile_width] * len(self.columns), self.strip_height, self.size)
+        footer = colour_bars(self.columns, self.tile_width, self.size)
+        self.panel_height = self.strip_height + bare_height + footer.shape[0]
         self.panel_width = self.name_width + bare_width
         if self.panel_height * self.panel_width > max_pixels:
             scale = (max_pixels / (self.panel_height * self.panel_width)) ** 0.5
@@ -431,10 +432,13 @@ class StreamingPanel:
             self._rows = self._columns = None
         self._result = np.zeros((out_height, out_width, 3), np.float32)
         self._side_row, self._side = -1, None
-        self._add_panel_rows(0, self._header_rows())
-        footer = np.zeros((self._footer.shape[0], self.panel_width, 3), np.float32)
-        footer[:, self.name_width : self.name_width + self._footer.shape[1]] = self._footer
-        self._add_panel_rows(self.strip_height + bare_height, footer)
+        for strip, top in ((header[..., np.newaxis], 0), (footer, self.strip_height + bare_height)):
+            for first in range(0, strip.shape[0], self.BAND_ROWS):
+                part = strip[first : first + self.BAND_ROWS]
+                rows = np.zeros((part.shape[0], self.panel_width, 3), np.float32)
+                rows[:, self.name_width : self.name_width + part.shape[1]] = part
+                self._add_panel_rows(top + first, rows)
+        del header, footer
         for row in range(len(self.row_names)):  # The tiles' top and bottom borders.
             top = self.strip_height + row * self.tile_height
             self._add_panel_rows(top, self._border_rows(row, 0, BORDER_PIXELS))
@@ -464,11 +468,6 @@ class StreamingPanel:
     def result(self) -> np.ndarray:
         """The panel `[height, width, 3]` float32 in [0, 1], as `error_panel` gives it."""
         return self._result
-
-    def _header_rows(self) -> np.ndarray:
-        rows = np.zeros((self.strip_height, self.panel_width, 3), np.float32)
-        rows[:, self.name_width : self.name_width + self._header.shape[1]] = self._header[..., np.newaxis]
-        return rows
 
     def _side_strip(self, row: int) -> np.ndarray:
         if self._side_row != row:

@@ -748,7 +748,7 @@ def stream_image(
             inputs = []
             for run_row, run_column in batch_runs:
                 rows, columns = indices(run_row, run_column, run_rows, run_columns)
-                inputs.append(network_input_fn(stack[:, rows][:, :, columns]))
+                inputs.append(network_input_fn(stack[np.ix_(np.arange(stack.shape[0]), rows, columns)]))
             arguments = [np.stack(inputs).astype(np.float32, copy=False), keep_rows, keep_columns]
             if truth_fn is not None:
                 arguments.append(np.stack([_run_truth(truth_fn, region, run_row, run_column, out_rows, out_columns,
