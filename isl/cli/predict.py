@@ -24,6 +24,13 @@ prediction.json.
 
   isl predict --model_dir=checkpoints/condition_b_sample --input_dir=well_A4 --output_dir=predictions
 
+Memory: the outputs are written band by band as the tiles finish, and the
+panels drawn downscaled, so the run stays within about 3 GB (tiles sized for
+it; the decoded well, about 52 bytes per pixel, is what still grows with the
+image). It prints its expected peak first and exits with code 2, naming the
+flag to change (--tile_size, --statistics, --nopanels), when that would not
+fit the free memory.
+
 SIGTERM stops it after the running tile and exits with code 143: finished
 wells stay (each with its prediction.json); the well in progress may hold
 some of its images but no prediction.json; no file is half-written.
@@ -106,8 +113,9 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_bool("calibration", True, "Apply the model folder's calibration.json (isl calibrate: a temperature "
                       "or spread scale per channel); --nocalibration predicts as trained. A folder without one "
                       "predicts uncalibrated and says so.", flag_values=flag_values)
-    flags.DEFINE_enum("precision", "", ["", "float32", "bfloat16"], "Compute precision; '' runs as trained. bfloat16 "
-                      "needs --model_dir.", flag_values=flag_values)
+    flags.DEFINE_enum("precision", "", ["", "float32", "bfloat16"], "Compute precision; '' runs as trained (a "
+                      "bfloat16-trained model runs in float32 on a CPU without native bfloat16, amx_bf16 or "
+                      "avx512_bf16, where float32 is faster). bfloat16 needs --model_dir.", flag_values=flag_values)
     data_flags.define(flag_values, ("normalization", "channel_map", "set"))
     flags.DEFINE_bool("progress", True, "Show a progress line on stderr.", flag_values=flag_values)
     flags.DEFINE_integer(
@@ -181,6 +189,22 @@ UNSUPPORTED: dict[str, dict[str, tuple[Any, str]]] = {
 }
 
 
+def precision_note(predictor: Any, requested: str) -> str:
+    """One line: the compute precision and why (asked for, as trained, or chosen by the CPU)."""
+    from isl.infer import well as well_lib
+
+    dtype = predictor.compute_dtype
+    if requested:
+        return f"Precision: {dtype} (--precision)."
+    if predictor.model is None:
+        return f"Precision: {dtype} (as exported)."
+    if predictor.trained_precision == "bfloat16" and dtype == "float32":
+        return ("Precision: float32: the model was trained in bfloat16, but this CPU has no native bfloat16 "
+                "(amx_bf16 or avx512_bf16), where float32 is faster; --precision=bfloat16 runs as trained.")
+    native = " on this CPU's native bfloat16" if dtype == "bfloat16" and well_lib.native_bfloat16() else ""
+    return f"Precision: {dtype} (as trained{native})."
+
+
 def model_kind(predictor: Any) -> str:
     """"readout", "unet_regression", "saved_model" or "heads" (a model directory with 256-bin heads)."""
     if predictor.readout is not None:
@@ -239,6 +263,8 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     predictor.config = data_flags.model_config(
         predictor.config, flag_values, flag_values["model_dir"].value or flag_values["saved_model"].value, "predict")
     print(calibration_note(predictor))
+    if kind in ("heads", "saved_model"):
+        print(precision_note(predictor, flag_values["precision"].value))
     output_dir = flag_values["output_dir"].value
     wells = []
     for input_dir in flag_values["input_dir"].value:

@@ -375,3 +375,135 @@ def write_panel(path: str | os.PathLike[str], panel: np.ndarray, bits: int = 16)
                                                                                     optimize=True)
     atomic.write_bytes(path, buffer.getvalue())
     return path
+
+
+class StreamingPanel:
+    """An `error_panel(..., row_names=...)` built from bands of image rows, in bounded memory.
+
+    The panel of an image of any size is the labelled grid of `error_panel`
+    downscaled by `limit_size` to at most `max_pixels` pixels. The bilinear
+    downscale is linear and separable, so each band of panel rows adds its
+    weighted share to the small result and is dropped: memory is the result
+    (at most `max_pixels` RGB pixels) plus one band of panel rows (at most
+    `BAND_ROWS` rows), whatever the image size. The result equals
+    `error_panel` up to float rounding (the two resize passes run in the other
+    order).
+
+    Usage: `add(channel_row, image_row0, statistics, truth, mask)` for every
+    band of every row (any order), then `result()`.
+
+    Args:
+        height, width: the image (tile) size.
+        row_names: one per panel row.
+        simplified: 3 columns (the original's default) or 12.
+        max_pixels: the `limit_size` bound.
+    """
+
+    BAND_ROWS = 64
+
+    def __init__(self, height: int, width: int, row_names: Sequence[str], simplified: bool = True,
+                 max_pixels: int = MAX_PANEL_PIXELS) -> None:
+        self.height, self.width = int(height), int(width)
+        self.row_names = list(row_names)
+        self.simplified = simplified
+        self.columns = column_names(simplified)
+        self.tile_height = self.height + 2 * BORDER_PIXELS
+        self.tile_width = self.width + 2 * BORDER_PIXELS
+        bare_height = len(self.row_names) * self.tile_height
+        bare_width = len(self.columns) * self.tile_width
+        # The layout of `labelled`.
+        self.size = max(12, min(self.tile_height, self.tile_width) // 12)
+        self.strip_height = 2 * self.size
+        font = _font(self.size)
+        self.name_width = max(font.getbbox(name)[2] for name in self.row_names) + self.size
+        # The strips scale with the tiles (text 1/12 of a tile side): made once, added in bands, not kept.
+        header = _text_strip(self.columns, [self.tile_width] * len(self.columns), self.strip_height, self.size)
+        footer = colour_bars(self.columns, self.tile_width, self.size)
+        self.panel_height = self.strip_height + bare_height + footer.shape[0]
+        self.panel_width = self.name_width + bare_width
+        if self.panel_height * self.panel_width > max_pixels:
+            scale = (max_pixels / (self.panel_height * self.panel_width)) ** 0.5
+            out_height = max(1, int(self.panel_height * scale))
+            out_width = max(1, int(self.panel_width * scale))
+            self._rows = _resize_weights(self.panel_height, out_height)
+            self._columns = _resize_weights(self.panel_width, out_width)
+        else:
+            out_height, out_width = self.panel_height, self.panel_width
+            self._rows = self._columns = None
+        self._result = np.zeros((out_height, out_width, 3), np.float32)
+        self._side_row, self._side = -1, None
+        for strip, top in ((header[..., np.newaxis], 0), (footer, self.strip_height + bare_height)):
+            for first in range(0, strip.shape[0], self.BAND_ROWS):
+                part = strip[first : first + self.BAND_ROWS]
+                rows = np.zeros((part.shape[0], self.panel_width, 3), np.float32)
+                rows[:, self.name_width : self.name_width + part.shape[1]] = part
+                self._add_panel_rows(top + first, rows)
+        del header, footer
+        for row in range(len(self.row_names)):  # The tiles' top and bottom borders.
+            top = self.strip_height + row * self.tile_height
+            self._add_panel_rows(top, self._border_rows(row, 0, BORDER_PIXELS))
+            self._add_panel_rows(top + BORDER_PIXELS + self.height,
+                                 self._border_rows(row, BORDER_PIXELS + self.height, self.tile_height))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The result's (height, width)."""
+        return self._result.shape[0], self._result.shape[1]
+
+    def add(self, row: int, image_row0: int, statistics: Mapping[str, np.ndarray], truth: np.ndarray,
+            mask: np.ndarray | None = None) -> None:
+        """Adds image rows `[image_row0, image_row0 + n)` of panel row `row` (`error_row`'s arguments, `[n, width]`)."""
+        count = truth.shape[0]
+        for first in range(0, count, self.BAND_ROWS):
+            part = slice(first, min(count, first + self.BAND_ROWS))
+            tiles = error_row({name: value[part] for name, value in statistics.items()}, truth[part],
+                              None if mask is None else mask[part], self.simplified)
+            top = BORDER_PIXELS + image_row0 + first
+            band = self._border_rows(row, top, top + tiles[0].image.shape[0])
+            for column, tile in enumerate(tiles):
+                left = self.name_width + column * self.tile_width + BORDER_PIXELS
+                band[:, left : left + self.width] = tile.image
+            self._add_panel_rows(self.strip_height + row * self.tile_height + top, band)
+
+    def result(self) -> np.ndarray:
+        """The panel `[height, width, 3]` float32 in [0, 1], as `error_panel` gives it."""
+        return self._result
+
+    def _side_strip(self, row: int) -> np.ndarray:
+        if self._side_row != row:
+            self._side = _text_strip([self.row_names[row]], [self.name_width], self.tile_height, self.size)
+            self._side_row = row
+        return self._side
+
+    def _border_rows(self, row: int, start: int, end: int) -> np.ndarray:
+        """Panel rows `[start, end)` of a tile row (tile coordinates) with the side strip and border colours."""
+        rows = np.zeros((end - start, self.panel_width, 3), np.float32)
+        rows[:, : self.name_width] = self._side_strip(row)[start:end, :, np.newaxis]
+        borders = [PURPLE] * (1 if self.simplified else 4) + [TURQUOISE]
+        borders += [BLACK] if self.simplified else [WHITE] * 3 + [BLACK] * 3 + [MANGO]
+        for column, colour in enumerate(borders):
+            left = self.name_width + column * self.tile_width
+            rows[:, left : left + self.tile_width] = np.asarray(colour, np.float32)
+        return rows
+
+    def _add_panel_rows(self, start: int, rows: np.ndarray) -> None:
+        """Adds panel rows `[start, start + n)` `[n, panel_width, 3]` to the (downscaled) result."""
+        if self._rows is None:
+            self._result[start : start + rows.shape[0]] = rows
+            return
+        low, high, fraction = self._columns
+        rows = rows[:, low] * (1 - fraction)[None, :, None] + rows[:, high] * fraction[None, :, None]
+        low, high, fraction = self._rows
+        end = start + rows.shape[0]
+        for source, weight in ((low, 1 - fraction), (high, fraction)):
+            inside = np.nonzero((source >= start) & (source < end))[0]
+            if inside.size:
+                self._result[inside] += rows[source[inside] - start] * weight[inside, None, None]
+
+
+def _resize_weights(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`resize_bilinear`'s (low, high, fraction) along one axis."""
+    position = np.clip((np.arange(target) + 0.5) * source / target - 0.5, 0, source - 1)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, source - 1)
+    return low, high, (position - low).astype(np.float32)

@@ -192,13 +192,18 @@ class Network:
         import tensorflow as tf
 
         if self.embedding_fn is not None:
-            embedding = self.embedding_fn(inputs)
-            embedding = tf.gather(tf.gather(embedding, keep_rows, axis=1), keep_columns, axis=2)
-            return self.heads_fn(embedding)
+            return self.heads_fn(self.kept_embedding(inputs, keep_rows, keep_columns))
         logits = self.logits_fn(inputs)
         if self.head_indices is not None:
             logits = tf.gather(logits, self.head_indices, axis=3)
         return tf.gather(tf.gather(logits, keep_rows, axis=1), keep_columns, axis=2)
+
+    def kept_embedding(self, inputs: Any, keep_rows: Any, keep_columns: Any) -> Any:
+        """A split model's embedding at the kept pixels, `[batch, len(keep_rows), len(keep_columns), E]`."""
+        import tensorflow as tf
+
+        embedding = self.embedding_fn(inputs)
+        return tf.gather(tf.gather(embedding, keep_rows, axis=1), keep_columns, axis=2)
 
     @classmethod
     def from_logits(cls, logits_fn: Callable[[Any], Any], head_indices: Sequence[int] | None = None) -> Network:
@@ -347,6 +352,8 @@ def make_run_function(
     jit_compile: bool = False,
     temperatures: Sequence[float] | None = None,
     with_log_probabilities: bool = False,
+    calibration_heads: int | None = None,
+    head_chunk_rows: int | None = None,
 ) -> Callable[..., dict[str, Any]]:
     """A `tf.function` from a batch of run inputs to kept-pixel statistics.
 
@@ -372,6 +379,14 @@ def make_run_function(
         with_log_probabilities: also return "log_probabilities", the
             log-softmax `[batch, rows, columns, heads, classes]` (what
             `isl calibrate` fits the temperatures on; large).
+        calibration_heads: with `with_truth`, compute `CALIBRATION_KEYS`
+            for the first this many heads only (the true bins then have
+            this many heads); None: every head.
+        head_chunk_rows: for a split `Network` (`from_keras`), run the
+            heads, the softmax and the statistics on this many kept rows at
+            a time, one chunk after the other (`tf.map_fn`), so the 256-bin
+            logits of a whole tile never exist at once: the same values in a
+            fraction of the memory. None: all rows at once.
 
     Returns:
         A function returning name -> `[batch, rows, columns, heads]` float32.
@@ -383,8 +398,8 @@ def make_run_function(
 
     inverse_temperatures = inverse_temperatures_of(temperatures)  # NumPy: each trace embeds it as a constant.
 
-    def compute(inputs: Any, keep_rows: Any, keep_columns: Any, true_bins: Any = None) -> dict[str, Any]:
-        logits = tempered(network(inputs, keep_rows, keep_columns), inverse_temperatures)
+    def from_logits(logits: Any, true_bins: Any = None) -> dict[str, Any]:
+        logits = tempered(logits, inverse_temperatures)
         results, probabilities = logits_statistics(logits, statistics, quantiles)
         if with_distributions:
             results["distribution"] = probabilities
@@ -392,6 +407,8 @@ def make_run_function(
             results["log_probabilities"] = tf.nn.log_softmax(logits, axis=-1)
         if true_bins is not None:
             bins = tf.cast(true_bins, tf.int32)
+            if calibration_heads is not None:
+                probabilities = probabilities[..., :calibration_heads, :]
             results["true_bin_probability"] = tf.gather(probabilities, bins[..., tf.newaxis], batch_dims=4)[..., 0]
             num_classes = int(probabilities.shape[-1])
             classes = tf.range(num_classes, dtype=tf.int32)
@@ -406,12 +423,59 @@ def make_run_function(
             results["crps"] = tf.reduce_sum(difference * difference, axis=-1) / float(num_classes - 1)
         return results
 
+    chunked = head_chunk_rows is not None and network.embedding_fn is not None and not (
+        with_distributions or with_log_probabilities)
+
+    def compute(inputs: Any, keep_rows: Any, keep_columns: Any, true_bins: Any = None) -> dict[str, Any]:
+        if not chunked:
+            return from_logits(network(inputs, keep_rows, keep_columns), true_bins)
+        embedding = network.kept_embedding(inputs, keep_rows, keep_columns)  # [batch, rows, columns, E]
+        names = list(statistics) + [quantile_name(q) for q in quantiles]
+        names += list(CALIBRATION_KEYS) if true_bins is not None else []
+        return _in_row_chunks(embedding, true_bins, int(head_chunk_rows),
+                              lambda part, bins: from_logits(network.heads_fn(part), bins), names)
+
     if with_truth:
         return tf.function(compute, reduce_retracing=True, jit_compile=jit_compile or None)
     return tf.function(
         lambda inputs, keep_rows, keep_columns: compute(inputs, keep_rows, keep_columns),
         reduce_retracing=True, jit_compile=jit_compile or None,
     )
+
+
+def _in_row_chunks(embedding: Any, true_bins: Any, chunk: int, function: Callable[..., dict[str, Any]],
+                   names: Sequence[str]) -> dict[str, Any]:
+    """`function(embedding, true_bins)` over chunks of `chunk` rows, one after the other; results re-joined.
+
+    Args:
+        embedding: `[batch, rows, columns, E]`; padded with zeros to whole chunks (the padding is cut off).
+        true_bins: `[batch, rows, columns, heads]` or None.
+        function: `(embedding part, bins part or None) -> name -> [batch, chunk, columns, heads]` float32.
+        names: the names `function` returns.
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(embedding)
+    batch, rows = shape[0], shape[1]
+    count = (rows + chunk - 1) // chunk
+    pad = count * chunk - rows
+
+    def split(tensor: Any) -> Any:
+        tensor = tf.pad(tensor, [[0, 0], [0, pad]] + [[0, 0]] * (len(tensor.shape) - 2))
+        tail = tf.shape(tensor)[2:]
+        tensor = tf.reshape(tensor, tf.concat([[batch, count, chunk], tail], 0))
+        return tf.transpose(tensor, [1, 0] + list(range(2, len(tensor.shape))))
+
+    def join(tensor: Any) -> Any:
+        tensor = tf.transpose(tensor, [1, 0] + list(range(2, len(tensor.shape))))
+        tail = tf.shape(tensor)[3:]
+        return tf.reshape(tensor, tf.concat([[batch, count * chunk], tail], 0))[:, :rows]
+
+    elements = (split(embedding),) if true_bins is None else (split(embedding), split(true_bins))
+    signature = {name: tf.TensorSpec(shape=None, dtype=tf.float32) for name in names}
+    results = tf.map_fn(lambda parts: function(parts[0], parts[1] if len(parts) > 1 else None), elements,
+                        fn_output_signature=signature, parallel_iterations=1)
+    return {name: join(value) for name, value in results.items()}
 
 
 def keep_indices(axis_plan: tiling.AxisPlan, geometry: geometry_lib.Geometry) -> np.ndarray:
@@ -458,6 +522,10 @@ def predict_image(
 ) -> Prediction:
     """Predicts whole images of per-pixel statistics from one source stack.
 
+    The whole-image form of `stream_image` (which hands out bands of rows
+    and never holds the whole output): for tests, the benchmark and callers
+    whose images are small. `isl predict` streams.
+
     Args:
         network: a `Network`, or a logits function `[batch, H, W, 2Z]` ->
             `[batch, H - 2b, W - 2b, heads, classes]`; unused when
@@ -497,20 +565,37 @@ def predict_image(
         if not isinstance(network, Network):
             network = Network.from_logits(network, head_indices)
         run_function = make_run_function(network, known, quantiles, with_truth=truth is not None)
-    true_bins = truth_masks = None
+    truth_fn = None
     if truth is not None:
-        true_bins, truth_masks = _output_truth(truth, region, plan)
-    padded = padded_stack(np.asarray(stack, dtype=np.float32), region, plan)
-    network_input_fn = network_input_fn or _default_network_input(num_z_values)
+        values, masks = truth
+        truth_fn = _array_truth(values, wanted)
+    bands: dict[str, list[np.ndarray]] = {}
+
+    def collect(row0: int, images: dict[str, np.ndarray]) -> None:
+        for name, image in images.items():
+            bands.setdefault(name, []).append(image)
+
     start = time.perf_counter()
-    images = run_tiles(plan, padded, network_input_fn, run_function, true_bins, batch_size, progress)
+    stream_image(plan, region, wanted, stack, network_input_fn or _default_network_input(num_z_values),
+                 run_function, collect, truth_fn, batch_size, progress)
     seconds = time.perf_counter() - start
-    images = _crop(images, region, wanted)
+    images = {name: np.concatenate(parts, axis=0) for name, parts in bands.items()}
     calibration = None
     if truth is not None:
-        calibration = _calibration(images, _crop({"masks": truth_masks}, region, wanted)["masks"])
+        window_masks = masks[wanted.row_offset : wanted.row_offset + wanted.height,
+                             wanted.column_offset : wanted.column_offset + wanted.width] > 0
+        calibration = _calibration(images, window_masks)
     ordered = _ordered(images, list(known) + [quantile_name(q) for q in quantiles])
     return Prediction(ordered, tuple(channel_names), wanted, calibration, _plan_info(plan, plan_name, seconds))
+
+
+def _array_truth(values: np.ndarray, wanted: OutputRegion) -> Callable[[int, int, int, int], np.ndarray]:
+    """A `stream_image` truth function over whole-image truth values `[height, width, heads]`."""
+
+    def truth_fn(row0: int, row1: int, column0: int, column1: int) -> np.ndarray:
+        return values[row0:row1, column0:column1]
+
+    return truth_fn
 
 
 def plan_image(
@@ -531,67 +616,174 @@ def plan_image(
     return region, wanted, tiling.plan_tiles((region.height, region.width), geometry, tile_size, plan_name)
 
 
-def run_tiles(
-    plan: tiling.TilePlan,
-    padded: np.ndarray,
-    network_input_fn: Callable[[np.ndarray], np.ndarray],
-    run_function: Callable[..., dict[str, Any]],
-    true_bins: np.ndarray | None = None,
-    batch_size: int = 1,
-    progress: Any = None,
-) -> dict[str, np.ndarray]:
-    """Runs every tile of `plan` in batches and stitches the kept pixels.
+class BandStitcher:
+    """Collects run outputs into bands of complete output rows.
+
+    Runs are added row run by row run, in the order of their starts
+    (`stream_image`); every output block belongs to one run starting at or
+    before it, so once the runs starting below row `r` are done, every row
+    below `r` is complete and `pop(r)` hands it out. Memory: the rows of about
+    two row runs times the output width, never the whole image.
 
     Args:
-        padded: `padded_stack(...)`, `[num_source_z, rows, columns]`.
-        true_bins: from `_output_truth`, or None (no calibration).
+        plan: the tile plan.
+        trailing_shape: shape of the per-pixel values, e.g. `(heads,)`.
+    """
 
-    Returns:
-        name -> `[region height, region width, ...]` for every result of `run_function`.
+    def __init__(self, plan: tiling.TilePlan, trailing_shape: tuple[int, ...] = ()) -> None:
+        self.plan = plan
+        self.trailing_shape = tuple(trailing_shape)
+        self.base = 0  # The first row not yet handed out (grid coordinates).
+        self._columns = plan.columns.grid_length
+        self._band = np.full((0, self._columns) + self.trailing_shape, np.nan, np.float32)
+        self._written = np.zeros((0, self._columns), bool)
+
+    def add(self, row_run: tiling.AxisRun, column_run: tiling.AxisRun, value: np.ndarray) -> None:
+        """Copies the owned blocks of a run's compact output `[blocks_r * w, blocks_c * w, ...]`."""
+        dense_rows, output_rows = stitch_lib._axis_indices(row_run, self.plan.rows.block, True)
+        dense_columns, output_columns = stitch_lib._axis_indices(column_run, self.plan.columns.block, True)
+        if value.shape[2:] != self.trailing_shape:
+            raise ValueError(f"Run output of shape {value.shape} does not end in {self.trailing_shape}.")
+        if int(output_rows.min()) < self.base:
+            raise ValueError(f"Rows from {int(output_rows.min())} were already handed out (up to {self.base}).")
+        needed = int(output_rows.max()) + 1 - self.base
+        if needed > self._band.shape[0]:
+            grow = needed - self._band.shape[0]
+            self._band = np.concatenate(
+                [self._band, np.full((grow, self._columns) + self.trailing_shape, np.nan, np.float32)])
+            self._written = np.concatenate([self._written, np.zeros((grow, self._columns), bool)])
+        rows = output_rows - self.base
+        self._band[np.ix_(rows, output_columns)] = value[np.ix_(dense_rows, dense_columns)]
+        self._written[np.ix_(rows, output_columns)] = True
+
+    def pop(self, upto: int) -> np.ndarray:
+        """Rows `[base, upto)` cropped to the plan's output width; the base moves to `upto`.
+
+        Raises:
+            ValueError: when a pixel of those rows was never written.
+        """
+        count = max(0, upto - self.base)
+        if count > self._band.shape[0] or not self._written[:count].all():
+            raise ValueError(f"Output rows {self.base}..{upto} are not complete; the plan does not cover the grid.")
+        band = self._band[:count, : self.plan.columns.output_length]
+        self._band, self._written = self._band[count:], self._written[count:]
+        self.base = upto
+        return band
+
+
+def input_rows_and_columns(
+    image_shape: tuple[int, int], region: OutputRegion, geometry: geometry_lib.Geometry
+) -> Callable[[tiling.AxisRun, tiling.AxisRun, int, int], tuple[np.ndarray, np.ndarray]]:
+    """Image row and column indices a run reads (reflected beyond the image): `padded_stack` without the copy."""
+    border = geometry.border
+
+    def indices(row: tiling.AxisRun, column: tiling.AxisRun, rows: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
+        row_indices = reflect_indices(np.arange(row.start, row.start + rows) + region.row_offset - border,
+                                      image_shape[0])
+        column_indices = reflect_indices(np.arange(column.start, column.start + columns) + region.column_offset
+                                         - border, image_shape[1])
+        return row_indices, column_indices
+
+    return indices
+
+
+def stream_image(
+    plan: tiling.TilePlan,
+    region: OutputRegion,
+    wanted: OutputRegion,
+    stack: np.ndarray,
+    network_input_fn: Callable[[np.ndarray], np.ndarray],
+    run_function: Callable[..., dict[str, Any]],
+    on_rows: Callable[[int, dict[str, np.ndarray]], None],
+    truth_fn: Callable[[int, int, int, int], np.ndarray] | None = None,
+    batch_size: int = 1,
+    progress: Any = None,
+) -> None:
+    """Runs every tile of `plan` and hands out the `wanted` output in bands of complete rows, top to bottom.
+
+    Memory: one batch of runs, the truth of one run and the stitched rows of
+    about two row runs times the output width; neither the padded input nor
+    any whole-image output is made.
+
+    Args:
+        plan: from `plan_image`, over `region` (image coordinates: output
+            pixel o of the plan shows image pixel o + region offset).
+        wanted: the window of `region` to hand out (`window_region`), or `region`.
+        stack: `[num_source_z, height, width]` float32 (read one run at a time).
+        network_input_fn: a stack slice `[num_source_z, h, w]` -> `[h, w, 2Z]`.
+        run_function: `make_run_function(...)`; with `truth_fn`, the truth form.
+        on_rows: called as `on_rows(row0, {name: [rows, wanted.width, ...]})`
+            with `row0` in `wanted`'s coordinates, rows in order, each once.
+        truth_fn: `(row0, row1, column0, column1)` in image pixels (inside
+            the image) -> true values `[rows, columns, heads]` in [0, 1], or None.
+        batch_size: runs per network call.
+        progress: optional object with `update(count)`.
     """
     keep_rows = keep_indices(plan.rows, plan.geometry)
     keep_columns = keep_indices(plan.columns, plan.geometry)
-    stitchers: dict[str, stitch_lib.Stitcher] = {}
-    runs = list(plan.runs())
     run_rows, run_columns = plan.run_input_shape
     out_rows, out_columns = plan.run_output_shape
+    image_shape = (int(stack.shape[1]), int(stack.shape[2]))
+    indices = input_rows_and_columns(image_shape, region, plan.geometry)
+    row_runs = sorted(plan.rows.runs, key=lambda run: run.start)
+    stitchers: dict[str, BandStitcher] = {}
+    top = wanted.row_offset - region.row_offset
+    left = wanted.column_offset - region.column_offset
+    popped = 0  # Region rows handed to `on_rows` or dropped (outside `wanted`) so far.
     step = max(1, batch_size)
-    for first in range(0, len(runs), step):
-        batch_runs = runs[first : first + step]
-        inputs = np.stack(
-            [
-                network_input_fn(padded[:, row.start : row.start + run_rows, column.start : column.start + run_columns])
-                for row, column in batch_runs
-            ]
-        ).astype(np.float32, copy=False)
-        arguments = [inputs, keep_rows, keep_columns]
-        if true_bins is not None:
-            arguments.append(np.stack([
-                true_bins[row.start : row.start + out_rows, column.start : column.start + out_columns][
-                    np.ix_(keep_rows, keep_columns)
-                ]
-                for row, column in batch_runs
-            ]))
-        for name, value in run_function(*arguments).items():
-            value = np.asarray(value)
-            if name not in stitchers:
-                stitchers[name] = stitch_lib.Stitcher(plan, value.shape[3:])
-            for index, (row, column) in enumerate(batch_runs):
-                stitchers[name].add(row, column, value[index], compact=True)
-        if progress is not None:
-            progress.update(len(batch_runs))
-    return {name: stitcher.result() for name, stitcher in stitchers.items()}
+
+    def hand_out(upto: int) -> None:
+        nonlocal popped
+        bands = {name: stitcher.pop(upto) for name, stitcher in stitchers.items()}
+        start, end = max(popped, top), min(upto, top + wanted.height)
+        if end > start:
+            on_rows(start - top, {name: band[start - popped : end - popped, left : left + wanted.width]
+                                  for name, band in bands.items()})
+        popped = upto
+
+    for position, row in enumerate(row_runs):
+        runs = [(row, column) for column in plan.columns.runs]
+        for first in range(0, len(runs), step):
+            batch_runs = runs[first : first + step]
+            inputs = []
+            for run_row, run_column in batch_runs:
+                rows, columns = indices(run_row, run_column, run_rows, run_columns)
+                inputs.append(network_input_fn(stack[np.ix_(np.arange(stack.shape[0]), rows, columns)]))
+            arguments = [np.stack(inputs).astype(np.float32, copy=False), keep_rows, keep_columns]
+            if truth_fn is not None:
+                arguments.append(np.stack([_run_truth(truth_fn, region, run_row, run_column, out_rows, out_columns,
+                                                      keep_rows, keep_columns) for run_row, run_column in batch_runs]))
+            for name, value in run_function(*arguments).items():
+                value = np.asarray(value)
+                if name not in stitchers:
+                    stitchers[name] = BandStitcher(plan, value.shape[3:])
+                for index, (run_row, run_column) in enumerate(batch_runs):
+                    stitchers[name].add(run_row, run_column, value[index])
+            if progress is not None:
+                progress.update(len(batch_runs))
+        complete = row_runs[position + 1].start if position + 1 < len(row_runs) else plan.rows.grid_length
+        hand_out(min(complete, plan.rows.output_length))
 
 
-def _crop(images: dict[str, np.ndarray], region: OutputRegion, wanted: OutputRegion) -> dict[str, np.ndarray]:
-    """The `wanted` window of images computed over `region` (the same images when they are equal)."""
-    if wanted == region:
-        return images
-    rows = slice(wanted.row_offset - region.row_offset, wanted.row_offset - region.row_offset + wanted.height)
-    columns = slice(
-        wanted.column_offset - region.column_offset, wanted.column_offset - region.column_offset + wanted.width
-    )
-    return {name: image[rows, columns] for name, image in images.items()}
+def _run_truth(
+    truth_fn: Callable[[int, int, int, int], np.ndarray],
+    region: OutputRegion,
+    row: tiling.AxisRun,
+    column: tiling.AxisRun,
+    out_rows: int,
+    out_columns: int,
+    keep_rows: np.ndarray,
+    keep_columns: np.ndarray,
+) -> np.ndarray:
+    """True 8-bit bins of a run's kept pixels `[len(keep_rows), len(keep_columns), heads]` int32 (0 outside)."""
+    row0 = row.start + region.row_offset
+    column0 = column.start + region.column_offset
+    row1 = min(row.start + out_rows, region.height) + region.row_offset
+    column1 = min(column.start + out_columns, region.width) + region.column_offset
+    values = truth_fn(row0, max(row0, row1), column0, max(column0, column1))
+    bins = np.zeros((out_rows, out_columns, values.shape[-1]), np.int32)
+    bins[: values.shape[0], : values.shape[1]] = np.clip(np.round(values * 255), 0, 255).astype(np.int32)
+    return bins[np.ix_(keep_rows, keep_columns)]
 
 
 def _calibration(images: dict[str, np.ndarray], truth_masks: np.ndarray) -> dict[str, np.ndarray]:
@@ -620,27 +812,6 @@ def _plan_info(plan: tiling.TilePlan, plan_name: str, seconds: float) -> dict[st
         "computed_input_pixels": plan.computed_input_pixels,
         "seconds": seconds,
     }
-
-
-def _output_truth(
-    truth: tuple[np.ndarray, np.ndarray], region: OutputRegion, plan: tiling.TilePlan
-) -> tuple[np.ndarray, np.ndarray]:
-    """True bins on the whole run grid and the output-region masks.
-
-    Returns:
-        bins `[grid_rows + run_out, grid_columns + run_out, T]` int32 in
-        output coordinates (zero beyond the region), and masks
-        `[height, width, T]` bool.
-    """
-    values, masks = truth
-    height, width = region.height, region.width
-    values = values[region.row_offset : region.row_offset + height, region.column_offset : region.column_offset + width]
-    masks = masks[region.row_offset : region.row_offset + height, region.column_offset : region.column_offset + width]
-    rows = plan.rows.grid_length + plan.rows.run_output_length
-    columns = plan.columns.grid_length + plan.columns.run_output_length
-    bins = np.zeros((rows, columns, values.shape[-1]), dtype=np.int32)
-    bins[:height, :width] = np.clip(np.round(values * 255), 0, 255).astype(np.int32)
-    return bins, masks > 0
 
 
 def predict_patchwise(
@@ -717,26 +888,43 @@ def predict_patchwise(
 # (BUILD_NOTES.md, issue 13). Keyed by the compute dtype.
 MEASURED_BYTES_PER_INPUT_PIXEL = {"float32": 5990.0, "bfloat16": 4100.0}
 MEASURED_HEADS = 4
-# The model, TensorFlow and the graph, outside the per-pixel part (measured 0.8 GB).
-RUNTIME_BYTES = 0.8e9
+# The model, TensorFlow and the graph, outside the per-pixel part: 0.8 GB after loading the shipped
+# checkpoint, 1.0 GB with the traced run (issue 25: the modelled peak was 0.2 GB under the measured one).
+RUNTIME_BYTES = 1.0e9
 # The largest activation budget chosen automatically (a quarter of the
 # available RAM below it): fewer, larger tiles waste less overlap.
 MAX_AUTO_BUDGET_BYTES = 4e9
 
 
+# `make_run_function(head_chunk_rows=...)`: the heads, softmax and statistics run on about this many kept
+# pixels at a time, so their 256-bin tensors are bounded whatever the tile (`head_chunk_rows`).
+HEAD_CHUNK_PIXELS = 4096
+
+
+def head_chunk_rows(kept_columns: int) -> int:
+    """Kept rows per heads chunk for a run keeping `kept_columns` columns (`HEAD_CHUNK_PIXELS` pixels)."""
+    return max(1, HEAD_CHUNK_PIXELS // max(1, kept_columns))
+
+
+def head_chunk_bytes(num_heads: int, num_classes: int) -> float:
+    """Modelled memory of one heads chunk: float32 logits and probabilities of `HEAD_CHUNK_PIXELS` pixels."""
+    return HEAD_CHUNK_PIXELS * num_heads * 2.0 * num_classes * 4
+
+
 def memory_per_pixel(
-    model_config: Any, num_heads: int, num_classes: int, dtype: str = "float32"
+    model_config: Any, num_heads: int, num_classes: int, dtype: str = "float32", chunked_heads: bool = False
 ) -> tuple[float, float]:
     """Modelled bytes per run input pixel and per run output pixel.
 
     Input pixels: the measured peak per input pixel (`MEASURED_BYTES_PER_INPUT_PIXEL`,
     which includes 4 heads' logits and probabilities), scaled by base depth;
     output pixels: each head beyond those 4 adds its float32 logits and
-    probabilities, `2 * num_classes * 4` bytes.
+    probabilities, `2 * num_classes * 4` bytes, unless the heads run in
+    chunks (`chunked_heads`; then `head_chunk_bytes` in all).
     """
     scale = max(model_config.base_depth / 400, 0.05)
     per_input = MEASURED_BYTES_PER_INPUT_PIXEL.get(dtype, MEASURED_BYTES_PER_INPUT_PIXEL["float32"]) * scale
-    per_output = max(0, num_heads - MEASURED_HEADS) * 2.0 * num_classes * 4
+    per_output = 0.0 if chunked_heads else max(0, num_heads - MEASURED_HEADS) * 2.0 * num_classes * 4
     return per_input, per_output
 
 

@@ -93,6 +93,7 @@ class Predictor:
     calibration: Any = None
     apply_calibration: bool = True
     calibration_in_graph: bool = False
+    trained_precision: str = ""
     _run_functions: dict = dataclasses.field(default_factory=dict)
     _inference_model: Any = None
 
@@ -108,9 +109,11 @@ class Predictor:
         quantiles: tuple[float, ...],
         with_truth: bool,
         temperatures: tuple[float, ...] | None = None,
+        calibration_heads: int | None = None,
+        head_chunk_rows: int | None = None,
     ):
         """A cached `make_run_function` for these heads (one trace per set)."""
-        key = (head_indices, statistics, quantiles, with_truth, temperatures)
+        key = (head_indices, statistics, quantiles, with_truth, temperatures, calibration_heads, head_chunk_rows)
         if key not in self._run_functions:
             if self.model is not None:
                 model = self.model
@@ -127,7 +130,8 @@ class Predictor:
                     lambda inputs: signature(network_input=inputs)["logits"], head_indices
                 )
             self._run_functions[key] = predict_lib.make_run_function(
-                network, statistics, quantiles, with_truth=with_truth, temperatures=temperatures
+                network, statistics, quantiles, with_truth=with_truth, temperatures=temperatures,
+                calibration_heads=calibration_heads, head_chunk_rows=head_chunk_rows,
             )
         return self._run_functions[key]
 
@@ -177,8 +181,10 @@ def load_predictor(
         model_dir: `config.json` + `model.weights.h5` (from `isl train`).
         saved_model: an `isl export` directory (SavedModel with a `logits`
             signature and `config.json`).
-        precision: "" (as trained), "float32", or "bfloat16" (model
-            directories only: bfloat16 compute, float32 logits).
+        precision: "" (as trained; a bfloat16-trained model runs in float32
+            on a CPU without native bfloat16, `default_precision`),
+            "float32", or "bfloat16" (model directories only: bfloat16
+            compute, float32 logits).
         inference_graph: fold batch norm into the activations (model
             directories; `isl.infer.graph`).
         apply_calibration: apply the folder's `calibration.json` when present.
@@ -214,12 +220,47 @@ def load_predictor(
     return predictor
 
 
+def native_bfloat16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 natively (`amx_bf16` or `avx512_bf16` among its flags).
+
+    Without it, TensorFlow emulates bfloat16 and a bfloat16 run is slower
+    than float32 (measured in BUILD_NOTES, issue 25).
+    """
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[-1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        return False
+    return False
+
+
+def default_precision(trained_precision: str, native: bool | None = None) -> str:
+    """What precision '' (as trained) resolves to for a model trained in `trained_precision`
+    (`train.mixed_precision`): "" (as trained) unless it is bfloat16 and the CPU has no native bfloat16
+    (`native_bfloat16`), then "float32" (faster there)."""
+    if trained_precision != "bfloat16":
+        return ""
+    if native is None:
+        native = native_bfloat16()
+    return "" if native else "float32"
+
+
 def _load_model_dir(model_dir: str, precision: str) -> Predictor:
     layout = model_dir_lib.ModelDir(model_dir)
     config_path, weights_path = layout.config, layout.weights
     for path in (config_path, weights_path):
         if not os.path.isfile(path):
             raise errors.InputError(f"{model_dir}: not a model directory ({os.path.basename(path)} is missing).")
+    try:
+        trained = config_lib.load_config(config_path)
+        trained_precision, architecture = trained.train.mixed_precision, trained.model.architecture
+    except Exception:  # A damaged config.json: the loader below names the problem.
+        trained_precision, architecture = "", ""
+    if not precision and not os.path.isfile(layout.readout) and architecture != "unet_regression":
+        precision = default_precision(trained_precision)
     if precision:
         from isl.model import builder
 
@@ -239,7 +280,8 @@ def _load_model_dir(model_dir: str, precision: str) -> Predictor:
 
         readout = readout_lib.load(layout.readout)
     return Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=model_dir, model=model,
-                     trained_channels=saving_lib.read_trained_channels(model_dir), readout=readout)
+                     trained_channels=saving_lib.read_trained_channels(model_dir), readout=readout,
+                     trained_precision=trained_precision)
 
 
 def _load_saved_model(path: str, precision: str) -> Predictor:
@@ -385,53 +427,388 @@ STAGING_PREFIX = ".tmp-predict-"
 
 @dataclasses.dataclass
 class WellPlan:
-    """What to predict for one well, and the truth to compare with.
+    """What to predict for one well, and where its truth is.
+
+    No whole-image array: the truth is read band by band from the well
+    (`truth_window`, `network_window`), so memory does not grow with the image.
 
     Attributes:
         well: the read well (`isl.data.wells.Well`).
+        config: the model's ExperimentConfig.
         channels: the target channels to predict and write.
         written: the statistic names written per channel (the paper's, then quantiles "qNN").
         computed: the paper's statistics the run computes (`written` plus the panels').
         quantiles: the quantiles the run computes, in (0, 1).
         head_indices: the heads run: the chosen targets, then the input heads when there are panels.
-        target_values, target_masks: `[height, width, len(channels)]` truth of the chosen targets.
-        network_values: `[height, width, num_z_values]` z-mapped input (the input heads' truth) or None.
+        truth_channels: the chosen channels with labels in this well.
         with_panels: write the error panels (`panels` asked and truth present).
-        with_truth: the run also returns the calibration maps.
+        with_truth: the run also returns the calibration maps of the target heads.
         panel_statistics: the statistics the panels show.
         plan_name: `isl.infer.tiling.PLANS` name.
         window: (row0, row1, column0, column1) in image pixels, or None.
     """
 
     well: Any
+    config: config_lib.ExperimentConfig
     channels: tuple[str, ...]
     written: tuple[str, ...]
     computed: tuple[str, ...]
     quantiles: tuple[float, ...]
     head_indices: tuple[int, ...]
-    target_values: np.ndarray
-    target_masks: np.ndarray
-    network_values: np.ndarray | None
+    truth_channels: tuple[str, ...]
     with_panels: bool
     with_truth: bool
     panel_statistics: tuple[str, ...]
     plan_name: str
     window: tuple[int, int, int, int] | None
 
-    @property
-    def truth_channels(self) -> list[str]:
-        """The chosen channels with any labelled pixel."""
-        return [channel for index, channel in enumerate(self.channels) if self.target_masks[..., index].any()]
+    def truth_window(self, row0: int, row1: int, column0: int, column1: int) -> tuple[np.ndarray, np.ndarray]:
+        """(values float32, masks bool) `[rows, columns, len(channels)]` of the chosen targets in a window."""
+        return truth_window(self.well, self.config, self.channels, (row0, row1, column0, column1))
 
-    def truth(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(values, masks) `[height, width, len(head_indices)]` for the run, or None without truth."""
-        if not self.with_truth:
-            return None
-        if not self.with_panels:
-            return self.target_values, self.target_masks
-        values = np.concatenate([self.target_values, self.network_values], axis=-1)
-        masks = np.concatenate([self.target_masks, np.ones_like(self.network_values)], axis=-1)
-        return values, masks
+    def network_window(self, row0: int, row1: int, column0: int, column1: int) -> np.ndarray:
+        """The input heads' truth `[rows, columns, num_z_values]`: the z-mapped input in a window."""
+        from isl.data import assemble
+
+        stack = self.well.inputs[:, row0:row1, column0:column1]
+        return assemble.network_input(stack, self.config.channels.num_z_values)[..., 0::2]
+
+
+def truth_window(
+    well: Any, config: config_lib.ExperimentConfig, channels: Sequence[str], window: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """`assemble.target_stack` of the chosen channels, computed inside a window only.
+
+    Returns:
+        (values float32, masks bool), each `[row1 - row0, column1 - column0, len(channels)]`.
+    """
+    from isl.data import assemble
+
+    row0, row1, column0, column1 = window
+    cropped = {name: image[row0:row1, column0:column1] for name, image in well.targets.items()}
+    values, masks = assemble.target_stack(cropped, config.channels, shape=(row1 - row0, column1 - column0))
+    columns = [config.channels.output_target_channels.index(channel) for channel in channels]
+    return values[..., columns], masks[..., columns] > 0
+
+
+def plan_well(
+    config: config_lib.ExperimentConfig,
+    well: Any,
+    chosen: Sequence[str],
+    statistics: Sequence[str],
+    panels: bool,
+    simplified_panels: bool,
+    save_calibration: bool,
+    plan_name: str,
+    window: tuple[tuple[int, int], tuple[int, int]] | None,
+) -> WellPlan:
+    """Which heads and statistics to run for a well, and with what truth (`WellPlan`)."""
+    from isl.eval import panels as panels_lib
+
+    known, quantiles = statistic_names.parse_statistic_names(statistics)
+    channel_config = config.channels
+    all_targets = channel_config.output_target_channels
+    # A present channel is labelled everywhere (its mask is all ones), so one pixel tells which have truth.
+    _, corner_masks = truth_window(well, config, chosen, (0, 1, 0, 1))
+    truth_channels = tuple(channel for index, channel in enumerate(chosen) if corner_masks[0, 0, index])
+    has_truth = bool(truth_channels)
+    with_panels = panels and has_truth
+    head_indices = [channel_config.num_input_heads + all_targets.index(channel) for channel in chosen]
+    panel_statistics = panels_lib.SIMPLIFIED_STATISTICS if simplified_panels else panels_lib.FULL_STATISTICS
+    computed = list(known)
+    if with_panels:
+        head_indices += list(range(channel_config.num_input_heads))
+        computed += [name for name in panel_statistics if name not in computed]
+    return WellPlan(
+        well=well,
+        config=config,
+        channels=tuple(chosen),
+        written=tuple(known) + tuple(statistic_names.quantile_name(q) for q in quantiles),
+        computed=tuple(computed),
+        quantiles=tuple(quantiles),
+        head_indices=tuple(head_indices),
+        truth_channels=truth_channels,
+        with_panels=with_panels,
+        with_truth=has_truth and save_calibration,
+        panel_statistics=tuple(panel_statistics),
+        plan_name=plan_name,
+        window=_pixel_window(well, window),
+    )
+
+
+def _pixel_window(
+    well: Any, window: tuple[tuple[int, int], tuple[int, int]] | None
+) -> tuple[int, int, int, int] | None:
+    """A `--region` window with its open ends resolved: (row0, row1, column0, column1), or None."""
+    if window is None:
+        return None
+    from isl.data import convert
+
+    return convert.well_window(well, window)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+    """The geometry of one well's run: the computed and the written region, the tile plan and its side."""
+
+    region: geometry_lib.OutputRegion
+    wanted: geometry_lib.OutputRegion
+    plan: Any
+    tile_size: int
+
+
+# The peak memory the automatic tile size aims at (the tiles get what the rest leaves, at least
+# `MIN_TILE_BUDGET_BYTES`), and never more than a quarter of the available memory for the tiles.
+TARGET_PEAK_BYTES = 3e9
+# Tiles below this share waste most of their work on the 121-px border each side (a 346-px tile computes 11x
+# its output): past it, a large well goes over the target instead of slowing down many times.
+MIN_TILE_BUDGET_BYTES = 1.0e9
+
+
+def chunks_heads(predictor: Predictor) -> bool:
+    """Whether the run computes the heads in row chunks (a model directory; a SavedModel gives whole logits)."""
+    return predictor.model is not None
+
+
+def layout_well(
+    predictor: Predictor, plan: WellPlan, border_mode: str, tile_size: int | None, memory_budget_bytes: float | None
+) -> RunLayout:
+    """The tile side (given, or the largest whose modelled peak stays within `TARGET_PEAK_BYTES`, with the tiles'
+    share at most a quarter of the available memory; `memory_budget_bytes` fixes that share) and the tile plan."""
+    if tile_size is not None or memory_budget_bytes is not None:
+        return _layout(predictor, plan, border_mode, tile_size, memory_budget_bytes)
+    import psutil
+
+    budget = min(psutil.virtual_memory().available / 4,
+                 TARGET_PEAK_BYTES - expected_peak_bytes(predictor, plan, None)["total"])
+    layout = _layout(predictor, plan, border_mode, None, max(MIN_TILE_BUDGET_BYTES, budget))
+    for _ in range(4):  # The stitched rows grow with the tile: shrink the tiles by the excess.
+        excess = expected_peak_bytes(predictor, plan, layout)["total"] - TARGET_PEAK_BYTES
+        if excess <= 0 or budget <= MIN_TILE_BUDGET_BYTES:
+            break
+        budget -= excess
+        layout = _layout(predictor, plan, border_mode, None, max(MIN_TILE_BUDGET_BYTES, budget))
+    return layout
+
+
+def _layout(predictor: Predictor, plan: WellPlan, border_mode: str, tile_size: int | None,
+            memory_budget_bytes: float | None) -> RunLayout:
+    geometry = predictor.geometry
+    if tile_size is None:
+        per_input, per_output = predict_lib.memory_per_pixel(
+            predictor.config.model, len(plan.head_indices), predictor.config.model.num_classes,
+            predictor.compute_dtype, chunks_heads(predictor))
+        tile_size = predict_lib.tiling.auto_tile_size(geometry, memory_budget_bytes, per_input, per_output,
+                                                      plan.plan_name)
+    region, wanted, tiles = predict_lib.plan_image(tuple(plan.well.inputs.shape[1:]), geometry, border_mode,
+                                                   tile_size, plan.plan_name, plan.window)
+    return RunLayout(region, wanted, tiles, tiles.rows.run_input_length)
+
+
+def expected_peak_bytes(predictor: Predictor, plan: WellPlan, layout: RunLayout | None) -> dict[str, float]:
+    """The modelled peak memory of predicting a well, by part (bytes); "total" sums them.
+
+    runtime (TensorFlow and the model), tiles (one run's activations,
+    `predict.memory_per_pixel`, and one heads chunk), well (the decoded well:
+    its input stack and targets), rows (the stitched bands of about two row
+    runs of every result, plus the panel bands) and panels (the two
+    downscaled panels). Without a layout: everything but the tiles and rows.
+    """
+    from isl.eval import panels as panels_lib
+
+    num_heads, num_classes = len(plan.head_indices), predictor.config.model.num_classes
+    per_input, per_output = predict_lib.memory_per_pixel(
+        predictor.config.model, num_heads, num_classes, predictor.compute_dtype, chunks_heads(predictor))
+    tiles = band = 0.0
+    width = plan.well.inputs.shape[2]
+    if layout is not None:
+        rows, columns = layout.plan.run_input_shape
+        out_rows, out_columns = layout.plan.run_output_shape
+        tiles = rows * columns * per_input + out_rows * out_columns * per_output
+        values = num_heads * (len(plan.computed) + len(plan.quantiles))
+        values += 3 * len(plan.channels) if plan.with_truth else 0
+        # About two row runs of every result in float32 (the stitcher's band while it grows).
+        band = 2 * out_rows * layout.plan.columns.grid_length * values * 4.0
+        width = layout.wanted.width
+    if chunks_heads(predictor):
+        tiles += predict_lib.head_chunk_bytes(num_heads, num_classes)
+    well = float(plan.well.inputs.nbytes + sum(image.nbytes for image in plan.well.targets.values()))
+    panel_columns = 3 if len(plan.panel_statistics) == 1 else 12
+    panel_band = (panels_lib.StreamingPanel.BAND_ROWS * panel_columns * (width + 8) * 3 * 4 * 3
+                  if plan.with_panels else 0.0)
+    panels = 2 * panels_lib.MAX_PANEL_PIXELS * 3 * 4.0 if plan.with_panels else 0.0
+    parts = {"runtime": predict_lib.RUNTIME_BYTES, "tiles": tiles, "well": well, "rows": band + panel_band,
+             "panels": panels}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def check_memory(expected: dict[str, float], layout: RunLayout, available_bytes: float | None = None) -> str:
+    """One line with the expected peak; raises InputError (exit 2) naming the flag to change when it does not fit.
+
+    Args:
+        available_bytes: free memory (None: psutil's available memory now).
+    """
+    if available_bytes is None:
+        import psutil
+
+        available_bytes = psutil.virtual_memory().available
+    line = (f"Expected peak memory: {expected['total'] / 1e9:.1f} GB (tiles of {layout.tile_size} px: "
+            f"{expected['tiles'] / 1e9:.1f} GB; well {expected['well'] / 1e9:.1f} GB; rows and panels "
+            f"{(expected['rows'] + expected['panels']) / 1e9:.1f} GB); {available_bytes / 1e9:.1f} GB free.")
+    if expected["total"] > available_bytes:
+        biggest = max(("tiles", "rows"), key=lambda part: expected[part])
+        advice = (f"lower --tile_size (now {layout.tile_size})" if biggest == "tiles" else
+                  "ask for fewer --statistics or --nopanels, or lower --tile_size")
+        raise errors.InputError(f"{line[:-1]}: it would not fit; {advice}, or free memory.")
+    return line
+
+
+def run_well(
+    predictor: Predictor,
+    plan: WellPlan,
+    layout: RunLayout,
+    batch_size: int,
+    progress_enabled: bool,
+    on_rows: Any,
+) -> tuple[dict[str, Any], float]:
+    """Runs the network over the well as planned, handing bands of rows to `on_rows` (`predict.stream_image`).
+
+    Returns:
+        (the plan figures of `predict.Prediction.info`, the seconds it took).
+    """
+    from isl.progress import Progress
+
+    well = plan.well
+    truth_heads = len(plan.channels) if plan.with_truth else None
+    chunk_rows = None
+    if chunks_heads(predictor):
+        kept_columns = len(predict_lib.keep_indices(layout.plan.columns, layout.plan.geometry))
+        chunk_rows = predict_lib.head_chunk_rows(kept_columns)
+    run_function = predictor.run_function(plan.head_indices, plan.computed, plan.quantiles, plan.with_truth,
+                                          predictor.head_temperatures(plan.head_indices), truth_heads, chunk_rows)
+    progress = Progress(layout.plan.num_runs, label=f"predict {well.name}", enabled=progress_enabled,
+                        exclude_first=True)
+    truth_fn = (lambda row0, row1, column0, column1: plan.truth_window(row0, row1, column0, column1)[0]
+                ) if plan.with_truth else None
+    start = time.perf_counter()
+    predict_lib.stream_image(
+        layout.plan, layout.region, layout.wanted, well.inputs,
+        predict_lib._default_network_input(predictor.config.channels.num_z_values), run_function, on_rows,
+        truth_fn, batch_size, progress)
+    progress.close()
+    seconds = time.perf_counter() - start
+    return predict_lib._plan_info(layout.plan, plan.plan_name, seconds), seconds
+
+
+class WellWriter:
+    """Writes one well's outputs as bands of rows arrive (`predict.stream_image`'s `on_rows`).
+
+    Every statistic image and calibration TIFF is written incrementally
+    (`isl.io.images.row_writer`), the panels are downscaled as they are drawn
+    (`isl.eval.panels.StreamingPanel`): nothing of the well's size is kept.
+    `commit` renames the files into place and writes the panels; `abort`
+    removes what was written.
+    """
+
+    def __init__(self, well_dir: str, plan: WellPlan, wanted: geometry_lib.OutputRegion, image_format: str,
+                 names: str, simplified_panels: bool, panel_bits: int) -> None:
+        from isl.eval import panels as panels_lib
+        from isl.io import images
+
+        self.well_dir, self.plan, self.wanted, self.panel_bits = well_dir, plan, wanted, panel_bits
+        metadata = plan.well.metadata
+        extension = ".png" if image_format == "png" else ".tif"
+        self.files: dict[str, dict[str, str]] = {}
+        self.calibration_files: dict[str, dict[str, str]] = {}
+        self._writers: list[tuple[Any, str, int, Any]] = []  # (writer, result name, head, kind)
+        try:
+            for index, channel in enumerate(plan.channels):
+                self.files[channel] = {}
+                for name in plan.written:
+                    file_name = output_name(metadata, channel, name, extension, names)
+                    writer = images.row_writer(os.path.join(well_dir, file_name), wanted.height, wanted.width,
+                                               np.uint16)
+                    self._writers.append((writer, name, index, "statistic"))
+                    self.files[channel][name] = file_name
+            if plan.with_truth:
+                for index, channel in enumerate(plan.channels):
+                    if channel not in plan.truth_channels:
+                        continue
+                    self.calibration_files[channel] = {}
+                    for key, statistic in CALIBRATION_STATISTICS.items():
+                        file_name = output_name(metadata, channel, statistic, ".tif", names)
+                        writer = images.row_writer(os.path.join(well_dir, file_name), wanted.height, wanted.width,
+                                                   np.float32)
+                        self._writers.append((writer, key, index, "calibration"))
+                        self.calibration_files[channel][key] = file_name
+        except BaseException:
+            self.abort()
+            raise
+        self._target_panel = self._input_panel = None
+        if plan.with_panels:
+            num_z = len(plan.head_indices) - len(plan.channels)
+            self._target_panel = panels_lib.StreamingPanel(wanted.height, wanted.width, plan.truth_channels,
+                                                           simplified_panels)
+            self._input_panel = panels_lib.StreamingPanel(
+                wanted.height, wanted.width, [f"z {index + 1}/{num_z}" for index in range(num_z)], simplified_panels)
+
+    def __call__(self, row0: int, results: dict[str, np.ndarray]) -> None:
+        """Writes `[rows, width, heads]` results for rows `[row0, row0 + rows)` of the wanted region."""
+        count = next(iter(results.values())).shape[0]
+        window = (self.wanted.row_offset + row0, self.wanted.row_offset + row0 + count, self.wanted.column_offset,
+                  self.wanted.column_offset + self.wanted.width)
+        values = masks = None
+        if self.plan.with_truth or self.plan.with_panels:
+            values, masks = self.plan.truth_window(*window)
+        try:
+            for writer, name, index, kind in self._writers:
+                band = results[name][..., index]
+                if kind == "statistic":
+                    band = np.round(np.clip(np.nan_to_num(band), 0, 1) * 65535).astype(np.uint16)
+                else:
+                    band = np.where(masks[..., index], band, np.float32(np.nan)).astype(np.float32)
+                writer.write_rows(band)
+        except BaseException:
+            self.abort()
+            raise
+        if self.plan.with_panels:
+            for row, channel in enumerate(self.plan.truth_channels):
+                index = self.plan.channels.index(channel)
+                self._target_panel.add(row, row0, {name: results[name][..., index] for name in
+                                                   self.plan.panel_statistics}, values[..., index], masks[..., index])
+            network = self.plan.network_window(*window)
+            first = len(self.plan.channels)
+            for z in range(network.shape[-1]):
+                self._input_panel.add(z, row0, {name: results[name][..., first + z] for name in
+                                                self.plan.panel_statistics}, network[..., z])
+
+    def commit(self) -> dict[str, str]:
+        """Puts every file in place; returns the panels written ("target"/"input" -> file name)."""
+        from isl.eval import panels as panels_lib
+
+        try:
+            for writer, *_ in self._writers:
+                writer.commit()
+            if not self.plan.with_panels:
+                return {}
+            written = {}
+            for key, panel, file_name in (("target", self._target_panel, TARGET_PANEL),
+                                          ("input", self._input_panel, INPUT_PANEL)):
+                path = panels_lib.write_panel(os.path.join(self.well_dir, file_name), panel.result(), self.panel_bits)
+                written[key] = os.path.basename(path)
+            return written
+        except OSError as error:
+            from isl.io import images
+
+            raise images._write_error(self.well_dir, error) from None
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Removes the temporary files of every writer not yet committed."""
+        for writer, *_ in self._writers:
+            writer.abort()
 
 
 def _predict_well_files(
@@ -449,6 +826,7 @@ def _predict_well_files(
     batch_size: int = 1,
     panel_bits: int = 16,
     memory_budget_bytes: float | None = None,
+    available_bytes: float | None = None,
     progress_enabled: bool = True,
     phases: int = 0,
     window: tuple[tuple[int, int], tuple[int, int]] | None = None,
@@ -475,6 +853,8 @@ def _predict_well_files(
         save_calibration: write the calibration TIFFs when there is truth.
         batch_size: runs per network call.
         memory_budget_bytes: for the automatic tile size.
+        available_bytes: the free memory the expected peak must fit
+            (`check_memory`; None: psutil's available memory).
         progress_enabled: show a progress line on stderr.
         phases: 0 (exact: the model's own patch-wise reference in the fewest
             runs) or 1 (one run per tile; approximate for 8-px models).
@@ -512,25 +892,27 @@ def _predict_well_files(
     well = read_checked_well(predictor.config, input_dir)
     plan = plan_well(predictor.config, well, chosen, statistics, panels, simplified_panels, save_calibration,
                      "one" if phases == 1 else "exact", window)
-    prediction, seconds = run_well(predictor, plan, border_mode, tile_size, batch_size, memory_budget_bytes,
-                                   progress_enabled)
+    layout = layout_well(predictor, plan, border_mode, tile_size, memory_budget_bytes)
+    print(check_memory(expected_peak_bytes(predictor, plan, layout), layout, available_bytes), flush=True)
     well_dir = os.path.join(output_dir, _safe_name(well.name))
     os.makedirs(well_dir, exist_ok=True)
-    files = write_statistics(well_dir, well.metadata, plan.channels, plan.written, prediction.statistics, image_format,
-                             names)
-    calibration_files = _write_calibration(well_dir, plan, prediction, names) if save_calibration else {}
-    panel_files = (_write_panels(well_dir, plan, prediction, simplified_panels, panel_bits) if plan.with_panels
-                   else {})
+    writer = WellWriter(well_dir, plan, layout.wanted, image_format, names, simplified_panels, panel_bits)
+    try:
+        info, seconds = run_well(predictor, plan, layout, batch_size, progress_enabled, writer)
+    except BaseException:
+        writer.abort()
+        raise
+    panel_files = writer.commit()
     summary = prediction_summary(
-        predictor, well, input_dir, plan.channels, plan.written, border_mode, prediction.region, image_format,
-        files, predictor.geometry,
-        truth_channels=plan.truth_channels,
-        calibration_files=calibration_files,
+        predictor, well, input_dir, plan.channels, plan.written, border_mode, layout.wanted, image_format,
+        writer.files, predictor.geometry,
+        truth_channels=list(plan.truth_channels),
+        calibration_files=writer.calibration_files,
         panels=panel_files,
-        tile_size=list(prediction.info["tile_size"]),
-        num_runs=prediction.info["num_runs"],
-        plan=prediction.info["plan"],
-        exact=prediction.info["exact"],
+        tile_size=list(info["tile_size"]),
+        num_runs=info["num_runs"],
+        plan=info["plan"],
+        exact=info["exact"],
         seconds=round(seconds, 3),
     )
     prediction_file.write_summary(well_dir, summary)
@@ -548,112 +930,6 @@ def read_checked_well(config: config_lib.ExperimentConfig, input_dir: str) -> An
                                channel_map=mapping)
     check_z(well, config)
     return well
-
-
-def plan_well(
-    config: config_lib.ExperimentConfig,
-    well: Any,
-    chosen: Sequence[str],
-    statistics: Sequence[str],
-    panels: bool,
-    simplified_panels: bool,
-    save_calibration: bool,
-    plan_name: str,
-    window: tuple[tuple[int, int], tuple[int, int]] | None,
-) -> WellPlan:
-    """Which heads and statistics to run for a well, and with what truth (`WellPlan`)."""
-    from isl.data import assemble
-    from isl.eval import panels as panels_lib
-
-    known, quantiles = statistic_names.parse_statistic_names(statistics)
-    channel_config = config.channels
-    height, width = well.inputs.shape[1:]
-    all_targets = channel_config.output_target_channels
-    target_values, target_masks = assemble.target_stack(well.targets, channel_config, shape=(height, width))
-    target_columns = [all_targets.index(channel) for channel in chosen]
-    target_values, target_masks = target_values[..., target_columns], target_masks[..., target_columns]
-    has_truth = bool(target_masks.any())
-    with_panels = panels and has_truth
-    head_indices = [channel_config.num_input_heads + all_targets.index(channel) for channel in chosen]
-    panel_statistics = panels_lib.SIMPLIFIED_STATISTICS if simplified_panels else panels_lib.FULL_STATISTICS
-    computed, network_values = list(known), None
-    if with_panels:
-        head_indices += list(range(channel_config.num_input_heads))
-        network_values = assemble.network_input(well.inputs, channel_config.num_z_values)[..., 0::2]
-        computed += [name for name in panel_statistics if name not in computed]
-    return WellPlan(
-        well=well,
-        channels=tuple(chosen),
-        written=tuple(known) + tuple(statistic_names.quantile_name(q) for q in quantiles),
-        computed=tuple(computed),
-        quantiles=tuple(quantiles),
-        head_indices=tuple(head_indices),
-        target_values=target_values,
-        target_masks=target_masks,
-        network_values=network_values,
-        with_panels=with_panels,
-        with_truth=has_truth and (save_calibration or with_panels),
-        panel_statistics=tuple(panel_statistics),
-        plan_name=plan_name,
-        window=_pixel_window(well, window),
-    )
-
-
-def _pixel_window(
-    well: Any, window: tuple[tuple[int, int], tuple[int, int]] | None
-) -> tuple[int, int, int, int] | None:
-    """A `--region` window with its open ends resolved: (row0, row1, column0, column1), or None."""
-    if window is None:
-        return None
-    from isl.data import convert
-
-    return convert.well_window(well, window)
-
-
-def run_well(
-    predictor: Predictor,
-    plan: WellPlan,
-    border_mode: str,
-    tile_size: int | None,
-    batch_size: int,
-    memory_budget_bytes: float | None,
-    progress_enabled: bool,
-) -> tuple[predict_lib.Prediction, float]:
-    """Runs the network over the well as planned; returns the prediction and the seconds it took."""
-    from isl.progress import Progress
-
-    well, geometry = plan.well, predictor.geometry
-    if tile_size is None:
-        tile_size = predict_lib.auto_tile_size(
-            geometry, predictor.config.model, len(plan.head_indices), memory_budget_bytes, plan.plan_name,
-            predictor.compute_dtype,
-        )
-    run_function = predictor.run_function(plan.head_indices, plan.computed, plan.quantiles, plan.with_truth,
-                                          predictor.head_temperatures(plan.head_indices))
-    region = predict_lib.output_region(well.inputs.shape[1:], geometry, border_mode)
-    if plan.window is not None:
-        region, _ = predict_lib.window_region(region, plan.window, geometry, plan.plan_name)
-    progress = Progress(_count_runs(geometry, region, tile_size, plan.plan_name), label=f"predict {well.name}",
-                        enabled=progress_enabled, exclude_first=True)
-    start = time.perf_counter()
-    prediction = predict_lib.predict_image(
-        None,
-        well.inputs,
-        geometry,
-        predictor.config.channels.num_z_values,
-        channel_names=plan.channels,
-        statistics=list(plan.computed) + [statistic_names.quantile_name(q) for q in plan.quantiles],
-        border_mode=border_mode,
-        tile_size=tile_size,
-        batch_size=batch_size,
-        truth=plan.truth(),
-        run_function=run_function,
-        progress=progress,
-        plan_name=plan.plan_name,
-        window=plan.window,
-    )
-    progress.close()
-    return prediction, time.perf_counter() - start
 
 
 def write_statistics(
@@ -682,15 +958,6 @@ def write_statistics(
             _write_statistic(os.path.join(well_dir, file_name), images[name][..., index])
             files[channel][name] = file_name
     return files
-
-
-def _write_calibration(well_dir: str, plan: WellPlan, prediction: predict_lib.Prediction, names: str = "lab"
-                       ) -> dict[str, dict[str, str]]:
-    """The float32 calibration TIFFs per channel with truth; returns channel -> key -> file name."""
-    if not plan.with_truth:
-        return {}
-    return write_calibration_maps(well_dir, plan.well.metadata, plan.channels, plan.truth_channels,
-                                  prediction.calibration, names)
 
 
 def write_calibration_maps(
@@ -774,15 +1041,6 @@ def prediction_summary(
     return summary
 
 
-def _count_runs(
-    geometry: geometry_lib.Geometry, region: predict_lib.OutputRegion, tile_size: int | None, plan_name: str = "exact"
-) -> int:
-    from isl.infer import tiling
-
-    size = None if tile_size is None else tiling.valid_tile_size(geometry, tile_size, plan_name)
-    return tiling.plan_tiles((region.height, region.width), geometry, size, plan_name).num_runs
-
-
 def _safe_name(name: str) -> str:
     return "".join(character if character.isalnum() or character in "-_." else "_" for character in name) or "well"
 
@@ -821,28 +1079,3 @@ def write_target_panel(
                                    masks[..., with_truth], True, row_names=names)
     path = panels_lib.write_panel(os.path.join(well_dir, TARGET_PANEL), panel, bits)
     return names, {"target": os.path.basename(path)}
-
-
-def _write_panels(
-    well_dir: str, plan: WellPlan, prediction: predict_lib.Prediction, simplified: bool, bits: int = 16
-) -> dict[str, str]:
-    """The target and input error panels (`isl.eval.panels`); returns "target"/"input" -> file name."""
-    from isl.eval import panels as panels_lib
-
-    region = prediction.region
-    rows = slice(region.row_offset, region.row_offset + region.height)
-    columns = slice(region.column_offset, region.column_offset + region.width)
-    num_targets = len(plan.channels)
-    target_rows = [plan.channels.index(channel) for channel in plan.truth_channels]
-    target_statistics = {name: prediction.statistics[name][..., target_rows] for name in plan.panel_statistics}
-    panel = panels_lib.error_panel(
-        target_statistics, plan.target_values[rows, columns][..., target_rows],
-        plan.target_masks[rows, columns][..., target_rows], simplified, row_names=list(plan.truth_channels),
-    )
-    written = {"target": panels_lib.write_panel(os.path.join(well_dir, TARGET_PANEL), panel, bits)}
-    input_statistics = {name: prediction.statistics[name][..., num_targets:] for name in plan.panel_statistics}
-    num_z = plan.network_values.shape[-1]  # One row per z value of the network (its input heads).
-    panel = panels_lib.error_panel(input_statistics, plan.network_values[rows, columns], None, simplified,
-                                   row_names=[f"z {index + 1}/{num_z}" for index in range(num_z)])
-    written["input"] = panels_lib.write_panel(os.path.join(well_dir, INPUT_PANEL), panel, bits)
-    return {key: os.path.basename(path) for key, path in written.items()}

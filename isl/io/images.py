@@ -461,3 +461,171 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray, compress_level:
     image = Image.fromarray(np.ascontiguousarray(array))
     with atomic.temporary_path(path) as temporary:
         image.save(temporary, format="PNG", compress_level=compress_level)
+
+
+# Incremental writers: an image of known size written band of rows by band of rows, so an output of any size
+# never exists whole in memory. The file is written under a temporary name beside the target and renamed there by
+# `commit`; `abort` (or any error) removes it, so no partial output is left under the final name.
+PNG_MAX_SIDE = 2**31 - 1
+# Above this many bytes of pixels a TIFF is written as BigTIFF (a classic TIFF addresses 4 GiB).
+BIGTIFF_BYTES = 2**32 - 2**25
+
+
+def _write_error(path: str, error: OSError) -> errors.InputError:
+    import errno
+
+    reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+    return errors.InputError(f"{path}: cannot write the image ({reason}); nothing was left under this name.")
+
+
+class RowWriter:
+    """Writes a `[height, width]` image in bands of whole rows, top to bottom.
+
+    Usage: `writer.write_rows(band)` for bands `[rows, width]` in order, then
+    `writer.commit()`; `writer.abort()` removes the temporary file. OSError
+    while writing (e.g. a full disk) becomes InputError naming the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], height: int, width: int, dtype: np.dtype | type) -> None:
+        self.path = os.fspath(path)
+        self.height, self.width, self.dtype = int(height), int(width), np.dtype(dtype)
+        self.rows_written = 0
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        atomic.remove_leftovers(self.path)
+        import tempfile
+
+        handle, self.temporary = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(self.path),
+                                                  dir=directory)
+        os.close(handle)
+
+    def write_rows(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.width or self.rows_written + rows.shape[0] > self.height:
+            raise ValueError(f"{self.path}: rows of shape {rows.shape} do not fit the image "
+                             f"[{self.height}, {self.width}] after {self.rows_written} rows.")
+        try:
+            self._write(np.ascontiguousarray(rows.astype(self.dtype, copy=False)))
+        except OSError as error:
+            self.abort()
+            raise _write_error(self.path, error) from None
+        self.rows_written += rows.shape[0]
+
+    def commit(self) -> None:
+        if self.rows_written != self.height:
+            self.abort()
+            raise ValueError(f"{self.path}: {self.rows_written} of {self.height} rows written.")
+        try:
+            self._finish()
+            atomic._as_created(self.temporary)
+            os.replace(self.temporary, self.path)
+        except OSError as error:
+            self.abort()
+            raise _write_error(self.path, error) from None
+
+    def abort(self) -> None:
+        import contextlib
+
+        self._close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.temporary)
+
+    def _write(self, rows: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class PngRowWriter(RowWriter):
+    """A grey 8- or 16-bit PNG, its IDAT compressed as the rows arrive (filter 0 per row)."""
+
+    def __init__(self, path: str | os.PathLike[str], height: int, width: int, dtype: np.dtype | type,
+                 compress_level: int = 1) -> None:
+        import struct
+        import zlib
+
+        dtype = np.dtype(dtype)
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"A PNG needs uint8 or uint16 pixels. Received: {dtype}")
+        if not (0 < height <= PNG_MAX_SIDE and 0 < width <= PNG_MAX_SIDE):
+            raise errors.InputError(f"{os.fspath(path)}: an image of {height} x {width} pixels is too large for PNG "
+                                    f"(at most {PNG_MAX_SIDE} per side); use --format=tiff.")
+        super().__init__(path, height, width, dtype)
+        self._compressor = zlib.compressobj(compress_level)
+        self._stream = open(self.temporary, "wb")  # noqa: SIM115 (closed by _finish or _close)
+        header = struct.pack(">IIBBBBB", width, height, 8 * dtype.itemsize, 0, 0, 0, 0)
+        self._stream.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header))
+
+    def _write(self, rows: np.ndarray) -> None:
+        big_endian = rows.astype(rows.dtype.newbyteorder(">"), copy=False).view(np.uint8).reshape(rows.shape[0], -1)
+        raw = np.concatenate([np.zeros((rows.shape[0], 1), np.uint8), big_endian], axis=1)
+        data = self._compressor.compress(raw.tobytes())
+        if data:
+            self._stream.write(_png_chunk(b"IDAT", data))
+
+    def _finish(self) -> None:
+        self._stream.write(_png_chunk(b"IDAT", self._compressor.flush()) + _png_chunk(b"IEND", b""))
+        self._stream.close()
+
+    def _close(self) -> None:
+        if not self._stream.closed:
+            self._stream.close()
+
+
+class TiffRowWriter(RowWriter):
+    """An uncompressed grey TIFF (BigTIFF above `BIGTIFF_BYTES`) whose pixels are written in place, row by row.
+
+    tifffile lays out the header and an empty contiguous image; the rows are
+    written at their offsets (the same file `tifffile.imwrite` writes for the
+    whole array, photometric minisblack).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], height: int, width: int, dtype: np.dtype | type) -> None:
+        import tifffile
+
+        super().__init__(path, height, width, dtype)
+        try:
+            tifffile.imwrite(self.temporary, shape=(self.height, self.width), dtype=self.dtype,
+                             photometric="minisblack", bigtiff=self.height * self.width * self.dtype.itemsize
+                             > BIGTIFF_BYTES)
+            with tifffile.TiffFile(self.temporary) as tiff:
+                page = tiff.pages[0]
+                self._offset = int(page.dataoffsets[0]) if page.is_contiguous else None
+        except OSError as error:
+            self.abort()
+            raise _write_error(self.path, error) from None
+        if self._offset is None:
+            self.abort()
+            raise ValueError(f"{self.path}: tifffile laid out a non-contiguous image.")
+        self._stream = open(self.temporary, "r+b")  # noqa: SIM115 (closed by _finish or _close)
+
+    def _write(self, rows: np.ndarray) -> None:
+        self._stream.seek(self._offset + self.rows_written * self.width * self.dtype.itemsize)
+        self._stream.write(rows.astype(rows.dtype.newbyteorder("<"), copy=False).tobytes())
+
+    def _finish(self) -> None:
+        self._stream.flush()
+        self._stream.close()
+
+    def _close(self) -> None:
+        if not getattr(self, "_stream", None) or self._stream.closed:
+            return
+        self._stream.close()
+
+
+def row_writer(path: str | os.PathLike[str], height: int, width: int, dtype: np.dtype | type) -> RowWriter:
+    """A `PngRowWriter` or `TiffRowWriter` by the extension of `path`."""
+    if _is_tiff(os.fspath(path)):
+        return TiffRowWriter(path, height, width, dtype)
+    return PngRowWriter(path, height, width, dtype)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)

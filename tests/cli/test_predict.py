@@ -179,3 +179,22 @@ def test_sigterm_between_wells_exits_143_and_keeps_the_finished_well(tiny_model_
     finished = [name for name in os.listdir(output_dir) if os.path.exists(output_dir / name / "prediction.json")]
     assert len(finished) == 1 and "FI" in finished[0]
     assert not glob.glob(str(output_dir / "**" / ".tmp-*"), recursive=True)
+
+
+def test_predict_prints_its_expected_peak_and_refuses_what_would_not_fit(tiny_model_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    import collections
+
+    import psutil
+
+    well_dir = str(tmp_path / "well")
+    wellmaker.random_well(well_dir, height=44, width=37)
+    arguments = ["predict", f"--model_dir={tiny_model_dir}", f"--input_dir={well_dir}", CHANNELS, "--noprogress"]
+    code, out, _ = run_isl([*arguments, f"--output_dir={tmp_path / 'fits'}"], capsys)
+    assert code == 0 and "Expected peak memory:" in out
+    memory = collections.namedtuple("memory", "available total")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(available=int(0.3e9), total=int(1e9)))
+    code, out, err = run_isl([*arguments, f"--output_dir={tmp_path / 'refused'}"], capsys)
+    assert code == 2
+    assert "would not fit" in err and "--tile_size" in err and "0.3 GB free" in err
+    assert not os.path.exists(tmp_path / "refused") or not glob.glob(str(tmp_path / "refused" / "*" / "*"))

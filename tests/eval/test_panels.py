@@ -106,3 +106,28 @@ def test_labelled_panels_carry_a_colour_bar_under_each_column():
     assert grey_bar[:, 0].max() > 0.9 and np.allclose(grey_bar[:, 0], grey_bar[:, 2])  # A grey ramp to white.
     error_bar = bar_row[2 * 80 :]
     assert error_bar[:, 2].max() > 0.9 and error_bar[:, 0].max() > 0.9  # Blue and orange ends.
+
+
+@pytest.mark.parametrize("simplified", [True, False])
+@pytest.mark.parametrize("max_pixels", [panels.MAX_PANEL_PIXELS, 20_000])
+def test_streaming_panel_equals_the_whole_panel(simplified, max_pixels):
+    rng = np.random.default_rng(0)
+    height, width, rows = 70, 53, 3
+    statistics = {name: rng.random((height, width, rows)).astype(np.float32) for name in panels.FULL_STATISTICS}
+    truth = rng.random((height, width, rows)).astype(np.float32)
+    masks = (rng.random((height, width, rows)) > 0.3).astype(np.float32)
+    names = ["DAPI", "NFH", "z 1/26"]
+    whole = panels.limit_size(panels.error_panel(statistics, truth, masks, simplified, row_names=names), max_pixels)
+    streamed = panels.StreamingPanel(height, width, names, simplified, max_pixels)
+    for row in reversed(range(rows)):  # Any order of rows and bands.
+        for first in (54, 18, 0, 36):
+            part = slice(first, first + 18)
+            streamed.add(row, first, {name: value[part, :, row] for name, value in statistics.items()},
+                         truth[part, :, row], masks[part, :, row])
+    result = streamed.result()
+    assert result.shape == whole.shape == streamed.shape + (3,)
+    if max_pixels == panels.MAX_PANEL_PIXELS:
+        np.testing.assert_array_equal(result, whole)
+    else:  # Downscaled: the two resize passes run in the other order.
+        assert whole.shape[0] * whole.shape[1] <= max_pixels
+        np.testing.assert_allclose(result, whole, atol=1e-6)
