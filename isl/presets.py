@@ -35,6 +35,16 @@ preset (`isl train --recipe=NAME`), between the preset and `--config` /
   8 of random 128 x 128 crops with flips and rotations, Adam 1e-3 with a
   cosine decay, bfloat16 compute, whole-image Pearson r every 200 steps
   keeping the best weights. Prediction is one pass over the whole image.
+* `unet_distribution`: the same U-Net (`model.architecture="unet"`: 4
+  levels, 16 base filters), batch, crop and schedule as `unet_regression`,
+  under the paper's 256-bin heads and loss, so each pixel gets a
+  distribution (intervals, `isl calibrate`, proper scores). Its U-Net works
+  on a 128-px crop as the regression's does, but only the centre 24 px are
+  output (52 px of context on each side): the heads cost per output pixel
+  (30 heads x 256 logits; 24-px outputs made a step 2.7x the regression's,
+  56-px outputs 7.5x, 120-px outputs 52x on the 2-core machine), so the
+  recipe trades output pixels for steps. Predicted tile by tile like the
+  paper network (each tile reads 52 px of context).
 """
 
 from __future__ import annotations
@@ -131,6 +141,31 @@ RECIPES: dict[str, dict[str, object]] = {
         "model.output_size": 128,
         "model.batch_norm_momentum": 0.99,
         # 2 x 2 patches of 128 at offsets 0 and 256 need a 384-px crop; images of 384 px or more train.
+        "data.crop_size": 384,
+        "train.batch_size": 8,
+        "train.mixed_precision": "bfloat16",
+        "train.learning_rate": 1e-3,
+        "train.lr_schedule": "cosine",
+        "train.warmup_steps": 50,
+        "train.final_learning_rate_fraction": 0.1,
+        "train.eval_every_steps": 200,
+        "train.eval_batches": 16,
+        "train.eval_pearson": True,
+        "train.keep_best": True,
+        "train.recalibrate_batches": 20,
+        "train.eval_recalibrate_batches": 10,
+        "train.checkpoint_every_steps": 400,
+    },
+    "unet_distribution": {
+        "model.architecture": "unet",
+        "model.unet_levels": 4,
+        "model.unet_filters": 16,
+        # 24-px outputs read 52 px of context on each side: the U-Net works on the same 128-px crop as
+        # unet_regression's (24 + 2 x 52 = 128, a multiple of 2**4). The 256-bin heads cost per output pixel
+        # (~30 heads x 256 logits each), so outputs are kept small and the steps many (docs/MEASUREMENTS.md § 28).
+        "model.output_size": 24,
+        "model.unet_context": 52,
+        "model.batch_norm_momentum": 0.99,
         "data.crop_size": 384,
         "train.batch_size": 8,
         "train.mixed_precision": "bfloat16",
