@@ -120,10 +120,11 @@ class RegressionLoss(keras.losses.Loss):
         return config
 
 
-def destandardize(values: Any, model_config: config_lib.ModelConfig) -> Any:
-    """Network output `[..., T]` -> intensities in [0, 1] (numpy)."""
+def destandardize(values: Any, model_config: config_lib.ModelConfig, clip: bool = True) -> Any:
+    """Network output `[..., T]` -> intensities in [0, 1] (numpy; unclipped with `clip=False`)."""
     import numpy as np
 
     means = np.asarray(model_config.regression_target_mean, np.float32)
     stds = np.asarray(model_config.regression_target_std, np.float32)
-    return np.clip(np.asarray(values, np.float32) * stds + means, 0.0, 1.0)
+    values = np.asarray(values, np.float32) * stds + means
+    return np.clip(values, 0.0, 1.0) if clip else values
