@@ -439,10 +439,10 @@ def calibrate(
         from isl.eval import regression_calibration
 
         collected = regression_calibration.collect(predictor, well, window, chosen, progress)
-        for channel, (value, bins) in collected.items():
-            parameters[channel] = regression_calibration.fit(value, bins, readout_histograms)
+        for channel, (value, spread, bins) in collected.items():
+            parameters[channel] = regression_calibration.fit(value, bins, readout_histograms, spread)
             scores[channel] = regression_calibration.scores(value, bins, parameters[channel],
-                                                            np.asarray(histograms[channel]))
+                                                            np.asarray(histograms[channel]), spread)
     else:
         collected = collect_readout(predictor, well, window, chosen, progress)
         for channel, (value, spread, bins) in collected.items():

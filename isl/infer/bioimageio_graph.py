@@ -228,6 +228,11 @@ def _regression_model(predictor: Any, channels: tuple[str, ...], statistics: tup
     if "std" in statistics:
         from isl.eval import regression_calibration
 
+        if config.model.regression_spread:
+            raise errors.InputError(f"{predictor.source}: the package carries the std of a calibrated U-Net "
+                                    "regression with one spread per channel, not a predicted spread "
+                                    "(model.regression_spread); isl predict --model_dir writes it.")
+
         # Checks that every channel has its spread (InputError naming the fix otherwise).
         regression_calibration.distributions(calibration, channels, np.zeros((1, len(channels)), np.float32))
 

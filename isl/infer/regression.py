@@ -30,7 +30,7 @@ STATISTICS = ("median", "mean")
 
 
 def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentConfig,
-                  clip: bool = True) -> np.ndarray:
+                  clip: bool = True, with_spread: bool = False) -> Any:
     """Predicts every target channel of a whole image.
 
     Args:
@@ -40,9 +40,11 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
         clip: clip to [0, 1] (False: the de-standardised value as is, the centre of a calibrated
             regression's distribution, `isl.eval.regression_calibration`).
 
+        with_spread: also return the predicted spread (`model.regression_spread`; None without).
+
     Returns:
         `[height, width, T]` float32 intensities in [0, 1] (unclipped with `clip=False`),
-        T = output target channels.
+        T = output target channels; with `with_spread`, (that, `[height, width, T]` spread or None).
     """
     from isl.data import assemble
 
@@ -61,7 +63,11 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
     padded = np.pad(stack, ((0, 0), (top, bottom), (left, right)), mode=mode)
     inputs = assemble.network_input(padded, config.channels.num_z_values)[np.newaxis]
     outputs = np.asarray(model(inputs, training=False))[0, top : top + height, left : left + width]
-    return unet_regression.destandardize(outputs, config.model, clip=clip)
+    values = unet_regression.destandardize(outputs, config.model, clip=clip)
+    if not with_spread:
+        return values
+    spread = unet_regression.destandardized_spread(outputs, config.model) if config.model.regression_spread else None
+    return values, spread
 
 
 def predict_well(
@@ -124,7 +130,8 @@ def predict_well(
     top, left = max(0, row0 - context), max(0, column0 - context)
     bottom, right = min(height, row1 + context), min(width, column1 + context)
     start = time.perf_counter()
-    values = predict_image(predictor.model, well.inputs[:, top:bottom, left:right], config, clip=calibration is None)
+    values, spread = predict_image(predictor.model, well.inputs[:, top:bottom, left:right], config,
+                                   clip=calibration is None, with_spread=True)
     values = values[row0 - top : row1 - top, column0 - left : column1 - left]
     seconds = time.perf_counter() - start
     columns = [config.channels.output_target_channels.index(channel) for channel in channels]
@@ -135,7 +142,8 @@ def predict_well(
         return regression_distribution.write_well(
             predictor, well, input_dir, output_dir, channels, names, values[..., columns],
             (row0, row1, column0, column1), image_format, panels, file_names, panel_bits, save_calibration, seconds,
-            exact, context)
+            exact, context,
+            None if spread is None else spread[row0 - top : row1 - top, column0 - left : column1 - left][..., columns])
     well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
     os.makedirs(well_dir, exist_ok=True)
     images = {name: values[..., columns] for name in names}

@@ -47,6 +47,7 @@ def write_well(
     seconds: float,
     exact: bool,
     context: int,
+    spread: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Writes the statistics, panel, calibration TIFFs and prediction.json of one well.
 
@@ -57,6 +58,7 @@ def write_well(
         statistics: read-out statistic names (checked by the caller).
         seconds: the network's time so far; the distribution's is added.
         exact, context: as the uncalibrated regression records them.
+        spread: `[h, w, len(channels)]`, the predicted spread (`model.regression_spread`), or None.
 
     Returns:
         The contents of `prediction.json` plus `well_dir`.
@@ -66,7 +68,7 @@ def write_well(
     from isl.infer import well as well_lib
 
     start = time.perf_counter()
-    distributions = regression_calibration.distributions(predictor.applied_calibration, channels, value)
+    distributions = regression_calibration.distributions(predictor.applied_calibration, channels, value, spread)
     images = readout_infer.statistic_images(distributions, tuple(dict.fromkeys(tuple(statistics) + ("median",))))
     if "mean" in images:  # The regression's own value (MSE: its estimate of the mean), as the median is.
         images["mean"] = np.clip(value, 0.0, 1.0).astype(np.float32)

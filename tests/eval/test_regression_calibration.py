@@ -149,3 +149,52 @@ def test_the_bioimageio_graph_carries_the_calibrated_std(regression_setup, tmp_p
         close = np.abs(served[..., 3 * index + 2] - expected["std"][..., index]) < 1e-4
         assert close.mean() > 0.99, close.mean()
     assert expected["std"].mean() > 0
+
+
+def test_the_spread_recipe_predicts_a_spread_trains_on_the_gaussian_nll_and_calibrates_with_it(tmp_path, capsys):
+    from isl.eval import calibrate as calibrate_lib
+    from isl.infer import regression
+    from isl.infer import well as well_lib
+    from isl.model import losses
+    from isl.model import unet_regression
+
+    # The loss: 0.5 z^2 + ln s on labelled pixels; RegressionLoss takes it for 2T outputs, the MSE for T.
+    standardized = np.array([[1.0, 2.0]], np.float32)
+    mean, log_spread, weights = np.zeros((1, 2), np.float32), np.log([[2.0, 1.0]]).astype(np.float32), np.ones((1, 2))
+    expected = np.mean([0.5 * (1 / 2) ** 2 + np.log(2.0), 0.5 * 4.0])
+    assert float(losses.gaussian_nll(standardized, mean, log_spread, weights.astype(np.float32),
+                                     beta=0)) == pytest.approx(expected, rel=1e-5)
+    beta_weighted = np.mean([4.0 * (0.5 * (1 / 2) ** 2 + np.log(2.0)), 0.5 * 4.0])  # s^(2 beta), beta = 1.
+    assert float(losses.gaussian_nll(standardized, mean, log_spread, weights.astype(np.float32))) == pytest.approx(
+        beta_weighted, rel=1e-5)
+    loss = unet_regression.RegressionLoss(0, (0.5,), (0.25,))
+    labels = np.array([[[[[0.75, 1.0]]]]], np.float32)  # standardized 1.0
+    assert float(loss(labels, np.zeros((1, 1, 1, 1), np.float32))) == pytest.approx(1.0)
+    spread_output = np.array([[[[0.0, np.log(2.0)]]]], np.float32)
+    assert float(loss(labels, spread_output)) == pytest.approx(4.0 * (0.5 / 4 + np.log(2.0)), rel=1e-5)
+
+    config = presets.resolve_config("condition_b", recipe="unet_regression_spread", overrides=[
+        "model.output_size=32", "model.unet_filters=4", "model.unet_levels=2",
+        "model.regression_target_mean=[0.1,0.1,0.1,0.1]", "model.regression_target_std=[0.2,0.2,0.2,0.2]"])
+    model = builder.build_model(config, None)
+    assert config.model.regression_spread and model.output_shape[-1] == 8
+    model_dir = str(tmp_path / "model")
+    saving.save_model_dir(model, config, model_dir)
+    well = str(tmp_path / "well")
+    structured_well(well, 3, 96, 100)
+    predictor = well_lib.load_predictor(model_dir, apply_calibration=False)
+    stack = well_lib.read_checked_well(predictor.config, well).inputs
+    values, spread = regression.predict_image(predictor.model, stack, predictor.config, with_spread=True)
+    assert values.shape == spread.shape == (96, 100, 4) and np.all(spread > 0) and np.ptp(spread) > 0
+    calibration = calibrate_lib.calibrate(predictor, well, "0:48,:", [well], "48:96,:",
+                                          ("DAPI_CONFOCAL", "MAP2_CONFOCAL"), min_pixels=100)
+    parameters = calibration.channels["DAPI_CONFOCAL"]
+    assert parameters["spread"] == 1.0 and len(parameters["spread_edges"]) == 1  # Grouped by the predicted spread.
+    calibration_file.write(model_dir, calibration)
+    code, out, err = run_isl(["predict", f"--model_dir={model_dir}", f"--input_dir={well}",
+                              f"--output_dir={tmp_path / 'p'}", CHANNELS, "--statistics=median,std,q05,q95",
+                              "--noprogress", "--json"], capsys)
+    assert code == 0, err
+    (entry,) = json.loads(out.strip().splitlines()[-1])["wells"]
+    assert set(entry["calibration_files"]) == {"DAPI_CONFOCAL", "MAP2_CONFOCAL"}
+    assert np.all(_read(entry, "q05") <= _read(entry, "q95"))
