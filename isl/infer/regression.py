@@ -119,9 +119,9 @@ def predict_well(
             f"{' and '.join(STATISTICS)}; it has no distribution for other statistics (isl calibrate gives it one)."
         )
     if calibration is not None:
-        from isl.model import readout as readout_lib
+        from isl.infer import regression_distribution
 
-        readout_lib.check_statistics(names)
+        regression_distribution.check_statistics(names)
     config = predictor.config
     well = well_lib.read_checked_well(config, input_dir)
     height, width = well.inputs.shape[1:]

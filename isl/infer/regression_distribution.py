@@ -26,8 +26,22 @@ from typing import Any
 
 import numpy as np
 
+from isl import errors
 from isl.io import prediction_file
 from isl.model import geometry as geometry_lib
+
+
+def check_statistics(statistics: Sequence[str]) -> None:
+    """Raises InputError for a statistic a calibrated regression does not give (the read-out's: median, mean, std,
+    quantiles qNN)."""
+    from isl.model import readout as readout_lib
+    from isl.model import statistic_names
+
+    known, _ = statistic_names.parse_statistic_names(statistics)
+    unsupported = [name for name in known if name not in readout_lib.STATISTICS]
+    if unsupported:
+        raise errors.InputError(f"--statistics={','.join(unsupported)}: a calibrated U-Net regression gives "
+                                f"{', '.join(readout_lib.STATISTICS)} and quantiles qNN.")
 
 
 def write_well(

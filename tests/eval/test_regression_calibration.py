@@ -100,6 +100,9 @@ def test_calibrated_regression_predicts_and_evaluates_a_distribution(regression_
     assert '"calibrated": true' in text
     for key in ("coverage_90", "crps", "information_gain_bits"):
         assert f'"{key}": NaN' not in text and f'"{key}"' in text
+    code, _, err = run_isl(["predict", f"--model_dir={model_dir}", f"--input_dir={well}",
+                            f"--output_dir={tmp_path / 'mode'}", CHANNELS, "--statistics=mode", "--noprogress"], capsys)
+    assert code == 2 and "--statistics=mode: a calibrated U-Net regression gives median, mean, std" in err
     # --nocalibration predicts as trained; a channel without calibration is refused, naming the fix.
     code, _, err = run_isl(["predict", f"--model_dir={model_dir}", f"--input_dir={well}",
                             f"--output_dir={tmp_path / 'raw'}", CHANNELS, "--nocalibration", "--statistics=std",
