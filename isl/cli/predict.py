@@ -151,8 +151,10 @@ def calibration_note(predictor: Any) -> str:
     if calibration.route == "regression":
         values = ", ".join(f"{channel} {parameters['spread'] * calibration.spread_scale(channel):.4f}"
                            for channel, parameters in calibration.channels.items())
-        return ("Calibrated (calibration.json): the U-Net regression's value as a distribution per pixel, spread "
-                f"per channel {values}, mixed with conditional histograms of the true levels where fitted.")
+        spread = ("the predicted spread times, per channel," if predictor.config.model.regression_spread
+                  else "spread per channel")
+        return (f"Calibrated (calibration.json): the U-Net regression's value as a distribution per pixel, {spread} "
+                f"{values}, mixed with conditional histograms of the true levels where fitted.")
     values = ", ".join(f"{channel} {calibration.spread_scale(channel):.3f}" for channel in calibration.channels)
     mixed = [channel for channel, parameters in calibration.channels.items() if "histograms" in parameters]
     note = f"; conditional histograms of the true levels for {', '.join(mixed)}" if mixed else ""

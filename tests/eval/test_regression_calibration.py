@@ -198,6 +198,7 @@ def test_the_spread_recipe_predicts_a_spread_trains_on_the_gaussian_nll_and_cali
                               f"--output_dir={tmp_path / 'p'}", CHANNELS, "--statistics=median,std,q05,q95",
                               "--noprogress", "--json"], capsys)
     assert code == 0, err
+    assert "the predicted spread times, per channel," in out
     (entry,) = json.loads(out.strip().splitlines()[-1])["wells"]
     assert set(entry["calibration_files"]) == {"DAPI_CONFOCAL", "MAP2_CONFOCAL"}
     assert np.all(_read(entry, "q05") <= _read(entry, "q95"))
