@@ -39,7 +39,6 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
         config: the model's config (z values, levels, standardization).
         clip: clip to [0, 1] (False: the de-standardised value as is, the centre of a calibrated
             regression's distribution, `isl.eval.regression_calibration`).
-
         with_spread: also return the predicted spread (`model.regression_spread`; None without).
 
     Returns:

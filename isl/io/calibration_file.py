@@ -6,7 +6,8 @@ The one owner of its contents, reading and writing. Keys:
     route            "heads" (256-bin heads: a temperature per channel),
                      "readout" (a normal distribution per pixel: a spread scale per channel) or
                      "regression" (the U-Net regression's value as the read-out's centre, with a
-                     constant spread per channel, `"spread"`, and the read-out's parameters;
+                     constant spread per channel, `"spread"` (a factor on the model's predicted
+                     spread for `model.regression_spread`), and the read-out's parameters;
                      `isl.eval.regression_calibration`)
     channels         {channel: {"temperature": T} or {"spread_scale": s[, "value_edges": [V - 1],
                      "spread_edges": [S - 1], "histogram_weights": [V * S], "histograms":
