@@ -195,6 +195,11 @@ class ModelConfig:
         regression_target_mean, regression_target_std: "unet_regression"
             only: per output target channel, the training targets' mean and
             standard deviation (filled in by `isl train`).
+        regression_spread: "unet_regression" only: the U-Net also predicts a
+            log-spread per target channel (outputs `[..., 2T]`: T standardized
+            means, then T log-spreads) and trains on the Gaussian negative
+            log-likelihood (`isl.model.losses.gaussian_nll`) instead of the MSE
+            (recipe `unet_regression_spread`; not in the paper).
     """
 
     architecture: str = "concordance"
@@ -219,6 +224,7 @@ class ModelConfig:
     unet_context: int = 60
     regression_target_mean: tuple[float, ...] = ()
     regression_target_std: tuple[float, ...] = ()
+    regression_spread: bool = False
 
     def validate(self) -> None:
         if self.architecture not in ARCHITECTURES:

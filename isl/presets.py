@@ -184,6 +184,11 @@ RECIPES: dict[str, dict[str, object]] = {
 }
 
 
+# The heteroscedastic U-Net regression: unet_regression's U-Net, data and schedule, predicting a mean and a
+# log-spread per channel, trained on their Gaussian negative log-likelihood (not in the paper; issue 24).
+RECIPES["unet_regression_spread"] = {**RECIPES["unet_regression"], "model.regression_spread": True}
+
+
 def apply_recipe(config: config_lib.ExperimentConfig, name: str) -> config_lib.ExperimentConfig:
     """The config with recipe `name`'s overrides applied (recorded in `config.recipe`)."""
     if name not in RECIPES:

@@ -21,7 +21,13 @@ target channel, one number on labelled validation pixels:
     histogram of true 8-bit levels is mixed into the normal curve with a
     fitted weight. A stain's background (up to 42% of its pixels on one
     level) gets the mass a smooth curve cannot give it; the median stays the
-    read-out's value (--noreadout_histograms: the scale only).
+    read-out's value (--noreadout_histograms: the scale only);
+  * a U-Net regression (--recipe=unet_regression): its one value per pixel
+    becomes the read-out's distribution: a spread per channel (the
+    validation RMS error, or the spread the model predicts with
+    --recipe=unet_regression_spread), its scale and the same conditional
+    histograms. `isl predict` then writes std, quantiles and calibration
+    TIFFs for it; its median and mean stay the regression's value.
 
 Each minimises the negative log-likelihood of the true 8-bit levels, a
 proper score. It also stores the training data's histogram of 8-bit levels

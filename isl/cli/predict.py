@@ -155,6 +155,13 @@ def calibration_note(predictor: Any) -> str:
     if calibration.route == "heads":
         values = ", ".join(f"{channel} {calibration.temperature(channel):.3f}" for channel in calibration.channels)
         return f"Calibrated (calibration.json, temperature per channel): {values}."
+    if calibration.route == "regression":
+        values = ", ".join(f"{channel} {parameters['spread'] * calibration.spread_scale(channel):.4f}"
+                           for channel, parameters in calibration.channels.items())
+        spread = ("the predicted spread times, per channel," if predictor.config.model.regression_spread
+                  else "spread per channel")
+        return (f"Calibrated (calibration.json): the U-Net regression's value as a distribution per pixel, {spread} "
+                f"{values}, mixed with conditional histograms of the true levels where fitted.")
     values = ", ".join(f"{channel} {calibration.spread_scale(channel):.3f}" for channel in calibration.channels)
     mixed = [channel for channel, parameters in calibration.channels.items() if "histograms" in parameters]
     note = f"; conditional histograms of the true levels for {', '.join(mixed)}" if mixed else ""
@@ -187,6 +194,12 @@ UNSUPPORTED: dict[str, dict[str, tuple[Any, str]]] = {
     },
     "heads": {},
 }
+# A U-Net regression that isl calibrate gave a distribution: its statistics and calibration TIFFs.
+UNSUPPORTED["calibrated_regression"] = {
+    **{name: reason for name, reason in UNSUPPORTED["unet_regression"].items() if name != "save_calibration"},
+    "simplify_panels": (True, "a calibrated U-Net regression has no mode, so only the simplified panel "
+                              "(median, truth, error)"),
+}
 
 
 def precision_note(predictor: Any, requested: str) -> str:
@@ -206,11 +219,12 @@ def precision_note(predictor: Any, requested: str) -> str:
 
 
 def model_kind(predictor: Any) -> str:
-    """"readout", "unet_regression", "saved_model" or "heads" (a model directory with 256-bin heads)."""
+    """"readout", "unet_regression", "calibrated_regression" (one `isl calibrate` gave a distribution, applied),
+    "saved_model" or "heads" (a model directory with 256-bin heads)."""
     if predictor.readout is not None:
         return "readout"
     if predictor.config.model.architecture == "unet_regression":
-        return "unet_regression"
+        return "calibrated_regression" if predictor.applied_calibration is not None else "unet_regression"
     if predictor.model is None:
         return "saved_model"
     return "heads"
@@ -256,7 +270,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     kind = model_kind(predictor)
     refuse_unsupported(kind, flag_values)
     statistics = flag_values["statistics"].value
-    if kind == "unet_regression" and not flag_values["statistics"].present:
+    if kind in ("unet_regression", "calibrated_regression") and not flag_values["statistics"].present:
         from isl.infer import regression
 
         statistics = list(regression.STATISTICS)  # Its one value, as the median and the mean (as before).

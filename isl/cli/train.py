@@ -27,6 +27,9 @@ regression with MSE on standardized targets, as fnet and CARE train it; one
 pass per image at prediction). --recipe=unet_distribution trains the same
 U-Net with the same batch and schedule under the paper's 256-bin heads and
 loss, so every pixel gets a distribution (24-px outputs, 52 px of context).
+--recipe=unet_regression_spread is unet_regression also predicting a
+log-spread per channel and pixel (beta-NLL on standardized targets). Either
+regression gets a per-pixel distribution from `isl calibrate`.
 
 --recipe=cpu trains the same network in hours on a few CPU cores: 120-px
 output patches (batch 4), bfloat16, learning rate 1e-3 with warmup and a
@@ -84,7 +87,8 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_enum("recipe", None, list(presets.RECIPES),
                       "Training recipe layered over the preset: cpu (the paper network in hours on a few CPU cores: "
                       "120-px outputs, bfloat16, lr 1e-3 cosine, best-weights keeping), unet_regression (the "
-                      "fnet/CARE-style peer baseline: a U-Net regression with MSE, one pass per image) or "
+                      "fnet/CARE-style peer baseline: a U-Net regression with MSE, one pass per image), "
+                      "unet_regression_spread (that U-Net also predicting a spread per pixel, beta-NLL) or "
                       "unet_distribution (that U-Net under the paper's 256-bin heads and loss). See above.",
                       flag_values=flag_values)
     flags.DEFINE_string("config", None, "JSON config file layered over the preset.", flag_values=flag_values)

@@ -1,4 +1,5 @@
-"""Calibration after training: per channel a temperature (256-bin heads) or a spread scale and histograms (read-out).
+"""Calibration after training: per channel a temperature (256-bin heads) or a spread scale and histograms (read-out,
+and the U-Net regression: `isl.eval.regression_calibration`).
 
 A trained network's distributions can be too sharp (overconfident) or too
 wide; on held-out rows of the real sample the shipped heads' 90% intervals held
@@ -399,8 +400,7 @@ def calibrate(
         raise errors.InputError("isl calibrate needs a model directory (--model_dir), not an export.")
     route = "readout" if predictor.readout is not None else "heads"
     if route == "heads" and predictor.config.model.architecture == "unet_regression":
-        raise errors.InputError(f"{predictor.source}: a U-Net regression predicts one value per pixel, no "
-                                "distribution, so there is nothing to calibrate.")
+        route = "regression"  # Its value becomes a distribution: `isl.eval.regression_calibration`.
     if route == "readout":
         from isl.infer import readout as readout_infer
 
@@ -435,6 +435,14 @@ def calibrate(
             parameters[channel] = {"temperature": round(temperature, 5)}
             scores[channel] = {"before": _scores_heads(log_probabilities, bins, 1.0, histogram),
                                "after": _scores_heads(log_probabilities, bins, temperature, histogram)}
+    elif route == "regression":
+        from isl.eval import regression_calibration
+
+        collected = regression_calibration.collect(predictor, well, window, chosen, progress)
+        for channel, (value, spread, bins) in collected.items():
+            parameters[channel] = regression_calibration.fit(value, bins, readout_histograms, spread)
+            scores[channel] = regression_calibration.scores(value, bins, parameters[channel],
+                                                            np.asarray(histograms[channel]), spread)
     else:
         collected = collect_readout(predictor, well, window, chosen, progress)
         for channel, (value, spread, bins) in collected.items():

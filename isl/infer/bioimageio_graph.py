@@ -44,6 +44,8 @@ DEFAULT_STATISTICS = {
     "regression": ("median", "mean"),
     "readout": ("median", "mean", "std"),
 }
+# A U-Net regression calibrated by `isl calibrate` (route "regression"): its distribution's std too.
+CALIBRATED_REGRESSION_STATISTICS = ("median", "mean", "std")
 KIND_WORDS = {
     "distribution": "a network with 256-bin heads",
     "regression": "a U-Net regression (one value per pixel)",
@@ -100,8 +102,10 @@ def kind_of(model_dir: str) -> str:
     return "regression" if config.model.architecture == "unet_regression" else "distribution"
 
 
-def choose_statistics(kind: str, statistics: Sequence[str] | None) -> tuple[str, ...]:
+def choose_statistics(kind: str, statistics: Sequence[str] | None, calibrated: bool = False) -> tuple[str, ...]:
     """The requested statistics (None or empty: the kind's default), checked against what the kind gives.
+
+    `calibrated`: a regression with `isl calibrate`'s distribution also gives std.
 
     Raises:
         InputError: for an unknown statistic, one the kind does not give, or no median.
@@ -110,11 +114,13 @@ def choose_statistics(kind: str, statistics: Sequence[str] | None) -> tuple[str,
         return DEFAULT_STATISTICS[kind]
     chosen = export_lib.parse_statistics(statistics)
     if kind != "distribution":
-        unsupported = [name for name in chosen if name not in DEFAULT_STATISTICS[kind]]
+        given = CALIBRATED_REGRESSION_STATISTICS if kind == "regression" and calibrated else DEFAULT_STATISTICS[kind]
+        unsupported = [name for name in chosen if name not in given]
         if unsupported:
+            words = "a calibrated U-Net regression" if kind == "regression" and calibrated else KIND_WORDS[kind]
             raise errors.InputError(
-                f"The model folder holds {KIND_WORDS[kind]}: it gives {', '.join(DEFAULT_STATISTICS[kind])}, "
-                f"not {', '.join(unsupported)} (--statistics).")
+                f"The model folder holds {words}: it gives {', '.join(given)}, not {', '.join(unsupported)} "
+                "(--statistics).")
     if "median" not in chosen:
         raise errors.InputError("A bioimage.io package needs the median among --statistics (its primary output).")
     return chosen
@@ -136,7 +142,8 @@ def load_package_model(
 
     has_config = os.path.isfile(model_dir_lib.ModelDir(model_dir).config)
     kind = kind_of(model_dir) if has_config else "distribution"  # load_predictor names what is missing.
-    chosen = choose_statistics(kind, statistics)
+    calibrated = kind == "regression" and _regression_calibrated(model_dir)
+    chosen = choose_statistics(kind, statistics, calibrated)
     predictor = well_lib.load_predictor(model_dir=model_dir, precision="float32")
     if kind == "readout":
         return _readout_model(predictor, chosen)
@@ -144,6 +151,14 @@ def load_package_model(
     if kind == "regression":
         return _regression_model(predictor, channels, chosen)
     return _distribution_model(predictor, channels, chosen)
+
+
+def _regression_calibrated(model_dir: str) -> bool:
+    """Whether the folder's calibration.json gives its regression a distribution (read, not yet checked fresh)."""
+    from isl.io import calibration_file
+
+    calibration = calibration_file.read(model_dir)
+    return calibration is not None and calibration.route == "regression"
 
 
 def _input_spec() -> Any:
@@ -209,6 +224,17 @@ def _regression_model(predictor: Any, channels: tuple[str, ...], statistics: tup
     means = tf.constant(np.asarray(config.model.regression_target_mean, np.float32)[columns])
     stds = tf.constant(np.asarray(config.model.regression_target_std, np.float32)[columns])
     factor, pad = 2**config.model.unet_levels, regression.PAD
+    calibration = predictor.applied_calibration  # isl calibrate's distribution, as `isl predict` applies it.
+    if "std" in statistics:
+        from isl.eval import regression_calibration
+
+        if config.model.regression_spread:
+            raise errors.InputError(f"{predictor.source}: the package carries the std of a calibrated U-Net "
+                                    "regression with one spread per channel, not a predicted spread "
+                                    "(model.regression_spread); isl predict --model_dir writes it.")
+
+        # Checks that every channel has its spread (InputError naming the fix otherwise).
+        regression_calibration.distributions(calibration, channels, np.zeros((1, len(channels)), np.float32))
 
     def serve(z_stack: Any) -> dict[str, Any]:
         # isl.infer.regression.predict_image: reflect-pad by PAD and to a multiple of 2**levels, one pass, crop.
@@ -221,11 +247,29 @@ def _regression_model(predictor: Any, channels: tuple[str, ...], statistics: tup
                                   [0, 0]], mode="REFLECT")
         outputs = tf.cast(model(functions.network_input(padded), training=False), tf.float32)
         outputs = tf.gather(outputs[:, pad : pad + height, pad : pad + width], columns, axis=3)
-        values = tf.clip_by_value(outputs * stds + means, 0.0, 1.0)
-        return {OUTPUT_ID: _stack_channels({name: values for name in statistics}, statistics, len(channels))}
+        raw = outputs * stds + means
+        values = tf.clip_by_value(raw, 0.0, 1.0)
+        images = {name: values for name in statistics}  # The median and the mean: the regression's value.
+        if "std" in statistics:  # isl.infer.regression_distribution: the calibrated distribution's std.
+            images["std"] = tf.stack([_regression_std(calibration.channels[channel], raw[..., index])
+                                      for index, channel in enumerate(channels)], axis=-1)
+        return {OUTPUT_ID: _stack_channels(images, statistics, len(channels))}
 
     return PackageModel("regression", config, channels, statistics, SAME_SIZE_MIN, SAME_SIZE_STEP, 0,
                         tf.function(serve, input_signature=[_input_spec()], autograph=False), model)
+
+
+def _regression_std(parameters: dict[str, Any], value: Any) -> Any:
+    """The std of a calibrated regression channel's distribution (`isl.eval.regression_calibration`), `[b, H, W]`."""
+    import tensorflow as tf
+
+    raw_spread = tf.fill(tf.shape(value), tf.constant(float(parameters["spread"]), tf.float32))
+    spread = raw_spread * float(parameters.get("spread_scale", 1.0))
+    if "histograms" in parameters:
+        return _mixture_statistics(parameters, value, raw_spread, spread)["std"]
+    from isl.model import readout as readout_lib
+
+    return readout_lib.statistic_tensors(value[..., None], spread[..., None], ("std",))["std"][..., 0]
 
 
 def _readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:

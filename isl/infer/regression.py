@@ -29,16 +29,21 @@ PAD = 32
 STATISTICS = ("median", "mean")
 
 
-def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentConfig) -> np.ndarray:
+def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentConfig,
+                  clip: bool = True, with_spread: bool = False) -> Any:
     """Predicts every target channel of a whole image.
 
     Args:
         model: the regression model, built with a free input size.
         stack: `[num_source_z, height, width]` float32 in [0, 1].
         config: the model's config (z values, levels, standardization).
+        clip: clip to [0, 1] (False: the de-standardised value as is, the centre of a calibrated
+            regression's distribution, `isl.eval.regression_calibration`).
+        with_spread: also return the predicted spread (`model.regression_spread`; None without).
 
     Returns:
-        `[height, width, T]` float32 intensities in [0, 1], T = output target channels.
+        `[height, width, T]` float32 intensities in [0, 1] (unclipped with `clip=False`),
+        T = output target channels; with `with_spread`, (that, `[height, width, T]` spread or None).
     """
     from isl.data import assemble
 
@@ -57,7 +62,11 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
     padded = np.pad(stack, ((0, 0), (top, bottom), (left, right)), mode=mode)
     inputs = assemble.network_input(padded, config.channels.num_z_values)[np.newaxis]
     outputs = np.asarray(model(inputs, training=False))[0, top : top + height, left : left + width]
-    return unet_regression.destandardize(outputs, config.model)
+    values = unet_regression.destandardize(outputs, config.model, clip=clip)
+    if not with_spread:
+        return values
+    spread = unet_regression.destandardized_spread(outputs, config.model) if config.model.regression_spread else None
+    return values, spread
 
 
 def predict_well(
@@ -71,8 +80,13 @@ def predict_well(
     panels: bool = True,
     file_names: str = "lab",
     panel_bits: int = 16,
+    save_calibration: bool = True,
 ) -> dict[str, Any]:
     """`isl predict` for the regression baseline: one pass, median/mean files, panel, prediction.json.
+
+    A model folder calibrated by `isl calibrate` (route "regression") predicts a distribution per
+    pixel instead (`isl.infer.regression_distribution`): every read-out statistic and, with the
+    truth, the calibration TIFFs (`save_calibration`).
 
     Args:
         predictor: from `isl.infer.well.load_predictor` (a model directory).
@@ -88,6 +102,7 @@ def predict_well(
             reflection, so pixels can differ slightly from the whole image's).
         file_names: output file names, "lab" or "short" (`isl.infer.well.output_name`).
         panels: write `target_error_panel.png` when the well holds truth.
+        save_calibration: a calibrated model: write the calibration TIFFs when the well holds truth.
     """
     from isl.infer import well as well_lib
 
@@ -95,12 +110,17 @@ def predict_well(
         raise errors.InputError(f"{predictor.source}: the U-Net regression is predicted from its model directory "
                                 "(--model_dir), not from an exported SavedModel.")
     names = tuple(dict.fromkeys(name.strip() for name in statistics if name.strip())) or ("median",)
+    calibration = predictor.applied_calibration
     unsupported = [name for name in names if name not in STATISTICS]
-    if unsupported:
+    if unsupported and calibration is None:
         raise errors.InputError(
             f"--statistics={','.join(unsupported)}: the U-Net regression predicts one value per pixel, written as "
-            f"{' and '.join(STATISTICS)}; it has no distribution for other statistics."
+            f"{' and '.join(STATISTICS)}; it has no distribution for other statistics (isl calibrate gives it one)."
         )
+    if calibration is not None:
+        from isl.infer import regression_distribution
+
+        regression_distribution.check_statistics(names)
     config = predictor.config
     well = well_lib.read_checked_well(config, input_dir)
     height, width = well.inputs.shape[1:]
@@ -109,10 +129,20 @@ def predict_well(
     top, left = max(0, row0 - context), max(0, column0 - context)
     bottom, right = min(height, row1 + context), min(width, column1 + context)
     start = time.perf_counter()
-    values = predict_image(predictor.model, well.inputs[:, top:bottom, left:right], config)
+    values, spread = predict_image(predictor.model, well.inputs[:, top:bottom, left:right], config,
+                                   clip=calibration is None, with_spread=True)
     values = values[row0 - top : row1 - top, column0 - left : column1 - left]
     seconds = time.perf_counter() - start
     columns = [config.channels.output_target_channels.index(channel) for channel in channels]
+    exact = window is None or (top, left, bottom, right) == (0, 0, height, width)
+    if calibration is not None:
+        from isl.infer import regression_distribution
+
+        return regression_distribution.write_well(
+            predictor, well, input_dir, output_dir, channels, names, values[..., columns],
+            (row0, row1, column0, column1), image_format, panels, file_names, panel_bits, save_calibration, seconds,
+            exact, context,
+            None if spread is None else spread[row0 - top : row1 - top, column0 - left : column1 - left][..., columns])
     well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
     os.makedirs(well_dir, exist_ok=True)
     images = {name: values[..., columns] for name in names}
@@ -124,8 +154,8 @@ def predict_well(
                                                                   values[..., columns], region, panel_bits)
     summary = well_lib.prediction_summary(
         predictor, well, input_dir, channels, names, "reflect", region,
-        image_format, files, geometry=None, num_runs=1, exact=window is None or (top, left, bottom, right) == (
-            0, 0, height, width), seconds=round(seconds, 3), context_pixels=context, panels=panel_files,
+        image_format, files, geometry=None, num_runs=1, exact=exact, seconds=round(seconds, 3),
+        context_pixels=context, panels=panel_files,
         truth_channels=truth_channels,
     )
     prediction_file.write_summary(well_dir, summary)

@@ -212,7 +212,8 @@ def load_predictor(
     if predictor.calibration is not None and model_dir and apply_calibration:
         calibration_file.check_fresh(model_dir, predictor.calibration)
     if predictor.calibration is not None and apply_calibration:
-        expected = "readout" if predictor.readout is not None else "heads"
+        expected = ("readout" if predictor.readout is not None else
+                    "regression" if predictor.config.model.architecture == "unet_regression" else "heads")
         if predictor.calibration.route != expected:
             raise errors.InputError(
                 f"{calibration_file.path(model_dir or saved_model)}: calibrated for the {predictor.calibration.route} "
@@ -886,7 +887,7 @@ def _predict_well_files(
             raise errors.InputError(f"{predictor.source}: the U-Net regression keeps the input's height and width; "
                                     f"--border={border_mode} applies to models with a border (256-bin heads).")
         return regression.predict_well(predictor, input_dir, output_dir, chosen, image_format, statistics, window,
-                                       panels, names, panel_bits)
+                                       panels, names, panel_bits, save_calibration)
     if phases not in (0, 1):
         raise errors.InputError(f"--phases must be 0 (exact) or 1 (one run per tile). Received: {phases}")
     well = read_checked_well(predictor.config, input_dir)

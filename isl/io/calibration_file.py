@@ -3,8 +3,12 @@
 The one owner of its contents, reading and writing. Keys:
 
     format_version   1
-    route            "heads" (256-bin heads: a temperature per channel) or
-                     "readout" (a normal distribution per pixel: a spread scale per channel)
+    route            "heads" (256-bin heads: a temperature per channel),
+                     "readout" (a normal distribution per pixel: a spread scale per channel) or
+                     "regression" (the U-Net regression's value as the read-out's centre, with a
+                     constant spread per channel, `"spread"` (a factor on the model's predicted
+                     spread for `model.regression_spread`), and the read-out's parameters;
+                     `isl.eval.regression_calibration`)
     channels         {channel: {"temperature": T} or {"spread_scale": s[, "value_edges": [V - 1],
                      "spread_edges": [S - 1], "histogram_weights": [V * S], "histograms":
                      [V * S rows of 256 probabilities]]}}: the read-out's optional conditional
@@ -40,7 +44,7 @@ from isl.io import atomic
 from isl.io import model_dir as model_dir_lib
 
 FORMAT_VERSION = 1
-ROUTES = ("heads", "readout")
+ROUTES = ("heads", "readout", "regression")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,10 @@ class Calibration:
             raise ValueError(f"route {data.get('route')!r}, expected one of {', '.join(ROUTES)}")
         channels = {str(name): _channel_parameters(str(name), dict(values))
                     for name, values in dict(data["channels"]).items()}
+        if data["route"] == "regression":
+            missing = [name for name, values in channels.items() if "spread" not in values]
+            if missing:
+                raise ValueError(f"route regression: no spread for {', '.join(missing)}")
         marginal = {str(name): [float(value) for value in values] for name, values in dict(data["marginal"]).items()}
         for name, values in marginal.items():
             if not values or min(values) <= 0 or abs(sum(values) - 1.0) > 1e-3:
@@ -100,10 +108,10 @@ def _channel_parameters(name: str, values: dict[str, Any]) -> dict[str, Any]:
     """One channel's parameters, checked. Raises ValueError."""
     parameters: dict[str, Any] = {}
     for key, value in values.items():
-        if key in ("temperature", "spread_scale"):
+        if key in ("temperature", "spread_scale", "spread"):
             value = float(value)
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}: {key} = {value} (a positive temperature or spread_scale expected)")
+                raise ValueError(f"{name}: {key} = {value} (a positive value expected)")
             parameters[key] = value
         elif key not in HISTOGRAM_KEYS:
             raise ValueError(f"{name}: unknown parameter {key!r}")

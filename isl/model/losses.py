@@ -70,6 +70,32 @@ def total_loss(head_losses, num_input_heads: int):
     return 0.5 * input_mean + 0.5 * ops.mean(head_losses[num_input_heads:])
 
 
+# Log-spreads (standardized units) are clipped to this range in `gaussian_nll`: e^-5 to e^5.
+LOG_SPREAD_RANGE = (-5.0, 5.0)
+# beta-NLL (Seitzer et al. 2022): each pixel's NLL is weighted by s^(2 beta), without gradient through the weight,
+# so a large predicted spread does not starve the mean of gradient. 0: the plain NLL (with it, the recipe's mean had
+# learned nothing by step 200 on the sample: val Pearson r -0.17..0.03); 1: the mean gets exactly the MSE's
+# gradient, and the spread is pulled towards the squared residual.
+GAUSSIAN_NLL_BETA = 1.0
+
+
+def gaussian_nll(standardized, mean, log_spread, weights, beta: float = GAUSSIAN_NLL_BETA):
+    """Mean (beta-weighted) Gaussian negative log-likelihood (nats, without ln sqrt(2 pi)) over weighted pixels.
+
+    `s^(2 beta) * (0.5 * ((y - mean) / s)^2 + ln s)` with `s = exp(log_spread)`
+    and the factor `s^(2 beta)` held constant in the gradient: the
+    heteroscedastic regression of Nix & Weigend (1994) / Kendall & Gal
+    (2017) with the beta-NLL of Seitzer et al. (2022), on per-channel
+    standardized targets. All arguments `[..., T]` float32; `weights` 1
+    where the target is labelled, else 0.
+    """
+    log_spread = ops.clip(log_spread, *LOG_SPREAD_RANGE)
+    nll = 0.5 * ops.square((standardized - mean) * ops.exp(-log_spread)) + log_spread
+    if beta:
+        nll = nll * ops.stop_gradient(ops.exp(2.0 * beta * log_spread))
+    return ops.sum(nll * weights) / ops.maximum(ops.sum(weights), 1.0)
+
+
 @keras.saving.register_keras_serializable(package="isl")
 class ISLLoss(keras.losses.Loss):
     """The paper's total loss as a Keras loss on `(labels, logits)`.

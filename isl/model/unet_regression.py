@@ -77,18 +77,21 @@ def build_regression_model(
         features = keras.layers.Concatenate(**settings.layer_kwargs(f"unet_up{level}_concat"))([features, skips[level]])
         features = unet_lib._conv_unit(features, filters * 2**level, settings, f"unet_up{level}_a")
         features = unet_lib._conv_unit(features, filters * 2**level, settings, f"unet_up{level}_b")
-    outputs = keras.layers.Conv2D(config.channels.num_target_heads, 1, name=OUTPUT_LAYER, dtype="float32")(features)
+    count = config.channels.num_target_heads * (2 if model_config.regression_spread else 1)  # Means, log-spreads.
+    outputs = keras.layers.Conv2D(count, 1, name=OUTPUT_LAYER, dtype="float32")(features)
     return keras.Model(inputs, outputs, name="isl_unet_regression")
 
 
 @keras.saving.register_keras_serializable(package="isl")
 class RegressionLoss(keras.losses.Loss):
-    """Masked mean squared error on standardized targets.
+    """Masked mean squared error on standardized targets (or, with a spread output, their Gaussian NLL).
 
     `y_true` is the pipeline's labels `[b, o, o, heads, 2]` (value, mask;
     input heads first, then the targets); `y_pred` is `[b, o, o, T]`. Each
     target value v becomes (v - mean) / std; the loss is the mean of the
-    squared errors over the labelled (mask != 0) target pixels.
+    squared errors over the labelled (mask != 0) target pixels. A model with
+    `model.regression_spread` gives `[b, o, o, 2T]` (means, then log-spreads):
+    the loss is then `isl.model.losses.gaussian_nll` over the same pixels.
     """
 
     def __init__(
@@ -111,7 +114,13 @@ class RegressionLoss(keras.losses.Loss):
         values, masks = labels[..., 0], labels[..., 1]
         standardized = (values - ops.convert_to_tensor(self.means)) / ops.convert_to_tensor(self.stds)
         weights = ops.cast(ops.not_equal(masks, 0.0), "float32")
-        squared = ops.square(ops.cast(y_pred, "float32") - standardized) * weights
+        y_pred = ops.cast(y_pred, "float32")
+        count = len(self.means)
+        if y_pred.shape[-1] == 2 * count:  # A mean and a log-spread per channel (model.regression_spread).
+            from isl.model import losses
+
+            return losses.gaussian_nll(standardized, y_pred[..., :count], y_pred[..., count:], weights)
+        squared = ops.square(y_pred - standardized) * weights
         return ops.sum(squared) / ops.maximum(ops.sum(weights), 1.0)
 
     def get_config(self) -> dict[str, Any]:
@@ -120,10 +129,24 @@ class RegressionLoss(keras.losses.Loss):
         return config
 
 
-def destandardize(values: Any, model_config: config_lib.ModelConfig) -> Any:
-    """Network output `[..., T]` -> intensities in [0, 1] (numpy)."""
+def destandardized_spread(values: Any, model_config: config_lib.ModelConfig) -> Any:
+    """Network output `[..., 2T]` (`model.regression_spread`) -> the predicted spread `[..., T]` in intensity units
+    (numpy): `exp(log-spread) * std`, the log-spread clipped as in training."""
+    import numpy as np
+
+    from isl.model import losses
+
+    stds = np.asarray(model_config.regression_target_std, np.float32)
+    log_spread = np.clip(np.asarray(values, np.float32)[..., len(stds) : 2 * len(stds)], *losses.LOG_SPREAD_RANGE)
+    return np.exp(log_spread) * stds
+
+
+def destandardize(values: Any, model_config: config_lib.ModelConfig, clip: bool = True) -> Any:
+    """Network output `[..., T]` (or `[..., 2T]`: the means are used) -> intensities in [0, 1] (numpy;
+    unclipped with `clip=False`)."""
     import numpy as np
 
     means = np.asarray(model_config.regression_target_mean, np.float32)
     stds = np.asarray(model_config.regression_target_std, np.float32)
-    return np.clip(np.asarray(values, np.float32) * stds + means, 0.0, 1.0)
+    values = np.asarray(values, np.float32)[..., : len(means)] * stds + means
+    return np.clip(values, 0.0, 1.0) if clip else values
