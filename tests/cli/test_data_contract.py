@@ -270,7 +270,7 @@ def test_train_help_names_every_recipe(capsys):
     code, out, _ = run_isl(["train", "--help"], capsys)
     flag_help = out.split("flags:", 1)[1]
     recipe_flag = flag_help.split("--recipe:")[1].split("\n  --")[0]
-    assert code == 0 and "U-Net regression with MSE" in flag_help
+    assert code == 0 and "U-Net regression with MSE" in " ".join(flag_help.split())
     for name in presets.RECIPES:
         assert name in recipe_flag, name
     code, _, err = run_isl(["train", "--recipe=gpu", "--data_dir=x", "--model_dir=y"], capsys)
