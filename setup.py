@@ -36,9 +36,10 @@ setuptools.setup(
     ],
     extras_require={
         # The default test run includes the bioimage.io checks (they install cleanly next to TF 2.21 and numpy 2).
-        # ruff: the linter .ci/run runs before the tests (settings in pyproject.toml).
+        # ruff: the linter .ci/run runs before the tests (settings in pyproject.toml). pytest-xdist: the README's
+        # test command runs the suite on two worker processes (`-n 2`), one per core of the 2-core machines.
         "test": [
-            "pytest>=7.4", "ruff>=0.6",
+            "pytest>=7.4", "pytest-xdist>=3.5", "ruff>=0.6",
             "bioimageio.core>=0.11,<0.12", "bioimageio.spec>=0.5.12,<0.6", "pydantic>=2.7,<2.13",
         ],
         # `isl export --format=bioimageio`: validation and test_model of the package. bioimageio.spec 0.5.12
