@@ -309,7 +309,8 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         if summary["exact"]:
             approximate = ""
         elif "context_pixels" in summary:
-            approximate = f", window read with {summary['context_pixels']} px of context: approximate"
+            what = "tiles" if summary["num_runs"] > 1 else "window"
+            approximate = f", {what} read with {summary['context_pixels']} px of context: approximate"
         else:
             approximate = ", --phases=1: approximate"
         print(

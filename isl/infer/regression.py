@@ -27,6 +27,11 @@ from isl.model import unet_regression
 # Reflected context on each side of the image, in pixels.
 PAD = 32
 STATISTICS = ("median", "mean")
+# Above this many pixels (window plus context) `isl predict` runs the U-Net in tiles of TILE output pixels a side,
+# each with `context_pixels` of real image around it: one whole pass costs about 2.3 KB per pixel (10.2 GB for a
+# 2304^2 field), so memory would grow with the image. Up to it (the 1024^2 wells) the pass stays whole and exact.
+WHOLE_PIXELS = 1024 * 1024
+TILE = 512
 
 
 def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentConfig,
@@ -67,6 +72,40 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
         return values
     spread = unet_regression.destandardized_spread(outputs, config.model) if config.model.regression_spread else None
     return values, spread
+
+
+def predict_tiled(model: Any, stack: np.ndarray, config: config_lib.ExperimentConfig, clip: bool = True,
+                  with_spread: bool = False, whole_pixels: int = WHOLE_PIXELS, tile: int = TILE) -> Any:
+    """`predict_image` of a `[num_source_z, H, W]` stack in bounded memory: whole up to `whole_pixels`, else in tiles.
+
+    Each tile of `tile` x `tile` output pixels is predicted from itself plus `context_pixels(config)` of real
+    image around it (reflection beyond, as `isl predict --region`), so a tiled image's pixels can differ slightly
+    from one whole pass. Memory: one tile's pass plus the `[H, W, T]` result(s).
+
+    Returns:
+        As `predict_image`: `[H, W, T]` float32 (and, with `with_spread`, the spread or None).
+    """
+    _, height, width = stack.shape
+    if height * width <= whole_pixels:
+        return predict_image(model, stack, config, clip=clip, with_spread=with_spread)
+    context = context_pixels(config)
+    values = spread = None
+    for row0 in range(0, height, tile):
+        for column0 in range(0, width, tile):
+            row1, column1 = min(height, row0 + tile), min(width, column0 + tile)
+            top, left = max(0, row0 - context), max(0, column0 - context)
+            bottom, right = min(height, row1 + context), min(width, column1 + context)
+            tile_values, tile_spread = predict_image(model, stack[:, top:bottom, left:right], config, clip=clip,
+                                                     with_spread=True)
+            inner = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
+            if values is None:
+                values = np.empty((height, width, tile_values.shape[-1]), np.float32)
+                if tile_spread is not None:
+                    spread = np.empty_like(values)
+            values[row0:row1, column0:column1] = tile_values[inner]
+            if spread is not None:
+                spread[row0:row1, column0:column1] = tile_spread[inner]
+    return (values, spread) if with_spread else values
 
 
 def predict_well(
@@ -129,12 +168,14 @@ def predict_well(
     top, left = max(0, row0 - context), max(0, column0 - context)
     bottom, right = min(height, row1 + context), min(width, column1 + context)
     start = time.perf_counter()
-    values, spread = predict_image(predictor.model, well.inputs[:, top:bottom, left:right], config,
+    values, spread = predict_tiled(predictor.model, well.inputs[:, top:bottom, left:right], config,
                                    clip=calibration is None, with_spread=True)
     values = values[row0 - top : row1 - top, column0 - left : column1 - left]
     seconds = time.perf_counter() - start
     columns = [config.channels.output_target_channels.index(channel) for channel in channels]
-    exact = window is None or (top, left, bottom, right) == (0, 0, height, width)
+    tiled = (bottom - top) * (right - left) > WHOLE_PIXELS
+    num_runs = -(-(bottom - top) // TILE) * -(-(right - left) // TILE) if tiled else 1
+    exact = (window is None or (top, left, bottom, right) == (0, 0, height, width)) and not tiled
     if calibration is not None:
         from isl.infer import regression_distribution
 
@@ -154,7 +195,7 @@ def predict_well(
                                                                   values[..., columns], region, panel_bits)
     summary = well_lib.prediction_summary(
         predictor, well, input_dir, channels, names, "reflect", region,
-        image_format, files, geometry=None, num_runs=1, exact=exact, seconds=round(seconds, 3),
+        image_format, files, geometry=None, num_runs=num_runs, exact=exact, seconds=round(seconds, 3),
         context_pixels=context, panels=panel_files,
         truth_channels=truth_channels,
     )

@@ -416,21 +416,8 @@ class DensePearson(keras.callbacks.Callback):
         reflection beyond (as `isl predict --region`), so a tiled image's
         pixels can differ slightly from one whole pass.
         """
-        _, height, width = stack.shape
-        if height * width <= REGRESSION_WHOLE_PIXELS:
-            return regression.predict_image(self._inference_model, stack, self.config)
-        context = regression.context_pixels(self.config)
-        result = None
-        for row0 in range(0, height, REGRESSION_TILE):
-            for column0 in range(0, width, REGRESSION_TILE):
-                row1, column1 = min(height, row0 + REGRESSION_TILE), min(width, column0 + REGRESSION_TILE)
-                top, left = max(0, row0 - context), max(0, column0 - context)
-                bottom, right = min(height, row1 + context), min(width, column1 + context)
-                tile = regression.predict_image(self._inference_model, stack[:, top:bottom, left:right], self.config)
-                if result is None:
-                    result = np.empty((height, width, tile.shape[-1]), np.float32)
-                result[row0:row1, column0:column1] = tile[row0 - top : row1 - top, column0 - left : column1 - left]
-        return result
+        return regression.predict_tiled(self._inference_model, stack, self.config,
+                                         whole_pixels=REGRESSION_WHOLE_PIXELS, tile=REGRESSION_TILE)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         start = time.monotonic()

@@ -47,7 +47,7 @@ def test_loss_is_the_masked_mse_of_standardized_targets():
     assert float(loss(labels, predictions)) == pytest.approx(2.0 / 3.0, rel=1e-6)
 
 
-def test_trains_predicts_and_is_written_like_the_paper_model(tmp_path, capsys):
+def test_trains_predicts_and_is_written_like_the_paper_model(tmp_path, capsys, monkeypatch):
     from isl.cli import main
     from isl.train import trainer
     from tests.train.conftest import write_records
@@ -80,6 +80,19 @@ def test_trains_predicts_and_is_written_like_the_paper_model(tmp_path, capsys):
 
     image = imageio.imread(os.path.join(summary["well_dir"], summary["files"]["MAP2_CONFOCAL"]["median"]))
     assert image.shape == (160, 160) and image.dtype == np.uint16 and image.std() > 0
+    # Above regression.WHOLE_PIXELS the U-Net runs in tiles with context (bounded memory), and says it is approximate.
+    from isl.infer import regression
+
+    monkeypatch.setattr(regression, "WHOLE_PIXELS", 100 * 100)
+    monkeypatch.setattr(regression, "TILE", 64)
+    code = main.run_command(["predict", f"--model_dir={model_dir}", f"--input_dir={well_dir}",
+                             f"--output_dir={tmp_path / 'tiled'}", "--noprogress", "--json"])
+    output = capsys.readouterr().out
+    assert code == 0 and "(9 tile runs, tiles read with 32 px of context: approximate)" in output
+    (tiled_summary,) = json.loads(output.strip().splitlines()[-1])["wells"]
+    assert json.load(open(os.path.join(tiled_summary["well_dir"], "prediction.json")))["exact"] is False
+    tiled = imageio.imread(os.path.join(tiled_summary["well_dir"], tiled_summary["files"]["MAP2_CONFOCAL"]["median"]))
+    assert tiled.shape == image.shape and np.corrcoef(tiled.ravel(), image.ravel())[0, 1] > 0.99
 
 
 def test_prediction_without_target_statistics_is_refused():
