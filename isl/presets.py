@@ -34,7 +34,8 @@ preset (`isl train --recipe=NAME`), between the preset and `--config` /
   output per target channel, MSE on per-channel standardized targets, batch
   8 of random 128 x 128 crops with flips and rotations, Adam 1e-3 with a
   cosine decay, bfloat16 compute, whole-image Pearson r every 200 steps
-  keeping the best weights. Prediction is one pass over the whole image.
+  keeping the best weights. Prediction is one pass over the whole image
+  up to 1024² px, tiles with context above (`isl.infer.regression.predict_tiled`).
 * `unet_distribution`: the same U-Net (`model.architecture="unet"`: 4
   levels, 16 base filters), batch, crop and schedule as `unet_regression`,
   under the paper's 256-bin heads and loss, so each pixel gets a

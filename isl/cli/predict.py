@@ -181,9 +181,9 @@ UNSUPPORTED: dict[str, dict[str, tuple[Any, str]]] = {
         "simplify_panels": (True, "a read-out has no mode, so only the simplified panel (median, truth, error)"),
     },
     "unet_regression": {
-        "tile_size": (0, f"the U-Net regression predicts in one pass; {_NO_BORDER}"),
-        "batch_size": (1, "the U-Net regression predicts in one pass"),
-        "phases": (0, "the U-Net regression predicts in one pass"),
+        "tile_size": (0, f"the U-Net regression picks its own tiles (whole up to 1024² px); {_NO_BORDER}"),
+        "batch_size": (1, "the U-Net regression predicts one tile at a time"),
+        "phases": (0, "the U-Net regression has no phases (one pass per tile)"),
         "precision": ("", "the U-Net regression runs as trained"),
         "inference_graph": (True, "the U-Net regression runs its Keras model directly"),
         "simplify_panels": (True, "the U-Net regression has no distribution, so only the simplified panel"),
