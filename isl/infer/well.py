@@ -1076,7 +1076,9 @@ def write_target_panel(
     if not with_truth:
         return [], {}
     names = [channels[index] for index in with_truth]
-    panel = panels_lib.error_panel({"median": median[..., with_truth]}, values[..., with_truth],
-                                   masks[..., with_truth], True, row_names=names)
-    path = panels_lib.write_panel(os.path.join(well_dir, TARGET_PANEL), panel, bits)
+    # Band by band into the downscaled panel (as the heads' panels): no full-resolution RGB grid of the image.
+    panel = panels_lib.StreamingPanel(region.height, region.width, names, simplified=True)
+    for row, index in enumerate(with_truth):
+        panel.add(row, 0, {"median": median[..., index]}, values[..., index], masks[..., index])
+    path = panels_lib.write_panel(os.path.join(well_dir, TARGET_PANEL), panel.result(), bits)
     return names, {"target": os.path.basename(path)}
