@@ -157,36 +157,18 @@ RECIPES: dict[str, dict[str, object]] = {
         "train.eval_recalibrate_batches": 10,
         "train.checkpoint_every_steps": 400,
     },
-    "unet_distribution": {
-        "model.architecture": "unet",
-        "model.unet_levels": 4,
-        "model.unet_filters": 16,
-        # 24-px outputs read 52 px of context on each side: the U-Net works on the same 128-px crop as
-        # unet_regression's (24 + 2 x 52 = 128, a multiple of 2**4). The 256-bin heads cost per output pixel
-        # (~30 heads x 256 logits each), so outputs are kept small and the steps many (docs/MEASUREMENTS.md § 28).
-        "model.output_size": 24,
-        "model.unet_context": 52,
-        "model.batch_norm_momentum": 0.99,
-        "data.crop_size": 384,
-        "train.batch_size": 8,
-        "train.mixed_precision": "bfloat16",
-        "train.learning_rate": 1e-3,
-        "train.lr_schedule": "cosine",
-        "train.warmup_steps": 50,
-        "train.final_learning_rate_fraction": 0.1,
-        "train.eval_every_steps": 200,
-        "train.eval_batches": 16,
-        "train.eval_pearson": True,
-        "train.keep_best": True,
-        "train.recalibrate_batches": 20,
-        "train.eval_recalibrate_batches": 10,
-        "train.checkpoint_every_steps": 400,
-    },
 }
 
 
 # The heteroscedastic U-Net regression: unet_regression's U-Net, data and schedule, predicting a mean and a
 # log-spread per channel, trained on their Gaussian negative log-likelihood (not in the paper; issue 24).
+# unet_regression's U-Net, batch, crop and schedule under the paper's 256-bin heads and loss. 24-px outputs read 52
+# px of context on each side: the U-Net works on the same 128-px crop as unet_regression's (24 + 2 x 52 = 128, a
+# multiple of 2**4). The heads cost per output pixel (~30 heads x 256 logits each), so outputs are kept small and
+# the steps many (docs/MEASUREMENTS.md § 28).
+RECIPES["unet_distribution"] = {**RECIPES["unet_regression"], "model.architecture": "unet",
+                                "model.output_size": 24, "model.unet_context": 52}
+
 RECIPES["unet_regression_spread"] = {**RECIPES["unet_regression"], "model.regression_spread": True}
 
 
