@@ -116,23 +116,58 @@ def predict_well(
     distributions = calibrated_distributions(predictor.applied_calibration, chosen, value, spread)
     images = statistic_images(distributions, tuple(dict.fromkeys(names + ("median",))))
     seconds = time.perf_counter() - start
+    region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
+    return write_distribution_well(
+        predictor, well, input_dir, output_dir, chosen, names, images, distributions, region, image_format, panels,
+        file_names, panel_bits, save_calibration,
+        num_runs=num_tiles, seconds=round(seconds, 3), exact=True, readout=True,
+    )
+
+
+def write_distribution_well(
+    predictor: Any,
+    well: Any,
+    input_dir: str,
+    output_dir: str,
+    channels: Sequence[str],
+    statistics: Sequence[str],
+    images: dict[str, np.ndarray],
+    distributions: Sequence[calibration_file.ReadoutDistribution],
+    region: geometry_lib.OutputRegion,
+    image_format: str,
+    panels: bool,
+    file_names: str,
+    panel_bits: int,
+    save_calibration: bool,
+    **summary_fields: Any,
+) -> dict[str, Any]:
+    """Writes a well predicted as per-pixel distributions (read-out, calibrated regression): statistics, panel,
+    calibration TIFFs (with truth) and prediction.json.
+
+    Args:
+        images: statistic -> `[region.height, region.width, len(channels)]`, "median" among them.
+        distributions: per channel, over `region` (`calibrated_distributions`).
+        summary_fields: the route's own `well.prediction_summary` arguments (num_runs, seconds, exact, ...).
+
+    Returns:
+        The contents of `prediction.json` plus `well_dir`.
+    """
+    from isl.infer import well as well_lib
+
     well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
     os.makedirs(well_dir, exist_ok=True)
-    files = well_lib.write_statistics(well_dir, well.metadata, chosen, names, images, image_format, file_names)
-    region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
+    files = well_lib.write_statistics(well_dir, well.metadata, channels, statistics, images, image_format, file_names)
     truth_channels, panel_files, calibration_files = [], {}, {}
     if panels:
-        truth_channels, panel_files = well_lib.write_target_panel(well_dir, well, predictor.config, chosen,
+        truth_channels, panel_files = well_lib.write_target_panel(well_dir, well, predictor.config, channels,
                                                                   images["median"], region, panel_bits)
     if save_calibration:
-        truth_channels, maps = calibration_maps(predictor.config, well, chosen, distributions, region)
-        calibration_files = well_lib.write_calibration_maps(well_dir, well.metadata, chosen, truth_channels, maps,
+        truth_channels, maps = calibration_maps(predictor.config, well, channels, distributions, region)
+        calibration_files = well_lib.write_calibration_maps(well_dir, well.metadata, channels, truth_channels, maps,
                                                             file_names)
     summary = well_lib.prediction_summary(
-        predictor, well, input_dir, chosen, names, "reflect", region,
-        image_format, files, geometry=None, num_runs=num_tiles, seconds=round(seconds, 3),
-        exact=True, readout=True, panels=panel_files, truth_channels=truth_channels,
-        calibration_files=calibration_files,
+        predictor, well, input_dir, channels, statistics, "reflect", region, image_format, files, geometry=None,
+        panels=panel_files, truth_channels=truth_channels, calibration_files=calibration_files, **summary_fields,
     )
     prediction_file.write_summary(well_dir, summary)
     summary["well_dir"] = well_dir

@@ -19,7 +19,6 @@ quantiles and the calibration TIFFs come from the calibrated distribution.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from isl import errors
-from isl.io import prediction_file
 from isl.model import geometry as geometry_lib
 
 
@@ -79,7 +77,6 @@ def write_well(
     """
     from isl.eval import regression_calibration
     from isl.infer import readout as readout_infer
-    from isl.infer import well as well_lib
 
     start = time.perf_counter()
     distributions = regression_calibration.distributions(predictor.applied_calibration, channels, value, spread)
@@ -87,24 +84,10 @@ def write_well(
     if "mean" in images:  # The regression's own value (MSE: its estimate of the mean), as the median is.
         images["mean"] = np.clip(value, 0.0, 1.0).astype(np.float32)
     seconds += time.perf_counter() - start
-    well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
-    os.makedirs(well_dir, exist_ok=True)
-    files = well_lib.write_statistics(well_dir, well.metadata, channels, statistics, images, image_format, file_names)
     row0, row1, column0, column1 = window
     region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
-    truth_channels, panel_files, calibration_files = [], {}, {}
-    if panels:
-        truth_channels, panel_files = well_lib.write_target_panel(well_dir, well, predictor.config, channels,
-                                                                  images["median"], region, panel_bits)
-    if save_calibration:
-        truth_channels, maps = readout_infer.calibration_maps(predictor.config, well, channels, distributions, region)
-        calibration_files = well_lib.write_calibration_maps(well_dir, well.metadata, channels, truth_channels, maps,
-                                                            file_names)
-    summary = well_lib.prediction_summary(
-        predictor, well, input_dir, channels, statistics, "reflect", region, image_format, files, geometry=None,
-        num_runs=1, exact=exact, seconds=round(seconds, 3), context_pixels=context, panels=panel_files,
-        truth_channels=truth_channels, calibration_files=calibration_files,
+    return readout_infer.write_distribution_well(
+        predictor, well, input_dir, output_dir, channels, statistics, images, distributions, region, image_format,
+        panels, file_names, panel_bits, save_calibration,
+        num_runs=1, exact=exact, seconds=round(seconds, 3), context_pixels=context,
     )
-    prediction_file.write_summary(well_dir, summary)
-    summary["well_dir"] = well_dir
-    return summary
