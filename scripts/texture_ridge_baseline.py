@@ -76,13 +76,14 @@ def main() -> int:
     parser.add_argument("--penalty", type=float, default=100.0)
     args = parser.parse_args()
     from isl.infer import well as well_lib
+    from isl.infer import embedder as embedder_lib
     from isl.model import readout as readout_lib
     from isl.model import saving
 
     started = time.time()
     targets = args.targets.split(",")
     model, config = saving.load_model_dir(args.model_dir, input_size=None)
-    embedder = readout_lib.Embedder(model, config)
+    embedder = embedder_lib.Embedder(model, config)
 
     def field(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         well = well_lib.read_checked_well(config, directory)

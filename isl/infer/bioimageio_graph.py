@@ -32,6 +32,7 @@ from typing import Any
 
 from isl import config as config_lib
 from isl import errors
+from isl.infer import embedder as embedder_lib
 from isl.infer import export as export_lib
 
 OUTPUT_ID = export_lib.BIOIMAGEIO_OUTPUT
@@ -280,7 +281,7 @@ def _readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
     from isl.model import readout as readout_lib
 
     config, readout = predictor.config, predictor.readout
-    embedder = readout_lib.Embedder(predictor.model, config)
+    embedder = embedder_lib.Embedder(predictor.model, config)
     functions = export_lib.ServingFunctions(predictor.model, config, (), channels=None)
     if embedder.embedding_size != readout.embedding_size:
         raise errors.InputError(f"{predictor.source}: the read-out takes {readout.embedding_size} embedding channels; "

@@ -21,6 +21,7 @@ from isl import config as config_lib
 from isl import errors
 from isl import progress as progress_lib
 from isl.data import convert
+from isl.infer import embedder as embedder_lib
 from isl.io import calibration_file
 from isl.io import prediction_file
 from isl.model import geometry as geometry_lib
@@ -38,10 +39,10 @@ def choose_channels(readout: readout_lib.Readout, requested: Sequence[str] | Non
     return tuple(requested)
 
 
-def embedder_of(predictor: Any) -> readout_lib.Embedder:
+def embedder_of(predictor: Any) -> embedder_lib.Embedder:
     """The predictor's tiled core runner (built once)."""
     if predictor.readout_embedder is None:
-        predictor.readout_embedder = readout_lib.Embedder(predictor.model, predictor.config)
+        predictor.readout_embedder = embedder_lib.Embedder(predictor.model, predictor.config)
     return predictor.readout_embedder
 
 

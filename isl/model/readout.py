@@ -37,15 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from isl import config as config_lib
 from isl import errors
 from isl.io import atomic
 
 FORMAT_VERSION = 1
 DEFAULT_RADII = (1, 2, 4, 8)
 DEFAULT_PENALTY = 100.0
-# Requested output side of one embedding tile (input 506 px for the paper network): modest memory.
-TILE_OUTPUT = 264
 # E[log chi^2_1] = -1.2704: log r^2 of a normal residual underestimates log sigma^2 by this much on average.
 LOG_SQUARE_OFFSET = 1.2704
 # Statistics a read-out writes (besides quantiles qNN).
@@ -229,106 +226,6 @@ def check_radii(radii: Sequence[int]) -> tuple[int, ...]:
     return radii
 
 
-class Embedder:
-    """Runs a model's frozen core over whole images in tiles.
-
-    Tiles start on multiples of the network's shift period, so every tile
-    sees the same alignment and the embedding has no seams.
-
-    Args:
-        model: a built model with 256-bin heads (`isl.model.builder`), any input size.
-        config: its config.
-    """
-
-    def __init__(self, model: Any, config: config_lib.ExperimentConfig) -> None:
-        from isl.infer import graph as graph_lib
-        from isl.model import builder
-        from isl.model import geometry as geometry_lib
-
-        if config.model.architecture == "unet_regression":
-            raise errors.InputError(
-                "A read-out needs a network with a core embedding and 256-bin heads; the U-Net regression has none."
-            )
-        # The largest valid output side <= TILE_OUTPUT: the smallest one plus whole shift periods.
-        smallest = geometry_lib.reference_geometry(config.model)
-        periods = max(0, (TILE_OUTPUT - smallest.output_size) // smallest.phase)
-        tile = geometry_lib.geometry(config.model, smallest.output_size + smallest.phase * periods)
-        self.border = tile.border
-        self.input_size = tile.input_size
-        self.output_size = tile.output_size
-        self.stride = max(tile.phase, (tile.output_size // tile.phase) * tile.phase)
-        self.phase = tile.phase
-        self.num_z_values = config.channels.num_z_values
-        self.core = builder.core_model(graph_lib.inference_model(model))
-        self.embedding_size = int(self.core.output.shape[-1])
-
-    def crop_for(self, shape: tuple[int, int], window: tuple[int, int, int, int], radius: int = 0
-                 ) -> tuple[int, int, int, int]:
-        """The input crop whose embedding equals the whole image's on `window` widened by `radius`.
-
-        Args:
-            shape: the image's (height, width).
-            window: (row0, row1, column0, column1) inside the image, ends exclusive.
-            radius: extra embedding pixels needed around the window (the
-                read-out's largest box-mean radius).
-
-        Returns:
-            (row0, row1, column0, column1) of the crop: the window plus the
-            network's border and `radius` on each side, clipped to the image,
-            starting on multiples of the shift period (so the tiles align with
-            the whole image's and each embedding pixel is computed from the
-            same inputs as there).
-        """
-        margin = self.border + radius
-        row0, row1, column0, column1 = window
-        top = max(0, row0 - margin) // self.phase * self.phase
-        left = max(0, column0 - margin) // self.phase * self.phase
-        return top, min(shape[0], row1 + margin), left, min(shape[1], column1 + margin)
-
-    def num_tiles(self, shape: tuple[int, int]) -> int:
-        """Tiles for an image of (height, width)."""
-        return (-(-shape[0] // self.stride)) * (-(-shape[1] // self.stride))
-
-    def __call__(self, stack: np.ndarray, progress: Callable[[], None] | None = None) -> np.ndarray:
-        """`[num_source_z, H, W]` in [0, 1] -> `[H, W, E]` float32 embedding (the `rows` bands joined)."""
-        return np.concatenate([band for _, band in self.rows(stack, progress)], axis=0)
-
-    def rows(
-        self, stack: np.ndarray, progress: Callable[[], None] | None = None
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """The embedding of a `[num_source_z, H, W]` stack in bands of rows, top to bottom.
-
-        Each band is one row of tiles: `stride` rows (fewer at the bottom),
-        computed from the stack's reflect-padded rows it needs only (no
-        padded copy or network input of the whole image is made), so memory
-        is one band's whatever the image height.
-
-        Yields:
-            (first row, `[rows, W, E]` float32 embedding rows).
-        """
-        from isl.data import assemble
-
-        if stack.ndim != 3:
-            raise errors.InputError(f"A source stack must be [num_source_z, height, width]; got shape {stack.shape}.")
-        height, width = stack.shape[1:]
-        rows = -(-height // self.stride) * self.stride + self.output_size - self.stride
-        columns = -(-width // self.stride) * self.stride + self.output_size - self.stride
-        mode = "reflect" if min(height, width) > 1 else "edge"
-        column_index = pad_index(np.arange(-self.border, columns + self.border), width, mode)
-        for top in range(0, rows - self.output_size + 1, self.stride):
-            row_index = pad_index(np.arange(top - self.border, top - self.border + self.input_size), height, mode)
-            inputs = assemble.network_input(stack[:, row_index][:, :, column_index], self.num_z_values)
-            band = np.zeros((self.stride, columns, self.embedding_size), np.float32)
-            for left in range(0, columns - self.output_size + 1, self.stride):
-                tile = inputs[np.newaxis, :, left : left + self.input_size]
-                output = np.asarray(self.core.predict_on_batch(tile), np.float32)[0]
-                band[:, left : left + self.stride] = output[: self.stride, : self.stride]
-                if progress is not None:
-                    progress()
-            if top < height:
-                yield top, band[: min(self.stride, height - top), :width]
-
-
 def pad_index(indices: np.ndarray, size: int, mode: str = "reflect") -> np.ndarray:
     """Where `np.pad(..., mode)` takes each of `indices` (any integers) from an axis of `size`: "reflect" or "edge"."""
     if mode == "edge" or size == 1:
@@ -371,13 +268,15 @@ def band_features(
 
 
 def feature_bands(
-    embedder: Embedder,
+    embedder: Any,
     stack: np.ndarray,
     radii: Sequence[int],
     band_rows: int,
     progress: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """`features` of a whole `[Z, H, W]` stack in bands of at most `band_rows` rows, top to bottom.
+
+    `embedder`: anything with `isl.infer.embedder.Embedder.rows` (the core run in bands of rows).
 
     Holds the embedding rows a band's box means need (its rows, max(radii)
     above and below, and one row of tiles), never the whole embedding.

@@ -28,6 +28,7 @@ import numpy as np
 from isl import config as config_lib
 from isl import errors
 from isl.data import convert
+from isl.infer import embedder as embedder_lib
 from isl.model import readout as readout_lib
 
 # Pixels per float64 product when accumulating (about 170 MB of features at F = 320).
@@ -100,7 +101,7 @@ def _region_text(region: tuple[tuple[int, int], tuple[int, int]] | None) -> str 
 
 
 def _window_bands(
-    embedder: readout_lib.Embedder,
+    embedder: embedder_lib.Embedder,
     well: Any,
     radii: Sequence[int],
     window: tuple[int, int, int, int],
@@ -128,7 +129,7 @@ def _window_bands(
 
 def _score_well(
     fitted: readout_lib.Readout,
-    embedder: readout_lib.Embedder,
+    embedder: embedder_lib.Embedder,
     well: Any,
     directory: str,
     targets: Sequence[str],
@@ -226,7 +227,7 @@ def fit(
     _target_matrix(first_well, targets, train_dirs[0])
     for directory in train_dirs[1:]:
         _target_matrix(well_lib.read_checked_well(config, directory), targets, directory)
-    embedder = readout_lib.Embedder(model, config)
+    embedder = embedder_lib.Embedder(model, config)
     num_features = embedder.embedding_size * (1 + len(radii))
     equations = NormalEquations(num_features, len(targets))
     random = np.random.default_rng(0)

@@ -11,6 +11,7 @@ import pytest
 from isl.data import wells
 from isl.io import images
 from isl.io import model_dir as model_dir_lib
+from isl.infer import embedder as embedder_lib
 from isl.model import readout as readout_lib
 from isl.model import saving
 from tests.cli.conftest import run_isl
@@ -58,7 +59,7 @@ def test_fit_then_predict_with_the_readout_folder(tiny_model_dir, plate, tmp_pat
     model, config = saving.load_model_dir(output, input_size=None)
     stack = wells.read_well(str(plate / "b"), config.channels, ignore_unknown=True).inputs
     readout = readout_lib.load(layout.readout)
-    expected = readout.predict(readout_lib.Embedder(model, config)(stack))[..., 1]
+    expected = readout.predict(embedder_lib.Embedder(model, config)(stack))[..., 1]
     np.testing.assert_allclose(written, expected, atol=1e-4)
 
     code, out, err = run_isl(["predict", f"--model_dir={output}", f"--input_dir={plate / 'b'}",

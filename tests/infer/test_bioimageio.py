@@ -24,6 +24,7 @@ from isl.infer import bioimageio_graph as graph_lib
 from isl.infer import export
 from isl.io.model_dir import ModelDir
 from isl.model import builder
+from isl.infer import embedder as embedder_lib
 from isl.model import readout as readout_lib
 from isl.model import saving
 
@@ -68,7 +69,7 @@ def readout_dir(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("bioimageio_readout") / "model")
     model = builder.build_model(config)
     saving.save_model_dir(model, config, directory)
-    size = readout_lib.Embedder(model, config).embedding_size
+    size = embedder_lib.Embedder(model, config).embedding_size
     radii = (1, 3)
     features = size * (1 + len(radii))
     rng = np.random.default_rng(0)
@@ -182,7 +183,7 @@ def test_the_readout_graph_is_isl_predicts(readout_dir, side, monkeypatch):
     from isl.infer import well
 
     # Tiles of 72 output pixels: a 64-px image runs as one tile, a 96-px image as 2 x 2 Embedder tiles.
-    monkeypatch.setattr(readout_lib, "TILE_OUTPUT", 72)
+    monkeypatch.setattr(embedder_lib, "TILE_OUTPUT", 72)
     package_model = graph_lib.load_package_model(readout_dir)
     assert package_model.kind == "readout" and package_model.border == 0
     assert package_model.output_names == ("dapi_confocal_median", "dapi_confocal_mean", "dapi_confocal_std",
@@ -190,7 +191,7 @@ def test_the_readout_graph_is_isl_predicts(readout_dir, side, monkeypatch):
     stack = _stack(side, seed=side)
     served = package_model.serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
     predictor = well.load_predictor(model_dir=readout_dir)
-    embedder = readout_lib.Embedder(predictor.model, predictor.config)
+    embedder = embedder_lib.Embedder(predictor.model, predictor.config)
     assert embedder.num_tiles((side, side)) == (1 if side == 64 else 4)
     value, spread = predictor.readout.predict_distribution(embedder(np.moveaxis(stack[0], -1, 0)))
     expected = readout_lib.statistic_images(value, spread, ("median", "mean", "std"))
@@ -311,7 +312,7 @@ def test_the_readout_graph_applies_the_spread_scale_and_the_conditional_histogra
     from isl.infer import readout as readout_infer
     from isl.infer import well
 
-    monkeypatch.setattr(readout_lib, "TILE_OUTPUT", 72)
+    monkeypatch.setattr(embedder_lib, "TILE_OUTPUT", 72)
     stack = _stack(64, seed=3)
     plain = graph_lib.load_package_model(readout_dir).serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
     scaled_dir = _calibrated_copy(readout_dir, tmp_path, {"DAPI_CONFOCAL": {"spread_scale": 2.0},
@@ -329,7 +330,7 @@ def test_the_readout_graph_applies_the_spread_scale_and_the_conditional_histogra
     mixed_dir = _calibrated_copy(readout_dir, tmp_path / "m", {"DAPI_CONFOCAL": mixture})
     served = graph_lib.load_package_model(mixed_dir).serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
     predictor = well.load_predictor(model_dir=mixed_dir)
-    embedder = readout_lib.Embedder(predictor.model, predictor.config)
+    embedder = embedder_lib.Embedder(predictor.model, predictor.config)
     value, spread = predictor.readout.predict_distribution(embedder(np.moveaxis(stack[0], -1, 0)))
     distributions = [predictor.calibration.readout_distribution(channel, value[..., index], spread[..., index])
                      for index, channel in enumerate(predictor.readout.targets)]

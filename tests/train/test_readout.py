@@ -8,6 +8,7 @@ import pytest
 from isl import errors
 from isl import presets
 from isl.model import builder
+from isl.infer import embedder as embedder_lib
 from isl.model import readout as readout_lib
 from isl.train import readout as fit_lib
 from tests.data import wellmaker
@@ -98,7 +99,7 @@ def test_the_banded_fit_gives_the_design_matrix_weights(tiny, tmp_path, monkeypa
     from isl.infer import well as well_lib
 
     well = well_lib.read_checked_well(config, str(tmp_path / "a"))
-    embedder = readout_lib.Embedder(model, config)
+    embedder = embedder_lib.Embedder(model, config)
     design = readout_lib.features(embedder(well.inputs), (1, 4))
     equations = fit_lib.NormalEquations(design.shape[1], 1)
     equations.add(design, well.targets["DAPI_CONFOCAL"].reshape(-1, 1))
