@@ -215,18 +215,18 @@ def train_step(state: DemoState) -> dict:
 
 def predict_step(state: DemoState) -> dict:
     """Predicts the held-out well(s) at full size: median, std and error panels."""
-    from isl.infer import well as well_lib
+    from isl.infer.kinds import registry
 
     held_out = _held_out_wells(state)
     if not held_out:
         state.log("[5] predict: no held-out well (use --num_wells >= 2); skipped.")
         return {"wells": []}
-    predictor = well_lib.load_predictor(model_dir=state.model_dir)
+    predictor = registry.load_predictor(model_dir=state.model_dir)
     start = time.perf_counter()
     outputs = []
     with atomic.output_directory(state.predictions_dir, overwrite=True) as temporary:
         for directory in held_out:
-            result = well_lib.predict_well(
+            result = registry.predict_well(
                 predictor,
                 directory,
                 temporary,

@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--targets", default="DAPI_CONFOCAL", help="comma-separated target channels")
     parser.add_argument("--penalty", type=float, default=100.0)
     args = parser.parse_args()
-    from isl.infer import well as well_lib
+    from isl.data import wells as wells_lib
     from isl.infer import embedder as embedder_lib
     from isl.model import readout as readout_lib
     from isl.model import saving
@@ -86,7 +86,7 @@ def main() -> int:
     embedder = embedder_lib.Embedder(model, config)
 
     def field(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        well = well_lib.read_checked_well(config, directory)
+        well = wells_lib.read_checked_well(config, directory)
         missing = [name for name in targets if name not in well.targets]
         if missing:
             raise SystemExit(f"{directory}: no {', '.join(missing)} image")

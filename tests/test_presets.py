@@ -18,7 +18,7 @@ import pytest
 
 from isl import presets
 from isl.data import convert, pipeline, synthetic
-from isl.infer import well as well_lib
+from isl.infer.kinds import registry
 from isl.train import trainer
 
 # Modality, labels and source z counts (isl_reference.md §3.8).
@@ -86,8 +86,8 @@ def test_condition_preset_converts_trains_and_predicts(name, tmp_path):
     result = trainer.train(config, records, model_dir, 2, show_progress=False)
     assert result.final_step == 2 and np.isfinite(list(result.losses.values())).all()
 
-    predictor = well_lib.load_predictor(model_dir=model_dir)
-    written = well_lib.predict_well(predictor, wells[1], str(tmp_path / "predictions"), panels=False,
+    predictor = registry.load_predictor(model_dir=model_dir)
+    written = registry.predict_well(predictor, wells[1], str(tmp_path / "predictions"), panels=False,
                                     save_calibration=False, progress_enabled=False)
     files = os.listdir(written["well_dir"])
     for channel in config.channels.output_target_channels:

@@ -75,9 +75,11 @@ def well_stack(sample_dir: str | None, size: int, channels: Any) -> np.ndarray:
 
 def _load(model_dir: str | None, preset: str, precision: str, inference_graph: bool):
     from isl.infer import well as well_lib
+    from isl.infer.kinds import heads
+    from isl.infer.kinds import registry
 
     if model_dir:
-        return well_lib.load_predictor(model_dir, precision=precision if precision != "as_trained" else "",
+        return registry.load_predictor(model_dir, precision=precision if precision != "as_trained" else "",
                                        inference_graph=inference_graph)
     from isl import presets
     from isl.model import builder
@@ -90,7 +92,7 @@ def _load(model_dir: str | None, preset: str, precision: str, inference_graph: b
     wanted = "bfloat16" if precision == "bfloat16" else ""
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=wanted))
     return well_lib.Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=preset,
-                              model=builder.build_model(config), inference_graph=inference_graph)
+                              model=builder.build_model(config), inference_graph=inference_graph, kind=heads.KIND)
 
 
 def _heads(config) -> tuple[list[int], list[str]]:

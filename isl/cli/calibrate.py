@@ -82,8 +82,7 @@ def define_flags(flag_values: Any) -> None:
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     from isl import errors
-    from isl.eval import calibrate as calibrate_lib
-    from isl.infer import well as well_lib
+    from isl.infer.kinds import registry
     from isl.io import calibration_file
 
     if positional:
@@ -102,10 +101,10 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         raise errors.InputError(f"--model_dir={model_dir}: not a folder.")
     from isl.cli import data_flags
 
-    predictor = well_lib.load_predictor(model_dir, apply_calibration=False)
+    predictor = registry.load_predictor(model_dir, apply_calibration=False)
     # The data contract: the wells are read as the model's config.json records (or the flags say).
     predictor.config = data_flags.model_config(predictor.config, flag_values, model_dir, "calibrate")
-    calibration = calibrate_lib.calibrate(
+    calibration = registry.calibrate(
         predictor, data_dir, flag_values["region"].value, flag_values["train_dir"].value or [data_dir],
         flag_values["train_region"].value, flag_values["channels"].value or None, flag_values["min_pixels"].value,
         readout_histograms=flag_values["readout_histograms"].value,

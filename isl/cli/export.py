@@ -120,12 +120,14 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     if flag_values["format"].value == "bioimageio":
         return _run_bioimageio(flag_values, common)
     from isl.cli import data_flags
+    from isl.infer.kinds import registry
     from isl.io import calibration_file
 
     # The data contract (normalisation, channel map, --set data.*) is recorded in the export's config.json.
     statistics = export.parse_statistics(common["statistics"] or list(export.DEFAULT_STATISTICS))
     if not statistics and not flag_values["with_distributions"].value:
         raise errors.InputError("Nothing to export: give --statistics or --with_distributions.")
+    registry.check_savedmodel(common["model_dir"])
     model, config, trained = export.load_exportable(common["model_dir"])
     config = data_flags.model_config(config, flag_values, common["model_dir"], "export")
     result = export.export_keras_model(

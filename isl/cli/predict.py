@@ -141,65 +141,14 @@ def stopped_hint(flag_values: Any) -> str:
 
 
 def calibration_note(predictor: Any) -> str:
-    """One line: whether the predicted distributions are calibrated (isl calibrate), and how."""
-    calibration = predictor.calibration
-    if calibration is None:
-        if predictor.config.model.architecture == "unet_regression" and predictor.readout is None:
-            return "Uncalibrated: a U-Net regression predicts one value per pixel, no distribution."
-        return ("Uncalibrated: the model folder has no calibration.json (isl calibrate fits one on a validation "
-                "split); its distributions are as trained.")
+    """One line: whether the predicted distributions are calibrated (isl calibrate), and how (the kind says)."""
+    if predictor.calibration is None:
+        return predictor.kind.uncalibrated_note(predictor)
     if not predictor.apply_calibration:
         return "Uncalibrated (--nocalibration): the model folder's calibration.json is not applied."
     if predictor.calibration_in_graph:
         return "Calibrated: the export applies its calibration inside the graph."
-    if calibration.route == "heads":
-        values = ", ".join(f"{channel} {calibration.temperature(channel):.3f}" for channel in calibration.channels)
-        return f"Calibrated (calibration.json, temperature per channel): {values}."
-    if calibration.route == "regression":
-        values = ", ".join(f"{channel} {parameters['spread'] * calibration.spread_scale(channel):.4f}"
-                           for channel, parameters in calibration.channels.items())
-        spread = ("the predicted spread times, per channel," if predictor.config.model.regression_spread
-                  else "spread per channel")
-        return (f"Calibrated (calibration.json): the U-Net regression's value as a distribution per pixel, {spread} "
-                f"{values}, mixed with conditional histograms of the true levels where fitted.")
-    values = ", ".join(f"{channel} {calibration.spread_scale(channel):.3f}" for channel in calibration.channels)
-    mixed = [channel for channel, parameters in calibration.channels.items() if "histograms" in parameters]
-    note = f"; conditional histograms of the true levels for {', '.join(mixed)}" if mixed else ""
-    return f"Calibrated (calibration.json, spread scale per channel): {values}{note}."
-
-
-# Flags a kind of model cannot honour: name -> (the value that changes nothing, why). Given another value,
-# `isl predict` exits 2 with the reason instead of ignoring it.
-_NO_BORDER = "it keeps the input's height and width (no border, no tiles of the 256-bin heads)"
-UNSUPPORTED: dict[str, dict[str, tuple[Any, str]]] = {
-    "readout": {
-        "tile_size": (0, "a read-out embeds in its own fixed tiles"),
-        "batch_size": (1, "a read-out embeds one tile per call"),
-        "phases": (0, "a read-out's embedding is always exact"),
-        "precision": ("", "a read-out runs its core as trained"),
-        "inference_graph": (True, "a read-out always folds batch norm into its core"),
-        "simplify_panels": (True, "a read-out has no mode, so only the simplified panel (median, truth, error)"),
-    },
-    "unet_regression": {
-        "tile_size": (0, f"the U-Net regression picks its own tiles (whole up to 1024² px); {_NO_BORDER}"),
-        "batch_size": (1, "the U-Net regression predicts one tile at a time"),
-        "phases": (0, "the U-Net regression has no phases (one pass per tile)"),
-        "precision": ("", "the U-Net regression runs as trained"),
-        "inference_graph": (True, "the U-Net regression runs its Keras model directly"),
-        "simplify_panels": (True, "the U-Net regression has no distribution, so only the simplified panel"),
-        "save_calibration": (False, "the U-Net regression has no distribution to calibrate"),
-    },
-    "saved_model": {
-        "inference_graph": (True, "a SavedModel runs as exported"),
-    },
-    "heads": {},
-}
-# A U-Net regression that isl calibrate gave a distribution: its statistics and calibration TIFFs.
-UNSUPPORTED["calibrated_regression"] = {
-    **{name: reason for name, reason in UNSUPPORTED["unet_regression"].items() if name != "save_calibration"},
-    "simplify_panels": (True, "a calibrated U-Net regression has no mode, so only the simplified panel "
-                              "(median, truth, error)"),
-}
+    return predictor.kind.calibration_note(predictor)
 
 
 def precision_note(predictor: Any, requested: str) -> str:
@@ -218,23 +167,13 @@ def precision_note(predictor: Any, requested: str) -> str:
     return f"Precision: {dtype} (as trained{native})."
 
 
-def model_kind(predictor: Any) -> str:
-    """"readout", "unet_regression", "calibrated_regression" (one `isl calibrate` gave a distribution, applied),
-    "saved_model" or "heads" (a model directory with 256-bin heads)."""
-    if predictor.readout is not None:
-        return "readout"
-    if predictor.config.model.architecture == "unet_regression":
-        return "calibrated_regression" if predictor.applied_calibration is not None else "unet_regression"
-    if predictor.model is None:
-        return "saved_model"
-    return "heads"
-
-
-def refuse_unsupported(kind: str, flag_values: Any) -> None:
-    """Raises InputError (exit 2) for a flag given with a value this kind of model cannot honour."""
+def refuse_unsupported(predictor: Any, flag_values: Any) -> None:
+    """Raises InputError (exit 2) for a flag given with a value the model's kind cannot honour
+    (`ModelKind.unsupported`: name -> (the value that changes nothing, why))."""
     from isl import errors
 
-    for name, (neutral, reason) in UNSUPPORTED[kind].items():
+    kind = predictor.kind.label(predictor)
+    for name, (neutral, reason) in predictor.kind.unsupported(predictor).items():
         flag = flag_values[name]
         if not flag.present:
             continue
@@ -250,7 +189,7 @@ def refuse_unsupported(kind: str, flag_values: Any) -> None:
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     from isl import errors
     from isl.cli import data_flags
-    from isl.infer import well as well_lib
+    from isl.infer.kinds import registry
 
     if positional:
         raise errors.InputError(f"Unexpected arguments: {' '.join(positional)}")
@@ -263,26 +202,23 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     if flag_values["phases"].value not in (0, 1):
         raise errors.InputError(f"--phases must be 0 (exact) or 1. Received: {flag_values['phases'].value}")
     window = data_flags.region(flag_values)
-    predictor = well_lib.load_predictor(
+    predictor = registry.load_predictor(
         flag_values["model_dir"].value, flag_values["saved_model"].value, flag_values["precision"].value,
         inference_graph=flag_values["inference_graph"].value, apply_calibration=flag_values["calibration"].value,
     )
-    kind = model_kind(predictor)
-    refuse_unsupported(kind, flag_values)
+    refuse_unsupported(predictor, flag_values)
     statistics = flag_values["statistics"].value
-    if kind in ("unet_regression", "calibrated_regression") and not flag_values["statistics"].present:
-        from isl.infer import regression
-
-        statistics = list(regression.STATISTICS)  # Its one value, as the median and the mean (as before).
+    if not flag_values["statistics"].present and predictor.kind.default_statistics(predictor) is not None:
+        statistics = list(predictor.kind.default_statistics(predictor))
     predictor.config = data_flags.model_config(
         predictor.config, flag_values, flag_values["model_dir"].value or flag_values["saved_model"].value, "predict")
     print(calibration_note(predictor))
-    if kind in ("heads", "saved_model"):
+    if "precision" not in predictor.kind.unsupported(predictor):  # A kind that runs as trained says nothing.
         print(precision_note(predictor, flag_values["precision"].value))
     output_dir = flag_values["output_dir"].value
     wells = []
     for input_dir in flag_values["input_dir"].value:
-        summary = well_lib.predict_well(
+        summary = registry.predict_well(
             predictor,
             input_dir,
             output_dir,

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+from typing import Any
 
 import numpy as np
 
@@ -570,3 +571,30 @@ def read_well(
         metadata["ignored_files"] = [
             path for path, reason in scan.skipped if reason.endswith("not a channel of the model")]
     return Well(name=source.name, inputs=np.ascontiguousarray(inputs), targets=targets, metadata=metadata)
+
+
+def check_z(well: Any, config: config_lib.ExperimentConfig) -> None:
+    """Rejects a stack with more source slices than the model has z values.
+
+    The nearest-slice z mapping (§3.3) accepts 1..num_z_values source slices
+    (13 or 26 for the paper model); more would silently drop slices.
+
+    Raises:
+        InputError: naming the well's folder and both counts.
+    """
+    num_source_z = well.inputs.shape[0]
+    num_z_values = config.channels.num_z_values
+    if num_source_z > num_z_values:
+        raise errors.InputError(
+            f"{well.metadata.get('directory', well.name)}: the well has {num_source_z} z slices, but the model takes "
+            f"{num_z_values} z values (1 to {num_z_values} slices, e.g. 13 or 26); it would ignore some slices."
+        )
+
+
+def read_checked_well(config: config_lib.ExperimentConfig, input_dir: str) -> Any:
+    """Reads a well with the model's channels, channel map and normalisation; rejects too many z slices (`check_z`)."""
+    mapping = channel_map_lib.check(config.data.channel_map, config.channels)
+    well = read_well(input_dir, config.channels, ignore_unknown=True, normalization=config.data.normalization,
+                               channel_map=mapping)
+    check_z(well, config)
+    return well

@@ -38,6 +38,9 @@ from typing import Any
 import numpy as np
 
 from isl import errors
+from isl.data import assemble
+from isl.data import convert
+from isl.data import wells as wells_lib
 from isl.eval import calibration as calibration_lib
 from isl.io import calibration_file
 
@@ -175,7 +178,7 @@ def fit_readout(
     """A read-out channel's calibration: its spread scale and, with `histograms`, conditional histograms.
 
     Without histograms: the spread scale minimising `gaussian_nll`. With them
-    (`isl.io.calibration_file.ReadoutDistribution`): the pixels are grouped by
+    (`isl.eval.calibration.ReadoutDistribution`): the pixels are grouped by
     their predicted value (`value_groups` equal-count groups) and spread
     (`spread_groups`); per group, the histogram of the true 8-bit levels
     (`group_histograms`, +1 per bin) is mixed with the normal curve, with a
@@ -195,15 +198,13 @@ def fit_readout(
     Returns:
         The channel's parameters (`isl.io.calibration_file`).
     """
-    from isl.io import calibration_file
-
     scale = fit_spread_scale(value, spread, bins)
     if not histograms:
         return {"spread_scale": round(scale, 5)}
     parameters: dict[str, Any] = {"value_edges": equal_count_edges(value, value_groups),
                                   "spread_edges": equal_count_edges(spread, spread_groups)}
     num_groups = (len(parameters["value_edges"]) + 1) * (len(parameters["spread_edges"]) + 1)
-    group = calibration_file.histogram_group(parameters, value, spread)
+    group = calibration_lib.histogram_group(parameters, value, spread)
     second = np.arange(len(bins)) >= len(bins) // 2
     first_table = group_histograms(bins[~second], group[~second], num_groups)
     second_table = group_histograms(bins[second], group[second], num_groups)
@@ -230,8 +231,6 @@ def _sample(count: int, limit: int = MAX_FIT_PIXELS) -> np.ndarray:
 
 def region_window(spec: str, well: Any, flag: str) -> tuple[int, int, int, int]:
     """A "r0:r1,c0:c1" region (`isl.data.convert.parse_region`) resolved on a well: (r0, r1, c0, c1)."""
-    from isl.data import convert
-
     return convert.well_window(well, convert.parse_region(spec, flag), flag)
 
 
@@ -243,11 +242,10 @@ def marginal(
     Raises:
         InputError: when a channel has no labelled pixel there.
     """
-    from isl.infer import well as well_lib
 
     collected: dict[str, list[np.ndarray]] = {channel: [] for channel in channels}
     for directory in train_dirs:
-        well = well_lib.read_checked_well(config, directory)  # As the model reads wells (map, normalisation).
+        well = wells_lib.read_checked_well(config, directory)  # As the model reads wells (map, normalisation).
         values, known = _truth(config, well, channels, region_window(region, well, "--train_region"))
         for index, channel in enumerate(channels):
             collected[channel].append(values[..., index][known[..., index]])
@@ -265,80 +263,7 @@ def marginal(
 def _truth(config: Any, well: Any, channels: Sequence[str], window: tuple[int, int, int, int] | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
     """`[h, w, len(channels)]` truth values and boolean masks of a well, inside `window` (None: all of it)."""
-    from isl.data import assemble
-
     return assemble.target_window(well.targets, config.channels, tuple(well.inputs.shape[1:]), channels, window)
-
-
-def collect_heads(
-    predictor: Any, well: Any, window: tuple[int, int, int, int], channels: Sequence[str],
-    progress: Callable[[], None] | None = None,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per channel, (log-probabilities `[N, C]`, true bins `[N]`) of the validation pixels with truth.
-
-    The network runs uncalibrated over the window in strips of rows (context
-    read from the well around it, as `isl predict --region`); at most
-    `MAX_FIT_PIXELS` pixels per channel are kept.
-    """
-    from isl.infer import graph as graph_lib
-    from isl.infer import predict as predict_lib
-
-    config = predictor.config
-    heads = [config.channels.num_input_heads + config.channels.output_target_channels.index(c) for c in channels]
-    model = graph_lib.inference_model(predictor.model) if predictor.inference_graph else predictor.model
-    run_function = predict_lib.make_run_function(predict_lib.Network.from_keras(model, heads), (),
-                                                 with_log_probabilities=True)
-    values, masks = _truth(config, well, channels)
-    row0, row1, column0, column1 = window
-    num_classes = config.model.num_classes
-    strip = max(8, int(STRIP_BYTES // max(1, (column1 - column0) * len(channels) * num_classes * 4)) // 8 * 8)
-    tile_size = predict_lib.auto_tile_size(predictor.geometry, config.model, len(heads) * 2, None, "exact",
-                                           predictor.compute_dtype)
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {channel: [] for channel in channels}
-    for start in range(row0, row1, strip):
-        end = min(row1, start + strip)
-        prediction = predict_lib.predict_image(
-            None, well.inputs, predictor.geometry, config.channels.num_z_values, channel_names=channels,
-            statistics=(), tile_size=tile_size, run_function=run_function, window=(start, end, column0, column1))
-        log_probabilities = prediction.statistics["log_probabilities"]  # [rows, columns, heads, C]
-        for index, channel in enumerate(channels):
-            known = masks[start:end, column0:column1, index]
-            bins = calibration_lib.true_bins(values[start:end, column0:column1, index][known], num_classes)
-            parts[channel].append((log_probabilities[:, :, index][known].astype(np.float32), bins))
-        if progress is not None:
-            progress()
-    collected = {}
-    for channel, pieces in parts.items():
-        log_probabilities = np.concatenate([piece[0] for piece in pieces])
-        bins = np.concatenate([piece[1] for piece in pieces])
-        keep = _sample(len(bins))
-        collected[channel] = (log_probabilities[keep], bins[keep])
-    return collected
-
-
-def collect_readout(
-    predictor: Any, well: Any, window: tuple[int, int, int, int], channels: Sequence[str],
-    progress: Callable[[], None] | None = None,
-) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per channel, (value, spread, true bins), each `[N]`, of the validation pixels with truth (read-out).
-
-    The frozen core runs over the whole well, as `isl predict` does for a read-out.
-    """
-    from isl.infer import readout as readout_infer
-
-    embedding = readout_infer.embedder_of(predictor)(well.inputs, progress)
-    value, spread = predictor.readout.predict_distribution(embedding)
-    values, masks = _truth(predictor.config, well, channels)
-    row0, row1, column0, column1 = window
-    collected = {}
-    for index, channel in enumerate(channels):
-        column = predictor.readout.targets.index(channel)
-        known = masks[row0:row1, column0:column1, index]
-        bins = calibration_lib.true_bins(values[row0:row1, column0:column1, index][known])
-        keep = _sample(len(bins))
-        collected[channel] = (value[row0:row1, column0:column1, column][known][keep].astype(np.float64),
-                              spread[row0:row1, column0:column1, column][known][keep].astype(np.float64), bins[keep])
-    return collected
 
 
 def _scores_heads(log_probabilities: np.ndarray, bins: np.ndarray, temperature: float,
@@ -355,8 +280,8 @@ def _scores_heads(log_probabilities: np.ndarray, bins: np.ndarray, temperature: 
 
 def _scores_readout(value: np.ndarray, spread: np.ndarray, bins: np.ndarray, parameters: dict[str, Any],
                     histogram: np.ndarray) -> dict[str, float]:
-    """Validation figures of the calibrated read-out (`parameters` as `calibration_file.ReadoutDistribution`)."""
-    distribution = calibration_file.ReadoutDistribution.of(parameters, value, spread)
+    """Validation figures of the calibrated read-out (`parameters` as `calibration_lib.ReadoutDistribution`)."""
+    distribution = calibration_lib.ReadoutDistribution.of(parameters, value, spread)
     probability, below, crps = distribution.bin_statistics(bins / 255)
     return _summary(calibration_lib.calibration_metrics(probability, below, crps=crps, true_bins=bins,
                                                         marginal=histogram))
@@ -369,46 +294,38 @@ def _summary(metrics: dict[str, Any]) -> dict[str, float]:
 
 def calibrate(
     predictor: Any,
+    well: Any,
+    chosen: Sequence[str],
+    kind: Any,
     data_dir: str,
     region: str,
     train_dirs: Sequence[str],
     train_region: str,
-    channels: Sequence[str] | None = None,
+    requested: bool = False,
     min_pixels: int = MIN_PIXELS,
     progress: Callable[[], None] | None = None,
     readout_histograms: bool = True,
 ) -> calibration_file.Calibration:
-    """Fits the calibration of a loaded model directory (`isl.infer.well.load_predictor`) on a validation region.
+    """Fits the calibration of a loaded model folder on a validation region (`isl.infer.kinds.registry.calibrate`).
 
     Args:
         predictor: the model folder, loaded with `apply_calibration=False`.
-        data_dir: the folder of the validation well.
+        well: the validation well, read as the model reads it.
+        chosen: the target channels (the kind's `choose_channels`).
+        kind: the folder's model kind (`isl.infer.kinds.base.ModelKind`): its `calibration_route`, and
+            `calibration_data` / `fit_calibration` (collecting and fitting per channel).
+        data_dir: the folder of the validation well (recorded).
         region: "r0:r1,c0:c1", the validation pixels.
         train_dirs, train_region: where the training labels are, for the marginal histogram.
-        channels: target channels (default: the read-out's, or the model's trained ones).
+        requested: the channels were named by the user (else those without truth are dropped).
         min_pixels: the least validation pixels with truth per channel.
-        readout_histograms: a read-out's normal curve is mixed with conditional
-            histograms of the true levels (`fit_readout`); False: the spread scale only.
+        readout_histograms: a normal curve is mixed with conditional histograms of the true levels
+            (`fit_readout`); False: the spread scale only.
 
     Raises:
-        InputError: for a model without a distribution, a split without
-            truth or with fewer than `min_pixels` labelled pixels.
+        InputError: for a split without truth or with fewer than `min_pixels` labelled pixels.
     """
-    from isl.infer import well as well_lib
-
-    if predictor.model is None:
-        raise errors.InputError("isl calibrate needs a model directory (--model_dir), not an export.")
-    route = "readout" if predictor.readout is not None else "heads"
-    if route == "heads" and predictor.config.model.architecture == "unet_regression":
-        route = "regression"  # Its value becomes a distribution: `isl.eval.regression_calibration`.
-    if route == "readout":
-        from isl.infer import readout as readout_infer
-
-        chosen = readout_infer.choose_channels(predictor.readout, channels)
-    else:
-        chosen = well_lib.choose_channels(predictor.config, channels, predictor.trained_channels)
     start = time.perf_counter()
-    well = well_lib.read_checked_well(predictor.config, data_dir)
     window = region_window(region, well, "--region")
     _, masks = _truth(predictor.config, well, chosen)
     row0, row1, column0, column1 = window
@@ -416,7 +333,7 @@ def calibrate(
     if not any(counts.values()):
         raise errors.InputError(f"{data_dir}: no truth of {', '.join(chosen)} inside --region={region}; "
                                 "calibration needs the real stains of the validation split.")
-    if not channels:  # By default, the channels the split has truth for.
+    if not requested:  # By default, the channels the split has truth for.
         chosen = tuple(channel for channel in chosen if counts[channel])
         counts = {channel: counts[channel] for channel in chosen}
     short = {channel: count for channel, count in counts.items() if count < min_pixels}
@@ -426,33 +343,13 @@ def calibrate(
             + ", ".join(f"{channel} {count:,}" for channel, count in short.items())
             + f"; at least {min_pixels:,} per channel, --min_pixels).")
     histograms, marginal_counts = marginal(train_dirs, train_region, predictor.config, chosen)
+    collected = kind.calibration_data(predictor, well, window, chosen, progress)
     parameters, scores = {}, {}
-    if route == "heads":
-        collected = collect_heads(predictor, well, window, chosen, progress)
-        for channel, (log_probabilities, bins) in collected.items():
-            temperature = fit_temperature(log_probabilities, bins)
-            histogram = np.asarray(histograms[channel])
-            parameters[channel] = {"temperature": round(temperature, 5)}
-            scores[channel] = {"before": _scores_heads(log_probabilities, bins, 1.0, histogram),
-                               "after": _scores_heads(log_probabilities, bins, temperature, histogram)}
-    elif route == "regression":
-        from isl.eval import regression_calibration
-
-        collected = regression_calibration.collect(predictor, well, window, chosen, progress)
-        for channel, (value, spread, bins) in collected.items():
-            parameters[channel] = regression_calibration.fit(value, bins, readout_histograms, spread)
-            scores[channel] = regression_calibration.scores(value, bins, parameters[channel],
-                                                            np.asarray(histograms[channel]), spread)
-    else:
-        collected = collect_readout(predictor, well, window, chosen, progress)
-        for channel, (value, spread, bins) in collected.items():
-            histogram = np.asarray(histograms[channel])
-            parameters[channel] = fit_readout(value, spread, bins, readout_histograms)
-            scores[channel] = {"before": _scores_readout(value, spread, bins, {}, histogram),
-                               "after": _scores_readout(value, spread, bins, parameters[channel], histogram)}
-
+    for channel, data in collected.items():
+        parameters[channel], scores[channel] = kind.fit_calibration(data, np.asarray(histograms[channel]),
+                                                                    readout_histograms)
     return calibration_file.Calibration(
-        route=route,
+        route=kind.calibration_route,
         channels=parameters,
         marginal=histograms,
         marginal_source={"dirs": list(train_dirs), "region": train_region,

@@ -47,7 +47,9 @@ its log score and information gain are comparable with the heads'.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
@@ -202,7 +204,7 @@ def mixture_bin_probabilities(
 ) -> np.ndarray:
     """`(1 - w) * gaussian_bin_probabilities(mean, std) + w * histograms`: `[N]` ... -> `[N, C]`.
 
-    The calibrated read-out's distribution (`isl.io.calibration_file.ReadoutDistribution`):
+    The calibrated read-out's distribution (`ReadoutDistribution`):
     its normal curve mixed with a 256-bin histogram per pixel (`histograms`
     `[N, C]`, each summing to 1) with weight `w` `[N]`. Without them, the normal curve alone.
     """
@@ -260,3 +262,67 @@ def marginal_histogram(
     values = values[np.isfinite(values)]
     counts = np.bincount(true_bins(values, num_classes), minlength=num_classes).astype(np.float64) + pseudo_count
     return counts / counts.sum(), int(values.size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadoutDistribution:
+    """One read-out channel's per-pixel distribution, as `isl calibrate` shaped it.
+
+    `(1 - w) * N(value, spread^2) + w * H[g]` on the 8-bit bins (clipped to
+    [0, 1], `mixture_bin_probabilities`): `spread` the
+    read-out's times the spread scale; `g` the pixel's group, by its
+    predicted value (cut at `value_edges`) and spread (cut at
+    `spread_edges`); `H[g]` the histogram of the true levels of the
+    validation pixels of that group and `w` its weight, both fitted by
+    `isl calibrate`. Without histograms (an uncalibrated read-out, or an
+    older record with only a spread scale), the normal curve alone.
+
+    Its parameters are read and checked by `isl.io.calibration_file`. The one place the calibration shapes
+    the read-out's distribution:
+    `isl predict`'s statistics and calibration maps and `isl calibrate`'s
+    validation figures all come from here.
+    """
+
+    value: np.ndarray  # Any shape, the read-out's centre (unclipped).
+    spread: np.ndarray  # The same shape, scaled.
+    weight: np.ndarray | None = None  # The same shape, in [0, 1].
+    group: np.ndarray | None = None  # The same shape, int: a row of `histograms`.
+    histograms: np.ndarray | None = None  # [groups, 256].
+
+    @classmethod
+    def of(cls, parameters: dict[str, Any], value: np.ndarray, spread: np.ndarray) -> ReadoutDistribution:
+        """From a channel's `channels` entry (empty: uncalibrated) and the read-out's value and spread."""
+        value = np.asarray(value)
+        scaled = np.asarray(spread) * np.float32(parameters.get("spread_scale", 1.0))
+        if "histograms" not in parameters:
+            return cls(value, scaled)
+        group = histogram_group(parameters, value, np.asarray(spread))
+        weight = np.asarray(parameters["histogram_weights"], np.float32)[group]
+        return cls(value, scaled, weight, group, np.asarray(parameters["histograms"], np.float64))
+
+    @property
+    def mixed(self) -> bool:
+        return self.histograms is not None
+
+    def bin_statistics(self, true_values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(p, F, CRPS) at the true bins, as `gaussian_bin_statistics`."""
+        return gaussian_bin_statistics(self.value, self.spread, true_values, weight=self.weight,
+                                                       group=self.group, histograms=self.histograms)
+
+    def bin_probabilities(self, index: np.ndarray) -> np.ndarray:
+        """`[len(index), 256]` probabilities of the pixels at these flat indices."""
+        mixed = self.mixed
+        return mixture_bin_probabilities(
+            self.value.reshape(-1)[index], self.spread.reshape(-1)[index],
+            self.weight.reshape(-1)[index] if mixed else None,
+            self.histograms[self.group.reshape(-1)[index]] if mixed else None)
+
+
+def histogram_group(parameters: dict[str, Any], value: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Each pixel's group: `digitize(value, value_edges) * (len(spread_edges) + 1) + digitize(spread, ...)`.
+
+    `value` and `spread` as the read-out predicts them (before the spread scale).
+    """
+    spread_groups = len(parameters["spread_edges"]) + 1
+    return (np.digitize(value, np.asarray(parameters["value_edges"], np.float64)) * spread_groups
+            + np.digitize(spread, np.asarray(parameters["spread_edges"], np.float64)))

@@ -2,7 +2,7 @@
 
 The regression U-Net predicts one value per pixel and no spread. Calibration
 turns that value into the read-out's per-pixel distribution
-(`isl.io.calibration_file.ReadoutDistribution`) with the read-out's machinery
+(`isl.eval.calibration.ReadoutDistribution`) with the read-out's machinery
 (`isl.eval.calibrate.fit_readout`):
 
 * the **spread** is one number per channel, the root-mean-square error of the
@@ -27,7 +27,7 @@ so the fitted values are the ones `isl predict` later maps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -39,52 +39,6 @@ from isl.eval import calibration as calibration_lib
 # The least spread (intensity units): one 8-bit level.
 MIN_SPREAD = 1.0 / 255.0
 ROUTE = "regression"
-
-
-def window_values(predictor: Any, well: Any, window: tuple[int, int, int, int]
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(`[h, w, T]` unclipped intensities, `[h, w, T]` predicted spread or None) over `window` (r0, r1, c0, c1).
-
-    T = the config's output target channels. As `isl predict --region` runs it:
-    the window plus `context_pixels` of real image around it, one pass.
-    """
-    from isl.infer import regression
-
-    config = predictor.config
-    height, width = well.inputs.shape[1:]
-    row0, row1, column0, column1 = window
-    context = regression.context_pixels(config)
-    top, left = max(0, row0 - context), max(0, column0 - context)
-    bottom, right = min(height, row1 + context), min(width, column1 + context)
-    values, spread = regression.predict_image(predictor.model, well.inputs[:, top:bottom, left:right], config,
-                                              clip=False, with_spread=True)
-    inside = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
-    return values[inside], None if spread is None else spread[inside]
-
-
-def collect(
-    predictor: Any, well: Any, window: tuple[int, int, int, int], channels: Sequence[str],
-    progress: Callable[[], None] | None = None,
-) -> dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
-    """Per channel, (unclipped value, predicted spread or None, true bins), each `[N]`, of the validation pixels.
-
-    At most `calibrate.MAX_FIT_PIXELS` per channel (the fixed-seed sample), in row order.
-    """
-    values, spread = window_values(predictor, well, window)
-    if progress is not None:
-        progress()
-    truth, masks = calibrate_lib._truth(predictor.config, well, channels, window)
-    targets = predictor.config.channels.output_target_channels
-    collected = {}
-    for index, channel in enumerate(channels):
-        known = masks[..., index]
-        bins = calibration_lib.true_bins(truth[..., index][known])
-        keep = calibrate_lib._sample(len(bins))
-        column = targets.index(channel)
-        collected[channel] = (values[..., column][known][keep].astype(np.float64),
-                              None if spread is None else spread[..., column][known][keep].astype(np.float64),
-                              bins[keep])
-    return collected
 
 
 def base_spread(value: np.ndarray, bins: np.ndarray) -> float:
@@ -133,8 +87,6 @@ def distributions(calibration: Any, channels: Sequence[str], value: np.ndarray,
     Raises:
         InputError: for a channel the calibration does not cover.
     """
-    from isl.io import calibration_file
-
     missing = [channel for channel in channels if "spread" not in calibration.channels.get(channel, {})]
     if missing:
         calibrated = ",".join(calibration.channels)
@@ -145,6 +97,6 @@ def distributions(calibration: Any, channels: Sequence[str], value: np.ndarray,
     for index, channel in enumerate(channels):
         parameters = calibration.channels[channel]
         predicted = None if spread is None else spread[..., index]
-        result.append(calibration_file.ReadoutDistribution.of(parameters, value[..., index],
+        result.append(calibration_lib.ReadoutDistribution.of(parameters, value[..., index],
                                                               spread_array(parameters, value[..., index], predicted)))
     return result

@@ -68,6 +68,7 @@ from isl import config as config_lib
 from isl import errors
 from isl.infer import bioimageio_graph as graph_lib
 from isl.infer import export as export_lib
+from isl.infer.kinds import registry
 from isl.io import atomic
 from isl.io import model_dir as model_dir_lib
 
@@ -651,7 +652,7 @@ def export_package(
                                     "one. Remove it or choose another --export_dir.")
     if name is not None and len(name) > MAX_NAME:
         raise errors.InputError(f"--name has {len(name)} characters; bioimage.io names have at most {MAX_NAME}.")
-    package_model = graph_lib.load_package_model(model_dir, statistics, all_heads)
+    package_model = registry.load_package_model(model_dir, statistics, all_heads)
     config = package_model.config
     lap("load the model (float32)")
     default_side = (package_model.size_min + 8 * package_model.size_step if package_model.border

@@ -26,14 +26,21 @@ and TensorFlow builds without bfloat16 CPU kernels could not run it.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from isl import config as config_lib
 from isl import errors
+from isl.eval import regression_calibration
 from isl.infer import embedder as embedder_lib
 from isl.infer import export as export_lib
+from isl.infer import graph as graph_lib
+from isl.infer import image_graph
+from isl.infer import predict as predict_lib
+from isl.infer import regression
+from isl.infer import tiling
+from isl.model import geometry as geometry_lib
+from isl.model import readout as readout_lib
 
 OUTPUT_ID = export_lib.BIOIMAGEIO_OUTPUT
 # Sides of the same-size kinds (regression, read-out): any side works inside the graph; the rdf offers 64 + 16n.
@@ -93,16 +100,6 @@ class PackageModel:
         return self.size_min + self.size_step * max(0, (wanted - self.size_min) // self.size_step)
 
 
-def kind_of(model_dir: str) -> str:
-    """The kind of a model folder (without loading its weights)."""
-    from isl.io import model_dir as model_dir_lib
-
-    if os.path.isfile(model_dir_lib.ModelDir(model_dir).readout):
-        return "readout"
-    config = config_lib.load_config(model_dir_lib.ModelDir(model_dir).config)
-    return "regression" if config.model.architecture == "unet_regression" else "distribution"
-
-
 def choose_statistics(kind: str, statistics: Sequence[str] | None, calibrated: bool = False) -> tuple[str, ...]:
     """The requested statistics (None or empty: the kind's default), checked against what the kind gives.
 
@@ -127,41 +124,6 @@ def choose_statistics(kind: str, statistics: Sequence[str] | None, calibrated: b
     return chosen
 
 
-def load_package_model(
-    model_dir: str, statistics: Sequence[str] | None = None, all_heads: bool = False
-) -> PackageModel:
-    """Loads a model folder in float32 and builds its package graph (not yet traced).
-
-    Raises:
-        InputError: no model folder, no trained target head, or a bad statistic.
-    """
-    from isl.infer import well as well_lib
-
-    if not os.path.isdir(model_dir):
-        raise errors.InputError(f"{model_dir}: model directory not found.")
-    from isl.io import model_dir as model_dir_lib
-
-    has_config = os.path.isfile(model_dir_lib.ModelDir(model_dir).config)
-    kind = kind_of(model_dir) if has_config else "distribution"  # load_predictor names what is missing.
-    calibrated = kind == "regression" and _regression_calibrated(model_dir)
-    chosen = choose_statistics(kind, statistics, calibrated)
-    predictor = well_lib.load_predictor(model_dir=model_dir, precision="float32")
-    if kind == "readout":
-        return _readout_model(predictor, chosen)
-    channels = export_lib.export_channels(predictor.config, predictor.trained_channels, all_heads, model_dir)
-    if kind == "regression":
-        return _regression_model(predictor, channels, chosen)
-    return _distribution_model(predictor, channels, chosen)
-
-
-def _regression_calibrated(model_dir: str) -> bool:
-    """Whether the folder's calibration.json gives its regression a distribution (read, not yet checked fresh)."""
-    from isl.io import calibration_file
-
-    calibration = calibration_file.read(model_dir)
-    return calibration is not None and calibration.route == "regression"
-
-
 def _input_spec() -> Any:
     import tensorflow as tf
 
@@ -175,12 +137,8 @@ def _stack_channels(images: dict[str, Any], statistics: Sequence[str], count: in
     return tf.stack([images[statistic][..., index] for index in range(count) for statistic in statistics], axis=-1)
 
 
-def _distribution_model(predictor: Any, channels: tuple[str, ...], statistics: tuple[str, ...]) -> PackageModel:
+def distribution_model(predictor: Any, channels: tuple[str, ...], statistics: tuple[str, ...]) -> PackageModel:
     import tensorflow as tf
-
-    from isl.infer import graph as graph_lib
-    from isl.infer import predict as predict_lib
-    from isl.infer import tiling
 
     model = graph_lib.inference_model(predictor.model)
     # isl calibrate's temperatures (calibration.json), applied as `isl predict` applies them.
@@ -209,11 +167,9 @@ def _distribution_model(predictor: Any, channels: tuple[str, ...], statistics: t
                         border, tf.function(serve, input_signature=[_input_spec()], autograph=False), model)
 
 
-def _regression_model(predictor: Any, channels: tuple[str, ...], statistics: tuple[str, ...]) -> PackageModel:
+def regression_model(predictor: Any, channels: tuple[str, ...], statistics: tuple[str, ...]) -> PackageModel:
     import numpy as np
     import tensorflow as tf
-
-    from isl.infer import regression
 
     config = predictor.config
     if not config.model.regression_target_mean:
@@ -227,8 +183,6 @@ def _regression_model(predictor: Any, channels: tuple[str, ...], statistics: tup
     factor, pad = 2**config.model.unet_levels, regression.PAD
     calibration = predictor.applied_calibration  # isl calibrate's distribution, as `isl predict` applies it.
     if "std" in statistics:
-        from isl.eval import regression_calibration
-
         if config.model.regression_spread:
             raise errors.InputError(f"{predictor.source}: the package carries the std of a calibrated U-Net "
                                     "regression with one spread per channel, not a predicted spread "
@@ -268,17 +222,11 @@ def _regression_std(parameters: dict[str, Any], value: Any) -> Any:
     spread = raw_spread * float(parameters.get("spread_scale", 1.0))
     if "histograms" in parameters:
         return _mixture_statistics(parameters, value, raw_spread, spread)["std"]
-    from isl.model import readout as readout_lib
-
     return readout_lib.statistic_tensors(value[..., None], spread[..., None], ("std",))["std"][..., 0]
 
 
-def _readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
+def readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
     import tensorflow as tf
-
-    from isl.infer import image_graph
-    from isl.model import geometry as geometry_lib
-    from isl.model import readout as readout_lib
 
     config, readout = predictor.config, predictor.readout
     embedder = embedder_lib.Embedder(predictor.model, config)
@@ -361,7 +309,7 @@ def _readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
 def _mixture_statistics(parameters: dict[str, Any], value: Any, raw_spread: Any, spread: Any) -> dict[str, Any]:
     """`isl.model.readout.bin_statistic_images` in the graph, for one channel: `[batch, H, W]` each.
 
-    The distribution of `isl.io.calibration_file.ReadoutDistribution`:
+    The distribution of `isl.eval.calibration.ReadoutDistribution`:
     `(1 - w) * N(value, spread^2)` on the 8-bit bins (tails into the end bins)
     plus `w * H[g]`, the pixel's group `g` by its value and unscaled spread
     (`histogram_group`); the median stays the read-out's value.

@@ -379,30 +379,20 @@ def image_tile_size(config: config_lib.ExperimentConfig, num_heads: int, tile_si
 
 
 def load_exportable(model_dir: str) -> tuple[Any, config_lib.ExperimentConfig, tuple[str, ...] | None]:
-    """(model, config, trained channels) of a model directory that `isl export` can serve.
+    """(model, config, trained channels) of a model directory with 256-bin heads.
+
+    Whether the folder's kind can be served so is its kind's to say
+    (`isl.infer.kinds.registry.check_savedmodel`, which `isl export` asks first).
 
     Raises:
-        InputError: for a missing directory, a U-Net regression baseline or
-            a folder with a read-out (`isl readout`).
+        InputError: for a missing directory.
     """
     from isl.model import saving
 
     if not os.path.isdir(model_dir):
         raise errors.InputError(f"{model_dir}: model directory not found.")
-    if os.path.isfile(model_dir_lib.ModelDir(model_dir).readout):
-        raise errors.InputError(
-            f"{model_dir}: holds a ridge read-out ({model_dir_lib.READOUT_FILE}), which the SavedModel export does "
-            "not carry (it would serve the network's own heads). Package it with isl export --format=bioimageio, "
-            "or predict it with isl predict --model_dir."
-        )
     trained = saving.read_trained_channels(model_dir)
     model, config = saving.load_model_dir(model_dir)
-    if config.model.architecture == "unet_regression":
-        raise errors.InputError(
-            f"{model_dir}: a U-Net regression baseline (model.architecture=unet_regression) has no SavedModel "
-            "export (it serves the paper's 256-bin heads). Package it with isl export --format=bioimageio, or "
-            "predict it with isl predict --model_dir."
-        )
     return model, config, trained
 
 

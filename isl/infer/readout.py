@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,9 +20,13 @@ import numpy as np
 from isl import config as config_lib
 from isl import errors
 from isl import progress as progress_lib
+from isl.data import assemble
 from isl.data import convert
+from isl.data import wells as wells_lib
+from isl.eval import calibrate as calibrate_lib
+from isl.eval import calibration as calibration_lib
 from isl.infer import embedder as embedder_lib
-from isl.io import calibration_file
+from isl.infer import well as well_lib
 from isl.io import prediction_file
 from isl.model import geometry as geometry_lib
 from isl.model import readout as readout_lib
@@ -87,8 +91,6 @@ def predict_well(
         save_calibration: write the calibration TIFFs when the well holds truth.
         panel_bits: 16 or 8 (`isl.eval.panels.write_panel`).
     """
-    from isl.infer import well as well_lib
-
     if predictor.model is None or predictor.readout is None:
         raise errors.InputError(f"{predictor.source}: a read-out is predicted from its model directory (--model_dir).")
     readout = predictor.readout
@@ -100,7 +102,7 @@ def predict_well(
             f"{predictor.source}: a read-out keeps the input's height and width (reflected borders); "
             f"--border={border_mode} applies to the network's own heads."
         )
-    well = well_lib.read_checked_well(predictor.config, input_dir)
+    well = wells_lib.read_checked_well(predictor.config, input_dir)
     embedder = embedder_of(predictor)
     height, width = well.inputs.shape[1:]
     row0, row1, column0, column1 = convert.well_window(well, window)
@@ -133,7 +135,7 @@ def write_distribution_well(
     channels: Sequence[str],
     statistics: Sequence[str],
     images: dict[str, np.ndarray],
-    distributions: Sequence[calibration_file.ReadoutDistribution],
+    distributions: Sequence[calibration_lib.ReadoutDistribution],
     region: geometry_lib.OutputRegion,
     image_format: str,
     panels: bool,
@@ -153,8 +155,6 @@ def write_distribution_well(
     Returns:
         The contents of `prediction.json` plus `well_dir`.
     """
-    from isl.infer import well as well_lib
-
     well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
     os.makedirs(well_dir, exist_ok=True)
     files = well_lib.write_statistics(well_dir, well.metadata, channels, statistics, images, image_format, file_names)
@@ -177,20 +177,20 @@ def write_distribution_well(
 
 def calibrated_distributions(
     calibration: Any, channels: Sequence[str], value: np.ndarray, spread: np.ndarray
-) -> list[calibration_file.ReadoutDistribution]:
+) -> list[calibration_lib.ReadoutDistribution]:
     """Per channel, the read-out's per-pixel distribution as `isl calibrate` shaped it.
 
     Args:
         calibration: the applied `calibration_file.Calibration`, or None (as fitted).
         value, spread: `[H, W, len(channels)]`, from `Readout.predict_distribution`.
     """
-    return [calibration_file.ReadoutDistribution.of(
+    return [calibration_lib.ReadoutDistribution.of(
         {} if calibration is None else calibration.channels.get(channel, {}), value[..., index], spread[..., index])
         for index, channel in enumerate(channels)]
 
 
 def statistic_images(
-    distributions: Sequence[calibration_file.ReadoutDistribution], statistics: Sequence[str]
+    distributions: Sequence[calibration_lib.ReadoutDistribution], statistics: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """name -> `[H, W, len(distributions)]` float32: each channel's statistics (`readout_lib.statistic_images`,
     or `readout_lib.bin_statistic_images` for one with conditional histograms)."""
@@ -208,7 +208,7 @@ def statistic_images(
 
 def calibration_maps(
     config: config_lib.ExperimentConfig, well: Any, channels: Sequence[str],
-    distributions: Sequence[calibration_file.ReadoutDistribution], region: geometry_lib.OutputRegion | None = None,
+    distributions: Sequence[calibration_lib.ReadoutDistribution], region: geometry_lib.OutputRegion | None = None,
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     """The channels with truth and their calibration maps of each channel's distribution.
 
@@ -221,8 +221,6 @@ def calibration_maps(
         (channels with any labelled pixel, key -> `[H, W, len(channels)]` float32,
         NaN where the truth is missing), keys as `isl.infer.well.CALIBRATION_STATISTICS`.
     """
-    from isl.data import assemble
-
     shape = distributions[0].value.shape + (len(channels),)
     values, masks = assemble.target_window(well.targets, config.channels, tuple(well.inputs.shape[1:]), channels,
                                            None if region is None else region.bounds)
@@ -238,3 +236,26 @@ def calibration_maps(
         for key, image in zip(keys, distributions[index].bin_statistics(truth)):
             maps[key][..., index] = image
     return truth_channels, maps
+
+
+def collect_readout(
+    predictor: Any, well: Any, window: tuple[int, int, int, int], channels: Sequence[str],
+    progress: Callable[[], None] | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per channel, (value, spread, true bins), each `[N]`, of the validation pixels with truth (read-out).
+
+    The frozen core runs over the whole well, as `isl predict` does for a read-out.
+    """
+    embedding = embedder_of(predictor)(well.inputs, progress)
+    value, spread = predictor.readout.predict_distribution(embedding)
+    values, masks = calibrate_lib._truth(predictor.config, well, channels)
+    row0, row1, column0, column1 = window
+    collected = {}
+    for index, channel in enumerate(channels):
+        column = predictor.readout.targets.index(channel)
+        known = masks[row0:row1, column0:column1, index]
+        bins = calibration_lib.true_bins(values[row0:row1, column0:column1, index][known])
+        keep = calibrate_lib._sample(len(bins))
+        collected[channel] = (value[row0:row1, column0:column1, column][known][keep].astype(np.float64),
+                              spread[row0:row1, column0:column1, column][known][keep].astype(np.float64), bins[keep])
+    return collected

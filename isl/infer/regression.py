@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import assemble
 from isl.data import convert
+from isl.data import wells as wells_lib
+from isl.eval import calibrate as calibrate_lib
+from isl.eval import calibration as calibration_lib
+from isl.infer import regression_distribution
+from isl.infer import well as well_lib
 from isl.io import prediction_file
 from isl.model import geometry as geometry_lib
 from isl.model import unet_regression
@@ -50,8 +56,6 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
         `[height, width, T]` float32 intensities in [0, 1] (unclipped with `clip=False`),
         T = output target channels; with `with_spread`, (that, `[height, width, T]` spread or None).
     """
-    from isl.data import assemble
-
     if stack.ndim != 3:
         raise errors.InputError(f"A source stack must be [num_source_z, height, width]; got shape {stack.shape}.")
     if not config.model.regression_target_mean:
@@ -143,8 +147,6 @@ def predict_well(
         panels: write `target_error_panel.png` when the well holds truth.
         save_calibration: a calibrated model: write the calibration TIFFs when the well holds truth.
     """
-    from isl.infer import well as well_lib
-
     if predictor.model is None:
         raise errors.InputError(f"{predictor.source}: the U-Net regression is predicted from its model directory "
                                 "(--model_dir), not from an exported SavedModel.")
@@ -157,11 +159,9 @@ def predict_well(
             f"{' and '.join(STATISTICS)}; it has no distribution for other statistics (isl calibrate gives it one)."
         )
     if calibration is not None:
-        from isl.infer import regression_distribution
-
         regression_distribution.check_statistics(names)
     config = predictor.config
-    well = well_lib.read_checked_well(config, input_dir)
+    well = wells_lib.read_checked_well(config, input_dir)
     height, width = well.inputs.shape[1:]
     row0, row1, column0, column1 = convert.well_window(well, window)
     context = context_pixels(config)
@@ -177,8 +177,6 @@ def predict_well(
     num_runs = -(-(bottom - top) // TILE) * -(-(right - left) // TILE) if tiled else 1
     exact = (window is None or (top, left, bottom, right) == (0, 0, height, width)) and not tiled
     if calibration is not None:
-        from isl.infer import regression_distribution
-
         return regression_distribution.write_well(
             predictor, well, input_dir, output_dir, channels, names, values[..., columns],
             (row0, row1, column0, column1), image_format, panels, file_names, panel_bits, save_calibration, seconds,
@@ -207,3 +205,47 @@ def predict_well(
 def context_pixels(config: config_lib.ExperimentConfig) -> int:
     """Real image read around a `--region` window: the training patch side (the most context training showed)."""
     return max(config.model.output_size, PAD)
+
+
+def window_values(predictor: Any, well: Any, window: tuple[int, int, int, int]
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(`[h, w, T]` unclipped intensities, `[h, w, T]` predicted spread or None) over `window` (r0, r1, c0, c1).
+
+    T = the config's output target channels. As `isl predict --region` runs it:
+    the window plus `context_pixels` of real image around it, one pass.
+    """
+    config = predictor.config
+    height, width = well.inputs.shape[1:]
+    row0, row1, column0, column1 = window
+    context = context_pixels(config)
+    top, left = max(0, row0 - context), max(0, column0 - context)
+    bottom, right = min(height, row1 + context), min(width, column1 + context)
+    values, spread = predict_image(predictor.model, well.inputs[:, top:bottom, left:right], config,
+                                              clip=False, with_spread=True)
+    inside = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
+    return values[inside], None if spread is None else spread[inside]
+
+
+def collect(
+    predictor: Any, well: Any, window: tuple[int, int, int, int], channels: Sequence[str],
+    progress: Callable[[], None] | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+    """Per channel, (unclipped value, predicted spread or None, true bins), each `[N]`, of the validation pixels.
+
+    At most `calibrate.MAX_FIT_PIXELS` per channel (the fixed-seed sample), in row order.
+    """
+    values, spread = window_values(predictor, well, window)
+    if progress is not None:
+        progress()
+    truth, masks = calibrate_lib._truth(predictor.config, well, channels, window)
+    targets = predictor.config.channels.output_target_channels
+    collected = {}
+    for index, channel in enumerate(channels):
+        known = masks[..., index]
+        bins = calibration_lib.true_bins(truth[..., index][known])
+        keep = calibrate_lib._sample(len(bins))
+        column = targets.index(channel)
+        collected[channel] = (values[..., column][known][keep].astype(np.float64),
+                              None if spread is None else spread[..., column][known][keep].astype(np.float64),
+                              bins[keep])
+    return collected

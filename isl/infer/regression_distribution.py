@@ -4,7 +4,7 @@
 stores, per channel, a spread and the read-out's calibration (a spread scale,
 conditional histograms of the true levels by predicted value, their weights).
 `isl predict` then maps the regression's unclipped value through the
-read-out's distribution (`isl.io.calibration_file.ReadoutDistribution`) and
+read-out's distribution (`isl.eval.calibration.ReadoutDistribution`) and
 writes what a read-out writes: any of median, mean, std and quantiles qNN
 (`isl.infer.readout.statistic_images`), the target panel, and with the truth
 the calibration TIFFs that `isl evaluate` scores (`calibration_maps`).
@@ -26,15 +26,16 @@ from typing import Any
 import numpy as np
 
 from isl import errors
+from isl.eval import regression_calibration
+from isl.infer import readout as readout_infer
 from isl.model import geometry as geometry_lib
+from isl.model import readout as readout_lib
+from isl.model import statistic_names
 
 
 def check_statistics(statistics: Sequence[str]) -> None:
     """Raises InputError for a statistic a calibrated regression does not give (the read-out's: median, mean, std,
     quantiles qNN)."""
-    from isl.model import readout as readout_lib
-    from isl.model import statistic_names
-
     known, _ = statistic_names.parse_statistic_names(statistics)
     unsupported = [name for name in known if name not in readout_lib.STATISTICS]
     if unsupported:
@@ -75,9 +76,6 @@ def write_well(
     Returns:
         The contents of `prediction.json` plus `well_dir`.
     """
-    from isl.eval import regression_calibration
-    from isl.infer import readout as readout_infer
-
     start = time.perf_counter()
     distributions = regression_calibration.distributions(predictor.applied_calibration, channels, value, spread)
     images = readout_infer.statistic_images(distributions, tuple(dict.fromkeys(tuple(statistics) + ("median",))))

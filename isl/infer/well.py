@@ -1,9 +1,10 @@
 """Predict whole wells and write the lab-named images, panels and calibration.
 
-`load_predictor` opens a model directory (`isl train`) or an exported
-SavedModel (`isl export`, its `logits` signature); `predict_well` reads one
-well, predicts the chosen target channels with `isl.infer.predict`, and
-writes into `OUTPUT_DIR/<well name>/`:
+`Predictor` is a loaded model folder (`isl.infer.kinds.registry.load_predictor`
+opens a model directory or an exported SavedModel and sets its kind);
+`predict_heads_well` reads one well, predicts the chosen target heads with
+`isl.infer.predict`, and writes into `OUTPUT_DIR/<well name>/` (the other
+kinds reuse its writers: `write_statistics`, `write_target_panel`, ...):
 
 * one image per target channel and statistic, in the lab's naming with
   `kind-PREDICTED` and `statistic-MEDIAN` etc. (16-bit PNG, value * 65535;
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -39,12 +39,18 @@ import numpy as np
 
 from isl import config as config_lib
 from isl import errors
+from isl import progress as progress_lib
+from isl.data import assemble
+from isl.data import convert
+from isl.data import wells as wells_lib
+from isl.eval import panels as panels_lib
+from isl.infer import graph as graph_lib
 from isl.infer import predict as predict_lib
 from isl.io import atomic
-from isl.io import model_dir as model_dir_lib
+from isl.io import filenames
+from isl.io import images
 from isl.io import prediction_file
 from isl.model import geometry as geometry_lib
-from isl.model import saving as saving_lib
 from isl.model import statistic_names
 
 PREDICTION_FILE = prediction_file.PREDICTION_FILE
@@ -79,6 +85,8 @@ class Predictor:
         calibration_in_graph: the temperatures are already inside the
             SavedModel's logits (`isl export` of a calibrated model), so they
             are not applied again.
+        kind: the folder's model kind (`isl.infer.kinds.base.ModelKind`), which
+            every command asks what to do with it (`isl.infer.kinds.registry`).
     """
 
     config: config_lib.ExperimentConfig
@@ -94,6 +102,7 @@ class Predictor:
     apply_calibration: bool = True
     calibration_in_graph: bool = False
     trained_precision: str = ""
+    kind: Any = None
     _run_functions: dict = dataclasses.field(default_factory=dict)
     _inference_model: Any = None
 
@@ -119,8 +128,6 @@ class Predictor:
                 model = self.model
                 if self.inference_graph:
                     if self._inference_model is None:
-                        from isl.infer import graph as graph_lib
-
                         self._inference_model = graph_lib.inference_model(self.model)
                     model = self._inference_model
                 network = predict_lib.Network.from_keras(model, head_indices)
@@ -168,59 +175,6 @@ class Predictor:
         }
 
 
-def load_predictor(
-    model_dir: str | None = None,
-    saved_model: str | None = None,
-    precision: str = "",
-    inference_graph: bool = True,
-    apply_calibration: bool = True,
-) -> Predictor:
-    """Opens a model directory or an exported SavedModel.
-
-    Args:
-        model_dir: `config.json` + `model.weights.h5` (from `isl train`).
-        saved_model: an `isl export` directory (SavedModel with a `logits`
-            signature and `config.json`).
-        precision: "" (as trained; a bfloat16-trained model runs in float32
-            on a CPU without native bfloat16, `default_precision`),
-            "float32", or "bfloat16" (model directories only: bfloat16
-            compute, float32 logits).
-        inference_graph: fold batch norm into the activations (model
-            directories; `isl.infer.graph`).
-        apply_calibration: apply the folder's `calibration.json` when present.
-
-    Raises:
-        InputError: when neither or both are given, or the folder is not a model.
-    """
-    if bool(model_dir) == bool(saved_model):
-        raise errors.InputError("Give exactly one of --model_dir and --saved_model.")
-    if precision not in PRECISIONS:
-        raise errors.InputError(f"Unknown precision {precision!r}; use float32 or bfloat16.")
-    from isl.io import calibration_file
-
-    if model_dir:
-        predictor = _load_model_dir(model_dir, precision)
-        predictor.inference_graph = inference_graph
-    else:
-        predictor = _load_saved_model(saved_model, precision)
-        predictor.calibration_in_graph = True
-    predictor.calibration = calibration_file.read(model_dir or saved_model)
-    predictor.apply_calibration = apply_calibration
-    if predictor.calibration is not None and predictor.calibration_in_graph and not apply_calibration:
-        raise errors.InputError(f"{saved_model}: the export carries its calibration inside the graph; "
-                                "predict from the model directory to predict uncalibrated.")
-    if predictor.calibration is not None and model_dir and apply_calibration:
-        calibration_file.check_fresh(model_dir, predictor.calibration)
-    if predictor.calibration is not None and apply_calibration:
-        expected = ("readout" if predictor.readout is not None else
-                    "regression" if predictor.config.model.architecture == "unet_regression" else "heads")
-        if predictor.calibration.route != expected:
-            raise errors.InputError(
-                f"{calibration_file.path(model_dir or saved_model)}: calibrated for the {predictor.calibration.route} "
-                f"route, but this folder predicts with its {expected}; run isl calibrate again.")
-    return predictor
-
-
 def native_bfloat16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU computes bfloat16 natively (`amx_bf16` or `avx512_bf16` among its flags).
 
@@ -249,74 +203,6 @@ def default_precision(trained_precision: str, native: bool | None = None) -> str
     return "" if native else "float32"
 
 
-def _load_model_dir(model_dir: str, precision: str) -> Predictor:
-    layout = model_dir_lib.ModelDir(model_dir)
-    config_path, weights_path = layout.config, layout.weights
-    for path in (config_path, weights_path):
-        if not os.path.isfile(path):
-            raise errors.InputError(f"{model_dir}: not a model directory ({os.path.basename(path)} is missing).")
-    try:
-        trained = config_lib.load_config(config_path)
-        trained_precision, architecture = trained.train.mixed_precision, trained.model.architecture
-    except Exception:  # A damaged config.json: the loader below names the problem.
-        trained_precision, architecture = "", ""
-    if not precision and not os.path.isfile(layout.readout) and architecture != "unet_regression":
-        precision = default_precision(trained_precision)
-    if precision:
-        from isl.model import builder
-
-        config = config_lib.load_config(config_path)
-        wanted = "bfloat16" if precision == "bfloat16" else ""
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=wanted))
-        model = builder.build_model(config)
-        try:
-            model.load_weights(weights_path)
-        except (ValueError, OSError) as error:
-            raise errors.InputError(f"{weights_path}: cannot load the weights ({error}).") from None
-    else:
-        model, config = saving_lib.load_model_dir(model_dir, input_size=None)
-    readout = None
-    if os.path.isfile(layout.readout):
-        from isl.model import readout as readout_lib
-
-        readout = readout_lib.load(layout.readout)
-    return Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=model_dir, model=model,
-                     trained_channels=saving_lib.read_trained_channels(model_dir), readout=readout,
-                     trained_precision=trained_precision)
-
-
-def _load_saved_model(path: str, precision: str) -> Predictor:
-    import tensorflow as tf
-
-    from isl.infer import export as export_lib
-
-    if precision == "bfloat16":
-        raise errors.InputError("--precision=bfloat16 needs --model_dir; a SavedModel runs as exported.")
-    config_path = os.path.join(path, model_dir_lib.CONFIG_FILE)
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isfile(config_path):
-        raise errors.InputError(f"{path}: not an exported model (saved_model.pb and config.json expected).")
-    config = config_lib.load_config(config_path)
-    try:
-        loaded = tf.saved_model.load(path)
-    except Exception as error:  # Damaged files raise DecodeError, OSError, ValueError or an OpError.
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise errors.InputError(
-            f"{path}: damaged SavedModel, cannot load it ({type(error).__name__}: {first}). "
-            "Export it again with `isl export`."
-        ) from None
-    if export_lib.LOGITS_SIGNATURE not in loaded.signatures:
-        raise errors.InputError(
-            f"{path}: the SavedModel has no '{export_lib.LOGITS_SIGNATURE}' signature "
-            f"(it has {', '.join(loaded.signatures)}); re-export it with `isl export`."
-        )
-    signature = loaded.signatures[export_lib.LOGITS_SIGNATURE]
-    predictor = Predictor(config=config, geometry=geometry_lib.geometry(config.model), source=path, signature=signature,
-                          trained_channels=saving_lib.read_trained_channels(path))
-    predictor.model = None
-    predictor._loaded = loaded  # Keeps the variables alive.
-    return predictor
-
-
 def choose_channels(
     config: config_lib.ExperimentConfig,
     requested: Sequence[str] | None,
@@ -341,24 +227,6 @@ def choose_channels(
     return tuple(requested)
 
 
-def check_z(well: Any, config: config_lib.ExperimentConfig) -> None:
-    """Rejects a stack with more source slices than the model has z values.
-
-    The nearest-slice z mapping (§3.3) accepts 1..num_z_values source slices
-    (13 or 26 for the paper model); more would silently drop slices.
-
-    Raises:
-        InputError: naming the well's folder and both counts.
-    """
-    num_source_z = well.inputs.shape[0]
-    num_z_values = config.channels.num_z_values
-    if num_source_z > num_z_values:
-        raise errors.InputError(
-            f"{well.metadata.get('directory', well.name)}: the well has {num_source_z} z slices, but the model takes "
-            f"{num_z_values} z values (1 to {num_z_values} slices, e.g. 13 or 26); it would ignore some slices."
-        )
-
-
 NAME_STYLES = ("lab", "short")
 
 
@@ -369,8 +237,6 @@ def output_name(metadata: dict[str, Any], channel: str, statistic: str, extensio
     characters), which the paper's tools read; `names="short"`: `<CHANNEL>_<STATISTIC>.ext`, e.g.
     `DAPI_CONFOCAL_MEDIAN.png` (prediction.json maps channels and statistics to files either way).
     """
-    from isl.io import filenames
-
     if names == "short":
         return f"{channel}_{statistic.upper()}{extension}"
     if names != "lab":
@@ -390,8 +256,6 @@ def output_name(metadata: dict[str, Any], channel: str, statistic: str, extensio
 
 
 def _write_statistic(path: str, image: np.ndarray) -> None:
-    from isl.io import images
-
     images.write_image(path, np.round(np.clip(np.nan_to_num(image), 0, 1) * 65535).astype(np.uint16))
 
 
@@ -402,28 +266,15 @@ def _write_float_tiff(path: str, image: np.ndarray) -> None:
         tifffile.imwrite(temporary, np.asarray(image, np.float32))
 
 
-def predict_well(predictor: Predictor, input_dir: str, output_dir: str, **options: Any) -> dict[str, Any]:
-    """Predicts one well into `output_dir/<well name>/`, all or nothing.
-
-    The files are written into a private folder inside `output_dir`, which
-    then replaces the well's folder in one rename (`isl.io.atomic`), so a
-    failed or killed run leaves the previous prediction of the well as it
-    was. Arguments and result: see `_predict_well_files`.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    atomic.remove_dead_staging(output_dir, STAGING_PREFIX)
-    staging = atomic.staging_directory(output_dir, STAGING_PREFIX)
-    try:
-        summary = _predict_well_files(predictor, input_dir, staging, **options)
-        final = os.path.join(output_dir, os.path.basename(summary["well_dir"]))
-        atomic.install_directory(summary["well_dir"], final)
-        summary["well_dir"] = final
-        return summary
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 STAGING_PREFIX = ".tmp-predict-"
+
+
+def check_output_options(image_format: str, names: str) -> None:
+    """Raises InputError for an unknown image format or file-name style (every model kind writes both)."""
+    if image_format not in IMAGE_FORMATS:
+        raise errors.InputError(f"Unknown --format {image_format!r}; use png or tiff.")
+    if names not in NAME_STYLES:
+        raise errors.InputError(f"Unknown --names {names!r}; use {' or '.join(NAME_STYLES)}.")
 
 
 @dataclasses.dataclass
@@ -469,8 +320,6 @@ class WellPlan:
 
     def network_window(self, row0: int, row1: int, column0: int, column1: int) -> np.ndarray:
         """The input heads' truth `[rows, columns, num_z_values]`: the z-mapped input in a window."""
-        from isl.data import assemble
-
         stack = self.well.inputs[:, row0:row1, column0:column1]
         return assemble.network_input(stack, self.config.channels.num_z_values)[..., 0::2]
 
@@ -483,8 +332,6 @@ def truth_window(
     Returns:
         (values float32, masks bool), each `[row1 - row0, column1 - column0, len(channels)]`.
     """
-    from isl.data import assemble
-
     row0, row1, column0, column1 = window
     cropped = {name: image[row0:row1, column0:column1] for name, image in well.targets.items()}
     values, masks = assemble.target_stack(cropped, config.channels, shape=(row1 - row0, column1 - column0))
@@ -504,8 +351,6 @@ def plan_well(
     window: tuple[tuple[int, int], tuple[int, int]] | None,
 ) -> WellPlan:
     """Which heads and statistics to run for a well, and with what truth (`WellPlan`)."""
-    from isl.eval import panels as panels_lib
-
     known, quantiles = statistic_names.parse_statistic_names(statistics)
     channel_config = config.channels
     all_targets = channel_config.output_target_channels
@@ -543,8 +388,6 @@ def _pixel_window(
     """A `--region` window with its open ends resolved: (row0, row1, column0, column1), or None."""
     if window is None:
         return None
-    from isl.data import convert
-
     return convert.well_window(well, window)
 
 
@@ -615,8 +458,6 @@ def expected_peak_bytes(predictor: Predictor, plan: WellPlan, layout: RunLayout 
     runs of every result, plus the panel bands) and panels (the two
     downscaled panels). Without a layout: everything but the tiles and rows.
     """
-    from isl.eval import panels as panels_lib
-
     num_heads, num_classes = len(plan.head_indices), predictor.config.model.num_classes
     per_input, per_output = predict_lib.memory_per_pixel(
         predictor.config.model, num_heads, num_classes, predictor.compute_dtype, chunks_heads(predictor))
@@ -678,8 +519,6 @@ def run_well(
     Returns:
         (the plan figures of `predict.Prediction.info`, the seconds it took).
     """
-    from isl.progress import Progress
-
     well = plan.well
     truth_heads = len(plan.channels) if plan.with_truth else None
     chunk_rows = None
@@ -688,7 +527,7 @@ def run_well(
         chunk_rows = predict_lib.head_chunk_rows(kept_columns)
     run_function = predictor.run_function(plan.head_indices, plan.computed, plan.quantiles, plan.with_truth,
                                           predictor.head_temperatures(plan.head_indices), truth_heads, chunk_rows)
-    progress = Progress(layout.plan.num_runs, label=f"predict {well.name}", enabled=progress_enabled,
+    progress = progress_lib.Progress(layout.plan.num_runs, label=f"predict {well.name}", enabled=progress_enabled,
                         exclude_first=True)
     truth_fn = (lambda row0, row1, column0, column1: plan.truth_window(row0, row1, column0, column1)[0]
                 ) if plan.with_truth else None
@@ -714,9 +553,6 @@ class WellWriter:
 
     def __init__(self, well_dir: str, plan: WellPlan, wanted: geometry_lib.OutputRegion, image_format: str,
                  names: str, simplified_panels: bool, panel_bits: int) -> None:
-        from isl.eval import panels as panels_lib
-        from isl.io import images
-
         self.well_dir, self.plan, self.wanted, self.panel_bits = well_dir, plan, wanted, panel_bits
         metadata = plan.well.metadata
         extension = ".png" if image_format == "png" else ".tif"
@@ -786,8 +622,6 @@ class WellWriter:
 
     def commit(self) -> dict[str, str]:
         """Puts every file in place; returns the panels written ("target"/"input" -> file name)."""
-        from isl.eval import panels as panels_lib
-
         try:
             for writer, *_ in self._writers:
                 writer.commit()
@@ -800,8 +634,6 @@ class WellWriter:
                 written[key] = os.path.basename(path)
             return written
         except OSError as error:
-            from isl.io import images
-
             raise images._write_error(self.well_dir, error) from None
         finally:
             self.abort()
@@ -812,7 +644,7 @@ class WellWriter:
             writer.abort()
 
 
-def _predict_well_files(
+def predict_heads_well(
     predictor: Predictor,
     input_dir: str,
     output_dir: str,
@@ -869,28 +701,10 @@ def _predict_well_files(
         The contents of `prediction.json` (paths relative to the well folder)
         plus `well_dir`.
     """
-    if image_format not in IMAGE_FORMATS:
-        raise errors.InputError(f"Unknown --format {image_format!r}; use png or tiff.")
-    if names not in NAME_STYLES:
-        raise errors.InputError(f"Unknown --names {names!r}; use {' or '.join(NAME_STYLES)}.")
-    if predictor.readout is not None:
-        from isl.infer import readout as readout_infer
-
-        return readout_infer.predict_well(predictor, input_dir, output_dir, channels, statistics, image_format,
-                                          progress_enabled, border_mode, window, panels, names, save_calibration,
-                                          panel_bits)
     chosen = choose_channels(predictor.config, channels, predictor.trained_channels)
-    if predictor.config.model.architecture == "unet_regression":
-        from isl.infer import regression
-
-        if border_mode != "reflect":
-            raise errors.InputError(f"{predictor.source}: the U-Net regression keeps the input's height and width; "
-                                    f"--border={border_mode} applies to models with a border (256-bin heads).")
-        return regression.predict_well(predictor, input_dir, output_dir, chosen, image_format, statistics, window,
-                                       panels, names, panel_bits, save_calibration)
     if phases not in (0, 1):
         raise errors.InputError(f"--phases must be 0 (exact) or 1 (one run per tile). Received: {phases}")
-    well = read_checked_well(predictor.config, input_dir)
+    well = wells_lib.read_checked_well(predictor.config, input_dir)
     plan = plan_well(predictor.config, well, chosen, statistics, panels, simplified_panels, save_calibration,
                      "one" if phases == 1 else "exact", window)
     layout = layout_well(predictor, plan, border_mode, tile_size, memory_budget_bytes)
@@ -919,18 +733,6 @@ def _predict_well_files(
     prediction_file.write_summary(well_dir, summary)
     summary["well_dir"] = well_dir
     return summary
-
-
-def read_checked_well(config: config_lib.ExperimentConfig, input_dir: str) -> Any:
-    """Reads a well with the model's channels, channel map and normalisation; rejects too many z slices (`check_z`)."""
-    from isl.data import channel_map as channel_map_lib
-    from isl.data import wells as wells_lib
-
-    mapping = channel_map_lib.check(config.data.channel_map, config.channels)
-    well = wells_lib.read_well(input_dir, config.channels, ignore_unknown=True, normalization=config.data.normalization,
-                               channel_map=mapping)
-    check_z(well, config)
-    return well
 
 
 def write_statistics(
@@ -1066,9 +868,6 @@ def write_target_panel(
     Returns:
         (the channels with truth, {"target": file name} or {} without truth).
     """
-    from isl.data import assemble
-    from isl.eval import panels as panels_lib
-
     values, known = assemble.target_window(well.targets, config.channels, tuple(well.inputs.shape[1:]), channels,
                                            region.bounds)
     masks = known.astype(np.float32)

@@ -12,7 +12,7 @@ The one owner of its contents, reading and writing. Keys:
     channels         {channel: {"temperature": T} or {"spread_scale": s[, "value_edges": [V - 1],
                      "spread_edges": [S - 1], "histogram_weights": [V * S], "histograms":
                      [V * S rows of 256 probabilities]]}}: the read-out's optional conditional
-                     histograms (`ReadoutDistribution`); a record with only a spread
+                     histograms (`isl.eval.calibration.ReadoutDistribution`); a record with only a spread
                      scale (older files) is a plain normal distribution
     marginal         {channel: [256 probabilities]}: the training data's histogram of
                      8-bit levels (add-one smoothed), the reference of the information gain
@@ -22,7 +22,7 @@ The one owner of its contents, reading and writing. Keys:
     scores           {channel: {"before": {...}, "after": {...}}}: validation figures
 
 `isl predict` applies it (heads: logits / T before the softmax; read-out:
-`ReadoutDistribution`) unless told not to, and copies it into `prediction.json`, where
+`isl.eval.calibration.ReadoutDistribution`) unless told not to, and copies it into `prediction.json`, where
 `isl evaluate` finds the marginal. A model directory without this file
 predicts as trained, and says it is uncalibrated. A record whose fingerprint
 no longer matches the folder's weights (trained or recalibrated since) is
@@ -65,10 +65,6 @@ class Calibration:
     def spread_scale(self, channel: str) -> float:
         """The channel's spread scale (1 when it has none)."""
         return float(self.channels.get(channel, {}).get("spread_scale", 1.0))
-
-    def readout_distribution(self, channel: str, value: np.ndarray, spread: np.ndarray) -> ReadoutDistribution:
-        """The channel's calibrated read-out distribution per pixel."""
-        return ReadoutDistribution.of(self.channels.get(channel, {}), value, spread)
 
     def to_json(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
@@ -132,73 +128,6 @@ def _channel_parameters(name: str, values: dict[str, Any]) -> dict[str, Any]:
         parameters.update(value_edges=value_edges, spread_edges=spread_edges, histogram_weights=weights,
                           histograms=histograms.tolist())
     return parameters
-
-
-@dataclasses.dataclass(frozen=True)
-class ReadoutDistribution:
-    """One read-out channel's per-pixel distribution, as `isl calibrate` shaped it.
-
-    `(1 - w) * N(value, spread^2) + w * H[g]` on the 8-bit bins (clipped to
-    [0, 1], `isl.eval.calibration.mixture_bin_probabilities`): `spread` the
-    read-out's times the spread scale; `g` the pixel's group, by its
-    predicted value (cut at `value_edges`) and spread (cut at
-    `spread_edges`); `H[g]` the histogram of the true levels of the
-    validation pixels of that group and `w` its weight, both fitted by
-    `isl calibrate`. Without histograms (an uncalibrated read-out, or an
-    older record with only a spread scale), the normal curve alone.
-
-    The one place the calibration shapes the read-out's distribution:
-    `isl predict`'s statistics and calibration maps and `isl calibrate`'s
-    validation figures all come from here.
-    """
-
-    value: np.ndarray  # Any shape, the read-out's centre (unclipped).
-    spread: np.ndarray  # The same shape, scaled.
-    weight: np.ndarray | None = None  # The same shape, in [0, 1].
-    group: np.ndarray | None = None  # The same shape, int: a row of `histograms`.
-    histograms: np.ndarray | None = None  # [groups, 256].
-
-    @classmethod
-    def of(cls, parameters: dict[str, Any], value: np.ndarray, spread: np.ndarray) -> ReadoutDistribution:
-        """From a channel's `channels` entry (empty: uncalibrated) and the read-out's value and spread."""
-        value = np.asarray(value)
-        scaled = np.asarray(spread) * np.float32(parameters.get("spread_scale", 1.0))
-        if "histograms" not in parameters:
-            return cls(value, scaled)
-        group = histogram_group(parameters, value, np.asarray(spread))
-        weight = np.asarray(parameters["histogram_weights"], np.float32)[group]
-        return cls(value, scaled, weight, group, np.asarray(parameters["histograms"], np.float64))
-
-    @property
-    def mixed(self) -> bool:
-        return self.histograms is not None
-
-    def bin_statistics(self, true_values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(p, F, CRPS) at the true bins, as `isl.eval.calibration.gaussian_bin_statistics`."""
-        from isl.eval import calibration as calibration_lib
-
-        return calibration_lib.gaussian_bin_statistics(self.value, self.spread, true_values, weight=self.weight,
-                                                       group=self.group, histograms=self.histograms)
-
-    def bin_probabilities(self, index: np.ndarray) -> np.ndarray:
-        """`[len(index), 256]` probabilities of the pixels at these flat indices."""
-        from isl.eval import calibration as calibration_lib
-
-        mixed = self.mixed
-        return calibration_lib.mixture_bin_probabilities(
-            self.value.reshape(-1)[index], self.spread.reshape(-1)[index],
-            self.weight.reshape(-1)[index] if mixed else None,
-            self.histograms[self.group.reshape(-1)[index]] if mixed else None)
-
-
-def histogram_group(parameters: dict[str, Any], value: np.ndarray, spread: np.ndarray) -> np.ndarray:
-    """Each pixel's group: `digitize(value, value_edges) * (len(spread_edges) + 1) + digitize(spread, ...)`.
-
-    `value` and `spread` as the read-out predicts them (before the spread scale).
-    """
-    spread_groups = len(parameters["spread_edges"]) + 1
-    return (np.digitize(value, np.asarray(parameters["value_edges"], np.float64)) * spread_groups
-            + np.digitize(spread, np.asarray(parameters["spread_edges"], np.float64)))
 
 
 def fingerprint(model_dir: str) -> str:

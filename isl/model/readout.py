@@ -376,7 +376,7 @@ def bin_statistic_images(
     keeps the better Pearson r (BUILD_NOTES, Session 7, issue 26 follow-up).
 
     Args:
-        distribution: `isl.io.calibration_file.ReadoutDistribution` of one channel, `[H, W]`.
+        distribution: `isl.eval.calibration.ReadoutDistribution` of one channel, `[H, W]`.
         statistics: names among `STATISTICS` and quantiles "qNN".
 
     Returns:

@@ -28,6 +28,7 @@ import numpy as np
 from isl import config as config_lib
 from isl import errors
 from isl.data import convert
+from isl.data import wells as wells_lib
 from isl.infer import embedder as embedder_lib
 from isl.model import readout as readout_lib
 
@@ -203,8 +204,6 @@ def fit(
         InputError: for a missing target image, a bad well folder, or a
             network without a core embedding.
     """
-    from isl.infer import well as well_lib
-
     if not train_dirs:
         raise errors.InputError("Give at least one training well folder (--train_dir).")
     if penalty <= 0:
@@ -218,7 +217,7 @@ def fit(
     start = time.perf_counter()
     # Every training well is checked before the first (slow) embedding; only the first stays in memory
     # (the others are read again in turn), so memory holds one well whatever their number.
-    first_well = well_lib.read_checked_well(config, train_dirs[0])
+    first_well = wells_lib.read_checked_well(config, train_dirs[0])
     if not targets:
         targets = [name for name in known if name in first_well.targets]
         if not targets:
@@ -226,14 +225,14 @@ def fit(
                                     f"({', '.join(known)}) to fit the read-out on.")
     _target_matrix(first_well, targets, train_dirs[0])
     for directory in train_dirs[1:]:
-        _target_matrix(well_lib.read_checked_well(config, directory), targets, directory)
+        _target_matrix(wells_lib.read_checked_well(config, directory), targets, directory)
     embedder = embedder_lib.Embedder(model, config)
     num_features = embedder.embedding_size * (1 + len(radii))
     equations = NormalEquations(num_features, len(targets))
     random = np.random.default_rng(0)
     kept_features, kept_targets = [], []
     for index, directory in enumerate(train_dirs):
-        well = first_well if index == 0 else well_lib.read_checked_well(config, directory)
+        well = first_well if index == 0 else wells_lib.read_checked_well(config, directory)
         first_well = None
         truth = _target_matrix(well, targets, directory).reshape(well.inputs.shape[1:] + (-1,))
         window = convert.well_window(well, region, "--region")
@@ -270,7 +269,7 @@ def fit(
     coverage: dict[str, dict[str, list[float]]] = {}
     for directory in eval_dirs:
         scores[directory], coverage[directory] = _score_well(
-            fitted, embedder, well_lib.read_checked_well(config, directory), directory, targets, radii,
+            fitted, embedder, wells_lib.read_checked_well(config, directory), directory, targets, radii,
             convert_region=eval_region, progress=progress)
     record = {
         "train_dirs": list(train_dirs),

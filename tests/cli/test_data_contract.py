@@ -245,9 +245,9 @@ def test_regression_predictions_with_truth_write_a_target_panel(regression_model
 
 
 def test_readout_refuses_flags_it_cannot_honour(phase_model, bright_field, tmp_path, capsys):
-    from isl.cli import predict
+    from isl.infer.kinds import readout as readout_kind
 
-    assert predict.UNSUPPORTED["readout"]["tile_size"][0] == 0
+    assert readout_kind.KIND.unsupported(None)["tile_size"][0] == 0
     output = tmp_path / "readout"
     code, _, err = run_isl(["readout", f"--model_dir={phase_model}", f"--train_dir={bright_field[0]}", "--radii=1",
                             "--channel_map=BRIGHTFIELD=PHASE_CONTRAST", f"--output_dir={output}", "--noprogress"],

@@ -65,7 +65,6 @@ def test_the_fitted_mixture_weight_recovers_the_fraction_drawn_from_the_histogra
 
 
 def test_conditional_histograms_turn_a_background_spike_into_a_positive_information_gain():
-    from isl.io import calibration_file
 
     level = 50
     value, spread, bins = _spiked_readout(3, level=level)
@@ -75,7 +74,7 @@ def test_conditional_histograms_turn_a_background_spike_into_a_positive_informat
     parameters = calibrate.fit_readout(value, spread, bins)
     gains = {}
     for name, fitted in (("normal", {}), ("histograms", parameters)):
-        distribution = calibration_file.ReadoutDistribution.of(fitted, test_value, test_spread)
+        distribution = calibration.ReadoutDistribution.of(fitted, test_value, test_spread)
         probability, below, crps = distribution.bin_statistics(test_bins / 255)
         gains[name] = calibration.calibration_metrics(probability, below, crps=crps, true_bins=test_bins,
                                                       marginal=marginal)
@@ -83,9 +82,9 @@ def test_conditional_histograms_turn_a_background_spike_into_a_positive_informat
     assert 0.85 <= gains["histograms"]["coverage_90"] <= 0.95 and 0.4 <= gains["histograms"]["coverage_50"] <= 0.6
     # The spike's fraction is recovered by the dark pixels' histogram (0.4 at the level, none in the bright ones'),
     # and the mixture gives a dark pixel many times the normal curve's probability of the background level.
-    pixels = calibration_file.ReadoutDistribution.of(parameters, np.array([0.15, 0.55]), np.array([0.03, 0.03]))
+    pixels = calibration.ReadoutDistribution.of(parameters, np.array([0.15, 0.55]), np.array([0.03, 0.03]))
     histograms = np.asarray(parameters["histograms"])
-    members = int((calibration_file.histogram_group(parameters, value, spread) == pixels.group[0]).sum())
+    members = int((calibration.histogram_group(parameters, value, spread) == pixels.group[0]).sum())
     pseudo = calibrate.HISTOGRAM_PSEUDO_COUNT * 256  # The add-one smoothing's share of the group's mass.
     assert histograms[pixels.group[0], level] == pytest.approx(0.4 * members / (members + pseudo), abs=0.03)
     assert histograms[pixels.group[1], level] < 0.01
@@ -101,7 +100,7 @@ def test_an_old_record_with_a_spread_scale_only_is_a_scaled_normal_curve():
            "marginal": {"DAPI": [1 / 256] * 256}}
     record = calibration_file.Calibration.from_json(old)
     value, spread = np.array([0.3, 0.6]), np.array([0.02, 0.05])
-    distribution = record.readout_distribution("DAPI", value, spread)
+    distribution = calibration.ReadoutDistribution.of(record.channels["DAPI"], value, spread)
     assert not distribution.mixed
     truth = np.array([0.31, 0.5])
     expected = calibration.gaussian_bin_statistics(value, spread * 1.5, truth)
@@ -116,7 +115,8 @@ def test_a_record_with_malformed_histograms_is_refused():
     parameters = calibrate.fit_readout(value, spread, bins, value_groups=4, spread_groups=2)
     record = {"format_version": 1, "route": "readout", "channels": {"DAPI": parameters},
               "marginal": {"DAPI": [1 / 256] * 256}}
-    assert calibration_file.Calibration.from_json(record).readout_distribution("DAPI", value, spread).mixed
+    assert calibration.ReadoutDistribution.of(
+        calibration_file.Calibration.from_json(record).channels["DAPI"], value, spread).mixed
     for key, broken in (("histograms", parameters["histograms"][:-1]), ("histogram_weights", [2.0] * 8),
                         ("value_edges", parameters["value_edges"][::-1])):
         with pytest.raises(ValueError, match=key):

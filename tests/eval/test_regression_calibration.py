@@ -115,12 +115,11 @@ def test_calibrated_regression_predicts_and_evaluates_a_distribution(regression_
 
 
 def test_the_bioimageio_graph_carries_the_calibrated_std(regression_setup, tmp_path):
-    from isl.eval import calibrate as calibrate_lib
-    from isl.infer import bioimageio_graph as graph_lib
+    from isl.data import wells as wells_lib
     from isl.infer import export
     from isl.infer import readout as readout_infer
     from isl.infer import regression
-    from isl.infer import well as well_lib
+    from isl.infer.kinds import registry
 
     source, well_dir = regression_setup
     model_dir = str(tmp_path / "model")
@@ -130,15 +129,15 @@ def test_the_bioimageio_graph_carries_the_calibrated_std(regression_setup, tmp_p
         json.dump({"target_channels": list(channels)}, file)
     # Uncalibrated, the package refuses std as before.
     with pytest.raises(Exception, match="U-Net regression .*not std"):
-        graph_lib.load_package_model(model_dir, ["median", "std"])
-    predictor = well_lib.load_predictor(model_dir, apply_calibration=False)
-    calibration = calibrate_lib.calibrate(predictor, well_dir, "0:48,:", [well_dir], "48:96,:", channels,
-                                          min_pixels=100)
+        registry.load_package_model(model_dir, ["median", "std"])
+    predictor = registry.load_predictor(model_dir, apply_calibration=False)
+    calibration = registry.calibrate(predictor, well_dir, "0:48,:", [well_dir], "48:96,:", channels,
+                                     min_pixels=100)
     calibration_file.write(model_dir, calibration)
-    package_model = graph_lib.load_package_model(model_dir, ["median", "mean", "std"])
+    package_model = registry.load_package_model(model_dir, ["median", "mean", "std"])
     assert package_model.statistics == ("median", "mean", "std")
-    predictor = well_lib.load_predictor(model_dir, precision="float32")  # As the package runs (the recipe: bf16).
-    stack = np.moveaxis(well_lib.read_checked_well(predictor.config, well_dir).inputs[:, :96, :96], 0, -1)[None]
+    predictor = registry.load_predictor(model_dir, precision="float32")  # As the package runs (the recipe: bf16).
+    stack = np.moveaxis(wells_lib.read_checked_well(predictor.config, well_dir).inputs[:, :96, :96], 0, -1)[None]
     served = package_model.serve(stack.astype(np.float32))[export.BIOIMAGEIO_OUTPUT].numpy()[0]
     targets = predictor.config.channels.output_target_channels
     value = regression.predict_image(predictor.model, np.moveaxis(stack[0], -1, 0), predictor.config, clip=False)
@@ -155,9 +154,9 @@ def test_the_bioimageio_graph_carries_the_calibrated_std(regression_setup, tmp_p
 
 
 def test_the_spread_recipe_predicts_a_spread_trains_on_the_gaussian_nll_and_calibrates_with_it(tmp_path, capsys):
-    from isl.eval import calibrate as calibrate_lib
+    from isl.data import wells as wells_lib
     from isl.infer import regression
-    from isl.infer import well as well_lib
+    from isl.infer.kinds import registry
     from isl.model import losses
     from isl.model import unet_regression
 
@@ -185,12 +184,12 @@ def test_the_spread_recipe_predicts_a_spread_trains_on_the_gaussian_nll_and_cali
     saving.save_model_dir(model, config, model_dir)
     well = str(tmp_path / "well")
     structured_well(well, 3, 96, 100)
-    predictor = well_lib.load_predictor(model_dir, apply_calibration=False)
-    stack = well_lib.read_checked_well(predictor.config, well).inputs
+    predictor = registry.load_predictor(model_dir, apply_calibration=False)
+    stack = wells_lib.read_checked_well(predictor.config, well).inputs
     values, spread = regression.predict_image(predictor.model, stack, predictor.config, with_spread=True)
     assert values.shape == spread.shape == (96, 100, 4) and np.all(spread > 0) and np.ptp(spread) > 0
-    calibration = calibrate_lib.calibrate(predictor, well, "0:48,:", [well], "48:96,:",
-                                          ("DAPI_CONFOCAL", "MAP2_CONFOCAL"), min_pixels=100)
+    calibration = registry.calibrate(predictor, well, "0:48,:", [well], "48:96,:",
+                                     ("DAPI_CONFOCAL", "MAP2_CONFOCAL"), min_pixels=100)
     parameters = calibration.channels["DAPI_CONFOCAL"]
     assert parameters["spread"] == 1.0 and len(parameters["spread_edges"]) == 1  # Grouped by the predicted spread.
     calibration_file.write(model_dir, calibration)

@@ -19,12 +19,13 @@ import pytest
 from isl import config as config_lib
 from isl import errors
 from isl import presets
+from isl.eval import calibration as calibration_lib
 from isl.infer import bioimageio as bioimageio_lib
-from isl.infer import bioimageio_graph as graph_lib
+from isl.infer import embedder as embedder_lib
 from isl.infer import export
+from isl.infer.kinds import registry
 from isl.io.model_dir import ModelDir
 from isl.model import builder
-from isl.infer import embedder as embedder_lib
 from isl.model import readout as readout_lib
 from isl.model import saving
 
@@ -140,7 +141,7 @@ def test_the_stored_outputs_are_the_graphs_and_the_rdf_states_the_tolerance(pack
 
     stack = np.load(os.path.join(package.package_dir, "test_input.npy"))
     stored = np.load(os.path.join(package.package_dir, "test_output_prediction.npy"))
-    here = bioimageio_lib.test_outputs(graph_lib.load_package_model(model_dir), stack)
+    here = bioimageio_lib.test_outputs(registry.load_package_model(model_dir), stack)
     np.testing.assert_allclose(here, stored, atol=1e-6)
     rdf = YAML(typ="safe").load(open(os.path.join(package.package_dir, "rdf.yaml")))
     (tolerance,) = rdf["config"]["bioimageio"]["reproducibility_tolerance"]
@@ -150,7 +151,7 @@ def test_the_stored_outputs_are_the_graphs_and_the_rdf_states_the_tolerance(pack
 
 def test_the_dense_graph_equals_the_stitched_exact_plan(model_dir):
     """For one shift class (the tiny preset, the shipped 24-px checkpoint) one dense run is the exact plan."""
-    package_model = graph_lib.load_package_model(model_dir)
+    package_model = registry.load_package_model(model_dir)
     stack = _stack(42 + 4 * 7, num_z=5)
     dense = package_model.serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()
     functions = export.ServingFunctions(package_model.tracked, package_model.config, package_model.statistics,
@@ -162,14 +163,13 @@ def test_the_dense_graph_equals_the_stitched_exact_plan(model_dir):
 
 def test_the_regression_graph_is_isl_predicts(regression_dir):
     from isl.infer import regression
-    from isl.infer import well
 
-    package_model = graph_lib.load_package_model(regression_dir)
+    package_model = registry.load_package_model(regression_dir)
     assert package_model.kind == "regression" and package_model.statistics == ("median", "mean")
     assert package_model.channels == ("DAPI_CONFOCAL", "NFH_CONFOCAL") and package_model.border == 0
     stack = _stack(64 + 16 * 2)
     served = package_model.serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
-    predictor = well.load_predictor(model_dir=regression_dir)
+    predictor = registry.load_predictor(model_dir=regression_dir)
     expected = regression.predict_image(predictor.model, np.moveaxis(stack[0], -1, 0), predictor.config)
     targets = predictor.config.channels.output_target_channels
     for index, channel in enumerate(package_model.channels):
@@ -180,17 +180,16 @@ def test_the_regression_graph_is_isl_predicts(regression_dir):
 
 @pytest.mark.parametrize("side", [64, 96])
 def test_the_readout_graph_is_isl_predicts(readout_dir, side, monkeypatch):
-    from isl.infer import well
 
     # Tiles of 72 output pixels: a 64-px image runs as one tile, a 96-px image as 2 x 2 Embedder tiles.
     monkeypatch.setattr(embedder_lib, "TILE_OUTPUT", 72)
-    package_model = graph_lib.load_package_model(readout_dir)
+    package_model = registry.load_package_model(readout_dir)
     assert package_model.kind == "readout" and package_model.border == 0
     assert package_model.output_names == ("dapi_confocal_median", "dapi_confocal_mean", "dapi_confocal_std",
                                           "map2_confocal_median", "map2_confocal_mean", "map2_confocal_std")
     stack = _stack(side, seed=side)
     served = package_model.serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
-    predictor = well.load_predictor(model_dir=readout_dir)
+    predictor = registry.load_predictor(model_dir=readout_dir)
     embedder = embedder_lib.Embedder(predictor.model, predictor.config)
     assert embedder.num_tiles((side, side)) == (1 if side == 64 else 4)
     value, spread = predictor.readout.predict_distribution(embedder(np.moveaxis(stack[0], -1, 0)))
@@ -310,14 +309,13 @@ def test_the_readout_graph_applies_the_spread_scale_and_the_conditional_histogra
     """isl calibrate's read-out calibration is in the package graph as in isl predict: the spread scale, and
     the 256-bin mixture with conditional histograms (mean and std of the mixture, the median the value)."""
     from isl.infer import readout as readout_infer
-    from isl.infer import well
 
     monkeypatch.setattr(embedder_lib, "TILE_OUTPUT", 72)
     stack = _stack(64, seed=3)
-    plain = graph_lib.load_package_model(readout_dir).serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
+    plain = registry.load_package_model(readout_dir).serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
     scaled_dir = _calibrated_copy(readout_dir, tmp_path, {"DAPI_CONFOCAL": {"spread_scale": 2.0},
                                                           "MAP2_CONFOCAL": {"spread_scale": 0.5}})
-    scaled = graph_lib.load_package_model(scaled_dir).serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
+    scaled = registry.load_package_model(scaled_dir).serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
     np.testing.assert_allclose(scaled[..., 0], plain[..., 0], atol=1e-6)  # the median is the value
     np.testing.assert_allclose(scaled[..., 2], np.minimum(plain[..., 2] * 2.0, 1.0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scaled[..., 5], np.minimum(plain[..., 5] * 0.5, 1.0), rtol=1e-5, atol=1e-6)
@@ -328,11 +326,12 @@ def test_the_readout_graph_applies_the_spread_scale_and_the_conditional_histogra
                "histogram_weights": [0.1, 0.9, 0.5, 0.3, 0.7, 0.2], "histograms": histograms.tolist(),
                "spread_scale": 1.5}
     mixed_dir = _calibrated_copy(readout_dir, tmp_path / "m", {"DAPI_CONFOCAL": mixture})
-    served = graph_lib.load_package_model(mixed_dir).serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
-    predictor = well.load_predictor(model_dir=mixed_dir)
+    served = registry.load_package_model(mixed_dir).serve(stack)[export.BIOIMAGEIO_OUTPUT].numpy()[0]
+    predictor = registry.load_predictor(model_dir=mixed_dir)
     embedder = embedder_lib.Embedder(predictor.model, predictor.config)
     value, spread = predictor.readout.predict_distribution(embedder(np.moveaxis(stack[0], -1, 0)))
-    distributions = [predictor.calibration.readout_distribution(channel, value[..., index], spread[..., index])
+    distributions = [calibration_lib.ReadoutDistribution.of(predictor.calibration.channels.get(channel, {}),
+                                                          value[..., index], spread[..., index])
                      for index, channel in enumerate(predictor.readout.targets)]
     assert distributions[0].mixed and not distributions[1].mixed
     expected = readout_infer.statistic_images(distributions, ("median", "mean", "std"))

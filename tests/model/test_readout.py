@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from isl import errors
+from isl.eval import calibration as calibration_lib
 from isl.model import readout as readout_lib
 
 
@@ -101,7 +102,6 @@ def test_radii_must_be_distinct_positive_and_increasing(radii):
 
 
 def test_statistics_of_a_calibrated_readout_come_from_its_bins_by_the_heads_rules():
-    from isl.io import calibration_file
 
     # Two groups by value (edge 0.5), one by spread; the dark group's histogram is all at level 50, weight 0.6.
     histograms = np.full((2, 256), 1e-9)
@@ -111,7 +111,7 @@ def test_statistics_of_a_calibrated_readout_come_from_its_bins_by_the_heads_rule
     parameters = {"spread_scale": 1.0, "value_edges": [0.5], "spread_edges": [], "histogram_weights": [0.6, 0.0],
                   "histograms": histograms.tolist()}
     value, spread = np.array([[0.4, 0.7]]), np.array([[0.02, 0.05]])
-    distribution = calibration_file.ReadoutDistribution.of(parameters, value, spread)
+    distribution = calibration_lib.ReadoutDistribution.of(parameters, value, spread)
     images = readout_lib.bin_statistic_images(distribution, ["median", "q05", "q95", "mean", "std"], chunk=1)
     probabilities = distribution.bin_probabilities(np.arange(2))
     levels = np.arange(256) / 255

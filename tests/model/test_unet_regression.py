@@ -105,7 +105,7 @@ def test_prediction_without_target_statistics_is_refused():
 
 
 def test_the_savedmodel_export_refuses_the_regression_baseline_and_points_to_bioimageio(tmp_path):
-    from isl.infer import export
+    from isl.infer.kinds import registry
     from isl.model import saving
 
     config = _config("model.output_size=32", "model.unet_filters=4", "model.unet_levels=2",
@@ -113,7 +113,7 @@ def test_the_savedmodel_export_refuses_the_regression_baseline_and_points_to_bio
     model_dir = str(tmp_path / "model")
     saving.save_model_dir(builder.build_model(config, None), config, model_dir)
     with pytest.raises(errors.InputError, match="no SavedModel export.*--format=bioimageio"):
-        export.export_model(model_dir, str(tmp_path / "exported"))
+        registry.export_savedmodel(model_dir, str(tmp_path / "exported"))
     assert not (tmp_path / "exported").exists()
 
 

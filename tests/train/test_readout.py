@@ -96,9 +96,9 @@ def test_the_banded_fit_gives_the_design_matrix_weights(tiny, tmp_path, monkeypa
     structured_well(str(tmp_path / "a"), 1, height=70, width=44)
     monkeypatch.setattr(fit_lib, "BAND_PIXELS", 300)  # bands of 6 rows
     fitted = fit_lib.fit(model, config, [str(tmp_path / "a")], ["DAPI_CONFOCAL"], radii=(1, 4), penalty=10.0)
-    from isl.infer import well as well_lib
+    from isl.data import wells as wells_lib
 
-    well = well_lib.read_checked_well(config, str(tmp_path / "a"))
+    well = wells_lib.read_checked_well(config, str(tmp_path / "a"))
     embedder = embedder_lib.Embedder(model, config)
     design = readout_lib.features(embedder(well.inputs), (1, 4))
     equations = fit_lib.NormalEquations(design.shape[1], 1)

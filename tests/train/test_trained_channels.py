@@ -9,6 +9,7 @@ import json
 import os
 
 from isl.infer import well as well_lib
+from isl.infer.kinds import registry
 from isl.io.model_dir import ModelDir
 from isl.model import saving
 
@@ -18,7 +19,7 @@ def test_training_records_the_labelled_channels_and_predict_defaults_to_them(tra
     recorded = json.loads(open(ModelDir(model_dir).trained_channels).read())
     # The tiny preset has the paper's 9 target heads; the synthetic wells label DAPI, MAP2 and NFH (+ NEURITE).
     assert recorded["target_channels"] == ["DAPI_CONFOCAL", "NFH_CONFOCAL", "MAP2_CONFOCAL", "NEURITE_CONFOCAL"]
-    predictor = well_lib.load_predictor(model_dir=model_dir)
+    predictor = registry.load_predictor(model_dir=model_dir)
     assert len(predictor.config.channels.output_target_channels) == 9
     assert well_lib.choose_channels(predictor.config, None, predictor.trained_channels) == tuple(
         recorded["target_channels"])
