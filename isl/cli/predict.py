@@ -237,27 +237,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             window=window,
             names=flag_values["names"].value,
         )
-        ignored = summary["ignored_files"]
-        if ignored:
-            names = ", ".join(os.path.basename(path) for path in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
-            print(f"{summary['well']}: ignoring {len(ignored)} file(s) of channels the model does not have ({names}).")
-        height, width = summary["region"]["height"], summary["region"]["width"]
-        if summary["exact"]:
-            approximate = ""
-        elif "context_pixels" in summary:
-            what = "tiles" if summary["num_runs"] > 1 else "window"
-            approximate = f", {what} read with {summary['context_pixels']} px of context: approximate"
-        else:
-            approximate = ", --phases=1: approximate"
-        print(
-            f"{summary['well']}: {len(summary['channels'])} channel(s) x {len(summary['statistics'])} statistic(s), "
-            f"{height} x {width} px in {summary['seconds']:.1f} s ({summary['num_runs']} tile runs{approximate})"
-            f" -> {summary['well_dir']}"
-        )
-        print(f"{summary['well']}: read {summary['modality'] or 'the stack'} with normalization "
-              f"{summary['normalization']}" + (f", channel map {','.join(summary['channel_map'])}"
-                                               if summary["channel_map"] else "")
-              + ("; panels: " + ", ".join(summary["panels"].values()) if summary["panels"] else ""))
+        report_well(summary)
         wells.append(summary)
     print(f"Predictions written under {os.path.abspath(output_dir)}")
     return {
@@ -274,3 +254,28 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             for summary in wells
         ],
     }
+
+
+def report_well(summary: dict[str, Any]) -> None:
+    """Prints what `isl predict` did for one well (from its prediction.json contents)."""
+    ignored = summary["ignored_files"]
+    if ignored:
+        names = ", ".join(os.path.basename(path) for path in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
+        print(f"{summary['well']}: ignoring {len(ignored)} file(s) of channels the model does not have ({names}).")
+    height, width = summary["region"]["height"], summary["region"]["width"]
+    if summary["exact"]:
+        approximate = ""
+    elif "context_pixels" in summary:
+        what = "tiles" if summary["num_runs"] > 1 else "window"
+        approximate = f", {what} read with {summary['context_pixels']} px of context: approximate"
+    else:
+        approximate = ", --phases=1: approximate"
+    print(
+        f"{summary['well']}: {len(summary['channels'])} channel(s) x {len(summary['statistics'])} statistic(s), "
+        f"{height} x {width} px in {summary['seconds']:.1f} s ({summary['num_runs']} tile runs{approximate})"
+        f" -> {summary['well_dir']}"
+    )
+    print(f"{summary['well']}: read {summary['modality'] or 'the stack'} with normalization "
+          f"{summary['normalization']}" + (f", channel map {','.join(summary['channel_map'])}"
+                                           if summary["channel_map"] else "")
+          + ("; panels: " + ", ".join(summary["panels"].values()) if summary["panels"] else ""))

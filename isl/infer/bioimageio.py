@@ -66,6 +66,8 @@ import numpy as np
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import assemble
+from isl.data import wells as wells_lib
 from isl.infer import bioimageio_graph as graph_lib
 from isl.infer import export as export_lib
 from isl.infer.kinds import registry
@@ -154,8 +156,6 @@ def sample_stack(
         stack = np.kron(smooth, np.ones((4, 4)))[:, :size, :size]
         stack = np.round(np.clip(stack * 0.5 + 0.25, 0, 1) * 65535).astype(np.uint16)
         return np.moveaxis(stack, 0, -1)[None], None, f"a synthetic {size} x {size} x {z} stack (seed {seed})"
-    from isl.data import assemble
-    from isl.data import wells as wells_lib
 
     well = wells_lib.read_well(sample_well, config.channels, ignore_unknown=True)
     num_z, height, width = well.inputs.shape

@@ -15,7 +15,7 @@ Each graph computes what `isl predict` computes for that folder:
 distribution: `--border=valid`, the exact patch-wise plan (one dense run when
 every output block is of one shift class, e.g. the shipped 24-px
 checkpoint; else the stitched runs of `isl.infer.image_graph`); regression:
-`isl.infer.regression.predict_image`; readout: `isl.model.readout.Embedder`
+`isl.infer.regression.predict_image`; readout: `isl.infer.embedder.Embedder`
 (tiles on the shift period, reflect-padded by the border) and the ridge maps
 of `Readout.predict_distribution`. All in float32 whatever the training
 precision: bfloat16 rounding turns kernel differences between TensorFlow

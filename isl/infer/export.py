@@ -58,10 +58,17 @@ from typing import Any
 
 from isl import config as config_lib
 from isl import errors
+from isl.data import assemble
+from isl.infer import image_graph
 from isl.infer import predict as predict_lib
+from isl.infer import tiling
 from isl.io import atomic
+from isl.io import calibration_file
 from isl.io import model_dir as model_dir_lib
 from isl.model import geometry as geometry_lib
+from isl.model import saving
+from isl.model import statistic_names
+from isl.model import statistics as statistics_lib
 
 SERVING_DEFAULT = "serving_default"
 SERVING_FLOAT32 = "serving_float32"
@@ -141,8 +148,6 @@ class ServingFunctions:
         calibration: Any = None,
     ) -> None:
         import tensorflow as tf
-
-        from isl.data import assemble
 
         self.model = model
         self.config = config
@@ -245,8 +250,6 @@ class ServingFunctions:
         """`[batch, H, W, n]` float32 in [0, 1] -> the signature outputs."""
         import tensorflow as tf
 
-        from isl.model import statistics as statistics_lib
-
         z_stack = self.check_stack(z_stack)
         logits = self.logits_function(self.network_input(z_stack))["logits"]
         target_logits = tf.gather(logits, list(self.target_head_indices), axis=3)
@@ -285,8 +288,6 @@ class ServingFunctions:
         "valid": `[batch, H - 2 border, W - 2 border]` for valid sizes.
         """
         import tensorflow as tf
-
-        from isl.infer import image_graph
 
         if border_mode not in self._image_functions:
             network = predict_lib.Network.from_keras(self.model, self.target_head_indices)
@@ -334,8 +335,6 @@ def parse_statistics(names: Sequence[str]) -> tuple[str, ...]:
     Raises:
         InputError: for an unknown name or a quantile.
     """
-    from isl.model import statistic_names
-
     return statistic_names.parse_statistic_names(names, quantiles=False)[0]
 
 
@@ -368,12 +367,8 @@ def export_channels(
 
 def image_tile_size(config: config_lib.ExperimentConfig, num_heads: int, tile_size: int | None) -> int:
     """The `predict_image` run input side: `tile_size` made valid, or one for `IMAGE_TILE_BUDGET_BYTES`."""
-    from isl.infer import tiling
-
     geometry = geometry_lib.geometry(config.model)
     if tile_size:
-        from isl.infer import image_graph
-
         return tiling.valid_tile_size(geometry, tile_size, image_graph.GRAPH_PLAN)
     return predict_lib.auto_tile_size(geometry, config.model, num_heads, IMAGE_TILE_BUDGET_BYTES)
 
@@ -387,8 +382,6 @@ def load_exportable(model_dir: str) -> tuple[Any, config_lib.ExperimentConfig, t
     Raises:
         InputError: for a missing directory.
     """
-    from isl.model import saving
-
     if not os.path.isdir(model_dir):
         raise errors.InputError(f"{model_dir}: model directory not found.")
     trained = saving.read_trained_channels(model_dir)
@@ -421,7 +414,6 @@ def export_model(
     statistics = parse_statistics(statistics)
     if not statistics and not with_distributions:
         raise errors.InputError("Nothing to export: give --statistics or --with_distributions.")
-    from isl.io import calibration_file
 
     model, config, trained = load_exportable(model_dir)
     channels = export_channels(config, trained, all_heads, model_dir)
@@ -531,7 +523,6 @@ def export_keras_model(
                               json.dumps({"target_channels": list(trained_channels)}, indent=2) + "\n")
         atomic.write_text(os.path.join(temporary, EXPORT_INFO_FILE), json.dumps(info, indent=2) + "\n")
         if calibration is not None:  # Applied inside the graph; isl predict --saved_model reads the marginal.
-            from isl.io import calibration_file
 
             calibration_file.write(temporary, calibration)
     return ExportResult(

@@ -1,6 +1,6 @@
 """`isl predict` for a model directory with a ridge read-out (`readout.json`, from `isl readout`).
 
-The frozen core runs over the whole well in tiles (`isl.model.readout.Embedder`,
+The frozen core runs over the whole well in tiles (`isl.infer.embedder.Embedder`,
 reflect-padded by the network's border, so the output keeps the input's height
 and width) and the read-out maps the embedding to a fitted normal distribution per pixel
 and target channel (`isl.model.readout`): its median, mean, std and quantiles
@@ -73,7 +73,7 @@ def predict_well(
     scores both routes alike.
 
     Args:
-        predictor: from `isl.infer.well.load_predictor`, with `readout` set.
+        predictor: from `isl.infer.kinds.registry.load_predictor`, with `readout` set.
         input_dir: the folder of one well.
         output_dir: parent folder of the per-well output folders.
         channels: the read-out's target channels to write (default: all).

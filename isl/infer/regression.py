@@ -132,7 +132,7 @@ def predict_well(
     truth, the calibration TIFFs (`save_calibration`).
 
     Args:
-        predictor: from `isl.infer.well.load_predictor` (a model directory).
+        predictor: from `isl.infer.kinds.registry.load_predictor` (a model directory).
         input_dir: the folder of one well.
         output_dir: parent folder of the per-well output folders.
         channels: the target channels to write.

@@ -671,7 +671,7 @@ def predict_heads_well(
     network over the image, write the images, panels and `prediction.json`.
 
     Args:
-        predictor: from `load_predictor`.
+        predictor: from `isl.infer.kinds.registry.load_predictor` (the heads).
         input_dir: the folder of one well.
         output_dir: parent folder of the per-well output folders.
         statistics: names from `isl.model.statistics.STATISTICS` or "qNN".

@@ -61,7 +61,8 @@ class FakeKind(base.ModelKind):
     def recognises(self, layout, config):
         return os.path.isfile(os.path.join(layout.root, "fake.json"))
 
-    def load(self, model_dir, precision):
+    def load(self, model_dir, precision, open_folder=None):
+        assert open_folder is registry.load_predictor  # What a kind made of model folders loads them with.
         config = presets.get_preset("tiny")
         return well_lib.Predictor(config=config, geometry=None, source=model_dir, kind=self)
 

@@ -11,7 +11,7 @@ A kind answers:
 
 * `recognises(layout, config)`: whether a model folder is of this kind
   (the registry asks the kinds in order; the first that says yes loads it);
-* `load(model_dir, precision)`: the `Predictor` (network, config, the kind's
+* `load(model_dir, precision, open_folder)`: the `Predictor` (network, config, the kind's
   own files), `resolve_precision` saying what "" (as trained) means for it;
 * `input_geometry(predictor)`: what it reads (z values, context around a window,
   the valid input sides);
@@ -86,8 +86,12 @@ class ModelKind:
     def attach(self, predictor: well_lib.Predictor, layout: model_dir_lib.ModelDir) -> None:
         """Loads the kind's own files beside the network (none by default)."""
 
-    def load(self, model_dir: str, precision: str) -> well_lib.Predictor:
+    def load(self, model_dir: str, precision: str,
+             open_folder: Callable[..., well_lib.Predictor] | None = None) -> well_lib.Predictor:
         """The folder's network (config.json + model.weights.h5) and the kind's own files.
+
+        `open_folder` is the registry's `load_predictor`, for a kind made of other model folders (an
+        ensemble loads each member with it, without importing the registry).
 
         Raises:
             InputError: a missing file or weights that do not load.

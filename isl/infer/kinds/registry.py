@@ -96,7 +96,7 @@ def load_predictor(
     if precision not in well_lib.PRECISIONS:
         raise errors.InputError(f"Unknown precision {precision!r}; use float32 or bfloat16.")
     if model_dir:
-        predictor = kind_of(model_dir).load(model_dir, precision)
+        predictor = kind_of(model_dir).load(model_dir, precision, open_folder=load_predictor)
         predictor.inference_graph = inference_graph
     else:
         predictor = heads.load_saved_model(saved_model, precision)
