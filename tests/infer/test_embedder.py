@@ -52,9 +52,11 @@ def test_a_window_crop_gives_the_whole_images_embedding_there(tiny_config, tiny_
     assert top % embedder.phase == 0 and left % embedder.phase == 0
     crop = embedder(stack[:, top:bottom, left:right])
     row0, row1, column0, column1 = window[0] - radius, window[1] + radius, window[2] - radius, window[3] + radius
+    # Float rounding only: the core's convolutions run on other input sizes (oneDNN picks other kernels), and the
+    # untrained weights (Keras initialises them unseeded) give values up to ~6, so 1e-4 absolute alone was flaky.
     np.testing.assert_allclose(crop[row0 - top : row1 - top, column0 - left : column1 - left],
-                               whole[row0:row1, column0:column1], atol=1e-4)
+                               whole[row0:row1, column0:column1], rtol=1e-3, atol=1e-4)
     # Off the shift-period grid the same crop would not match: the alignment matters.
     shifted = embedder(stack[:, top + 1 : bottom, left:right])
     assert not np.allclose(shifted[row0 - top - 1 : row1 - top - 1, column0 - left : column1 - left],
-                           whole[row0:row1, column0:column1], atol=1e-4)
+                           whole[row0:row1, column0:column1], rtol=1e-3, atol=1e-4)
