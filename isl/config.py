@@ -357,6 +357,12 @@ class TrainConfig:
             this many training batches first, so `keep_best` compares what
             the end of training would write even while the moving averages
             still lag fast-changing weights; 0 scores the moving averages.
+        regression_foreground_weight: "unet_regression" only: each labelled
+            target pixel's squared error (or NLL) is weighted by
+            `1 + weight * max(z, 0)`, z its standardized target, and the loss
+            is the weighted mean: pixels brighter than the channel's mean
+            (the sparse foreground: nuclei, axons) count more. 0 (the
+            default) is the plain masked MSE. Not in the paper.
     """
 
     optimizer: str = "adam"
@@ -381,8 +387,13 @@ class TrainConfig:
     keep_best: bool = False
     recalibrate_batches: int = 0
     eval_recalibrate_batches: int = 0
+    regression_foreground_weight: float = 0.0
 
     def validate(self) -> None:
+        if not (self.regression_foreground_weight >= 0 and math.isfinite(self.regression_foreground_weight)):
+            raise ValueError(
+                f"train.regression_foreground_weight must be >= 0. Received: {self.regression_foreground_weight}"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}. Received: {self.lr_schedule!r}"

@@ -30,6 +30,10 @@ loss, so every pixel gets a distribution (24-px outputs, 52 px of context).
 --recipe=unet_regression_spread is unet_regression also predicting a
 log-spread per channel and pixel (beta-NLL on standardized targets). Either
 regression gets a per-pixel distribution from `isl calibrate`.
+--set train.regression_foreground_weight=A (either regression; 0, the
+default, is the plain MSE) weighs each pixel by 1 + A * max(z, 0), z its
+standardized target, so the sparse bright structures (nuclei, axons) count
+more than the background.
 
 --recipe=cpu trains the same network in hours on a few CPU cores: 120-px
 output patches (batch 4), bfloat16, learning rate 1e-3 with warmup and a

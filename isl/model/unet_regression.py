@@ -92,6 +92,11 @@ class RegressionLoss(keras.losses.Loss):
     squared errors over the labelled (mask != 0) target pixels. A model with
     `model.regression_spread` gives `[b, o, o, 2T]` (means, then log-spreads):
     the loss is then `isl.model.losses.gaussian_nll` over the same pixels.
+
+    `foreground_weight` a > 0 (`train.regression_foreground_weight`) weights
+    each labelled pixel by `1 + a * max(z, 0)`, z its standardized target,
+    and takes the weighted mean: the sparse bright structures (nuclei, axons)
+    count more than the background, whose z is <= 0 and weight 1.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class RegressionLoss(keras.losses.Loss):
         num_input_heads: int,
         means: tuple[float, ...],
         stds: tuple[float, ...],
+        foreground_weight: float = 0.0,
         name: str = "mse_standardized",
         **kwargs: Any,
     ) -> None:
@@ -108,12 +114,15 @@ class RegressionLoss(keras.losses.Loss):
         self.num_input_heads = int(num_input_heads)
         self.means = tuple(float(value) for value in means)
         self.stds = tuple(float(value) for value in stds)
+        self.foreground_weight = float(foreground_weight)
 
     def call(self, y_true, y_pred):
         labels = ops.cast(y_true, "float32")[..., self.num_input_heads :, :]
         values, masks = labels[..., 0], labels[..., 1]
         standardized = (values - ops.convert_to_tensor(self.means)) / ops.convert_to_tensor(self.stds)
         weights = ops.cast(ops.not_equal(masks, 0.0), "float32")
+        if self.foreground_weight:
+            weights = weights * (1.0 + self.foreground_weight * ops.maximum(standardized, 0.0))
         y_pred = ops.cast(y_pred, "float32")
         count = len(self.means)
         if y_pred.shape[-1] == 2 * count:  # A mean and a log-spread per channel (model.regression_spread).
@@ -125,7 +134,8 @@ class RegressionLoss(keras.losses.Loss):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(num_input_heads=self.num_input_heads, means=list(self.means), stds=list(self.stds))
+        config.update(num_input_heads=self.num_input_heads, means=list(self.means), stds=list(self.stds),
+                      foreground_weight=self.foreground_weight)
         return config
 
 

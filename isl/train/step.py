@@ -26,10 +26,12 @@ from isl.train import schedule
 
 
 def training_loss(config: config_lib.ExperimentConfig) -> keras.losses.Loss:
-    """The paper's loss, or the regression baseline's MSE on standardized targets."""
+    """The paper's loss, or the regression baseline's MSE on standardized targets (foreground-weighted with
+    `train.regression_foreground_weight`)."""
     if config.model.architecture == "unet_regression":
         return unet_regression.RegressionLoss(
-            config.channels.num_input_heads, config.model.regression_target_mean, config.model.regression_target_std
+            config.channels.num_input_heads, config.model.regression_target_mean, config.model.regression_target_std,
+            foreground_weight=config.train.regression_foreground_weight,
         )
     return losses_lib.ISLLoss(config.channels)
 

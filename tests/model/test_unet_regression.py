@@ -47,6 +47,27 @@ def test_loss_is_the_masked_mse_of_standardized_targets():
     assert float(loss(labels, predictions)) == pytest.approx(2.0 / 3.0, rel=1e-6)
 
 
+def test_foreground_weight_weighs_pixels_above_the_channel_mean():
+    # train.regression_foreground_weight a: each labelled pixel weighs 1 + a * max(z, 0), the loss is the weighted
+    # mean. Targets z = 2 (foreground) and z = -1 (background), prediction 0: squared errors 4 and 1.
+    labels = np.zeros((1, 2, 1, 2, 2), np.float32)
+    labels[..., 1, 1] = 1.0
+    labels[0, :, 0, 1, 0] = [0.5 + 2 * 0.25, 0.5 - 0.25]
+    predictions = np.zeros((1, 2, 1, 1), np.float32)
+    plain = unet_regression.RegressionLoss(1, means=(0.5,), stds=(0.25,))
+    weighted = unet_regression.RegressionLoss(1, means=(0.5,), stds=(0.25,), foreground_weight=1.5)
+    assert float(plain(labels, predictions)) == pytest.approx(2.5, rel=1e-6)
+    assert float(weighted(labels, predictions)) == pytest.approx((4.0 * 4.0 + 1.0 * 1.0) / 5.0, rel=1e-6)
+    # The training loss follows the config; a negative weight is refused.
+    from isl.train import step
+
+    statistics = ("model.regression_target_mean=[0.5,0.5,0.5,0.5]", "model.regression_target_std=[0.25,0.25,0.25,0.25]")
+    assert step.training_loss(_config("train.regression_foreground_weight=1.5", *statistics)).foreground_weight == 1.5
+    assert step.training_loss(_config(*statistics)).foreground_weight == 0.0
+    with pytest.raises(ValueError, match="regression_foreground_weight must be >= 0"):
+        _config("train.regression_foreground_weight=-1")
+
+
 def test_trains_predicts_and_is_written_like_the_paper_model(tmp_path, capsys, monkeypatch):
     from isl.cli import main
     from isl.train import trainer
