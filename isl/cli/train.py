@@ -394,7 +394,8 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         if result.pearson:
             channels = sorted(name[len("pearson_median_"):] for name in result.pearson
                               if name.startswith("pearson_median_"))
-            print("Whole-image Pearson r on the eval images (median / mean): " + ", ".join(
+            split = "validation" if result.pearson_split == "val" else "eval"
+            print(f"Whole-image Pearson r on the {split} images (median / mean): " + ", ".join(
                 f"{name} {result.pearson[f'pearson_median_{name}']:.3f} / "
                 f"{result.pearson.get(f'pearson_mean_{name}', float('nan')):.3f}" for name in channels))
         if result.best_step is not None:
