@@ -167,6 +167,13 @@ def _common_arguments(flag_values: Any) -> dict[str, Any]:
             raise errors.InputError(f"--{name} is required.")
     if flag_values["tile_size"].value < 0 or flag_values["test_size"].value < 0:
         raise errors.InputError("--tile_size and --test_size must be >= 0.")
+    from isl.infer import ensemble as ensemble_lib
+
+    if ensemble_lib.is_ensemble(flag_values["model_dir"].value):
+        raise errors.InputError(
+            f"{flag_values['model_dir'].value}: an ensemble (ensemble.json) has no export yet: the SavedModel and "
+            "the bioimage.io package each serve one network, and a read-out or U-Net regression member has no "
+            "SavedModel form. Export or package its members one by one, or predict it with isl predict --model_dir.")
     return {name: flag_values[name].value for name in ("model_dir", "export_dir", "statistics", "all_heads")}
 
 

@@ -127,6 +127,9 @@ def define_flags(flag_values: Any) -> None:
     data_flags.define(flag_values, ("region",), region_help=(
         "Predict only this window r0:r1,c0:c1 (image pixels, ends exclusive; an empty end means the edge), "
         "reading context from the well around it; every model kind."))
+    flags.DEFINE_bool("tta", False, "Test-time augmentation: average the predictions of the eight rotations and "
+                      "mirror images of the input, mapped back (bin probabilities, or a U-Net regression's values); "
+                      "8x the time. Any model folder or ensemble (isl ensemble).", flag_values=flag_values)
     flags.DEFINE_bool(
         "inference_graph", True,
         "Fold batch norm into the activations for prediction (same outputs up to float rounding; --model_dir only).",
@@ -263,6 +266,10 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     if flag_values["phases"].value not in (0, 1):
         raise errors.InputError(f"--phases must be 0 (exact) or 1. Received: {flag_values['phases'].value}")
     window = data_flags.region(flag_values)
+    from isl.cli import ensemble as ensemble_cli
+
+    if ensemble_cli.handles(flag_values):  # An ensemble folder, or --tta.
+        return ensemble_cli.predict(flag_values, window)
     predictor = well_lib.load_predictor(
         flag_values["model_dir"].value, flag_values["saved_model"].value, flag_values["precision"].value,
         inference_graph=flag_values["inference_graph"].value, apply_calibration=flag_values["calibration"].value,

@@ -410,11 +410,18 @@ def predict_well(predictor: Predictor, input_dir: str, output_dir: str, **option
     failed or killed run leaves the previous prediction of the well as it
     was. Arguments and result: see `_predict_well_files`.
     """
+    return predict_well_with(lambda staging: _predict_well_files(predictor, input_dir, staging, **options),
+                             output_dir)
+
+
+def predict_well_with(write: Any, output_dir: str) -> dict[str, Any]:
+    """`write(staging)` (a folder inside `output_dir`; returns the summary with the written `well_dir` inside it),
+    then that well folder replaces `output_dir/<well>` in one rename: all or nothing (`predict_well`)."""
     os.makedirs(output_dir, exist_ok=True)
     atomic.remove_dead_staging(output_dir, STAGING_PREFIX)
     staging = atomic.staging_directory(output_dir, STAGING_PREFIX)
     try:
-        summary = _predict_well_files(predictor, input_dir, staging, **options)
+        summary = write(staging)
         final = os.path.join(output_dir, os.path.basename(summary["well_dir"]))
         atomic.install_directory(summary["well_dir"], final)
         summary["well_dir"] = final
