@@ -124,9 +124,11 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         print(f"  member {index + 1}: {member.kind:<22} {member.model_dir}")
     for channel in channels:
         scores, weights = validation[channel], ensemble.weights[channel]
+        values = weights["values"]["weights"]
+        shares = [w / sum(values) if sum(values) > 0 else 0.0 for w in values]
         line = (f"  {channel:<18} Pearson r: members {' / '.join(f'{r:.3f}' for r in scores['members_pearson'])}"
-                f" -> values {scores['values_pearson']:.3f} (standardised weights "
-                f"{' / '.join(f'{w:.3f}' for w in weights['values']['weights'])})")
+                f" -> values {scores['values_pearson']:.3f} (shares of the standardised weights "
+                f"{' / '.join(f'{w:.2f}' for w in shares)})")
         if "mixture_log_score_bits" in scores:
             line += (f"; log score bits: members "
                      f"{' / '.join(f'{s:.3f}' for s in scores['members_log_score_bits'])} -> mixture "

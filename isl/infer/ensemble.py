@@ -352,7 +352,28 @@ class Ensemble:
     def combine(self, outputs: Sequence[tuple[np.ndarray, np.ndarray | None]]
                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(combined values `[h, w, C]` or None, mixed bins `[h, w, C, 256]` or None) of the members' outputs."""
-        values = mixture = None
+        mixture = None
+        for member, (_, probabilities) in enumerate(outputs):
+            mixture = self.add_to_mixture(mixture, member, probabilities)
+        return self.combine_values([value for value, _ in outputs]), mixture
+
+    def add_to_mixture(self, mixture: np.ndarray | None, member: int, probabilities: np.ndarray | None
+                       ) -> np.ndarray | None:
+        """`mixture` `[h, w, C, 256]` (None: zeros) plus member `member`'s weighted bins; None for "values"."""
+        if self.combination not in ("mixture", "both"):
+            return None
+        if mixture is None:
+            mixture = np.zeros(probabilities.shape, np.float32)
+        for index, channel in enumerate(self.channels):
+            weight = self.weights[channel]["mixture"]["weights"][member]
+            if weight:
+                mixture[..., index, :] += np.float32(weight) * probabilities[..., index, :]
+        return mixture
+
+    def combine_values(self, member_values: Sequence[np.ndarray]) -> np.ndarray | None:
+        """The combined value `[h, w, C]` of the members' values (each `[h, w, C]`); None for "mixture"."""
+        values = None
+        outputs = [(value, None) for value in member_values]
         if self.combination in ("values", "both"):
             values = np.zeros(outputs[0][0].shape, np.float32)
             for index, channel in enumerate(self.channels):
@@ -363,14 +384,7 @@ class Ensemble:
                         combined += part["weights"][member] * (value[..., index] - part["means"][member]) \
                             / part["stds"][member]
                 values[..., index] = np.clip(combined, 0.0, 1.0)
-        if self.combination in ("mixture", "both"):
-            mixture = np.zeros(outputs[0][0].shape + (NUM_CLASSES,), np.float32)
-            for index, channel in enumerate(self.channels):
-                for member, (_, probabilities) in enumerate(outputs):
-                    weight = self.weights[channel]["mixture"]["weights"][member]
-                    if weight:
-                        mixture[..., index, :] += np.float32(weight) * probabilities[..., index, :]
-        return values, mixture
+        return values
 
     def calibration_record(self) -> dict[str, Any]:
         """What `prediction.json` records as the calibration: the weights and the marginal of `isl evaluate`'s
@@ -748,18 +762,21 @@ def predict_well(
     truth_channels: list[str] = []
     for band0, band1 in bands(row0, row1):
         band = (band0, band1, column0, column1)
-        outputs = []
-        for member in ensemble.members:
+        member_values, mixture = [], None
+        for index, member in enumerate(ensemble.members):  # One member's bins at a time, added to the mixture.
             if progress is not None:
                 progress(f"rows {band0}:{band1}, member {member.model_dir}" + (" (8 transforms)" if tta else ""))
-            outputs.append(member_window(member, well.inputs, band, ensemble.channels, tta, stacks))
-        values, mixture = ensemble.combine(outputs)
-        del outputs
+            value, probabilities = member_window(member, well.inputs, band, ensemble.channels, tta, stacks)
+            member_values.append(value)
+            mixture = ensemble.add_to_mixture(mixture, index, probabilities)
+            del probabilities
+        values = ensemble.combine_values(member_values)
         rows = slice(band0 - row0, band1 - row0)
         if mixture is not None:
             mixture = mixture[..., indices, :]
-            for name, image in bin_statistic_images(mixture, tuple(images)).items():
-                images[name][rows] = image
+            for index in range(len(chosen)):  # Channel by channel: the cumulative sums are float64.
+                for name, image in bin_statistic_images(mixture[..., index, :], tuple(images)).items():
+                    images[name][rows, :, index] = image
         if values is not None:  # "values" and "both": the median and the mean are the combined value.
             for name in ("median", "mean"):
                 if name in images:
