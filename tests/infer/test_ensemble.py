@@ -165,3 +165,23 @@ def test_members_that_read_the_wells_differently_or_lack_a_channel_are_refused(t
         ensemble_lib.check_members([first, member("d", tiny_config, ("DAPI_CONFOCAL",))])
     assert ensemble_lib.check_members([first, member("e", tiny_config, first.channels + ("NFH_CONFOCAL",))]) \
         == first.channels
+
+
+def test_the_shipped_condition_b_ensemble_names_its_members_relatively_and_they_match_its_fingerprints():
+    import json
+    import os
+
+    from isl.io import calibration_file
+    from tests.conftest import REPOSITORY_ROOT
+
+    folder = REPOSITORY_ROOT / "checkpoints" / "condition_b_ensemble"
+    record = json.loads((folder / ensemble_lib.ENSEMBLE_FILE).read_text())
+    assert record["combination"] == "both"
+    assert [member["kind"] for member in record["members"]] == ["readout", "calibrated_regression", "heads"]
+    for member in record["members"]:
+        assert not os.path.isabs(member["path"])
+        member_dir = os.path.normpath(os.path.join(folder, member["path"]))
+        assert calibration_file.fingerprint(member_dir) == member["fingerprint"], member_dir
+        assert ensemble_lib._calibration_fingerprint(member_dir) == member["calibration_fingerprint"], member_dir
+    # Fitted on the validation rows only, beside the reported test rows 896:1024.
+    assert record["fitted_on"]["window"] == [768, 896, 0, 768]
