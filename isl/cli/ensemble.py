@@ -130,7 +130,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
                 f" -> values {scores['values_pearson']:.3f} (shares of the standardised weights "
                 f"{' / '.join(f'{w:.2f}' for w in shares)})")
         if "mixture_log_score_bits" in scores:
-            line += (f"; log score bits: members "
+            line += (f"; mean log2 p(true bin): members "
                      f"{' / '.join(f'{s:.3f}' for s in scores['members_log_score_bits'])} -> mixture "
                      f"{scores['mixture_log_score_bits']:.3f} (weights "
                      f"{' / '.join(f'{w:.3f}' for w in weights['mixture']['weights'])})")

@@ -520,8 +520,8 @@ def fit_mixture(true_probabilities: np.ndarray, iterations: int = 300) -> np.nda
 
 def validation_scores(values: np.ndarray, y: np.ndarray, true_probabilities: np.ndarray | None,
                       weights: dict[str, Any]) -> dict[str, Any]:
-    """Validation Pearson r of each member's value and of the combined value; mean log score (bits) of each member
-    and of the mixture when all have distributions."""
+    """Validation Pearson r of each member's value and of the combined value; the mean log2 probability of the true
+    bin (`*_log_score_bits`; higher is better) of each member and of the mixture when all have distributions."""
     part = weights["values"]
     combined = np.clip(part["intercept"] + ((values - part["means"]) / part["stds"]) @ np.asarray(part["weights"]),
                        0.0, 1.0)

@@ -57,7 +57,7 @@ def test_ensemble_fits_on_validation_then_predicts_evaluates_and_refuses_export(
         assert len(weights) == 2 and sum(weights) == pytest.approx(1.0, abs=1e-5)
         scores = record["validation"][channel]
         assert scores["mixture_log_score_bits"] >= max(scores["members_log_score_bits"]) - 1e-6
-    assert "log score bits" in out
+    assert "mean log2 p(true bin)" in out
 
     predictions = str(tmp_path / "predictions")
     code, out, err = run_isl(["predict", f"--model_dir={output}", f"--input_dir={well}", f"--output_dir={predictions}",
