@@ -69,8 +69,6 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_enum("combination", None, ["mixture", "values", "both"], "How members combine (see above); default "
                       "both when every member has a distribution, else values.", flag_values=flag_values)
     flags.DEFINE_list("channels", [], "Target channels (default: the first member's).", flag_values=flag_values)
-    flags.DEFINE_bool("tta", False, "Fit the weights on the members' test-time-augmented predictions (8x the "
-                      "time); isl predict --tta then matches them.", flag_values=flag_values)
     flags.DEFINE_string("output_dir", None, "The ensemble model folder to write (ensemble.json).",
                         flag_values=flag_values)
     flags.DEFINE_bool("progress", True, "Print a line per member and band.", flag_values=flag_values)
@@ -115,9 +113,8 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
             print(f"  predicting {line}", flush=True)
 
     print(f"Fitting {combination} weights of {len(members)} member(s) for {', '.join(channels)} on {data_dir} "
-          f"--region={flag_values['region'].value}" + (" with test-time augmentation" if flag_values["tta"].value
-                                                        else ""), flush=True)
-    ensemble = ensemble_lib.fit(members, well, window, channels, combination, flag_values["tta"].value, progress)
+          f"--region={flag_values['region'].value}", flush=True)
+    ensemble = ensemble_lib.fit(members, well, window, channels, combination, progress=progress)
     path = ensemble_lib.write(ensemble, output_dir)
     validation = ensemble.record["validation"]
     for index, member in enumerate(members):
