@@ -87,7 +87,6 @@ def test_ensemble_fits_on_validation_then_predicts_evaluates_and_refuses_export(
     assert code == 2 and f"member {members[1]} changed since the ensemble was fitted" in err
 
 
-@pytest.mark.slow  # Nine predictions of the tiny model (66 s at load 15); the alignment is tested in tests/infer.
 def test_tta_of_one_model_folder_averages_its_eight_transforms(tiny_model_dir, well, tmp_path, capsys):
     plain, augmented = str(tmp_path / "plain"), str(tmp_path / "tta")
     arguments = [f"--model_dir={tiny_model_dir}", f"--input_dir={well}", "--statistics=median,mean",
