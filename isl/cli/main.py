@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "readout": "isl.cli.readout",
     "recalibrate": "isl.cli.recalibrate",
     "calibrate": "isl.cli.calibrate",
+    "ensemble": "isl.cli.ensemble",
     "curves": "isl.cli.curves",
     "describe": "isl.cli.describe",
     "benchmark": "isl.cli.benchmark",

@@ -127,6 +127,9 @@ def define_flags(flag_values: Any) -> None:
     data_flags.define(flag_values, ("region",), region_help=(
         "Predict only this window r0:r1,c0:c1 (image pixels, ends exclusive; an empty end means the edge), "
         "reading context from the well around it; every model kind."))
+    flags.DEFINE_bool("tta", False, "Test-time augmentation: average the predictions of the eight rotations and "
+                      "mirror images of the input, mapped back (bin probabilities, or a U-Net regression's values); "
+                      "8x the time. Any model folder or ensemble (isl ensemble).", flag_values=flag_values)
     flags.DEFINE_bool(
         "inference_graph", True,
         "Fold batch norm into the activations for prediction (same outputs up to float rounding; --model_dir only).",
@@ -205,6 +208,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     predictor = registry.load_predictor(
         flag_values["model_dir"].value, flag_values["saved_model"].value, flag_values["precision"].value,
         inference_graph=flag_values["inference_graph"].value, apply_calibration=flag_values["calibration"].value,
+        tta=flag_values["tta"].value,
     )
     refuse_unsupported(predictor, flag_values)
     statistics = flag_values["statistics"].value
@@ -272,7 +276,8 @@ def report_well(summary: dict[str, Any]) -> None:
         approximate = ", --phases=1: approximate"
     print(
         f"{summary['well']}: {len(summary['channels'])} channel(s) x {len(summary['statistics'])} statistic(s), "
-        f"{height} x {width} px in {summary['seconds']:.1f} s ({summary['num_runs']} tile runs{approximate})"
+        f"{height} x {width} px in {summary['seconds']:.1f} s "
+        f"({summary.get('runs_described') or str(summary['num_runs']) + ' tile runs' + approximate})"
         f" -> {summary['well_dir']}"
     )
     print(f"{summary['well']}: read {summary['modality'] or 'the stack'} with normalization "

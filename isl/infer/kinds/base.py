@@ -21,7 +21,8 @@ A kind answers:
   cannot honour, with why);
 * `predict_well_files(predictor, input_dir, output_dir, **options)`: one well's
   images, panels, calibration maps and `prediction.json` (the registry's
-  `predict_well` makes that all-or-nothing);
+  `predict_well` makes that all-or-nothing); `predict_window`: one window's
+  values and bins, for an ensemble member or `--tta` (`isl.infer.ensemble`);
 * `calibration_route` and `calibration_data` / `fit_calibration` (`isl calibrate`;
   None: nothing to calibrate), `calibration_note` (what `isl predict` prints);
 * `savedmodel_refusal(model_dir)`: why `isl export --format=savedmodel` cannot
@@ -157,6 +158,17 @@ class ModelKind:
                            **options: Any) -> dict[str, Any]:
         """Predicts one well into `output_dir/<well name>/` (options: `isl.infer.well.predict_heads_well`'s)."""
         raise NotImplementedError
+
+    def predict_window(self, predictor: well_lib.Predictor, stack: np.ndarray, window: tuple[int, int, int, int],
+                       channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """One window for an ensemble member or `--tta` (`isl.infer.ensemble`): (point values `[h, w, C]` in [0, 1],
+        bin probabilities `[h, w, C, 256]` float32 or None), context read around `window` (r0, r1, c0, c1) of the
+        whole `[num_source_z, H, W]` stack.
+
+        Raises:
+            InputError: by default: the kind cannot be a member.
+        """
+        raise errors.InputError(f"{predictor.source}: {self.words} cannot be an ensemble member or run with --tta.")
 
     def calibration_data(self, predictor: well_lib.Predictor, well: Any, window: tuple[int, int, int, int],
                          channels: Sequence[str], progress: Callable[[], None] | None) -> dict[str, tuple]:

@@ -20,6 +20,7 @@ from isl import errors
 from isl.eval import calibrate as calibrate_lib
 from isl.eval import calibration as calibration_lib
 from isl.infer import bioimageio_graph
+from isl.infer import ensemble as ensemble_lib
 from isl.infer import export as export_lib
 from isl.infer import graph as graph_lib
 from isl.infer import predict as predict_lib
@@ -63,6 +64,10 @@ class Heads(base.ModelKind):
     def predict_well_files(self, predictor: well_lib.Predictor, input_dir: str, output_dir: str,
                            **options: Any) -> dict[str, Any]:
         return well_lib.predict_heads_well(predictor, input_dir, output_dir, **options)
+
+    def predict_window(self, predictor: well_lib.Predictor, stack: np.ndarray, window: tuple[int, int, int, int],
+                       channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        return ensemble_lib.heads_window(predictor, stack, window, channels)
 
     def calibration_data(self, predictor: well_lib.Predictor, well: Any, window: tuple[int, int, int, int],
                          channels: Sequence[str], progress: Callable[[], None] | None) -> dict[str, tuple]:

@@ -18,6 +18,7 @@ import numpy as np
 from isl import config as config_lib
 from isl.eval import calibrate as calibrate_lib
 from isl.infer import bioimageio_graph
+from isl.infer import ensemble as ensemble_lib
 from isl.infer import readout as readout_infer
 from isl.infer import well as well_lib
 from isl.infer.kinds import base
@@ -65,6 +66,10 @@ class Readout(base.ModelKind):
             options.get("image_format", "png"), options.get("progress_enabled", True),
             options.get("border_mode", "reflect"), options.get("window"), options.get("panels", True),
             options.get("names", "lab"), options.get("save_calibration", True), options.get("panel_bits", 16))
+
+    def predict_window(self, predictor: well_lib.Predictor, stack: np.ndarray, window: tuple[int, int, int, int],
+                       channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        return ensemble_lib.readout_window(predictor, stack, window, channels)
 
     def calibration_data(self, predictor: well_lib.Predictor, well: Any, window: tuple[int, int, int, int],
                          channels: Sequence[str], progress: Callable[[], None] | None) -> dict[str, tuple]:

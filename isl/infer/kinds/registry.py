@@ -2,7 +2,7 @@
 
 `KINDS` lists the kinds in the order they are asked (`ModelKind.recognises`):
 the first that recognises a model folder loads it, so a kind marked by a file
-(the read-out's `readout.json`) comes before a kind marked by its config, and
+(an ensemble's `ensemble.json`, the read-out's `readout.json`) comes before a kind marked by its config, and
 the paper network's heads, which take any folder, come last. A new kind is
 one module in `isl/infer/kinds/` (a `ModelKind` subclass and its `KIND`) plus
 one line here; nothing else branches on kinds.
@@ -28,6 +28,7 @@ from isl.infer import bioimageio_graph
 from isl.infer import export as export_lib
 from isl.infer import well as well_lib
 from isl.infer.kinds import base
+from isl.infer.kinds import ensemble
 from isl.infer.kinds import heads
 from isl.infer.kinds import readout
 from isl.infer.kinds import regression
@@ -37,6 +38,7 @@ from isl.io import model_dir as model_dir_lib
 
 # Asked in this order; the heads take any folder, so they stay last.
 KINDS: list[base.ModelKind] = [
+    ensemble.KIND,
     readout.KIND,
     regression.KIND,
     heads.KIND,
@@ -74,6 +76,7 @@ def load_predictor(
     precision: str = "",
     inference_graph: bool = True,
     apply_calibration: bool = True,
+    tta: bool = False,
 ) -> well_lib.Predictor:
     """Opens a model directory (its kind from `kind_of`) or an exported SavedModel (the heads).
 
@@ -86,6 +89,8 @@ def load_predictor(
             "float32", or "bfloat16" (model directories only).
         inference_graph: fold batch norm into the activations (model directories; `isl.infer.graph`).
         apply_calibration: apply the folder's `calibration.json` when present.
+        tta: predict with test-time augmentation (`isl predict --tta`): the folder as a one-member
+            ensemble (`isl.infer.kinds.ensemble`), or the ensemble itself with it.
 
     Raises:
         InputError: when neither or both are given, the folder is not a model,
@@ -114,7 +119,7 @@ def load_predictor(
             raise errors.InputError(
                 f"{calibration_file.path(model_dir or saved_model)}: calibrated for the {predictor.calibration.route} "
                 f"route, but this folder predicts with its {expected}; run isl calibrate again.")
-    return predictor
+    return ensemble.KIND.augmented(predictor) if tta else predictor
 
 
 def predict_well(predictor: well_lib.Predictor, input_dir: str, output_dir: str, **options: Any) -> dict[str, Any]:

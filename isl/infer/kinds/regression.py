@@ -19,6 +19,7 @@ from isl import config as config_lib
 from isl import errors
 from isl.eval import regression_calibration
 from isl.infer import bioimageio_graph
+from isl.infer import ensemble as ensemble_lib
 from isl.infer import export as export_lib
 from isl.infer import regression as regression_infer
 from isl.infer import well as well_lib
@@ -73,6 +74,10 @@ class Regression(base.ModelKind):
 
     def unsupported(self, predictor: well_lib.Predictor) -> dict[str, tuple[Any, str]]:
         return CALIBRATED_UNSUPPORTED if self.distribution(predictor) else UNSUPPORTED
+
+    def predict_window(self, predictor: well_lib.Predictor, stack: np.ndarray, window: tuple[int, int, int, int],
+                       channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        return ensemble_lib.regression_window(predictor, stack, window, channels, self.distribution(predictor))
 
     def predict_well_files(self, predictor: well_lib.Predictor, input_dir: str, output_dir: str,
                            **options: Any) -> dict[str, Any]:
