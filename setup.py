@@ -32,6 +32,7 @@ setuptools.setup(
         "psutil>=5.9",
         # The normal CDF (scipy.special.ndtr) of the read-out's per-pixel distributions: calibration TIFFs,
         # proper scores and isl calibrate's spread scale.
+        # Also the ensemble's value weights (scipy.optimize.nnls, isl ensemble).
         "scipy>=1.10",
     ],
     extras_require={

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from typing import Any
 
@@ -106,7 +107,8 @@ def model_config(config: Any, flag_values: Any, model_dir: str | None, command: 
         from isl.io import model_dir as model_dir_lib
 
         config_path = model_dir_lib.ModelDir(model_dir).config
-        if "normalization" not in recorded_data(config_path):
+        # A folder without config.json (an ensemble: its members' configs hold the contract) has nothing to note.
+        if os.path.isfile(config_path) and "normalization" not in recorded_data(config_path):
             print(f"isl {command}: note: {config_path} records no data.normalization; assuming "
                   f"'{config.data.normalization}' (pass --normalization to choose).", file=sys.stderr)
     pairs = _value(flag_values, "channel_map")

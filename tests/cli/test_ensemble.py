@@ -66,6 +66,7 @@ def test_ensemble_fits_on_validation_then_predicts_evaluates_and_refuses_export(
                               "--statistics=median,mean,std,q05,q95", "--noprogress"], capsys)
     assert code == 0, err
     assert out.startswith("Ensemble of 2: heads")
+    assert "records no data.normalization" not in err  # The folder has no config.json; its members hold the contract.
     well_dir = os.path.join(predictions, os.listdir(predictions)[0])
     summary = json.load(open(os.path.join(well_dir, "prediction.json")))
     assert summary["architecture"] == "ensemble" and summary["statistics"] == ["median", "mean", "std", "q05", "q95"]
@@ -82,7 +83,8 @@ def test_ensemble_fits_on_validation_then_predicts_evaluates_and_refuses_export(
     assert not os.path.exists(tmp_path / "export")
     code, _, err = run_isl(["export", "--format=bioimageio", f"--model_dir={output}",
                             f"--export_dir={tmp_path / 'package'}"], capsys)
-    assert code == 2 and "an ensemble of model folders (ensemble.json) has no bioimage.io package" in err
+    assert code == 2 and ("an ensemble of model folders (ensemble.json) has no bioimage.io package (a package serves "
+                          "one network)") in err
     assert not os.path.exists(tmp_path / "package")
     # The registry's kind: asked first, as its file marks it.
     assert registry.kind_of(output) is ensemble_kind.KIND and registry.KINDS[0] is ensemble_kind.KIND

@@ -26,7 +26,8 @@ A kind answers:
 * `calibration_route` and `calibration_data` / `fit_calibration` (`isl calibrate`;
   None: nothing to calibrate), `calibration_note` (what `isl predict` prints);
 * `savedmodel_refusal(model_dir)`: why `isl export --format=savedmodel` cannot
-  carry it (None: it can), `package_graph`: its bioimage.io graph kind.
+  carry it (None: it can), `package_refusal(model_dir)` likewise for
+  `--format=bioimageio`, `package_graph`: its bioimage.io graph kind.
 """
 
 from __future__ import annotations
@@ -194,9 +195,17 @@ class ModelKind:
         """Its bioimage.io graph (`isl.infer.bioimageio_graph.PackageModel`) for `statistics` (None: its default).
 
         Raises:
-            InputError: by default: the kind has no package.
+            InputError: by default: the kind has no package (`package_refusal`).
         """
-        raise errors.InputError(f"{predictor.source}: {self.words} has no bioimage.io package.")
+        raise errors.InputError(self.package_refusal(predictor.source))
+
+    def package_refusal(self, model_dir: str) -> str | None:
+        """Why `isl export --format=bioimageio` cannot package this kind (None: it can; by default a kind that
+        overrides `package_model` can), asked before the folder is loaded."""
+        if type(self).package_model is not ModelKind.package_model:
+            return None
+        return (f"{model_dir}: {self.words} has no bioimage.io package (a package serves one network); package "
+                "the networks it is made of one by one, or predict it with isl predict --model_dir.")
 
     def savedmodel_refusal(self, model_dir: str) -> str | None:
         """Why `isl export --format=savedmodel` cannot carry this kind (None: it can)."""

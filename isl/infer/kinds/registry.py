@@ -191,6 +191,9 @@ def load_package_model(model_dir: str, statistics: Sequence[str] | None = None,
     """
     if not os.path.isdir(model_dir):
         raise errors.InputError(f"{model_dir}: model directory not found.")
+    refusal = kind_of(model_dir).package_refusal(model_dir)
+    if refusal:  # Before loading (an ensemble's members take a minute).
+        raise errors.InputError(refusal)
     predictor = load_predictor(model_dir=model_dir, precision="float32")
     return predictor.kind.package_model(predictor, statistics, all_heads)
 
