@@ -394,8 +394,16 @@ class Ensemble:
 
 
 def single(member: Member, channels: Sequence[str]) -> Ensemble:
-    """A one-member ensemble (`isl predict --tta` of a plain model folder): the member's own statistics."""
-    combination = {"unet_regression": "values", "calibrated_regression": "both"}.get(member.kind, "mixture")
+    """A one-member ensemble (`isl predict --tta` of a plain model folder): the member's own statistics.
+
+    Its combination follows what the member's kind writes: "values" without a distribution, "both" when the kind
+    writes its value as the median and the mean (`ModelKind.default_statistics`, a calibrated U-Net regression),
+    else "mixture" (every statistic from the distribution, as the heads and a read-out)."""
+    predictor = member.predictor
+    if not member.has_distribution:
+        combination = "values"
+    else:
+        combination = "mixture" if predictor.kind.default_statistics(predictor) is None else "both"
     weights = {channel: {"values": {"weights": [1.0], "means": [0.0], "stds": [1.0], "intercept": 0.0},
                          "mixture": {"weights": [1.0]}} for channel in channels}
     calibration = member.predictor.calibration_record() or {}

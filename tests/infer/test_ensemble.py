@@ -187,3 +187,17 @@ def test_the_shipped_condition_b_ensemble_names_its_members_relatively_and_they_
         assert ensemble_lib._calibration_fingerprint(member_dir) == member["calibration_fingerprint"], member_dir
     # Fitted on the validation rows only, beside the reported test rows 896:1024.
     assert record["fitted_on"]["window"] == [768, 896, 0, 768]
+
+
+def test_tta_of_one_folder_combines_as_its_kind_writes():
+    from isl.infer.kinds import readout
+    from isl.infer.kinds import regression
+
+    def combination(kind, has_distribution):
+        predictor = types.SimpleNamespace(kind=kind, calibration_record=lambda: None)
+        member = ensemble_lib.Member("m", predictor, kind.name, ("A",), has_distribution)
+        return ensemble_lib.single(member, ("A",)).combination
+
+    assert combination(heads_kind.KIND, True) == combination(readout.KIND, True) == "mixture"
+    assert combination(regression.KIND, True) == "both"  # Its value as median and mean, its distribution's std.
+    assert combination(regression.KIND, False) == "values"
