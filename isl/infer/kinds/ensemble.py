@@ -49,7 +49,7 @@ class EnsemblePredictor(well_lib.Predictor):
     tta: bool = False
 
 
-class Ensemble(base.ModelKind):
+class EnsembleKind(base.ModelKind):
     name = "ensemble"
     words = "an ensemble of model folders (ensemble.json)"
     calibration_route = None
@@ -149,4 +149,4 @@ class Ensemble(base.ModelKind):
                 "Export or package its members one by one, or predict it with isl predict --model_dir.")
 
 
-KIND = Ensemble()
+KIND = EnsembleKind()
