@@ -633,7 +633,9 @@ def expected_peak_bytes(predictor: Predictor, plan: WellPlan, layout: RunLayout 
         width = layout.wanted.width
     if chunks_heads(predictor):
         tiles += predict_lib.head_chunk_bytes(num_heads, num_classes)
-    well = float(plan.well.inputs.nbytes + sum(image.nbytes for image in plan.well.targets.values()))
+    from isl.data import wells as wells_lib
+
+    well = float(wells_lib.held_bytes(plan.well))  # 0 for a lazily read well (its planes are in a file).
     panel_columns = 3 if len(plan.panel_statistics) == 1 else 12
     panel_band = (panels_lib.StreamingPanel.BAND_ROWS * panel_columns * (width + 8) * 3 * 4 * 3
                   if plan.with_panels else 0.0)
@@ -890,7 +892,7 @@ def _predict_well_files(
                                        panels, names, panel_bits, save_calibration)
     if phases not in (0, 1):
         raise errors.InputError(f"--phases must be 0 (exact) or 1 (one run per tile). Received: {phases}")
-    well = read_checked_well(predictor.config, input_dir)
+    well = read_checked_well(predictor.config, input_dir, lazy=True)  # Read by windows, never held whole.
     plan = plan_well(predictor.config, well, chosen, statistics, panels, simplified_panels, save_calibration,
                      "one" if phases == 1 else "exact", window)
     layout = layout_well(predictor, plan, border_mode, tile_size, memory_budget_bytes)
@@ -921,14 +923,17 @@ def _predict_well_files(
     return summary
 
 
-def read_checked_well(config: config_lib.ExperimentConfig, input_dir: str) -> Any:
-    """Reads a well with the model's channels, channel map and normalisation; rejects too many z slices (`check_z`)."""
+def read_checked_well(config: config_lib.ExperimentConfig, input_dir: str, lazy: bool = False) -> Any:
+    """Reads a well with the model's channels, channel map and normalisation; rejects too many z slices (`check_z`).
+
+    `lazy`: planes in a temporary file, read by windows (`isl.data.wells.read_well`).
+    """
     from isl.data import channel_map as channel_map_lib
     from isl.data import wells as wells_lib
 
     mapping = channel_map_lib.check(config.data.channel_map, config.channels)
     well = wells_lib.read_well(input_dir, config.channels, ignore_unknown=True, normalization=config.data.normalization,
-                               channel_map=mapping)
+                               channel_map=mapping, lazy=lazy)
     check_z(well, config)
     return well
 

@@ -1,0 +1,68 @@
+"""A lazily read well (`read_well(lazy=True)`): the same values as the whole read, by windows, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from isl import config as config_lib
+from isl import errors
+from isl.data import wells
+from tests.data import wellmaker
+
+
+@pytest.mark.parametrize("normalization", ["none", "paper"])
+def test_a_lazy_well_holds_the_same_values_as_the_whole_read(tmp_path, normalization):
+    directory = str(tmp_path / "w")
+    wellmaker.random_well(directory, num_z=4, height=37, width=29)
+    channels = config_lib.ChannelConfig()
+    whole = wells.read_well(directory, channels, normalization=normalization)
+    lazy = wells.read_well(directory, channels, normalization=normalization, lazy=True,
+                           spill_dir=str(tmp_path))
+    assert isinstance(lazy.inputs, wells.SpilledStack)
+    assert lazy.inputs.shape == whole.inputs.shape
+    np.testing.assert_array_equal(np.asarray(lazy.inputs), whole.inputs)
+    assert sorted(lazy.targets) == sorted(whole.targets)
+    for channel, image in whole.targets.items():
+        assert lazy.targets[channel].shape == image.shape
+        np.testing.assert_array_equal(lazy.targets[channel][3:20, 5:11], image[3:20, 5:11])
+        np.testing.assert_array_equal(np.asarray(lazy.targets[channel]), image)
+    assert lazy.metadata == whole.metadata
+    assert wells.held_bytes(lazy) == 0 and wells.held_bytes(whole) > 0
+    assert os.listdir(tmp_path) == ["w"]  # The spill file is unlinked at once.
+
+
+def test_a_spilled_stack_indexes_as_numpy(tmp_path):
+    rng = np.random.default_rng(1)
+    array = rng.random((5, 23, 17), dtype=np.float32)
+    stack = wells.SpilledStack(array.shape, str(tmp_path))
+    for index, plane in enumerate(array):
+        stack.write_plane(index, plane)
+    rows = np.array([2, 1, 0, 1, 2, 3, 22, 21])  # Reflected, repeated, out of order: as a run's rows.
+    columns = np.array([0, 16, 3, 3])
+    keys = [
+        (slice(None), slice(4, 9), slice(2, 15)),
+        (2, slice(None), slice(None)),
+        (slice(1, 4), 7),
+        (-1, 3, 4),
+        np.ix_(np.arange(5), rows, columns),
+        np.ix_(np.array([4, 0]), rows, columns),
+        (slice(None), slice(5, 5), slice(None)),
+    ]
+    for key in keys:
+        np.testing.assert_array_equal(stack[key], array[key])
+    view = stack.planes(1, 3)
+    np.testing.assert_array_equal(view[np.ix_(np.arange(3), rows, columns)], array[1:4][np.ix_(np.arange(3), rows,
+                                                                                                columns)])
+    np.testing.assert_array_equal(stack.plane(4)[2:9, 1:3], array[4, 2:9, 1:3])
+    with pytest.raises(IndexError):
+        stack[5]
+    with pytest.raises(TypeError):
+        stack[array > 0.5]
+
+
+def test_an_unwritable_spill_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(errors.InputError, match="cannot hold the decoded well"):
+        wells.SpilledStack((1, 2, 2), str(tmp_path / "missing"))
