@@ -66,3 +66,21 @@ def test_a_spilled_stack_indexes_as_numpy(tmp_path):
 def test_an_unwritable_spill_folder_is_a_clear_error(tmp_path):
     with pytest.raises(errors.InputError, match="cannot hold the decoded well"):
         wells.SpilledStack((1, 2, 2), str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("normalization", ["none", "paper", "percentile"])
+def test_normalize_raw_slice_by_slice_equals_the_whole_stack(tmp_path, normalization):
+    from isl.data import normalization as normalization_lib
+
+    directory = str(tmp_path / "w")
+    stack, _ = wellmaker.random_well(directory, num_z=3, height=21, width=17)
+    source = wells.scan_wells([directory], config_lib.ChannelConfig()).wells[0]
+    raw = wells.load_raw_well(source)
+    normalised, warning = wells.normalize_raw(raw, normalization)
+    # The whole-stack computation (what normalize_raw did before it went slice by slice).
+    whole = normalization_lib.normalize_stack(stack.astype(np.float32) / np.float32(65535), normalization)
+    assert warning == normalization_lib.check_statistics(whole, f"well {source.name} ({source.directory})",
+                                                         normalization)
+    expected = stack if normalization == "none" else normalization_lib.to_uint16(whole)
+    np.testing.assert_array_equal(np.moveaxis(normalised.inputs, -1, 0), expected)
+    assert normalised.input_max_value == 65535
