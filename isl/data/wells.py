@@ -559,7 +559,7 @@ class SpilledStack:
                                     "point TMPDIR at a writable folder.") from None
         os.unlink(path)
         self._file = _SpillFile(handle, self.shape)
-        self._first = 0
+        self._offsets = (0, 0, 0)  # Of this stack's (plane, row, column) 0 in the file: views share the file.
 
     @property
     def nbytes(self) -> int:
@@ -568,10 +568,19 @@ class SpilledStack:
 
     def planes(self, first: int, count: int) -> SpilledStack:
         """Planes `first .. first + count - 1` as a stack sharing this file."""
+        return self._view((first, 0, 0), (count,) + self.shape[1:])
+
+    def window(self, top: int, bottom: int, left: int, right: int) -> SpilledStack:
+        """Rows `top:bottom` and columns `left:right` of every plane, as a stack sharing this file (no read)."""
+        if not (0 <= top <= bottom <= self.shape[1] and 0 <= left <= right <= self.shape[2]):
+            raise IndexError(f"window {top}:{bottom}, {left}:{right} outside a stack of {self.shape}")
+        return self._view((0, top, left), (self.shape[0], bottom - top, right - left))
+
+    def _view(self, offsets: tuple[int, int, int], shape: tuple[int, ...]) -> SpilledStack:
         view = object.__new__(SpilledStack)
-        view.shape = (count,) + self.shape[1:]
-        view.dtype, view.directory = self.dtype, self.directory
-        view._file, view._first = self._file, self._first + first
+        view.shape = tuple(int(size) for size in shape)
+        view.dtype, view.directory, view._file = self.dtype, self.directory, self._file
+        view._offsets = tuple(mine + theirs for mine, theirs in zip(self._offsets, offsets))
         return view
 
     def plane(self, index: int) -> SpilledPlane:
@@ -583,7 +592,9 @@ class SpilledStack:
         data = np.ascontiguousarray(plane, np.float32)
         if data.shape != self.shape[1:]:
             raise ValueError(f"plane of shape {data.shape} for a stack of {self.shape}")
-        offset = (self._first + index) * data.nbytes
+        if self._offsets[1:] != (0, 0) or self.shape[1:] != self._file.shape[1:]:
+            raise ValueError("planes are written through the whole stack, not a window of it")
+        offset = (self._offsets[0] + index) * data.nbytes
         view = memoryview(data).cast("B")
         try:
             while view:
@@ -622,7 +633,8 @@ class SpilledStack:
         (planes, _), (rows, _), (columns, _) = axes
         result = np.empty((len(planes), len(rows), len(columns)), np.float32)
         if result.size:
-            self._file.read(planes + self._first, rows, columns, result)
+            plane0, row0, column0 = self._offsets
+            self._file.read(planes + plane0, rows + row0, columns + column0, result)
         return result.reshape([len(indices) for indices, keep in axes if keep])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -677,6 +689,13 @@ class SpilledPlane:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         array = self[:, :]
         return array if dtype is None else array.astype(dtype)
+
+
+def window(stack: Any, top: int, bottom: int, left: int, right: int) -> Any:
+    """`stack[:, top:bottom, left:right]`: a slice of an array, a view (nothing read) of a `SpilledStack`."""
+    if isinstance(stack, SpilledStack):
+        return stack.window(top, bottom, left, right)
+    return stack[:, top:bottom, left:right]
 
 
 def held_bytes(well: Well) -> int:

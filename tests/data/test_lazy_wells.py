@@ -57,6 +57,13 @@ def test_a_spilled_stack_indexes_as_numpy(tmp_path):
     np.testing.assert_array_equal(view[np.ix_(np.arange(3), rows, columns)], array[1:4][np.ix_(np.arange(3), rows,
                                                                                                 columns)])
     np.testing.assert_array_equal(stack.plane(4)[2:9, 1:3], array[4, 2:9, 1:3])
+    window = wells.window(view, 3, 20, 2, 15)  # A window of a view: offsets add up; nothing is read.
+    assert window.shape == (3, 17, 13)
+    np.testing.assert_array_equal(window[:, rows[:5]][:, :, [0, 12, 3]], array[1:4, 3:20, 2:15][:, rows[:5]][
+        :, :, [0, 12, 3]])
+    np.testing.assert_array_equal(wells.window(array, 3, 20, 2, 15), array[:, 3:20, 2:15])
+    with pytest.raises(ValueError):
+        window.write_plane(0, np.zeros((17, 13), np.float32))
     with pytest.raises(IndexError):
         stack[5]
     with pytest.raises(TypeError):
