@@ -1,4 +1,4 @@
-"""`tfrecords.encode_well` fills the Example in place: the same bytes as building whole `Feature`s first."""
+"""`tfrecords.encode_well` fills the Example in place: the same record as building whole `Feature`s first."""
 
 from __future__ import annotations
 
@@ -43,4 +43,11 @@ def test_encode_well_in_place_gives_the_same_bytes(tmp_path):
     directory = str(tmp_path / "w")
     wellmaker.random_well(directory, num_z=3, height=9, width=7)
     raw = wells.load_raw_well(wells.scan_wells([directory], config_lib.ChannelConfig()).wells[0])
-    assert tfrecords.encode_well(raw) == _encode_by_features(raw)
+    import tensorflow as tf
+
+    # The same message: every field and value (a map's order on the wire is protobuf's, not ours, and readers,
+    # `isl.data.crops` included, take fields in any order).
+    records = (tfrecords.encode_well(raw), _encode_by_features(raw))
+    new, old = (tf.train.Example.FromString(record) for record in records)
+    assert new == old and len(new.features.feature) == len(old.features.feature) == 15
+    assert new.features.feature[schema.INPUTS_DATA].bytes_list.value[0] == raw.inputs.astype("<u2").tobytes()
