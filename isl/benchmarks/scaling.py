@@ -122,8 +122,10 @@ def _commands(name: str, size: int, work_dir: str, model_dir: str, steps: int,
                        "--num_shards=1", "--overwrite"]]
     if name == "export":
         export_dir = os.path.join(work_dir, f"export{size}")
-        if os.path.isdir(export_dir):  # A bioimage.io package is never written over.
+        if os.path.isdir(export_dir):  # A bioimage.io package is never written over: an earlier run's goes.
             shutil.rmtree(export_dir)
+        if os.path.isfile(export_dir + ".zip"):
+            os.remove(export_dir + ".zip")
         return [isl + ["export", f"--model_dir={model_dir}", f"--export_dir={export_dir}", "--format=bioimageio",
                        f"--sample_well={well}"]]
     if name == "predict_unet":

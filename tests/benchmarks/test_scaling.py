@@ -42,8 +42,9 @@ def test_scaling_names_the_commands_of_convert_export_and_the_unet_predict(tmp_p
     assert convert[3:] == ["convert", f"--input_dir={work}/well512", f"--output_dir={work}/convert512",
                            "--num_shards=1", "--overwrite"]
     (tmp_path / "export512").mkdir()  # An earlier package is removed: bioimage.io packages are never overwritten.
+    (tmp_path / "export512.zip").write_text("")
     export, = scaling._commands("export", 512, work, "m", 5)
     assert "--format=bioimageio" in export and f"--sample_well={work}/well512" in export
-    assert not (tmp_path / "export512").exists()
+    assert not (tmp_path / "export512").exists() and not (tmp_path / "export512.zip").exists()
     predict, = scaling._commands("predict_unet", 512, work, "m", 5, unet_model_dir="u")
     assert "--model_dir=u" in predict and f"--output_dir={work}/predict_unet512" in predict
