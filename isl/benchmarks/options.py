@@ -32,7 +32,9 @@ class BenchmarkOptions:
         tile_size: predict: tile side (0: from memory).
         model_steps: data: timed training steps of the preset's model (0 skips).
         sizes: scaling: image sides, comma-separated.
-        commands: scaling: commands to measure, comma-separated (predict, evaluate, readout, train).
+        commands: scaling: commands to measure, comma-separated (predict, evaluate, readout, train, convert,
+            export, predict_unet).
+        unet_model_dir: scaling: a unet_regression model for predict_unet.
     """
 
     preset: str = "paper"
@@ -52,3 +54,4 @@ class BenchmarkOptions:
     model_steps: int = 2
     sizes: str = "512,1024,2048,4096"
     commands: str = "predict,evaluate,readout,train"
+    unet_model_dir: str | None = None

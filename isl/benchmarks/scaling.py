@@ -13,14 +13,14 @@ figures on a shared machine move with the other jobs.
 from __future__ import annotations
 
 import os
-
+import shutil
 
 from isl import errors
 from isl.benchmarks import mirror
 
 
 SIZES = (512, 1024, 2048, 4096)
-COMMANDS = ("predict", "evaluate", "readout", "train")
+COMMANDS = ("predict", "evaluate", "readout", "train", "convert", "export", "predict_unet")
 
 
 def cpu_model() -> str:
@@ -85,8 +85,15 @@ def measure(command: list[str], log_path: str) -> dict:
     }
 
 
-def _commands(name: str, size: int, work_dir: str, model_dir: str, steps: int) -> list[list[str]]:
-    """The `isl` command line(s) of benchmark command `name` on the `size` well (setup steps first)."""
+def _commands(name: str, size: int, work_dir: str, model_dir: str, steps: int,
+              unet_model_dir: str | None = None) -> list[list[str]]:
+    """The `isl` command line(s) of benchmark command `name` on the `size` well (setup steps first).
+
+    predict (the concordance model's heads, defaults: truth, panels, calibration), evaluate (of that
+    prediction), readout (fit on rows 0:3/4, scored on 7/8:1), train (`--recipe=unet_regression`, `steps`),
+    convert (the whole well into one record), export (`--format=bioimageio` with the well as `--sample_well`)
+    and predict_unet (`unet_model_dir`, a `unet_regression` model, defaults).
+    """
     import sys
 
     isl = [sys.executable, "-m", "isl"]
@@ -110,6 +117,23 @@ def _commands(name: str, size: int, work_dir: str, model_dir: str, steps: int) -
         return convert + [isl + ["train", f"--data_dir={records}",
                                  f"--model_dir={os.path.join(work_dir, f'unet{size}')}", "--preset=condition_b",
                                  "--recipe=unet_regression", f"--steps={steps}", "--noprogress"]]
+    if name == "convert":
+        return [isl + ["convert", f"--input_dir={well}", f"--output_dir={os.path.join(work_dir, f'convert{size}')}",
+                       "--num_shards=1", "--overwrite"]]
+    if name == "export":
+        export_dir = os.path.join(work_dir, f"export{size}")
+        if os.path.isdir(export_dir):  # A bioimage.io package is never written over: an earlier run's goes.
+            shutil.rmtree(export_dir)
+        if os.path.isfile(export_dir + ".zip"):
+            os.remove(export_dir + ".zip")
+        return [isl + ["export", f"--model_dir={model_dir}", f"--export_dir={export_dir}", "--format=bioimageio",
+                       f"--sample_well={well}"]]
+    if name == "predict_unet":
+        if not unet_model_dir:
+            raise errors.InputError("isl benchmark scaling: predict_unet needs --unet_model_dir (a unet_regression "
+                                    "model).")
+        return [isl + ["predict", f"--model_dir={unet_model_dir}", f"--input_dir={well}",
+                       f"--output_dir={os.path.join(work_dir, f'predict_unet{size}')}", "--noprogress"]]
     raise errors.InputError(f"unknown scaling command {name!r}; known: {', '.join(COMMANDS)}")
 
 
@@ -132,9 +156,14 @@ def run(options) -> dict:
         raise errors.InputError("isl benchmark scaling needs --sample_dir (the well to mirror to each size).")
     if not options.data_dir:
         raise errors.InputError("isl benchmark scaling needs --data_dir: a work folder for the mirrored wells.")
-    if any(name != "train" for name in commands) and not options.model_dir:
-        raise errors.InputError("isl benchmark scaling: --model_dir (a trained model) is needed for "
-                                f"{', '.join(name for name in commands if name != 'train')}.")
+    needing = [name for name in commands if name not in ("train", "convert", "predict_unet")]
+    if needing and not options.model_dir:
+        raise errors.InputError(f"isl benchmark scaling: --model_dir (a trained model) is needed for "
+                                f"{', '.join(needing)}.")
+    unet_model_dir = options.unet_model_dir
+    if "predict_unet" in commands and not unet_model_dir:
+        raise errors.InputError("isl benchmark scaling: predict_unet needs --unet_model_dir (a unet_regression "
+                                "model).")
     steps = options.steps or 5
     work_dir = options.data_dir
     os.makedirs(work_dir, exist_ok=True)
@@ -145,7 +174,8 @@ def run(options) -> dict:
             mirror.mirror_well(options.sample_dir, os.path.join(work_dir, f"well{size}"), (size, size))
         for name in commands:
             result: dict = {}
-            for index, command in enumerate(_commands(name, size, work_dir, options.model_dir, steps)):
+            for index, command in enumerate(_commands(name, size, work_dir, options.model_dir, steps,
+                                                      unet_model_dir)):
                 result = measure(command, os.path.join(work_dir, f"{name}{size}.{index}.log"))
                 if result["exit_code"] != 0:
                     break

@@ -18,8 +18,10 @@ Measure speed and memory: 'isl benchmark data|model|predict|scaling'.
            training step at each output size, float32 and bfloat16.
   predict  whole-well prediction: the old plan and the new one side by side
            (seconds, output px/s, peak RSS, ratio; --model_dir, --plans).
-  scaling  seconds and peak RSS of predict, evaluate, readout and U-Net
-           training (--commands) against image size (--sizes, default
+  scaling  seconds and peak RSS of predict, evaluate, readout, U-Net
+           training, convert, export and the U-Net's predict (--commands:
+           predict, evaluate, readout, train, convert, export, predict_unet
+           with --unet_model_dir) against image size (--sizes, default
            512,1024,2048,4096): --sample_dir is mirrored to each size in the
            work folder --data_dir; each command runs in its own process and
            its own peak RSS is reported, with the CPU model and the load.
@@ -71,7 +73,10 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_string("sizes", "512,1024,2048,4096", "scaling: image sides, comma-separated.",
                         flag_values=flag_values)
     flags.DEFINE_string("commands", "predict,evaluate,readout,train", "scaling: commands to measure, "
-                        "comma-separated.", flag_values=flag_values)
+                        "comma-separated, of predict, evaluate, readout, train, convert, export, predict_unet.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("unet_model_dir", None, "scaling: a unet_regression model for predict_unet.",
+                        flag_values=flag_values)
     flags.DEFINE_integer("model_steps", 2, "data: timed training steps of the preset's model, to compare the "
                          "pipeline's patches/s with what the model consumes (0 skips).", flag_values=flag_values)
 

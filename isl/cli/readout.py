@@ -95,15 +95,17 @@ def _check_output_dir(output_dir: str, model_dir: str) -> None:
 
 
 # The fit's peak RSS, measured (`isl benchmark scaling`, BUILD_NOTES "Session 8, issue 25"): the network, one
-# row of embedding tiles and one band of features (BASE_BYTES), plus the one well held in memory: its integer
-# and float32 pixels and the target matrix (WELL_BYTES_PER_VALUE per pixel and plane).
+# row of embedding tiles and one band of features (BASE_BYTES). The wells are read lazily (session 9): of a well's
+# pixels only the plane being decoded is held (PLANE_BYTES_PER_PIXEL: its integer and float32 copies), the rest
+# waits in a temporary file.
 BASE_BYTES = 2.7e9
-WELL_BYTES_PER_VALUE = 10.0
+PLANE_BYTES_PER_PIXEL = 6.0
 
 
 def expected_peak_bytes(height: int, width: int, planes: int) -> float:
-    """The modelled peak RSS of `isl readout` for its largest well: `planes` = z slices + target images."""
-    return BASE_BYTES + WELL_BYTES_PER_VALUE * height * width * planes
+    """The modelled peak RSS of `isl readout` for its largest well (`planes` = z slices + target images: kept for
+    the message; one plane at a time is held)."""
+    return BASE_BYTES + PLANE_BYTES_PER_PIXEL * height * width
 
 
 def check_memory(config: Any, well_dirs: list[str]) -> None:
@@ -134,7 +136,7 @@ def check_memory(config: Any, well_dirs: list[str]) -> None:
         raise errors.InputError(
             f"--train_dir/--eval_dir: the read-out needs about {needed / 1e9:.1f} GB for {directory} "
             f"({height}x{width}, {planes} planes), more than the {available / 1e9:.1f} GB available now; split that "
-            "field into smaller wells (the fit holds one well's pixels at a time) or stop other jobs.")
+            "field into smaller wells or stop other jobs.")
 
 
 def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ recorded in `dataset.json` (`normalization`) and in the model's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -99,18 +99,41 @@ def to_uint16(stack: np.ndarray) -> np.ndarray:
     return np.round(np.clip(stack, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
-def slice_statistics(stack: np.ndarray) -> tuple[float, float, float, float]:
-    """(lowest mean, highest mean, lowest std, highest std) over the slices of `[z, H, W]`."""
+def plane_moments(plane: np.ndarray) -> tuple[float, float]:
+    """(mean, std) of one `[H, W]` slice, in float64 (the figures `slice_statistics` takes its extremes of)."""
+    values = np.asarray(plane).astype(np.float64)
+    return float(values.mean()), float(values.std())
+
+
+def slice_statistics(
+    stack: np.ndarray | None, moments: Sequence[tuple[float, float]] | None = None
+) -> tuple[float, float, float, float]:
+    """(lowest mean, highest mean, lowest std, highest std) over the slices of `[z, H, W]`.
+
+    `moments` (one `plane_moments` per slice, gathered while a well is read
+    plane by plane) replaces the stack.
+    """
     # One float64 slice at a time: a float64 copy of a 4096^2 x 13 stack would be 1.7 GB.
-    means, stds = [], []
-    for plane in np.asarray(stack):
-        values = plane.astype(np.float64)
-        means.append(values.mean())
-        stds.append(values.std())
+    if moments is None:
+        moments = [plane_moments(plane) for plane in np.asarray(stack)]
+    means = [mean for mean, _ in moments]
+    stds = [std for _, std in moments]
     return float(min(means)), float(max(means)), float(min(stds)), float(max(stds))
 
 
-def check_statistics(stack: np.ndarray, where: str, name: str) -> str | None:
+def normalize_plane(plane: np.ndarray, name: str) -> np.ndarray:
+    """`normalize_stack` of one `[H, W]` slice: the same float32 values, for `none` and `paper` (per slice).
+
+    `percentile` scales by the whole stack's percentiles, so it has no per-slice form (ValueError).
+    """
+    if check_name(name) == PERCENTILE:
+        raise ValueError("the percentile normalisation needs the whole stack (normalize_stack).")
+    return normalize_stack(np.asarray(plane)[None], name)[0]
+
+
+def check_statistics(
+    stack: np.ndarray | None, where: str, name: str, moments: Sequence[tuple[float, float]] | None = None
+) -> str | None:
     """A warning when a (normalised) stack is far from what its normalisation should produce.
 
     `none` and `paper` aim at the paper's statistics: per-slice means in
@@ -127,13 +150,15 @@ def check_statistics(stack: np.ndarray, where: str, name: str) -> str | None:
         stack: `[num_z, height, width]` float in [0, 1], as the network sees it.
         where: the well or file, for the message.
         name: the normalisation that was applied.
+        moments: per slice (mean, std) (`plane_moments`) instead of the
+            stack, for `none` and `paper`.
 
     Returns:
         One line saying what is off and what to do, or None.
     """
     if name == PERCENTILE:
         return _check_percentile(np.asarray(stack), where)
-    low_mean, high_mean, low_std, high_std = slice_statistics(stack)
+    low_mean, high_mean, low_std, high_std = slice_statistics(stack, moments)
     mean_ok = EXPECTED_MEAN_RANGE[0] <= low_mean and high_mean <= EXPECTED_MEAN_RANGE[1]
     std_ok = EXPECTED_STD_RANGE[0] <= low_std and high_std <= EXPECTED_STD_RANGE[1]
     if mean_ok and std_ok:

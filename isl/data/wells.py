@@ -22,8 +22,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import errno
 import logging
+import mmap
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -505,14 +508,230 @@ def normalize_raw(raw: RawWell, normalization: str) -> tuple[RawWell, str | None
         `input_max_value` 65535 unless `normalization` is none; a warning
         line when the result is far from the paper's statistics, else None).
     """
-    stack = np.moveaxis(raw.inputs, -1, 0).astype(np.float32) / np.float32(raw.input_max_value)
-    stack = normalization_lib.normalize_stack(stack, normalization)
-    warning = normalization_lib.check_statistics(stack, f"well {raw.source.name} ({raw.source.directory})",
-                                                 normalization)
+    where = f"well {raw.source.name} ({raw.source.directory})"
+    if normalization == normalization_lib.PERCENTILE:  # Scaled by the whole stack's percentiles.
+        stack = np.moveaxis(raw.inputs, -1, 0).astype(np.float32) / np.float32(raw.input_max_value)
+        stack = normalization_lib.normalize_stack(stack, normalization)
+        warning = normalization_lib.check_statistics(stack, where, normalization)
+        inputs = np.ascontiguousarray(np.moveaxis(normalization_lib.to_uint16(stack), 0, -1))
+        return dataclasses.replace(raw, inputs=inputs, input_max_value=65535), warning
+    # `none` and `paper` act on each slice alone: one float32 slice at a time (the same values as the whole
+    # stack's float32 copy, which was 0.87 GB at 4096^2 x 13), written back into a uint16 copy for `paper`.
+    inputs = raw.inputs if normalization == normalization_lib.NONE else np.empty_like(raw.inputs)
+    moments = []
+    for z in range(raw.inputs.shape[-1]):
+        plane = np.divide(raw.inputs[:, :, z], np.float32(raw.input_max_value), dtype=np.float32)
+        plane = normalization_lib.normalize_plane(plane, normalization)
+        moments.append(normalization_lib.plane_moments(plane))
+        if inputs is not raw.inputs:
+            inputs[:, :, z] = normalization_lib.to_uint16(plane)
+    warning = normalization_lib.check_statistics(None, where, normalization, moments=moments)
     if normalization == normalization_lib.NONE:
         return raw, warning
-    inputs = np.ascontiguousarray(np.moveaxis(normalization_lib.to_uint16(stack), 0, -1))
     return dataclasses.replace(raw, inputs=inputs, input_max_value=65535), warning
+
+
+class SpilledStack:
+    """A `[planes, height, width]` float32 stack kept in an unlinked temporary file and read by windows.
+
+    A well's decoded pixels are written plane by plane into a file that is
+    unlinked at once (nothing is left behind, whatever happens), and each
+    read maps the file only for its copy (`mmap`, unmapped after): the
+    process holds one window, never the well. The page cache may keep the
+    file, but that memory is the kernel's to reclaim, not the process's.
+
+    Indexing takes, per axis, an int, a slice or an index array in the form
+    `np.ix_` gives (one axis each); the result is what numpy gives for the
+    same key on the whole array. `planes(first, count)` is a view of some
+    planes (a well's z-stack) sharing the file.
+    """
+
+    ndim = 3
+
+    def __init__(self, shape: tuple[int, int, int], directory: str | None = None) -> None:
+        self.shape = tuple(int(size) for size in shape)
+        self.dtype = np.dtype(np.float32)
+        self.directory = directory or tempfile.gettempdir()
+        try:
+            handle, path = tempfile.mkstemp(prefix="isl-well-", suffix=".f32", dir=self.directory)
+        except OSError as error:
+            raise errors.InputError(f"{self.directory}: cannot hold the decoded well there ({error.strerror}); "
+                                    "point TMPDIR at a writable folder.") from None
+        os.unlink(path)
+        self._file = _SpillFile(handle, self.shape)
+        self._offsets = (0, 0, 0)  # Of this stack's (plane, row, column) 0 in the file: views share the file.
+
+    @property
+    def nbytes(self) -> int:
+        """The stack's size (on disk, not in memory: see `held_bytes`)."""
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def planes(self, first: int, count: int) -> SpilledStack:
+        """Planes `first .. first + count - 1` as a stack sharing this file."""
+        return self._view((first, 0, 0), (count,) + self.shape[1:])
+
+    def window(self, top: int, bottom: int, left: int, right: int) -> SpilledStack:
+        """Rows `top:bottom` and columns `left:right` of every plane, as a stack sharing this file (no read)."""
+        if not (0 <= top <= bottom <= self.shape[1] and 0 <= left <= right <= self.shape[2]):
+            raise IndexError(f"window {top}:{bottom}, {left}:{right} outside a stack of {self.shape}")
+        return self._view((0, top, left), (self.shape[0], bottom - top, right - left))
+
+    def _view(self, offsets: tuple[int, int, int], shape: tuple[int, ...]) -> SpilledStack:
+        view = object.__new__(SpilledStack)
+        view.shape = tuple(int(size) for size in shape)
+        view.dtype, view.directory, view._file = self.dtype, self.directory, self._file
+        view._offsets = tuple(mine + theirs for mine, theirs in zip(self._offsets, offsets))
+        return view
+
+    def plane(self, index: int) -> SpilledPlane:
+        """Plane `index` as a 2-D array-like."""
+        return SpilledPlane(self, index)
+
+    def write_plane(self, index: int, plane: np.ndarray) -> None:
+        """Stores plane `index` `[height, width]` (float32)."""
+        data = np.ascontiguousarray(plane, np.float32)
+        if data.shape != self.shape[1:]:
+            raise ValueError(f"plane of shape {data.shape} for a stack of {self.shape}")
+        if self._offsets[1:] != (0, 0) or self.shape[1:] != self._file.shape[1:]:
+            raise ValueError("planes are written through the whole stack, not a window of it")
+        offset = (self._offsets[0] + index) * data.nbytes
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                written = os.pwrite(self._file.handle, view, offset)
+                view, offset = view[written:], offset + written
+        except OSError as error:
+            reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror
+            raise errors.InputError(f"{self.directory}: cannot hold the decoded well there ({reason}); free space "
+                                    "or point TMPDIR at another folder.") from None
+
+    @staticmethod
+    def _axis(key: Any, size: int) -> tuple[np.ndarray, bool]:
+        """(the indices an axis key takes, whether the axis stays)."""
+        if isinstance(key, (int, np.integer)):
+            index = int(key) + size if key < 0 else int(key)
+            if not 0 <= index < size:
+                raise IndexError(f"index {key} out of range for size {size}")
+            return np.array([index]), False
+        if isinstance(key, slice):
+            return np.arange(size)[key], True
+        indices = np.asarray(key)
+        if indices.dtype == bool or indices.ndim == 0 or sum(length > 1 for length in indices.shape) > 1:
+            raise TypeError("SpilledStack takes ints, slices or np.ix_-style index arrays")
+        indices = indices.reshape(-1).astype(np.int64)
+        indices = np.where(indices < 0, indices + size, indices)
+        if indices.size and (indices.min() < 0 or indices.max() >= size):
+            raise IndexError(f"index out of range for size {size}")
+        return indices, True
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > 3:
+            raise IndexError("too many indices for a 3-D stack")
+        key = key + (slice(None),) * (3 - len(key))
+        axes = [self._axis(item, size) for item, size in zip(key, self.shape)]
+        (planes, _), (rows, _), (columns, _) = axes
+        result = np.empty((len(planes), len(rows), len(columns)), np.float32)
+        if result.size:
+            plane0, row0, column0 = self._offsets
+            self._file.read(planes + plane0, rows + row0, columns + column0, result)
+        return result.reshape([len(indices) for indices, keep in axes if keep])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """The whole stack in memory (for callers that need it whole)."""
+        array = self[:, :, :]
+        return array if dtype is None else array.astype(dtype)
+
+
+class _SpillFile:
+    """The open, unlinked file of a `SpilledStack` `[planes, height, width]` float32; closed when dropped."""
+
+    def __init__(self, handle: int, shape: tuple[int, int, int]) -> None:
+        self.handle, self.shape = handle, shape
+
+    def read(self, planes: np.ndarray, rows: np.ndarray, columns: np.ndarray, out: np.ndarray) -> None:
+        """Copies `[planes][rows][columns]` (index arrays) into `out`, mapping the file only meanwhile."""
+        first, last = int(rows.min()), int(rows.max()) + 1
+        left, right = int(columns.min()), int(columns.max()) + 1
+        mapped = mmap.mmap(self.handle, int(np.prod(self.shape)) * 4, prot=mmap.PROT_READ)
+        try:
+            whole = np.frombuffer(mapped, np.float32).reshape(self.shape)
+            for position, plane in enumerate(planes):
+                out[position] = whole[plane, first:last, left:right][np.ix_(rows - first, columns - left)]
+            del whole
+        finally:
+            mapped.close()
+
+    def __del__(self) -> None:
+        if self.handle >= 0:
+            os.close(self.handle)
+            self.handle = -1
+
+
+class SpilledPlane:
+    """One plane of a `SpilledStack`, `[height, width]`, read by windows."""
+
+    ndim = 2
+
+    def __init__(self, stack: SpilledStack, index: int) -> None:
+        self.stack, self.index = stack, index
+        self.shape = stack.shape[1:]
+        self.dtype = stack.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * self.dtype.itemsize
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        return self.stack[(self.index,) + key]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = self[:, :]
+        return array if dtype is None else array.astype(dtype)
+
+
+def window(stack: Any, top: int, bottom: int, left: int, right: int) -> Any:
+    """`stack[:, top:bottom, left:right]`: a slice of an array, a view (nothing read) of a `SpilledStack`."""
+    if isinstance(stack, SpilledStack):
+        return stack.window(top, bottom, left, right)
+    return stack[:, top:bottom, left:right]
+
+
+def held_bytes(well: Well) -> int:
+    """The bytes of a well's pixels held in memory (0 for a lazily read well's spilled planes)."""
+    arrays = [well.inputs, *well.targets.values()]
+    return int(sum(array.nbytes for array in arrays if isinstance(array, np.ndarray)))
+
+
+def _lazy_well(source: WellSource, normalization: str, spill_dir: str | None) -> tuple[Any, dict[str, Any], str | None]:
+    """Decodes a well plane by plane into a `SpilledStack`: (inputs, targets, the statistics warning or None).
+
+    Each plane is read, divided by its maximum and normalised as `read_well`
+    does for the whole stack (the same float32 values), stored, and dropped;
+    the stack's per-slice moments are kept for the warning. Peak: one decoded
+    plane and its float32 copy.
+    """
+    num_z, num_targets = source.num_source_z, len(source.targets)
+    stack = SpilledStack((num_z + num_targets, source.height, source.width), spill_dir)
+    moments = []
+    for z, entry in enumerate(source.inputs):
+        raw = _read_plane(entry, source, source.input_dtype, source.input_max_value)
+        plane = np.divide(raw, np.float32(source.input_max_value), dtype=np.float32)
+        del raw
+        plane = normalization_lib.normalize_plane(plane, normalization)
+        moments.append(normalization_lib.plane_moments(plane))
+        stack.write_plane(z, plane)
+    targets = {}
+    for index, (entry, dtype, maximum) in enumerate(zip(source.targets, source.target_dtypes,
+                                                        source.target_max_values)):
+        raw = _read_plane(entry, source, dtype, maximum)
+        stack.write_plane(num_z + index, raw.astype(np.float32) / np.float32(maximum))
+        targets[entry.channel] = stack.plane(num_z + index)
+    images.clear_plane_cache()
+    warning = normalization_lib.check_statistics(None, f"well {source.name} ({source.directory})", normalization,
+                                                 moments=moments)
+    return stack.planes(0, num_z), targets, warning
 
 
 def read_well(
@@ -521,6 +740,8 @@ def read_well(
     ignore_unknown: bool = False,
     normalization: str = "none",
     channel_map: dict[str, str] | None = None,
+    lazy: bool = False,
+    spill_dir: str | None = None,
 ) -> Well:
     """Reads the one well in `directory` as float32 in [0, 1].
 
@@ -534,6 +755,12 @@ def read_well(
             from the paper's statistics adds a line to `metadata["warnings"]`
             and to the `isl.data` logger.
         channel_map: renames files' channels first (`isl.data.channel_map`).
+        lazy: decode the well plane by plane into an unlinked temporary file
+            in `spill_dir` (default: the system's, `TMPDIR`) and return
+            `SpilledStack` / `SpilledPlane` array-likes read by windows (the
+            same float32 values; memory: one plane while reading, then one
+            window per read). The `percentile` normalisation scales by the
+            whole stack, so it is always read into memory.
 
     Returns:
         A `Well`: `inputs` `[num_source_z, H, W]`, `targets` channel -> `[H, W]`.
@@ -549,6 +776,12 @@ def read_well(
             "pass the folder of one well."
         )
     source = scan.wells[0]
+    if lazy and normalization != normalization_lib.PERCENTILE:
+        inputs, targets, warning = _lazy_well(source, normalization, spill_dir)
+        if warning:
+            logger.warning("warning: %s", warning)
+        return Well(name=source.name, inputs=inputs, targets=targets,
+                    metadata=_well_metadata(source, scan, normalization, channel_map, warning, ignore_unknown))
     raw = load_raw_well(source)
     # Plane by plane into one preallocated [Z, H, W] stack: the same float32 values as dividing the whole
     # moved-axis array, without its float32 temporaries (two extra stacks at 4096^2 x 13).
@@ -563,14 +796,21 @@ def read_well(
         channel: raw.targets[:, :, index].astype(np.float32) / np.float32(raw.target_max_values[index])
         for index, channel in enumerate(source.target_channels)
     }
-    metadata = dict(source.metadata)
+    metadata = _well_metadata(source, scan, normalization, channel_map, warning, ignore_unknown)
+    return Well(name=source.name, inputs=np.ascontiguousarray(inputs), targets=targets, metadata=metadata)
+
+
+def _well_metadata(source: WellSource, scan: ScanResult, normalization: str, channel_map: dict[str, str] | None,
+                   warning: str | None, ignore_unknown: bool) -> dict[str, Any]:
+    """`Well.metadata` of a read well."""
+    metadata: dict[str, Any] = dict(source.metadata)
     metadata.update(modality=source.modality, source_files=source.source_files, directory=source.directory,
                     normalization=normalization, warnings=[warning] if warning else [],
                     channel_map=dict(channel_map or {}))
     if ignore_unknown:
         metadata["ignored_files"] = [
             path for path, reason in scan.skipped if reason.endswith("not a channel of the model")]
-    return Well(name=source.name, inputs=np.ascontiguousarray(inputs), targets=targets, metadata=metadata)
+    return metadata
 
 
 def check_z(well: Any, config: config_lib.ExperimentConfig) -> None:
@@ -591,10 +831,13 @@ def check_z(well: Any, config: config_lib.ExperimentConfig) -> None:
         )
 
 
-def read_checked_well(config: config_lib.ExperimentConfig, input_dir: str) -> Any:
-    """Reads a well with the model's channels, channel map and normalisation; rejects too many z slices (`check_z`)."""
+def read_checked_well(config: config_lib.ExperimentConfig, input_dir: str, lazy: bool = False) -> Any:
+    """Reads a well with the model's channels, channel map and normalisation; rejects too many z slices (`check_z`).
+
+    `lazy`: planes in a temporary file, read by windows (`read_well`).
+    """
     mapping = channel_map_lib.check(config.data.channel_map, config.channels)
     well = read_well(input_dir, config.channels, ignore_unknown=True, normalization=config.data.normalization,
-                               channel_map=mapping)
+                     channel_map=mapping, lazy=lazy)
     check_z(well, config)
     return well

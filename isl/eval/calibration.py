@@ -56,6 +56,8 @@ import numpy as np
 PROBABILITY_FLOOR = 1e-7
 PIT_BINS = 10
 PIT_SEED = 0
+# Pixels per band of `calibration_metrics` (its float64 temporaries are a few of these).
+BAND_PIXELS = 1 << 20
 INTERVALS = (0.5, 0.9)
 # Add-one smoothing of the marginal histogram: a level never seen in training
 # keeps a finite log probability (documented with the information gain).
@@ -99,15 +101,44 @@ def calibration_metrics(
         (fractions in 10 equal bins; 0.1 each if calibrated),
         `pit_max_deviation` (largest |fraction - 0.1|), `num_pixels`.
     """
-    probability = np.asarray(true_bin_probability, dtype=np.float64)
-    below = np.asarray(cdf_below_true, dtype=np.float64)
-    if probability.shape != below.shape:
-        raise ValueError(f"Shapes differ: {probability.shape} and {below.shape}.")
-    values = pit(probability, below)
-    keep = np.isfinite(probability) & np.isfinite(below)
-    if mask is not None:
-        keep &= np.asarray(mask, dtype=bool)
-    count = int(keep.sum())
+    probability_all, below_all = np.asarray(true_bin_probability), np.asarray(cdf_below_true)
+    if probability_all.shape != below_all.shape:
+        raise ValueError(f"Shapes differ: {probability_all.shape} and {below_all.shape}.")
+    if marginal is not None and true_bins is None:
+        raise ValueError("The information gain needs the true bins with the marginal.")
+    # Band by band of rows (the leading axis; C order), drawing the PIT's uniforms in the same order as one
+    # whole draw (`pit`), so the figures equal the whole-array ones (sums pooled over bands) and the float64
+    # temporaries are one band's.
+    rows = probability_all.reshape(probability_all.shape[0] if probability_all.ndim > 1 else 1, -1)
+    shape = rows.shape
+    flat = {name: None if array is None else np.asarray(array).reshape(shape)
+            for name, array in (("below", below_all), ("mask", mask), ("crps", crps), ("bins", true_bins))}
+    generator = np.random.default_rng(PIT_SEED)
+    marginal_values = None if marginal is None else np.asarray(marginal, dtype=np.float64)
+    count, nll_sum, crps_sum, marginal_sum = 0, 0.0, 0.0, 0.0
+    inside = dict.fromkeys(INTERVALS, 0)
+    histogram = np.zeros(PIT_BINS, np.int64)
+    band_rows = max(1, BAND_PIXELS // max(1, shape[1]))
+    for start in range(0, shape[0], band_rows):
+        band = slice(start, min(start + band_rows, shape[0]))
+        probability = rows[band].astype(np.float64)
+        below = flat["below"][band].astype(np.float64)
+        uniform = generator.random(probability.shape)
+        values = np.clip(below + uniform * probability, 0.0, 1.0)
+        keep = np.isfinite(probability) & np.isfinite(below)
+        if flat["mask"] is not None:
+            keep &= flat["mask"][band].astype(bool)
+        count += int(keep.sum())
+        nll_sum += float((-np.log(np.maximum(probability[keep], PROBABILITY_FLOOR))).sum())
+        if flat["crps"] is not None:
+            crps_sum += float(flat["crps"][band].astype(np.float64)[keep].sum())
+        if marginal_values is not None:
+            marginal_sum += float((-np.log2(marginal_values[flat["bins"][band][keep].astype(np.int64)])).sum())
+        values = values[keep]
+        for interval in INTERVALS:
+            low, high = 0.5 - interval / 2, 0.5 + interval / 2
+            inside[interval] += int(((values >= low) & (values <= high)).sum())
+        histogram += np.histogram(values, bins=PIT_BINS, range=(0.0, 1.0))[0]
     if count == 0:
         nan = math.nan
         return {
@@ -123,30 +154,25 @@ def calibration_metrics(
             "pit_max_deviation": nan,
             "num_pixels": 0,
         }
-    nll = -np.log(np.maximum(probability[keep], PROBABILITY_FLOOR))
-    values = values[keep]
+    nll = nll_sum / count
     result: dict[str, float | list[float]] = {
-        "nll_nats": float(nll.mean()),
-        "normalized_nll": float(nll.mean() / math.log(num_classes)),
-        "log_score_bits": float(nll.mean() / math.log(2)),
+        "nll_nats": float(nll),
+        "normalized_nll": float(nll / math.log(num_classes)),
+        "log_score_bits": float(nll / math.log(2)),
         "crps": math.nan,
         "information_gain_bits": math.nan,
         "marginal_log_score_bits": math.nan,
     }
     if crps is not None:
-        result["crps"] = float(np.asarray(crps, dtype=np.float64)[keep].mean())
-    if marginal is not None:
-        if true_bins is None:
-            raise ValueError("The information gain needs the true bins with the marginal.")
-        marginal_bits = -np.log2(np.asarray(marginal, dtype=np.float64)[np.asarray(true_bins)[keep].astype(np.int64)])
-        result["marginal_log_score_bits"] = float(marginal_bits.mean())
-        result["information_gain_bits"] = float(marginal_bits.mean() - nll.mean() / math.log(2))
+        result["crps"] = float(crps_sum / count)
+    if marginal_values is not None:
+        result["marginal_log_score_bits"] = float(marginal_sum / count)
+        result["information_gain_bits"] = float(marginal_sum / count - nll / math.log(2))
     for interval in INTERVALS:
-        low, high = 0.5 - interval / 2, 0.5 + interval / 2
-        result[f"coverage_{round(interval * 100)}"] = float(((values >= low) & (values <= high)).mean())
-    histogram = np.histogram(values, bins=PIT_BINS, range=(0.0, 1.0))[0] / count
-    result["pit_histogram"] = [float(value) for value in histogram]
-    result["pit_max_deviation"] = float(np.abs(histogram - 1.0 / PIT_BINS).max())
+        result[f"coverage_{round(interval * 100)}"] = float(inside[interval] / count)
+    fractions = histogram / count
+    result["pit_histogram"] = [float(value) for value in fractions]
+    result["pit_max_deviation"] = float(np.abs(fractions - 1.0 / PIT_BINS).max())
     result["num_pixels"] = count
     return result
 

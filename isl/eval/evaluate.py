@@ -211,9 +211,30 @@ def _truth_well(summary: dict[str, Any], truth_dirs: Sequence[str], channels: co
             f"{', '.join(name for name, _ in candidates) or 'no wells'}."
         )
     # Read as isl predict read it (only the stains are scored; the stack's normalisation only avoids a false warning).
+    # Lazily: planes in a temporary file, read by bands (`isl.data.wells.read_well`), never the whole well.
     normalization = summary.get("normalization", "none")
     return wells_lib.read_well(matching[0], channels, ignore_unknown=True, channel_map=mapping,
-                               normalization=normalization)
+                               normalization=normalization, lazy=True)
+
+
+def _truth_channel(well: Any, channels: config_lib.ChannelConfig, channel: str, rows: slice,
+                   columns: slice) -> tuple[np.ndarray, np.ndarray]:
+    """One target channel's truth in a window, `assemble.target_stack`'s values and masks, built by bands of rows.
+
+    Returns:
+        (values float32, masks float32), each `[rows, columns]`.
+    """
+    from isl.data import assemble
+
+    index = channels.output_target_channels.index(channel)
+    height, width = rows.stop - rows.start, columns.stop - columns.start
+    values, masks = np.empty((height, width), np.float32), np.empty((height, width), np.float32)
+    for band in metrics_lib.row_bands(height):
+        window = slice(rows.start + band.start, rows.start + band.stop)
+        cropped = {name: image[window, columns] for name, image in well.targets.items()}
+        band_values, band_masks = assemble.target_stack(cropped, channels, shape=(band.stop - band.start, width))
+        values[band], masks[band] = band_values[..., index], band_masks[..., index]
+    return values, masks
 
 
 def evaluate_well(
@@ -229,8 +250,6 @@ def evaluate_well(
         (rows, figure rows): one metrics dict per channel with truth, and the
         images for the report figure.
     """
-    from isl.data import assemble
-
     summary = prediction_file.read_summary(well_dir)
     channel_values = summary.get("channel_config")
     channels = (
@@ -245,7 +264,6 @@ def evaluate_well(
             f"{well_dir}: predicted for a {image_shape[0]} x {image_shape[1]} image, but the truth well "
             f"{well.name} is {well.inputs.shape[1]} x {well.inputs.shape[2]}."
         )
-    values, masks = assemble.target_stack(well.targets, channels, shape=image_shape)
     predicted_region = summary["region"]
     rows_slice = slice(predicted_region["row_offset"], predicted_region["row_offset"] + predicted_region["height"])
     columns_slice = slice(
@@ -255,9 +273,9 @@ def evaluate_well(
     selection = region_mask(region, image_shape, predicted_region, geometry)
     results, figure_rows = [], []
     for channel, files in summary["files"].items():
-        index = channels.output_target_channels.index(channel)
-        truth = values[rows_slice, columns_slice, index]
-        mask = (masks[rows_slice, columns_slice, index] > 0) & selection
+        truth, known = _truth_channel(well, channels, channel, rows_slice, columns_slice)
+        mask = (known > 0) & selection
+        del known
         if not mask.any():
             continue
         if statistic not in files:
@@ -281,7 +299,8 @@ def evaluate_well(
             caption += f", 50%/90% coverage {row['coverage_50']:.2f}/{row['coverage_90']:.2f}"
         if not math.isnan(row.get("information_gain_bits", math.nan)):
             caption += f", gain {row['information_gain_bits']:.2f} bit"
-        figure_rows.append(
+        # The figure's tiles are drawn now, at their small size, so no whole image waits for the figure.
+        figure_rows.append(report_lib.drawn_row(
             {
                 "channel": channel,
                 "prediction": np.where(mask, prediction, 0),
@@ -290,7 +309,8 @@ def evaluate_well(
                 "caption": caption,
                 "pit_histogram": row.get("pit_histogram"),
             }
-        )
+        ))
+        del prediction, truth, mask
     return results, figure_rows
 
 
@@ -315,10 +335,14 @@ def _distribution_scores(
         scores["information_gain_note"] = (
             "no marginal histogram: the model folder has no calibration.json with this channel "
             "(isl calibrate --train_region stores it)")
+    # The true bins as uint8, band by band (`true_bins` makes int64 of a whole image).
+    bins = np.empty(truth.shape, np.uint8)
+    for band in metrics_lib.row_bands(truth.shape[0]):
+        bins[band] = calibration_lib.true_bins(truth[band])
     scores.update(
         {f"calibration_{key}" if key == "num_pixels" else key: value
          for key, value in calibration_lib.calibration_metrics(
-             probability, below, mask, crps=crps, true_bins=calibration_lib.true_bins(truth),
+             probability, below, mask, crps=crps, true_bins=bins,
              marginal=None if marginal is None else np.asarray(marginal, np.float64)).items()})
     return scores
 

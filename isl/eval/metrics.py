@@ -117,22 +117,93 @@ def ssim(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = No
     return float(values.mean()) if values.size else math.nan
 
 
-def image_metrics(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
-    """Pearson r, MAE, RMSE, PSNR and SSIM of one 2-D image pair."""
-    return {
-        "pearson_r": pearson(prediction, truth, mask),
-        "mae": mae(prediction, truth, mask),
-        "rmse": rmse(prediction, truth, mask),
-        "psnr_db": psnr(prediction, truth, mask),
-        "ssim": ssim(prediction, truth, mask),
-        "num_pixels": int(_select(prediction, truth, mask)[0].size),
+# Rows per band of the band-wise figures: their float64 temporaries stay a few bands' worth for any image size.
+BAND_ROWS = 256
+
+
+def row_bands(height: int, rows: int = BAND_ROWS) -> list[slice]:
+    """Slices of at most `rows` rows covering `height`."""
+    return [slice(start, min(start + rows, height)) for start in range(0, height, rows)]
+
+
+def image_metrics(
+    prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, band_rows: int = BAND_ROWS
+) -> dict[str, float]:
+    """Pearson r, MAE, RMSE, PSNR and SSIM of one 2-D image pair `[h, w]`, computed band by band of rows.
+
+    The same figures as `pearson`, `mae`, `rmse`, `psnr` and `ssim` of the
+    whole images (to float64 rounding: sums are pooled over bands), with
+    float64 temporaries of one band instead of several whole images.
+    """
+    prediction, truth = np.asarray(prediction), np.asarray(truth)
+    if prediction.shape != truth.shape:
+        raise ValueError(f"Prediction {prediction.shape} and truth {truth.shape} differ in shape.")
+    if prediction.ndim != 2:
+        prediction, truth = prediction.reshape(1, -1), truth.reshape(1, -1)
+        mask = None if mask is None else np.asarray(mask).reshape(1, -1)
+    bands = row_bands(prediction.shape[0], band_rows)
+
+    def kept(band: slice) -> tuple[np.ndarray, np.ndarray]:
+        return _select(prediction[band], truth[band], None if mask is None else np.asarray(mask)[band])
+
+    count, sums = 0, np.zeros(4)  # x, y, |x - y|, (x - y)^2
+    for band in bands:
+        x, y = kept(band)
+        count += x.size
+        sums += (x.sum(), y.sum(), np.abs(x - y).sum(), np.square(x - y).sum())
+    nan = math.nan
+    error = math.sqrt(sums[3] / count) if count else nan
+    result = {
+        "pearson_r": nan,
+        "mae": float(sums[2] / count) if count else nan,
+        "rmse": error,
+        "psnr_db": nan if math.isnan(error) else (math.inf if error == 0 else float(20 * math.log10(1.0 / error))),
+        "ssim": _banded_ssim(prediction, truth, mask, band_rows),
+        "num_pixels": int(count),
     }
+    if count >= 2:
+        mean_x, mean_y = sums[0] / count, sums[1] / count
+        moments = np.zeros(3)  # xx, yy, xy about the means
+        for band in bands:
+            x, y = kept(band)
+            x, y = x - mean_x, y - mean_y
+            moments += (np.dot(x, x), np.dot(y, y), np.dot(x, y))
+        denominator = math.sqrt(float(moments[0]) * float(moments[1]))
+        result["pearson_r"] = float(moments[2] / denominator) if denominator else nan
+    return result
+
+
+def _banded_ssim(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray | None, band_rows: int) -> float:
+    """`ssim` over bands of the SSIM map's rows (each band reads its rows plus the window's 2 x radius)."""
+    height, width = prediction.shape
+    if min(height, width) < 2 * SSIM_RADIUS + 1:
+        return math.nan
+    total, count = 0.0, 0
+    for band in row_bands(height - 2 * SSIM_RADIUS, band_rows):
+        rows = slice(band.start, band.stop + 2 * SSIM_RADIUS)
+        x = np.nan_to_num(np.asarray(prediction[rows], dtype=np.float64))
+        y = np.nan_to_num(np.asarray(truth[rows], dtype=np.float64))
+        values = ssim_map(x, y)
+        if mask is not None:
+            centre = np.asarray(mask, dtype=bool)[band.start + SSIM_RADIUS : band.stop + SSIM_RADIUS,
+                                                  SSIM_RADIUS : width - SSIM_RADIUS]
+            values = values[centre]
+        total += float(values.sum())
+        count += values.size
+    return total / count if count else math.nan
 
 
 def histogram_2d(
-    prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, bins: int = 128
+    prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, bins: int = 128,
+    band_rows: int = BAND_ROWS,
 ) -> np.ndarray:
-    """Counts `[bins, bins]`: rows are predicted value bins, columns true ones."""
-    x, y = _select(prediction, truth, mask)
-    counts, _, _ = np.histogram2d(np.clip(x, 0, 1), np.clip(y, 0, 1), bins=bins, range=((0, 1), (0, 1)))
+    """Counts `[bins, bins]`: rows are predicted value bins, columns true ones (counted band by band of rows)."""
+    prediction, truth = np.asarray(prediction), np.asarray(truth)
+    if prediction.ndim != 2:
+        prediction, truth = prediction.reshape(1, -1), truth.reshape(1, -1)
+        mask = None if mask is None else np.asarray(mask).reshape(1, -1)
+    counts = np.zeros((bins, bins))
+    for band in row_bands(prediction.shape[0], band_rows):
+        x, y = _select(prediction[band], truth[band], None if mask is None else np.asarray(mask)[band])
+        counts += np.histogram2d(np.clip(x, 0, 1), np.clip(y, 0, 1), bins=bins, range=((0, 1), (0, 1)))[0]
     return counts

@@ -133,6 +133,23 @@ def draw_pit(draw, histogram: Sequence[float], left: int, top: int, width: int =
     draw.text((left + width - 82, top + 16), "calibrated", fill=black)
 
 
+def drawn_row(row: Mapping[str, object]) -> dict[str, object]:
+    """A report row with its three image tiles drawn at their size (`tiles`), without the full-size images.
+
+    `report_figure` takes rows either way; drawing each row as it is scored
+    keeps no image of the well's size waiting for the figure.
+    """
+    box = region_box(row)
+    shape = tile_shape(box[0].stop - box[0].start, box[1].stop - box[1].start)
+    prediction = np.asarray(row["prediction"], np.float32)[box]
+    truth = np.asarray(row["truth"], np.float32)[box]
+    tiles = [_resize(panels_lib.grey(prediction), shape), _resize(panels_lib.grey(truth), shape),
+             _resize(panels_lib.subtractive_error(prediction, truth), shape)]
+    drawn = {key: value for key, value in row.items() if key not in ("prediction", "truth", "mask")}
+    drawn["tiles"] = tiles
+    return drawn
+
+
 def report_figure(
     rows: Sequence[Mapping[str, object]],
     title: str = "",
@@ -144,7 +161,8 @@ def report_figure(
             "truth" `[h, w]`, "histogram" `[bins, bins]`, "caption" text and
             optionally "mask" `[h, w]` (the scored pixels; see `region_box`)
             and "pit_histogram" (10 fractions; the PIT column is drawn when a
-            row has a finite one).
+            row has a finite one); or, instead of the images, their drawn
+            "tiles" (`drawn_row`).
         title: a line above the figure.
 
     Returns:
@@ -152,8 +170,8 @@ def report_figure(
     """
     from PIL import Image, ImageDraw
 
-    boxes = [region_box(row) for row in rows]
-    shapes = [tile_shape(box[0].stop - box[0].start, box[1].stop - box[1].start) for box in boxes]
+    rows = [row if "tiles" in row else drawn_row(row) for row in rows]
+    shapes = [tuple(row["tiles"][0].shape[:2]) for row in rows]
     image_width = max((shape[1] for shape in shapes), default=TILE)
     row_height = max(TILE, max((shape[0] for shape in shapes), default=TILE)) + AXIS_BOTTOM
     lefts = [GAP + column * (image_width + GAP) for column in range(3)]
@@ -166,17 +184,10 @@ def report_figure(
     header = 24 + CAPTION + COLOUR_BAR
     height = header + len(rows) * (row_height + CAPTION + GAP) + GAP
     canvas = np.ones((height, width, 3), np.float32)
-    for index, (row, box, shape) in enumerate(zip(rows, boxes, shapes)):
+    for index, (row, shape) in enumerate(zip(rows, shapes)):
         top = header + index * (row_height + CAPTION + GAP)
-        prediction = np.asarray(row["prediction"], np.float32)[box]
-        truth = np.asarray(row["truth"], np.float32)[box]
-        tiles = [
-            panels_lib.grey(prediction),
-            panels_lib.grey(truth),
-            panels_lib.subtractive_error(prediction, truth),
-        ]
-        for left, tile in zip(lefts, tiles):
-            canvas[top : top + shape[0], left : left + shape[1]] = _resize(tile, shape)
+        for left, tile in zip(lefts, row["tiles"]):
+            canvas[top : top + shape[0], left : left + shape[1]] = tile
         canvas[top : top + TILE, histogram_left : histogram_left + TILE] = histogram_image(
             np.asarray(row["histogram"]))
     bar_top = 24 + CAPTION - 4

@@ -157,7 +157,7 @@ def sample_stack(
         stack = np.round(np.clip(stack * 0.5 + 0.25, 0, 1) * 65535).astype(np.uint16)
         return np.moveaxis(stack, 0, -1)[None], None, f"a synthetic {size} x {size} x {z} stack (seed {seed})"
 
-    well = wells_lib.read_well(sample_well, config.channels, ignore_unknown=True)
+    well = wells_lib.read_well(sample_well, config.channels, ignore_unknown=True, lazy=True)  # Only the crop is read.
     num_z, height, width = well.inputs.shape
     if height < size or width < size:
         raise errors.InputError(f"{sample_well}: the well ({height} x {width}) is smaller than the test input "
@@ -170,8 +170,9 @@ def sample_stack(
                                 f"{width} well.")
     crop = well.inputs[:, row : row + size, column : column + size]
     stack = np.round(np.clip(crop, 0, 1) * 65535).astype(np.uint16)
-    values, masks = assemble.target_stack(well.targets, config.channels, shape=(height, width))
-    inner = (slice(row + border, row + size - border), slice(column + border, column + size - border))
+    window = {name: image[row : row + size, column : column + size] for name, image in well.targets.items()}
+    values, masks = assemble.target_stack(window, config.channels, shape=(size, size))  # Elementwise: as the well's.
+    inner = (slice(border, size - border), slice(border, size - border))
     truth = np.where(masks[inner] > 0, values[inner], np.nan).astype(np.float32)
     truth = None if np.all(np.isnan(truth)) else truth
     where = f"rows {row}:{row + size}, columns {column}:{column + size} of {well.name} ({num_z} z slices)"

@@ -474,7 +474,9 @@ def expected_peak_bytes(predictor: Predictor, plan: WellPlan, layout: RunLayout 
         width = layout.wanted.width
     if chunks_heads(predictor):
         tiles += predict_lib.head_chunk_bytes(num_heads, num_classes)
-    well = float(plan.well.inputs.nbytes + sum(image.nbytes for image in plan.well.targets.values()))
+    from isl.data import wells as wells_lib
+
+    well = float(wells_lib.held_bytes(plan.well))  # 0 for a lazily read well (its planes are in a file).
     panel_columns = 3 if len(plan.panel_statistics) == 1 else 12
     panel_band = (panels_lib.StreamingPanel.BAND_ROWS * panel_columns * (width + 8) * 3 * 4 * 3
                   if plan.with_panels else 0.0)
@@ -704,7 +706,7 @@ def predict_heads_well(
     chosen = choose_channels(predictor.config, channels, predictor.trained_channels)
     if phases not in (0, 1):
         raise errors.InputError(f"--phases must be 0 (exact) or 1 (one run per tile). Received: {phases}")
-    well = wells_lib.read_checked_well(predictor.config, input_dir)
+    well = wells_lib.read_checked_well(predictor.config, input_dir, lazy=True)  # Read by windows, never held whole.
     plan = plan_well(predictor.config, well, chosen, statistics, panels, simplified_panels, save_calibration,
                      "one" if phases == 1 else "exact", window)
     layout = layout_well(predictor, plan, border_mode, tile_size, memory_budget_bytes)

@@ -376,6 +376,11 @@ def read_image(path: str | os.PathLike[str], page: int = 0, channel: int = 0) ->
 _CACHE: dict[str, Any] = {"key": None, "array": None}
 
 
+def clear_plane_cache() -> None:
+    """Drops the cached planes of the last multi-plane file (a lazily read well keeps no decoded file)."""
+    _CACHE["key"], _CACHE["array"] = None, None
+
+
 def _file_key(path: str) -> tuple[str, float, int]:
     status = os.stat(path)
     return os.path.abspath(path), status.st_mtime, status.st_size

@@ -4,7 +4,8 @@ The normal equations of the standardized ridge problem are accumulated in
 float64, well by well and band by band (`BAND_PIXELS` pixels' features: the
 core's embedding is made one row of tiles at a time, `Embedder.rows`, and
 the box means per band, `band_features`), so no design matrix of every
-pixel's features is ever made and one well is held at a time:
+pixel's features is ever made; each well is read lazily (`read_well(lazy=True)`: its planes in a
+temporary file, the core's rows and each band's targets read as needed), so no well is held whole:
 
     n, sum x [F], X'X [F, F], X'Y [F, T], sum y [T], sum y^2 [T]
     Z = (X - mean) / scale             (standardized features)
@@ -86,13 +87,18 @@ class NormalEquations:
         return mean, scale, weights, target_mean, r_squared
 
 
-def _target_matrix(well: Any, targets: Sequence[str], directory: str) -> np.ndarray:
-    """`[H * W, T]` targets of one well; raises InputError naming the folder when one is missing."""
+def _check_targets(well: Any, targets: Sequence[str], directory: str) -> None:
+    """Raises InputError naming the folder when a well lacks one of `targets`."""
     missing = [name for name in targets if name not in well.targets]
     if missing:
         have = ", ".join(sorted(well.targets)) or "no target images"
         raise errors.InputError(f"{directory}: no {', '.join(missing)} image to fit the read-out on (it has {have}).")
-    return np.stack([well.targets[name] for name in targets], axis=-1).reshape(-1, len(targets))
+
+
+def _band_targets(well: Any, targets: Sequence[str], row0: int, row1: int, column0: int, column1: int) -> np.ndarray:
+    """`[pixels, T]` row-major targets of one window of a well (read from a lazily read well's file)."""
+    return np.stack([well.targets[name][row0:row1, column0:column1] for name in targets],
+                    axis=-1).reshape(-1, len(targets))
 
 
 def _region_text(region: tuple[tuple[int, int], tuple[int, int]] | None) -> str | None:
@@ -116,7 +122,7 @@ def _window_bands(
     pixels' features, whatever the well's size.
     """
     top, bottom, left, right = embedder.crop_for(well.inputs.shape[1:], window, max(radii))
-    crop = well.inputs[:, top:bottom, left:right]
+    crop = wells_lib.window(well.inputs, top, bottom, left, right)  # Read by rows as the core needs them.
     tick = progress(f"{label} {well.name}", embedder.num_tiles(crop.shape[1:])) if progress else None
     band_rows = max(1, BAND_PIXELS // max(crop.shape[2], 1))
     for row0, features in readout_lib.feature_bands(embedder, crop, radii, band_rows, tick):
@@ -145,14 +151,14 @@ def _score_well(
     """
     from isl.train import dense_eval
 
-    truth = _target_matrix(well, targets, directory).reshape(well.inputs.shape[1:] + (-1,))
+    _check_targets(well, targets, directory)
     window = convert.well_window(well, convert_region, "--eval_region")
     moments = [dense_eval.Moments() for _ in targets]
     covered = np.zeros((len(targets), len(COVERAGE_LEVELS)))
     count = 0
     for row0, row1, features in _window_bands(embedder, well, radii, window, progress, "score"):
         value, spread = fitted.distribution_of_features(features)
-        band_truth = truth[row0:row1, window[2] : window[3]].reshape(-1, len(targets))
+        band_truth = _band_targets(well, targets, row0, row1, window[2], window[3])
         prediction = np.clip(value, 0.0, 1.0)
         for index in range(len(targets)):
             moments[index].add(prediction[:, index], band_truth[:, index])
@@ -217,24 +223,23 @@ def fit(
     start = time.perf_counter()
     # Every training well is checked before the first (slow) embedding; only the first stays in memory
     # (the others are read again in turn), so memory holds one well whatever their number.
-    first_well = wells_lib.read_checked_well(config, train_dirs[0])
+    first_well = wells_lib.read_checked_well(config, train_dirs[0], lazy=True)
     if not targets:
         targets = [name for name in known if name in first_well.targets]
         if not targets:
             raise errors.InputError(f"{train_dirs[0]}: no target images of the model's channels "
                                     f"({', '.join(known)}) to fit the read-out on.")
-    _target_matrix(first_well, targets, train_dirs[0])
+    _check_targets(first_well, targets, train_dirs[0])
     for directory in train_dirs[1:]:
-        _target_matrix(wells_lib.read_checked_well(config, directory), targets, directory)
+        _check_targets(wells_lib.read_checked_well(config, directory, lazy=True), targets, directory)
     embedder = embedder_lib.Embedder(model, config)
     num_features = embedder.embedding_size * (1 + len(radii))
     equations = NormalEquations(num_features, len(targets))
     random = np.random.default_rng(0)
     kept_features, kept_targets = [], []
     for index, directory in enumerate(train_dirs):
-        well = first_well if index == 0 else wells_lib.read_checked_well(config, directory)
+        well = first_well if index == 0 else wells_lib.read_checked_well(config, directory, lazy=True)
         first_well = None
-        truth = _target_matrix(well, targets, directory).reshape(well.inputs.shape[1:] + (-1,))
         window = convert.well_window(well, region, "--region")
         pixels = (window[1] - window[0]) * (window[3] - window[2])
         keep = random.choice(pixels, min(pixels, SPREAD_PIXELS_PER_WELL), replace=False)
@@ -242,7 +247,7 @@ def fit(
         well_targets = np.empty((len(keep), len(targets)), np.float32)
         position = 0
         for row0, row1, features in _window_bands(embedder, well, radii, window, progress, "embed"):
-            band_targets = truth[row0:row1, window[2] : window[3]].reshape(-1, len(targets))
+            band_targets = _band_targets(well, targets, row0, row1, window[2], window[3])
             equations.add(features, band_targets)
             chosen = np.nonzero((keep >= position) & (keep < position + len(features)))[0]
             well_features[chosen] = features[keep[chosen] - position]
@@ -250,7 +255,7 @@ def fit(
             position += len(features)
         kept_features.append(well_features)
         kept_targets.append(well_targets)
-        del well, truth
+        del well
     mean, scale, weights, intercept, r_squared = equations.solve(penalty)
     # The spread: ridge of log(residual^2) on the same standardized features, over the kept pixels.
     kept = np.concatenate(kept_features)
@@ -269,7 +274,7 @@ def fit(
     coverage: dict[str, dict[str, list[float]]] = {}
     for directory in eval_dirs:
         scores[directory], coverage[directory] = _score_well(
-            fitted, embedder, wells_lib.read_checked_well(config, directory), directory, targets, radii,
+            fitted, embedder, wells_lib.read_checked_well(config, directory, lazy=True), directory, targets, radii,
             convert_region=eval_region, progress=progress)
     record = {
         "train_dirs": list(train_dirs),

@@ -27,6 +27,24 @@ def test_scaling_refuses_missing_settings(tmp_path):
     with pytest.raises(errors.InputError, match="--model_dir"):
         scaling.run(options_lib.BenchmarkOptions(**base))
     with pytest.raises(errors.InputError, match="unknown"):
-        scaling.run(options_lib.BenchmarkOptions(**base, commands="train,export"))
+        scaling.run(options_lib.BenchmarkOptions(**base, commands="train,import"))
+    with pytest.raises(errors.InputError, match="--model_dir"):
+        scaling.run(options_lib.BenchmarkOptions(**base, commands="convert,export"))
+    with pytest.raises(errors.InputError, match="--unet_model_dir"):
+        scaling.run(options_lib.BenchmarkOptions(**base, commands="convert,predict_unet"))
     with pytest.raises(errors.InputError, match="--sample_dir"):
         scaling.run(options_lib.BenchmarkOptions(**dict(base, sample_dir=None), commands="train"))
+
+
+def test_scaling_names_the_commands_of_convert_export_and_the_unet_predict(tmp_path):
+    work = str(tmp_path)
+    convert, = scaling._commands("convert", 512, work, "m", 5)
+    assert convert[3:] == ["convert", f"--input_dir={work}/well512", f"--output_dir={work}/convert512",
+                           "--num_shards=1", "--overwrite"]
+    (tmp_path / "export512").mkdir()  # An earlier package is removed: bioimage.io packages are never overwritten.
+    (tmp_path / "export512.zip").write_text("")
+    export, = scaling._commands("export", 512, work, "m", 5)
+    assert "--format=bioimageio" in export and f"--sample_well={work}/well512" in export
+    assert not (tmp_path / "export512").exists() and not (tmp_path / "export512.zip").exists()
+    predict, = scaling._commands("predict_unet", 512, work, "m", 5, unet_model_dir="u")
+    assert "--model_dir=u" in predict and f"--output_dir={work}/predict_unet512" in predict

@@ -128,3 +128,38 @@ def test_the_marginal_histogram_is_add_one_smoothed():
     assert count == 3 and histogram.shape == (256,)
     assert histogram[0] == pytest.approx(3 / 259) and histogram[255] == pytest.approx(2 / 259)
     assert histogram[100] == pytest.approx(1 / 259)
+
+
+def _whole_image_reference(probability, below, mask, crps, bins, marginal):
+    """The figures as computed on the whole arrays at once (the code before the band-by-band accumulation)."""
+    probability, below = np.asarray(probability, np.float64), np.asarray(below, np.float64)
+    values = calibration.pit(probability, below)
+    keep = np.isfinite(probability) & np.isfinite(below) & mask
+    nll = -np.log(np.maximum(probability[keep], calibration.PROBABILITY_FLOOR))
+    marginal_bits = -np.log2(marginal[bins[keep]])
+    values = values[keep]
+    histogram = np.histogram(values, bins=10, range=(0.0, 1.0))[0] / keep.sum()
+    return {"nll_nats": nll.mean(), "crps": crps[keep].astype(np.float64).mean(),
+            "information_gain_bits": marginal_bits.mean() - nll.mean() / np.log(2),
+            "coverage_50": ((values >= 0.25) & (values <= 0.75)).mean(),
+            "coverage_90": ((values >= 0.05) & (values <= 0.95)).mean(), "pit_histogram": list(histogram),
+            "num_pixels": int(keep.sum())}
+
+
+@pytest.mark.parametrize("band_pixels", [1, 40, 1 << 20])
+def test_calibration_metrics_band_by_band_equal_the_whole_arrays(monkeypatch, band_pixels):
+    monkeypatch.setattr(calibration, "BAND_PIXELS", band_pixels)
+    rng = np.random.default_rng(5)
+    shape = (37, 23)
+    probability = rng.random(shape).astype(np.float32) * 0.3
+    below = (rng.random(shape) * (1 - probability)).astype(np.float32)
+    probability[3, 4] = np.nan
+    mask = rng.random(shape) > 0.3
+    crps = rng.random(shape).astype(np.float32)
+    bins = rng.integers(0, 256, shape).astype(np.uint8)
+    marginal = rng.random(256) + 0.1
+    marginal /= marginal.sum()
+    result = calibration.calibration_metrics(probability, below, mask, crps=crps, true_bins=bins, marginal=marginal)
+    expected = _whole_image_reference(probability, below, mask, crps, bins.astype(np.int64), marginal)
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, rel=1e-12), key

@@ -52,3 +52,24 @@ def test_histogram_counts_every_selected_pixel_on_the_diagonal_for_equal_images(
     counts = metrics.histogram_2d(x, x, bins=16)
     assert counts.sum() == 100
     assert np.trace(counts) == 100
+
+
+def test_band_by_band_metrics_equal_the_whole_image_ones():
+    rng = np.random.default_rng(3)
+    truth = rng.random((53, 41)).astype(np.float32)
+    prediction = np.clip(truth + rng.normal(0, 0.2, truth.shape), 0, 1).astype(np.float32)
+    prediction[4, 7] = np.nan
+    mask = rng.random(truth.shape) > 0.2
+    for band_rows in (1, 7, 16, 1000):
+        banded = metrics.image_metrics(prediction, truth, mask, band_rows=band_rows)
+        assert banded["pearson_r"] == pytest.approx(metrics.pearson(prediction, truth, mask), rel=1e-12)
+        assert banded["mae"] == pytest.approx(metrics.mae(prediction, truth, mask), rel=1e-12)
+        assert banded["rmse"] == pytest.approx(metrics.rmse(prediction, truth, mask), rel=1e-12)
+        assert banded["psnr_db"] == pytest.approx(metrics.psnr(prediction, truth, mask), rel=1e-12)
+        assert banded["ssim"] == pytest.approx(metrics.ssim(prediction, truth, mask), rel=1e-12)
+        assert banded["num_pixels"] == int(mask.sum()) - int(mask[4, 7])
+        whole = np.histogram2d(*(np.clip(values, 0, 1) for values in metrics._select(prediction, truth, mask)),
+                               bins=128, range=((0, 1), (0, 1)))[0]
+        np.testing.assert_array_equal(metrics.histogram_2d(prediction, truth, mask, band_rows=band_rows), whole)
+    assert metrics.image_metrics(prediction, truth, None, band_rows=5)["ssim"] == pytest.approx(
+        metrics.ssim(prediction, truth), rel=1e-12)

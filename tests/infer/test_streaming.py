@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -81,3 +82,35 @@ def test_check_memory_names_the_flag_to_change():
     parts.update(tiles=0.1e9, rows=3e9)
     with pytest.raises(errors.InputError, match="fewer --statistics or --nopanels"):
         well_lib.check_memory(parts, layout, available_bytes=2e9)
+
+
+@pytest.mark.slow  # Two predictions of the tiny model (about 26 s on the shared 2 cores); the read itself is
+# compared fast in tests/data/test_lazy_wells.py.
+def test_predict_well_reads_the_well_lazily_with_the_same_files(tiny_model_dir, tmp_path, monkeypatch):
+    from isl.data import wells as wells_lib
+    from isl.infer.kinds import registry
+    from tests.data import wellmaker
+
+    wellmaker.random_well(str(tmp_path / "well"), num_z=13, height=70, width=53)
+    predictor = registry.load_predictor(tiny_model_dir)
+    options = dict(statistics=("median",), tile_size=predictor.geometry.input_size + 8, panels=False,
+                   progress_enabled=False)
+    read_well = wells_lib.read_well
+    lazy_reads = []
+
+    def spy(*args, **kwargs):
+        lazy_reads.append(kwargs.get("lazy", False))
+        return read_well(*args, **kwargs)
+
+    monkeypatch.setattr(wells_lib, "read_well", spy)
+    lazy = registry.predict_well(predictor, str(tmp_path / "well"), str(tmp_path / "lazy"), **options)
+    monkeypatch.setattr(wells_lib, "read_well", lambda *args, **kwargs: read_well(*args, **{**kwargs, "lazy": False}))
+    whole = registry.predict_well(predictor, str(tmp_path / "well"), str(tmp_path / "whole"), **options)
+    assert lazy_reads == [True]
+    names = sorted(os.listdir(whole["well_dir"]))
+    assert names == sorted(os.listdir(lazy["well_dir"])) and len(names) > 5  # Images, calibration maps, json.
+    for name in names:
+        if name != "prediction.json":
+            with open(os.path.join(whole["well_dir"], name), "rb") as one, \
+                    open(os.path.join(lazy["well_dir"], name), "rb") as other:
+                assert one.read() == other.read(), name
