@@ -103,8 +103,7 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     window = convert.well_window(well, region)
     if eval_region is not None:
         evaluated = convert.well_window(well, eval_region, "--eval_region")
-        if window[0] < evaluated[1] and evaluated[0] < window[1] and window[2] < evaluated[3] and \
-                evaluated[2] < window[3]:
+        if convert.overlaps((window[:2], window[2:]), (evaluated[:2], evaluated[2:])):
             raise errors.InputError(
                 f"--region={flag_values['region'].value} overlaps --eval_region={flag_values['eval_region'].value}: "
                 "the weights must be fitted on pixels you do not report; give a validation window beside the "

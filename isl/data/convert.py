@@ -119,7 +119,8 @@ def well_window(well: wells_lib.Well, region: Region | None, flag: str = "--regi
     return row0, row1, column0, column1
 
 
-def _overlap(first: Region, second: Region) -> bool:
+def overlaps(first: Region, second: Region) -> bool:
+    """Whether two rectangles ((row0, row1), (column0, column1)), ends exclusive, share a pixel."""
     return all(a_start < b_end and b_start < a_end for (a_start, a_end), (b_start, b_end) in zip(first, second))
 
 
@@ -391,7 +392,7 @@ def _well_regions(
     )
     if eval_rectangle is not None:
         full = ((0, well.height), (0, well.width))
-        if _overlap(train_rectangle or full, eval_rectangle):
+        if overlaps(train_rectangle or full, eval_rectangle):
             raise errors.InputError(
                 f"{well.name}: --eval_region {_region_text(eval_rectangle)} overlaps the training region "
                 f"{_region_text(train_rectangle or full)}; pass a --region that leaves it out."
@@ -402,12 +403,12 @@ def _well_regions(
     )
     if val_rectangle is not None:
         full = ((0, well.height), (0, well.width))
-        if eval_rectangle is not None and _overlap(eval_rectangle, val_rectangle):
+        if eval_rectangle is not None and overlaps(eval_rectangle, val_rectangle):
             raise errors.InputError(
                 f"{well.name}: --val_region {_region_text(val_rectangle)} overlaps --eval_region "
                 f"{_region_text(eval_rectangle)}: the validation split must not overlap the evaluation split."
             )
-        if _overlap(train_rectangle or full, val_rectangle):
+        if overlaps(train_rectangle or full, val_rectangle):
             raise errors.InputError(
                 f"{well.name}: --val_region {_region_text(val_rectangle)} overlaps the training region "
                 f"{_region_text(train_rectangle or full)}; pass a --region that leaves it out."
