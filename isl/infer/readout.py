@@ -1,30 +1,32 @@
 """`isl predict` for a model directory with a ridge read-out (`readout.json`, from `isl readout`).
 
-The frozen core runs over the whole well in tiles (`isl.infer.embedder.Embedder`,
+The frozen core runs over the well in tiles (`isl.infer.embedder.Embedder`,
 reflect-padded by the network's border, so the output keeps the input's height
 and width) and the read-out maps the embedding to a fitted normal distribution per pixel
 and target channel (`isl.model.readout`): its median, mean, std and quantiles
 are written as the paper model's statistics are, so `isl evaluate` scores it
-like the paper's model.
+like the paper's model. `isl predict` reads the well lazily and works band by
+band (`distribution_bands`: the core's rows of tiles, the embedding rows the box
+means need, one band's distributions; written by `isl.infer.bands.BandWriter`),
+so its memory does not grow with the image area.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from isl import config as config_lib
 from isl import errors
 from isl import progress as progress_lib
-from isl.data import assemble
 from isl.data import convert
 from isl.data import wells as wells_lib
 from isl.eval import calibrate as calibrate_lib
 from isl.eval import calibration as calibration_lib
+from isl.infer import bands as bands_lib
 from isl.infer import embedder as embedder_lib
 from isl.infer import well as well_lib
 from isl.io import prediction_file
@@ -64,12 +66,13 @@ def predict_well(
     file_names: str = "lab",
     save_calibration: bool = True,
     panel_bits: int = 16,
+    available_bytes: float | None = None,
 ) -> dict[str, Any]:
     """Predicts one well with the read-out; writes one image per channel and statistic, and prediction.json.
 
     With the truth in the well, also the calibration TIFFs of the heads
     (`isl.infer.well.CALIBRATION_STATISTICS`) from each pixel's normal
-    distribution on the 256 bins (`calibration_maps`), so `isl evaluate`
+    distribution on the 256 bins (`band_maps`), so `isl evaluate`
     scores both routes alike.
 
     Args:
@@ -90,6 +93,7 @@ def predict_well(
             the well holds truth for a written channel.
         save_calibration: write the calibration TIFFs when the well holds truth.
         panel_bits: 16 or 8 (`isl.eval.panels.write_panel`).
+        available_bytes: the free memory the expected peak must fit (None: psutil's).
     """
     if predictor.model is None or predictor.readout is None:
         raise errors.InputError(f"{predictor.source}: a read-out is predicted from its model directory (--model_dir).")
@@ -102,77 +106,156 @@ def predict_well(
             f"{predictor.source}: a read-out keeps the input's height and width (reflected borders); "
             f"--border={border_mode} applies to the network's own heads."
         )
-    well = wells_lib.read_checked_well(predictor.config, input_dir)
+    well = wells_lib.read_checked_well(predictor.config, input_dir, lazy=True)  # Read by windows, never held whole.
     embedder = embedder_of(predictor)
     height, width = well.inputs.shape[1:]
     row0, row1, column0, column1 = convert.well_window(well, window)
-    top, bottom, left, right = embedder.crop_for((height, width), (row0, row1, column0, column1), max(readout.radii))
-    crop = well.inputs[:, top:bottom, left:right]
-    start = time.perf_counter()
-    num_tiles = embedder.num_tiles(crop.shape[1:])
-    with progress_lib.Progress(num_tiles, f"predict {well.name}", enabled=progress_enabled) as bar:
-        embedding = embedder(crop, lambda: bar.update(1))
-    columns = [readout.targets.index(channel) for channel in chosen]
-    value, spread = readout.predict_distribution(embedding)
-    inside = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
-    value, spread = value[inside][..., columns], spread[inside][..., columns]
-    distributions = calibrated_distributions(predictor.applied_calibration, chosen, value, spread)
-    images = statistic_images(distributions, tuple(dict.fromkeys(names + ("median",))))
-    seconds = time.perf_counter() - start
+    crop = embedder.crop_for((height, width), (row0, row1, column0, column1), max(readout.radii, default=0))
+    top, bottom, left, right = crop
     region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
-    return write_distribution_well(
-        predictor, well, input_dir, output_dir, chosen, names, images, distributions, region, image_format, panels,
-        file_names, panel_bits, save_calibration,
-        num_runs=num_tiles, seconds=round(seconds, 3), exact=True, readout=True,
-    )
-
-
-def write_distribution_well(
-    predictor: Any,
-    well: Any,
-    input_dir: str,
-    output_dir: str,
-    channels: Sequence[str],
-    statistics: Sequence[str],
-    images: dict[str, np.ndarray],
-    distributions: Sequence[calibration_lib.ReadoutDistribution],
-    region: geometry_lib.OutputRegion,
-    image_format: str,
-    panels: bool,
-    file_names: str,
-    panel_bits: int,
-    save_calibration: bool,
-    **summary_fields: Any,
-) -> dict[str, Any]:
-    """Writes a well predicted as per-pixel distributions (read-out, calibrated regression): statistics, panel,
-    calibration TIFFs (with truth) and prediction.json.
-
-    Args:
-        images: statistic -> `[region.height, region.width, len(channels)]`, "median" among them.
-        distributions: per channel, over `region` (`calibrated_distributions`).
-        summary_fields: the route's own `well.prediction_summary` arguments (num_runs, seconds, exact, ...).
-
-    Returns:
-        The contents of `prediction.json` plus `well_dir`.
-    """
+    rows = band_rows_of(readout, right - left, len(chosen), len(names))
+    expected = bands_lib.expected_peak(
+        embedder_bytes(embedder, right - left), rows * (right - left) * band_bytes_per_pixel(readout, len(chosen),
+                                                                                                len(names)),
+        well, column1 - column0, panels)
+    print(bands_lib.check_memory(expected, f"core tiles of {embedder.input_size} px and their embedding rows",
+                                 "predict a narrower --region (the bands span its width)", available_bytes),
+          flush=True)
     well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
-    os.makedirs(well_dir, exist_ok=True)
-    files = well_lib.write_statistics(well_dir, well.metadata, channels, statistics, images, image_format, file_names)
-    truth_channels, panel_files, calibration_files = [], {}, {}
-    if panels:
-        truth_channels, panel_files = well_lib.write_target_panel(well_dir, well, predictor.config, channels,
-                                                                  images["median"], region, panel_bits)
-    if save_calibration:
-        truth_channels, maps = calibration_maps(predictor.config, well, channels, distributions, region)
-        calibration_files = well_lib.write_calibration_maps(well_dir, well.metadata, channels, truth_channels, maps,
-                                                            file_names)
+    writer = bands_lib.BandWriter(well_dir, well, predictor.config, chosen, names, region, image_format, file_names,
+                                  panels, save_calibration, panel_bits)
+    columns = [readout.targets.index(channel) for channel in chosen]
+    wanted = tuple(dict.fromkeys(names + ("median",)))
+    start = time.perf_counter()
+    num_tiles = embedder.num_tiles((bottom - top, right - left))
+    try:
+        with progress_lib.Progress(num_tiles, f"predict {well.name}", enabled=progress_enabled) as bar:
+            for band0, value, spread in distribution_bands(predictor, well.inputs, crop, (row0, row1, column0, column1),
+                                                           rows, lambda: bar.update(1)):
+                value, spread = value[..., columns], spread[..., columns]
+                distributions = calibrated_distributions(predictor.applied_calibration, chosen, value, spread)
+                write_distribution_band(writer, band0, statistic_images(distributions, wanted), distributions)
+    except BaseException:
+        writer.abort()
+        raise
+    seconds = time.perf_counter() - start
+    panel_files = writer.commit()
     summary = well_lib.prediction_summary(
-        predictor, well, input_dir, channels, statistics, "reflect", region, image_format, files, geometry=None,
-        panels=panel_files, truth_channels=truth_channels, calibration_files=calibration_files, **summary_fields,
+        predictor, well, input_dir, chosen, names, "reflect", region, image_format, writer.files, geometry=None,
+        panels=panel_files, truth_channels=writer.truth_channels, calibration_files=writer.calibration_files,
+        num_runs=num_tiles, seconds=round(seconds, 3), exact=True, readout=True,
     )
     prediction_file.write_summary(well_dir, summary)
     summary["well_dir"] = well_dir
     return summary
+
+
+def band_bytes_per_pixel(readout: readout_lib.Readout, num_channels: int, num_statistics: int) -> float:
+    """The bytes one output pixel of a band holds: its embedding rows (with the box means' float64 sums over the
+    mapped values) and its distributions, statistics and maps."""
+    targets = 2 * len(readout.targets)
+    return 4.0 * readout.embedding_size * 2 + 8.0 * targets * 4 + num_channels * (4.0 * (4 + num_statistics) + 96.0)
+
+
+def band_rows_of(readout: readout_lib.Readout, width: int, num_channels: int, num_statistics: int) -> int:
+    """The output rows of one band (`isl.infer.bands.band_rows`)."""
+    return bands_lib.band_rows(width, band_bytes_per_pixel(readout, num_channels, num_statistics), minimum=16)
+
+
+def embedder_bytes(embedder: embedder_lib.Embedder, width: int) -> float:
+    """The core's part: one tile's pass (about 60 KB per input pixel, the heads' activations without their
+    heads) plus its band of embedding rows and its network input rows (`Embedder.rows`)."""
+    tile = embedder.input_size**2 * 6.0e4 / 8
+    band = embedder.stride * (width + embedder.output_size) * embedder.embedding_size * 4.0
+    inputs = embedder.input_size * (width + 2 * embedder.border + embedder.output_size) * 2 * embedder.num_z_values * 4
+    return tile + 2 * band + inputs
+
+
+def band_distribution(readout: readout_lib.Readout, embedding: np.ndarray, first: int, height: int, row0: int,
+                      row1: int) -> tuple[np.ndarray, np.ndarray]:
+    """`readout.predict_distribution` of image rows [row0, row1) from a band of the embedding.
+
+    Args:
+        embedding: `[n, W, E]` embedding rows first .. first + n - 1 of an image of `height` rows; they must
+            include every row within max(radii) of [row0, row1), reflected at the image's edges.
+
+    Returns:
+        (value, spread), each `[row1 - row0, W, T]` float32: the whole image's to float rounding (the box means
+        are summed over the band's rows, reflected about the image's edges as `box_mean` reflects them).
+    """
+    size = readout.embedding_size
+    scaled, bias = readout.distribution_maps()
+    band = embedding[row0 - first : row1 - first]
+    result = (band.reshape(-1, size).astype(np.float32) @ scaled[:size]).reshape(band.shape[:2] + (-1,))
+    for part, radius in enumerate(readout.radii, start=1):
+        index = readout_lib.pad_index(np.arange(row0 - radius, row1 + radius), height, "reflect") - first
+        if index.min() < 0 or index.max() >= len(embedding):
+            raise ValueError(f"band_distribution: rows {row0}..{row1} need embedding rows beyond the band's.")
+        rows = embedding[index]
+        mapped = (rows.reshape(-1, size).astype(np.float32) @ scaled[part * size : (part + 1) * size]
+                  ).reshape(rows.shape[:2] + (-1,))
+        padded = np.pad(mapped.astype(np.float64), ((0, 0), (radius, radius), (0, 0)), mode="reflect")
+        total = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0), (0, 0)))
+        n = 2 * radius + 1
+        window = total[n:, n:] - total[:-n, n:] - total[n:, :-n] + total[:-n, :-n]
+        result += (window / (n * n)).astype(np.float32)
+    value, log_square = np.split(result + bias, 2, axis=-1)
+    return value, readout_lib.spread_of(log_square)
+
+
+def distribution_bands(
+    predictor: Any, stack: Any, crop: tuple[int, int, int, int], window: tuple[int, int, int, int], rows: int,
+    progress: Callable[[], None] | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The read-out's (value, spread) over `window` of a `[Z, H, W]` stack in bands of at most `rows` rows.
+
+    The core runs over `crop` (`Embedder.crop_for` of the window) band by band (`Embedder.rows`, reading the crop
+    lazily from a `SpilledStack`); the embedding rows a band's box means need are kept, never the whole embedding.
+    The pixels equal `readout.predict_distribution` of the whole crop's embedding to float rounding.
+
+    Yields:
+        (first image row, `[n, w, T]` value, `[n, w, T]` spread), w = the window's columns, T = the read-out's targets.
+    """
+    from isl.data import wells as wells_lib
+
+    readout = predictor.readout
+    embedder = embedder_of(predictor)
+    top, bottom, left, right = crop
+    row0, row1, column0, column1 = window
+    height = bottom - top
+    radius = max(readout.radii, default=0)
+    inside = slice(column0 - left, column1 - left)
+    buffer: np.ndarray | None = None
+    first, next_row, end_row = 0, row0 - top, row1 - top
+    for embedding_top, embedding in embedder.rows(wells_lib.window(stack, top, bottom, left, right), progress):
+        buffer = embedding if buffer is None else np.concatenate([buffer, embedding], axis=0)
+        available = embedding_top + len(embedding)
+        while next_row < end_row:
+            end = min(end_row, next_row + rows)
+            if available < height and available < end + radius:
+                break
+            value, spread = band_distribution(readout, buffer, first, height, next_row, end)
+            yield next_row + top, value[:, inside], spread[:, inside]
+            next_row = end
+            keep_from = max(0, next_row - radius) - first
+            buffer, first = buffer[keep_from:], first + keep_from
+        if next_row >= end_row:
+            return
+
+
+def write_distribution_band(writer: Any, band0: int, images: dict[str, np.ndarray],
+                            distributions: Sequence[calibration_lib.ReadoutDistribution]) -> None:
+    """Writes one band of a well predicted as per-pixel distributions (read-out, calibrated regression): its
+    statistics, and with the truth its calibration maps (`band_maps`), through an `isl.infer.bands.BandWriter`.
+
+    Args:
+        images: statistic -> `[n, w, len(channels)]`, "median" among them.
+        distributions: per channel, over the band (`calibrated_distributions`).
+    """
+    count = images["median"].shape[0]
+    truth = writer.truth(band0, band0 + count) if (writer.with_maps or writer.with_panel) else None
+    maps = band_maps(distributions, *truth) if writer.with_maps else None
+    writer.write(band0, images, maps, truth)
 
 
 def calibrated_distributions(
@@ -206,36 +289,28 @@ def statistic_images(
             for name in per_channel[0]}
 
 
-def calibration_maps(
-    config: config_lib.ExperimentConfig, well: Any, channels: Sequence[str],
-    distributions: Sequence[calibration_lib.ReadoutDistribution], region: geometry_lib.OutputRegion | None = None,
-) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The channels with truth and their calibration maps of each channel's distribution.
+def band_maps(distributions: Sequence[calibration_lib.ReadoutDistribution], truth: np.ndarray, masks: np.ndarray
+              ) -> dict[str, np.ndarray]:
+    """The calibration maps of each channel's distribution over a band.
 
     Args:
-        distributions: per channel, `[H, W]` over `region` of the well (None: the whole well)
-            (`calibrated_distributions`): N(value, spread^2) clipped to [0, 1], or its mixture with
-            conditional histograms.
+        distributions: per channel, `[n, w]` (`calibrated_distributions`): N(value, spread^2) clipped to [0, 1], or
+            its mixture with conditional histograms.
+        truth, masks: `[n, w, len(channels)]`, the band's truth (`isl.infer.bands.BandWriter.truth`).
 
     Returns:
-        (channels with any labelled pixel, key -> `[H, W, len(channels)]` float32,
-        NaN where the truth is missing), keys as `isl.infer.well.CALIBRATION_STATISTICS`.
+        key -> `[n, w, len(channels)]` float32, NaN where the truth is missing, keys as
+        `isl.infer.well.CALIBRATION_STATISTICS`.
     """
-    shape = distributions[0].value.shape + (len(channels),)
-    values, masks = assemble.target_window(well.targets, config.channels, tuple(well.inputs.shape[1:]), channels,
-                                           None if region is None else region.bounds)
-    keys = ("true_bin_probability", "cdf_below_true", "crps")
-    maps = {key: np.full(shape, np.nan, np.float32) for key in keys}
-    truth_channels = []
-    for index, channel in enumerate(channels):
+    keys = tuple(well_lib.CALIBRATION_STATISTICS)
+    maps = {key: np.full(truth.shape, np.nan, np.float32) for key in keys}
+    for index, distribution in enumerate(distributions):
         known = masks[..., index]
         if not known.any():
             continue
-        truth_channels.append(channel)
-        truth = np.where(known, values[..., index], np.nan)
-        for key, image in zip(keys, distributions[index].bin_statistics(truth)):
+        for key, image in zip(keys, distribution.bin_statistics(np.where(known, truth[..., index], np.nan))):
             maps[key][..., index] = image
-    return truth_channels, maps
+    return maps
 
 
 def collect_readout(

@@ -10,9 +10,10 @@ cropped back, mapped from standardized values to intensities and clipped to
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from isl.data import convert
 from isl.data import wells as wells_lib
 from isl.eval import calibrate as calibrate_lib
 from isl.eval import calibration as calibration_lib
+from isl.infer import bands as bands_lib
 from isl.infer import regression_distribution
 from isl.infer import well as well_lib
 from isl.io import prediction_file
@@ -33,9 +35,17 @@ from isl.model import unet_regression
 # Reflected context on each side of the image, in pixels.
 PAD = 32
 STATISTICS = ("median", "mean")
-# Above this many pixels (window plus context) `isl predict` runs the U-Net in tiles of TILE output pixels a side,
-# each with `context_pixels` of real image around it: one whole pass costs about 2.3 KB per pixel (10.2 GB for a
-# 2304^2 field), so memory would grow with the image. Up to it (the 1024^2 wells) the pass stays whole and exact.
+# One U-Net pass costs about this many bytes per padded input pixel and per `model.unet_filters` (measured:
+# 2.22 GB peak for the 1088 x 832 padded pass of the 16-filter shipped model on the 1024 x 768 sample, of which
+# about 0.5 GB is TensorFlow; 10.2 GB for a 2304^2 field of a 32-filter model). `isl predict` runs the U-Net in
+# tiles whose pass fits `PASS_BYTES` (each with `context_pixels` of real image around it, aligned with the
+# window's pooling grid, so the pixels equal one whole pass's: BUILD_NOTES, Session 10, issue 25); a window whose
+# pass fits runs whole, as before.
+PASS_BYTES_PER_PIXEL_PER_FILTER = 110.0
+PASS_BYTES = 1.7e9
+# The smallest tile side (output pixels) `isl predict` uses, however small the budget.
+MIN_TILE = 128
+# Kept for callers that give no budget: the old whole-pass limit and tile side.
 WHOLE_PIXELS = 1024 * 1024
 TILE = 512
 
@@ -78,38 +88,144 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
     return values, spread
 
 
+def receptive_radius(config: config_lib.ExperimentConfig) -> int:
+    """An upper bound on how far (pixels) a U-Net output pixel sees: 3x3 convolutions, 2x2 pools and 2x2 transposed
+    convolutions over `model.unet_levels` levels (2 convolutions per level each way, 2 at the bottom)."""
+    scale = 2**config.model.unet_levels
+    return 8 * scale - 6
+
+
+def pass_bytes(config: config_lib.ExperimentConfig, height: int, width: int) -> float:
+    """The modelled memory of one U-Net pass over `height` x `width` input pixels (padded as `predict_image` pads)."""
+    factor = 2**config.model.unet_levels
+    padded = (-(-(height + 2 * PAD) // factor) * factor) * (-(-(width + 2 * PAD) // factor) * factor)
+    return padded * PASS_BYTES_PER_PIXEL_PER_FILTER * config.model.unet_filters
+
+
+def tile_side(config: config_lib.ExperimentConfig, budget: float | None = None) -> int:
+    """The output tile side (a multiple of 2**unet_levels, at least `MIN_TILE`) whose pass, with
+    `context_pixels` on each side, fits `budget` bytes."""
+    factor = 2**config.model.unet_levels
+    context = context_pixels(config)
+    budget = PASS_BYTES if budget is None else budget
+    side = int((budget / (PASS_BYTES_PER_PIXEL_PER_FILTER * config.model.unet_filters)) ** 0.5)
+    tile = (side - 2 * (context + PAD + factor)) // factor * factor
+    return max(MIN_TILE, tile)
+
+
+@dataclasses.dataclass(frozen=True)
+class TilePlan:
+    """How a window is run: `crop` (r0, r1, c0, c1) the window plus `context_pixels` of real image (clipped to the
+    image), and `tile` output pixels a side (`whole`: one pass over the crop)."""
+
+    window: tuple[int, int, int, int]
+    crop: tuple[int, int, int, int]
+    tile: int
+    whole: bool
+
+    @property
+    def num_runs(self) -> int:
+        if self.whole:
+            return 1
+        row0, row1, column0, column1 = self.window
+        return -(-(row1 - row0) // self.tile) * -(-(column1 - column0) // self.tile)
+
+
+def plan_window(config: config_lib.ExperimentConfig, shape: tuple[int, int], window: tuple[int, int, int, int],
+                budget: float | None = None) -> TilePlan:
+    """The tiles of `window` in an image of `shape` (H, W): one pass when the window plus its context fits
+    `budget` (as before), else tiles of `tile_side(config, budget)`."""
+    height, width = shape
+    row0, row1, column0, column1 = window
+    context = context_pixels(config)
+    budget = PASS_BYTES if budget is None else budget
+    crop = (max(0, row0 - context), min(height, row1 + context), max(0, column0 - context),
+            min(width, column1 + context))
+    whole = pass_bytes(config, crop[1] - crop[0], crop[3] - crop[2]) <= budget
+    tile = max(row1 - row0, column1 - column0) if whole else tile_side(config, budget)
+    return TilePlan(window, crop, tile, whole)
+
+
+def value_bands(model: Any, stack: Any, config: config_lib.ExperimentConfig, plan: TilePlan, clip: bool = True,
+                ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """`predict_image` of `plan.window` of a `[num_source_z, H, W]` stack (an array, or a lazily read well's
+    `SpilledStack`), one band of tile rows at a time, top to bottom.
+
+    Each tile is predicted from itself plus `context_pixels(config)` of real image around it (clipped to
+    `plan.crop`), its input starting on the crop's pooling grid (a multiple of 2**unet_levels from the crop's
+    corner, the context widened to reach it). As the context exceeds the U-Net's reach (`receptive_radius`), each
+    tile's pixels equal one whole pass over the crop, to float rounding; a tile's pass is bounded by the plan.
+
+    Yields:
+        (first image row, `[rows, w, T]` float32 values (clipped with `clip`), `[rows, w, T]` spread or None).
+    """
+    row0, row1, column0, column1 = plan.window
+    crop_top, crop_bottom, crop_left, crop_right = plan.crop
+    if plan.whole:
+        values, spread = predict_image(model, np.asarray(stack[:, crop_top:crop_bottom, crop_left:crop_right]),
+                                       config, clip=clip, with_spread=True)
+        inside = (slice(row0 - crop_top, row1 - crop_top), slice(column0 - crop_left, column1 - crop_left))
+        yield row0, values[inside], None if spread is None else spread[inside]
+        return
+    factor = 2**config.model.unet_levels
+    context = context_pixels(config)
+
+    def start(first: int, origin: int) -> int:  # The tile's input start: context back, on the crop's grid.
+        return origin + (max(origin, first - context) - origin) // factor * factor
+
+    for band0 in range(row0, row1, plan.tile):
+        band1 = min(row1, band0 + plan.tile)
+        top, bottom = start(band0, crop_top), min(crop_bottom, band1 + context)
+        values = spread = None
+        for tile0 in range(column0, column1, plan.tile):
+            tile1 = min(column1, tile0 + plan.tile)
+            left, right = start(tile0, crop_left), min(crop_right, tile1 + context)
+            tile_values, tile_spread = predict_image(model, np.asarray(stack[:, top:bottom, left:right]), config,
+                                                     clip=clip, with_spread=True)
+            inner = (slice(band0 - top, band1 - top), slice(tile0 - left, tile1 - left))
+            if values is None:
+                values = np.empty((band1 - band0, column1 - column0, tile_values.shape[-1]), np.float32)
+                spread = None if tile_spread is None else np.empty_like(values)
+            values[:, tile0 - column0 : tile1 - column0] = tile_values[inner]
+            if spread is not None:
+                spread[:, tile0 - column0 : tile1 - column0] = tile_spread[inner]
+        yield band0, values, spread
+
+
+def predict_window(model: Any, stack: Any, config: config_lib.ExperimentConfig, window: tuple[int, int, int, int],
+                   clip: bool = True, budget: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(`[h, w, T]` values, spread or None) of `window` (r0, r1, c0, c1) of a `[num_source_z, H, W]` stack, as
+    `isl predict --region` runs it (`value_bands`, its pass bounded by `budget`)."""
+    plan = plan_window(config, tuple(stack.shape[1:]), window, budget)
+    bands = list(value_bands(model, stack, config, plan, clip))
+    values = np.concatenate([band for _, band, _ in bands], axis=0)
+    spread = None if bands[0][2] is None else np.concatenate([band for _, _, band in bands], axis=0)
+    return values, spread
+
+
 def predict_tiled(model: Any, stack: np.ndarray, config: config_lib.ExperimentConfig, clip: bool = True,
                   with_spread: bool = False, whole_pixels: int = WHOLE_PIXELS, tile: int = TILE) -> Any:
-    """`predict_image` of a `[num_source_z, H, W]` stack in bounded memory: whole up to `whole_pixels`, else in tiles.
-
-    Each tile of `tile` x `tile` output pixels is predicted from itself plus `context_pixels(config)` of real
-    image around it (reflection beyond, as `isl predict --region`), so a tiled image's pixels can differ slightly
-    from one whole pass. Memory: one tile's pass plus the `[H, W, T]` result(s).
+    """`predict_image` of a `[num_source_z, H, W]` stack in bounded memory: whole up to `whole_pixels`, else in tiles
+    of `tile` output pixels, each with `context_pixels` around it (`value_bands`: the pixels of one whole pass).
 
     Returns:
         As `predict_image`: `[H, W, T]` float32 (and, with `with_spread`, the spread or None).
     """
     _, height, width = stack.shape
     if height * width <= whole_pixels:
-        return predict_image(model, stack, config, clip=clip, with_spread=with_spread)
-    context = context_pixels(config)
-    values = spread = None
-    for row0 in range(0, height, tile):
-        for column0 in range(0, width, tile):
-            row1, column1 = min(height, row0 + tile), min(width, column0 + tile)
-            top, left = max(0, row0 - context), max(0, column0 - context)
-            bottom, right = min(height, row1 + context), min(width, column1 + context)
-            tile_values, tile_spread = predict_image(model, stack[:, top:bottom, left:right], config, clip=clip,
-                                                     with_spread=True)
-            inner = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
-            if values is None:
-                values = np.empty((height, width, tile_values.shape[-1]), np.float32)
-                if tile_spread is not None:
-                    spread = np.empty_like(values)
-            values[row0:row1, column0:column1] = tile_values[inner]
-            if spread is not None:
-                spread[row0:row1, column0:column1] = tile_spread[inner]
+        return predict_image(model, np.asarray(stack), config, clip=clip, with_spread=with_spread)
+    window = (0, height, 0, width)
+    plan = TilePlan(window, window, tile, False)
+    bands = list(value_bands(model, stack, config, plan, clip))
+    values = np.concatenate([band for _, band, _ in bands], axis=0)
+    spread = None if bands[0][2] is None else np.concatenate([band for _, _, band in bands], axis=0)
     return (values, spread) if with_spread else values
+
+
+def band_bytes_per_pixel(num_channels: int, num_statistics: int, distribution: bool) -> float:
+    """The bytes one output pixel of a band holds while it is written (values, spread, statistics, maps, truth and
+    the distribution's float64 temporaries)."""
+    return num_channels * (4.0 * (4 + num_statistics) + (96.0 if distribution else 8.0))
 
 
 def predict_well(
@@ -124,12 +240,15 @@ def predict_well(
     file_names: str = "lab",
     panel_bits: int = 16,
     save_calibration: bool = True,
+    available_bytes: float | None = None,
 ) -> dict[str, Any]:
-    """`isl predict` for the regression baseline: one pass, median/mean files, panel, prediction.json.
+    """`isl predict` for the regression baseline: median/mean files, panel, prediction.json, band by band.
 
-    A model folder calibrated by `isl calibrate` (route "regression") predicts a distribution per
-    pixel instead (`isl.infer.regression_distribution`): every read-out statistic and, with the
-    truth, the calibration TIFFs (`save_calibration`).
+    The well is read lazily (by windows) and predicted one band of tile rows at a time (`value_bands`); each band is
+    written through `isl.infer.bands.BandWriter` (row writers, the streamed panel), so memory is one tile's pass
+    plus one band, whatever the image area. A model folder calibrated by `isl calibrate` (route "regression")
+    predicts a distribution per pixel instead (`isl.infer.regression_distribution`): every read-out statistic
+    and, with the truth, the calibration TIFFs (`save_calibration`), also band by band.
 
     Args:
         predictor: from `isl.infer.kinds.registry.load_predictor` (a model directory).
@@ -146,6 +265,7 @@ def predict_well(
         file_names: output file names, "lab" or "short" (`isl.infer.well.output_name`).
         panels: write `target_error_panel.png` when the well holds truth.
         save_calibration: a calibrated model: write the calibration TIFFs when the well holds truth.
+        available_bytes: the free memory the expected peak must fit (None: psutil's).
     """
     if predictor.model is None:
         raise errors.InputError(f"{predictor.source}: the U-Net regression is predicted from its model directory "
@@ -161,41 +281,54 @@ def predict_well(
     if calibration is not None:
         regression_distribution.check_statistics(names)
     config = predictor.config
-    well = wells_lib.read_checked_well(config, input_dir)
+    well = wells_lib.read_checked_well(config, input_dir, lazy=True)  # Read by windows, never held whole.
     height, width = well.inputs.shape[1:]
     row0, row1, column0, column1 = convert.well_window(well, window)
+    plan = plan_window(config, (height, width), (row0, row1, column0, column1))
     context = context_pixels(config)
-    top, left = max(0, row0 - context), max(0, column0 - context)
-    bottom, right = min(height, row1 + context), min(width, column1 + context)
-    start = time.perf_counter()
-    values, spread = predict_tiled(predictor.model, well.inputs[:, top:bottom, left:right], config,
-                                   clip=calibration is None, with_spread=True)
-    values = values[row0 - top : row1 - top, column0 - left : column1 - left]
-    seconds = time.perf_counter() - start
-    columns = [config.channels.output_target_channels.index(channel) for channel in channels]
-    tiled = (bottom - top) * (right - left) > WHOLE_PIXELS
-    num_runs = -(-(bottom - top) // TILE) * -(-(right - left) // TILE) if tiled else 1
-    exact = (window is None or (top, left, bottom, right) == (0, 0, height, width)) and not tiled
-    if calibration is not None:
-        return regression_distribution.write_well(
-            predictor, well, input_dir, output_dir, channels, names, values[..., columns],
-            (row0, row1, column0, column1), image_format, panels, file_names, panel_bits, save_calibration, seconds,
-            exact, context,
-            None if spread is None else spread[row0 - top : row1 - top, column0 - left : column1 - left][..., columns])
-    well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
-    os.makedirs(well_dir, exist_ok=True)
-    images = {name: values[..., columns] for name in names}
-    files = well_lib.write_statistics(well_dir, well.metadata, channels, names, images, image_format, file_names)
     region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
-    truth_channels, panel_files = [], {}
-    if panels:
-        truth_channels, panel_files = well_lib.write_target_panel(well_dir, well, config, channels,
-                                                                  values[..., columns], region, panel_bits)
+    with_maps = calibration is not None and save_calibration
+    band_pixels = min(plan.tile, row1 - row0) * (column1 - column0)
+    tile_input = min(plan.tile + 2 * (context + 2**config.model.unet_levels), max(height, width))
+    network = (pass_bytes(config, plan.crop[1] - plan.crop[0], plan.crop[3] - plan.crop[2]) if plan.whole
+               else pass_bytes(config, tile_input, tile_input))
+    expected = bands_lib.expected_peak(
+        network, band_pixels * band_bytes_per_pixel(len(channels), len(names), calibration is not None), well,
+        column1 - column0, panels)
+    what = "one U-Net pass" if plan.whole else f"U-Net tiles of {plan.tile} px"
+    print(bands_lib.check_memory(expected, what, "predict a narrower --region (the bands span its width)",
+                                 available_bytes), flush=True)
+    columns = [config.channels.output_target_channels.index(channel) for channel in channels]
+    exact = (window is None or plan.crop == (0, height, 0, width)) and (plan.whole or
+                                                                        context >= receptive_radius(config))
+    well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
+    writer = bands_lib.BandWriter(well_dir, well, config, channels, names, region, image_format, file_names, panels,
+                                  with_maps, panel_bits)
+    network_seconds = distribution_seconds = 0.0
+    try:
+        start = time.perf_counter()
+        for band0, values, spread in value_bands(predictor.model, well.inputs, config, plan,
+                                                 clip=calibration is None):
+            network_seconds += time.perf_counter() - start
+            values = values[..., columns]
+            if calibration is None:
+                writer.write(band0, {name: values for name in dict.fromkeys(names + ("median",))})
+            else:
+                start = time.perf_counter()
+                regression_distribution.write_band(predictor, writer, band0, channels, names, values,
+                                                   None if spread is None else spread[..., columns])
+                distribution_seconds += time.perf_counter() - start
+            start = time.perf_counter()
+    except BaseException:
+        writer.abort()
+        raise
+    panel_files = writer.commit()
+    seconds = network_seconds + distribution_seconds
     summary = well_lib.prediction_summary(
         predictor, well, input_dir, channels, names, "reflect", region,
-        image_format, files, geometry=None, num_runs=num_runs, exact=exact, seconds=round(seconds, 3),
-        context_pixels=context, panels=panel_files,
-        truth_channels=truth_channels,
+        image_format, writer.files, geometry=None, num_runs=plan.num_runs, exact=exact, seconds=round(seconds, 3),
+        context_pixels=context, panels=panel_files, truth_channels=writer.truth_channels,
+        **({"calibration_files": writer.calibration_files} if calibration is not None else {}),
     )
     prediction_file.write_summary(well_dir, summary)
     summary["well_dir"] = well_dir

@@ -19,7 +19,6 @@ quantiles and the calibration TIFFs come from the calibrated distribution.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +27,6 @@ import numpy as np
 from isl import errors
 from isl.eval import regression_calibration
 from isl.infer import readout as readout_infer
-from isl.model import geometry as geometry_lib
 from isl.model import readout as readout_lib
 from isl.model import statistic_names
 
@@ -43,49 +41,20 @@ def check_statistics(statistics: Sequence[str]) -> None:
                                 f"{', '.join(readout_lib.STATISTICS)} and quantiles qNN.")
 
 
-def write_well(
-    predictor: Any,
-    well: Any,
-    input_dir: str,
-    output_dir: str,
-    channels: Sequence[str],
-    statistics: Sequence[str],
-    value: np.ndarray,
-    window: tuple[int, int, int, int],
-    image_format: str,
-    panels: bool,
-    file_names: str,
-    panel_bits: int,
-    save_calibration: bool,
-    seconds: float,
-    exact: bool,
-    context: int,
-    spread: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Writes the statistics, panel, calibration TIFFs and prediction.json of one well.
+def write_band(predictor: Any, writer: Any, band0: int, channels: Sequence[str], statistics: Sequence[str],
+               value: np.ndarray, spread: np.ndarray | None = None) -> None:
+    """Writes one band of rows of a calibrated regression: its statistics and, with the truth, its calibration maps.
 
     Args:
         predictor: a `unet_regression` model folder with its calibration applied.
-        well: the well read as the model reads it.
-        value: `[h, w, len(channels)]` unclipped intensities over `window` (r0, r1, c0, c1).
+        writer: the well's `isl.infer.bands.BandWriter`.
+        band0: the band's first image row.
         statistics: read-out statistic names (checked by the caller).
-        seconds: the network's time so far; the distribution's is added.
-        exact, context: as the uncalibrated regression records them.
-        spread: `[h, w, len(channels)]`, the predicted spread (`model.regression_spread`), or None.
-
-    Returns:
-        The contents of `prediction.json` plus `well_dir`.
+        value: `[rows, w, len(channels)]` unclipped intensities of the band.
+        spread: the same shape, the predicted spread (`model.regression_spread`), or None.
     """
-    start = time.perf_counter()
     distributions = regression_calibration.distributions(predictor.applied_calibration, channels, value, spread)
     images = readout_infer.statistic_images(distributions, tuple(dict.fromkeys(tuple(statistics) + ("median",))))
     if "mean" in images:  # The regression's own value (MSE: its estimate of the mean), as the median is.
         images["mean"] = np.clip(value, 0.0, 1.0).astype(np.float32)
-    seconds += time.perf_counter() - start
-    row0, row1, column0, column1 = window
-    region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
-    return readout_infer.write_distribution_well(
-        predictor, well, input_dir, output_dir, channels, statistics, images, distributions, region, image_format,
-        panels, file_names, panel_bits, save_calibration,
-        num_runs=1, exact=exact, seconds=round(seconds, 3), context_pixels=context,
-    )
+    readout_infer.write_distribution_band(writer, band0, images, distributions)

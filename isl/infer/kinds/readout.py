@@ -65,7 +65,8 @@ class Readout(base.ModelKind):
             predictor, input_dir, output_dir, options.get("channels"), options.get("statistics", ("median",)),
             options.get("image_format", "png"), options.get("progress_enabled", True),
             options.get("border_mode", "reflect"), options.get("window"), options.get("panels", True),
-            options.get("names", "lab"), options.get("save_calibration", True), options.get("panel_bits", 16))
+            options.get("names", "lab"), options.get("save_calibration", True), options.get("panel_bits", 16),
+            options.get("available_bytes"))
 
     def predict_window(self, predictor: well_lib.Predictor, stack: np.ndarray, window: tuple[int, int, int, int],
                        channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,8 +1,9 @@
 """The regression U-Net's kind (`model.architecture=unet_regression`): one value per pixel, or, once `isl
 calibrate` fitted it, a distribution per pixel around that value.
 
-Prediction in `isl.infer.regression` (whole up to 1024² px, else tiles with
-context; calibrated: `isl.infer.regression_distribution`); calibration in
+Prediction in `isl.infer.regression` (one pass while it fits `PASS_BYTES`, else
+tiles with context on the pooling grid, band by band; calibrated:
+`isl.infer.regression_distribution`); calibration in
 `isl.eval.regression_calibration` (a spread per channel, a spread scale and
 conditional histograms). It runs as trained, keeps the input's size, and
 exports as a bioimage.io package only (no 256-bin heads to serve).
@@ -30,7 +31,7 @@ from isl.model import unet_regression
 
 _NO_BORDER = "it keeps the input's height and width (no border, no tiles of the 256-bin heads)"
 UNSUPPORTED: dict[str, tuple[Any, str]] = {
-    "tile_size": (0, f"the U-Net regression picks its own tiles (whole up to 1024² px); {_NO_BORDER}"),
+    "tile_size": (0, f"the U-Net regression picks its own tiles (one pass while it fits its memory budget); {_NO_BORDER}"),
     "batch_size": (1, "the U-Net regression predicts one tile at a time"),
     "phases": (0, "the U-Net regression has no phases (one pass per tile)"),
     "precision": ("", "the U-Net regression runs as trained"),
@@ -90,7 +91,7 @@ class Regression(base.ModelKind):
             predictor, input_dir, output_dir, chosen, options.get("image_format", "png"),
             options.get("statistics", regression_infer.STATISTICS), options.get("window"),
             options.get("panels", True), options.get("names", "lab"), options.get("panel_bits", 16),
-            options.get("save_calibration", True))
+            options.get("save_calibration", True), options.get("available_bytes"))
 
     def calibration_data(self, predictor: well_lib.Predictor, well: Any, window: tuple[int, int, int, int],
                          channels: Sequence[str], progress: Callable[[], None] | None) -> dict[str, tuple]:
