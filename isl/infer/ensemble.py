@@ -94,12 +94,13 @@ def untransform(array: np.ndarray, turns: int, mirror: bool, axes: tuple[int, in
 def transformed_window(shape: tuple[int, int], window: tuple[int, int, int, int], turns: int, mirror: bool
                        ) -> tuple[int, int, int, int]:
     """Where the window (r0, r1, c0, c1) of an image of `shape` lies in the transformed image."""
-    mask = np.zeros(shape, bool)
+    height, width = shape
     row0, row1, column0, column1 = window
-    mask[row0:row1, column0:column1] = True
-    moved = transform(mask, turns, mirror, (0, 1))
-    rows, columns = np.flatnonzero(moved.any(axis=1)), np.flatnonzero(moved.any(axis=0))
-    return int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
+    if mirror:
+        column0, column1 = width - column1, width - column0
+    return {0: (row0, row1, column0, column1), 1: (width - column1, width - column0, row0, row1),
+            2: (height - row1, height - row0, width - column1, width - column0),
+            3: (column0, column1, height - row1, height - row0)}[turns % 4]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -191,20 +192,13 @@ def regression_window(predictor: Any, stack: np.ndarray, window: tuple[int, int,
     from isl.infer import regression
 
     config = predictor.config
-    height, width = stack.shape[1:]
-    row0, row1, column0, column1 = window
-    context = regression.context_pixels(config)
-    top, left = max(0, row0 - context), max(0, column0 - context)
-    bottom, right = min(height, row1 + context), min(width, column1 + context)
-    values, spread = regression.predict_tiled(predictor.model, stack[:, top:bottom, left:right], config,
-                                              clip=False, with_spread=True)
-    inside = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
+    values, spread = regression.predict_window(predictor.model, stack, config, window, clip=False)
     columns = [config.channels.output_target_channels.index(channel) for channel in channels]
-    values = values[inside][..., columns]
+    values = values[..., columns]
     point = np.clip(values, 0.0, 1.0).astype(np.float32)
     if not with_distribution:
         return point, None
-    spread = None if spread is None else spread[inside][..., columns]
+    spread = None if spread is None else spread[..., columns]
     distributions = regression_calibration.distributions(predictor.applied_calibration, channels, values, spread)
     return point, dense_probabilities(distributions)
 
@@ -279,25 +273,65 @@ def check_members(members: Sequence[Member], channels: Sequence[str] | None = No
 # Predicting with members, with or without test-time augmentation.
 
 
-def member_window(member: Member, stack: np.ndarray, window: tuple[int, int, int, int], channels: Sequence[str],
-                  tta: bool = False, stacks: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+class TransformedStack:
+    """A dihedral transform (`transform`) of a `[Z, H, W]` stack (an array or a lazily read well's `SpilledStack`),
+    read by windows: each read maps the wanted pixels back to the source and transforms only them, so no transformed
+    copy of the whole stack is made (`--tta` of a large well stays bounded).
+
+    Takes slices and `np.ix_`-style index arrays on each axis (as `isl.infer.predict.stream_image` reads).
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, stack: Any, turns: int, mirror: bool) -> None:
+        self.stack, self.turns, self.mirror = stack, turns % 4, mirror
+        planes, height, width = stack.shape
+        self.shape = (planes, width, height) if self.turns % 2 else (planes, height, width)
+
+    @staticmethod
+    def _indices(key: Any, size: int) -> np.ndarray:
+        if isinstance(key, slice):
+            return np.arange(size)[key]
+        indices = np.asarray(key)
+        if indices.dtype == bool or indices.ndim == 0:
+            raise TypeError("TransformedStack takes slices or np.ix_-style index arrays")
+        indices = indices.reshape(-1).astype(np.int64)
+        return np.where(indices < 0, indices + size, indices)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        planes, rows, columns = (self._indices(item, size) for item, size in zip(key, self.shape))
+        _, height, width = self.stack.shape
+        # Where transformed pixel (i, j) comes from in the mirrored image m (np.rot90's counter-clockwise turns).
+        swap = self.turns % 2 == 1
+        source_rows, source_columns = {0: (rows, columns), 1: (columns, width - 1 - rows),
+                                       2: (height - 1 - rows, width - 1 - columns),
+                                       3: (height - 1 - columns, rows)}[self.turns]
+        if self.mirror:
+            source_columns = width - 1 - source_columns
+        block = np.asarray(self.stack[np.ix_(planes, source_rows, source_columns)], np.float32)
+        return np.ascontiguousarray(block.transpose(0, 2, 1)) if swap else block
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = self[:, :, :]
+        return array if dtype is None else array.astype(dtype)
+
+
+def member_window(member: Member, stack: Any, window: tuple[int, int, int, int], channels: Sequence[str],
+                  tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """`Member.predict`, or with `tta` the mean of its eight dihedral predictions mapped back (values and bins).
 
-    Args:
-        stacks: a cache of the transformed stacks, (turns, mirror) -> array, shared by the members.
+    Each transformed prediction reads its window of the transformed stack (`TransformedStack`), so nothing of the
+    whole stack's size is copied.
     """
     if not tta:
         return member.predict(stack, window, channels)
     shape = tuple(stack.shape[1:])
     value_sum = probability_sum = None
     for turns, mirror in TRANSFORMS:
-        key = (turns, mirror)
-        if stacks is None or key not in stacks:
-            moved = np.ascontiguousarray(transform(stack, turns, mirror, (1, 2)))
-            if stacks is not None:
-                stacks[key] = moved
-        else:
-            moved = stacks[key]
+        moved = stack if (turns, mirror) == (0, False) else TransformedStack(stack, turns, mirror)
         value, probabilities = member.predict(moved, transformed_window(shape, window, turns, mirror), channels)
         value = untransform(value, turns, mirror, (0, 1))
         value_sum = value.astype(np.float64) if value_sum is None else value_sum + value
@@ -305,8 +339,10 @@ def member_window(member: Member, stack: np.ndarray, window: tuple[int, int, int
             probabilities = untransform(probabilities, turns, mirror, (0, 1))
             probability_sum = (probabilities.copy() if probability_sum is None else
                                np.add(probability_sum, probabilities, out=probability_sum))
+        del probabilities
     count = len(TRANSFORMS)
-    mean_probabilities = None if probability_sum is None else probability_sum / np.float32(count)
+    mean_probabilities = None if probability_sum is None else np.divide(probability_sum, np.float32(count),
+                                                                        out=probability_sum)
     return (value_sum / count).astype(np.float32), mean_probabilities
 
 
@@ -448,7 +484,6 @@ def fit(members: Sequence[Member], well: Any, window: tuple[int, int, int, int],
     start = time.perf_counter()
     collected: dict[str, dict[str, list]] = {channel: {"y": [], "values": [], "probabilities": []}
                                              for channel in channels}
-    stacks: dict = {}
     for band0, band1 in bands(window[0], window[1]):
         band = (band0, band1, window[2], window[3])
         truth, masks = assemble.target_window(well.targets, config.channels, tuple(well.inputs.shape[1:]), channels,
@@ -457,7 +492,7 @@ def fit(members: Sequence[Member], well: Any, window: tuple[int, int, int, int],
         for member in members:
             if progress is not None:
                 progress(f"rows {band0}:{band1}, member {member.model_dir}")
-            outputs.append(member_window(member, well.inputs, band, channels, tta, stacks))
+            outputs.append(member_window(member, well.inputs, band, channels, tta))
         for index, channel in enumerate(channels):
             known = masks[..., index]
             if not known.any():
@@ -719,6 +754,95 @@ class _Source:
         return self.ensemble.calibration_record()
 
 
+# The members' bins of one block aim at this many bytes (`block_shape`); the statistics and maps of the mixture are
+# computed `STATISTIC_PIXELS` pixels at a time (their float64 cumulative sums).
+BLOCK_BYTES = 0.4e9
+STATISTIC_PIXELS = 16384
+
+
+def _predict_block(ensemble: Ensemble, stack: Any, block: tuple[int, int, int, int], indices: Sequence[int],
+                   tta: bool, progress: Callable[[str], None] | None, images: dict[str, np.ndarray],
+                   maps: dict[str, np.ndarray] | None, truth: tuple[np.ndarray, np.ndarray] | None,
+                   offset: int) -> None:
+    """Every member's prediction of `block` (r0, r1, c0, c1), combined into the band's `images` (and `maps`, with the
+    band's `truth`) at columns `offset` onwards."""
+    band0, band1, block0, block1 = block
+    member_values, mixture = [], None
+    for index, member in enumerate(ensemble.members):  # One member's bins at a time, added to the mixture.
+        if progress is not None:
+            progress(f"rows {band0}:{band1}, columns {block0}:{block1}, member {member.model_dir}"
+                     + (" (8 transforms)" if tta else ""))
+        value, probabilities = member_window(member, stack, block, ensemble.channels, tta)
+        member_values.append(value)
+        mixture = ensemble.add_to_mixture(mixture, index, probabilities)
+        del probabilities
+    values = ensemble.combine_values(member_values)
+    columns = slice(offset, offset + block1 - block0)
+    rows_per_chunk = max(1, STATISTIC_PIXELS // (block1 - block0))
+    if mixture is not None:
+        for position, index in enumerate(indices):  # Channel by channel, in chunks: the cumulative sums are float64.
+            for first in range(0, band1 - band0, rows_per_chunk):
+                part = slice(first, min(band1 - band0, first + rows_per_chunk))
+                bins = mixture[part, :, index, :]
+                for name, image in bin_statistic_images(bins, tuple(images)).items():
+                    images[name][part, columns, position] = image
+                if maps is not None:
+                    known = truth[1][part, columns, position]
+                    if known.any():
+                        true_values = np.where(known, truth[0][part, columns, position], np.nan)
+                        for key, image in calibration_maps(bins, true_values).items():
+                            maps[key][part, columns, position] = image
+    if values is not None:  # "values" and "both": the median and the mean are the combined value.
+        for name in ("median", "mean"):
+            if name in images:
+                images[name][:, columns] = values[..., indices]
+
+
+def block_shape(num_channels: int, width: int) -> tuple[int, int]:
+    """(rows, columns) of one block the members predict at once: `BAND_ROWS` rows and as many columns (at most the
+    window's `width`, in equal blocks) as keep one block's bins `[rows, columns, C, 256]` within `BLOCK_BYTES`."""
+    columns = max(64, int(BLOCK_BYTES // (BAND_ROWS * num_channels * NUM_CLASSES * 4)))
+    blocks = -(-width // columns)
+    return BAND_ROWS, -(-width // blocks)
+
+
+def expected_peak(ensemble: Ensemble, window: tuple[int, int, int, int], chosen: Sequence[str], names: Sequence[str],
+                  tta: bool, well: Any, panels: bool) -> tuple[dict[str, float], str]:
+    """The modelled peak of `predict_well` (`isl.infer.bands.expected_peak`'s parts) and how the members run.
+
+    network: the largest member pass over one block with its context; rows: the block's bins (a member's, its
+    `--tta` sum, the mixture and the statistics' float64 chunks) and one band's statistics and maps.
+    """
+    from isl.infer import bands as bands_lib
+    from isl.infer import predict as predict_lib
+    from isl.infer import readout as readout_infer
+    from isl.infer import regression
+
+    row0, row1, column0, column1 = window
+    width = column1 - column0
+    rows, columns = block_shape(len(ensemble.channels), width)
+    rows = min(rows, row1 - row0)
+    network = 0.0
+    for member in ensemble.members:
+        predictor = member.predictor
+        if predictor.readout is not None:
+            part = readout_infer.embedder_bytes(readout_infer.embedder_of(predictor), columns)
+        elif predictor.config.model.architecture == "unet_regression":
+            context = 2 * regression.context_pixels(predictor.config)
+            part = min(regression.pass_bytes(predictor.config, rows + context, columns + context),
+                       regression.PASS_BYTES)
+        else:
+            per_input, per_output = predict_lib.memory_per_pixel(
+                predictor.config.model, len(member.channels), NUM_CLASSES, predictor.compute_dtype)
+            side = max(HEADS_TILE, predictor.geometry.input_size)
+            part = side * side * per_input + rows * columns * per_output
+        network = max(network, part)
+    bins = rows * columns * len(ensemble.channels) * NUM_CLASSES * 4.0
+    band = rows * width * len(chosen) * 4.0 * (len(names) + 6)
+    parts = bands_lib.expected_peak(network, (5 + (2 if tta else 0)) * bins + band, well, width, panels)
+    return parts, f"members in blocks of {rows} x {columns} px"
+
+
 def predict_well(
     ensemble: Ensemble,
     input_dir: str,
@@ -733,18 +857,21 @@ def predict_well(
     save_calibration: bool = True,
     tta: bool = False,
     progress: Callable[[str], None] | None = None,
+    available_bytes: float | None = None,
 ) -> dict[str, Any]:
     """Predicts one well (or `window`) with the ensemble into `output_dir/<well>/`; returns prediction.json's contents
     plus `well_dir`.
 
     Writes what a read-out writes: the statistic images, the target panel (median, truth, error) and, with the truth
-    and a distribution, the calibration TIFFs that `isl evaluate` scores.
+    and a distribution, the calibration TIFFs that `isl evaluate` scores. The well is read lazily; every member
+    predicts one block (`block_shape`: a band of rows, cut in columns) at a time, and each band is written through
+    `isl.infer.bands.BandWriter`, so memory is one block's bins and one band's rows, whatever the image area.
     """
     import dataclasses as dataclasses_lib
 
-    from isl.data import assemble
     from isl.data import convert
     from isl.data import wells as wells_lib
+    from isl.infer import bands as bands_lib
     from isl.infer import well as well_lib
     from isl.io import prediction_file
     from isl.model import geometry as geometry_lib
@@ -756,71 +883,42 @@ def predict_well(
                                 f"{', '.join(ensemble.channels)}.")
     names = check_statistics(statistics, ensemble.with_distribution)
     config = ensemble.config
-    well = wells_lib.read_checked_well(config, input_dir)
+    well = wells_lib.read_checked_well(config, input_dir, lazy=True)  # Read by windows, never held whole.
     row0, row1, column0, column1 = convert.well_window(well, window)
     height, width = row1 - row0, column1 - column0
+    expected, what = expected_peak(ensemble, (row0, row1, column0, column1), chosen, names, tta, well, panels)
+    print(bands_lib.check_memory(expected, what, "predict a narrower --region (the bands span its width)",
+                                 available_bytes), flush=True)
     indices = [ensemble.channels.index(channel) for channel in chosen]
-    images = {name: np.zeros((height, width, len(chosen)), np.float32) for name in dict.fromkeys(names + ("median",))}
-    maps = None
+    wanted = tuple(dict.fromkeys(names + ("median",)))
+    region = geometry_lib.OutputRegion(row0, column0, height, width)
+    well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
+    writer = bands_lib.BandWriter(well_dir, well, config, chosen, names, region, image_format, file_names, panels,
+                                  ensemble.with_distribution and save_calibration, panel_bits)
+    _, block_columns = block_shape(len(ensemble.channels), width)
     start = time.perf_counter()
-    stacks: dict = {}
-    truth_channels: list[str] = []
-    for band0, band1 in bands(row0, row1):
-        band = (band0, band1, column0, column1)
-        member_values, mixture = [], None
-        for index, member in enumerate(ensemble.members):  # One member's bins at a time, added to the mixture.
-            if progress is not None:
-                progress(f"rows {band0}:{band1}, member {member.model_dir}" + (" (8 transforms)" if tta else ""))
-            value, probabilities = member_window(member, well.inputs, band, ensemble.channels, tta, stacks)
-            member_values.append(value)
-            mixture = ensemble.add_to_mixture(mixture, index, probabilities)
-            del probabilities
-        values = ensemble.combine_values(member_values)
-        rows = slice(band0 - row0, band1 - row0)
-        if mixture is not None:
-            mixture = mixture[..., indices, :]
-            for index in range(len(chosen)):  # Channel by channel: the cumulative sums are float64.
-                for name, image in bin_statistic_images(mixture[..., index, :], tuple(images)).items():
-                    images[name][rows, :, index] = image
-        if values is not None:  # "values" and "both": the median and the mean are the combined value.
-            for name in ("median", "mean"):
-                if name in images:
-                    images[name][rows] = values[..., indices]
-        if mixture is not None and save_calibration:
-            truth, masks = assemble.target_window(well.targets, config.channels, tuple(well.inputs.shape[1:]),
-                                                  chosen, band)
-            truth = np.where(masks, truth, np.nan)
-            if maps is None:
-                maps = {key: np.full((height, width, len(chosen)), np.nan, np.float32)
-                        for key in ("true_bin_probability", "cdf_below_true", "crps")}
-            for index in range(len(chosen)):
-                if masks[..., index].any():
-                    if chosen[index] not in truth_channels:
-                        truth_channels.append(chosen[index])
-                    for key, image in calibration_maps(mixture[..., index, :], truth[..., index]).items():
-                        maps[key][rows, :, index] = image
-        del mixture
+    try:
+        for band0, band1 in bands(row0, row1):
+            images = {name: np.zeros((band1 - band0, width, len(chosen)), np.float32) for name in wanted}
+            truth = writer.truth(band0, band1) if (writer.with_maps or writer.with_panel) else None
+            maps = ({key: np.full((band1 - band0, width, len(chosen)), np.nan, np.float32)
+                     for key in ("true_bin_probability", "cdf_below_true", "crps")} if writer.with_maps else None)
+            for block0 in range(column0, column1, block_columns):
+                block1 = min(column1, block0 + block_columns)
+                block = (band0, band1, block0, block1)
+                _predict_block(ensemble, well.inputs, block, indices, tta, progress, images, maps, truth,
+                               block0 - column0)
+            writer.write(band0, images, maps, truth)
+    except BaseException:
+        writer.abort()
+        raise
     seconds = time.perf_counter() - start
-    stacks.clear()
+    panel_files = writer.commit()
     source = _Source(ensemble.source or ensemble.members[0].model_dir,
                      dataclasses_lib.replace(config, name=f"ensemble of {len(ensemble.members)}"), ensemble)
-    well_dir = os.path.join(output_dir, well_lib._safe_name(well.name))
-    os.makedirs(well_dir, exist_ok=True)
-    files = well_lib.write_statistics(well_dir, well.metadata, chosen, names, images, image_format, file_names)
-    region = geometry_lib.OutputRegion(row0, column0, height, width)
-    panel_files: dict[str, str] = {}
-    if panels:
-        panel_truth, panel_files = well_lib.write_target_panel(well_dir, well, config, chosen, images["median"],
-                                                               region, panel_bits)
-        truth_channels = truth_channels or panel_truth
-    ordered_truth = [channel for channel in chosen if channel in truth_channels]
-    calibration_files = {}
-    if maps is not None:
-        calibration_files = well_lib.write_calibration_maps(well_dir, well.metadata, chosen, ordered_truth, maps,
-                                                            file_names)
     summary = well_lib.prediction_summary(
-        source, well, input_dir, chosen, names, "reflect", region, image_format, files, geometry=None,
-        panels=panel_files, truth_channels=ordered_truth, calibration_files=calibration_files,
+        source, well, input_dir, chosen, names, "reflect", region, image_format, writer.files, geometry=None,
+        panels=panel_files, truth_channels=writer.truth_channels, calibration_files=writer.calibration_files,
         num_runs=len(ensemble.members) * (len(TRANSFORMS) if tta else 1), exact=False,
         seconds=round(seconds, 3), ensemble={
             "members": [member.model_dir for member in ensemble.members],

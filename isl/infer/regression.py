@@ -132,15 +132,22 @@ class TilePlan:
 
 
 def plan_window(config: config_lib.ExperimentConfig, shape: tuple[int, int], window: tuple[int, int, int, int],
-                budget: float | None = None) -> TilePlan:
+                budget: float | None = None, image_grid: bool = False) -> TilePlan:
     """The tiles of `window` in an image of `shape` (H, W): one pass when the window plus its context fits
-    `budget` (as before), else tiles of `tile_side(config, budget)`."""
+    `budget` (as before), else tiles of `tile_side(config, budget)`.
+
+    `image_grid`: start the crop on the image's pooling grid (a multiple of 2**unet_levels), so windows cut
+    anywhere from one image (an ensemble's blocks) all see the grid one whole pass over the image sees.
+    """
     height, width = shape
     row0, row1, column0, column1 = window
     context = context_pixels(config)
     budget = PASS_BYTES if budget is None else budget
     crop = (max(0, row0 - context), min(height, row1 + context), max(0, column0 - context),
             min(width, column1 + context))
+    if image_grid:
+        factor = 2**config.model.unet_levels
+        crop = (crop[0] // factor * factor, crop[1], crop[2] // factor * factor, crop[3])
     whole = pass_bytes(config, crop[1] - crop[0], crop[3] - crop[2]) <= budget
     tile = max(row1 - row0, column1 - column0) if whole else tile_side(config, budget)
     return TilePlan(window, crop, tile, whole)
@@ -194,9 +201,10 @@ def value_bands(model: Any, stack: Any, config: config_lib.ExperimentConfig, pla
 
 def predict_window(model: Any, stack: Any, config: config_lib.ExperimentConfig, window: tuple[int, int, int, int],
                    clip: bool = True, budget: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(`[h, w, T]` values, spread or None) of `window` (r0, r1, c0, c1) of a `[num_source_z, H, W]` stack, as
-    `isl predict --region` runs it (`value_bands`, its pass bounded by `budget`)."""
-    plan = plan_window(config, tuple(stack.shape[1:]), window, budget)
+    """(`[h, w, T]` values, spread or None) of `window` (r0, r1, c0, c1) of a `[num_source_z, H, W]` stack
+    (`value_bands` of a crop on the image's pooling grid, its pass bounded by `budget`): any window's pixels are
+    those of one whole pass over the image, to float rounding."""
+    plan = plan_window(config, tuple(stack.shape[1:]), window, budget, image_grid=True)
     bands = list(value_bands(model, stack, config, plan, clip))
     values = np.concatenate([band for _, band, _ in bands], axis=0)
     spread = None if bands[0][2] is None else np.concatenate([band for _, _, band in bands], axis=0)

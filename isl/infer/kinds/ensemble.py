@@ -123,7 +123,8 @@ class EnsembleKind(base.ModelKind):
             window=options.get("window"), panels=options.get("panels", True),
             file_names=options.get("names", "lab"), panel_bits=options.get("panel_bits", 16),
             save_calibration=options.get("save_calibration", True), tta=predictor.tta,
-            progress=progress if options.get("progress_enabled", True) else None)
+            progress=progress if options.get("progress_enabled", True) else None,
+            available_bytes=options.get("available_bytes"))
         return summary
 
     def predict_window(self, predictor: well_lib.Predictor, stack: np.ndarray, window: tuple[int, int, int, int],

@@ -31,7 +31,8 @@ from isl.model import unet_regression
 
 _NO_BORDER = "it keeps the input's height and width (no border, no tiles of the 256-bin heads)"
 UNSUPPORTED: dict[str, tuple[Any, str]] = {
-    "tile_size": (0, f"the U-Net regression picks its own tiles (one pass while it fits its memory budget); {_NO_BORDER}"),
+    "tile_size": (0, f"the U-Net regression picks its own tiles (one pass while it fits its memory budget); "
+                     f"{_NO_BORDER}"),
     "batch_size": (1, "the U-Net regression predicts one tile at a time"),
     "phases": (0, "the U-Net regression has no phases (one pass per tile)"),
     "precision": ("", "the U-Net regression runs as trained"),
