@@ -33,8 +33,10 @@ class BenchmarkOptions:
         model_steps: data: timed training steps of the preset's model (0 skips).
         sizes: scaling: image sides, comma-separated.
         commands: scaling: commands to measure, comma-separated (predict, evaluate, readout, train, convert,
-            export, predict_unet).
+            export, predict_unet, predict_readout, predict_ensemble).
         unet_model_dir: scaling: a unet_regression model for predict_unet.
+        readout_model_dir: scaling: a read-out model folder (readout.json) for predict_readout.
+        ensemble_model_dir: scaling: an ensemble folder (ensemble.json) for predict_ensemble.
     """
 
     preset: str = "paper"
@@ -55,3 +57,5 @@ class BenchmarkOptions:
     sizes: str = "512,1024,2048,4096"
     commands: str = "predict,evaluate,readout,train"
     unet_model_dir: str | None = None
+    readout_model_dir: str | None = None
+    ensemble_model_dir: str | None = None

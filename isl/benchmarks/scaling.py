@@ -20,7 +20,13 @@ from isl.benchmarks import mirror
 
 
 SIZES = (512, 1024, 2048, 4096)
-COMMANDS = ("predict", "evaluate", "readout", "train", "convert", "export", "predict_unet")
+COMMANDS = ("predict", "evaluate", "readout", "train", "convert", "export", "predict_unet", "predict_readout",
+            "predict_ensemble")
+# The predict rows of the other model kinds: command -> the option naming its model folder (each `isl predict`
+# with its defaults, truth present: panels and, with a distribution, calibration TIFFs).
+KIND_PREDICTS = {"predict_unet": ("unet_model_dir", "a unet_regression model"),
+                 "predict_readout": ("readout_model_dir", "a read-out model folder"),
+                 "predict_ensemble": ("ensemble_model_dir", "an ensemble folder")}
 
 
 def cpu_model() -> str:
@@ -86,13 +92,14 @@ def measure(command: list[str], log_path: str) -> dict:
 
 
 def _commands(name: str, size: int, work_dir: str, model_dir: str, steps: int,
-              unet_model_dir: str | None = None) -> list[list[str]]:
+              **kind_model_dirs: str | None) -> list[list[str]]:
     """The `isl` command line(s) of benchmark command `name` on the `size` well (setup steps first).
 
     predict (the concordance model's heads, defaults: truth, panels, calibration), evaluate (of that
     prediction), readout (fit on rows 0:3/4, scored on 7/8:1), train (`--recipe=unet_regression`, `steps`),
     convert (the whole well into one record), export (`--format=bioimageio` with the well as `--sample_well`)
-    and predict_unet (`unet_model_dir`, a `unet_regression` model, defaults).
+    and predict_unet, predict_readout, predict_ensemble (`KIND_PREDICTS`: `unet_model_dir`, `readout_model_dir`,
+    `ensemble_model_dir`, each predicted with the defaults).
     """
     import sys
 
@@ -128,12 +135,13 @@ def _commands(name: str, size: int, work_dir: str, model_dir: str, steps: int,
             os.remove(export_dir + ".zip")
         return [isl + ["export", f"--model_dir={model_dir}", f"--export_dir={export_dir}", "--format=bioimageio",
                        f"--sample_well={well}"]]
-    if name == "predict_unet":
-        if not unet_model_dir:
-            raise errors.InputError("isl benchmark scaling: predict_unet needs --unet_model_dir (a unet_regression "
-                                    "model).")
-        return [isl + ["predict", f"--model_dir={unet_model_dir}", f"--input_dir={well}",
-                       f"--output_dir={os.path.join(work_dir, f'predict_unet{size}')}", "--noprogress"]]
+    if name in KIND_PREDICTS:
+        option, words = KIND_PREDICTS[name]
+        kind_model_dir = kind_model_dirs.get(option)
+        if not kind_model_dir:
+            raise errors.InputError(f"isl benchmark scaling: {name} needs --{option} ({words}).")
+        return [isl + ["predict", f"--model_dir={kind_model_dir}", f"--input_dir={well}",
+                       f"--output_dir={os.path.join(work_dir, f'{name}{size}')}", "--noprogress"]]
     raise errors.InputError(f"unknown scaling command {name!r}; known: {', '.join(COMMANDS)}")
 
 
@@ -156,14 +164,14 @@ def run(options) -> dict:
         raise errors.InputError("isl benchmark scaling needs --sample_dir (the well to mirror to each size).")
     if not options.data_dir:
         raise errors.InputError("isl benchmark scaling needs --data_dir: a work folder for the mirrored wells.")
-    needing = [name for name in commands if name not in ("train", "convert", "predict_unet")]
+    needing = [name for name in commands if name not in ("train", "convert", *KIND_PREDICTS)]
     if needing and not options.model_dir:
         raise errors.InputError(f"isl benchmark scaling: --model_dir (a trained model) is needed for "
                                 f"{', '.join(needing)}.")
-    unet_model_dir = options.unet_model_dir
-    if "predict_unet" in commands and not unet_model_dir:
-        raise errors.InputError("isl benchmark scaling: predict_unet needs --unet_model_dir (a unet_regression "
-                                "model).")
+    kind_model_dirs = {option: getattr(options, option) for option, _ in KIND_PREDICTS.values()}
+    for name, (option, words) in KIND_PREDICTS.items():
+        if name in commands and not kind_model_dirs[option]:
+            raise errors.InputError(f"isl benchmark scaling: {name} needs --{option} ({words}).")
     steps = options.steps or 5
     work_dir = options.data_dir
     os.makedirs(work_dir, exist_ok=True)
@@ -175,7 +183,7 @@ def run(options) -> dict:
         for name in commands:
             result: dict = {}
             for index, command in enumerate(_commands(name, size, work_dir, options.model_dir, steps,
-                                                      unet_model_dir)):
+                                                      **kind_model_dirs)):
                 result = measure(command, os.path.join(work_dir, f"{name}{size}.{index}.log"))
                 if result["exit_code"] != 0:
                     break

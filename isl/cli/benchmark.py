@@ -19,9 +19,10 @@ Measure speed and memory: 'isl benchmark data|model|predict|scaling'.
   predict  whole-well prediction: the old plan and the new one side by side
            (seconds, output px/s, peak RSS, ratio; --model_dir, --plans).
   scaling  seconds and peak RSS of predict, evaluate, readout, U-Net
-           training, convert, export and the U-Net's predict (--commands:
+           training, convert, export and the other kinds' predict (--commands:
            predict, evaluate, readout, train, convert, export, predict_unet
-           with --unet_model_dir) against image size (--sizes, default
+           with --unet_model_dir, predict_readout with --readout_model_dir,
+           predict_ensemble with --ensemble_model_dir) against image size (--sizes, default
            512,1024,2048,4096): --sample_dir is mirrored to each size in the
            work folder --data_dir; each command runs in its own process and
            its own peak RSS is reported, with the CPU model and the load.
@@ -73,9 +74,14 @@ def define_flags(flag_values: Any) -> None:
     flags.DEFINE_string("sizes", "512,1024,2048,4096", "scaling: image sides, comma-separated.",
                         flag_values=flag_values)
     flags.DEFINE_string("commands", "predict,evaluate,readout,train", "scaling: commands to measure, "
-                        "comma-separated, of predict, evaluate, readout, train, convert, export, predict_unet.",
+                        "comma-separated, of predict, evaluate, readout, train, convert, export, predict_unet, "
+                        "predict_readout, predict_ensemble.",
                         flag_values=flag_values)
     flags.DEFINE_string("unet_model_dir", None, "scaling: a unet_regression model for predict_unet.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("readout_model_dir", None, "scaling: a read-out model folder for predict_readout.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("ensemble_model_dir", None, "scaling: an ensemble folder for predict_ensemble.",
                         flag_values=flag_values)
     flags.DEFINE_integer("model_steps", 2, "data: timed training steps of the preset's model, to compare the "
                          "pipeline's patches/s with what the model consumes (0 skips).", flag_values=flag_values)

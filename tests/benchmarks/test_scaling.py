@@ -32,6 +32,8 @@ def test_scaling_refuses_missing_settings(tmp_path):
         scaling.run(options_lib.BenchmarkOptions(**base, commands="convert,export"))
     with pytest.raises(errors.InputError, match="--unet_model_dir"):
         scaling.run(options_lib.BenchmarkOptions(**base, commands="convert,predict_unet"))
+    with pytest.raises(errors.InputError, match="predict_ensemble needs --ensemble_model_dir"):
+        scaling.run(options_lib.BenchmarkOptions(**base, commands="predict_ensemble", unet_model_dir="u"))
     with pytest.raises(errors.InputError, match="--sample_dir"):
         scaling.run(options_lib.BenchmarkOptions(**dict(base, sample_dir=None), commands="train"))
 
@@ -48,3 +50,6 @@ def test_scaling_names_the_commands_of_convert_export_and_the_unet_predict(tmp_p
     assert not (tmp_path / "export512").exists() and not (tmp_path / "export512.zip").exists()
     predict, = scaling._commands("predict_unet", 512, work, "m", 5, unet_model_dir="u")
     assert "--model_dir=u" in predict and f"--output_dir={work}/predict_unet512" in predict
+    for name, option in (("predict_readout", "readout_model_dir"), ("predict_ensemble", "ensemble_model_dir")):
+        predict, = scaling._commands(name, 1024, work, "m", 5, **{option: "k"})
+        assert predict[3:5] == ["predict", "--model_dir=k"] and f"--output_dir={work}/{name}1024" in predict
