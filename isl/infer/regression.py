@@ -116,19 +116,24 @@ def tile_side(config: config_lib.ExperimentConfig, budget: float | None = None) 
 @dataclasses.dataclass(frozen=True)
 class TilePlan:
     """How a window is run: `crop` (r0, r1, c0, c1) the window plus `context_pixels` of real image (clipped to the
-    image), and `tile` output pixels a side (`whole`: one pass over the crop)."""
+    image), and tiles of `tile` x `tile_columns` output pixels (`whole`: one pass over the crop)."""
 
     window: tuple[int, int, int, int]
     crop: tuple[int, int, int, int]
     tile: int
     whole: bool
+    tile_columns: int = 0  # 0: `tile`.
+
+    @property
+    def columns(self) -> int:
+        return self.tile_columns or self.tile
 
     @property
     def num_runs(self) -> int:
         if self.whole:
             return 1
         row0, row1, column0, column1 = self.window
-        return -(-(row1 - row0) // self.tile) * -(-(column1 - column0) // self.tile)
+        return -(-(row1 - row0) // self.tile) * -(-(column1 - column0) // self.columns)
 
 
 def plan_window(config: config_lib.ExperimentConfig, shape: tuple[int, int], window: tuple[int, int, int, int],
@@ -149,8 +154,14 @@ def plan_window(config: config_lib.ExperimentConfig, shape: tuple[int, int], win
         factor = 2**config.model.unet_levels
         crop = (crop[0] // factor * factor, crop[1], crop[2] // factor * factor, crop[3])
     whole = pass_bytes(config, crop[1] - crop[0], crop[3] - crop[2]) <= budget
-    tile = max(row1 - row0, column1 - column0) if whole else tile_side(config, budget)
-    return TilePlan(window, crop, tile, whole)
+    if whole:
+        return TilePlan(window, crop, max(row1 - row0, column1 - column0), True)
+    side = tile_side(config, budget)
+
+    def balanced(length: int) -> int:  # As many tiles as `side` needs, all of one size (smaller passes).
+        return -(-length // -(-length // side))
+
+    return TilePlan(window, crop, balanced(row1 - row0), False, balanced(column1 - column0))
 
 
 def value_bands(model: Any, stack: Any, config: config_lib.ExperimentConfig, plan: TilePlan, clip: bool = True,
@@ -184,8 +195,8 @@ def value_bands(model: Any, stack: Any, config: config_lib.ExperimentConfig, pla
         band1 = min(row1, band0 + plan.tile)
         top, bottom = start(band0, crop_top), min(crop_bottom, band1 + context)
         values = spread = None
-        for tile0 in range(column0, column1, plan.tile):
-            tile1 = min(column1, tile0 + plan.tile)
+        for tile0 in range(column0, column1, plan.columns):
+            tile1 = min(column1, tile0 + plan.columns)
             left, right = start(tile0, crop_left), min(crop_right, tile1 + context)
             tile_values, tile_spread = predict_image(model, np.asarray(stack[:, top:bottom, left:right]), config,
                                                      clip=clip, with_spread=True)
@@ -297,13 +308,13 @@ def predict_well(
     region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
     with_maps = calibration is not None and save_calibration
     band_pixels = min(plan.tile, row1 - row0) * (column1 - column0)
-    tile_input = min(plan.tile + 2 * (context + 2**config.model.unet_levels), max(height, width))
+    reach = 2 * (context + 2**config.model.unet_levels)
     network = (pass_bytes(config, plan.crop[1] - plan.crop[0], plan.crop[3] - plan.crop[2]) if plan.whole
-               else pass_bytes(config, tile_input, tile_input))
+               else pass_bytes(config, min(plan.tile + reach, height), min(plan.columns + reach, width)))
     expected = bands_lib.expected_peak(
         network, band_pixels * band_bytes_per_pixel(len(channels), len(names), calibration is not None), well,
         column1 - column0, panels)
-    what = "one U-Net pass" if plan.whole else f"U-Net tiles of {plan.tile} px"
+    what = "one U-Net pass" if plan.whole else f"U-Net tiles of {plan.tile} x {plan.columns} px"
     print(bands_lib.check_memory(expected, what, "predict a narrower --region (the bands span its width)",
                                  available_bytes), flush=True)
     columns = [config.channels.output_target_channels.index(channel) for channel in channels]

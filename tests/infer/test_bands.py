@@ -142,7 +142,7 @@ def test_regression_in_tiles_and_bands_writes_the_whole_pass(regression_dirs, we
         with monkeypatch.context() as patch:
             _small_budgets(patch)
             banded, out = _predict(model_dir, well, str(tmp_path / f"banded{index}"), capsys, statistics=statistics)
-        assert "Expected peak memory: " in out and "U-Net tiles of 30 px" in out
+        assert "Expected peak memory: " in out and "U-Net tiles of 24 x 25 px" in out
         assert banded["num_runs"] == 16 and whole["num_runs"] == 1 and banded["exact"] and whole["exact"]
         _assert_same(_files(whole), _files(banded), whole, banded)
         assert bool(whole["truth_channels"]) == (index == 0)

@@ -111,7 +111,7 @@ def test_trains_predicts_and_is_written_like_the_paper_model(tmp_path, capsys, m
                              f"--output_dir={tmp_path / 'tiled'}", "--noprogress", "--json"])
     output = capsys.readouterr().out
     assert code == 0 and "(9 tile runs)" in output and "Expected peak memory: " in output
-    assert "U-Net tiles of 64 px" in output
+    assert "U-Net tiles of 54 x 54 px" in output  # Three tiles a side of 64 at most, balanced.
     (tiled_summary,) = json.loads(output.strip().splitlines()[-1])["wells"]
     assert json.load(open(os.path.join(tiled_summary["well_dir"], "prediction.json")))["exact"] is True
     tiled = imageio.imread(os.path.join(tiled_summary["well_dir"], tiled_summary["files"]["MAP2_CONFOCAL"]["median"]))
