@@ -898,7 +898,7 @@ def predict_well(
     _, block_columns = block_shape(len(ensemble.channels), width)
     start = time.perf_counter()
     try:
-        for band0, band1 in bands(row0, row1):
+        for band0, band1 in bands(row0, row1, BAND_ROWS):
             images = {name: np.zeros((band1 - band0, width, len(chosen)), np.float32) for name in wanted}
             truth = writer.truth(band0, band1) if (writer.with_maps or writer.with_panel) else None
             maps = ({key: np.full((band1 - band0, width, len(chosen)), np.nan, np.float32)

@@ -220,9 +220,12 @@ def test_ensemble_in_blocks_writes_the_whole_window(tiny_model_dir, regression_d
     assert "Expected peak memory: " in out and "members in blocks of 96 x 100 px" in out
     with monkeypatch.context() as patch:
         _small_budgets(patch)
+        lines = []
         banded = ensemble_lib.predict_well(ensemble, wells[0], str(tmp_path / "banded"), statistics=STATISTICS,
-                                           image_format="tiff", file_names="short", tta=tta)
+                                           image_format="tiff", file_names="short", tta=tta, progress=lines.append)
     out = capsys.readouterr().out
+    # Six bands of 16 rows, each in two blocks of 50 columns, each block predicted by both members.
+    assert len(lines) == 6 * 2 * 2 and "rows 80:96, columns 50:100, member" in lines[-1]
     assert "Expected peak memory: " in out and "members in blocks of 16 x 50 px" in out
     assert whole["calibration_files"] and whole["truth_channels"] == list(CHANNELS)
     _assert_same(_files(whole), _files(banded), whole, banded)
