@@ -35,7 +35,8 @@ preset (`isl train --recipe=NAME`), between the preset and `--config` /
   8 of random 128 x 128 crops with flips and rotations, Adam 1e-3 with a
   cosine decay, bfloat16 compute, whole-image Pearson r every 200 steps
   keeping the best weights. Prediction is one pass over the whole image
-  up to 1024² px, tiles with context above (`isl.infer.regression.predict_tiled`).
+  while it fits its memory budget, tiles with context on the pooling grid
+  above (`isl.infer.regression.value_bands`).
 * `unet_distribution`: the same U-Net (`model.architecture="unet"`: 4
   levels, 16 base filters), batch, crop and schedule as `unet_regression`,
   under the paper's 256-bin heads and loss, so each pixel gets a

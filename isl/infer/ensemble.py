@@ -161,10 +161,22 @@ def heads_window(predictor: Any, stack: np.ndarray, window: tuple[int, int, int,
         predictor._run_functions[key] = predict_lib.make_run_function(
             network, ("mean",), with_distributions=True, temperatures=predictor.head_temperatures(heads))
     tile = max(HEADS_TILE, tiling.smallest_tile_size(predictor.geometry, "exact"))
-    prediction = predict_lib.predict_image(
-        None, stack, predictor.geometry, config.channels.num_z_values, statistics=("mean",),
-        border_mode="reflect", tile_size=tile, run_function=predictor._run_functions[key], window=window)
-    return prediction.statistics["mean"], prediction.statistics["distribution"].astype(np.float32, copy=False)
+    # `predict_image`'s run, its bands of rows written straight into the window's arrays (no list of bands joined
+    # into a second copy of the bins).
+    region, wanted, plan = predict_lib.plan_image(tuple(stack.shape[1:]), predictor.geometry, "reflect", tile,
+                                                  "exact", window)
+    mean = np.empty((wanted.height, wanted.width, len(heads)), np.float32)
+    bins = np.empty((wanted.height, wanted.width, len(heads), NUM_CLASSES), np.float32)
+
+    def on_rows(row0: int, images: dict[str, np.ndarray]) -> None:
+        count = images["mean"].shape[0]
+        mean[row0 : row0 + count] = images["mean"]
+        bins[row0 : row0 + count] = images["distribution"]
+
+    predict_lib.stream_image(plan, region, wanted, stack,
+                             predict_lib._default_network_input(config.channels.num_z_values),
+                             predictor._run_functions[key], on_rows)
+    return mean, bins
 
 
 def readout_window(predictor: Any, stack: np.ndarray, window: tuple[int, int, int, int], channels: Sequence[str]
@@ -756,7 +768,7 @@ class _Source:
 
 # The members' bins of one block aim at this many bytes (`block_shape`); the statistics and maps of the mixture are
 # computed `STATISTIC_PIXELS` pixels at a time (their float64 cumulative sums).
-BLOCK_BYTES = 0.4e9
+BLOCK_BYTES = 0.25e9
 STATISTIC_PIXELS = 16384
 
 
@@ -817,6 +829,7 @@ def expected_peak(ensemble: Ensemble, window: tuple[int, int, int, int], chosen:
     from isl.infer import predict as predict_lib
     from isl.infer import readout as readout_infer
     from isl.infer import regression
+    from isl.infer import tiling
 
     row0, row1, column0, column1 = window
     width = column1 - column0
@@ -831,15 +844,17 @@ def expected_peak(ensemble: Ensemble, window: tuple[int, int, int, int], chosen:
             context = 2 * regression.context_pixels(predictor.config)
             part = min(regression.pass_bytes(predictor.config, rows + context, columns + context),
                        regression.PASS_BYTES)
-        else:
-            per_input, per_output = predict_lib.memory_per_pixel(
-                predictor.config.model, len(member.channels), NUM_CLASSES, predictor.compute_dtype)
-            side = max(HEADS_TILE, predictor.geometry.input_size)
-            part = side * side * per_input + rows * columns * per_output
+        else:  # One tile's activations, and the stitcher's rows (about two row runs) of the block's bins.
+            per_input, _ = predict_lib.memory_per_pixel(predictor.config.model, len(ensemble.channels), NUM_CLASSES,
+                                                        predictor.compute_dtype)
+            side = max(HEADS_TILE, tiling.smallest_tile_size(predictor.geometry, "exact"))
+            run_rows = side - 2 * predictor.geometry.border
+            part = side * side * per_input + 2 * run_rows * columns * len(ensemble.channels) * NUM_CLASSES * 4.0
         network = max(network, part)
     bins = rows * columns * len(ensemble.channels) * NUM_CLASSES * 4.0
     band = rows * width * len(chosen) * 4.0 * (len(names) + 6)
-    parts = bands_lib.expected_peak(network, (5 + (2 if tta else 0)) * bins + band, well, width, panels)
+    # A member's bins, the mixture, and with --tta the sum and one transform's.
+    parts = bands_lib.expected_peak(network, (2 + (2 if tta else 0)) * bins + band, well, width, panels)
     return parts, f"members in blocks of {rows} x {columns} px"
 
 

@@ -34,6 +34,12 @@ from isl.model import geometry as geometry_lib
 from isl.model import readout as readout_lib
 
 
+# One core tile's pass, per input pixel (float32, batch norm folded): the shipped read-out's `isl predict` peaked at
+# 2.44 GB on the 1024 x 768 sample with every whole-image array (about 0.5 GB) and TensorFlow (about 0.9 GB), which
+# leaves about 1.0 GB for its 506-px tiles.
+CORE_BYTES_PER_INPUT_PIXEL = 4.0e3
+
+
 def choose_channels(readout: readout_lib.Readout, requested: Sequence[str] | None) -> tuple[str, ...]:
     """The requested channels (default: all the read-out's). Raises InputError for one it does not predict."""
     if not requested:
@@ -163,9 +169,9 @@ def band_rows_of(readout: readout_lib.Readout, width: int, num_channels: int, nu
 
 
 def embedder_bytes(embedder: embedder_lib.Embedder, width: int) -> float:
-    """The core's part: one tile's pass (about 60 KB per input pixel, the heads' activations without their
-    heads) plus its band of embedding rows and its network input rows (`Embedder.rows`)."""
-    tile = embedder.input_size**2 * 6.0e4 / 8
+    """The core's part: one tile's pass (`CORE_BYTES_PER_INPUT_PIXEL`) plus its band of embedding rows and its
+    network input rows (`Embedder.rows`)."""
+    tile = embedder.input_size**2 * CORE_BYTES_PER_INPUT_PIXEL
     band = embedder.stride * (width + embedder.output_size) * embedder.embedding_size * 4.0
     inputs = embedder.input_size * (width + 2 * embedder.border + embedder.output_size) * 2 * embedder.num_z_values * 4
     return tile + 2 * band + inputs
