@@ -21,6 +21,7 @@ from isl.eval import calibrate as calibrate_lib
 from isl.eval import calibration as calibration_lib
 from isl.infer import bioimageio_graph
 from isl.infer import ensemble as ensemble_lib
+from isl.infer import ensemble_graph
 from isl.infer import export as export_lib
 from isl.infer import graph as graph_lib
 from isl.infer import predict as predict_lib
@@ -93,6 +94,10 @@ class Heads(base.ModelKind):
                                               predictor.source)
         return bioimageio_graph.distribution_model(predictor, channels, chosen)
 
+
+    def member_graph(self, predictor: well_lib.Predictor, channels: Sequence[str],
+                     with_distribution: bool) -> ensemble_graph.MemberGraph:
+        return ensemble_graph.heads_member(predictor, channels, with_distribution)
 
 def collect_heads(
     predictor: Any, well: Any, window: tuple[int, int, int, int], channels: Sequence[str],
