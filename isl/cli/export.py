@@ -43,10 +43,20 @@ test, `bioimageio test`, has passed on it in a fresh Python process; its
 warnings are printed. An existing --export_dir or zip is never replaced.
 Needs pip install 'isl[bioimageio]'.
 
+An ensemble folder (`isl ensemble`) exports as ONE SavedModel (serving_default
+uint16, serving_float32) or ONE package: every member runs inside the graph
+on the whole input (reflection-padded by its own context) and the fitted
+weights combine them, so the output is what `isl predict` writes for a well
+whose image is the input: <CHANNEL>_median/_mean (the combined value) and _std
+(the mixture; --with_distributions adds the mixed 256 bins), input sides
+64 + 16k, output the input's size. A member missing or changed since the fit
+exits 2 naming it.
+
 Examples:
   isl export --model_dir=models/tiny --export_dir=exports/tiny --statistics=median,mean,std
   isl export --format=bioimageio --model_dir=checkpoints/condition_b_sample \
       --export_dir=exports/condition_b_bioimageio --sample_well=WELL
+  isl export --model_dir=checkpoints/condition_b_ensemble --export_dir=exports/condition_b_ensemble
 """
 
 

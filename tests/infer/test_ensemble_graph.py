@@ -161,6 +161,11 @@ def test_the_exported_savedmodel_is_isl_predict_of_the_ensemble(members, well, t
     if combination == "both":  # MAP2's value weights skip the heads, its mixture the read-out: all three still run.
         assert info["served_members"] == list(members)
 
+    # isl predict --saved_model runs single networks: the ensemble's export is named as such, not as damaged.
+    code, _, err = run_isl(["predict", f"--saved_model={export_dir}", f"--input_dir={well_dir}",
+                            f"--output_dir={tmp_path / 'p2'}", "--noprogress"], capsys)
+    assert code == 2 and "an ensemble's SavedModel serves its statistics whole" in err, err
+
     # A wrong size fails inside the graph, naming the valid ones.
     with pytest.raises(tf.errors.InvalidArgumentError, match="64 \\+ 16k"):
         loaded.signatures["serving_float32"](z_stack=tf.zeros([1, 70, 64, 13]))

@@ -154,6 +154,10 @@ def load_saved_model(path: str, precision: str) -> well_lib.Predictor:
     if precision == "bfloat16":
         raise errors.InputError("--precision=bfloat16 needs --model_dir; a SavedModel runs as exported.")
     config_path = os.path.join(path, model_dir_lib.CONFIG_FILE)
+    if os.path.isfile(os.path.join(path, ensemble_lib.ENSEMBLE_FILE)):
+        raise errors.InputError(f"{path}: an ensemble's SavedModel serves its statistics whole (tf.saved_model.load, "
+                                "signature serving_default; export.json); isl predict runs the ensemble folder "
+                                "itself (--model_dir).")
     if not os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isfile(config_path):
         raise errors.InputError(f"{path}: not an exported model (saved_model.pb and config.json expected).")
     config = config_lib.load_config(config_path)
