@@ -9,8 +9,9 @@ combines them with the fitted weights held as constants:
   value `[batch, H, W, C]` in [0, 1] and, when the ensemble mixes
   distributions, its 256-bin probabilities `[batch, H, W, C, 256]`. Each member
   reads the whole input with its own context, reflected at the image's edges
-  (the heads: reflection-padded by their border and run densely, the exact
-  plan for one shift class; the read-out: its Embedder tiles and ridge maps;
+  (the heads: reflection-padded by their border, the exact plan as one dense
+  run for one shift class or stitched runs for several; the read-out: its
+  Embedder tiles and ridge maps;
   the U-Net regression: one reflect-padded pass), so the input is the
   `isl predict` window and the members' different halos never meet;
 * values: `clip(intercept + sum_m w_m (v_m - mu_m) / sigma_m, 0, 1)`;
@@ -75,39 +76,62 @@ def heads_member(predictor: Any, channels: Sequence[str], with_distribution: boo
     """The 256-bin heads as `isl.infer.ensemble.heads_window` computes them (reflect border, exact plan): their
     mean and their (tempered) softmax.
 
-    Raises:
-        InputError: a geometry with several shift classes (the exact plan is then stitched runs; not carried).
+    One shift class (the shipped 24-px checkpoint, the tiny preset): one dense run of the reflection-padded input is
+    the exact plan. Several (the paper's 8-px models): the exact plan's runs, one per shift class, stitched inside the
+    graph (`isl.infer.image_graph.whole_image_function`, the bins flattened into its channel axis).
     """
     import tensorflow as tf
 
+    from isl.model import statistics as statistics_lib
+
     config, geometry = predictor.config, predictor.geometry
-    if tiling.block_classes(geometry, "exact") != (0,):
-        raise errors.InputError(
-            f"member {predictor.source}: its heads' exact plan has several shift classes (output "
-            f"{geometry.output_size} px, phase {geometry.phase}); the ensemble export carries heads whose one dense "
-            "run is the exact plan (e.g. the shipped 24-px checkpoint).")
     model = graph_lib.inference_model(predictor.model)
     targets = config.channels.output_target_channels
     heads = tuple(config.channels.num_input_heads + targets.index(channel) for channel in channels)
-    inverse_temperatures = predict_lib.inverse_temperatures_of(predictor.head_temperatures(heads))
+    temperatures = predictor.head_temperatures(heads)
+    inverse_temperatures = predict_lib.inverse_temperatures_of(temperatures)
     network = predict_lib.Network.from_keras(model, heads)
     functions = export_lib.ServingFunctions(model, config, (), channels=None)
     border, size, phase = geometry.border, geometry.input_size, geometry.phase
+    count = len(channels)
 
     def padded_side(side: Any) -> Any:
         # The smallest valid run input covering the side and its border on each end.
         return size + phase * ((tf.maximum(side + 2 * border - size, 0) + phase - 1) // phase)
 
-    def run(z_stack: Any) -> tuple[Any, Any]:
+    def dense(z_stack: Any) -> Any:
         shape = tf.shape(z_stack)
         height, width = shape[1], shape[2]
         rows = image_graph.reflect_indices(tf.range(padded_side(height)) - border, height)
         columns = image_graph.reflect_indices(tf.range(padded_side(width)) - border, width)
         inputs = functions.network_input(tf.gather(tf.gather(z_stack, rows, axis=1), columns, axis=2))
         logits = network(inputs, tf.range(height), tf.range(width))  # [batch, H, W, C, 256]
-        images, probabilities = predict_lib.logits_statistics(logits, ("mean",),
-                                                              inverse_temperatures=inverse_temperatures)
-        return images["mean"], (probabilities if with_distribution else None)
+        return tf.nn.softmax(predict_lib.tempered(logits, inverse_temperatures), axis=-1)
+
+    run_function = predict_lib.make_run_function(network, ("mean",), with_distributions=True,
+                                                 temperatures=temperatures)
+    flat_size = count * NUM_CLASSES
+
+    def flat_run(inputs: Any, keep_rows: Any, keep_columns: Any) -> dict[str, Any]:
+        bins = run_function(inputs, keep_rows, keep_columns)["distribution"]  # [1, rows, columns, C, 256]
+        shape = tf.shape(bins)
+        return {"distribution": tf.reshape(bins, [shape[0], shape[1], shape[2], flat_size])}
+
+    one_image = image_graph.whole_image_function(flat_run, functions.network_input, geometry, ("distribution",),
+                                                 flat_size, None, "reflect")
+
+    def stitched(z_stack: Any) -> Any:
+        images = tf.map_fn(lambda image: one_image(image)["distribution"], z_stack, parallel_iterations=1,
+                           fn_output_signature=tf.TensorSpec([None, None, flat_size], tf.float32))
+        shape = tf.shape(images)
+        return tf.reshape(images, [shape[0], shape[1], shape[2], count, NUM_CLASSES])
+
+    one_run = tiling.block_classes(geometry, "exact") == (0,)
+
+    def run(z_stack: Any) -> tuple[Any, Any]:
+        probabilities = (dense if one_run else stitched)(z_stack)
+        mean = tf.cast(statistics_lib.distribution_statistics(probabilities, ("mean",))["mean"], tf.float32)
+        return mean, (probabilities if with_distribution else None)
 
     return MemberGraph(run, model)
 

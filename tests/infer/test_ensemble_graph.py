@@ -219,3 +219,22 @@ def test_the_ensemble_package_passes_bioimageio_test_and_names_its_members(membe
     assert "an ensemble of 3 model folders (heads heads, readout readout, calibrated_regression regression)" in readme
     assert "### Member 2: readout `readout`" in readme and "Cite it for every member" in readme
     assert os.path.isfile(os.path.join(result.package_dir, "ensemble.json"))
+
+
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("fovea", marks=pytest.mark.slow)])
+def test_the_heads_member_graph_is_the_window_isl_predict_gives_the_ensemble(preset, tmp_path):
+    """One shift class (tiny: one dense run) and two (the fovea preset's 8-px output on a 16-px phase: the exact
+    plan's runs stitched in the graph): bins and mean equal `heads_window`'s on the whole image as the window."""
+    import tensorflow as tf
+
+    config = presets.get_preset(preset)
+    folder = _save(str(tmp_path / preset), config)
+    predictor = registry.load_predictor(model_dir=folder, precision="float32")
+    rng = np.random.default_rng(4)
+    stack = np.kron(rng.uniform(size=(config.channels.num_z_values, 17, 21)), np.ones((4, 4)))[:, :HEIGHT, :WIDTH]
+    stack = stack.astype(np.float32)
+    expected_mean, expected_bins = ensemble_lib.heads_window(predictor, stack, (0, HEIGHT, 0, WIDTH), CHANNELS)
+    member = predictor.kind.member_graph(predictor, CHANNELS, True)
+    mean, bins = member.run(tf.constant(np.moveaxis(stack, 0, -1)[None]))
+    np.testing.assert_allclose(bins.numpy()[0], expected_bins, atol=2e-6)
+    np.testing.assert_allclose(mean.numpy()[0], expected_mean, atol=2e-6)
