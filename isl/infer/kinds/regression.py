@@ -20,6 +20,7 @@ from isl import errors
 from isl.eval import regression_calibration
 from isl.infer import bioimageio_graph
 from isl.infer import ensemble as ensemble_lib
+from isl.infer import ensemble_graph
 from isl.infer import export as export_lib
 from isl.infer import regression as regression_infer
 from isl.infer import well as well_lib
@@ -126,6 +127,10 @@ class Regression(base.ModelKind):
         channels = export_lib.export_channels(predictor.config, predictor.trained_channels, all_heads,
                                               predictor.source)
         return bioimageio_graph.regression_model(predictor, channels, chosen)
+
+    def member_graph(self, predictor: well_lib.Predictor, channels: Sequence[str],
+                     with_distribution: bool) -> ensemble_graph.MemberGraph:
+        return ensemble_graph.regression_member(predictor, channels, with_distribution)
 
 
 KIND = Regression()
