@@ -55,6 +55,18 @@ class Regression(base.ModelKind):
     def recognises(self, layout: model_dir_lib.ModelDir, config: config_lib.ExperimentConfig | None) -> bool:
         return config is not None and config.model.architecture == unet_regression.ARCHITECTURE
 
+    def load(self, model_dir: str, precision: str,
+             open_folder: Callable[..., well_lib.Predictor] | None = None) -> well_lib.Predictor:
+        """The U-Net; a hybrid (`model.hybrid_features`) also opens its frozen folder, checked by fingerprint."""
+        predictor = super().load(model_dir, precision, open_folder)
+        model = predictor.config.model
+        if model.hybrid_features:
+            from isl.infer import hybrid
+
+            predictor.readout_embedder, _ = hybrid.open_frozen(model.hybrid_features, model.hybrid_fingerprint,
+                                                               model_dir)
+        return predictor
+
     def label(self, predictor: well_lib.Predictor) -> str:
         return "calibrated_regression" if self.distribution(predictor) else self.name
 
