@@ -19,6 +19,7 @@ import pytest
 
 from isl import errors
 from isl import presets
+from isl.cli import main
 from isl.data import parser as parser_lib
 from isl.data import pipeline
 from isl.data import wells
@@ -53,13 +54,13 @@ def setup(tmp_path_factory):
     return root, frozen, well_a, well_b
 
 
-def _convert(setup, name, capsys, *extra):
+def _convert(setup, name, *extra):
+    """Records of wells a (train) and b (eval), made once per name."""
     root, frozen, well_a, well_b = setup
     output = str(root / name)
     if not os.path.isdir(output):
-        code, out, err = run_isl(["convert", f"--input_dir={well_a}", f"--input_dir={well_b}", f"--output_dir={output}",
-                                  "--preset=condition_b", "--eval_wells=B3", "--noprogress", *extra], capsys)
-        assert code == 0, err
+        assert main.run_command(["convert", f"--input_dir={well_a}", f"--input_dir={well_b}", f"--output_dir={output}",
+                                 "--preset=condition_b", "--eval_wells=B3", "--noprogress", *extra]) == 0
     return output
 
 
@@ -78,7 +79,7 @@ def _hybrid_config(setup, records):
 
 def test_training_batches_carry_the_embedding_of_their_pixels_after_the_light(setup, capsys):
     root, frozen, _, well_b = setup
-    records = _convert(setup, "records", capsys, f"--embed_with={frozen}")
+    records = _convert(setup, "records", f"--embed_with={frozen}")
     block = json.load(open(os.path.join(records, "dataset.json")))["embedding"]
     expected = _embedding(frozen, well_b)
     size = expected.shape[-1]
@@ -101,14 +102,22 @@ def test_training_batches_carry_the_embedding_of_their_pixels_after_the_light(se
     assert np.ptp(inputs[..., light:]) > 0
 
 
-def test_predict_computes_the_embedding_and_matches_training_s_view(setup, capsys):
-    root, frozen, _, well_b = setup
-    records = _convert(setup, "records", capsys, f"--embed_with={frozen}")
+@pytest.fixture(scope="module")
+def trained(setup):
+    """(records with the embedding, a hybrid trained 2 steps on them)."""
+    root, frozen, _, _ = setup
+    records = _convert(setup, "records", f"--embed_with={frozen}")
     model_dir = str(root / "model")
-    code, _, err = run_isl(["train", f"--data_dir={records}", f"--model_dir={model_dir}", "--preset=condition_b",
-                            "--recipe=unet_regression", "--steps=2", "--noprogress",
-                            f"--set=model.hybrid_features={frozen}", *[f"--set={item}" for item in OVERRIDES]], capsys)
-    assert code == 0, err
+    code = main.run_command(["train", f"--data_dir={records}", f"--model_dir={model_dir}", "--preset=condition_b",
+                             "--recipe=unet_regression", "--steps=2", "--noprogress",
+                             f"--set=model.hybrid_features={frozen}", *[f"--set={item}" for item in OVERRIDES]])
+    assert code == 0
+    return records, model_dir
+
+
+def test_predict_computes_the_embedding_and_matches_training_s_view(setup, trained, capsys):
+    root, frozen, _, well_b = setup
+    records, model_dir = trained
     saved = json.load(open(os.path.join(model_dir, "config.json")))["model"]
     assert saved["hybrid_features"] == os.path.abspath(frozen) and saved["hybrid_embedding_size"] > 0
     code, out, err = run_isl(["predict", f"--model_dir={model_dir}", f"--input_dir={well_b}",
@@ -131,12 +140,28 @@ def test_predict_computes_the_embedding_and_matches_training_s_view(setup, capsy
     # The extra channels reach the U-Net: another embedding gives another prediction.
     other = regression.predict_tiled(model, image.stack, config, embedding=image.embedding[::-1])[..., column]
     assert np.abs(other - view).max() > 1e-3
+    # As an ensemble member (or under --tta): the same pixels.
+    from isl.infer.kinds import registry
+
+    predictor = registry.load_predictor(model_dir=model_dir)
+    member, _ = predictor.kind.predict_window(predictor, image.stack, (0, HEIGHT, 0, WIDTH), ["DAPI_CONFOCAL"])
+    np.testing.assert_allclose(member[..., 0], predicted, atol=2e-3)
+    # isl calibrate fits it like the regression, and predict then gives it a distribution.
+    code, _, err = run_isl(["calibrate", f"--model_dir={model_dir}", f"--data_dir={well_b}", "--region=40:72,0:80",
+                            "--train_region=0:40,0:80", "--channels=DAPI_CONFOCAL", "--min_pixels=100"], capsys)
+    assert code == 0, err
+    code, out, err = run_isl(["predict", f"--model_dir={model_dir}", f"--input_dir={well_b}",
+                              f"--output_dir={root / 'pred_cal'}", "--noprogress", "--nopanels", "--json",
+                              "--statistics=median,q05,q95", "--channels=DAPI_CONFOCAL"], capsys)
+    assert code == 0, err
+    (well,) = json.loads(out.strip().splitlines()[-1])["wells"]
+    assert sum("Q05" in name for name in os.listdir(well["well_dir"])) == 1
 
 
-def test_the_hybrid_refuses_records_without_the_embedding_and_a_missing_or_changed_frozen_folder(setup, capsys,
-                                                                                                tmp_path):
+def test_the_hybrid_refuses_records_without_the_embedding_and_a_missing_or_changed_frozen_folder(setup, trained,
+                                                                                                capsys, tmp_path):
     root, frozen, _, well_b = setup
-    plain = _convert(setup, "plain_records", capsys)
+    plain = _convert(setup, "plain_records")
     code, _, err = run_isl(["train", f"--data_dir={plain}", f"--model_dir={tmp_path / 'm'}", "--preset=condition_b",
                             "--recipe=unet_regression", "--steps=1", "--noprogress",
                             f"--set=model.hybrid_features={frozen}", *[f"--set={item}" for item in OVERRIDES]], capsys)
@@ -145,17 +170,16 @@ def test_the_hybrid_refuses_records_without_the_embedding_and_a_missing_or_chang
     code, _, err = run_isl(["convert", f"--input_dir={well_b}", f"--output_dir={tmp_path / 'r'}",
                             "--preset=condition_b", f"--embed_with={tmp_path / 'nothing'}", "--noprogress"], capsys)
     assert code == 2 and "missing or not a model folder" in err and not (tmp_path / "r").exists()
-    # A trained hybrid whose frozen folder changed, then went missing.
-    copy = str(tmp_path / "frozen_copy")
+    # A trained hybrid whose frozen folder changed, then went missing (a copy of both, the copy named).
+    copy, model_dir = str(tmp_path / "frozen_copy"), str(tmp_path / "model")
     shutil.copytree(frozen, copy)
-    records = str(tmp_path / "records")
-    code, _, err = run_isl(["convert", f"--input_dir={well_b}", f"--output_dir={records}", "--preset=condition_b",
-                            "--eval_every=0", f"--embed_with={copy}", "--noprogress"], capsys)
-    assert code == 0, err
-    model_dir = str(tmp_path / "model")
-    code, _, err = run_isl(["train", f"--data_dir={records}", f"--model_dir={model_dir}", "--preset=condition_b",
-                            "--recipe=unet_regression", "--steps=1", "--noprogress", "--set=train.keep_best=false",
-                            f"--set=model.hybrid_features={copy}", *[f"--set={item}" for item in OVERRIDES]], capsys)
+    shutil.copytree(trained[1], model_dir, ignore=shutil.ignore_patterns("calibration.json"))
+    config_path = os.path.join(model_dir, "config.json")
+    saved = json.load(open(config_path))
+    saved["model"]["hybrid_features"] = copy
+    json.dump(saved, open(config_path, "w"))
+    code, _, err = run_isl(["predict", f"--model_dir={model_dir}", f"--input_dir={well_b}",
+                            f"--output_dir={tmp_path / 'p0'}", "--noprogress", "--nopanels"], capsys)
     assert code == 0, err
     model, config = saving.load_model_dir(copy, input_size=None)
     keras.utils.set_random_seed(5)
@@ -168,17 +192,34 @@ def test_the_hybrid_refuses_records_without_the_embedding_and_a_missing_or_chang
     code, _, err = run_isl(arguments, capsys)
     assert code == 2 and "missing or not a model folder" in err
     # Records embedded with another folder than the one named.
-    code, _, err = run_isl(["train", f"--data_dir={_convert(setup, 'records', capsys, f'--embed_with={frozen}')}",
+    code, _, err = run_isl(["train", f"--data_dir={trained[0]}",
                             f"--model_dir={tmp_path / 'm2'}", "--preset=condition_b", "--recipe=unet_regression",
                             "--steps=1", "--noprogress", f"--set=model.hybrid_features={model_dir}",
                             *[f"--set={item}" for item in OVERRIDES]], capsys)
     assert code == 2 and "fingerprints differ" in err
 
 
-def test_a_frozen_network_with_other_z_values_is_refused(setup, capsys):
-    records = _convert(setup, "records", capsys, f"--embed_with={setup[1]}")
-    description = pipeline.read_description(records)
-    description["embedding"]["num_z_values"] = 13
+def test_a_frozen_network_with_other_z_values_is_refused(setup):
+    from isl.io import calibration_file
+
+    frozen = setup[1]
+    description = {"embedding": {"model_dir": frozen, "fingerprint": calibration_file.fingerprint(frozen), "size": 2,
+                                 "num_z_values": 13, "mean": [0.0, 0.0], "std": [1.0, 1.0]}}
+    config = presets.resolve_config("condition_b", recipe="unet_regression",
+                                    overrides=OVERRIDES + [f"model.hybrid_features={frozen}"])
     with pytest.raises(errors.InputError, match="takes 13 z values"):
-        hybrid.with_embedding(presets.resolve_config("condition_b", recipe="unet_regression", overrides=OVERRIDES + [
-            f"model.hybrid_features={setup[1]}"]), description, records)
+        hybrid.with_embedding(config, description, "records")
+    description["embedding"]["num_z_values"] = 26
+    assert hybrid.with_embedding(config, description, "records").model.hybrid_embedding_size == 2
+
+
+def test_a_hybrid_is_not_packaged(tmp_path, capsys):
+    config = presets.resolve_config("condition_b", recipe="unet_regression", overrides=OVERRIDES + [
+        "model.hybrid_features=/elsewhere/frozen", "model.hybrid_embedding_size=2",
+        "model.hybrid_embedding_mean=[0,0]", "model.hybrid_embedding_std=[1,1]",
+        "model.regression_target_mean=[0.1,0.1,0.1,0.1]", "model.regression_target_std=[1,1,1,1]"])
+    saving.save_model_dir(builder.build_model(config, None), config, str(tmp_path / "m"))
+    code, _, err = run_isl(["export", f"--model_dir={tmp_path / 'm'}", f"--export_dir={tmp_path / 'e'}",
+                            "--format=bioimageio"], capsys)
+    assert code == 2 and "hybrid U-Net" in err and "no bioimage.io package" in err
+    assert not (tmp_path / "e").exists()

@@ -131,6 +131,17 @@ class Regression(base.ModelKind):
                 "export (it serves the paper's 256-bin heads). Package it with isl export --format=bioimageio, or "
                 "predict it with isl predict --model_dir.")
 
+    def package_refusal(self, model_dir: str) -> str | None:
+        try:
+            hybrid = config_lib.load_config(model_dir_lib.ModelDir(model_dir).config).model.hybrid_features
+        except Exception:  # noqa: BLE001 - a damaged config.json: loading it names the problem.
+            hybrid = ""
+        if hybrid:
+            return (f"{model_dir}: a hybrid U-Net (model.hybrid_features={hybrid}) has no bioimage.io package: its "
+                    "input includes the frozen network's embedding, computed outside the U-Net (a package serves one "
+                    "network). Predict it with isl predict --model_dir.")
+        return super().package_refusal(model_dir)
+
     def package_model(self, predictor: well_lib.Predictor, statistics: Sequence[str] | None,
                       all_heads: bool) -> bioimageio_graph.PackageModel:
         calibrated = predictor.calibration is not None and predictor.calibration.route == self.calibration_route
