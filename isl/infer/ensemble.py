@@ -196,8 +196,9 @@ def regression_window(predictor: Any, stack: np.ndarray, window: tuple[int, int,
     context = regression.context_pixels(config)
     top, left = max(0, row0 - context), max(0, column0 - context)
     bottom, right = min(height, row1 + context), min(width, column1 + context)
-    values, spread = regression.predict_tiled(predictor.model, stack[:, top:bottom, left:right], config,
-                                              clip=False, with_spread=True)
+    values, spread = regression.predict_tiled(
+        predictor.model, stack[:, top:bottom, left:right], config, clip=False, with_spread=True,
+        embedding=regression.hybrid_embedding(predictor, stack, (top, bottom, left, right)))
     inside = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
     columns = [config.channels.output_target_channels.index(channel) for channel in channels]
     values = values[inside][..., columns]

@@ -41,7 +41,7 @@ TILE = 512
 
 
 def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentConfig,
-                  clip: bool = True, with_spread: bool = False) -> Any:
+                  clip: bool = True, with_spread: bool = False, embedding: np.ndarray | None = None) -> Any:
     """Predicts every target channel of a whole image.
 
     Args:
@@ -51,6 +51,8 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
         clip: clip to [0, 1] (False: the de-standardised value as is, the centre of a calibrated
             regression's distribution, `isl.eval.regression_calibration`).
         with_spread: also return the predicted spread (`model.regression_spread`; None without).
+        embedding: the hybrid's (`model.hybrid_features`) `[height, width, E]` frozen-core embedding of
+            the same pixels, padded like the stack and appended to the network input; None otherwise.
 
     Returns:
         `[height, width, T]` float32 intensities in [0, 1] (unclipped with `clip=False`),
@@ -69,8 +71,17 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
     bottom, right = padded_height - height - top, padded_width - width - left
     mode = "reflect" if min(height, width) > PAD else "edge"
     padded = np.pad(stack, ((0, 0), (top, bottom), (left, right)), mode=mode)
-    inputs = assemble.network_input(padded, config.channels.num_z_values)[np.newaxis]
-    outputs = np.asarray(model(inputs, training=False))[0, top : top + height, left : left + width]
+    inputs = assemble.network_input(padded, config.channels.num_z_values)
+    wanted = unet_regression.input_embedding_size(config.model)
+    if wanted:
+        if embedding is None or embedding.shape != (height, width, wanted):
+            raise errors.InputError(f"The hybrid U-Net needs the [{height}, {width}, {wanted}] embedding of its "
+                                    f"input; got {None if embedding is None else embedding.shape}.")
+        padded_embedding = np.pad(np.asarray(embedding, np.float32), ((top, bottom), (left, right), (0, 0)),
+                                  mode=mode)
+        inputs = np.concatenate([inputs, padded_embedding], axis=-1)
+        del padded_embedding
+    outputs = np.asarray(model(inputs[np.newaxis], training=False))[0, top : top + height, left : left + width]
     values = unet_regression.destandardize(outputs, config.model, clip=clip)
     if not with_spread:
         return values
@@ -79,19 +90,21 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
 
 
 def predict_tiled(model: Any, stack: np.ndarray, config: config_lib.ExperimentConfig, clip: bool = True,
-                  with_spread: bool = False, whole_pixels: int = WHOLE_PIXELS, tile: int = TILE) -> Any:
+                  with_spread: bool = False, whole_pixels: int = WHOLE_PIXELS, tile: int = TILE,
+                  embedding: np.ndarray | None = None) -> Any:
     """`predict_image` of a `[num_source_z, H, W]` stack in bounded memory: whole up to `whole_pixels`, else in tiles.
 
     Each tile of `tile` x `tile` output pixels is predicted from itself plus `context_pixels(config)` of real
     image around it (reflection beyond, as `isl predict --region`), so a tiled image's pixels can differ slightly
-    from one whole pass. Memory: one tile's pass plus the `[H, W, T]` result(s).
+    from one whole pass. Memory: one tile's pass plus the `[H, W, T]` result(s). A hybrid's `[H, W, E]`
+    `embedding` is cut into the same tiles.
 
     Returns:
         As `predict_image`: `[H, W, T]` float32 (and, with `with_spread`, the spread or None).
     """
     _, height, width = stack.shape
     if height * width <= whole_pixels:
-        return predict_image(model, stack, config, clip=clip, with_spread=with_spread)
+        return predict_image(model, stack, config, clip=clip, with_spread=with_spread, embedding=embedding)
     context = context_pixels(config)
     values = spread = None
     for row0 in range(0, height, tile):
@@ -99,8 +112,9 @@ def predict_tiled(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
             row1, column1 = min(height, row0 + tile), min(width, column0 + tile)
             top, left = max(0, row0 - context), max(0, column0 - context)
             bottom, right = min(height, row1 + context), min(width, column1 + context)
-            tile_values, tile_spread = predict_image(model, stack[:, top:bottom, left:right], config, clip=clip,
-                                                     with_spread=True)
+            tile_values, tile_spread = predict_image(
+                model, stack[:, top:bottom, left:right], config, clip=clip, with_spread=True,
+                embedding=None if embedding is None else embedding[top:bottom, left:right])
             inner = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
             if values is None:
                 values = np.empty((height, width, tile_values.shape[-1]), np.float32)
@@ -168,8 +182,10 @@ def predict_well(
     top, left = max(0, row0 - context), max(0, column0 - context)
     bottom, right = min(height, row1 + context), min(width, column1 + context)
     start = time.perf_counter()
+    embedding = hybrid_embedding(predictor, well.inputs, (top, bottom, left, right))
     values, spread = predict_tiled(predictor.model, well.inputs[:, top:bottom, left:right], config,
-                                   clip=calibration is None, with_spread=True)
+                                   clip=calibration is None, with_spread=True, embedding=embedding)
+    del embedding
     values = values[row0 - top : row1 - top, column0 - left : column1 - left]
     seconds = time.perf_counter() - start
     columns = [config.channels.output_target_channels.index(channel) for channel in channels]
@@ -202,6 +218,17 @@ def predict_well(
     return summary
 
 
+def hybrid_embedding(predictor: Any, stack: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray | None:
+    """A hybrid's (`model.hybrid_features`) `[r1 - r0, c1 - c0, E]` embedding of the `[Z, H, W]` stack on `window`
+    (r0, r1, c0, c1), as the whole image's (`isl.infer.hybrid.window_embedding`); None for a plain U-Net."""
+    if not unet_regression.input_embedding_size(predictor.config.model):
+        return None
+    from isl.infer import hybrid
+
+    row0, row1, column0, column1 = window
+    return hybrid.window_embedding(hybrid.predictor_embedder(predictor), stack, (row0, row1, column0, column1))
+
+
 def context_pixels(config: config_lib.ExperimentConfig) -> int:
     """Real image read around a `--region` window: the training patch side (the most context training showed)."""
     return max(config.model.output_size, PAD)
@@ -221,7 +248,8 @@ def window_values(predictor: Any, well: Any, window: tuple[int, int, int, int]
     top, left = max(0, row0 - context), max(0, column0 - context)
     bottom, right = min(height, row1 + context), min(width, column1 + context)
     values, spread = predict_image(predictor.model, well.inputs[:, top:bottom, left:right], config,
-                                              clip=False, with_spread=True)
+                                   clip=False, with_spread=True,
+                                   embedding=hybrid_embedding(predictor, well.inputs, (top, bottom, left, right)))
     inside = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
     return values[inside], None if spread is None else spread[inside]
 
