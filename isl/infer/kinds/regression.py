@@ -155,8 +155,9 @@ class Regression(base.ModelKind):
                      with_distribution: bool) -> ensemble_graph.MemberGraph:
         if predictor.config.model.hybrid_features:
             raise errors.InputError(f"{predictor.source}: a hybrid U-Net (model.hybrid_features) has no graph form "
-                                    "(its input includes the frozen network's embedding, computed outside the U-Net), so "
-                                    "an ensemble with it cannot be exported; isl predict runs that ensemble.")
+                                    "(its input includes the frozen network's embedding, computed outside the "
+                                    "U-Net), so an ensemble with it cannot be exported; isl predict runs that "
+                                    "ensemble.")
         return ensemble_graph.regression_member(predictor, channels, with_distribution)
 
 
