@@ -200,6 +200,17 @@ class ModelConfig:
             means, then T log-spreads) and trains on the Gaussian negative
             log-likelihood (`isl.model.losses.gaussian_nll`) instead of the MSE
             (recipe `unet_regression_spread`; not in the paper).
+        hybrid_features: "unet_regression" only: a frozen model folder with
+            256-bin heads (the paper's network) whose core embedding (E
+            features per pixel, `isl.infer.embedder.Embedder`) feeds the U-Net
+            as E extra input channels after the transmitted light (the hybrid;
+            not in the paper). "" (default): off. The records must carry that
+            embedding (`isl convert --embed_with`); `isl predict` computes it.
+        hybrid_fingerprint, hybrid_embedding_size, hybrid_embedding_mean,
+            hybrid_embedding_std: the hybrid's frozen folder's fingerprint
+            (`isl.io.calibration_file.fingerprint`), E, and the training
+            embedding's per-feature mean and std the network standardises it
+            with (filled in by `isl train` from the records' dataset.json).
     """
 
     architecture: str = "concordance"
@@ -225,6 +236,11 @@ class ModelConfig:
     regression_target_mean: tuple[float, ...] = ()
     regression_target_std: tuple[float, ...] = ()
     regression_spread: bool = False
+    hybrid_features: str = ""
+    hybrid_fingerprint: str = ""
+    hybrid_embedding_size: int = 0
+    hybrid_embedding_mean: tuple[float, ...] = ()
+    hybrid_embedding_std: tuple[float, ...] = ()
 
     def validate(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -236,6 +252,14 @@ class ModelConfig:
             raise ValueError("model.regression_target_mean and regression_target_std must have equal lengths.")
         if any(value <= 0 for value in self.regression_target_std):
             raise ValueError("model.regression_target_std must be > 0.")
+        if self.hybrid_features and self.architecture != "unet_regression":
+            raise ValueError("model.hybrid_features needs model.architecture=unet_regression (the U-Net takes the "
+                             "frozen network's embedding as extra input channels).")
+        if self.hybrid_embedding_mean and len(self.hybrid_embedding_mean) != self.hybrid_embedding_size or \
+                len(self.hybrid_embedding_std) != len(self.hybrid_embedding_mean) or \
+                any(value <= 0 for value in self.hybrid_embedding_std):
+            raise ValueError("model.hybrid_embedding_mean and hybrid_embedding_std need one value per embedding "
+                             "feature (hybrid_embedding_size), the stds > 0.")
         for name in ("num_scales", "base_depth", "num_classes", "output_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1. Received: {getattr(self, name)}")

@@ -43,10 +43,20 @@ test, `bioimageio test`, has passed on it in a fresh Python process; its
 warnings are printed. An existing --export_dir or zip is never replaced.
 Needs pip install 'isl[bioimageio]'.
 
+An ensemble folder (`isl ensemble`) exports as ONE SavedModel (serving_default
+uint16, serving_float32) or ONE package: every member runs inside the graph
+on the whole input (reflection-padded by its own context) and the fitted
+weights combine them, so the output is what `isl predict` writes for a well
+whose image is the input: <CHANNEL>_median/_mean (the combined value) and _std
+(the mixture; --with_distributions adds the mixed 256 bins), input sides
+64 + 16k, output the input's size. A member missing or changed since the fit
+exits 2 naming it.
+
 Examples:
   isl export --model_dir=models/tiny --export_dir=exports/tiny --statistics=median,mean,std
   isl export --format=bioimageio --model_dir=checkpoints/condition_b_sample \
       --export_dir=exports/condition_b_bioimageio --sample_well=WELL
+  isl export --model_dir=checkpoints/condition_b_ensemble --export_dir=exports/condition_b_ensemble
 """
 
 
@@ -123,11 +133,13 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
     from isl.infer.kinds import registry
     from isl.io import calibration_file
 
+    registry.check_savedmodel(common["model_dir"])
+    if registry.exports_itself(common["model_dir"]):
+        return _run_own_savedmodel(flag_values, common)
     # The data contract (normalisation, channel map, --set data.*) is recorded in the export's config.json.
     statistics = export.parse_statistics(common["statistics"] or list(export.DEFAULT_STATISTICS))
     if not statistics and not flag_values["with_distributions"].value:
         raise errors.InputError("Nothing to export: give --statistics or --with_distributions.")
-    registry.check_savedmodel(common["model_dir"])
     model, config, trained = export.load_exportable(common["model_dir"])
     config = data_flags.model_config(config, flag_values, common["model_dir"], "export")
     result = export.export_keras_model(
@@ -154,6 +166,25 @@ def run(flag_values: Any, positional: list[str]) -> dict[str, Any]:
         "channels": list(result.channels),
         "tile_size": result.tile_size,
     }
+
+
+def _run_own_savedmodel(flag_values: Any, common: dict[str, Any]) -> dict[str, Any]:
+    """A kind with its own SavedModel (an ensemble folder): one SavedModel of all its members."""
+    from isl import errors
+    from isl.infer.kinds import registry
+
+    for name in ("normalization", "channel_map", "set", "tile_size", "all_heads"):
+        if flag_values[name].present:
+            raise errors.InputError(f"--{name} does not apply to an ensemble folder: its members' recorded data "
+                                    "contract and trained channels are exported as fitted.")
+    result = registry.export_own_savedmodel(common["model_dir"], common["export_dir"], common["statistics"] or None,
+                                            flag_values["with_distributions"].value)
+    print(f"SavedModel: {result.export_dir}  (signatures: {', '.join(result.signatures)})")
+    print(f"Channels: {', '.join(result.channels)}; outputs: {', '.join(result.outputs)}")
+    print(f"Members in the graph: {', '.join(result.members)}")
+    print("Valid input sides: 64 + 16k; output side = input (each member reflection-pads inside the graph). "
+          "No Keras archive: an ensemble is several networks.")
+    return dataclasses.asdict(result)
 
 
 def _common_arguments(flag_values: Any) -> dict[str, Any]:

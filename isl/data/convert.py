@@ -219,6 +219,8 @@ def convert(
     channel_map: dict[str, str] | None = None,
     val_wells: list[str] | None = None,
     val_region: str | None = None,
+    embed: Callable[[np.ndarray, tuple[int, int, int, int]], np.ndarray] | None = None,
+    embed_info: dict | None = None,
 ) -> ConvertResult:
     """Converts image folders into `{train,eval,val}-xxxxx-of-yyyyy.tfrecord` and `dataset.json`.
 
@@ -252,6 +254,12 @@ def convert(
         val_region: "r0:r1,c0:c1": write every well also as a validation
             example cropped to this rectangle; with `eval_region` only, and
             overlapping neither it nor `region`.
+        embed: the hybrid's frozen-core embedding (`isl convert --embed_with`):
+            (`[Z, H, W]` float32 stack in [0, 1] as stored, window (r0, r1, c0, c1))
+            -> `[r1 - r0, c1 - c0, E]` float16, equal to the whole image's on the
+            window; stored in each record as `embedding/data`. None: none.
+        embed_info: recorded in dataset.json under "embedding" with the
+            training examples' per-feature mean and std added.
 
     Returns:
         A `ConvertResult`.
@@ -265,7 +273,7 @@ def convert(
         eval_every=eval_every, eval_wells=eval_wells, region=region, eval_region=eval_region,
         channel_map=channel_map, val_wells=val_wells, val_region=val_region,
     )
-    return _write_dataset(plan, channels, input_dirs, normalization, progress, channel_map)
+    return _write_dataset(plan, channels, input_dirs, normalization, progress, channel_map, embed, embed_info)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,11 +445,14 @@ def _write_dataset(
     normalization: str,
     progress: Callable[[int, int, str], None] | None,
     channel_map: dict[str, str] | None = None,
+    embed: Callable[[np.ndarray, tuple[int, int, int, int]], np.ndarray] | None = None,
+    embed_info: dict | None = None,
 ) -> ConvertResult:
     """Writes the planned shards and `dataset.json`; `plan.output_dir` appears only on success.
 
     Wells are loaded one at a time (peak memory: one well and its Example).
     """
+    sums: list[np.ndarray] = []  # The training embedding's count, sum and sum of squares per feature (float64).
     import tensorflow as tf  # After the checks and the scan: bad input fails fast.
 
     shards: dict[str, list[str]] = {split: [] for split in schema.SPLITS}
@@ -454,7 +465,8 @@ def _write_dataset(
             with tf.io.TFRecordWriter(os.path.join(temporary, file_name)) as writer:
                 for well in members:
                     rectangle = plan.regions[well.name][split]
-                    writer.write(_encode_well(well, rectangle, normalization, warnings))
+                    writer.write(_encode_well(well, rectangle, normalization, warnings, embed,
+                                              sums if split == "train" else None))
                     well_records.append(_well_record(well, split, file_name, rectangle))
                     if progress:
                         progress(len(well_records), total, well.name)
@@ -462,6 +474,8 @@ def _write_dataset(
         description["normalization"] = normalization
         description["channel_map"] = list(channel_map_lib.to_pairs(channel_map or {}))
         description["warnings"] = warnings
+        if embed is not None:
+            description["embedding"] = {**(embed_info or {}), **_embedding_statistics(sums)}
         atomic.write_text(os.path.join(temporary, schema.DATASET_JSON), json.dumps(description, indent=2) + "\n")
         _make_readable(temporary)
     return ConvertResult(
@@ -484,13 +498,42 @@ def _shard_assignments(plan: _Plan) -> Iterator[tuple[str, str, list[wells_lib.W
 
 
 def _encode_well(
-    well: wells_lib.WellSource, rectangle: Region | None, normalization: str, warnings: list[str]
+    well: wells_lib.WellSource, rectangle: Region | None, normalization: str, warnings: list[str],
+    embed: Callable[[np.ndarray, tuple[int, int, int, int]], np.ndarray] | None = None,
+    sums: list[np.ndarray] | None = None,
 ) -> bytes:
-    """One well loaded, normalised, cropped to `rectangle` and serialized; new warnings go to `warnings`."""
+    """One well loaded, normalised, cropped to `rectangle` and serialized; new warnings go to `warnings`.
+
+    With `embed`, the record also holds the embedding of the rectangle (computed from the normalised
+    stack with its context), and `sums` (training examples) accumulates its per-feature moments.
+    """
     raw, warning = wells_lib.normalize_raw(wells_lib.load_raw_well(well), normalization)
     if warning and warning not in warnings:
         warnings.append(warning)
-    return tfrecords.encode_well(_crop(raw, rectangle))
+    embedding = None
+    if embed is not None:
+        (row0, row1), (column0, column1) = rectangle or ((0, raw.inputs.shape[0]), (0, raw.inputs.shape[1]))
+        stack = np.moveaxis(raw.inputs, -1, 0).astype(np.float32) / float(raw.input_max_value)
+        embedding = np.asarray(embed(stack, (row0, row1, column0, column1)), np.float16)
+        del stack
+        if sums is not None:
+            flat = embedding.reshape(-1, embedding.shape[-1]).astype(np.float64)
+            moments = [np.full(flat.shape[1], float(len(flat))), flat.sum(axis=0), np.square(flat).sum(axis=0)]
+            sums[:] = moments if not sums else [total + part for total, part in zip(sums, moments)]
+    raw = _crop(raw, rectangle)
+    if embedding is not None:
+        raw = dataclasses.replace(raw, embedding=embedding)
+    return tfrecords.encode_well(raw)
+
+
+def _embedding_statistics(sums: list[np.ndarray]) -> dict:
+    """{"mean": [E], "std": [E]} of the training examples' embedding (std floored at 1e-6); empty without any."""
+    if not sums:
+        return {}
+    count, total, squares = sums
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+    return {"mean": [float(value) for value in mean], "std": [float(max(value, 1e-6)) for value in std]}
 
 
 def _make_readable(directory: str) -> None:

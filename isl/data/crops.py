@@ -28,7 +28,7 @@ from isl import errors
 from isl.data import schema
 
 # Metadata fields read in full while indexing (the pixel fields are located, not read).
-_PIXEL_FIELDS = (schema.INPUTS_DATA, schema.TARGETS_DATA)
+_PIXEL_FIELDS = (schema.INPUTS_DATA, schema.TARGETS_DATA, schema.EMBEDDING_DATA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,8 @@ class RecordInfo:
         target_max_values: per target, 255 or 65535.
         inputs_offset: file offset of the `[H, W, Z]` uint16 little-endian pixels.
         targets_offset: file offset of the `[H, W, T]` pixels (-1 when T = 0).
+        embedding_size: E, the hybrid's embedding features (0: none).
+        embedding_offset: file offset of the `[H, W, E]` float16 embedding (-1 when E = 0).
     """
 
     path: str
@@ -59,6 +61,8 @@ class RecordInfo:
     target_max_values: tuple[int, ...]
     inputs_offset: int
     targets_offset: int
+    embedding_size: int = 0
+    embedding_offset: int = -1
 
 
 class _Reader:
@@ -155,6 +159,8 @@ def _index_record(reader: _Reader, start: int, end: int) -> RecordInfo:
         target_max_values=tuple(ints(schema.TARGETS_MAX_VALUES)),
         inputs_offset=offsets[schema.INPUTS_DATA],
         targets_offset=offsets.get(schema.TARGETS_DATA, -1) if channels else -1,
+        embedding_size=(ints(schema.EMBEDDING_SIZE) or [0])[0] if schema.EMBEDDING_DATA in offsets else 0,
+        embedding_offset=offsets.get(schema.EMBEDDING_DATA, -1) if ints(schema.EMBEDDING_SIZE) else -1,
     )
 
 
@@ -200,6 +206,8 @@ def read_window(
     path: str, offset: int, shape: tuple[int, int, int], top: int, left: int, size: int
 ) -> np.ndarray:
     """`[size, size, C]` uint16: the window at (top, left) of an `[H, W, C]` record field, zero outside the image.
+
+    A float16 field (the embedding) is read the same way: its bit patterns, for `.view(np.float16)`.
 
     Args:
         path: the shard file.

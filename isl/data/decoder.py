@@ -22,7 +22,9 @@ def decode(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         * "targets": `[height, width, T]` uint16, the T real channels present;
         * "target_channels": `[T]` string;
         * "target_max_values": `[T]` float32;
-        * "height", "width": int32 scalars; "name": string scalar.
+        * "height", "width": int32 scalars; "name": string scalar;
+        * "embedding": `[height, width, E]` float16, the hybrid's frozen-core
+          embedding (E = 0 when the record has none).
     """
     features = tf.io.parse_single_example(serialized, schema.feature_spec())
     height = tf.cast(features[schema.IMAGE_HEIGHT], tf.int32)
@@ -39,7 +41,13 @@ def decode(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         tf.io.decode_raw(features[schema.TARGETS_DATA], tf.uint16, little_endian=True),
         tf.stack([height, width, num_targets]),
     )
+    embedding_size = tf.cast(features[schema.EMBEDDING_SIZE], tf.int32)
+    embedding = tf.cond(
+        embedding_size > 0,
+        lambda: tf.io.decode_raw(features[schema.EMBEDDING_DATA], tf.float16, little_endian=True),
+        lambda: tf.zeros([0], tf.float16))
     return {
+        "embedding": tf.reshape(embedding, tf.stack([height, width, embedding_size])),
         "inputs": inputs,
         "input_max_value": tf.cast(features[schema.INPUTS_MAX_VALUE], tf.float32),
         "modality": features[schema.INPUTS_MODALITY],

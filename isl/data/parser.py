@@ -35,6 +35,7 @@ from isl import config as config_lib
 from isl.data import assemble
 from isl.data import augment
 from isl.data.layout import PatchLayout, patch_layout  # noqa: F401 (re-exported: the layout is owned there)
+from isl.model import unet_regression
 
 
 def eval_crop_offsets(height: Any, width: Any, layout: PatchLayout) -> tf.Tensor:
@@ -93,6 +94,8 @@ class Parser:
         self.num_targets = len(config.channels.target_channels)
         self.input_modalities = tf.constant(list(config.channels.input_modalities) or [""], tf.string)
         self.selection = tf.constant(selection_table(max_source_z, config.channels.num_z_values))
+        # The hybrid's embedding features per pixel (model.hybrid_features), appended to the network input.
+        self.embedding_size = unet_regression.input_embedding_size(config.model)
 
     # -- stage 1: one well -> uint16 patches ---------------------------------
 
@@ -139,7 +142,10 @@ class Parser:
         height, width = decoded["height"], decoded["width"]
         inputs = self._window(decoded["inputs"], offset_y, offset_x, height, width)
         targets = self._window(decoded["targets"], offset_y, offset_x, height, width)
-        return self.window_patches(decoded, inputs, targets, offset_y, offset_x, flip)
+        embedding = None
+        if self.embedding_size:
+            embedding = self._window(tf.bitcast(decoded["embedding"], tf.uint16), offset_y, offset_x, height, width)
+        return self.window_patches(decoded, inputs, targets, offset_y, offset_x, flip, embedding)
 
     def window_patches(
         self,
@@ -149,6 +155,7 @@ class Parser:
         offset_y: tf.Tensor,
         offset_x: tf.Tensor,
         flip: tf.Tensor,
+        embedding: tf.Tensor | None = None,
     ) -> dict:
         """The 2 x 2 patches of one crop, still uint16 (converted per batch), from the crop's pixels alone.
 
@@ -162,12 +169,15 @@ class Parser:
             targets: `[crop, crop, T]` uint16, the same crop of its targets.
             offset_y, offset_x: the crop's offset in padded coordinates.
             flip: flip left-right.
+            embedding: a hybrid's `[crop, crop, E]` embedding window (float16
+                bit patterns as uint16, zero outside the image), or None.
 
         Returns a dict of `[4, ...]` tensors: "inputs" `[P, P, max_source_z + 1]`
         uint16 (source slices zero-padded to max_source_z, then the presence
         mask as the last channel), "targets" `[O, O, T]` uint16 in vocabulary
         order, "valid_out" `[O, O]` uint8, "num_source_z", "input_scale",
-        "target_scale" `[T]` and "target_present" `[T]`.
+        "target_scale" `[T]` and "target_present" `[T]`; a hybrid's also
+        "embedding" `[P, P, E]` (uint16 bit patterns), cut as the inputs.
         """
         num_z = decoded["num_source_z"]
         tf.debugging.assert_less_equal(
@@ -178,7 +188,17 @@ class Parser:
         inputs, targets, valid = augment.flip_left_right([inputs, targets, valid], flip)
         patch_inputs, patch_targets, patch_valid_out = self._cut(inputs, targets, valid)
         count = self.layout.patches_per_crop
+        extra = {}
+        if self.embedding_size:
+            if embedding is None:
+                raise ValueError("A hybrid parser needs each crop's embedding window.")
+            embedding.set_shape([self.layout.crop_size, self.layout.crop_size, self.embedding_size])
+            (embedding,) = augment.flip_left_right([embedding], flip)
+            size = self.layout.patch_size
+            extra["embedding"] = tf.stack([embedding[row : row + size, column : column + size]
+                                           for row, column in self.layout.patch_offsets])
         return {
+            **extra,
             "inputs": patch_inputs,
             "targets": patch_targets,
             "valid_out": tf.cast(patch_valid_out, tf.uint8),
@@ -286,7 +306,8 @@ class Parser:
             training: rotate (`data.rotate`) and corrupt (`data.corrupt_*`).
 
         Returns:
-            inputs `[B, P, P, 2 * num_z_values]` and labels `[B, O, O, num_heads, 2]`, float32.
+            inputs `[B, P, P, 2 * num_z_values (+ E)]` (a hybrid's embedding last) and labels
+            `[B, O, O, num_heads, 2]`, float32.
         """
         data = self.config.data
         if training and data.rotate:
@@ -305,6 +326,9 @@ class Parser:
         shape = tf.shape(inputs)
         input_labels = tf.reshape(centre, tf.stack([shape[0], out, out, self.channels.num_z_values, 2]))
         labels = tf.concat([input_labels, _target_labels(batch, self.channels)], axis=3)
+        if self.embedding_size:  # The hybrid's embedding: after the corruption, which models the light only.
+            embedding = tf.cast(tf.bitcast(batch["embedding"], tf.float16), tf.float32)
+            inputs = tf.concat([inputs, embedding], axis=3)
         return inputs, labels
 
     def _network_inputs(self, batch: dict) -> tf.Tensor:
@@ -326,7 +350,7 @@ class Parser:
 
 def _rotated(batch: dict, seed: tf.Tensor, per_example: bool) -> dict:
     """The batch with inputs, targets and valid_out rotated by k * 90 degrees, one k per batch or per patch."""
-    keys = ("inputs", "targets", "valid_out")
+    keys = ("inputs", "targets", "valid_out") + (("embedding",) if "embedding" in batch else ())
     if per_example:
         ks = augment.random_rotations(seed, tf.shape(batch["inputs"])[0])
         rotated = augment.rotate_examples([batch[key] for key in keys], ks)

@@ -269,7 +269,7 @@ def build_dataset(
     )
     base_seed = int(seed) * 1009 + pipeline_id
 
-    source = RecordSource(files, parser.layout.crop_size)
+    source = RecordSource(files, parser.layout.crop_size, parser.embedding_size, data_dir)
     records = _records(source.counts, split == "train", repeat, deterministic, base_seed, pipeline_id, num_pipelines)
     if split == "train":
         batches = _train_batches(records, source, parser, batch_size, base_seed, deterministic)
@@ -324,7 +324,7 @@ class RecordSource:
         crop_size: the side of the windows `windows` reads.
     """
 
-    def __init__(self, files: list[str], crop_size: int) -> None:
+    def __init__(self, files: list[str], crop_size: int, embedding_size: int = 0, data_dir: str = "") -> None:
         from isl.data import crops
 
         self.infos: list[crops.RecordInfo] = []
@@ -335,6 +335,13 @@ class RecordSource:
             self.infos.extend(shard)
             self.counts.append(len(shard))
         self.crop_size = crop_size
+        self.embedding_size = embedding_size
+        wrong = [info for info in self.infos if embedding_size and info.embedding_size != embedding_size]
+        if wrong:
+            raise errors.InputError(
+                f"{data_dir or wrong[0].path}: record {wrong[0].name!r} ({wrong[0].path}) carries "
+                f"{wrong[0].embedding_size or 'no'} embedding features, the hybrid (model.hybrid_features) needs "
+                f"{embedding_size}; convert the data with isl convert --embed_with=<the frozen model folder>.")
         infos = self.infos
         self._height = tf.constant([info.height for info in infos], tf.int32)
         self._width = tf.constant([info.width for info in infos], tf.int32)
@@ -361,7 +368,7 @@ class RecordSource:
             "name": tf.gather(self._name, record),
         }
 
-    def _read(self, record: np.ndarray, top: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _read(self, record: np.ndarray, top: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, ...]:
         from isl.data import crops
 
         info = self.infos[int(record)]
@@ -370,14 +377,20 @@ class RecordSource:
             info.path, info.inputs_offset, (info.height, info.width, info.num_source_z), top, left, size)
         targets = crops.read_window(
             info.path, info.targets_offset, (info.height, info.width, len(info.target_channels)), top, left, size)
-        return inputs, targets
+        if not self.embedding_size:
+            return inputs, targets
+        embedding = crops.read_window(
+            info.path, info.embedding_offset, (info.height, info.width, info.embedding_size), top, left, size)
+        return inputs, targets, embedding
 
-    def windows(self, record: tf.Tensor, top: tf.Tensor, left: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """(`[crop, crop, Z]`, `[crop, crop, T]`) uint16 windows at image (top, left), zero outside the image."""
-        inputs, targets = tf.numpy_function(self._read, [record, top, left], [tf.uint16, tf.uint16], stateful=False)
-        inputs.set_shape([self.crop_size, self.crop_size, None])
-        targets.set_shape([self.crop_size, self.crop_size, None])
-        return inputs, targets
+    def windows(self, record: tf.Tensor, top: tf.Tensor, left: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        """(`[crop, crop, Z]`, `[crop, crop, T]`) uint16 windows at image (top, left), zero outside the image;
+        for a hybrid also the `[crop, crop, E]` embedding's float16 bit patterns (uint16)."""
+        count = 3 if self.embedding_size else 2
+        read = tf.numpy_function(self._read, [record, top, left], [tf.uint16] * count, stateful=False)
+        for tensor in read:
+            tensor.set_shape([self.crop_size, self.crop_size, None])
+        return tuple(read)
 
     def patches(
         self, parser: parser_lib.Parser, record: tf.Tensor, offset_y: tf.Tensor, offset_x: tf.Tensor, flip: tf.Tensor
@@ -385,8 +398,9 @@ class RecordSource:
         """`Parser.window_patches` of the crop of record `record` at padded (offset_y, offset_x)."""
         metadata = self.metadata(record)
         pad = parser.layout.pad
-        inputs, targets = self.windows(record, offset_y - pad, offset_x - pad)
-        return parser.window_patches(metadata, inputs, targets, offset_y, offset_x, flip)
+        inputs, targets, *embedding = self.windows(record, offset_y - pad, offset_x - pad)
+        return parser.window_patches(metadata, inputs, targets, offset_y, offset_x, flip,
+                                     embedding[0] if embedding else None)
 
 
 def _records(

@@ -14,6 +14,8 @@ One Example holds one well (one field of view), losslessly:
 | `targets/channels` | bytes list | the T real fluorescence channels present |
 | `targets/max_values` | int64 list | per target: 255 or 65535 |
 | `targets/data` | bytes | uint16 little-endian, `[H, W, T]` |
+| `embedding/size` | int64 | E: 0, or the hybrid's frozen-core features (`isl convert --embed_with`) |
+| `embedding/data` | bytes | float16 little-endian, `[H, W, E]` (absent when E = 0) |
 
 8-bit images are stored as their uint16 values (not rescaled) with
 max_value 255, so value / max_value equals the released reader's value.
@@ -43,6 +45,8 @@ INPUTS_DATA = "inputs/data"
 TARGETS_CHANNELS = "targets/channels"
 TARGETS_MAX_VALUES = "targets/max_values"
 TARGETS_DATA = "targets/data"
+EMBEDDING_SIZE = "embedding/size"
+EMBEDDING_DATA = "embedding/data"
 
 PIXEL_ENCODING = "raw uint16 little-endian, [height, width, planes] (channels last)"
 
@@ -76,4 +80,6 @@ def feature_spec() -> dict:
         TARGETS_CHANNELS: tf.io.VarLenFeature(tf.string),
         TARGETS_MAX_VALUES: tf.io.VarLenFeature(tf.int64),
         TARGETS_DATA: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        EMBEDDING_SIZE: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        EMBEDDING_DATA: tf.io.FixedLenFeature([], tf.string, default_value=""),
     }

@@ -65,5 +65,9 @@ def _fields(raw: wells_lib.RawWell) -> dict[str, tuple[str, list]]:
         schema.TARGETS_CHANNELS: ("bytes", [channel.encode() for channel in source.target_channels]),
         schema.TARGETS_MAX_VALUES: ("int64", list(raw.target_max_values)),
         schema.TARGETS_DATA: ("bytes", [lambda: np.ascontiguousarray(raw.targets, dtype="<u2").tobytes()]),
+        **({} if raw.embedding is None else {
+            schema.EMBEDDING_SIZE: ("int64", [raw.embedding.shape[-1]]),
+            schema.EMBEDDING_DATA: ("bytes", [lambda: np.ascontiguousarray(raw.embedding, dtype="<f2").tobytes()]),
+        }),
     }
 

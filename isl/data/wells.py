@@ -139,6 +139,8 @@ class RawWell:
         input_max_value: 255 or 65535.
         targets: `[height, width, T]` uint16 for `source.targets`.
         target_max_values: per target, 255 or 65535.
+        embedding: `[height, width, E]` float16, the hybrid's frozen-core embedding
+            (`isl convert --embed_with`), or None.
     """
 
     source: WellSource
@@ -146,6 +148,7 @@ class RawWell:
     input_max_value: int
     targets: np.ndarray
     target_max_values: tuple[int, ...]
+    embedding: np.ndarray | None = None
 
 
 def _unknown_channel_error(paths: list[str], channel: str, channels: config_lib.ChannelConfig) -> errors.InputError:

@@ -69,6 +69,7 @@ from isl import errors
 from isl.data import assemble
 from isl.data import wells as wells_lib
 from isl.infer import bioimageio_graph as graph_lib
+from isl.infer import ensemble as ensemble_lib
 from isl.infer import export as export_lib
 from isl.infer.kinds import registry
 from isl.io import atomic
@@ -215,7 +216,7 @@ def _zip_directory(source: str, zip_path: str) -> None:
 def default_name(package_model: graph_lib.PackageModel) -> str:
     """A name of at most `MAX_NAME` characters from the kind, the config's name and the targets."""
     base = {"distribution": "In Silico Labeling", "regression": "ISL U-Net regression",
-            "readout": "ISL read-out"}[package_model.kind]
+            "readout": "ISL read-out", "ensemble": "ISL ensemble"}[package_model.kind]
     stains = " ".join(channel.split("_")[0] for channel in package_model.channels)
     for candidate in (f"{base} {package_model.config.name} {stains}", f"{base} {stains}",
                       f"{base} {package_model.config.name} ({len(package_model.channels)} stains)"):
@@ -293,6 +294,7 @@ def _readme(
         "regression": "one value per pixel from a U-Net regression (written as " + ", ".join(statistics) + ")",
         "readout": "a normal distribution per pixel from a ridge read-out of the network's frozen core ("
                    + ", ".join(statistics) + ")",
+        "ensemble": _ensemble_words(package_model),
     }[package_model.kind]
     size_rule = f"`{package_model.size_min} + {package_model.size_step}n` (n >= 0)"
     if border:
@@ -351,19 +353,76 @@ def _readme(
         "",
     ]
     lines += _training_section(model_dir, package_model)
+    members = (package_model.ensemble or {}).get("members", [])
+    lines += _members_section(package_model)
     lines += [
         "## Licence",
         "",
         f"{license_id}. The released In Silico Labeling data (including the Condition B sample) are published "
         "under Creative Commons Attribution 4.0 International (CC BY 4.0) by the paper's authors; weights trained "
         "on them carry the same attribution.",
+    ]
+    if members:
+        lines += ["", "Every member's weights are in this package's SavedModel, under this licence: each member was "
+                  "trained with `isl` on the data its README (above) names, and carries that data's attribution."]
+    lines += [
         "",
         "## Citation",
         "",
         f"{CITATION} doi:{CITATION_DOI}",
-        "",
     ]
+    if members:
+        lines += ["", "Cite it for every member: the paper network's heads, the read-out of its frozen core and the "
+                  "U-Net regression recipe are all `isl` reimplementations built on that paper's model and data."]
+    lines += [""]
     return "\n".join(lines)
+
+
+def _ensemble_words(package_model: graph_lib.PackageModel) -> str:
+    record = package_model.ensemble or {}
+    members = record.get("members", [])
+    combination = record.get("combination", "")
+    how = {"both": "the median and mean are the members' values standardised and summed with non-negative weights, "
+                   "the std is that of the mixture of their 256-bin distributions",
+           "values": "the members' values standardised and summed with non-negative weights",
+           "mixture": "every statistic from the mixture of the members' 256-bin distributions"}.get(combination, "")
+    return (f"an ensemble of {len(members)} model folders ("
+            + ", ".join(f"{member['kind']} {os.path.basename(os.path.normpath(member['model_dir']))}"
+                        for member in members)
+            + f") combined with weights fitted on validation rows: {how} (" + ", ".join(package_model.statistics)
+            + ")")
+
+
+def _members_section(package_model: graph_lib.PackageModel) -> list[str]:
+    """An ensemble's members: kind, folder, weights, each member's README (training data, scores, licence)."""
+    record = package_model.ensemble
+    if not record:
+        return []
+    lines = ["## Ensemble members", "",
+             f"This package is ONE SavedModel computing an ensemble ({record.get('combination')}) of "
+             f"{len(record['members'])} `isl` model folders, each run inside the graph on the whole input "
+             "(reflection-padded at its edges by its own context) and combined with constants fitted by "
+             f"`isl ensemble` on {record.get('fitted_on', {}).get('well', '?')} rows/columns "
+             f"{record.get('fitted_on', {}).get('window', '?')} (row0, row1, column0, column1). Its output equals "
+             "`isl predict --model_dir=<the ensemble folder>` on a well whose image is the input (members in "
+             "float32).", ""]
+    validation = record.get("validation", {})
+    for index, member in enumerate(record["members"]):
+        name = os.path.basename(os.path.normpath(member["model_dir"]))
+        pearson = ", ".join(f"{channel} {scores['members_pearson'][index]:.3f}"
+                            for channel, scores in validation.items() if "members_pearson" in scores)
+        lines += [f"### Member {index + 1}: {member['kind']} `{name}`", ""]
+        if pearson:
+            lines += [f"Validation Pearson r alone: {pearson}.", ""]
+        readme_path = os.path.join(member["model_dir"], README_FILE)
+        if os.path.isfile(readme_path):
+            text = open(readme_path, encoding="utf-8").read().strip()
+            lines += ["###" + line if line.startswith("#") else line for line in text.splitlines()] + [""]
+    combined = ", ".join(f"{channel} {scores['values_pearson']:.3f}" for channel, scores in validation.items()
+                         if "values_pearson" in scores)
+    if combined:
+        lines += [f"Validation Pearson r of the ensemble's combined value: {combined}.", ""]
+    return lines
 
 
 def rdf_content(
@@ -402,8 +461,10 @@ def rdf_content(
         "documentation": {"source": README_FILE},
         "covers": [{"source": COVER_FILE}],
         "tags": ["in-silico-labeling", "label-free-prediction", "fluorescence", "transmitted-light", "2d",
-                 "tensorflow"] + (["uncertainty"] if package_model.kind != "regression" else []),
-        "attachments": [{"source": model_dir_lib.CONFIG_FILE}],
+                 "tensorflow"] + (["uncertainty"] if package_model.kind != "regression" else [])
+                + (["ensemble"] if package_model.kind == "ensemble" else []),
+        "attachments": [{"source": model_dir_lib.CONFIG_FILE}]
+        + ([{"source": ensemble_lib.ENSEMBLE_FILE}] if package_model.ensemble else []),
         "inputs": [{
             "id": INPUT_ID,
             "description": (f"raw uint16 transmitted-light z-stack; y, x = {package_model.size_min} + "
@@ -664,7 +725,11 @@ def export_package(
     title = _clean_name(name) if name else default_name(package_model)
     description = (f"Predicts {', '.join(package_model.channels)} ({', '.join(package_model.statistics)} per pixel) "
                    f"from a {config.channels.input_channel.lower()} z-stack; In Silico Labeling (Christiansen et "
-                   "al. 2018).")[:1000]
+                   "al. 2018).")
+    if package_model.ensemble:
+        kinds = ", ".join(member["kind"] for member in package_model.ensemble["members"])
+        description = f"Ensemble ({kinds}). " + description
+    description = description[:1000]
     with atomic.temporary_path(zip_path) as temporary_zip, atomic.output_directory(package_dir,
                                                                                      overwrite=False) as temporary:
         saved_model_dir = tempfile.mkdtemp(prefix=".saved_model-", dir=os.path.dirname(package_dir))
@@ -677,6 +742,9 @@ def export_package(
         np.save(os.path.join(temporary, TEST_INPUT_FILE), stack)
         _write_tiff(os.path.join(temporary, SAMPLE_INPUT_FILE), stack[0])
         config_lib.save_config(config, os.path.join(temporary, model_dir_lib.CONFIG_FILE))
+        if package_model.ensemble:  # The fitted weights and the members' fingerprints, for people and isl.
+            shutil.copyfile(os.path.join(model_dir, ensemble_lib.ENSEMBLE_FILE),
+                            os.path.join(temporary, ensemble_lib.ENSEMBLE_FILE))
         rdf_path = os.path.join(temporary, RDF_FILE)
         _write_yaml(rdf_content(package_model, stack.shape[-1], title, license_id, authors, description,
                                 maintainer), rdf_path)

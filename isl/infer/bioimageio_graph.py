@@ -76,6 +76,7 @@ class PackageModel:
         serve: `tf.function` float32 `[batch, H, W, n]` -> {OUTPUT_ID: `[batch, h, w, C]`}.
         tracked: the Keras model whose variables `serve` reads.
         readout_record: what `isl readout` recorded (wells, scores), or None.
+        ensemble: an ensemble's folder, combination and members (`isl.infer.ensemble_graph.describe`), or None.
     """
 
     kind: str
@@ -88,6 +89,7 @@ class PackageModel:
     serve: Any
     tracked: Any
     readout_record: dict[str, Any] | None = None
+    ensemble: dict[str, Any] | None = None
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -168,6 +170,49 @@ def distribution_model(predictor: Any, channels: tuple[str, ...], statistics: tu
 
 
 def regression_model(predictor: Any, channels: tuple[str, ...], statistics: tuple[str, ...]) -> PackageModel:
+    import tensorflow as tf
+
+    raw_values = regression_raw_graph(predictor, channels)
+    model, config = predictor.model, predictor.config
+    calibration = predictor.applied_calibration  # isl calibrate's distribution, as `isl predict` applies it.
+    if "std" in statistics:
+        check_regression_distribution(predictor, channels)
+
+    def serve(z_stack: Any) -> dict[str, Any]:
+        raw = raw_values(z_stack)
+        values = tf.clip_by_value(raw, 0.0, 1.0)
+        images = {name: values for name in statistics}  # The median and the mean: the regression's value.
+        if "std" in statistics:  # isl.infer.regression_distribution: the calibrated distribution's std.
+            images["std"] = tf.stack([_regression_std(calibration.channels[channel], raw[..., index])
+                                      for index, channel in enumerate(channels)], axis=-1)
+        return {OUTPUT_ID: _stack_channels(images, statistics, len(channels))}
+
+    return PackageModel("regression", config, channels, statistics, SAME_SIZE_MIN, SAME_SIZE_STEP, 0,
+                        tf.function(serve, input_signature=[_input_spec()], autograph=False), model)
+
+
+def check_regression_distribution(predictor: Any, channels: Sequence[str]) -> None:
+    """Raises InputError unless the graph can carry the calibrated U-Net regression's distribution of `channels`
+    (one calibrated spread per channel, not a predicted spread)."""
+    import numpy as np
+
+    if predictor.config.model.regression_spread:
+        raise errors.InputError(f"{predictor.source}: the package carries the std of a calibrated U-Net "
+                                "regression with one spread per channel, not a predicted spread "
+                                "(model.regression_spread); isl predict --model_dir writes it.")
+    # Checks that every channel has its spread (InputError naming the fix otherwise).
+    regression_calibration.distributions(predictor.applied_calibration, channels,
+                                         np.zeros((1, len(channels)), np.float32))
+
+
+def regression_raw_graph(predictor: Any, channels: Sequence[str]) -> Any:
+    """`z_stack` float32 `[batch, H, W, n]` (H, W = 64 + 16k) -> the U-Net regression's unclipped values
+    `[batch, H, W, len(channels)]`: `isl.infer.regression.predict_image` (reflect-pad by PAD and to a multiple of
+    2**levels, one pass, crop, de-standardise).
+
+    Raises:
+        InputError: a config without the target statistics.
+    """
     import numpy as np
     import tensorflow as tf
 
@@ -181,18 +226,8 @@ def regression_model(predictor: Any, channels: tuple[str, ...], statistics: tupl
     means = tf.constant(np.asarray(config.model.regression_target_mean, np.float32)[columns])
     stds = tf.constant(np.asarray(config.model.regression_target_std, np.float32)[columns])
     factor, pad = 2**config.model.unet_levels, regression.PAD
-    calibration = predictor.applied_calibration  # isl calibrate's distribution, as `isl predict` applies it.
-    if "std" in statistics:
-        if config.model.regression_spread:
-            raise errors.InputError(f"{predictor.source}: the package carries the std of a calibrated U-Net "
-                                    "regression with one spread per channel, not a predicted spread "
-                                    "(model.regression_spread); isl predict --model_dir writes it.")
 
-        # Checks that every channel has its spread (InputError naming the fix otherwise).
-        regression_calibration.distributions(calibration, channels, np.zeros((1, len(channels)), np.float32))
-
-    def serve(z_stack: Any) -> dict[str, Any]:
-        # isl.infer.regression.predict_image: reflect-pad by PAD and to a multiple of 2**levels, one pass, crop.
+    def raw_values(z_stack: Any) -> Any:
         z_stack = functions.check_stack(z_stack, SAME_SIZE_MIN, SAME_SIZE_STEP)
         shape = tf.shape(z_stack)
         height, width = shape[1], shape[2]
@@ -202,16 +237,9 @@ def regression_model(predictor: Any, channels: tuple[str, ...], statistics: tupl
                                   [0, 0]], mode="REFLECT")
         outputs = tf.cast(model(functions.network_input(padded), training=False), tf.float32)
         outputs = tf.gather(outputs[:, pad : pad + height, pad : pad + width], columns, axis=3)
-        raw = outputs * stds + means
-        values = tf.clip_by_value(raw, 0.0, 1.0)
-        images = {name: values for name in statistics}  # The median and the mean: the regression's value.
-        if "std" in statistics:  # isl.infer.regression_distribution: the calibrated distribution's std.
-            images["std"] = tf.stack([_regression_std(calibration.channels[channel], raw[..., index])
-                                      for index, channel in enumerate(channels)], axis=-1)
-        return {OUTPUT_ID: _stack_channels(images, statistics, len(channels))}
+        return outputs * stds + means
 
-    return PackageModel("regression", config, channels, statistics, SAME_SIZE_MIN, SAME_SIZE_STEP, 0,
-                        tf.function(serve, input_signature=[_input_spec()], autograph=False), model)
+    return raw_values
 
 
 def _regression_std(parameters: dict[str, Any], value: Any) -> Any:
@@ -229,6 +257,39 @@ def readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
     import tensorflow as tf
 
     config, readout = predictor.config, predictor.readout
+    tensors, core = readout_graph(predictor)
+    calibration = predictor.applied_calibration  # isl calibrate's, as `isl predict` applies it.
+    parameters = [{} if calibration is None else calibration.channels.get(channel, {}) for channel in readout.targets]
+    count = len(readout.targets)
+
+    def serve(z_stack: Any) -> dict[str, Any]:
+        value, raw_spread, spread = tensors(z_stack)
+        images = readout_lib.statistic_tensors(value, spread, statistics)
+        for index, values in enumerate(parameters):
+            if "histograms" in values:  # A channel calibrated with conditional histograms: its 256-bin mixture.
+                mixed = _mixture_statistics(values, value[..., index], raw_spread[..., index], spread[..., index])
+                for name in statistics:
+                    channels = [images[name][..., other] if other != index else mixed[name]
+                                for other in range(count)]
+                    images[name] = tf.stack(channels, axis=-1)
+        return {OUTPUT_ID: _stack_channels(images, statistics, count)}
+
+    return PackageModel("readout", config, tuple(readout.targets), statistics, SAME_SIZE_MIN, SAME_SIZE_STEP, 0,
+                        tf.function(serve, input_signature=[_input_spec()], autograph=False), core,
+                        dict(readout.record))
+
+
+def readout_graph(predictor: Any) -> tuple[Any, Any]:
+    """(`z_stack` float32 `[batch, H, W, n]` (H, W = 64 + 16k) -> (value, raw spread, scaled spread), each
+    `[batch, H, W, targets]` in the read-out's target order; the frozen core it runs): `isl.infer.embedder.Embedder`
+    and `Readout.predict_distribution` in the graph, the spread scaled by the applied calibration.
+
+    Raises:
+        InputError: a read-out fitted on another embedding size.
+    """
+    import tensorflow as tf
+
+    config, readout = predictor.config, predictor.readout
     embedder = embedder_lib.Embedder(predictor.model, config)
     functions = export_lib.ServingFunctions(predictor.model, config, (), channels=None)
     if embedder.embedding_size != readout.embedding_size:
@@ -240,8 +301,6 @@ def readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
     size, count = embedder.embedding_size, len(readout.targets)
     weights, bias = readout.distribution_maps()  # [F, 2T], [2T]
     calibration = predictor.applied_calibration  # isl calibrate's, as `isl predict` applies it.
-    parameters = [{} if calibration is None else calibration.channels.get(channel, {}) for channel in readout.targets]
-    spread_scales = tf.constant([float(values.get("spread_scale", 1.0)) for values in parameters], tf.float32)
     spread_scales = tf.constant([1.0 if calibration is None else calibration.spread_scale(channel)
                                  for channel in readout.targets], tf.float32)
     weights, bias = tf.constant(weights), tf.constant(bias)
@@ -279,7 +338,7 @@ def readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
                               [batch, rows_count * rows_step, cols_count * cols_step, size])
         return stitched[:, :height, :width]
 
-    def serve(z_stack: Any) -> dict[str, Any]:
+    def tensors(z_stack: Any) -> tuple[Any, Any, Any]:
         z_stack = functions.check_stack(z_stack, SAME_SIZE_MIN, SAME_SIZE_STEP)
         features = embedding(z_stack)
         # Readout._linear: the embedding's map plus the box mean of each radius's map (linearity).
@@ -290,35 +349,29 @@ def readout_model(predictor: Any, statistics: tuple[str, ...]) -> PackageModel:
             both += tf.nn.avg_pool2d(padded, 2 * radius + 1, 1, "VALID")
         both += bias
         value, raw_spread = both[..., :count], readout_lib.spread_of(both[..., count:])
-        spread = raw_spread * spread_scales
-        images = readout_lib.statistic_tensors(value, spread, statistics)
-        for index, values in enumerate(parameters):
-            if "histograms" in values:  # A channel calibrated with conditional histograms: its 256-bin mixture.
-                mixed = _mixture_statistics(values, value[..., index], raw_spread[..., index], spread[..., index])
-                for name in statistics:
-                    channels = [images[name][..., other] if other != index else mixed[name]
-                                for other in range(count)]
-                    images[name] = tf.stack(channels, axis=-1)
-        return {OUTPUT_ID: _stack_channels(images, statistics, count)}
+        return value, raw_spread, raw_spread * spread_scales
 
-    return PackageModel("readout", config, tuple(readout.targets), statistics, SAME_SIZE_MIN, SAME_SIZE_STEP, 0,
-                        tf.function(serve, input_signature=[_input_spec()], autograph=False), core,
-                        dict(readout.record))
+    return tensors, core
 
 
-def _mixture_statistics(parameters: dict[str, Any], value: Any, raw_spread: Any, spread: Any) -> dict[str, Any]:
-    """`isl.model.readout.bin_statistic_images` in the graph, for one channel: `[batch, H, W]` each.
+def bin_probabilities(parameters: dict[str, Any], value: Any, raw_spread: Any, spread: Any) -> Any:
+    """`isl.eval.calibration.ReadoutDistribution.bin_probabilities` in the graph, for one channel: `[batch, H, W]`
+    -> `[batch, H, W, 256]`.
 
-    The distribution of `isl.eval.calibration.ReadoutDistribution`:
-    `(1 - w) * N(value, spread^2)` on the 8-bit bins (tails into the end bins)
-    plus `w * H[g]`, the pixel's group `g` by its value and unscaled spread
-    (`histogram_group`); the median stays the read-out's value.
+    `(1 - w) * N(value, spread^2)` on the 8-bit bins (tails into the end bins), plus, for a channel calibrated
+    with conditional histograms, `w * H[g]`, the pixel's group `g` by its value and unscaled spread
+    (`histogram_group`).
     """
     import numpy as np
     import tensorflow as tf
 
-    levels = np.arange(256, dtype=np.float32) / 255.0
     upper_edges = tf.constant((np.arange(255, dtype=np.float32) + 0.5) / 255.0)
+    sigma = tf.maximum(spread, 1e-6)[..., None]
+    cumulative = 0.5 * (1.0 + tf.math.erf((upper_edges - value[..., None]) / (sigma * np.float32(np.sqrt(2.0)))))
+    cumulative = tf.concat([cumulative, tf.ones_like(cumulative[..., :1])], axis=-1)
+    gaussian = cumulative - tf.concat([tf.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], axis=-1)
+    if "histograms" not in parameters:
+        return gaussian
     value_edges = tf.constant(np.asarray(parameters["value_edges"], np.float32))
     spread_edges = tf.constant(np.asarray(parameters["spread_edges"], np.float32))
     spread_groups = len(parameters["spread_edges"]) + 1
@@ -326,11 +379,20 @@ def _mixture_statistics(parameters: dict[str, Any], value: Any, raw_spread: Any,
              + tf.reduce_sum(tf.cast(raw_spread[..., None] >= spread_edges, tf.int32), axis=-1))
     weight = tf.gather(tf.constant(np.asarray(parameters["histogram_weights"], np.float32)), group)[..., None]
     histogram = tf.gather(tf.constant(np.asarray(parameters["histograms"], np.float32)), group)
-    sigma = tf.maximum(spread, 1e-6)[..., None]
-    cumulative = 0.5 * (1.0 + tf.math.erf((upper_edges - value[..., None]) / (sigma * np.float32(np.sqrt(2.0)))))
-    cumulative = tf.concat([cumulative, tf.ones_like(cumulative[..., :1])], axis=-1)
-    gaussian = cumulative - tf.concat([tf.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], axis=-1)
-    probabilities = (1.0 - weight) * gaussian + weight * histogram
+    return (1.0 - weight) * gaussian + weight * histogram
+
+
+def _mixture_statistics(parameters: dict[str, Any], value: Any, raw_spread: Any, spread: Any) -> dict[str, Any]:
+    """`isl.model.readout.bin_statistic_images` in the graph, for one channel: `[batch, H, W]` each.
+
+    The distribution of `isl.eval.calibration.ReadoutDistribution` (`bin_probabilities`); the median stays the
+    read-out's value.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    levels = np.arange(256, dtype=np.float32) / 255.0
+    probabilities = bin_probabilities(parameters, value, raw_spread, spread)
     mean = tf.reduce_sum(probabilities * levels, axis=-1)
     second = tf.reduce_sum(probabilities * levels**2, axis=-1)
     return {"median": tf.clip_by_value(value, 0.0, 1.0), "mean": mean,

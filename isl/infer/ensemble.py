@@ -204,7 +204,9 @@ def regression_window(predictor: Any, stack: np.ndarray, window: tuple[int, int,
     from isl.infer import regression
 
     config = predictor.config
-    values, spread = regression.predict_window(predictor.model, stack, config, window, clip=False)
+    values, spread = regression.predict_window(
+        predictor.model, stack, config, window, clip=False,
+        embedding_fn=lambda crop: regression.hybrid_embedding(predictor, stack, crop))
     columns = [config.channels.output_target_channels.index(channel) for channel in channels]
     values = values[..., columns]
     point = np.clip(values, 0.0, 1.0).astype(np.float32)
@@ -241,8 +243,10 @@ def member_of(model_dir: str, predictor: Any) -> Member:
                   kind.distribution(predictor))
 
 
-def load_member(model_dir: str, open_folder: Callable[..., Any], apply_calibration: bool = True) -> Member:
-    """Opens one member folder with `open_folder` (the registry's `load_predictor`, so a member is any kind).
+def load_member(model_dir: str, open_folder: Callable[..., Any], apply_calibration: bool = True,
+                precision: str = "") -> Member:
+    """Opens one member folder with `open_folder` (the registry's `load_predictor`, so a member is any kind), in
+    `precision` ("": as trained; `isl export` loads float32).
 
     Raises:
         InputError: naming the member when it is no model folder, or an ensemble.
@@ -253,7 +257,7 @@ def load_member(model_dir: str, open_folder: Callable[..., Any], apply_calibrati
         raise errors.InputError(f"member {model_dir}: an ensemble cannot be a member of an ensemble; list its "
                                 "members instead.")
     try:
-        predictor = open_folder(model_dir, apply_calibration=apply_calibration)
+        predictor = open_folder(model_dir, apply_calibration=apply_calibration, precision=precision)
     except errors.InputError as error:
         raise errors.InputError(f"member {model_dir}: {error}") from None
     return member_of(model_dir, predictor)
@@ -649,9 +653,9 @@ def write(ensemble: Ensemble, output_dir: str) -> str:
     return path
 
 
-def load(model_dir: str, open_folder: Callable[..., Any]) -> Ensemble:
+def load(model_dir: str, open_folder: Callable[..., Any], precision: str = "") -> Ensemble:
     """Opens an ensemble folder: its members (resolved relative to it, opened with `open_folder`, the registry's
-    `load_predictor`), checked against their fingerprints.
+    `load_predictor`, in `precision`: "" as trained), checked against their fingerprints.
 
     Raises:
         InputError: a damaged ensemble.json, a member missing or changed since the fit, or members that no longer
@@ -678,7 +682,7 @@ def load(model_dir: str, open_folder: Callable[..., Any]) -> Ensemble:
                 _calibration_fingerprint(member_dir) != reference.get("calibration_fingerprint", ""):
             raise errors.InputError(f"{path}: member {member_dir} changed since the ensemble was fitted (its weights, "
                                     "read-out or calibration.json); run isl ensemble again.")
-        members.append(load_member(member_dir, open_folder))
+        members.append(load_member(member_dir, open_folder, precision=precision))
     check_members(members, channels)
     check_combination(combination, members)
     record = {key: value for key, value in data.items()

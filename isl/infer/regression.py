@@ -51,7 +51,7 @@ TILE = 512
 
 
 def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentConfig,
-                  clip: bool = True, with_spread: bool = False) -> Any:
+                  clip: bool = True, with_spread: bool = False, embedding: np.ndarray | None = None) -> Any:
     """Predicts every target channel of a whole image.
 
     Args:
@@ -61,6 +61,8 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
         clip: clip to [0, 1] (False: the de-standardised value as is, the centre of a calibrated
             regression's distribution, `isl.eval.regression_calibration`).
         with_spread: also return the predicted spread (`model.regression_spread`; None without).
+        embedding: the hybrid's (`model.hybrid_features`) `[height, width, E]` frozen-core embedding of
+            the same pixels, padded like the stack and appended to the network input; None otherwise.
 
     Returns:
         `[height, width, T]` float32 intensities in [0, 1] (unclipped with `clip=False`),
@@ -79,8 +81,17 @@ def predict_image(model: Any, stack: np.ndarray, config: config_lib.ExperimentCo
     bottom, right = padded_height - height - top, padded_width - width - left
     mode = "reflect" if min(height, width) > PAD else "edge"
     padded = np.pad(stack, ((0, 0), (top, bottom), (left, right)), mode=mode)
-    inputs = assemble.network_input(padded, config.channels.num_z_values)[np.newaxis]
-    outputs = np.asarray(model(inputs, training=False))[0, top : top + height, left : left + width]
+    inputs = assemble.network_input(padded, config.channels.num_z_values)
+    wanted = unet_regression.input_embedding_size(config.model)
+    if wanted:
+        if embedding is None or embedding.shape != (height, width, wanted):
+            raise errors.InputError(f"The hybrid U-Net needs the [{height}, {width}, {wanted}] embedding of its "
+                                    f"input; got {None if embedding is None else embedding.shape}.")
+        padded_embedding = np.pad(np.asarray(embedding, np.float32), ((top, bottom), (left, right), (0, 0)),
+                                  mode=mode)
+        inputs = np.concatenate([inputs, padded_embedding], axis=-1)
+        del padded_embedding
+    outputs = np.asarray(model(inputs[np.newaxis], training=False))[0, top : top + height, left : left + width]
     values = unet_regression.destandardize(outputs, config.model, clip=clip)
     if not with_spread:
         return values
@@ -165,6 +176,7 @@ def plan_window(config: config_lib.ExperimentConfig, shape: tuple[int, int], win
 
 
 def value_bands(model: Any, stack: Any, config: config_lib.ExperimentConfig, plan: TilePlan, clip: bool = True,
+                embedding_fn: Callable[[tuple[int, int, int, int]], np.ndarray | None] | None = None,
                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     """`predict_image` of `plan.window` of a `[num_source_z, H, W]` stack (an array, or a lazily read well's
     `SpilledStack`), one band of tile rows at a time, top to bottom.
@@ -173,6 +185,7 @@ def value_bands(model: Any, stack: Any, config: config_lib.ExperimentConfig, pla
     `plan.crop`), its input starting on the crop's pooling grid (a multiple of 2**unet_levels from the crop's
     corner, the context widened to reach it). As the context exceeds the U-Net's reach (`receptive_radius`), each
     tile's pixels equal one whole pass over the crop, to float rounding; a tile's pass is bounded by the plan.
+    `embedding_fn` gives a hybrid's `[h, w, E]` embedding of an input window (r0, r1, c0, c1) (`hybrid_embedding`).
 
     Yields:
         (first image row, `[rows, w, T]` float32 values (clipped with `clip`), `[rows, w, T]` spread or None).
@@ -181,7 +194,8 @@ def value_bands(model: Any, stack: Any, config: config_lib.ExperimentConfig, pla
     crop_top, crop_bottom, crop_left, crop_right = plan.crop
     if plan.whole:
         values, spread = predict_image(model, np.asarray(stack[:, crop_top:crop_bottom, crop_left:crop_right]),
-                                       config, clip=clip, with_spread=True)
+                                       config, clip=clip, with_spread=True,
+                                       embedding=None if embedding_fn is None else embedding_fn(plan.crop))
         inside = (slice(row0 - crop_top, row1 - crop_top), slice(column0 - crop_left, column1 - crop_left))
         yield row0, values[inside], None if spread is None else spread[inside]
         return
@@ -198,8 +212,9 @@ def value_bands(model: Any, stack: Any, config: config_lib.ExperimentConfig, pla
         for tile0 in range(column0, column1, plan.columns):
             tile1 = min(column1, tile0 + plan.columns)
             left, right = start(tile0, crop_left), min(crop_right, tile1 + context)
-            tile_values, tile_spread = predict_image(model, np.asarray(stack[:, top:bottom, left:right]), config,
-                                                     clip=clip, with_spread=True)
+            tile_values, tile_spread = predict_image(
+                model, np.asarray(stack[:, top:bottom, left:right]), config, clip=clip, with_spread=True,
+                embedding=None if embedding_fn is None else embedding_fn((top, bottom, left, right)))
             inner = (slice(band0 - top, band1 - top), slice(tile0 - left, tile1 - left))
             if values is None:
                 values = np.empty((band1 - band0, column1 - column0, tile_values.shape[-1]), np.float32)
@@ -211,31 +226,36 @@ def value_bands(model: Any, stack: Any, config: config_lib.ExperimentConfig, pla
 
 
 def predict_window(model: Any, stack: Any, config: config_lib.ExperimentConfig, window: tuple[int, int, int, int],
-                   clip: bool = True, budget: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                   clip: bool = True, budget: float | None = None,
+                   embedding_fn: Callable[[tuple[int, int, int, int]], np.ndarray | None] | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """(`[h, w, T]` values, spread or None) of `window` (r0, r1, c0, c1) of a `[num_source_z, H, W]` stack
     (`value_bands` of a crop on the image's pooling grid, its pass bounded by `budget`): any window's pixels are
     those of one whole pass over the image, to float rounding."""
     plan = plan_window(config, tuple(stack.shape[1:]), window, budget, image_grid=True)
-    bands = list(value_bands(model, stack, config, plan, clip))
+    bands = list(value_bands(model, stack, config, plan, clip, embedding_fn))
     values = np.concatenate([band for _, band, _ in bands], axis=0)
     spread = None if bands[0][2] is None else np.concatenate([band for _, _, band in bands], axis=0)
     return values, spread
 
 
 def predict_tiled(model: Any, stack: np.ndarray, config: config_lib.ExperimentConfig, clip: bool = True,
-                  with_spread: bool = False, whole_pixels: int = WHOLE_PIXELS, tile: int = TILE) -> Any:
+                  with_spread: bool = False, whole_pixels: int = WHOLE_PIXELS, tile: int = TILE,
+                  embedding: np.ndarray | None = None) -> Any:
     """`predict_image` of a `[num_source_z, H, W]` stack in bounded memory: whole up to `whole_pixels`, else in tiles
-    of `tile` output pixels, each with `context_pixels` around it (`value_bands`: the pixels of one whole pass).
+    of `tile` output pixels, each with `context_pixels` around it (`value_bands`: the pixels of one whole pass). A
+    hybrid's `[H, W, E]` `embedding` is cut into the same tiles.
 
     Returns:
         As `predict_image`: `[H, W, T]` float32 (and, with `with_spread`, the spread or None).
     """
     _, height, width = stack.shape
     if height * width <= whole_pixels:
-        return predict_image(model, np.asarray(stack), config, clip=clip, with_spread=with_spread)
+        return predict_image(model, np.asarray(stack), config, clip=clip, with_spread=with_spread, embedding=embedding)
     window = (0, height, 0, width)
     plan = TilePlan(window, window, tile, False)
-    bands = list(value_bands(model, stack, config, plan, clip))
+    cut = None if embedding is None else (lambda crop: embedding[crop[0] : crop[1], crop[2] : crop[3]])
+    bands = list(value_bands(model, stack, config, plan, clip, cut))
     values = np.concatenate([band for _, band, _ in bands], axis=0)
     spread = None if bands[0][2] is None else np.concatenate([band for _, _, band in bands], axis=0)
     return (values, spread) if with_spread else values
@@ -326,8 +346,9 @@ def predict_well(
     network_seconds = distribution_seconds = 0.0
     try:
         start = time.perf_counter()
-        for band0, values, spread in value_bands(predictor.model, well.inputs, config, plan,
-                                                 clip=calibration is None):
+        for band0, values, spread in value_bands(
+                predictor.model, well.inputs, config, plan, clip=calibration is None,
+                embedding_fn=lambda crop: hybrid_embedding(predictor, well.inputs, crop)):
             network_seconds += time.perf_counter() - start
             values = values[..., columns]
             if calibration is None:
@@ -354,6 +375,17 @@ def predict_well(
     return summary
 
 
+def hybrid_embedding(predictor: Any, stack: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray | None:
+    """A hybrid's (`model.hybrid_features`) `[r1 - r0, c1 - c0, E]` embedding of the `[Z, H, W]` stack on `window`
+    (r0, r1, c0, c1), as the whole image's (`isl.infer.hybrid.window_embedding`); None for a plain U-Net."""
+    if not unet_regression.input_embedding_size(predictor.config.model):
+        return None
+    from isl.infer import hybrid
+
+    row0, row1, column0, column1 = window
+    return hybrid.window_embedding(hybrid.predictor_embedder(predictor), stack, (row0, row1, column0, column1))
+
+
 def context_pixels(config: config_lib.ExperimentConfig) -> int:
     """Real image read around a `--region` window: the training patch side (the most context training showed)."""
     return max(config.model.output_size, PAD)
@@ -373,7 +405,8 @@ def window_values(predictor: Any, well: Any, window: tuple[int, int, int, int]
     top, left = max(0, row0 - context), max(0, column0 - context)
     bottom, right = min(height, row1 + context), min(width, column1 + context)
     values, spread = predict_image(predictor.model, well.inputs[:, top:bottom, left:right], config,
-                                              clip=False, with_spread=True)
+                                   clip=False, with_spread=True,
+                                   embedding=hybrid_embedding(predictor, well.inputs, (top, bottom, left, right)))
     inside = (slice(row0 - top, row1 - top), slice(column0 - left, column1 - left))
     return values[inside], None if spread is None else spread[inside]
 

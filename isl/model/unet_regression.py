@@ -19,6 +19,12 @@ multiple of 2**unet_levels (128 for the `unet` recipe), border 0: training
 patches are random 128 x 128 crops, and whole images are predicted in one
 pass after reflection padding to a multiple of 2**unet_levels.
 
+The hybrid (`model.hybrid_features`, not in the paper): the input has E
+more channels after the 2Z transmitted-light ones, a frozen paper
+network's core embedding of the same pixels; the network standardises them
+with `model.hybrid_embedding_mean` / `hybrid_embedding_std` (constants of
+the training records) before the first convolution.
+
 Standardization: `model.regression_target_mean` / `regression_target_std`
 (one value per output target channel) are measured on the training split
 when training starts and recorded in config.json; prediction maps the
@@ -53,13 +59,26 @@ def check_size(model_config: config_lib.ModelConfig, size: int) -> None:
 def build_regression_model(
     config: config_lib.ExperimentConfig, settings: blocks.BlockSettings, input_size: int | None = None
 ) -> keras.Model:
-    """`[batch, n, n, 2Z]` float32 -> `[batch, n, n, T]` float32 standardized target values."""
+    """`[batch, n, n, 2Z (+ E)]` float32 -> `[batch, n, n, T]` float32 standardized target values.
+
+    With `model.hybrid_features`, the last E = `hybrid_embedding_size` input channels are the frozen network's
+    embedding, standardised here with the config's per-feature mean and std.
+    """
     model_config = config.model
     if input_size is not None:
         check_size(model_config, input_size)
-    inputs = keras.Input(shape=(input_size, input_size, config.channels.num_input_features), dtype="float32",
-                         name="transmitted_light")
+    light = config.channels.num_input_features
+    inputs = keras.Input(shape=(input_size, input_size, light + input_embedding_size(model_config)),
+                         dtype="float32", name="transmitted_light")
     features = inputs
+    if model_config.hybrid_features:
+        if not model_config.hybrid_embedding_mean:
+            raise ValueError("model.hybrid_features: the embedding's mean and std are not in the config "
+                             "(isl train fills them in from the records).")
+        mean = ops.convert_to_tensor(model_config.hybrid_embedding_mean, "float32")
+        std = ops.convert_to_tensor(model_config.hybrid_embedding_std, "float32")
+        features = keras.layers.Concatenate(name="hybrid_input")(
+            [inputs[..., :light], (inputs[..., light:] - mean) / std])
     skips = []
     filters = model_config.unet_filters
     for level in range(model_config.unet_levels):
@@ -80,6 +99,11 @@ def build_regression_model(
     count = config.channels.num_target_heads * (2 if model_config.regression_spread else 1)  # Means, log-spreads.
     outputs = keras.layers.Conv2D(count, 1, name=OUTPUT_LAYER, dtype="float32")(features)
     return keras.Model(inputs, outputs, name="isl_unet_regression")
+
+
+def input_embedding_size(model_config: config_lib.ModelConfig) -> int:
+    """E, the embedding channels the hybrid's input carries after the transmitted light (0: not a hybrid)."""
+    return model_config.hybrid_embedding_size if model_config.hybrid_features else 0
 
 
 @keras.saving.register_keras_serializable(package="isl")

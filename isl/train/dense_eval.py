@@ -44,6 +44,7 @@ from isl.io import atomic
 from isl.io import model_dir as model_dir_lib
 from isl.model import builder
 from isl.model import geometry as geometry_lib
+from isl.model import unet_regression
 from isl.train import callbacks as callbacks_lib
 from isl.train import recalibrate as recalibrate_lib
 
@@ -78,11 +79,14 @@ class SplitImage:
         targets: channel -> (values `[height, width]` float32 in [0, 1],
             mask `[height, width]` bool), output target channels present in
             the well (synthetic ones computed from their sources).
+        embedding: the hybrid's `[height, width, E]` float32 frozen-core
+            embedding from the record, or None.
     """
 
     name: str
     stack: np.ndarray
     targets: dict[str, tuple[np.ndarray, np.ndarray]]
+    embedding: np.ndarray | None = None
 
 
 def load_split_images(
@@ -110,7 +114,8 @@ def load_split_images(
             if all(source in real for source in synthetic.sources):
                 mean = sum(real[source][0] for source in synthetic.sources) / len(synthetic.sources)
                 real[synthetic.name] = (mean, np.ones(values.shape[:2], bool))
-        images.append(SplitImage(decoded["name"].numpy().decode(), stack, real))
+        embedding = decoded["embedding"].numpy().astype(np.float32) if decoded["embedding"].shape[-1] else None
+        images.append(SplitImage(decoded["name"].numpy().decode(), stack, real, embedding))
     return images
 
 
@@ -404,20 +409,25 @@ class DensePearson(keras.callbacks.Callback):
         all_channels = self.config.channels.output_target_channels
         columns = [all_channels.index(name) for name in self.channels]
         for image in self.images:
-            values = self._regression_prediction(image.stack)[..., columns]
+            values = self._regression_prediction(image.stack, image.embedding)[..., columns]
             add_image_moments(moments, image, {"median": values, "mean": values}, self.channels)
             del values
         return pearson_figures(moments, self.channels)
 
-    def _regression_prediction(self, stack: np.ndarray) -> np.ndarray:
-        """`[H, W, T]` U-Net prediction of a `[Z, H, W]` stack: whole when small, else in tiles with context.
+    def _regression_prediction(self, stack: np.ndarray, embedding: np.ndarray | None = None) -> np.ndarray:
+        """`[H, W, T]` U-Net prediction of a `[Z, H, W]` stack (and a hybrid's `[H, W, E]` embedding): whole when
+        small, else in tiles with context.
 
         A tile sees `regression.context_pixels` of real image around it and
         reflection beyond (as `isl predict --region`), so a tiled image's
         pixels can differ slightly from one whole pass.
         """
+        if unet_regression.input_embedding_size(self.config.model) and embedding is None:
+            raise errors.InputError("The hybrid (model.hybrid_features) scores on records that carry the embedding "
+                                    "(isl convert --embed_with); these do not.")
         return regression.predict_tiled(self._inference_model, stack, self.config,
-                                         whole_pixels=REGRESSION_WHOLE_PIXELS, tile=REGRESSION_TILE)
+                                         whole_pixels=REGRESSION_WHOLE_PIXELS, tile=REGRESSION_TILE,
+                                         embedding=embedding)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         start = time.monotonic()

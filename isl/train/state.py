@@ -148,6 +148,10 @@ def resolve_for_data(
     non-constant learning rate (`total_steps` unless set).
     """
     config = normalization_lib.config_for_dataset(config, data_dir)
+    if config.model.hybrid_features:
+        from isl.infer import hybrid
+
+        config = hybrid.with_embedding(config, pipeline.read_description(data_dir), data_dir)
     if config.model.architecture == "unet_regression" and not config.model.regression_target_mean:
         config = with_target_statistics(config, data_dir, model_dir, log)
     if config.train.lr_schedule != "constant" and not config.train.schedule_steps:

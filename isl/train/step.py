@@ -149,7 +149,8 @@ def build_metrics_without_data(
     output_size = geometry_lib.geometry(config.model).output_size
     channels = config.channels
     sample = (
-        np.zeros((1, input_size, input_size, channels.num_input_features), np.float32),
+        np.zeros((1, input_size, input_size,
+                  channels.num_input_features + unet_regression.input_embedding_size(config.model)), np.float32),
         np.zeros((1, output_size, output_size, channels.num_heads, 2), np.float32),
     )
 

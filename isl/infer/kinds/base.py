@@ -27,7 +27,10 @@ A kind answers:
   None: nothing to calibrate), `calibration_note` (what `isl predict` prints);
 * `savedmodel_refusal(model_dir)`: why `isl export --format=savedmodel` cannot
   carry it (None: it can), `package_refusal(model_dir)` likewise for
-  `--format=bioimageio`, `package_graph`: its bioimage.io graph kind.
+  `--format=bioimageio`, `package_graph`: its bioimage.io graph kind;
+  `exports_itself`: a kind with its own SavedModel (`export_savedmodel`; the ensemble), else the heads' export;
+* `member_graph(predictor, channels, with_distribution)`: `predict_window` as TF ops, for the export of
+  an ensemble it is a member of (`isl.infer.ensemble_graph`).
 """
 
 from __future__ import annotations
@@ -210,3 +213,21 @@ class ModelKind:
     def savedmodel_refusal(self, model_dir: str) -> str | None:
         """Why `isl export --format=savedmodel` cannot carry this kind (None: it can)."""
         return None
+
+    # Whether `export_savedmodel` writes this kind's SavedModel (else `isl.infer.export`'s heads export does).
+    exports_itself: bool = False
+
+    def export_savedmodel(self, predictor: well_lib.Predictor, export_dir: str, statistics: Sequence[str] | None,
+                          with_distributions: bool) -> Any:
+        """Writes the kind's own SavedModel (kinds with `exports_itself`); returns what it wrote."""
+        raise NotImplementedError
+
+    def member_graph(self, predictor: well_lib.Predictor, channels: Sequence[str], with_distribution: bool) -> Any:
+        """`predict_window` as TF ops (`isl.infer.ensemble_graph.MemberGraph`) for an exported ensemble: the whole
+        input as the window, `channels` in this order, the bins only `with_distribution`.
+
+        Raises:
+            InputError: by default: the kind has no graph form.
+        """
+        raise errors.InputError(f"{predictor.source}: {self.words} has no graph form, so an ensemble with it "
+                                "cannot be exported.")

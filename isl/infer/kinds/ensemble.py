@@ -6,7 +6,9 @@ imports the registry); each predicts a window through its own kind's
 `predict_window`, and `isl.infer.ensemble` combines them (values, a 256-bin
 mixture, or both) and writes the well. `--tta` of a plain model folder is a
 one-member ensemble of it (`augmented`). Nothing to calibrate (the members
-carry their calibration.json), no SavedModel and no bioimage.io package.
+carry their calibration.json). `isl export` writes ONE SavedModel or bioimage.io
+package of the whole ensemble: each member's kind gives its graph and
+`isl.infer.ensemble_graph` combines them with the fitted weights.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from isl import config as config_lib
 from isl import errors
 from isl.infer import ensemble as ensemble_lib
+from isl.infer import ensemble_graph
 from isl.infer import well as well_lib
 from isl.infer.kinds import base
 from isl.io import model_dir as model_dir_lib
@@ -61,7 +64,7 @@ class EnsembleKind(base.ModelKind):
              open_folder: Callable[..., well_lib.Predictor] | None = None) -> well_lib.Predictor:
         if open_folder is None:
             raise ValueError("An ensemble loads its members with open_folder (the registry's load_predictor).")
-        return self._predictor(ensemble_lib.load(model_dir, open_folder), model_dir, tta=False)
+        return self._predictor(ensemble_lib.load(model_dir, open_folder, precision), model_dir, tta=False)
 
     def augmented(self, predictor: well_lib.Predictor) -> well_lib.Predictor:
         """`isl predict --tta`: the ensemble itself with test-time augmentation, or a plain model folder as a
@@ -144,10 +147,14 @@ class EnsembleKind(base.ModelKind):
                 + f"; {ensemble.combination} weights fitted on {ensemble.record.get('fitted_on', {}).get('window')}"
                 + (", with test-time augmentation." if predictor.tta else "."))
 
-    def savedmodel_refusal(self, model_dir: str) -> str | None:
-        return (f"{model_dir}: an ensemble (ensemble.json) has no export yet: the SavedModel and the bioimage.io "
-                "package each serve one network, and a read-out or U-Net regression member has no SavedModel form. "
-                "Export or package its members one by one, or predict it with isl predict --model_dir.")
+    exports_itself = True
 
+    def export_savedmodel(self, predictor: well_lib.Predictor, export_dir: str, statistics: Sequence[str] | None,
+                          with_distributions: bool) -> ensemble_graph.SavedModelResult:
+        return ensemble_graph.export_savedmodel(predictor, export_dir, statistics, with_distributions)
+
+    def package_model(self, predictor: well_lib.Predictor, statistics: Sequence[str] | None,
+                      all_heads: bool) -> Any:
+        return ensemble_graph.package_model(predictor, statistics)
 
 KIND = EnsembleKind()

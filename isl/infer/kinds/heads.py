@@ -21,6 +21,7 @@ from isl.eval import calibrate as calibrate_lib
 from isl.eval import calibration as calibration_lib
 from isl.infer import bioimageio_graph
 from isl.infer import ensemble as ensemble_lib
+from isl.infer import ensemble_graph
 from isl.infer import export as export_lib
 from isl.infer import graph as graph_lib
 from isl.infer import predict as predict_lib
@@ -94,6 +95,10 @@ class Heads(base.ModelKind):
         return bioimageio_graph.distribution_model(predictor, channels, chosen)
 
 
+    def member_graph(self, predictor: well_lib.Predictor, channels: Sequence[str],
+                     with_distribution: bool) -> ensemble_graph.MemberGraph:
+        return ensemble_graph.heads_member(predictor, channels, with_distribution)
+
 def collect_heads(
     predictor: Any, well: Any, window: tuple[int, int, int, int], channels: Sequence[str],
     progress: Callable[[], None] | None = None,
@@ -149,6 +154,10 @@ def load_saved_model(path: str, precision: str) -> well_lib.Predictor:
     if precision == "bfloat16":
         raise errors.InputError("--precision=bfloat16 needs --model_dir; a SavedModel runs as exported.")
     config_path = os.path.join(path, model_dir_lib.CONFIG_FILE)
+    if os.path.isfile(os.path.join(path, ensemble_lib.ENSEMBLE_FILE)):
+        raise errors.InputError(f"{path}: an ensemble's SavedModel serves its statistics whole (tf.saved_model.load, "
+                                "signature serving_default; export.json); isl predict runs the ensemble folder "
+                                "itself (--model_dir).")
     if not os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isfile(config_path):
         raise errors.InputError(f"{path}: not an exported model (saved_model.pb and config.json expected).")
     config = config_lib.load_config(config_path)

@@ -19,6 +19,7 @@ from isl import config as config_lib
 from isl.eval import calibrate as calibrate_lib
 from isl.infer import bioimageio_graph
 from isl.infer import ensemble as ensemble_lib
+from isl.infer import ensemble_graph
 from isl.infer import readout as readout_infer
 from isl.infer import well as well_lib
 from isl.infer.kinds import base
@@ -99,6 +100,10 @@ class Readout(base.ModelKind):
                       all_heads: bool) -> bioimageio_graph.PackageModel:
         chosen = bioimageio_graph.choose_statistics(self.package_graph, statistics)
         return bioimageio_graph.readout_model(predictor, chosen)
+
+    def member_graph(self, predictor: well_lib.Predictor, channels: Sequence[str],
+                     with_distribution: bool) -> ensemble_graph.MemberGraph:
+        return ensemble_graph.readout_member(predictor, channels, with_distribution)
 
 
 KIND = Readout()

@@ -10,7 +10,8 @@ one line here; nothing else branches on kinds.
 Entry points: `load_predictor` (recognise and load), `predict_well` (one well,
 all or nothing), `calibrate` (`isl calibrate`'s fit), `load_package_model`
 (`isl export --format=bioimageio`'s graph), `check_savedmodel` / `export_savedmodel`
-(`isl export --format=savedmodel`, refusing a kind it cannot carry).
+(`isl export --format=savedmodel`, refusing a kind it cannot carry), `export_own_savedmodel` (a kind with its
+own SavedModel: the ensemble).
 """
 
 from __future__ import annotations
@@ -205,6 +206,24 @@ def check_savedmodel(model_dir: str) -> None:
     refusal = kind_of(model_dir).savedmodel_refusal(model_dir)
     if refusal:
         raise errors.InputError(refusal)
+
+
+def exports_itself(model_dir: str) -> bool:
+    """Whether the folder's kind writes its own SavedModel (`ModelKind.exports_itself`: an ensemble)."""
+    return kind_of(model_dir).exports_itself
+
+
+def export_own_savedmodel(model_dir: str, export_dir: str, statistics: Sequence[str] | None = None,
+                          with_distributions: bool = False) -> Any:
+    """`isl export --format=savedmodel` of a kind that `exports_itself`: loaded in float32 (an ensemble's members
+    checked against their fingerprints first), then its `export_savedmodel`, all or nothing.
+
+    Raises:
+        InputError: a folder that cannot be loaded (a member missing or changed), or what the kind refuses.
+    """
+    check_savedmodel(model_dir)
+    predictor = load_predictor(model_dir=model_dir, precision="float32")
+    return predictor.kind.export_savedmodel(predictor, export_dir, statistics, with_distributions)
 
 
 def export_savedmodel(model_dir: str, export_dir: str, **options: Any) -> export_lib.ExportResult:

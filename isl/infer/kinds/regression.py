@@ -21,6 +21,7 @@ from isl import errors
 from isl.eval import regression_calibration
 from isl.infer import bioimageio_graph
 from isl.infer import ensemble as ensemble_lib
+from isl.infer import ensemble_graph
 from isl.infer import export as export_lib
 from isl.infer import regression as regression_infer
 from isl.infer import well as well_lib
@@ -56,6 +57,18 @@ class Regression(base.ModelKind):
 
     def recognises(self, layout: model_dir_lib.ModelDir, config: config_lib.ExperimentConfig | None) -> bool:
         return config is not None and config.model.architecture == unet_regression.ARCHITECTURE
+
+    def load(self, model_dir: str, precision: str,
+             open_folder: Callable[..., well_lib.Predictor] | None = None) -> well_lib.Predictor:
+        """The U-Net; a hybrid (`model.hybrid_features`) also opens its frozen folder, checked by fingerprint."""
+        predictor = super().load(model_dir, precision, open_folder)
+        model = predictor.config.model
+        if model.hybrid_features:
+            from isl.infer import hybrid
+
+            predictor.readout_embedder, _ = hybrid.open_frozen(model.hybrid_features, model.hybrid_fingerprint,
+                                                               model_dir)
+        return predictor
 
     def label(self, predictor: well_lib.Predictor) -> str:
         return "calibrated_regression" if self.distribution(predictor) else self.name
@@ -121,6 +134,17 @@ class Regression(base.ModelKind):
                 "export (it serves the paper's 256-bin heads). Package it with isl export --format=bioimageio, or "
                 "predict it with isl predict --model_dir.")
 
+    def package_refusal(self, model_dir: str) -> str | None:
+        try:
+            hybrid = config_lib.load_config(model_dir_lib.ModelDir(model_dir).config).model.hybrid_features
+        except Exception:  # noqa: BLE001 - a damaged config.json: loading it names the problem.
+            hybrid = ""
+        if hybrid:
+            return (f"{model_dir}: a hybrid U-Net (model.hybrid_features={hybrid}) has no bioimage.io package: its "
+                    "input includes the frozen network's embedding, computed outside the U-Net (a package serves one "
+                    "network). Predict it with isl predict --model_dir.")
+        return super().package_refusal(model_dir)
+
     def package_model(self, predictor: well_lib.Predictor, statistics: Sequence[str] | None,
                       all_heads: bool) -> bioimageio_graph.PackageModel:
         calibrated = predictor.calibration is not None and predictor.calibration.route == self.calibration_route
@@ -128,6 +152,15 @@ class Regression(base.ModelKind):
         channels = export_lib.export_channels(predictor.config, predictor.trained_channels, all_heads,
                                               predictor.source)
         return bioimageio_graph.regression_model(predictor, channels, chosen)
+
+    def member_graph(self, predictor: well_lib.Predictor, channels: Sequence[str],
+                     with_distribution: bool) -> ensemble_graph.MemberGraph:
+        if predictor.config.model.hybrid_features:
+            raise errors.InputError(f"{predictor.source}: a hybrid U-Net (model.hybrid_features) has no graph form "
+                                    "(its input includes the frozen network's embedding, computed outside the "
+                                    "U-Net), so an ensemble with it cannot be exported; isl predict runs that "
+                                    "ensemble.")
+        return ensemble_graph.regression_member(predictor, channels, with_distribution)
 
 
 KIND = Regression()
