@@ -90,8 +90,8 @@ class Embedder:
 
         Each band is one row of tiles: `stride` rows (fewer at the bottom),
         computed from the stack's reflect-padded rows it needs only (no
-        padded copy or network input of the whole image is made), so memory
-        is one band's whatever the image height.
+        padded copy of the whole image is made, and each tile makes its own
+        network input), so memory is one band's whatever the image height.
 
         Yields:
             (first row, `[rows, W, E]` float32 embedding rows).
@@ -106,10 +106,11 @@ class Embedder:
         for top in range(0, rows - self.output_size + 1, self.stride):
             rows_needed = np.arange(top - self.border, top - self.border + self.input_size)
             row_index = readout_lib.pad_index(rows_needed, height, mode)
-            inputs = assemble.network_input(stack[:, row_index][:, :, column_index], self.num_z_values)
+            source = stack[:, row_index]  # [Z, input_size, W]: the raw rows; each tile makes its own network input.
             band = np.zeros((self.stride, columns, self.embedding_size), np.float32)
             for left in range(0, columns - self.output_size + 1, self.stride):
-                tile = inputs[np.newaxis, :, left : left + self.input_size]
+                tile = assemble.network_input(source[:, :, column_index[left : left + self.input_size]],
+                                              self.num_z_values)[np.newaxis]
                 output = np.asarray(self.core.predict_on_batch(tile), np.float32)[0]
                 band[:, left : left + self.stride] = output[: self.stride, : self.stride]
                 if progress is not None:
