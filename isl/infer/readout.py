@@ -173,7 +173,9 @@ def embedder_bytes(embedder: embedder_lib.Embedder, width: int) -> float:
     network input rows (`Embedder.rows`)."""
     tile = embedder.input_size**2 * CORE_BYTES_PER_INPUT_PIXEL
     band = embedder.stride * (width + embedder.output_size) * embedder.embedding_size * 4.0
-    inputs = embedder.input_size * (width + 2 * embedder.border + embedder.output_size) * 2 * embedder.num_z_values * 4
+    # The raw rows of a row of tiles (at most num_z_values planes) and one tile's network input (2 channels per z).
+    inputs = (embedder.input_size * (width + 2 * embedder.border + embedder.output_size) * embedder.num_z_values * 4
+              + embedder.input_size**2 * 2 * embedder.num_z_values * 4)
     return tile + 2 * band + inputs
 
 
