@@ -160,8 +160,9 @@ def readout_member(predictor: Any, channels: Sequence[str], with_distribution: b
 
 
 def regression_member(predictor: Any, channels: Sequence[str], with_distribution: bool) -> MemberGraph:
-    """The U-Net regression as `isl.infer.ensemble.regression_window` computes it (an image up to 1024² px in one
-    pass): its value clipped to [0, 1] and, calibrated, its distribution's bins (one spread per channel)."""
+    """The U-Net regression as `isl.infer.ensemble.regression_window` computes it (one pass over the input; the
+    banded `isl predict` tiles on the pooling grid give the same pixels): its value clipped to [0, 1] and, calibrated,
+    its distribution's bins (one spread per channel)."""
     import tensorflow as tf
 
     raw_values = bioimageio_graph.regression_raw_graph(predictor, channels)
