@@ -27,8 +27,6 @@ import math
 import os
 from collections.abc import Callable, Iterator
 
-import numpy as np
-
 from isl import config as config_lib
 from isl import errors
 from isl.data import channel_map as channel_map_lib
@@ -127,17 +125,6 @@ def overlaps(first: Region, second: Region) -> bool:
 def _region_text(region: Region) -> str:
     (row_start, row_end), (column_start, column_end) = region
     return f"{row_start}:{row_end},{column_start}:{column_end}"
-
-
-def _crop(raw: wells_lib.RawWell, region: Region | None) -> wells_lib.RawWell:
-    if region is None:
-        return raw
-    (row_start, row_end), (column_start, column_end) = region
-    return dataclasses.replace(
-        raw,
-        inputs=np.ascontiguousarray(raw.inputs[row_start:row_end, column_start:column_end]),
-        targets=np.ascontiguousarray(raw.targets[row_start:row_end, column_start:column_end]),
-    )
 
 
 def split_wells(
@@ -440,10 +427,11 @@ def _write_dataset(
 ) -> ConvertResult:
     """Writes the planned shards and `dataset.json`; `plan.output_dir` appears only on success.
 
-    Wells are loaded one at a time (peak memory: one well and its Example).
+    Wells are loaded one at a time and each record is streamed (`tfrecords.RecordFile`): the `none` and
+    `paper` normalisations spill a well's planes to a temporary file and write its record by bands of rows
+    (peak memory: one decoded plane or one band, whatever the well's size); `percentile` scales by the whole
+    stack, so such a well is held whole (its uint16 pixels) while its record is written.
     """
-    import tensorflow as tf  # After the checks and the scan: bad input fails fast.
-
     shards: dict[str, list[str]] = {split: [] for split in schema.SPLITS}
     well_records: list[dict] = []
     warnings: list[str] = []
@@ -451,10 +439,10 @@ def _write_dataset(
     with atomic.output_directory(plan.output_dir, overwrite=True) as temporary:
         for split, file_name, members in _shard_assignments(plan):
             shards[split].append(os.path.join(plan.output_dir, file_name))
-            with tf.io.TFRecordWriter(os.path.join(temporary, file_name)) as writer:
+            with tfrecords.RecordFile(os.path.join(temporary, file_name)) as records:
                 for well in members:
                     rectangle = plan.regions[well.name][split]
-                    writer.write(_encode_well(well, rectangle, normalization, warnings))
+                    records.write_well(_well_pixels(well, normalization, warnings), rectangle)
                     well_records.append(_well_record(well, split, file_name, rectangle))
                     if progress:
                         progress(len(well_records), total, well.name)
@@ -483,14 +471,18 @@ def _shard_assignments(plan: _Plan) -> Iterator[tuple[str, str, list[wells_lib.W
             yield split, schema.shard_name(split, shard_index, count), plan.by_split[split][shard_index::count]
 
 
-def _encode_well(
-    well: wells_lib.WellSource, rectangle: Region | None, normalization: str, warnings: list[str]
-) -> bytes:
-    """One well loaded, normalised, cropped to `rectangle` and serialized; new warnings go to `warnings`."""
-    raw, warning = wells_lib.normalize_raw(wells_lib.load_raw_well(well), normalization)
+def _well_pixels(
+    well: wells_lib.WellSource, normalization: str, warnings: list[str]
+) -> wells_lib.RawWell | wells_lib.SpilledRawWell:
+    """One well loaded and normalised (spilled to a temporary file unless `percentile`); new warnings go to
+    `warnings`."""
+    if normalization == normalization_lib.PERCENTILE:
+        raw, warning = wells_lib.normalize_raw(wells_lib.load_raw_well(well), normalization)
+    else:
+        raw, warning = wells_lib.spill_raw_well(well, normalization)
     if warning and warning not in warnings:
         warnings.append(warning)
-    return tfrecords.encode_well(_crop(raw, rectangle))
+    return raw
 
 
 def _make_readable(directory: str) -> None:

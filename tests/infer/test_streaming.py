@@ -39,8 +39,12 @@ def test_stream_image_hands_out_every_row_once_in_order_equal_to_one_run(paper_l
                                               + geometry.phase, "exact", window)
     assert len(plan.rows.runs) >= 4 and len({run.start % geometry.phase for run in plan.rows.runs}) == 2
     bands = []
+
+    def keep(row0, images):  # A copy: the bands are views of the stitcher's reused buffer.
+        bands.append((row0, {name: band.copy() for name, band in images.items()}))
+
     predict.stream_image(plan, region, wanted, stack, predict._default_network_input(config.channels.num_z_values),
-                         run, lambda row0, images: bands.append((row0, {name: image.copy() for name, image in images.items()})))
+                         run, keep)
     starts = [row0 for row0, _ in bands]
     ends = [row0 + images["mean"].shape[0] for row0, images in bands]
     assert starts[0] == 0 and starts[1:] == ends[:-1] and ends[-1] == wanted.height
