@@ -34,6 +34,9 @@ setuptools.setup(
         # proper scores and isl calibrate's spread scale.
         # Also the ensemble's value weights (scipy.optimize.nnls, isl ensemble).
         "scipy>=1.10",
+        # isl convert writes each record in pieces (bounded memory whatever the well's size): the TFRecord's
+        # CRC32C extended piece by piece. TensorFlow's Python API takes only whole records.
+        "google-crc32c>=1.5",
     ],
     extras_require={
         # The default test run includes the bioimage.io checks (they install cleanly next to TF 2.21 and numpy 2).

@@ -43,7 +43,8 @@ def cpu_model() -> str:
     return f"{name}, {len(os.sched_getaffinity(0))} CPUs"
 
 
-# Runs argv[2:] as its child and writes the child's exit code and ru_maxrss (KB) to the file argv[1]. A process
+# Runs argv[2:] as its child and writes the child's exit code, ru_maxrss (KB) and CPU seconds (user + system) to
+# the file argv[1]. A process
 # started by fork (or vfork) keeps the parent's peak RSS across exec, so the command is started from this small
 # process, not from the benchmark's (which may hold TensorFlow), and its figure is its own.
 _LAUNCHER = """
@@ -53,12 +54,14 @@ if pid == 0:
     os.execvp(sys.argv[2], sys.argv[2:])
 _, status, usage = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as handle:
-    handle.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+    handle.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 """
 
 
 def measure(command: list[str], log_path: str) -> dict:
-    """Runs `command` as a child process; its own wall seconds, peak RSS (GB), exit code and the load before/after.
+    """Runs `command` as a child process; its own wall seconds, CPU seconds, peak RSS (GB), exit code and the load
+    before/after. On a machine shared with other jobs the wall time moves with their load; the CPU seconds (user +
+    system, all threads) move much less, so a ratio of sizes is steadier in CPU seconds.
 
     The peak is the command's `ru_maxrss` from `os.wait4` in a small launcher
     process (`_LAUNCHER`), that process alone: the `isl` commands do their
@@ -77,12 +80,14 @@ def measure(command: list[str], log_path: str) -> dict:
     seconds = time.perf_counter() - start
     try:
         with open(figures, encoding="utf-8") as handle:
-            exit_code, peak_kb = (int(value) for value in handle.read().split())
+            code, peak, cpu = handle.read().split()
+        exit_code, peak_kb, cpu_seconds = int(code), int(peak), float(cpu)
         os.remove(figures)
     except (OSError, ValueError):
-        exit_code, peak_kb = -1, 0
+        exit_code, peak_kb, cpu_seconds = -1, 0, 0.0
     return {
         "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
         "peak_rss_gb": round(peak_kb * 1024 / 1e9, 2),
         "exit_code": exit_code,
         "load_before": round(load_before, 2),
@@ -188,13 +193,34 @@ def run(options) -> dict:
                 if result["exit_code"] != 0:
                     break
             rows.append({"size": size, "command": name, **result})
-            print(f"{size}² {name}: {result['seconds']} s, peak RSS {result['peak_rss_gb']} GB, exit "
+            print(f"{size}² {name}: {result['seconds']} s ({result['cpu_seconds']} CPU s), peak RSS "
+                  f"{result['peak_rss_gb']} GB, exit "
                   f"{result['exit_code']}, load {result['load_before']} -> {result['load_after']}", flush=True)
     print("| image | " + " | ".join(commands) + " |")
     print("|---|" + "---|" * len(commands))
     for size in sizes:
         cells = [next(row for row in rows if row["size"] == size and row["command"] == name) for name in commands]
         print(f"| {size}² | " + " | ".join(
-            f"{cell['seconds']} s, {cell['peak_rss_gb']} GB" + ("" if cell["exit_code"] == 0 else " (failed)")
+            f"{cell['seconds']} s ({cell['cpu_seconds']} CPU s), {cell['peak_rss_gb']} GB"
+            + ("" if cell["exit_code"] == 0 else " (failed)")
             for cell in cells) + " |")
+    for line in growth_lines(rows):
+        print(line)
     return {"cpu": cpu_model(), "rows": rows}
+
+
+def growth_lines(rows: list[dict], small: int = 1024, large: int = 4096, bound: float = 17.0) -> list[str]:
+    """Per command measured at both sizes in this run: its wall and CPU seconds at `large` over `small`, against
+    the pixel ratio (issue 25: a 4096² well in at most 17x the 1024² time)."""
+    lines = []
+    for name in dict.fromkeys(row["command"] for row in rows):
+        pair = [next((row for row in rows if row["command"] == name and row["size"] == size
+                      and row["exit_code"] == 0), None) for size in (small, large)]
+        if None in pair or not pair[0]["seconds"]:
+            continue
+        wall = pair[1]["seconds"] / pair[0]["seconds"]
+        cpu = pair[1]["cpu_seconds"] / pair[0]["cpu_seconds"] if pair[0]["cpu_seconds"] else float("nan")
+        pixels = (large / small) ** 2
+        lines.append(f"{name}: {large}² / {small}² = {wall:.1f}x wall, {cpu:.1f}x CPU s for {pixels:.0f}x the pixels "
+                     f"({'within' if wall <= bound else 'over'} {bound:g}x in wall time)")
+    return lines

@@ -129,17 +129,6 @@ def _region_text(region: Region) -> str:
     return f"{row_start}:{row_end},{column_start}:{column_end}"
 
 
-def _crop(raw: wells_lib.RawWell, region: Region | None) -> wells_lib.RawWell:
-    if region is None:
-        return raw
-    (row_start, row_end), (column_start, column_end) = region
-    return dataclasses.replace(
-        raw,
-        inputs=np.ascontiguousarray(raw.inputs[row_start:row_end, column_start:column_end]),
-        targets=np.ascontiguousarray(raw.targets[row_start:row_end, column_start:column_end]),
-    )
-
-
 def split_wells(
     names: list[str],
     eval_every: int = 8,
@@ -450,10 +439,12 @@ def _write_dataset(
 ) -> ConvertResult:
     """Writes the planned shards and `dataset.json`; `plan.output_dir` appears only on success.
 
-    Wells are loaded one at a time (peak memory: one well and its Example).
+    Wells are loaded one at a time and each record is streamed (`tfrecords.RecordFile`): the `none` and
+    `paper` normalisations spill a well's planes to a temporary file and write its record by bands of rows
+    (peak memory: one decoded plane or one band, whatever the well's size); `percentile` scales by the whole
+    stack, so such a well is held whole (its uint16 pixels) while its record is written.
     """
     sums: list[np.ndarray] = []  # The training embedding's count, sum and sum of squares per feature (float64).
-    import tensorflow as tf  # After the checks and the scan: bad input fails fast.
 
     shards: dict[str, list[str]] = {split: [] for split in schema.SPLITS}
     well_records: list[dict] = []
@@ -462,11 +453,11 @@ def _write_dataset(
     with atomic.output_directory(plan.output_dir, overwrite=True) as temporary:
         for split, file_name, members in _shard_assignments(plan):
             shards[split].append(os.path.join(plan.output_dir, file_name))
-            with tf.io.TFRecordWriter(os.path.join(temporary, file_name)) as writer:
+            with tfrecords.RecordFile(os.path.join(temporary, file_name)) as records:
                 for well in members:
                     rectangle = plan.regions[well.name][split]
-                    writer.write(_encode_well(well, rectangle, normalization, warnings, embed,
-                                              sums if split == "train" else None))
+                    records.write_well(_well_pixels(well, rectangle, normalization, warnings, embed,
+                                                    sums if split == "train" else None), rectangle)
                     well_records.append(_well_record(well, split, file_name, rectangle))
                     if progress:
                         progress(len(well_records), total, well.name)
@@ -497,33 +488,39 @@ def _shard_assignments(plan: _Plan) -> Iterator[tuple[str, str, list[wells_lib.W
             yield split, schema.shard_name(split, shard_index, count), plan.by_split[split][shard_index::count]
 
 
-def _encode_well(
+def _well_pixels(
     well: wells_lib.WellSource, rectangle: Region | None, normalization: str, warnings: list[str],
     embed: Callable[[np.ndarray, tuple[int, int, int, int]], np.ndarray] | None = None,
     sums: list[np.ndarray] | None = None,
-) -> bytes:
-    """One well loaded, normalised, cropped to `rectangle` and serialized; new warnings go to `warnings`.
+) -> wells_lib.RawWell | wells_lib.SpilledRawWell:
+    """One well loaded and normalised (spilled to a temporary file unless `percentile`); new warnings go to
+    `warnings`.
 
-    With `embed`, the record also holds the embedding of the rectangle (computed from the normalised
-    stack with its context), and `sums` (training examples) accumulates its per-feature moments.
+    With `embed` (the hybrid's `--embed_with`), the well also carries the embedding of `rectangle` (computed from
+    the normalised stack with its context, which is then held whole as float32: the frozen core needs it), and
+    `sums` (training examples) accumulates its per-feature moments.
     """
-    raw, warning = wells_lib.normalize_raw(wells_lib.load_raw_well(well), normalization)
+    if normalization == normalization_lib.PERCENTILE:
+        raw, warning = wells_lib.normalize_raw(wells_lib.load_raw_well(well), normalization)
+    else:
+        raw, warning = wells_lib.spill_raw_well(well, normalization)
     if warning and warning not in warnings:
         warnings.append(warning)
-    embedding = None
-    if embed is not None:
-        (row0, row1), (column0, column1) = rectangle or ((0, raw.inputs.shape[0]), (0, raw.inputs.shape[1]))
-        stack = np.moveaxis(raw.inputs, -1, 0).astype(np.float32) / float(raw.input_max_value)
-        embedding = np.asarray(embed(stack, (row0, row1, column0, column1)), np.float16)
-        del stack
-        if sums is not None:
-            flat = embedding.reshape(-1, embedding.shape[-1]).astype(np.float64)
-            moments = [np.full(flat.shape[1], float(len(flat))), flat.sum(axis=0), np.square(flat).sum(axis=0)]
-            sums[:] = moments if not sums else [total + part for total, part in zip(sums, moments)]
-    raw = _crop(raw, rectangle)
-    if embedding is not None:
-        raw = dataclasses.replace(raw, embedding=embedding)
-    return tfrecords.encode_well(raw)
+    if embed is None:
+        return raw
+    if isinstance(raw, wells_lib.SpilledRawWell):
+        stack = np.asarray(raw.inputs).astype(np.float32)  # Spilled planes: [Z, H, W] already.
+    else:
+        stack = np.moveaxis(raw.inputs, -1, 0).astype(np.float32)
+    stack /= float(raw.input_max_value)
+    (row0, row1), (column0, column1) = rectangle or ((0, stack.shape[1]), (0, stack.shape[2]))
+    embedding = np.asarray(embed(stack, (row0, row1, column0, column1)), np.float16)
+    del stack
+    if sums is not None:
+        flat = embedding.reshape(-1, embedding.shape[-1]).astype(np.float64)
+        moments = [np.full(flat.shape[1], float(len(flat))), flat.sum(axis=0), np.square(flat).sum(axis=0)]
+        sums[:] = moments if not sums else [total + part for total, part in zip(sums, moments)]
+    return dataclasses.replace(raw, embedding=embedding)
 
 
 def _embedding_statistics(sums: list[np.ndarray]) -> dict:

@@ -523,19 +523,86 @@ def normalize_raw(raw: RawWell, normalization: str) -> tuple[RawWell, str | None
     inputs = raw.inputs if normalization == normalization_lib.NONE else np.empty_like(raw.inputs)
     moments = []
     for z in range(raw.inputs.shape[-1]):
-        plane = np.divide(raw.inputs[:, :, z], np.float32(raw.input_max_value), dtype=np.float32)
-        plane = normalization_lib.normalize_plane(plane, normalization)
-        moments.append(normalization_lib.plane_moments(plane))
+        plane, plane_moments = _normalized_raw_plane(raw.inputs[:, :, z], raw.input_max_value, normalization)
+        moments.append(plane_moments)
         if inputs is not raw.inputs:
-            inputs[:, :, z] = normalization_lib.to_uint16(plane)
+            inputs[:, :, z] = plane
     warning = normalization_lib.check_statistics(None, where, normalization, moments=moments)
     if normalization == normalization_lib.NONE:
         return raw, warning
     return dataclasses.replace(raw, inputs=inputs, input_max_value=65535), warning
 
 
+def _normalized_raw_plane(plane: np.ndarray, max_value: int, normalization: str) -> tuple[np.ndarray, Any]:
+    """One raw input slice `[H, W]` normalised per slice (`none` or `paper`): (the uint16 plane the record
+    holds, the input itself for `none`; the slice's moments for the statistics warning)."""
+    values = np.divide(plane, np.float32(max_value), dtype=np.float32)
+    values = normalization_lib.normalize_plane(values, normalization)
+    moments = normalization_lib.plane_moments(values)
+    if normalization == normalization_lib.NONE:
+        return plane, moments
+    return normalization_lib.to_uint16(values), moments
+
+
+@dataclasses.dataclass
+class SpilledRawWell:
+    """A `RawWell` whose pixels wait in an unlinked temporary file (`spill_raw_well`), planes first.
+
+    Attributes:
+        source: the checked files.
+        inputs: `SpilledStack` `[num_source_z, height, width]` uint16 (normalised as `normalize_raw` does).
+        input_max_value: 255 or 65535 (65535 once normalised).
+        targets: `SpilledStack` `[T, height, width]` uint16 for `source.targets`.
+        target_max_values: per target, 255 or 65535.
+    """
+
+    source: WellSource
+    inputs: Any
+    input_max_value: int
+    targets: Any
+    target_max_values: tuple[int, ...]
+    embedding: np.ndarray | None = None  # As `RawWell.embedding` (the hybrid's `isl convert --embed_with`).
+
+
+def spill_raw_well(well: WellSource, normalization: str, spill_dir: str | None = None
+                   ) -> tuple[SpilledRawWell, str | None]:
+    """`normalize_raw(load_raw_well(well), normalization)` plane by plane into a temporary file.
+
+    The same uint16 values and warning for `none` and `paper` (per-slice
+    normalisations); `percentile` scales by the whole stack, so it is
+    refused here (ValueError): read it whole. Peak: one decoded plane and
+    its float32 copy, whatever the well's size.
+    """
+    if normalization == normalization_lib.PERCENTILE:
+        raise ValueError("the percentile normalisation needs the whole stack; use load_raw_well")
+    if not well.height:
+        _check_headers(well)
+    num_z, num_targets = well.num_source_z, len(well.targets)
+    stack = SpilledStack((num_z + num_targets, well.height, well.width), spill_dir, np.uint16)
+    moments = []
+    for z, entry in enumerate(well.inputs):
+        plane, plane_moments = _normalized_raw_plane(_read_plane(entry, well, well.input_dtype, well.input_max_value),
+                                                     well.input_max_value, normalization)
+        moments.append(plane_moments)
+        stack.write_plane(z, plane)
+        del plane
+    for index, (entry, dtype, maximum) in enumerate(zip(well.targets, well.target_dtypes, well.target_max_values)):
+        stack.write_plane(num_z + index, _read_plane(entry, well, dtype, maximum))
+    images.clear_plane_cache()
+    warning = normalization_lib.check_statistics(None, f"well {well.name} ({well.directory})", normalization,
+                                                 moments=moments)
+    spilled = SpilledRawWell(
+        source=well,
+        inputs=stack.planes(0, num_z),
+        input_max_value=well.input_max_value if normalization == normalization_lib.NONE else 65535,
+        targets=stack.planes(num_z, num_targets),
+        target_max_values=tuple(well.target_max_values),
+    )
+    return spilled, warning
+
+
 class SpilledStack:
-    """A `[planes, height, width]` float32 stack kept in an unlinked temporary file and read by windows.
+    """A `[planes, height, width]` stack (float32, or `dtype`) kept in an unlinked temporary file, read by windows.
 
     A well's decoded pixels are written plane by plane into a file that is
     unlinked at once (nothing is left behind, whatever happens), and each
@@ -551,9 +618,9 @@ class SpilledStack:
 
     ndim = 3
 
-    def __init__(self, shape: tuple[int, int, int], directory: str | None = None) -> None:
+    def __init__(self, shape: tuple[int, int, int], directory: str | None = None, dtype: Any = np.float32) -> None:
         self.shape = tuple(int(size) for size in shape)
-        self.dtype = np.dtype(np.float32)
+        self.dtype = np.dtype(dtype)
         self.directory = directory or tempfile.gettempdir()
         try:
             handle, path = tempfile.mkstemp(prefix="isl-well-", suffix=".f32", dir=self.directory)
@@ -561,7 +628,7 @@ class SpilledStack:
             raise errors.InputError(f"{self.directory}: cannot hold the decoded well there ({error.strerror}); "
                                     "point TMPDIR at a writable folder.") from None
         os.unlink(path)
-        self._file = _SpillFile(handle, self.shape)
+        self._file = _SpillFile(handle, self.shape, self.dtype)
         self._offsets = (0, 0, 0)  # Of this stack's (plane, row, column) 0 in the file: views share the file.
 
     @property
@@ -591,8 +658,8 @@ class SpilledStack:
         return SpilledPlane(self, index)
 
     def write_plane(self, index: int, plane: np.ndarray) -> None:
-        """Stores plane `index` `[height, width]` (float32)."""
-        data = np.ascontiguousarray(plane, np.float32)
+        """Stores plane `index` `[height, width]` (as the stack's dtype)."""
+        data = np.ascontiguousarray(plane, self.dtype)
         if data.shape != self.shape[1:]:
             raise ValueError(f"plane of shape {data.shape} for a stack of {self.shape}")
         if self._offsets[1:] != (0, 0) or self.shape[1:] != self._file.shape[1:]:
@@ -634,7 +701,7 @@ class SpilledStack:
         key = key + (slice(None),) * (3 - len(key))
         axes = [self._axis(item, size) for item, size in zip(key, self.shape)]
         (planes, _), (rows, _), (columns, _) = axes
-        result = np.empty((len(planes), len(rows), len(columns)), np.float32)
+        result = np.empty((len(planes), len(rows), len(columns)), self.dtype)
         if result.size:
             plane0, row0, column0 = self._offsets
             self._file.read(planes + plane0, rows + row0, columns + column0, result)
@@ -647,18 +714,18 @@ class SpilledStack:
 
 
 class _SpillFile:
-    """The open, unlinked file of a `SpilledStack` `[planes, height, width]` float32; closed when dropped."""
+    """The open, unlinked file of a `SpilledStack` `[planes, height, width]`; closed when dropped."""
 
-    def __init__(self, handle: int, shape: tuple[int, int, int]) -> None:
-        self.handle, self.shape = handle, shape
+    def __init__(self, handle: int, shape: tuple[int, int, int], dtype: Any = np.float32) -> None:
+        self.handle, self.shape, self.dtype = handle, shape, np.dtype(dtype)
 
     def read(self, planes: np.ndarray, rows: np.ndarray, columns: np.ndarray, out: np.ndarray) -> None:
         """Copies `[planes][rows][columns]` (index arrays) into `out`, mapping the file only meanwhile."""
         first, last = int(rows.min()), int(rows.max()) + 1
         left, right = int(columns.min()), int(columns.max()) + 1
-        mapped = mmap.mmap(self.handle, int(np.prod(self.shape)) * 4, prot=mmap.PROT_READ)
+        mapped = mmap.mmap(self.handle, int(np.prod(self.shape)) * self.dtype.itemsize, prot=mmap.PROT_READ)
         try:
-            whole = np.frombuffer(mapped, np.float32).reshape(self.shape)
+            whole = np.frombuffer(mapped, self.dtype).reshape(self.shape)
             for position, plane in enumerate(planes):
                 out[position] = whole[plane, first:last, left:right][np.ix_(rows - first, columns - left)]
             del whole

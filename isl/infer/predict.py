@@ -573,7 +573,7 @@ def predict_image(
 
     def collect(row0: int, images: dict[str, np.ndarray]) -> None:
         for name, image in images.items():
-            bands.setdefault(name, []).append(image)
+            bands.setdefault(name, []).append(np.array(image))  # A copy: the stitcher reuses its buffer.
 
     start = time.perf_counter()
     stream_image(plan, region, wanted, stack, network_input_fn or _default_network_input(num_z_values),
@@ -622,8 +622,14 @@ class BandStitcher:
     Runs are added row run by row run, in the order of their starts
     (`stream_image`); every output block belongs to one run starting at or
     before it, so once the runs starting below row `r` are done, every row
-    below `r` is complete and `pop(r)` hands it out. Memory: the rows of about
-    two row runs times the output width, never the whole image.
+    below `r` is complete and `pop(r)` hands it out. Memory: one buffer of
+    about two row runs times the output width, never the whole image. The
+    buffer is reused: the rows still to come are moved to its top when a run
+    needs the room (`_compact`), and it grows only while the first row runs
+    arrive, so a band that `pop` returned is a view valid until the next
+    `add` (copy it to keep it). Growing a fresh buffer per row run instead
+    held the old one (viewed by the popped band) beside the new one: twice
+    the modelled rows at the peak.
 
     Args:
         plan: the tile plan.
@@ -634,6 +640,7 @@ class BandStitcher:
         self.plan = plan
         self.trailing_shape = tuple(trailing_shape)
         self.base = 0  # The first row not yet handed out (grid coordinates).
+        self._top = 0  # The buffer row holding grid row `base`.
         self._columns = plan.columns.grid_length
         self._band = np.full((0, self._columns) + self.trailing_shape, np.nan, np.float32)
         self._written = np.zeros((0, self._columns), bool)
@@ -647,26 +654,44 @@ class BandStitcher:
         if int(output_rows.min()) < self.base:
             raise ValueError(f"Rows from {int(output_rows.min())} were already handed out (up to {self.base}).")
         needed = int(output_rows.max()) + 1 - self.base
+        if self._top + needed > self._band.shape[0]:
+            self._compact()
         if needed > self._band.shape[0]:
             grow = needed - self._band.shape[0]
             self._band = np.concatenate(
                 [self._band, np.full((grow, self._columns) + self.trailing_shape, np.nan, np.float32)])
             self._written = np.concatenate([self._written, np.zeros((grow, self._columns), bool)])
-        rows = output_rows - self.base
+        rows = output_rows - self.base + self._top
         self._band[np.ix_(rows, output_columns)] = value[np.ix_(dense_rows, dense_columns)]
         self._written[np.ix_(rows, output_columns)] = True
 
+    def _compact(self) -> None:
+        """Moves the rows from `base` on to the buffer's top (in chunks that never overlap) and clears the rest."""
+        top, size = self._top, self._band.shape[0]
+        if top == 0:
+            return
+        live = size - top
+        for first in range(0, live, top):  # Each chunk moves up by `top` rows, so no more than `top` at a time.
+            last = min(live, first + top)
+            self._band[first:last] = self._band[top + first : top + last]
+            self._written[first:last] = self._written[top + first : top + last]
+        self._band[live:] = np.nan
+        self._written[live:] = False
+        self._top = 0
+
     def pop(self, upto: int) -> np.ndarray:
-        """Rows `[base, upto)` cropped to the plan's output width; the base moves to `upto`.
+        """Rows `[base, upto)` cropped to the plan's output width (a view valid until the next `add`); the base
+        moves to `upto`.
 
         Raises:
             ValueError: when a pixel of those rows was never written.
         """
         count = max(0, upto - self.base)
-        if count > self._band.shape[0] or not self._written[:count].all():
+        end = self._top + count
+        if end > self._band.shape[0] or not self._written[self._top : end].all():
             raise ValueError(f"Output rows {self.base}..{upto} are not complete; the plan does not cover the grid.")
-        band = self._band[:count, : self.plan.columns.output_length]
-        self._band, self._written = self._band[count:], self._written[count:]
+        band = self._band[self._top : end, : self.plan.columns.output_length]
+        self._top = end
         self.base = upto
         return band
 
@@ -713,7 +738,9 @@ def stream_image(
         network_input_fn: a stack slice `[num_source_z, h, w]` -> `[h, w, 2Z]`.
         run_function: `make_run_function(...)`; with `truth_fn`, the truth form.
         on_rows: called as `on_rows(row0, {name: [rows, wanted.width, ...]})`
-            with `row0` in `wanted`'s coordinates, rows in order, each once.
+            with `row0` in `wanted`'s coordinates, rows in order, each once;
+            the arrays are views of `BandStitcher`'s reused buffer, valid
+            until `on_rows` returns (copy what must be kept).
         truth_fn: `(row0, row1, column0, column1)` in image pixels (inside
             the image) -> true values `[rows, columns, heads]` in [0, 1], or None.
         batch_size: runs per network call.

@@ -63,6 +63,33 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, c
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
 
 
+def test_a_disk_that_fills_during_a_record_exits_2_naming_the_file_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """Records are written in pieces: a full disk halfway through one is exit 2 naming the shard, nothing left."""
+    import errno
+
+    from isl.data import tfrecords
+
+    wellmaker.random_well(str(tmp_path / "in"), num_z=3, height=30, width=20)
+    original = tfrecords.RecordFile.write_record
+
+    def write_record(self, length, pieces):
+        def filling():
+            for index, piece in enumerate(pieces):
+                if index == 3:  # Mid-record: the length and the first entries are written.
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                yield piece
+        return original(self, length, filling())
+
+    monkeypatch.setattr(tfrecords.RecordFile, "write_record", write_record)
+    output = tmp_path / "out"
+    code = main.run_command(["convert", f"--input_dir={tmp_path / 'in'}", f"--output_dir={output}", "--noprogress"])
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error
+    assert "train-00000-of-00001.tfrecord: cannot write the record (the disk is full)" in error
+    assert not output.exists()
+    assert sorted(os.listdir(tmp_path)) == ["in"]
+
+
 def test_region_split_holds_out_a_rectangle_of_each_well(tmp_path, capsys):
     import tensorflow as tf
 

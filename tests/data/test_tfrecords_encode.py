@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+
 import numpy as np
+import pytest
+
+from isl import errors
 
 from isl.data import schema
 from isl.data import tfrecords
@@ -51,3 +57,70 @@ def test_encode_well_in_place_gives_the_same_bytes(tmp_path):
     new, old = (tf.train.Example.FromString(record) for record in records)
     assert new == old and len(new.features.feature) == len(old.features.feature) == 15
     assert new.features.feature[schema.INPUTS_DATA].bytes_list.value[0] == raw.inputs.astype("<u2").tobytes()
+
+
+def _tf_record(path, record: bytes) -> bytes:
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(record)
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def test_encode_well_is_the_same_bytes_every_time(tmp_path):
+    directory = str(tmp_path / "w")
+    wellmaker.random_well(directory, num_z=2, height=5, width=4)
+    raw = wells.load_raw_well(wells.scan_wells([directory], config_lib.ChannelConfig()).wells[0])
+    import tensorflow as tf
+
+    # Protobuf's default map order changes from process to process; sorted by key it cannot.
+    record = tfrecords.encode_well(raw)
+    keys = list(tf.train.Example.FromString(record).features.feature)
+    offsets = [record.index(key.encode()) for key in keys]
+    assert [key for _, key in sorted(zip(offsets, keys))] == sorted(keys)
+
+
+@pytest.mark.parametrize("region", [None, ((2, 9), (1, 6))])
+@pytest.mark.parametrize("normalization", ["none", "paper"])
+def test_record_file_streams_the_same_bytes_as_tfrecordwriter(tmp_path, region, normalization):
+    """Streamed in bands of a few rows, from the well in memory or spilled: TFRecordWriter's file of encode_well."""
+    directory = str(tmp_path / "w")
+    wellmaker.random_well(directory, num_z=3, height=11, width=7)
+    source = wells.scan_wells([directory], config_lib.ChannelConfig()).wells[0]
+    raw, warning = wells.normalize_raw(wells.load_raw_well(source), normalization)
+    if region is None:
+        cropped = raw
+    else:
+        (row0, row1), (column0, column1) = region
+        cropped = dataclasses.replace(raw, inputs=np.ascontiguousarray(raw.inputs[row0:row1, column0:column1]),
+                                      targets=np.ascontiguousarray(raw.targets[row0:row1, column0:column1]))
+    expected = _tf_record(tmp_path / "expected.tfrecord", tfrecords.encode_well(cropped))
+    spilled, spilled_warning = wells.spill_raw_well(source, normalization, str(tmp_path))
+    assert spilled_warning == warning
+    for name, well in (("memory", raw), ("spilled", spilled)):
+        path = str(tmp_path / f"{name}.tfrecord")
+        with tfrecords.RecordFile(path) as records:
+            records.write_well(well, region, band_bytes=100)  # A few rows a band.
+        with open(path, "rb") as handle:
+            assert handle.read() == expected, name
+
+
+def test_record_file_full_disk_is_input_error_naming_the_file(tmp_path, monkeypatch):
+    directory = str(tmp_path / "w")
+    wellmaker.random_well(directory, num_z=2, height=6, width=5)
+    raw = wells.load_raw_well(wells.scan_wells([directory], config_lib.ChannelConfig()).wells[0])
+    path = str(tmp_path / "out.tfrecord")
+    records = tfrecords.RecordFile(path)
+    original, calls = records._stream.write, []
+
+    def write(data):
+        calls.append(len(data))
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(data)
+
+    monkeypatch.setattr(records._stream, "write", write, raising=False)
+    with pytest.raises(errors.InputError, match=r"out\.tfrecord: cannot write the record \(the disk is full\)"):
+        records.write_well(raw, band_bytes=20)
+    records.close()

@@ -39,8 +39,12 @@ def test_stream_image_hands_out_every_row_once_in_order_equal_to_one_run(paper_l
                                               + geometry.phase, "exact", window)
     assert len(plan.rows.runs) >= 4 and len({run.start % geometry.phase for run in plan.rows.runs}) == 2
     bands = []
+
+    def keep(row0, images):  # A copy: the bands are views of the stitcher's reused buffer.
+        bands.append((row0, {name: band.copy() for name, band in images.items()}))
+
     predict.stream_image(plan, region, wanted, stack, predict._default_network_input(config.channels.num_z_values),
-                         run, lambda row0, images: bands.append((row0, images)))
+                         run, keep)
     starts = [row0 for row0, _ in bands]
     ends = [row0 + images["mean"].shape[0] for row0, images in bands]
     assert starts[0] == 0 and starts[1:] == ends[:-1] and ends[-1] == wanted.height
@@ -114,3 +118,38 @@ def test_predict_well_reads_the_well_lazily_with_the_same_files(tiny_model_dir, 
             with open(os.path.join(whole["well_dir"], name), "rb") as one, \
                     open(os.path.join(lazy["well_dir"], name), "rb") as other:
                 assert one.read() == other.read(), name
+
+
+
+@pytest.mark.parametrize("rows", [300, 1200])
+def test_band_stitcher_holds_about_two_row_runs_whatever_the_height(rows):
+    """The stitcher's buffer stays near the modelled two row runs of the output width (`expected_peak_bytes`'
+    rows), for a short and a tall image. Before it reused its buffer, each row run concatenated a new one
+    while the old (viewed by the popped band) was alive: about twice that at the peak."""
+    import tracemalloc
+
+    config = presets.get_preset("tiny")
+    geometry = geometry_lib.geometry(config.model)
+    plan = predict.tiling.plan_tiles((rows, 500), geometry, geometry.input_size + 4 * geometry.output_size)
+    trailing = (16,)
+    values = {}
+    for row, column in plan.runs():
+        shape = (len(row.blocks) * plan.rows.block, len(column.blocks) * plan.columns.block) + trailing
+        values.setdefault(shape, np.full(shape, 0.5, np.float32))
+    modelled = 2 * plan.run_output_shape[0] * plan.columns.grid_length * trailing[0] * 4
+    stitcher = predict.BandStitcher(plan, trailing)
+    row_runs = sorted(plan.rows.runs, key=lambda run: run.start)
+    handed = 0
+    tracemalloc.start()
+    try:
+        for position, row in enumerate(row_runs):
+            for column in plan.columns.runs:
+                shape = (len(row.blocks) * plan.rows.block, len(column.blocks) * plan.columns.block) + trailing
+                stitcher.add(row, column, values[shape])
+            complete = row_runs[position + 1].start if position + 1 < len(row_runs) else plan.rows.grid_length
+            handed += stitcher.pop(min(complete, plan.rows.output_length)).shape[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert handed == rows
+    assert peak < 1.25 * modelled, (peak, modelled)
