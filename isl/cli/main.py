@@ -303,6 +303,49 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+# glibc's malloc settings for a command process (`configure_allocator`): at most this many arenas, and every
+# allocation of at least this many bytes its own mapping, returned to the system when freed.
+MALLOC_ARENA_MAX = 2
+MALLOC_MMAP_THRESHOLD_BYTES = 1 << 20
+# mallopt(3) parameter numbers (glibc's malloc.h).
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def configure_allocator(environ: Any = None, libc: Any = None) -> dict[str, int]:
+    """Sets glibc's malloc to `MALLOC_ARENA_MAX` arenas and a fixed `MALLOC_MMAP_THRESHOLD_BYTES` mmap threshold,
+    unless the user's environment sets that tunable (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`) or the C library
+    is not glibc; returns what it set ({name: value}).
+
+    By default glibc gives each thread that contends for the heap its own arena (up to 8 per core) and raises the
+    mmap threshold as large blocks are freed, so the freed activations of one tile stay in the heap beside the
+    next tile's: the shipped checkpoint's 1024^2 predict peaked 3.05-3.06 GB with the defaults and 2.97-2.99 GB
+    with these settings, the same files, the same wall time within 5% (BUILD_NOTES, Prediction and evaluation).
+    Call it before TensorFlow starts its threads.
+    """
+    environ = os.environ if environ is None else environ
+    if libc is None:
+        import ctypes
+        import platform
+
+        if platform.libc_ver()[0] != "glibc":
+            return {}
+        try:
+            libc = ctypes.CDLL(None)
+        except OSError:
+            return {}
+        if not hasattr(libc, "mallopt"):
+            return {}
+    chosen = {}
+    for name, parameter, value in (("MALLOC_ARENA_MAX", _M_ARENA_MAX, MALLOC_ARENA_MAX),
+                                   ("MALLOC_MMAP_THRESHOLD_", _M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES)):
+        if name in environ:
+            continue
+        if libc.mallopt(parameter, value) == 1:  # mallopt returns 1 on success.
+            chosen[name] = value
+    return chosen
+
+
 def main() -> None:
     """Console-script entry point.
 
@@ -310,6 +353,7 @@ def main() -> None:
     command quietly, as command-line tools do, instead of a BrokenPipeError
     traceback.
     """
+    configure_allocator()
     try:
         code = run_command(sys.argv[1:])
         sys.stdout.flush()

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from isl.cli import main
 
 
@@ -163,3 +165,48 @@ def test_command_help_into_head_ends_quietly():
     assert "Traceback" not in finished.stderr and "BrokenPipeError" not in finished.stderr, finished.stderr
     first, status = finished.stdout.strip().splitlines()
     assert first == "usage: isl predict [--flag=value ...]" and status in ("0", "141")
+
+
+class _RecordingLibc:
+    """A C library stand-in whose `mallopt` records its calls and succeeds (returns 1)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def mallopt(self, parameter: int, value: int) -> int:
+        self.calls.append((parameter, value))
+        return 1
+
+
+def test_configure_allocator_sets_arenas_and_a_fixed_mmap_threshold():
+    libc = _RecordingLibc()
+    chosen = main.configure_allocator(environ={}, libc=libc)
+    assert chosen == {"MALLOC_ARENA_MAX": 2, "MALLOC_MMAP_THRESHOLD_": 1 << 20}
+    assert libc.calls == [(-8, 2), (-3, 1 << 20)]  # glibc's M_ARENA_MAX and M_MMAP_THRESHOLD
+
+
+def test_configure_allocator_leaves_a_tunable_the_user_set():
+    libc = _RecordingLibc()
+    chosen = main.configure_allocator(environ={"MALLOC_ARENA_MAX": "8"}, libc=libc)
+    assert chosen == {"MALLOC_MMAP_THRESHOLD_": 1 << 20}
+    assert libc.calls == [(-3, 1 << 20)]
+
+
+def test_configure_allocator_reports_nothing_when_mallopt_refuses():
+    class Refusing(_RecordingLibc):
+        def mallopt(self, parameter: int, value: int) -> int:
+            super().mallopt(parameter, value)
+            return 0
+
+    assert main.configure_allocator(environ={}, libc=Refusing()) == {}
+
+
+def test_configure_allocator_on_glibc_sets_both_in_a_real_process():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
+    result = subprocess.run([sys.executable, "-c", "from isl.cli import main; print(main.configure_allocator())"],
+                            capture_output=True, text=True, env=environment, check=True)
+    assert result.stdout.strip() == "{'MALLOC_ARENA_MAX': 2, 'MALLOC_MMAP_THRESHOLD_': 1048576}"
