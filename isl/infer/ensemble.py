@@ -217,8 +217,22 @@ def regression_window(predictor: Any, stack: np.ndarray, window: tuple[int, int,
     return point, dense_probabilities(distributions)
 
 
-def dense_probabilities(distributions: Sequence[Any], chunk: int = 65536) -> np.ndarray:
-    """`[h, w, C, 256]` float32 bin probabilities of per-channel `ReadoutDistribution`s over `[h, w]`."""
+# `dense_probabilities` builds the bins of this many pixels at a time: each chunk's float64 temporaries (the normal
+# curve's CDF, its concatenation and difference, the histograms and the mixture, about `DENSE_TEMPORARIES` arrays
+# of `[chunk, 256]`) come on top of the block's bins. 65,536 pixels made them about 0.8 GB, the ensemble's
+# unmodelled peak (session 11); 8,192 make them about 0.1 GB at the same speed.
+DENSE_CHUNK_PIXELS = 8192
+DENSE_TEMPORARIES = 6
+
+
+def dense_chunk_bytes() -> float:
+    """Modelled bytes of one `dense_probabilities` chunk's float64 temporaries."""
+    return DENSE_TEMPORARIES * DENSE_CHUNK_PIXELS * NUM_CLASSES * 8.0
+
+
+def dense_probabilities(distributions: Sequence[Any], chunk: int = DENSE_CHUNK_PIXELS) -> np.ndarray:
+    """`[h, w, C, 256]` float32 bin probabilities of per-channel `ReadoutDistribution`s over `[h, w]`, `chunk` pixels
+    at a time (`DENSE_CHUNK_PIXELS`)."""
     shape = distributions[0].value.shape
     count = int(np.prod(shape))
     result = np.empty((count, len(distributions), NUM_CLASSES), np.float32)
@@ -856,7 +870,8 @@ def expected_peak(ensemble: Ensemble, window: tuple[int, int, int, int], chosen:
             part = side * side * per_input + 2 * run_rows * columns * len(ensemble.channels) * NUM_CLASSES * 4.0
         network = max(network, part)
     bins = rows * columns * len(ensemble.channels) * NUM_CLASSES * 4.0
-    band = rows * width * len(chosen) * 4.0 * (len(names) + 6)
+    # One band's statistics and maps, and the temporaries of the members' bins being built.
+    band = rows * width * len(chosen) * 4.0 * (len(names) + 6) + dense_chunk_bytes()
     # A member's bins, the mixture, and with --tta the sum and one transform's.
     parts = bands_lib.expected_peak(network, (2 + (2 if tta else 0)) * bins + band, well, width, panels)
     return parts, f"members in blocks of {rows} x {columns} px"

@@ -201,3 +201,45 @@ def test_tta_of_one_folder_combines_as_its_kind_writes():
     assert combination(heads_kind.KIND, True) == combination(readout.KIND, True) == "mixture"
     assert combination(regression.KIND, True) == "both"  # Its value as median and mean, its distribution's std.
     assert combination(regression.KIND, False) == "values"
+
+
+def _mixed_distribution(shape: tuple[int, ...], seed: int):
+    from isl.eval import calibration
+
+    generator = np.random.default_rng(seed)
+    histograms = generator.random((3, 256))
+    histograms /= histograms.sum(axis=1, keepdims=True)
+    return calibration.ReadoutDistribution(
+        value=generator.random(shape).astype(np.float32),
+        spread=(0.02 + 0.1 * generator.random(shape)).astype(np.float32),
+        weight=generator.random(shape).astype(np.float32), group=generator.integers(0, 3, shape),
+        histograms=histograms)
+
+
+def test_dense_probabilities_is_the_same_whatever_the_chunk():
+    distributions = [_mixed_distribution((40, 50), seed) for seed in (0, 1)]
+    whole = ensemble_lib.dense_probabilities(distributions, chunk=40 * 50)
+    chunked = ensemble_lib.dense_probabilities(distributions, chunk=333)
+    assert whole.shape == (40, 50, 2, 256) and whole.dtype == np.float32
+    np.testing.assert_array_equal(chunked, whole)
+    np.testing.assert_allclose(whole.sum(axis=-1), 1.0, atol=1e-5)
+
+
+def test_dense_probabilities_temporaries_stay_within_the_modelled_chunk():
+    # Session 11: 65,536-pixel chunks made 0.8 GB of float64 temporaries beside the block's bins (the ensemble's
+    # unmodelled peak). The temporaries of one chunk must stay within `dense_chunk_bytes` scaled to the chunk.
+    import tracemalloc
+
+    chunk, pixels = 2048, 4 * 2048
+    distributions = [_mixed_distribution((pixels,), 2)]
+    result_bytes = pixels * 256 * 4
+    tracemalloc.start()
+    try:
+        ensemble_lib.dense_probabilities(distributions, chunk=chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    modelled = ensemble_lib.dense_chunk_bytes() * chunk / ensemble_lib.DENSE_CHUNK_PIXELS
+    assert peak - result_bytes <= modelled, (peak - result_bytes, modelled)
+    # ... and the default chunk really is small: its temporaries are about 0.1 GB.
+    assert ensemble_lib.dense_chunk_bytes() <= 0.15e9
