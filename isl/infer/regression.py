@@ -327,13 +327,8 @@ def predict_well(
     context = context_pixels(config)
     region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
     with_maps = calibration is not None and save_calibration
-    band_pixels = min(plan.tile, row1 - row0) * (column1 - column0)
-    reach = 2 * (context + 2**config.model.unet_levels)
-    network = (pass_bytes(config, plan.crop[1] - plan.crop[0], plan.crop[3] - plan.crop[2]) if plan.whole
-               else pass_bytes(config, min(plan.tile + reach, height), min(plan.columns + reach, width)))
-    expected = bands_lib.expected_peak(
-        network, band_pixels * band_bytes_per_pixel(len(channels), len(names), calibration is not None), well,
-        column1 - column0, panels)
+    per_pixel = band_bytes_per_pixel(len(channels), len(names), calibration is not None)
+    plan, expected = fit_band_rows(config, plan, (height, width), per_pixel, well, panels)
     what = "one U-Net pass" if plan.whole else f"U-Net tiles of {plan.tile} x {plan.columns} px"
     print(bands_lib.check_memory(expected, what, "predict a narrower --region (the bands span its width)",
                                  available_bytes), flush=True)
@@ -373,6 +368,37 @@ def predict_well(
     prediction_file.write_summary(well_dir, summary)
     summary["well_dir"] = well_dir
     return summary
+
+
+def band_expected_peak(config: config_lib.ExperimentConfig, plan: TilePlan, shape: tuple[int, int],
+                       bytes_per_pixel: float, well: Any, panels: bool) -> dict[str, float]:
+    """The modelled peak (`isl.infer.bands.expected_peak`'s parts) of predicting `plan` of an image of `shape`
+    (H, W): one tile's pass and one band of `plan.tile` rows across the window at `bytes_per_pixel`."""
+    height, width = shape
+    row0, row1, column0, column1 = plan.window
+    reach = 2 * (context_pixels(config) + 2**config.model.unet_levels)
+    network = (pass_bytes(config, plan.crop[1] - plan.crop[0], plan.crop[3] - plan.crop[2]) if plan.whole
+               else pass_bytes(config, min(plan.tile + reach, height), min(plan.columns + reach, width)))
+    band_pixels = min(plan.tile, row1 - row0) * (column1 - column0)
+    return bands_lib.expected_peak(network, band_pixels * bytes_per_pixel, well, column1 - column0, panels)
+
+
+def fit_band_rows(config: config_lib.ExperimentConfig, plan: TilePlan, shape: tuple[int, int],
+                  bytes_per_pixel: float, well: Any, panels: bool) -> tuple[TilePlan, dict[str, float]]:
+    """`plan` with its tile rows (the band height) lowered, in balanced steps down to `MIN_TILE`, until the
+    modelled peak fits `well.TARGET_PEAK_BYTES`; and that peak (`band_expected_peak`).
+
+    The bands span the window's width, so on a wide window with a distribution (about 0.5 KB a pixel for 4
+    channels) a square tile's band outgrew the target: a 4096-px-wide calibrated U-Net modelled 3.8 GB with
+    586-row bands (session 11). Shorter bands mean more, shorter passes (more context recomputed), the same pixels.
+    """
+    expected = band_expected_peak(config, plan, shape, bytes_per_pixel, well, panels)
+    length = plan.window[1] - plan.window[0]
+    while not plan.whole and expected["total"] > well_lib.TARGET_PEAK_BYTES and plan.tile > MIN_TILE:
+        rows = max(MIN_TILE, plan.tile * 3 // 4)
+        plan = dataclasses.replace(plan, tile=-(-length // -(-length // rows)), tile_columns=plan.columns)
+        expected = band_expected_peak(config, plan, shape, bytes_per_pixel, well, panels)
+    return plan, expected
 
 
 def hybrid_embedding(predictor: Any, stack: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray | None:

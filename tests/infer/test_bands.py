@@ -258,3 +258,25 @@ def test_a_prediction_that_would_not_fit_is_refused_naming_the_flag(regression_d
         ensemble_lib.predict_well(_ensemble(tiny_model_dir, regression_dirs[0]), wells[0], str(tmp_path / "refused"),
                                   available_bytes=1e6)
     assert not os.path.exists(tmp_path / "refused") or not os.listdir(tmp_path / "refused")
+
+
+def test_wide_calibrated_bands_shrink_their_rows_to_the_memory_target():
+    # Session 11: a 4096-px-wide calibrated U-Net modelled 3.8 GB with square 586-px tiles (its bands span the
+    # width); the band rows must come down until the modelled peak fits, columns and pixels unchanged.
+    import types
+
+    from isl.infer import well as well_lib
+
+    config = presets.resolve_config("condition_b", recipe="unet_regression")
+    lazy = types.SimpleNamespace(inputs=None, targets={})  # A lazily read well holds no pixels.
+    per_pixel = regression.band_bytes_per_pixel(4, 2, True)
+    shape = (4096, 4096)
+    square = regression.plan_window(config, shape, (0, 4096, 0, 4096))
+    assert regression.band_expected_peak(config, square, shape, per_pixel, lazy, True)["total"] > 3e9
+    plan, expected = regression.fit_band_rows(config, square, shape, per_pixel, lazy, True)
+    assert expected["total"] <= well_lib.TARGET_PEAK_BYTES
+    assert plan.tile < square.tile and plan.columns == square.columns and plan.crop == square.crop
+    assert -(-4096 // plan.tile) * plan.tile >= 4096  # The balanced bands still cover every row.
+    # A window that fits keeps its square tiles.
+    narrow = regression.plan_window(config, shape, (0, 4096, 0, 1024))
+    assert regression.fit_band_rows(config, narrow, shape, per_pixel, lazy, True)[0] == narrow
