@@ -168,11 +168,13 @@ def plan_window(config: config_lib.ExperimentConfig, shape: tuple[int, int], win
     if whole:
         return TilePlan(window, crop, max(row1 - row0, column1 - column0), True)
     side = tile_side(config, budget)
+    return TilePlan(window, crop, balanced_tile(row1 - row0, side), False, balanced_tile(column1 - column0, side))
 
-    def balanced(length: int) -> int:  # As many tiles as `side` needs, all of one size (smaller passes).
-        return -(-length // -(-length // side))
 
-    return TilePlan(window, crop, balanced(row1 - row0), False, balanced(column1 - column0))
+def balanced_tile(length: int, side: int) -> int:
+    """The tile length (<= `side`) that cuts `length` into as many tiles as `side` needs, all of one size (smaller
+    passes than `side`-long tiles and a short last one)."""
+    return -(-length // -(-length // side))
 
 
 def value_bands(model: Any, stack: Any, config: config_lib.ExperimentConfig, plan: TilePlan, clip: bool = True,
@@ -396,7 +398,7 @@ def fit_band_rows(config: config_lib.ExperimentConfig, plan: TilePlan, shape: tu
     length = plan.window[1] - plan.window[0]
     while not plan.whole and expected["total"] > well_lib.TARGET_PEAK_BYTES and plan.tile > MIN_TILE:
         rows = max(MIN_TILE, plan.tile * 3 // 4)
-        plan = dataclasses.replace(plan, tile=-(-length // -(-length // rows)), tile_columns=plan.columns)
+        plan = dataclasses.replace(plan, tile=balanced_tile(length, rows), tile_columns=plan.columns)
         expected = band_expected_peak(config, plan, shape, bytes_per_pixel, well, panels)
     return plan, expected
 
