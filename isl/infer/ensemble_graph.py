@@ -288,7 +288,16 @@ class EnsembleGraph:
         z_stack = self.check_stack(z_stack)
         combined, mixture = None, None
         for m in self.used:
-            values, probabilities = self.members[m].run(z_stack)
+            # One member at a time: TensorFlow's executor runs independent ops concurrently, so without this gate
+            # every member's activations (about 1 GB each for a 506-px core tile) and bins are alive at once. A
+            # member starts once the running sums hold the previous one's part (its bins are then freed).
+            gate = [total for total in (combined, mixture) if total is not None]
+            if gate:
+                with tf.control_dependencies(gate):
+                    member_input = tf.identity(z_stack, name="member_gate")
+            else:
+                member_input = z_stack
+            values, probabilities = self.members[m].run(member_input)
             if self.from_values and self.value_weights[m].any():
                 part = self.ensemble.weights
                 scale = np.array([part[c]["values"]["weights"][m] / part[c]["values"]["stds"][m]
