@@ -96,24 +96,78 @@ class Embedder:
         Yields:
             (first row, `[rows, W, E]` float32 embedding rows).
         """
-        if stack.ndim != 3:
-            raise errors.InputError(f"A source stack must be [num_source_z, height, width]; got shape {stack.shape}.")
-        height, width = stack.shape[1:]
-        rows = -(-height // self.stride) * self.stride + self.output_size - self.stride
+        height, width = self._check(stack)
+        for top, count in self.row_tops(height):
+            band = np.empty((count, width, self.embedding_size), np.float32)
+            self.fill_rows(stack, top, band, progress)
+            yield top, band
+
+    def row_tops(self, height: int) -> Iterator[tuple[int, int]]:
+        """(first row, rows) of each row of tiles of an image `height` rows high, top to bottom."""
+        for top in range(0, height, self.stride):
+            yield top, min(self.stride, height - top)
+
+    def fill_rows(self, stack: np.ndarray, top: int, out: np.ndarray,
+                  progress: Callable[[], None] | None = None) -> None:
+        """Writes the embedding of image rows [top, top + len(out)) of a `[Z, H, W]` stack into `out`
+        (`[rows <= stride, W, E]`, e.g. a slice of a caller's buffer): one row of tiles, tile by tile."""
+        height, width = self._check(stack)
+        if len(out) > self.stride or out.shape[1:] != (width, self.embedding_size):
+            raise ValueError(f"fill_rows: out {out.shape} is not [<= {self.stride}, {width}, {self.embedding_size}].")
         columns = -(-width // self.stride) * self.stride + self.output_size - self.stride
         mode = "reflect" if min(height, width) > 1 else "edge"
         column_index = readout_lib.pad_index(np.arange(-self.border, columns + self.border), width, mode)
-        for top in range(0, rows - self.output_size + 1, self.stride):
-            rows_needed = np.arange(top - self.border, top - self.border + self.input_size)
-            row_index = readout_lib.pad_index(rows_needed, height, mode)
-            source = stack[:, row_index]  # [Z, input_size, W]: the raw rows; each tile makes its own network input.
-            band = np.zeros((self.stride, columns, self.embedding_size), np.float32)
-            for left in range(0, columns - self.output_size + 1, self.stride):
-                tile = assemble.network_input(source[:, :, column_index[left : left + self.input_size]],
-                                              self.num_z_values)[np.newaxis]
-                output = np.asarray(self.core.predict_on_batch(tile), np.float32)[0]
-                band[:, left : left + self.stride] = output[: self.stride, : self.stride]
-                if progress is not None:
-                    progress()
-            if top < height:
-                yield top, band[: min(self.stride, height - top), :width]
+        row_index = readout_lib.pad_index(np.arange(top - self.border, top - self.border + self.input_size), height,
+                                          mode)
+        source = stack[:, row_index]  # [Z, input_size, W]: the raw rows; each tile makes its own network input.
+        for left in range(0, columns - self.output_size + 1, self.stride):
+            tile = assemble.network_input(source[:, :, column_index[left : left + self.input_size]],
+                                          self.num_z_values)[np.newaxis]
+            output = np.asarray(self.core.predict_on_batch(tile), np.float32)[0]
+            take = min(self.stride, width - left)
+            out[:, left : left + take] = output[: len(out), :take]
+            if progress is not None:
+                progress()
+
+    def bands(
+        self, stack: np.ndarray, radius: int, band_rows: int, start: int = 0, stop: int | None = None,
+        progress: Callable[[], None] | None = None,
+    ) -> Iterator[tuple[np.ndarray, int, int, int]]:
+        """Rolling embedding rows for bands of image rows [start, stop) that need `radius` rows of context.
+
+        Rows are computed a row of tiles at a time into one buffer that also holds the rows carried over (the
+        unfinished band and `radius` rows above it); the carry is copied out and the buffer dropped before the next
+        row of tiles, so at most about `stride + 2 (band_rows + 2 radius)` rows x W are held, whatever the height.
+
+        Yields:
+            (embedding `[n, W, E]` of image rows first .. first + n - 1, first, row0, row1): a band [row0, row1) of
+            at most `band_rows` rows whose rows within `radius` (reflected at the image's edges) the embedding
+            holds. The array is valid until the next band is asked for.
+        """
+        height, width = self._check(stack)
+        stop = height if stop is None else stop
+        band_rows = max(1, int(band_rows))
+        carry = np.empty((0, width, self.embedding_size), np.float32)
+        first, next_row = 0, start
+        for top, count in self.row_tops(height):
+            if next_row >= stop:
+                return
+            buffer = np.empty((len(carry) + count, width, self.embedding_size), np.float32)
+            buffer[: len(carry)] = carry
+            del carry
+            self.fill_rows(stack, top, buffer[len(buffer) - count :], progress)
+            available = top + count
+            while next_row < stop:
+                end = min(stop, next_row + band_rows)
+                if available < height and available < end + radius:
+                    break
+                yield buffer, first, next_row, end
+                next_row = end
+            keep_from = max(0, min(next_row, available) - radius) - first
+            carry, first = buffer[keep_from:].copy(), first + keep_from
+            del buffer
+
+    def _check(self, stack: np.ndarray) -> tuple[int, int]:
+        if stack.ndim != 3:
+            raise errors.InputError(f"A source stack must be [num_source_z, height, width]; got shape {stack.shape}.")
+        return int(stack.shape[1]), int(stack.shape[2])

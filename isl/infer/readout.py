@@ -38,6 +38,8 @@ from isl.model import readout as readout_lib
 # 2.44 GB on the 1024 x 768 sample with every whole-image array (about 0.5 GB) and TensorFlow (about 0.9 GB), which
 # leaves about 1.0 GB for its 506-px tiles.
 CORE_BYTES_PER_INPUT_PIXEL = 4.0e3
+# The fewest output rows of a band (`fit_band_rows` lowers them no further).
+MIN_BAND_ROWS = 16
 
 
 def choose_channels(readout: readout_lib.Readout, requested: Sequence[str] | None) -> tuple[str, ...]:
@@ -119,11 +121,8 @@ def predict_well(
     crop = embedder.crop_for((height, width), (row0, row1, column0, column1), max(readout.radii, default=0))
     top, bottom, left, right = crop
     region = geometry_lib.OutputRegion(row0, column0, row1 - row0, column1 - column0)
-    rows = band_rows_of(readout, right - left, len(chosen), len(names))
-    expected = bands_lib.expected_peak(
-        embedder_bytes(embedder, right - left), rows * (right - left) * band_bytes_per_pixel(readout, len(chosen),
-                                                                                                len(names)),
-        well, column1 - column0, panels)
+    rows, expected = fit_band_rows(readout, embedder, right - left, column1 - column0, len(chosen), len(names), well,
+                                   panels)
     print(bands_lib.check_memory(expected, f"core tiles of {embedder.input_size} px and their embedding rows",
                                  "predict a narrower --region (the bands span its width)", available_bytes),
           flush=True)
@@ -165,18 +164,54 @@ def band_bytes_per_pixel(readout: readout_lib.Readout, num_channels: int, num_st
 
 def band_rows_of(readout: readout_lib.Readout, width: int, num_channels: int, num_statistics: int) -> int:
     """The output rows of one band (`isl.infer.bands.band_rows`)."""
-    return bands_lib.band_rows(width, band_bytes_per_pixel(readout, num_channels, num_statistics), minimum=16)
+    return bands_lib.band_rows(width, band_bytes_per_pixel(readout, num_channels, num_statistics),
+                               minimum=MIN_BAND_ROWS)
 
 
-def embedder_bytes(embedder: embedder_lib.Embedder, width: int) -> float:
-    """The core's part: one tile's pass (`CORE_BYTES_PER_INPUT_PIXEL`) plus its band of embedding rows and its
-    network input rows (`Embedder.rows`)."""
+def embedder_bytes(embedder: embedder_lib.Embedder, width: int, band_rows: int | None = None, radius: int = 0
+                   ) -> float:
+    """The core's part: one tile's pass (`CORE_BYTES_PER_INPUT_PIXEL`) plus the embedding rows held and its
+    network input rows.
+
+    Args:
+        band_rows, radius: the output bands of `Embedder.bands` (it holds a row of tiles and, at the hand-over,
+            twice the carry of at most `band_rows + 2 radius` rows); None: a whole window's embedding joined
+            (`Embedder.__call__`, the ensemble's blocks), modelled as two rows of tiles.
+    """
     tile = embedder.input_size**2 * CORE_BYTES_PER_INPUT_PIXEL
-    band = embedder.stride * (width + embedder.output_size) * embedder.embedding_size * 4.0
+    held_rows = 2 * embedder.stride if band_rows is None else embedder.stride + 2 * (band_rows + 2 * radius)
+    band = held_rows * (width + embedder.output_size) * embedder.embedding_size * 4.0
     # The raw rows of a row of tiles (at most num_z_values planes) and one tile's network input (2 channels per z).
     inputs = (embedder.input_size * (width + 2 * embedder.border + embedder.output_size) * embedder.num_z_values * 4
               + embedder.input_size**2 * 2 * embedder.num_z_values * 4)
-    return tile + 2 * band + inputs
+    return tile + band + inputs
+
+
+def fit_band_rows(readout: readout_lib.Readout, embedder: embedder_lib.Embedder, crop_width: int, width: int,
+                  num_channels: int, num_statistics: int, well: Any, panels: bool) -> tuple[int, dict[str, float]]:
+    """The output rows of a band and the modelled peak (`isl.infer.bands.expected_peak`): `band_rows_of`'s,
+    lowered by quarters down to 16 until the peak fits `isl.infer.well.TARGET_PEAK_BYTES`.
+
+    The bands span the crop's width, so their arrays and the embedding rows held grow with it: a 4096-px-wide
+    window modelled 3.2 GB with `band_rows_of`'s 92 rows (0.4 GB of band arrays), 2.9 GB with fewer. Shorter
+    bands cost no network work (the rows of tiles stay the same), only more, smaller NumPy steps.
+
+    Args:
+        crop_width: the core's input columns (the window and its context); width: the window's (written) columns.
+    """
+    radius = max(readout.radii, default=0)
+    per_pixel = band_bytes_per_pixel(readout, num_channels, num_statistics)
+
+    def peak(rows: int) -> dict[str, float]:
+        return bands_lib.expected_peak(embedder_bytes(embedder, crop_width, rows, radius),
+                                       rows * crop_width * per_pixel, well, width, panels)
+
+    rows = band_rows_of(readout, crop_width, num_channels, num_statistics)
+    expected = peak(rows)
+    while expected["total"] > well_lib.TARGET_PEAK_BYTES and rows > MIN_BAND_ROWS:
+        rows = max(MIN_BAND_ROWS, rows * 3 // 4)
+        expected = peak(rows)
+    return rows, expected
 
 
 def band_distribution(readout: readout_lib.Readout, embedding: np.ndarray, first: int, height: int, row0: int,
@@ -230,25 +265,13 @@ def distribution_bands(
     embedder = embedder_of(predictor)
     top, bottom, left, right = crop
     row0, row1, column0, column1 = window
-    height = bottom - top
-    radius = max(readout.radii, default=0)
     inside = slice(column0 - left, column1 - left)
-    buffer: np.ndarray | None = None
-    first, next_row, end_row = 0, row0 - top, row1 - top
-    for embedding_top, embedding in embedder.rows(wells_lib.window(stack, top, bottom, left, right), progress):
-        buffer = embedding if buffer is None else np.concatenate([buffer, embedding], axis=0)
-        available = embedding_top + len(embedding)
-        while next_row < end_row:
-            end = min(end_row, next_row + rows)
-            if available < height and available < end + radius:
-                break
-            value, spread = band_distribution(readout, buffer, first, height, next_row, end)
-            yield next_row + top, value[:, inside], spread[:, inside]
-            next_row = end
-            keep_from = max(0, next_row - radius) - first
-            buffer, first = buffer[keep_from:], first + keep_from
-        if next_row >= end_row:
-            return
+    for embedding, first, band0, band1 in embedder.bands(wells_lib.window(stack, top, bottom, left, right),
+                                                         max(readout.radii, default=0), rows, row0 - top, row1 - top,
+                                                         progress):
+        value, spread = band_distribution(readout, embedding, first, bottom - top, band0, band1)
+        del embedding  # Not held while the next row of tiles is computed (`Embedder.bands` drops its buffer).
+        yield band0 + top, value[:, inside], spread[:, inside]
 
 
 def write_distribution_band(writer: Any, band0: int, images: dict[str, np.ndarray],

@@ -276,32 +276,16 @@ def feature_bands(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """`features` of a whole `[Z, H, W]` stack in bands of at most `band_rows` rows, top to bottom.
 
-    `embedder`: anything with `isl.infer.embedder.Embedder.rows` (the core run in bands of rows).
-
-    Holds the embedding rows a band's box means need (its rows, max(radii)
-    above and below, and one row of tiles), never the whole embedding.
+    `embedder`: anything with `isl.infer.embedder.Embedder.bands` (the core run in bands of rows, the
+    embedding rows a band's box means need held, never the whole embedding).
 
     Yields:
         (first row, `[rows, W, F]` float32 features).
     """
-    height = stack.shape[1]
-    radius = max(radii, default=0)
-    buffer: np.ndarray | None = None
-    first = 0
-    next_row = 0
-    for top, rows in embedder.rows(stack, progress):
-        buffer = rows if buffer is None else np.concatenate([buffer, rows], axis=0)
-        available = top + len(rows)
-        while next_row < height:
-            end = min(height, next_row + band_rows)
-            if available < height and available < end + radius:
-                break
-            yield next_row, band_features(buffer, first, height, next_row, end, radii)
-            next_row = end
-            keep_from = max(0, next_row - radius) - first
-            buffer, first = buffer[keep_from:], first + keep_from
-    if next_row < height:  # pragma: no cover - rows() covers every image row
-        raise RuntimeError("feature_bands: the embedding ended before the image did.")
+    for embedding, first, row0, row1 in embedder.bands(stack, max(radii, default=0), band_rows, progress=progress):
+        features = band_features(embedding, first, stack.shape[1], row0, row1, radii)
+        del embedding  # Not held while the next row of tiles is computed.
+        yield row0, features
 
 
 def check_statistics(statistics: Sequence[str]) -> None:

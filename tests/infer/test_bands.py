@@ -280,3 +280,30 @@ def test_wide_calibrated_bands_shrink_their_rows_to_the_memory_target():
     # A window that fits keeps its square tiles.
     narrow = regression.plan_window(config, shape, (0, 4096, 0, 1024))
     assert regression.fit_band_rows(config, narrow, shape, per_pixel, lazy, True)[0] == narrow
+
+
+def test_wide_readout_bands_shrink_their_rows_to_the_memory_target():
+    # The read-out's bands span the crop's width: at 4096 columns `band_rows_of`'s rows modelled over 3 GB
+    # (session 12); the rows come down until the model fits, a narrow window keeps them. The shipped read-out's
+    # geometry: 506-px core tiles of 264 output rows on a 256-row stride, 64 embedding channels, radii up to 8.
+    import types
+
+    from isl.infer import well as well_lib
+
+    embedder = types.SimpleNamespace(input_size=506, output_size=264, stride=256, border=121, embedding_size=64,
+                                     num_z_values=13)
+    readout = types.SimpleNamespace(radii=(1, 2, 4, 8), targets=("DAPI_CONFOCAL", "NFH_CONFOCAL", "MAP2_CONFOCAL"),
+                                    embedding_size=64)
+    lazy = types.SimpleNamespace(inputs=None, targets={})  # A lazily read well holds no pixels.
+    margin = 2 * (embedder.border + 8)
+    wide, narrow = 4096 + margin, 768 + margin
+    per_pixel = readout_infer.band_bytes_per_pixel(readout, 3, 1)
+    default = readout_infer.band_rows_of(readout, wide, 3, 1)
+    before = bands_lib.expected_peak(readout_infer.embedder_bytes(embedder, wide, default, 8),
+                                     default * wide * per_pixel, lazy, 4096, True)
+    assert before["total"] > well_lib.TARGET_PEAK_BYTES
+    rows, expected = readout_infer.fit_band_rows(readout, embedder, wide, 4096, 3, 1, lazy, True)
+    assert expected["total"] <= well_lib.TARGET_PEAK_BYTES and readout_infer.MIN_BAND_ROWS <= rows < default
+    assert expected["network"] < before["network"] and expected["rows"] < before["rows"]
+    rows, expected = readout_infer.fit_band_rows(readout, embedder, narrow, 768, 3, 1, lazy, True)
+    assert rows == readout_infer.band_rows_of(readout, narrow, 3, 1) and expected["total"] < 3e9

@@ -60,3 +60,30 @@ def test_a_window_crop_gives_the_whole_images_embedding_there(tiny_config, tiny_
     shifted = embedder(stack[:, top + 1 : bottom, left:right])
     assert not np.allclose(shifted[row0 - top - 1 : row1 - top - 1, column0 - left : column1 - left],
                            whole[row0:row1, column0:column1], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("band_rows, start, stop", [(3, 0, 37), (7, 5, 30), (40, 0, 37), (1, 36, 37)])
+def test_bands_hold_the_rows_each_band_needs_and_no_more(tiny_config, tiny_model, monkeypatch, band_rows, start,
+                                                         stop):
+    """`Embedder.bands`: every band's rows and `radius` around them (reflected at the edges) are the whole
+    embedding's, the bands cover [start, stop) in order, and the buffer never holds more than a row of tiles and
+    one band's carry (so memory does not grow with the height)."""
+    from isl.model import readout as readout_lib
+
+    stack = np.random.default_rng(5).uniform(size=(5, 37, 45)).astype(np.float32)
+    monkeypatch.setattr(embedder_lib, "TILE_OUTPUT", 8)
+    embedder = embedder_lib.Embedder(tiny_model, tiny_config)
+    assert embedder.stride < 37 / 3  # Several rows of tiles.
+    whole = embedder(stack)
+    radius, covered, ticks = 2, [], []
+    for embedding, first, row0, row1 in embedder.bands(stack, radius, band_rows, start, stop,
+                                                       lambda: ticks.append(1)):
+        assert len(embedding) <= embedder.stride + band_rows + 2 * radius - 1
+        assert 0 < row1 - row0 <= band_rows
+        needed = readout_lib.pad_index(np.arange(row0 - radius, row1 + radius), 37, "reflect")
+        assert needed.min() >= first and needed.max() < first + len(embedding)
+        np.testing.assert_allclose(embedding[needed - first], whole[needed], atol=1e-5)
+        covered.append((row0, row1))
+    assert covered[0][0] == start and covered[-1][1] == stop
+    assert all(previous[1] == following[0] for previous, following in zip(covered, covered[1:]))
+    assert len(ticks) <= embedder.num_tiles((37, 45))
