@@ -399,18 +399,29 @@ def _mixture_statistics(parameters: dict[str, Any], value: Any, raw_spread: Any,
             "std": tf.sqrt(tf.maximum(second - mean**2, 0.0))}
 
 
+def variables_of(tracked: Any) -> list[Any]:
+    """The TensorFlow variables of a Keras model, or of a (nested) list of them: what a SavedModel must track for
+    the functions that read them."""
+    if isinstance(tracked, (list, tuple)):
+        return [variable for item in tracked for variable in variables_of(item)]
+    return [getattr(weight, "value", weight) for weight in tracked.weights]
+
+
 def write_saved_model(package_model: PackageModel, directory: str) -> None:
     """The package's SavedModel: endpoints `serve` (bioimageio.core's TF2 adapter) and `serving_default` (its TF1
     adapter, deepImageJ), both the one traced `serve` function.
 
-    `tf.saved_model.save` of a module holding the model: 43 MB for the shipped checkpoint, where Keras's
-    `ExportArchive` wrote 72 MB in the same time.
+    `tf.saved_model.save` of a module holding the variables the function reads (`variables_of`); Keras's
+    `ExportArchive` wrote 72 MB for the shipped checkpoint where a module holding the model wrote 43 MB.
     """
     import tensorflow as tf
 
     module = tf.Module()
-    module.model = package_model.tracked
-    module.serve = package_model.serve
+    # The variables alone, not the Keras models: a tracked model is saved with every layer as an object and its own
+    # traced functions, which every consumer then restores. The shipped ensemble's package held 23,167 objects, 847
+    # functions and a 17.5 MB graph (loading it took 0.85 GB); with its variables alone 593, 339 and 6.5 MB
+    # (0.40 GB), the same outputs. The endpoints are the signatures (bioimageio.core's TF2 adapter calls `serve`).
+    module.weights_read = variables_of(package_model.tracked)
     function = package_model.serve.get_concrete_function()
     tf.saved_model.save(module, directory, signatures={export_lib.SERVING_DEFAULT: function,
                                                        export_lib.BIOIMAGEIO_ENDPOINT: function})
