@@ -147,14 +147,14 @@ class Embedder:
         height, width = self._check(stack)
         stop = height if stop is None else stop
         band_rows = max(1, int(band_rows))
-        carry = np.empty((0, width, self.embedding_size), np.float32)
-        first, next_row = 0, start
+        empty = np.empty((0, width, self.embedding_size), np.float32)
+        carry, first, next_row = empty, 0, start
         for top, count in self.row_tops(height):
             if next_row >= stop:
                 return
             buffer = np.empty((len(carry) + count, width, self.embedding_size), np.float32)
             buffer[: len(carry)] = carry
-            del carry
+            carry = empty  # The old carry is not held while the row of tiles is computed.
             self.fill_rows(stack, top, buffer[len(buffer) - count :], progress)
             available = top + count
             while next_row < stop:

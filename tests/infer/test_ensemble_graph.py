@@ -273,8 +273,8 @@ def test_the_members_run_one_after_another_in_the_graph(members, tmp_path):
     gates = [operation for operation in graph.get_operations()
              if operation.type == "Identity" and operation.name.startswith("member_gate")]
     assert len(gates) == len(composed.used) - 1 == 2
-    # Only the first member, the intercept's shape and the gates read the checked input; every later member reads its gate's copy, and
-    # the second gate waits for the sums the second member feeds.
+    # Only the first member, the intercept's shape and the gates read the checked input; every later member reads
+    # its gate's copy, and the second gate waits for the sums the second member feeds.
     checked = gates[0].inputs[0]
     assert all(gate.inputs[0] is checked for gate in gates)
     readers = [operation for operation in checked.consumers() if operation not in gates]
