@@ -427,11 +427,12 @@ def export_savedmodel(predictor: Any, export_dir: str, statistics: Sequence[str]
         return floats(tf.cast(z_stack, tf.float32) / export_lib.UINT16_MAX)
 
     module = tf.Module()
-    module.models = graph.tracked
-    module.serve_float32 = floats
-    module.serve_uint16 = tf.function(uint16, input_signature=[tf.TensorSpec(export_lib.STACK_SHAPE, tf.uint16,
-                                                                             name="z_stack")], autograph=False)
-    signatures = {export_lib.SERVING_DEFAULT: module.serve_uint16.get_concrete_function(),
+    # The members' variables alone, and the endpoints as signatures: tracked Keras models and tf.function attributes
+    # are saved with every layer as an object and their own traced functions (as `write_saved_model` says).
+    module.weights_read = bioimageio_graph.variables_of(graph.tracked)
+    serve_uint16 = tf.function(uint16, input_signature=[tf.TensorSpec(export_lib.STACK_SHAPE, tf.uint16,
+                                                                      name="z_stack")], autograph=False)
+    signatures = {export_lib.SERVING_DEFAULT: serve_uint16.get_concrete_function(),
                   export_lib.SERVING_FLOAT32: floats.get_concrete_function()}
     config = ensemble.config
     info = {

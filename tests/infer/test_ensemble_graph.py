@@ -143,6 +143,13 @@ def test_the_exported_savedmodel_is_isl_predict_of_the_ensemble(members, well, t
     assert sorted(os.listdir(export_dir)) == ["assets", "ensemble.json", "export.json", "fingerprint.pb",
                                               "saved_model.pb", "variables"]
 
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString(open(os.path.join(export_dir, "saved_model.pb"), "rb").read())
+    nodes = saved.meta_graphs[0].object_graph_def.nodes  # The members' variables, not their Keras layers.
+    variables = sum(node.WhichOneof("kind") == "variable" for node in nodes)
+    assert variables > 0 and len(nodes) < variables + 40
     loaded = tf.saved_model.load(export_dir)  # Plain TensorFlow: no isl object in the graph.
     outputs = loaded.signatures["serving_default"](z_stack=tf.constant(np.moveaxis(stack, 0, -1)[None]))
     for channel in CHANNELS:
