@@ -22,7 +22,7 @@ memory figure says.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,19 @@ def band_rows(width: int, bytes_per_pixel: float, budget: float = BAND_BYTES, mu
     rows = int(budget // max(1.0, width * bytes_per_pixel))
     rows = rows // multiple * multiple
     return max(minimum, multiple, rows)
+
+
+def fit_rows(rows: int, minimum: int, peak: Callable[[int], dict[str, float]],
+             adjust: Callable[[int], int] | None = None) -> tuple[int, dict[str, float]]:
+    """`rows` lowered by quarters (each step passed through `adjust`, e.g. to balanced tiles), not below `minimum`,
+    until `peak(rows)["total"]` (`expected_peak`'s parts) fits `isl.infer.well.TARGET_PEAK_BYTES`; returns the rows
+    and their peak. The kinds whose bands span the window's width (read-out, U-Net regression) shrink them so."""
+    expected = peak(rows)
+    while expected["total"] > well_lib.TARGET_PEAK_BYTES and rows > minimum:
+        rows = max(minimum, rows * 3 // 4)
+        rows = adjust(rows) if adjust is not None else rows
+        expected = peak(rows)
+    return rows, expected
 
 
 def truth_channels(well: Any, config: Any, channels: Sequence[str], region: geometry_lib.OutputRegion

@@ -207,12 +207,7 @@ def fit_band_rows(readout: readout_lib.Readout, embedder: embedder_lib.Embedder,
         return bands_lib.expected_peak(embedder_bytes(embedder, crop_width, rows, radius),
                                        rows * crop_width * per_pixel, well, width, panels)
 
-    rows = band_rows_of(readout, crop_width, num_channels, num_statistics)
-    expected = peak(rows)
-    while expected["total"] > well_lib.TARGET_PEAK_BYTES and rows > MIN_BAND_ROWS:
-        rows = max(MIN_BAND_ROWS, rows * 3 // 4)
-        expected = peak(rows)
-    return rows, expected
+    return bands_lib.fit_rows(band_rows_of(readout, crop_width, num_channels, num_statistics), MIN_BAND_ROWS, peak)
 
 
 def band_distribution(readout: readout_lib.Readout, embedding: np.ndarray, first: int, height: int, row0: int,

@@ -394,13 +394,18 @@ def fit_band_rows(config: config_lib.ExperimentConfig, plan: TilePlan, shape: tu
     channels) a square tile's band outgrew the target: a 4096-px-wide calibrated U-Net modelled 3.8 GB with
     586-row bands (session 11). Shorter bands mean more, shorter passes (more context recomputed), the same pixels.
     """
-    expected = band_expected_peak(config, plan, shape, bytes_per_pixel, well, panels)
+    if plan.whole:
+        return plan, band_expected_peak(config, plan, shape, bytes_per_pixel, well, panels)
+
+    def with_rows(rows: int) -> TilePlan:
+        return plan if rows == plan.tile else dataclasses.replace(plan, tile=rows, tile_columns=plan.columns)
+
     length = plan.window[1] - plan.window[0]
-    while not plan.whole and expected["total"] > well_lib.TARGET_PEAK_BYTES and plan.tile > MIN_TILE:
-        rows = max(MIN_TILE, plan.tile * 3 // 4)
-        plan = dataclasses.replace(plan, tile=balanced_tile(length, rows), tile_columns=plan.columns)
-        expected = band_expected_peak(config, plan, shape, bytes_per_pixel, well, panels)
-    return plan, expected
+    rows, expected = bands_lib.fit_rows(
+        plan.tile, MIN_TILE, lambda rows: band_expected_peak(config, with_rows(rows), shape, bytes_per_pixel, well,
+                                                             panels),
+        adjust=lambda rows: balanced_tile(length, rows))
+    return with_rows(rows), expected
 
 
 def hybrid_embedding(predictor: Any, stack: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray | None:
